@@ -1,0 +1,170 @@
+"""Our side of each case: overlay Nodes in this process, over loopback TCP (Noise) or LOCAL.
+
+Every case opens its channels before dialling (a connection's channel set is fixed when it is
+established), uses ``BytesCodec`` and the public API only: ``Channel.request``, ``Channel.send``,
+``Channel.receive``, ``Node.dial``/``Node.disconnect``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from bench._common import Counter, Rate, measure_rate
+from overlay._channel import Channel, ChannelSpec, Envelope
+from overlay._codec import BytesCodec
+from overlay._destination import LOCAL
+from overlay.config import AdminConfig, NodeConfig
+from overlay.identity import NodeId
+from overlay.node import Node
+
+__all__ = [
+    "BULK",
+    "ECHO",
+    "ECHO_PIPELINED",
+    "LOCAL_SPEC",
+    "TCP_CONFIG",
+    "node_pair",
+    "overlay_bulk",
+    "overlay_dial_times",
+    "overlay_local_rate",
+    "overlay_pipelined",
+    "overlay_round_trips",
+]
+
+TCP_CONFIG = NodeConfig(network="overlay-bench", listen=("tcp://127.0.0.1:0",),
+                        admin=AdminConfig(enabled=False))
+"""Loopback TCP on a free port; everything else at its default."""
+
+ECHO = ChannelSpec(id=0x40, name="bench-echo", codec=BytesCodec(), response_codec=BytesCodec())
+"""Round trips: the channel defaults."""
+
+ECHO_PIPELINED = ChannelSpec(id=0x41, name="bench-pipelined", codec=BytesCodec(),
+                             response_codec=BytesCodec(), send_queue_size=256,
+                             max_concurrent_requests=256)
+"""256 requests in flight: queues and the responder's concurrency sized for them."""
+
+BULK = ChannelSpec(id=0x42, name="bench-bulk", codec=BytesCodec(), response_codec=BytesCodec(),
+                   max_message_size=2 * 1024 * 1024)
+"""1 MiB fire-and-forget messages (default queue sizes)."""
+
+LOCAL_SPEC = ChannelSpec(id=0x43, name="bench-local", codec=BytesCodec(),
+                         response_codec=BytesCodec())
+"""LOCAL delivery (default ``recv_queue_size``: 64)."""
+
+
+async def _echo(env: Envelope[bytes]) -> bytes:
+    return env.message
+
+
+@contextlib.asynccontextmanager
+async def node_pair(
+    spec: ChannelSpec[bytes, bytes],
+) -> AsyncIterator[tuple[Channel[bytes, bytes], Channel[bytes, bytes], NodeId]]:
+    """Two connected nodes with ``spec`` open on both and an echo handler on the second;
+    yields (the first node's channel, the second node's channel, the second node's id)."""
+    async with Node(TCP_CONFIG) as a, Node(TCP_CONFIG) as b:
+        ca = a.channel(spec)
+        cb = b.channel(spec)
+        cb.handle_requests(_echo)
+        await a.dial(b.address)
+        yield ca, cb, b.node_id
+
+
+async def overlay_round_trips(payload: bytes, warmup: float, duration: float) -> Rate:
+    """Requests/s: one caller awaiting each 64-byte echo request in turn."""
+    async with node_pair(ECHO) as (ca, _cb, peer):
+
+        async def client(counter: Counter) -> None:
+            while True:
+                await ca.request(peer, payload)
+                counter.n += 1
+
+        def start(tg: anyio.abc.TaskGroup, counter: Counter) -> None:
+            tg.start_soon(client, counter)
+
+        return await measure_rate(start, warmup, duration)
+
+
+async def overlay_pipelined(payload: bytes, in_flight: int, warmup: float,
+                            duration: float) -> Rate:
+    """Requests/s with ``in_flight`` tasks each looping echo requests on one connection."""
+    async with node_pair(ECHO_PIPELINED) as (ca, _cb, peer):
+
+        async def client(counter: Counter) -> None:
+            while True:
+                await ca.request(peer, payload)
+                counter.n += 1
+
+        def start(tg: anyio.abc.TaskGroup, counter: Counter) -> None:
+            for _ in range(in_flight):
+                tg.start_soon(client, counter)
+
+        return await measure_rate(start, warmup, duration)
+
+
+async def overlay_bulk(chunk: bytes, warmup: float, duration: float) -> Rate:
+    """Bytes/s received: fire-and-forget ``send`` of ``chunk`` after ``chunk``, receiver drains."""
+    async with node_pair(BULK) as (ca, cb, peer):
+
+        async def sender() -> None:
+            while True:
+                await ca.send(peer, chunk)
+
+        async def receiver(counter: Counter) -> None:
+            while True:
+                env = await cb.receive()
+                counter.n += len(env.message)
+
+        def start(tg: anyio.abc.TaskGroup, counter: Counter) -> None:
+            tg.start_soon(receiver, counter)
+            tg.start_soon(sender)
+
+        return await measure_rate(start, warmup, duration)
+
+
+async def overlay_dial_times(count: int, warm: int) -> list[float]:
+    """Seconds of ``count`` ``dial()`` calls (TCP connect + Noise + NodeInfo exchange), each
+    followed (untimed) by ``disconnect()`` and a wait until the listener dropped the peer."""
+    times: list[float] = []
+    async with Node(TCP_CONFIG) as a, Node(TCP_CONFIG) as b:
+        a.channel(ECHO)
+        b.channel(ECHO)
+        address = b.address
+        for i in range(count + warm):
+            started = time.perf_counter()
+            await a.dial(address)
+            elapsed = time.perf_counter() - started
+            await a.disconnect(b.node_id)
+            with anyio.fail_after(5):  # untimed: the listener must drop us before a re-dial
+                while a.node_id in b.connected_peers():
+                    await anyio.sleep(0.0002)
+            if i >= warm:
+                times.append(elapsed)
+    return times
+
+
+async def overlay_local_rate(item: Any, warmup: float, duration: float) -> Rate:
+    """Messages/s of ``send(LOCAL, item)`` + ``receive()`` (one producer, one consumer)."""
+    async with Node(TCP_CONFIG) as node:
+        ch = node.channel(LOCAL_SPEC)
+
+        async def produce() -> None:
+            while True:
+                await ch.send(LOCAL, item)
+
+        async def consume(counter: Counter) -> None:
+            while True:
+                await ch.receive()
+                counter.n += 1
+
+        def start(tg: anyio.abc.TaskGroup, counter: Counter) -> None:
+            tg.start_soon(produce)
+            tg.start_soon(consume, counter)
+
+        return await measure_rate(start, warmup, duration)

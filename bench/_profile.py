@@ -1,0 +1,248 @@
+"""Where a round trip's time goes: cProfile of the round-trip case plus sans-IO micro-timings.
+
+Two views, both per 64-byte request/response round trip over TCP + Noise:
+
+* **cProfile** of ``requests`` round trips (after a warm-up), self time summed by layer (the
+  file a function lives in: anyio, asyncio, the Noise/secure layer, the sans-IO core and framing,
+  the async driver, the AEAD and socket built-ins) and call counts per round trip of the
+  functions that reveal the scheduling cost (event-loop callbacks = task steps, epoll waits,
+  socket sends/receives). Profiling inflates Python-level time, so shares matter, not sums.
+* **Micro-timings without I/O**: the pure ``ConnectionCore`` work of one round trip (request
+  out, request in, response out, response in), the secure framing + AEAD of the two messages
+  each way, and the AEAD calls alone. Subtracted from the unprofiled round-trip time they bound
+  what is left for the async layers (anyio, the event loop, task switches, syscalls).
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import pstats
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from bench._ours import ECHO, node_pair
+from overlay._conncore import ChannelParams, ConnectionCore, CoreConfig, RequestReceived
+from overlay._noise import CipherState
+from overlay._secure import TransportReader, encrypt_frames
+
+__all__ = ["ProfileReport", "profile_round_trips", "render_profile"]
+
+_LAYERS: tuple[tuple[str, str], ...] = (
+    ("/anyio/", "anyio"),
+    ("/asyncio/", "asyncio event loop (Python)"),
+    ("/uvloop/", "uvloop"),
+    ("/overlay/_secure.py", "secure stream (Noise framing)"),
+    ("/overlay/_noise.py", "Noise CipherState"),
+    ("/overlay/_conncore.py", "sans-IO core + framing"),
+    ("/overlay/_frames.py", "sans-IO core + framing"),
+    ("/overlay/_wire.py", "sans-IO core + framing"),
+    ("/overlay/_ratelimit.py", "sans-IO core + framing"),
+    ("/overlay/_peer.py", "async driver (peer/router/channel)"),
+    ("/overlay/_router.py", "async driver (peer/router/channel)"),
+    ("/overlay/_channel.py", "async driver (peer/router/channel)"),
+    ("/overlay/_codec.py", "async driver (peer/router/channel)"),
+    ("/overlay/_observer.py", "async driver (peer/router/channel)"),
+    ("/overlay/_destination.py", "async driver (peer/router/channel)"),
+    ("/bench/", "benchmark loop"),
+    ("/cryptography/", "AEAD (ChaCha20-Poly1305)"),
+)
+
+_WATCHED: tuple[tuple[str, str, str], ...] = (
+    # (label, file marker ("~" = built-in), exact function name or built-in name fragment)
+    ("event-loop callbacks (task steps)", "/asyncio/events.py", "_run"),
+    ("event-loop iterations", "/asyncio/base_events.py", "_run_once"),
+    ("epoll waits", "~", "'poll' of 'select.epoll'"),
+    ("socket send()", "~", "'send' of '_socket.socket'"),
+    ("socket recv()", "~", "'recv' of '_socket.socket'"),
+    ("AEAD encrypt", "~", "'encrypt' of"),
+    ("AEAD decrypt", "~", "'decrypt' of"),
+    ("anyio cancel scopes entered", "/anyio/_backends/_asyncio.py", "__enter__"),
+    ("anyio.current_time()", "/anyio/_core/_eventloop.py", "current_time"),
+    ("anyio tasks spawned", "/anyio/_backends/_asyncio.py", "_spawn"),
+)
+
+
+def _watched(filename: str, name: str) -> list[str]:
+    path = filename.replace(os.sep, "/")
+    labels = []
+    for label, marker, func in _WATCHED:
+        if marker == "~":
+            if path == "~" and func in name:
+                labels.append(label)
+        elif marker in path and name == func:
+            labels.append(label)
+    return labels
+
+
+def _layer(filename: str, name: str) -> str:
+    if filename == "~":
+        if "ChaCha20Poly1305" in name or "aead" in name:
+            return "AEAD (ChaCha20-Poly1305)"
+        if "_socket.socket" in name or "select.epoll" in name:
+            return "syscalls (socket, epoll)"
+        return "other built-ins"
+    path = filename.replace(os.sep, "/")
+    for marker, layer in _LAYERS:
+        if marker in path:
+            return layer
+    return "other Python"
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileReport:
+    """The two views (see the module docstring); times in microseconds per round trip."""
+
+    requests: int
+    us_per_rt: float
+    """Unprofiled wall-clock time of one round trip."""
+    profiled_us_per_rt: float
+    layers: dict[str, float]
+    """Self time per layer under cProfile, µs per round trip."""
+    calls_per_rt: dict[str, float]
+    top: list[tuple[str, float, float]]
+    """(function, self µs per round trip, calls per round trip), the heaviest first."""
+    core_us: float
+    """Pure ConnectionCore work of one round trip (both nodes)."""
+    secure_us: float
+    """encrypt_frames + TransportReader of the 2 messages each way (AEAD included)."""
+    aead_us: float
+    """The 4 AEAD calls alone."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "us_per_rt": self.us_per_rt,
+            "profiled_us_per_rt": self.profiled_us_per_rt,
+            "layers_us_per_rt": self.layers,
+            "calls_per_rt": self.calls_per_rt,
+            "top": [{"function": f, "self_us_per_rt": t, "calls_per_rt": c}
+                    for f, t, c in self.top],
+            "core_us_per_rt": self.core_us,
+            "secure_us_per_rt": self.secure_us,
+            "aead_us_per_rt": self.aead_us,
+        }
+
+
+def _core_round_trip_us(payload: bytes, n: int) -> float:
+    params = [ChannelParams(channel_id=ECHO.id)]
+    a = ConnectionCore(CoreConfig(), params, now=0.0)
+    b = ConnectionCore(CoreConfig(), params, now=0.0)
+    started = time.perf_counter()
+    for i in range(n):
+        now = i * 1e-5
+        a.send_request(ECHO.id, payload)
+        b.receive_data(a.data_to_send(now), now)
+        event = b.next_event()
+        assert isinstance(event, RequestReceived)
+        b.next_event()
+        b.send_response(ECHO.id, event.request_id, event.payload)
+        a.receive_data(b.data_to_send(now), now)
+        a.next_event()
+        a.next_event()
+    return (time.perf_counter() - started) / n * 1e6
+
+
+def _secure_round_trip_us(frame: bytes, n: int) -> tuple[float, float]:
+    key = bytes(range(32))
+    sender, receiver = CipherState(key), CipherState(key)
+    reader = TransportReader(receiver)
+    started = time.perf_counter()
+    for _ in range(2 * n):
+        reader.feed(encrypt_frames(sender, frame))
+        reader.next_message()
+    secure = (time.perf_counter() - started) / n * 1e6
+    enc, dec = CipherState(key), CipherState(key)
+    started = time.perf_counter()
+    for _ in range(2 * n):
+        dec.decrypt_with_ad(None, enc.encrypt_with_ad(None, frame))
+    aead = (time.perf_counter() - started) / n * 1e6
+    return secure, aead
+
+
+def _key_name(key: tuple[str, int, str]) -> str:
+    filename, line, name = key
+    if filename == "~":
+        return name
+    path = filename.replace(os.sep, "/")
+    for marker in ("/site-packages/", "/lib/python3", "/work/main/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{path}:{line}({name})"
+
+
+async def profile_round_trips(requests: int, payload: bytes = b"x" * 64) -> ProfileReport:
+    """Run the round-trip case unprofiled, then under cProfile; add the micro-timings."""
+    async with node_pair(ECHO) as (ca, _cb, peer):
+        for _ in range(500):
+            await ca.request(peer, payload)
+        started = time.perf_counter()
+        for _ in range(requests):
+            await ca.request(peer, payload)
+        us_per_rt = (time.perf_counter() - started) / requests * 1e6
+        profiler = cProfile.Profile()
+        started = time.perf_counter()
+        profiler.enable()
+        for _ in range(requests):
+            await ca.request(peer, payload)
+        profiler.disable()
+        profiled = (time.perf_counter() - started) / requests * 1e6
+    stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    layers: dict[str, float] = defaultdict(float)
+    calls: dict[str, float] = defaultdict(float)
+    rows: list[tuple[str, float, float]] = []
+    for key, (_cc, ncalls, tottime, _cumtime, _callers) in stats.items():
+        filename, _line, name = key
+        layers[_layer(filename, name)] += tottime / requests * 1e6
+        rows.append((_key_name(key), tottime / requests * 1e6, ncalls / requests))
+        for label in _watched(filename, name):
+            calls[label] += ncalls / requests
+    rows.sort(key=lambda row: row[1], reverse=True)
+    frame = b"\0" * (len(payload) + 12)
+    core_us = _core_round_trip_us(payload, 20000)
+    secure_us, aead_us = _secure_round_trip_us(frame, 20000)
+    return ProfileReport(
+        requests=requests,
+        us_per_rt=us_per_rt,
+        profiled_us_per_rt=profiled,
+        layers=dict(sorted(layers.items(), key=lambda kv: kv[1], reverse=True)),
+        calls_per_rt={label: calls.get(label, 0.0) for label, _m, _f in _WATCHED},
+        top=rows[:25],
+        core_us=core_us,
+        secure_us=secure_us,
+        aead_us=aead_us,
+    )
+
+
+def render_profile(report: ProfileReport) -> str:
+    total = sum(report.layers.values()) or 1.0
+    lines = [
+        f"round-trip profile ({report.requests} requests): "
+        f"{report.us_per_rt:.1f} µs/round trip unprofiled, "
+        f"{report.profiled_us_per_rt:.1f} µs under cProfile",
+        "",
+        "  self time by layer (cProfile, µs per round trip, share):",
+    ]
+    for layer, us in report.layers.items():
+        lines.append(f"    {layer:<38} {us:8.1f}  {us / total * 100:5.1f} %")
+    lines += ["", "  calls per round trip:"]
+    for label, count in report.calls_per_rt.items():
+        lines.append(f"    {label:<38} {count:8.2f}")
+    lines += ["", "  heaviest functions (self µs per round trip, calls per round trip):"]
+    for name, us, ncalls in report.top:
+        lines.append(f"    {us:7.2f} µs {ncalls:6.2f}x  {name}")
+    rest = report.us_per_rt - report.core_us - report.secure_us
+    lines += [
+        "",
+        "  without I/O (unprofiled, µs per round trip):",
+        f"    ConnectionCore (both ends)              {report.core_us:8.1f}",
+        f"    secure framing + AEAD (4 messages)      {report.secure_us:8.1f}"
+        f"   (AEAD alone {report.aead_us:.1f})",
+        f"    left for the async layers + syscalls    {rest:8.1f}"
+        f"   ({rest / report.us_per_rt * 100:.0f} % of the round trip)",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Benchmark overlay against baselines measured in the same process, on the same event loop.
+
+Usage (from the repository root)::
+
+    python bench/run.py [--quick] [--json FILE] [--uvloop] [--profile]
+
+Cases (ours / baseline; the table prints the ratio next to the target):
+
+1. 64-byte request/response round trips, one caller, TCP + Noise vs a plain asyncio TCP echo;
+2. 256 requests in flight on one connection vs the same asyncio pipeline (length-prefixed);
+3. bulk 1 MiB fire-and-forget messages vs asyncio streams writing 1 MiB chunks (MiB/s);
+4. ``dial()`` = TCP connect + Noise + NodeInfo exchange, median and p90 (plain TCP connect for
+   reference);
+5. LOCAL delivery (``send(LOCAL, x)`` + ``receive()``) vs a bare anyio memory object stream;
+6. memory of an idle connected node in a 100-node ``MemoryNetwork`` (KiB per node).
+
+``--quick`` runs everything in well under 30 s, the full run in under 3 minutes. ``--profile``
+adds a cProfile breakdown of the round-trip case. py-libp2p is a second round-trip baseline when
+it is importable. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:  # ``python bench/run.py`` from a fresh checkout
+    sys.path.insert(0, str(_ROOT))
+
+import anyio
+
+from bench import _baseline as base
+from bench import _ours as ours
+from bench._common import Figure, Settings, Target, machine_facts, percentile
+from bench._libp2p import libp2p_available, libp2p_round_trips
+from bench._memnet import measure_memory
+from bench._profile import ProfileReport, profile_round_trips, render_profile
+
+PAYLOAD = b"\x5a" * 64
+IN_FLIGHT = 256
+CHUNK = b"\xa5" * (1 << 20)
+MIB = float(1 << 20)
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def _alternate(
+    baseline: Callable[[], Awaitable[Rate]], mine: Callable[[], Awaitable[Rate]], rounds: int
+) -> tuple[list[Rate], list[Rate]]:
+    """Alternate baseline and ours ``rounds`` times (so load changes hit both alike)."""
+    base_runs: list[Rate] = []
+    our_runs: list[Rate] = []
+    for _ in range(rounds):
+        base_runs.append(await baseline())
+        our_runs.append(await mine())
+    return base_runs, our_runs
+
+
+def _throughput(
+    key: str,
+    title: str,
+    unit: str,
+    runs: tuple[list[Rate], list[Rate]],
+    baseline_name: str,
+    target: Target,
+    scale: float = 1.0,
+) -> Figure:
+    """A figure from alternated windows: the best wall-clock rate of each side is the figure;
+    the best rate per CPU-second of each side gives the load-independent ``cpu_ratio``."""
+    base_runs, our_runs = runs
+    b, o = best(base_runs), best(our_runs)
+    extra: dict[str, float] = {
+        "cpu_ratio": o.per_cpu_second / b.per_cpu_second,
+        "ours_per_cpu_second": o.per_cpu_second / scale,
+        "baseline_per_cpu_second": b.per_cpu_second / scale,
+        "ours_cpu_share": o.cpu_share,
+        "baseline_cpu_share": b.cpu_share,
+    }
+    for side, rates in (("ours", our_runs), ("baseline", base_runs)):
+        for i, rate in enumerate(rates):
+            extra[f"{side}_window_{i}"] = rate.per_second / scale
+    return Figure(key, title, unit, o.per_second / scale, b.per_second / scale, baseline_name,
+                  target, extra)
+
+
+async def run_cases(s: Settings) -> list[Figure]:
+    figures: list[Figure] = []
+    w, d = s.warmup, s.duration
+
+    _progress(f"[1/6] memory: {s.nodes} nodes in a MemoryNetwork, {s.fanout} dials each ...")
+    mem = await measure_memory(s.nodes, s.fanout)
+    memory_figure = Figure(
+        key="memory",
+        title=f"idle node in a {mem.nodes}-node memory network (RSS)",
+        unit="KiB/node",
+        ours=mem.rss_kib_per_node,
+        baseline=None,
+        baseline_name="-",
+        target=None,
+        extra={
+            "rss_kib_per_node": mem.rss_kib_per_node,
+            "tracemalloc_kib_per_node": mem.traced_kib_per_node,
+            "nodes": mem.nodes,
+            "connections": mem.connections,
+            "dial_failures": mem.dial_failures,
+            "build_seconds": mem.build_seconds,
+        },
+    )
+
+    _progress("[2/6] round trips (64 B, one caller) ...")
+    runs = await _alternate(lambda: base.asyncio_round_trips(PAYLOAD, w, d),
+                            lambda: ours.overlay_round_trips(PAYLOAD, w, d), s.rounds)
+    figures.append(_throughput("round_trip", "64 B request/response, 1 caller (TCP+Noise)",
+                               "req/s", runs, "asyncio TCP echo", Target("ratio_min", 0.5)))
+
+    _progress(f"[3/6] pipelined requests ({IN_FLIGHT} in flight) ...")
+    runs = await _alternate(lambda: base.asyncio_pipelined(PAYLOAD, IN_FLIGHT, w, d),
+                            lambda: ours.overlay_pipelined(PAYLOAD, IN_FLIGHT, w, d), s.rounds)
+    figures.append(_throughput("pipelined", f"64 B requests, {IN_FLIGHT} in flight, 1 connection",
+                               "req/s", runs, "asyncio length-prefixed pipeline",
+                               Target("ratio_min", 1.0)))
+
+    _progress("[4/6] bulk 1 MiB messages ...")
+    runs = await _alternate(lambda: base.asyncio_bulk(CHUNK, w, d),
+                            lambda: ours.overlay_bulk(CHUNK, w, d), s.rounds)
+    figures.append(_throughput("bulk", "bulk one-way, 1 MiB messages", "MiB/s", runs,
+                               "asyncio streams, 1 MiB writes", Target("ratio_min", 0.3), MIB))
+
+    _progress(f"[5/6] dial + disconnect x {s.dials} ...")
+    tcp_times = await base.asyncio_connect_times(s.dials, warm=3)
+    dial_times = await ours.overlay_dial_times(s.dials, warm=3)
+    ms = 1000.0
+    figures.append(Figure(
+        "dial", "dial(): TCP connect + Noise + NodeInfo (median)", "ms",
+        statistics.median(dial_times) * ms, statistics.median(tcp_times) * ms,
+        "plain TCP connect (reference)", Target("max", 1.5),
+        {
+            "ours_p90_ms": percentile(dial_times, 90) * ms,
+            "ours_min_ms": min(dial_times) * ms,
+            "ours_max_ms": max(dial_times) * ms,
+            "baseline_p90_ms": percentile(tcp_times, 90) * ms,
+            "cycles": float(len(dial_times)),
+        },
+    ))
+
+    _progress("[6/6] LOCAL delivery ...")
+    item = object()
+    size = ours.LOCAL_SPEC.recv_queue_size
+    runs = await _alternate(lambda: base.memory_stream_rate(size, item, w, d),
+                            lambda: ours.overlay_local_rate(item, w, d), s.rounds)
+    figures.append(_throughput("local", "LOCAL send + receive", "msg/s", runs,
+                               f"anyio memory stream ({size} buffered)", Target("ratio_min", 0.5)))
+    figures.append(memory_figure)
+    return figures
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit in ("ms", "KiB/node"):
+        return f"{value:,.2f} {unit}"
+    if unit == "MiB/s":
+        return f"{value:,.0f} {unit}"
+    return f"{value:,.0f} {unit}"
+
+
+def render_table(figures: list[Figure]) -> str:
+    header = ("case", "ours", "baseline", "ratio", "CPU ratio", "target", "result")
+    rows: list[tuple[str, ...]] = [header]
+    for i, f in enumerate(figures, 1):
+        ratio = f.ratio
+        if f.target is not None and f.target.kind == "max":
+            ratio_text = f"{ratio:.1f}x" if ratio is not None else "-"
+        else:
+            ratio_text = f"{ratio * 100:.1f} %" if ratio is not None else "-"
+        cpu = f.extra.get("cpu_ratio")
+        cpu_text = f"{cpu * 100:.1f} %" if cpu is not None else "-"
+        rows.append((f"{i}. {f.title}", _fmt(f.ours, f.unit), _fmt(f.baseline, f.unit),
+                     ratio_text, cpu_text, f.target.describe(f.unit) if f.target else "-",
+                     f.verdict))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
+    lines = []
+    for n, row in enumerate(rows):
+        last = len(header) - 1
+        cells = [row[0].ljust(widths[0])] + [row[c].rjust(widths[c]) for c in range(1, last)]
+        cells.append(row[last].ljust(widths[last]))
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_details(figures: list[Figure]) -> str:
+    lines = []
+    for f in figures:
+        if f.key == "dial":
+            e = f.extra
+            lines.append(f"dial: p90 {e['ours_p90_ms']:.2f} ms, min {e['ours_min_ms']:.2f} ms, "
+                         f"max {e['ours_max_ms']:.2f} ms over {e['cycles']:.0f} cycles; plain "
+                         f"TCP connect p90 {e['baseline_p90_ms']:.3f} ms")
+        elif f.key == "memory":
+            e = f.extra
+            lines.append(f"memory: {e['nodes']:.0f} nodes, {e['connections']:.0f} connections "
+                         f"({e['dial_failures']:.0f} failed dials), built in "
+                         f"{e['build_seconds']:.2f} s; RSS {e['rss_kib_per_node']:.1f} KiB/node, "
+                         f"tracemalloc {e['tracemalloc_kib_per_node']:.1f} KiB/node")
+        elif f.baseline is not None:
+            ours_w = [v for k, v in f.extra.items() if k.startswith("ours_window")]
+            base_w = [v for k, v in f.extra.items() if k.startswith("baseline_window")]
+            e = f.extra
+            lines.append(f"{f.key}: windows ours {', '.join(f'{v:,.0f}' for v in ours_w)}; "
+                         f"baseline {', '.join(f'{v:,.0f}' for v in base_w)} ({f.unit}); "
+                         f"per CPU-second ours {e['ours_per_cpu_second']:,.0f}, baseline "
+                         f"{e['baseline_per_cpu_second']:,.0f}; CPU share of the best window "
+                         f"ours {e['ours_cpu_share'] * 100:.0f} %, "
+                         f"baseline {e['baseline_cpu_share'] * 100:.0f} %")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="short windows (< 30 s in all)")
+    parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
+    parser.add_argument("--uvloop", action="store_true",
+                        help="run ours and the baselines on uvloop (must be installed)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile the round-trip case (cProfile + micro-timings)")
+    args = parser.parse_args(argv)
+    if args.uvloop and importlib.util.find_spec("uvloop") is None:
+        parser.error("--uvloop: uvloop is not installed (pip install 'overlay[uvloop]')")
+    settings = Settings.make(args.quick)
+    loop_name = "uvloop" if args.uvloop else "asyncio"
+    notes: list[str] = []
+    started = time.perf_counter()
+    _progress(f"overlay benchmarks ({'quick' if args.quick else 'full'}, {loop_name} loop)")
+    figures: list[Figure] = anyio.run(run_cases, settings, backend="asyncio",
+                                      backend_options={"use_uvloop": args.uvloop})
+    libp2p: float | None = None
+    if libp2p_available():
+        _progress("[+] py-libp2p round trips (trio) ...")
+        try:
+            libp2p = libp2p_round_trips(PAYLOAD, settings.warmup, settings.duration)
+        except Exception as exc:  # an optional baseline must never sink the run
+            notes.append(f"py-libp2p is installed but its baseline failed: {exc!r}")
+        else:
+            rt = figures[0]
+            notes.append(f"py-libp2p (trio, TCP+Noise+yamux): {libp2p:,.0f} round trips/s; "
+                         f"ours / py-libp2p = {rt.ours / libp2p * 100:.0f} %")
+    else:
+        notes.append("py-libp2p is not installed (import libp2p failed): second baseline skipped")
+    profile: ProfileReport | None = None
+    if args.profile:
+        _progress("[+] profiling the round-trip case ...")
+        profile = anyio.run(profile_round_trips, settings.profile_requests, backend="asyncio",
+                            backend_options={"use_uvloop": args.uvloop})
+    elapsed = time.perf_counter() - started
+
+    facts = machine_facts()
+    print()
+    print(f"overlay benchmarks: {'quick' if args.quick else 'full'} run, {loop_name} event loop, "
+          f"Python {facts['python']}, {facts['nproc']} CPUs, {elapsed:.1f} s")
+    print()
+    print(render_table(figures))
+    print()
+    print(render_details(figures))
+    for note in notes:
+        print(f"note: {note}")
+    if profile is not None:
+        print()
+        print(render_profile(profile))
+    if args.json:
+        document: dict[str, Any] = {
+            "machine": facts,
+            "loop": loop_name,
+            "quick": args.quick,
+            "settings": {"warmup": settings.warmup, "duration": settings.duration,
+                         "rounds": settings.rounds, "dials": settings.dials,
+                         "nodes": settings.nodes, "fanout": settings.fanout},
+            "elapsed_seconds": elapsed,
+            "figures": [f.as_dict() for f in figures],
+            "libp2p_round_trips": libp2p,
+            "notes": notes,
+            "profile": profile.as_dict() if profile is not None else None,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        _progress(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

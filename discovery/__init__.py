@@ -1,0 +1,1 @@
+"""Discovery: signed capability records, PEX and the DHT (filed later; see docs/architecture.md)."""

@@ -1,0 +1,61 @@
+"""What the admin API may ask of a running node.
+
+The admin HTTP server (:mod:`overlay._admin`) is written against :class:`Control` only; the
+service assembly (:mod:`overlay._service`) implements it on top of the node and its peer manager.
+
+Error contract of every ``Control`` method (the server maps them to HTTP statuses):
+
+* :class:`~overlay.errors.InvalidAddressError` or any other
+  :class:`~overlay.errors.LocalProtocolError` (bad input) → ``400 {"error": "..."}``;
+* :class:`UnknownPeerError` (a node id or IP the node does not know) → ``404``;
+* any other :class:`~overlay.errors.OverlayError` (``DialError``, timeouts, ...) → ``502`` with
+  the message.
+
+Every returned value must be JSON-serialisable (``json.dumps`` with no custom encoder): plain
+dicts, lists, strings, numbers, booleans and ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from overlay.errors import LocalProtocolError
+
+__all__ = ["Control", "UnknownPeerError"]
+
+
+class UnknownPeerError(LocalProtocolError):
+    """The node id (or IP) named by the operator is not known to the node."""
+
+
+class Control(Protocol):
+    """What the admin API can ask of a running node (implemented by overlay._service)."""
+
+    def status(self) -> dict[str, Any]:
+        """Node id, network, listen addrs, uptime, peer counts by direction, version, ..."""
+        ...
+
+    def peers(self) -> list[dict[str, Any]]:
+        """One JSON-able dict per known/connected peer."""
+        ...
+
+    async def dial(self, address: str, *, persistent: bool) -> dict[str, Any]:
+        """Dial ``address`` (``ID@HOST:PORT`` / ``memory:ID``) now; ``persistent`` marks it
+        persistent (and persists that)."""
+        ...
+
+    async def disconnect(self, node_id: str) -> dict[str, Any]:
+        """Close the connection to ``node_id``; :class:`UnknownPeerError` if not connected."""
+        ...
+
+    async def ban(self, target: str, *, duration: float | None) -> dict[str, Any]:
+        """Ban a node id or an IP for ``duration`` seconds (None = the configured default)."""
+        ...
+
+    async def unban(self, target: str) -> dict[str, Any]:
+        """Lift the ban of a node id or an IP; :class:`UnknownPeerError` if it is not banned."""
+        ...
+
+    async def add_seed(self, address: str) -> dict[str, Any]:
+        """Add a seed address (and persist it)."""
+        ...

@@ -1,0 +1,75 @@
+"""Hooks through which the router and connections report facts about peers.
+
+The node implements :class:`Observer` to feed the peer manager's scores and the metrics; the
+default :class:`NullObserver` ignores everything. Calls are synchronous and must not block.
+"""
+
+from __future__ import annotations
+
+from overlay.identity import NodeId
+
+__all__ = ["MultiObserver", "NullObserver", "Observer"]
+
+
+class Observer:
+    """Facts about peers, reported as they happen. Subclass and override what you need."""
+
+    def on_slow_peer(self, peer: NodeId, channel: str) -> None:
+        """A send to ``peer`` timed out waiting for queue space."""
+
+    def on_invalid_message(self, peer: NodeId, channel: str, reason: str) -> None:
+        """``peer`` sent a message that did not decode (it was dropped)."""
+
+    def on_protocol_violation(self, peer: NodeId, reason: str) -> None:
+        """``peer`` broke the wire protocol; its connection is being closed."""
+
+    def on_rate_limited(self, peer: NodeId, channel_id: int) -> None:
+        """``peer`` exceeded its concurrent-request limit on a channel."""
+
+    def on_request_done(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
+        """An outbound request finished: outcome is ``ok``, ``error``, ``timeout`` or
+        ``cancelled``."""
+
+    def on_request_served(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
+        """An inbound request was answered (``ok``/``error``) or cancelled by the peer."""
+
+    def on_latency(self, peer: NodeId, rtt: float) -> None:
+        """A ping round trip to ``peer`` took ``rtt`` seconds."""
+
+
+    def on_peer_connected(
+        self, peer: NodeId, *, outbound: bool, remote_host: str, listen_addrs: tuple[str, ...]
+    ) -> None:
+        """A connection to ``peer`` passed the hello exchange and is now registered."""
+
+    def on_peer_disconnected(self, peer: NodeId, reason: str) -> None:
+        """The connection to ``peer`` ended (``reason`` is a short code)."""
+
+    def on_handshake_failed(self, reason: str) -> None:
+        """An inbound or outbound connection failed before registration (``reason`` code)."""
+
+
+class MultiObserver(Observer):
+    """Forwards every fact to several observers, in order."""
+
+    def __init__(self, *observers: Observer) -> None:
+        self._observers = observers
+
+    def set(self, *observers: Observer) -> None:
+        """Replace the observers (lets a node be built before the parts that observe it)."""
+        self._observers = observers
+
+    def __getattribute__(self, name: str) -> object:
+        if name.startswith("on_"):
+            targets = object.__getattribute__(self, "_observers")
+
+            def fan_out(*args: object, **kwargs: object) -> None:
+                for target in targets:
+                    getattr(target, name)(*args, **kwargs)
+
+            return fan_out
+        return object.__getattribute__(self, name)
+
+
+class NullObserver(Observer):
+    """Ignores every fact."""

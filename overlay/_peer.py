@@ -1,0 +1,394 @@
+"""The thin async driver of one peer connection.
+
+Theory of operation
+-------------------
+A :class:`PeerConnection` owns an authenticated :class:`~overlay._secure.SecureStream` and a pure
+:class:`~overlay._conncore.ConnectionCore`. Two tasks run it:
+
+* the **reader** receives plaintext, feeds ``core.receive_data``, and dispatches the core's
+  events: messages go to the router (awaiting a full inbox: backpressure towards the peer),
+  requests start a handler task, responses wake the waiting requester, cancels cancel handlers;
+* the **writer** sleeps until woken (something was queued) or the core's timer is due, then
+  writes ``core.data_to_send`` (many small frames coalesced into one write).
+
+Callers queue into the core synchronously; when a channel queue is full they wait on the
+connection's *space* event (the writer sets it after every write) — so every queue is bounded,
+and ``send()`` either waits (honouring the caller's cancel scope) or raises ``WouldBlock``.
+
+Closing is one-way: ``close(reason)`` queues a Disconnect frame, lets the writer flush it for at
+most ``CLOSE_FLUSH_TIMEOUT`` seconds, then cancels both tasks and closes the stream. Every
+waiting requester and sender then fails with :class:`ConnectionClosed` (or :class:`NodeClosed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVarTuple
+
+import anyio
+import anyio.abc
+
+from overlay import _conncore as core_mod
+from overlay._conncore import ConnectionCore
+from overlay._nodeinfo import DisconnectReason, NodeInfo
+from overlay._observer import Observer
+from overlay.errors import (
+    ConnectionClosed,
+    ErrorCode,
+    OverlayError,
+    RemoteProtocolError,
+    RequestError,
+    WouldBlock,
+)
+from overlay.identity import NodeId
+
+__all__ = ["CLOSE_FLUSH_TIMEOUT", "Delivery", "PeerConnection"]
+
+log = logging.getLogger("overlay.peer")
+
+CLOSE_FLUSH_TIMEOUT = 1.0
+"""Seconds the writer may spend flushing the final Disconnect frame."""
+
+_STREAM_CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+Ts = TypeVarTuple("Ts")
+
+
+class Delivery(Protocol):
+    """What a connection hands inbound traffic to (the router)."""
+
+    async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None: ...
+
+    def on_request(
+        self, conn: PeerConnection, channel_id: int, request_id: int, payload: bytes
+    ) -> None: ...
+
+
+class _Waiter:
+    __slots__ = ("error", "event", "payload")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.payload: bytes = b""
+        self.error: OverlayError | None = None
+
+
+class PeerConnection:
+    """One live, authenticated connection to a peer."""
+
+    def __init__(
+        self,
+        *,
+        node_id: NodeId,
+        info: NodeInfo,
+        stream: anyio.abc.ByteStream,
+        core: ConnectionCore,
+        outbound: bool,
+        remote_address: str,
+        remote_host: str,
+        delivery: Delivery,
+        observer: Observer,
+    ) -> None:
+        self.node_id = node_id
+        self.info = info
+        self.outbound = outbound
+        self.remote_address = remote_address
+        self.remote_host = remote_host
+        self.core = core
+        self.connected_at = anyio.current_time()
+        self.close_reason: str | None = None
+        self.remote_reason: str | None = None
+        self._stream = stream
+        self._delivery = delivery
+        self._observer = observer
+        self._waiters: dict[int, _Waiter] = {}
+        self._handlers: dict[tuple[int, int], anyio.CancelScope] = {}
+        self._space = anyio.Event()
+        self._space_waiters = 0
+        self._wake = anyio.Event()
+        self._writer_waiting = False
+        self._closing = False
+        self._closed = False
+        self._close_error: OverlayError = ConnectionClosed(f"connection to {node_id} closed")
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._done = anyio.Event()
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the reader and writer until the connection closes."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self._write_loop)
+                tg.start_soon(self._read_loop)
+                task_status.started()
+        finally:
+            self._closed = True
+            self._fail_pending()
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+            self._done.set()
+
+    @property
+    def is_open(self) -> bool:
+        return not (self._closing or self._closed)
+
+    def close(self, reason: int = DisconnectReason.SHUTDOWN, message: str = "",
+              error: OverlayError | None = None) -> None:
+        """Start closing: send a Disconnect, flush briefly, then stop. Idempotent."""
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self.close_reason = DisconnectReason.name(reason)
+        if error is not None:
+            self._close_error = error
+        try:
+            self.core.send_disconnect(reason, message)
+        except OverlayError:
+            pass
+        self._kick()
+        self._space.set()  # wake senders so they see the connection is closing
+
+    async def aclose(self, reason: int = DisconnectReason.SHUTDOWN, message: str = "") -> None:
+        """Close and wait until the connection is fully down."""
+        self.close(reason, message)
+        await self._done.wait()
+
+    def spawn(
+        self, func: Callable[[*Ts], Coroutine[Any, Any, Any]], *args: *Ts
+    ) -> None:
+        """Run ``func(*args)`` in this connection's task group (cancelled when it closes)."""
+        if self._tg is None or self._closed:
+            return
+        self._tg.start_soon(func, *args)
+
+    def _fail_pending(self) -> None:
+        for waiter in self._waiters.values():
+            waiter.error = self._close_error
+            waiter.event.set()
+        self._waiters.clear()
+        self._space.set()
+        for scope in self._handlers.values():
+            scope.cancel()
+
+    def _check_open(self) -> None:
+        if self._closing or self._closed:
+            raise self._close_error
+
+    # ------------------------------------------------------------------------------- sending
+
+    def _kick(self) -> None:
+        if self._writer_waiting:
+            self._writer_waiting = False
+            self._wake.set()
+
+    async def _wait_space(self) -> None:
+        self._space_waiters += 1
+        try:
+            await self._space.wait()
+        finally:
+            self._space_waiters -= 1
+        self._check_open()
+
+    def send_message_nowait(self, channel_id: int, payload: bytes) -> None:
+        self._check_open()
+        self.core.send_message(channel_id, payload)
+        self._kick()
+
+    async def send_message(self, channel_id: int, payload: bytes) -> None:
+        """Queue a message, waiting for queue space (cancel the caller to give up)."""
+        while True:
+            self._check_open()
+            try:
+                self.core.send_message(channel_id, payload)
+            except WouldBlock:
+                await self._wait_space()
+            else:
+                self._kick()
+                return
+
+    async def request(self, channel_id: int, payload: bytes) -> bytes:
+        """Send a request and wait for the response payload.
+
+        Cancelling the caller cancels the request on the wire. An error response raises
+        :class:`RequestError`.
+        """
+        while True:
+            self._check_open()
+            try:
+                request_id = self.core.send_request(channel_id, payload)
+            except WouldBlock:
+                await self._wait_space()
+            else:
+                break
+        waiter = _Waiter()
+        self._waiters[request_id] = waiter
+        self._kick()
+        finished = False
+        try:
+            await waiter.event.wait()
+            finished = True
+        finally:
+            if not finished and self._waiters.pop(request_id, None) is not None:
+                if not self._closed:
+                    self.core.cancel_request(request_id)
+                    self._kick()
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.payload
+
+    async def respond(self, channel_id: int, request_id: int, payload: bytes) -> None:
+        while not self._closing and not self._closed:
+            try:
+                self.core.send_response(channel_id, request_id, payload)
+            except WouldBlock:
+                await self._wait_space()
+            else:
+                self._kick()
+                return
+
+    async def respond_error(
+        self, channel_id: int, request_id: int, code: ErrorCode, message: str
+    ) -> None:
+        while not self._closing and not self._closed:
+            try:
+                self.core.send_error(channel_id, request_id, code, message)
+            except WouldBlock:
+                await self._wait_space()
+            else:
+                self._kick()
+                return
+
+    def register_handler(self, key: tuple[int, int], scope: anyio.CancelScope) -> None:
+        self._handlers[key] = scope
+
+    def unregister_handler(self, key: tuple[int, int]) -> None:
+        self._handlers.pop(key, None)
+
+    # ------------------------------------------------------------------------------- writer
+
+    async def _write_loop(self) -> None:
+        core = self.core
+        stream = self._stream
+        try:
+            while True:
+                now = anyio.current_time()
+                data = core.data_to_send(now)
+                if data:
+                    if self._closing:
+                        with anyio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+                            await stream.send(data)
+                    else:
+                        await stream.send(data)
+                    if self._space_waiters:
+                        self._space.set()
+                        self._space = anyio.Event()
+                    continue
+                if self._closing:
+                    break
+                deadline = core.get_timer()
+                self._wake = anyio.Event()
+                self._writer_waiting = True
+                if deadline is None:
+                    await self._wake.wait()
+                else:
+                    with anyio.move_on_after(max(0.0, deadline - now)):
+                        await self._wake.wait()
+                    self._writer_waiting = False
+                    now = anyio.current_time()
+                    if now >= deadline:
+                        core.handle_timer(now)
+                        await self._dispatch_events()
+        except _STREAM_CLOSED:
+            pass
+        finally:
+            self._closed = True
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+
+    # ------------------------------------------------------------------------------- reader
+
+    async def _read_loop(self) -> None:
+        core = self.core
+        stream = self._stream
+        try:
+            await self._dispatch_events()  # bytes that arrived with the hello exchange
+            while not self._closing:
+                paused = core.receive_paused_until(anyio.current_time())
+                if paused is not None:
+                    await anyio.sleep(max(0.0, paused - anyio.current_time()))
+                try:
+                    data = await stream.receive()
+                except _STREAM_CLOSED:
+                    break
+                core.receive_data(data, anyio.current_time())
+                await self._dispatch_events()
+                self._kick()
+        except RemoteProtocolError as exc:
+            log.warning("peer %s violated the protocol: %s", self.node_id, exc)
+            self._observer.on_protocol_violation(self.node_id, type(exc).__name__)
+            self.close(DisconnectReason.PROTOCOL_VIOLATION, str(exc)[:200], error=ConnectionClosed(
+                f"connection to {self.node_id} closed: protocol violation: {exc}"))
+            return
+        if not self._closing:
+            # The peer closed (or reset) the connection: nothing left to flush.
+            self._closed = True
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+
+    async def _dispatch_events(self) -> None:
+        core = self.core
+        while (event := core.next_event()) is not None:
+            if isinstance(event, core_mod.ResponseReceived):
+                waiter = self._waiters.pop(event.request_id, None)
+                if waiter is not None:
+                    waiter.payload = event.payload
+                    waiter.event.set()
+            elif isinstance(event, core_mod.MessageReceived):
+                await self._delivery.on_message(self, event.channel_id, event.payload)
+            elif isinstance(event, core_mod.RequestReceived):
+                self._delivery.on_request(self, event.channel_id, event.request_id, event.payload)
+            elif isinstance(event, core_mod.ErrorReceived):
+                waiter = self._waiters.pop(event.request_id, None)
+                if waiter is not None:
+                    waiter.error = RequestError(event.code, event.message)
+                    waiter.event.set()
+            elif isinstance(event, core_mod.CancelReceived):
+                scope = self._handlers.get((event.channel_id, event.request_id))
+                if scope is not None:
+                    scope.cancel()
+            elif isinstance(event, core_mod.RequestRejected):
+                self._observer.on_rate_limited(self.node_id, event.channel_id)
+            elif isinstance(event, core_mod.MessageDropped):
+                log.debug("dropped a message from %s on channel %d: %s",
+                          self.node_id, event.channel_id, event.reason)
+            elif isinstance(event, core_mod.LatencyMeasured):
+                self._observer.on_latency(self.node_id, event.rtt)
+            elif isinstance(event, core_mod.DisconnectReceived):
+                self.remote_reason = DisconnectReason.name(event.reason)
+                log.info("peer %s disconnected: %s %s", self.node_id, self.remote_reason,
+                         event.message)
+                self._close_error = ConnectionClosed(
+                    f"peer {self.node_id} disconnected: {self.remote_reason} {event.message}"
+                )
+                self._closing = True
+                self._closed = True
+                assert self._tg is not None
+                self._tg.cancel_scope.cancel()
+                return
+            elif isinstance(event, core_mod.IdleTimeout):
+                log.info("peer %s idle for too long; closing", self.node_id)
+                self.close(DisconnectReason.IDLE_TIMEOUT, "idle timeout")
+
+    # --------------------------------------------------------------------------- observation
+
+    def rtt(self) -> float:
+        stats = self.core.statistics()
+        value = getattr(stats, "rtt_ewma", None)
+        return float(value) if value is not None else math.nan

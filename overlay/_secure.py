@@ -1,0 +1,608 @@
+"""The authenticated secure channel: Noise XX over any anyio byte stream.
+
+Wire protocol (version 1)
+-------------------------
+* Pattern ``Noise_XX_25519_ChaChaPoly_SHA256``, prologue ``b"overlay/noise/1"``.
+* Every Noise message, handshake and transport alike, is framed as a 2-byte big-endian length
+  followed by that many bytes (at most 65535). A transport message is a ChaCha20-Poly1305
+  ciphertext: at most 65519 bytes of plaintext plus a 16-byte tag, so a frame length below 16
+  is invalid. Transport messages use empty associated data and the Noise nonce counter.
+* XX message 1 (initiator -> responder): ``e`` with an empty payload (exactly 32 bytes).
+* XX message 2 (responder) and message 3 (initiator) carry, as their encrypted payload, the
+  protobuf ``HandshakePayload{identity_key, identity_sig}``: the sender's raw 32-byte ed25519
+  public key and its signature over ``b"overlay-noise-static-key:" || noise_static_public_key``
+  (the sender's 32-byte X25519 static key, as transmitted by the ``s`` token). The receiver checks
+  that the payload decodes and the key is 32 bytes (else :class:`~overlay.errors.HandshakeError`)
+  and that the signature is valid (else :class:`~overlay.errors.AuthenticationError`); the peer's
+  node id is ``node_id_from_public_key(identity_key)``. A dialer that expected another node id
+  fails with ``AuthenticationError("expected <id>, peer proved <id>")`` before sending message 3.
+* After message 3 both sides ``Split()``: the initiator sends with c1 and receives with c2.
+* The transport has no authenticated end-of-stream: a TCP FIN is just EOF. Upper layers close
+  connections with their own (encrypted) disconnect frame.
+
+Errors
+------
+``secure_handshake`` raises :class:`~overlay.errors.HandshakeTimeout` after ``timeout``
+seconds, :class:`~overlay.errors.HandshakeError` for a malformed message, failed decryption, or
+EOF / reset during the handshake, and :class:`~overlay.errors.AuthenticationError` for a bad
+identity proof or an unexpected node id; on any failure the underlying stream is closed first.
+On an established :class:`SecureStream`, a frame that fails to decrypt or is shorter than a tag
+raises :class:`~overlay.errors.FrameError`, as does EOF in the middle of a frame; EOF at a frame
+boundary raises ``anyio.EndOfStream``. After any error the stream must be closed.
+
+Theory of operation
+-------------------
+:class:`SecureHandshake` is the sans-IO driver (bytes in, bytes out, no clock);
+:func:`secure_handshake` pumps it over a stream under a deadline. The Noise static key and the
+identity signature are made once per :class:`SecureIdentity`, so a handshake costs one X25519
+key generation, three X25519 operations and one ed25519 verification per side. On the transport
+path, :meth:`SecureStream.send` encrypts each <= 65519-byte piece with one AEAD call and writes
+all frames with one ``send``; :class:`TransportReader` buffers incoming bytes in a bytearray
+(front deletions are O(1) in CPython) and decrypts straight from a memoryview.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio import TypedAttributeSet, typed_attribute
+from google.protobuf.message import DecodeError as _PbDecodeError
+
+from overlay._noise import MAX_MESSAGE_LEN, TAGLEN, CipherState, HandshakeState, KeyPair
+from overlay.errors import (
+    AuthenticationError,
+    FrameError,
+    HandshakeError,
+    HandshakeTimeout,
+    LocalProtocolError,
+    OverlayError,
+)
+from overlay.identity import NodeId, NodeKey, node_id_from_public_key, verify_signature
+from proto import overlay_pb2 as pb
+
+__all__ = [
+    "MAX_PLAINTEXT",
+    "NOISE_PROTOCOL",
+    "PROLOGUE",
+    "SIGNATURE_PREFIX",
+    "PeerAttribute",
+    "SecureHandshake",
+    "SecureIdentity",
+    "SecureStream",
+    "SecureStreamStatistics",
+    "TransportReader",
+    "encrypt_frames",
+    "secure_handshake",
+    "verify_handshake_payload",
+]
+
+logger = logging.getLogger(__name__)
+
+NOISE_PROTOCOL = "Noise_XX_25519_ChaChaPoly_SHA256"
+"""The Noise protocol name of the channel."""
+PROLOGUE = b"overlay/noise/1"
+"""Noise prologue; a peer with another prologue fails the handshake."""
+SIGNATURE_PREFIX = b"overlay-noise-static-key:"
+"""Prefix of the message the identity key signs (followed by the Noise static public key)."""
+MAX_PLAINTEXT = MAX_MESSAGE_LEN - TAGLEN
+"""Largest plaintext carried by one transport message (65519)."""
+
+_LEN = struct.Struct(">H")
+_READ_SIZE = 262144
+_CLOSE_TIMEOUT = 1.0
+_UNKNOWN_ADDRESS = "<unknown>"
+
+
+class PeerAttribute(TypedAttributeSet):
+    """Typed attributes of a :class:`SecureStream` (``stream.extra(PeerAttribute.node_id)``)."""
+
+    node_id: NodeId = typed_attribute()
+    """The node id the peer proved."""
+    public_key: bytes = typed_attribute()
+    """The peer's raw 32-byte ed25519 identity key."""
+    remote_address: str = typed_attribute()
+    """Printable peer address: ``"127.0.0.1:4321"``, ``"[::1]:4321"``, ``"memory:<id>"``, or
+    ``"<unknown>"``."""
+    remote_host: str = typed_attribute()
+    """The peer's IP address (for per-IP limits); ``""`` when unknown."""
+    initiator: bool = typed_attribute()
+    """True when we dialed (we were the Noise initiator)."""
+
+
+class SecureIdentity:
+    """A node's identity prepared for handshakes: a fresh Noise static key, signed once."""
+
+    __slots__ = ("node_key", "payload", "static")
+
+    def __init__(self, node_key: NodeKey, *, static: KeyPair | None = None) -> None:
+        self.node_key = node_key
+        self.static = static if static is not None else KeyPair.generate()
+        """Noise static key (not persisted; one per ``SecureIdentity``)."""
+        signature = node_key.sign(SIGNATURE_PREFIX + self.static.public)
+        self.payload: bytes = pb.HandshakePayload(
+            identity_key=node_key.public_key, identity_sig=signature
+        ).SerializeToString()
+        """Encoded ``HandshakePayload`` sent in XX message 2 or 3."""
+
+    @property
+    def node_id(self) -> NodeId:
+        return self.node_key.node_id
+
+    @property
+    def public_key(self) -> bytes:
+        return self.node_key.public_key
+
+    def __repr__(self) -> str:
+        return f"SecureIdentity(node_id={self.node_id})"
+
+
+def verify_handshake_payload(
+    payload: bytes, noise_static: bytes, expected_id: NodeId | None = None
+) -> tuple[NodeId, bytes]:
+    """Check a peer's ``HandshakePayload``; return its ``(node_id, ed25519_public_key)``."""
+    try:
+        message = pb.HandshakePayload.FromString(payload)
+    except _PbDecodeError:
+        raise HandshakeError("malformed handshake payload") from None
+    key = message.identity_key
+    if len(key) != 32:
+        raise HandshakeError(f"identity key must be 32 bytes, got {len(key)}")
+    if not verify_signature(key, SIGNATURE_PREFIX + noise_static, message.identity_sig):
+        raise AuthenticationError("invalid identity signature over the Noise static key")
+    node_id = node_id_from_public_key(key)
+    if expected_id is not None and node_id != expected_id:
+        raise AuthenticationError(f"expected {expected_id}, peer proved {node_id}")
+    return node_id, key
+
+
+class SecureHandshake:
+    """Sans-IO XX handshake driver: feed :meth:`receive_data`, write :meth:`data_to_send`.
+
+    Bytes that arrive after the last handshake message are kept in :attr:`leftover` (the
+    initiator may send transport data right behind message 3).
+    """
+
+    __slots__ = (
+        "_expected_id",
+        "_failed",
+        "_identity",
+        "_inbuf",
+        "_noise",
+        "_out",
+        "initiator",
+        "remote_node_id",
+        "remote_public_key",
+    )
+
+    def __init__(
+        self, identity: SecureIdentity, *, initiator: bool, expected_id: NodeId | None = None
+    ) -> None:
+        self._identity = identity
+        self._expected_id = expected_id
+        self.initiator = initiator
+        self._noise = HandshakeState(
+            NOISE_PROTOCOL, initiator, prologue=PROLOGUE, s=identity.static
+        )
+        self._inbuf = bytearray()
+        self._out: list[bytes] = []
+        self._failed = False
+        self.remote_node_id: NodeId | None = None
+        """The peer's node id, once proven."""
+        self.remote_public_key: bytes | None = None
+        """The peer's ed25519 public key, once proven."""
+        if initiator:
+            self._write(b"")
+
+    @property
+    def is_complete(self) -> bool:
+        return self._noise.is_complete and not self._failed
+
+    @property
+    def handshake_hash(self) -> bytes:
+        return self._noise.handshake_hash
+
+    @property
+    def leftover(self) -> bytes:
+        """Bytes received after the final handshake message (only meaningful once complete)."""
+        return bytes(self._inbuf)
+
+    def transport_ciphers(self) -> tuple[CipherState, CipherState]:
+        """``(send, receive)`` cipher states; only after completion."""
+        return self._noise.transport_ciphers()
+
+    def data_to_send(self) -> bytes:
+        """Framed handshake bytes to write now (may be empty)."""
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def _write(self, payload: bytes) -> None:
+        message = self._noise.write_message(payload)
+        self._out.append(_LEN.pack(len(message)))
+        self._out.append(message)
+
+    def receive_data(self, data: bytes) -> None:
+        """Consume bytes from the peer; raise HandshakeError / AuthenticationError on failure."""
+        if self._failed:
+            raise HandshakeError("the handshake already failed")
+        self._inbuf += data
+        if self._noise.is_complete:
+            return
+        try:
+            self._process()
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _process(self) -> None:
+        buf = self._inbuf
+        noise = self._noise
+        while not noise.is_complete and not noise.is_our_turn:
+            if len(buf) < 2:
+                return
+            end = 2 + ((buf[0] << 8) | buf[1])
+            if len(buf) < end:
+                return
+            message = bytes(buf[2:end])
+            del buf[:end]
+            index = noise.message_index
+            payload = noise.read_message(message)
+            if index == 0:
+                if payload:
+                    raise HandshakeError("XX message 1 must have an empty payload")
+            else:
+                assert noise.rs is not None
+                self.remote_node_id, self.remote_public_key = verify_handshake_payload(
+                    payload, noise.rs, self._expected_id
+                )
+            if not noise.is_complete:
+                self._write(self._identity.payload)
+
+
+# -- transport -------------------------------------------------------------------------------
+
+
+def encrypt_frames(cipher: CipherState, data: bytes | bytearray | memoryview) -> bytes:
+    """Encrypt ``data`` as one or more framed transport messages (one AEAD call per piece)."""
+    size = len(data)
+    if size <= MAX_PLAINTEXT:
+        ciphertext = cipher.encrypt_with_ad(None, data)
+        return _LEN.pack(len(ciphertext)) + ciphertext
+    view = memoryview(data)
+    parts: list[bytes] = []
+    for offset in range(0, size, MAX_PLAINTEXT):
+        ciphertext = cipher.encrypt_with_ad(None, view[offset : offset + MAX_PLAINTEXT])
+        parts.append(_LEN.pack(len(ciphertext)))
+        parts.append(ciphertext)
+    return b"".join(parts)
+
+
+class TransportReader:
+    """Sans-IO decoder of framed transport messages: :meth:`feed` bytes, pop :meth:`next_message`.
+
+    Fed chunks are queued without copying; a frame lying inside one chunk is decrypted straight
+    from a memoryview of it. Only a frame that straddles chunks is copied, once, into a reusable
+    65537-byte assembly buffer. Raises :class:`~overlay.errors.FrameError` for a frame shorter
+    than a tag or one that fails to decrypt; the reader is unusable afterwards.
+    """
+
+    __slots__ = ("_asm", "_cipher", "_data", "_fill", "_pending", "_pos")
+
+    def __init__(self, cipher: CipherState, initial: bytes = b"") -> None:
+        self._cipher = cipher
+        self._data: bytes | bytearray | memoryview = b""
+        """Current chunk; ``_pos`` is the first unconsumed byte."""
+        self._pos = 0
+        self._pending: deque[bytes | bytearray | memoryview] = deque()
+        self._asm: memoryview | None = None
+        """Assembly buffer for straddling frames (allocated on first use)."""
+        self._fill = 0
+        """Bytes of the straddling frame in the assembly buffer (0 = not assembling)."""
+        if initial:
+            self.feed(initial)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet decoded (a partial frame)."""
+        return len(self._data) - self._pos + self._fill + sum(map(len, self._pending))
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if data:
+            self._pending.append(data)
+
+    def _decrypt(self, ciphertext: memoryview) -> bytes:
+        if len(ciphertext) < TAGLEN:
+            raise FrameError(f"transport frame of {len(ciphertext)} bytes is shorter than its tag")
+        try:
+            return self._cipher.decrypt_with_ad(None, ciphertext)
+        except HandshakeError:
+            raise FrameError("transport message failed to decrypt") from None
+
+    def _next_chunk(self) -> bool:
+        if not self._pending:
+            return False
+        self._data = self._pending.popleft()
+        self._pos = 0
+        return True
+
+    def next_message(self) -> bytes | None:
+        """The next decrypted plaintext (maybe empty), or None if no whole frame is buffered."""
+        while True:
+            data, pos = self._data, self._pos
+            avail = len(data) - pos
+            if not self._fill:
+                if avail >= 2:
+                    end = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+                    if end <= len(data):
+                        self._pos = end
+                        return self._decrypt(memoryview(data)[pos + 2 : end])
+                if not self._pending:
+                    return None  # keep the partial frame in place until more data arrives
+                if avail:
+                    if self._asm is None:
+                        self._asm = memoryview(bytearray(2 + MAX_MESSAGE_LEN))
+                    self._asm[:avail] = memoryview(data)[pos:]
+                    self._fill = avail
+                self._next_chunk()
+                continue
+            asm = self._asm
+            assert asm is not None
+            fill = self._fill
+            if fill < 2:
+                take = min(2 - fill, avail)
+                asm[fill : fill + take] = memoryview(data)[pos : pos + take]
+                fill += take
+                pos += take
+                avail -= take
+                if fill < 2:
+                    self._fill, self._pos = fill, pos
+                    if not self._next_chunk():
+                        return None
+                    continue
+            total = 2 + ((asm[0] << 8) | asm[1])
+            take = min(total - fill, avail)
+            asm[fill : fill + take] = memoryview(data)[pos : pos + take]
+            fill += take
+            self._pos = pos + take
+            if fill == total:
+                self._fill = 0
+                return self._decrypt(asm[2:total])
+            self._fill = fill
+            if not self._next_chunk():
+                return None
+
+
+@dataclass(frozen=True, slots=True)
+class SecureStreamStatistics:
+    """Counters of one :class:`SecureStream`."""
+
+    messages_sent: int
+    """Noise transport messages written."""
+    messages_received: int
+    """Noise transport messages decrypted."""
+    bytes_sent: int
+    """Plaintext bytes sent."""
+    bytes_received: int
+    """Plaintext bytes received."""
+
+
+class SecureStream(anyio.abc.ByteStream):
+    """An encrypted, authenticated byte stream (built by :func:`secure_handshake`).
+
+    ``send`` keeps message boundaries up to 65519 bytes (larger data is split);
+    ``receive`` returns the plaintext of the next message, at most ``max_bytes`` of it (the rest
+    is returned by the following calls). Concurrent ``send`` calls are serialised. A ``send``
+    interrupted by cancellation may have written part of its frames, so the stream is marked
+    broken and later sends raise ``anyio.BrokenResourceError``.
+    """
+
+    def __init__(
+        self,
+        transport_stream: anyio.abc.ByteStream,
+        send_cipher: CipherState,
+        receive_cipher: CipherState,
+        *,
+        node_id: NodeId,
+        public_key: bytes,
+        initiator: bool,
+        handshake_hash: bytes,
+        remote_address: str = _UNKNOWN_ADDRESS,
+        remote_host: str = "",
+        buffered: bytes = b"",
+    ) -> None:
+        self._transport = transport_stream
+        self._send_cipher = send_cipher
+        self._reader = TransportReader(receive_cipher, buffered)
+        self._send_lock = anyio.Lock(fast_acquire=True)
+        self._send_broken = False
+        self._head: bytes | None = None
+        self._head_pos = 0
+        self.node_id = node_id
+        self.public_key = public_key
+        self.initiator = initiator
+        self.handshake_hash = handshake_hash
+        """Noise handshake hash: identical on both ends (channel binding)."""
+        self.remote_address = remote_address
+        self.remote_host = remote_host
+        self._messages_sent = 0
+        self._messages_received = 0
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self._attributes: dict[Any, Callable[[], Any]] = {
+            PeerAttribute.node_id: lambda: node_id,
+            PeerAttribute.public_key: lambda: public_key,
+            PeerAttribute.initiator: lambda: initiator,
+            PeerAttribute.remote_address: lambda: remote_address,
+            PeerAttribute.remote_host: lambda: remote_host,
+        }
+
+    @property
+    def transport_stream(self) -> anyio.abc.ByteStream:
+        return self._transport
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {**self._transport.extra_attributes, **self._attributes}
+
+    def statistics(self) -> SecureStreamStatistics:
+        return SecureStreamStatistics(
+            self._messages_sent, self._messages_received, self._bytes_sent, self._bytes_received
+        )
+
+    async def send(self, item: bytes) -> None:
+        """Encrypt and write ``item`` (one underlying ``send``); ``b""`` sends nothing."""
+        if not item:
+            return
+        async with self._send_lock:
+            if self._send_broken:
+                raise anyio.BrokenResourceError("an earlier send was interrupted")
+            cipher = self._send_cipher
+            before = cipher.n
+            data = encrypt_frames(cipher, item)
+            try:
+                await self._transport.send(data)
+            except BaseException:
+                self._send_broken = True
+                raise
+            self._messages_sent += cipher.n - before
+            self._bytes_sent += len(item)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        """Return the next plaintext bytes (at most ``max_bytes``, never empty)."""
+        if max_bytes < 1:
+            raise LocalProtocolError("max_bytes must be a positive integer")
+        head = self._head
+        if head is not None:
+            pos = self._head_pos
+            end = pos + max_bytes
+            if end >= len(head):
+                self._head = None
+                return head[pos:]
+            self._head_pos = end
+            return head[pos:end]
+        reader = self._reader
+        while True:
+            plaintext = reader.next_message()
+            if plaintext is None:
+                try:
+                    data = await self._transport.receive(_READ_SIZE)
+                except anyio.EndOfStream:
+                    if reader.buffered:
+                        raise FrameError("connection closed in the middle of a frame") from None
+                    raise
+                reader.feed(data)
+                continue
+            self._messages_received += 1
+            size = len(plaintext)
+            if not size:
+                continue
+            self._bytes_received += size
+            if size > max_bytes:
+                self._head = plaintext
+                self._head_pos = max_bytes
+                return plaintext[:max_bytes]
+            return plaintext
+
+    async def send_eof(self) -> None:
+        """Half-close the underlying stream (unauthenticated; see the module docstring)."""
+        async with self._send_lock:
+            await self._transport.send_eof()
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    def __repr__(self) -> str:
+        return f"SecureStream(node_id={self.node_id}, remote_address={self.remote_address!r})"
+
+
+# -- the async handshake ---------------------------------------------------------------------
+
+
+def _socket_address(stream: anyio.abc.ByteStream) -> tuple[str | None, str | None]:
+    raw = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
+    if isinstance(raw, tuple) and len(raw) >= 2:
+        host = str(raw[0])
+        printable = f"[{host}]:{raw[1]}" if ":" in host else f"{host}:{raw[1]}"
+        return printable, host
+    if isinstance(raw, str) and raw:
+        return raw, ""
+    return None, None
+
+
+async def _close_quietly(stream: anyio.abc.ByteStream) -> None:
+    with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True):
+        try:
+            await stream.aclose()
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            logger.debug("closing a stream after a failed handshake: %r", exc)
+
+
+async def _pump(stream: anyio.abc.ByteStream, handshake: SecureHandshake) -> None:
+    try:
+        out = handshake.data_to_send()
+        if out:
+            await stream.send(out)
+        while not handshake.is_complete:
+            try:
+                data = await stream.receive(_READ_SIZE)
+            except anyio.EndOfStream:
+                raise HandshakeError("peer closed the connection during the handshake") from None
+            handshake.receive_data(data)
+            out = handshake.data_to_send()
+            if out:
+                await stream.send(out)
+    except (anyio.BrokenResourceError, OSError) as exc:
+        if isinstance(exc, TimeoutError):
+            raise HandshakeTimeout(f"network timeout during the handshake: {exc}") from exc
+        raise HandshakeError(f"connection lost during the handshake: {exc!r}") from exc
+
+
+async def secure_handshake(
+    stream: anyio.abc.ByteStream,
+    identity: SecureIdentity,
+    *,
+    initiator: bool,
+    expected_id: NodeId | None = None,
+    timeout: float = 10.0,
+    remote_address: str | None = None,
+    remote_host: str | None = None,
+) -> SecureStream:
+    """Run the Noise XX handshake over ``stream`` and return the secure stream.
+
+    ``expected_id`` (dialers) makes a peer proving another id fail with AuthenticationError.
+    ``remote_address``/``remote_host`` are used when ``stream`` has no socket address.
+    """
+    if not timeout > 0:
+        raise LocalProtocolError(f"handshake timeout must be positive, got {timeout!r}")
+    handshake = SecureHandshake(identity, initiator=initiator, expected_id=expected_id)
+    try:
+        with anyio.fail_after(timeout):
+            await _pump(stream, handshake)
+    except BaseException as exc:
+        await _close_quietly(stream)
+        if isinstance(exc, TimeoutError) and not isinstance(exc, OverlayError):
+            raise HandshakeTimeout(f"secure handshake did not finish within {timeout} s") from None
+        raise
+    socket_address, socket_host = _socket_address(stream)
+    node_id, public_key = handshake.remote_node_id, handshake.remote_public_key
+    assert node_id is not None and public_key is not None
+    send_cipher, receive_cipher = handshake.transport_ciphers()
+    return SecureStream(
+        stream,
+        send_cipher,
+        receive_cipher,
+        node_id=node_id,
+        public_key=public_key,
+        initiator=initiator,
+        handshake_hash=handshake.handshake_hash,
+        remote_address=socket_address or remote_address or _UNKNOWN_ADDRESS,
+        remote_host=socket_host or remote_host or "",
+        buffered=handshake.leftover,
+    )

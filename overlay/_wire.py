@@ -1,0 +1,180 @@
+"""Codecs for the protobuf payloads of ERROR and CONTROL frames.
+
+Theory of operation
+-------------------
+The generated ``proto.overlay_pb2`` classes never leave this module: callers get frozen
+dataclasses (:class:`ErrorPayload`, :class:`Ping`, :class:`Pong`, :class:`Disconnect`) and
+``IntEnum`` codes. Every decoder turns *any* malformed input into
+:class:`~overlay.errors.FrameError` (the bytes came from the peer). Encoders are total on valid
+dataclasses: text is truncated at a UTF-8 character boundary to a fixed byte budget so that an
+error or disconnect payload always fits in one small frame.
+
+Forward compatibility: an error code this version does not know decodes as
+``ErrorCode.UNKNOWN``; a disconnect reason is kept as a raw ``int`` (see
+:class:`DisconnectReason` for the known values).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError as _PbDecodeError
+
+from overlay.errors import ErrorCode, FrameError
+from proto import overlay_pb2 as _pb
+
+__all__ = [
+    "MAX_DISCONNECT_MESSAGE_BYTES",
+    "MAX_ERROR_MESSAGE_BYTES",
+    "ControlMessage",
+    "Disconnect",
+    "DisconnectReason",
+    "ErrorPayload",
+    "Ping",
+    "Pong",
+    "decode_control",
+    "decode_error",
+    "encode_control",
+    "encode_error",
+    "truncate_utf8",
+]
+
+MAX_ERROR_MESSAGE_BYTES = 1024
+"""ERROR messages are truncated to this many UTF-8 bytes when encoded."""
+MAX_DISCONNECT_MESSAGE_BYTES = 256
+"""Disconnect messages are truncated to this many UTF-8 bytes when encoded."""
+
+_U64 = (1 << 64) - 1
+_I32_MAX = (1 << 31) - 1
+
+
+class DisconnectReason(enum.IntEnum):
+    """Why a connection is closed (the ``DisconnectReason`` enum of proto/overlay.proto)."""
+
+    UNSPECIFIED = 0
+    SHUTDOWN = 1
+    WRONG_NETWORK = 2
+    INCOMPATIBLE_VERSION = 3
+    NO_COMMON_CHANNEL = 4
+    PROTOCOL_VIOLATION = 5
+    TOO_MANY_PEERS = 6
+    BANNED = 7
+    DUPLICATE = 8
+    EVICTED = 9
+    OPERATOR = 10
+    IDLE_TIMEOUT = 11
+    SELF = 12
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPayload:
+    """The payload of an ERROR frame."""
+
+    code: ErrorCode
+    """What kind of failure (unknown wire values decode as ``ErrorCode.UNKNOWN``)."""
+    message: str
+    """Human-readable detail (may be empty)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Control: please answer with a Pong carrying the same nonce."""
+
+    nonce: int
+    """u64 chosen by the pinger."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Control: the answer to a Ping."""
+
+    nonce: int
+    """The nonce of the Ping being answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Control: the sender is closing the connection; nothing follows it."""
+
+    reason: int
+    """A :class:`DisconnectReason` value (kept as ``int``: unknown values are allowed)."""
+    message: str
+    """Human-readable detail (may be empty)."""
+
+
+ControlMessage = Ping | Pong | Disconnect
+
+
+def truncate_utf8(text: str, max_bytes: int) -> bytes:
+    """``text`` as UTF-8, cut to at most ``max_bytes`` bytes at a character boundary."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return data
+    return data[:max_bytes].decode("utf-8", "ignore").encode("utf-8")
+
+
+def _text(text: str, max_bytes: int) -> str:
+    data = truncate_utf8(text, max_bytes)
+    return data.decode("utf-8")
+
+
+def encode_error(
+    code: ErrorCode, message: str, *, max_message_bytes: int = MAX_ERROR_MESSAGE_BYTES
+) -> bytes:
+    """Encode an ERROR payload; ``message`` is truncated to ``max_message_bytes`` UTF-8 bytes
+    (at most :data:`MAX_ERROR_MESSAGE_BYTES`). The encoding is at most 5 bytes longer than the
+    truncated text, and 2 bytes long when the text is empty."""
+    budget = max(0, min(max_message_bytes, MAX_ERROR_MESSAGE_BYTES))
+    pb = _pb.ErrorResponse(code=int(code), message=_text(message, budget))  # type: ignore[arg-type]
+    return pb.SerializeToString()
+
+
+def decode_error(data: bytes) -> ErrorPayload:
+    """Decode an ERROR payload; FrameError if it is not a valid ``ErrorResponse``."""
+    pb = _pb.ErrorResponse()
+    try:
+        pb.ParseFromString(data)
+    except (_PbDecodeError, ValueError) as exc:
+        raise FrameError(f"malformed ERROR payload: {exc}") from None
+    raw = int(pb.code)
+    try:
+        code = ErrorCode(raw)
+    except ValueError:
+        code = ErrorCode.UNKNOWN
+    return ErrorPayload(code, pb.message)
+
+
+def encode_control(
+    message: ControlMessage, *, max_message_bytes: int = MAX_DISCONNECT_MESSAGE_BYTES
+) -> bytes:
+    """Encode a CONTROL payload (a disconnect message is truncated to ``max_message_bytes``,
+    at most :data:`MAX_DISCONNECT_MESSAGE_BYTES`; the rest of the payload takes ≤ 16 bytes)."""
+    pb = _pb.Control()
+    if isinstance(message, Ping):
+        pb.ping.nonce = message.nonce & _U64
+    elif isinstance(message, Pong):
+        pb.pong.nonce = message.nonce & _U64
+    else:
+        reason = message.reason if -_I32_MAX - 1 <= message.reason <= _I32_MAX else 0
+        pb.disconnect.reason = reason  # type: ignore[assignment]
+        budget = max(0, min(max_message_bytes, MAX_DISCONNECT_MESSAGE_BYTES))
+        pb.disconnect.message = _text(message.message, budget)
+    return pb.SerializeToString()
+
+
+def decode_control(data: bytes) -> ControlMessage:
+    """Decode a CONTROL payload; FrameError if malformed or if it carries no known message."""
+    pb = _pb.Control()
+    try:
+        pb.ParseFromString(data)
+    except (_PbDecodeError, ValueError) as exc:
+        raise FrameError(f"malformed CONTROL payload: {exc}") from None
+    which = pb.WhichOneof("kind")
+    if which == "ping":
+        return Ping(pb.ping.nonce)
+    if which == "pong":
+        return Pong(pb.pong.nonce)
+    if which == "disconnect":
+        return Disconnect(int(pb.disconnect.reason), pb.disconnect.message)
+    raise FrameError("CONTROL payload carries no known message")

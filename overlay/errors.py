@@ -1,0 +1,195 @@
+"""The exception tree: every error says who is at fault.
+
+::
+
+    OverlayError                         root of everything this library raises
+    ├── LocalProtocolError               the caller misused the API (fix your code)
+    │   ├── ConfigError                  bad configuration; names the key
+    │   ├── InvalidAddressError          an address string that does not parse
+    │   ├── ChannelError                 unknown/duplicate channel, wrong destination kind
+    │   ├── MessageTooLarge              a message larger than its channel allows
+    │   └── WouldBlock                   an ``*_nowait`` call would have to wait
+    │                                    (also an ``anyio.WouldBlock``)
+    ├── RemoteProtocolError              the peer misbehaved (its fault, not yours)
+    │   ├── FrameError                   malformed or oversized frame
+    │   ├── HandshakeError               Noise handshake failed
+    │   │   └── AuthenticationError      the peer proved another identity / bad signature
+    │   ├── IncompatiblePeerError        other network, unsupported version, no common channel
+    │   └── DecodeError                  a message that does not decode with the channel codec
+    ├── OverlayTimeoutError              a deadline passed (also a builtin ``TimeoutError``)
+    │   ├── HandshakeTimeout
+    │   ├── SendTimeout                  a send waited too long for queue space
+    │   └── RequestTimeout               no response before the deadline
+    ├── NetworkError                     the network failed us (also an ``OSError``-like family)
+    │   ├── DialError                    could not connect
+    │   ├── ConnectionClosed             the connection closed; pending work on it fails
+    │   └── PeerNotConnected             a peer destination that is not connected
+    ├── RequestError                     the responder answered with a typed error (see codes)
+    └── NodeClosed                       the node shut down; pending requests fail with this
+
+``RequestError.code`` is one of :class:`ErrorCode`; the codes are documented in ``docs/errors.md``
+and travel on the wire as the ``ErrorCode`` enum of ``proto/overlay.proto``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import anyio
+
+__all__ = [
+    "AuthenticationError",
+    "ChannelError",
+    "ConfigError",
+    "ConnectionClosed",
+    "DecodeError",
+    "DialError",
+    "ErrorCode",
+    "FrameError",
+    "HandshakeError",
+    "HandshakeTimeout",
+    "IncompatiblePeerError",
+    "InvalidAddressError",
+    "LocalProtocolError",
+    "MessageTooLarge",
+    "NetworkError",
+    "NodeClosed",
+    "OverlayError",
+    "OverlayTimeoutError",
+    "PeerNotConnected",
+    "RemoteProtocolError",
+    "RequestError",
+    "RequestTimeout",
+    "SendTimeout",
+    "WouldBlock",
+]
+
+
+class OverlayError(Exception):
+    """Root of every exception raised by overlay."""
+
+
+class LocalProtocolError(OverlayError):
+    """The caller used the API wrongly; retrying the same call fails the same way."""
+
+
+class ConfigError(LocalProtocolError, ValueError):
+    """A configuration value is invalid. ``key`` names the offending key (dotted path)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config key {key!r}: {message}")
+        self.key = key
+
+
+class InvalidAddressError(LocalProtocolError, ValueError):
+    """An address string could not be parsed."""
+
+
+class ChannelError(LocalProtocolError):
+    """A channel was misused: unknown id, duplicate id, or an unsupported destination."""
+
+
+class MessageTooLarge(LocalProtocolError):
+    """A message to send is larger than its channel's ``max_message_size``."""
+
+
+class WouldBlock(LocalProtocolError, anyio.WouldBlock):
+    """A ``*_nowait`` operation could not complete without waiting."""
+
+
+class RemoteProtocolError(OverlayError):
+    """The remote peer violated the protocol. The connection (or message) is dropped."""
+
+
+class FrameError(RemoteProtocolError):
+    """A malformed, truncated or oversized frame."""
+
+
+class HandshakeError(RemoteProtocolError):
+    """The secure handshake failed (bad message, failed decryption, bad payload)."""
+
+
+class AuthenticationError(HandshakeError):
+    """The peer did not prove the identity we expected, or its identity proof is invalid."""
+
+
+class IncompatiblePeerError(RemoteProtocolError):
+    """The peer is authenticated but cannot talk to us. ``reason`` is a short machine code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class DecodeError(RemoteProtocolError):
+    """A message payload could not be decoded by its channel's codec."""
+
+
+class OverlayTimeoutError(OverlayError, TimeoutError):
+    """A deadline passed."""
+
+
+class HandshakeTimeout(OverlayTimeoutError):
+    """The handshake (Noise or NodeInfo exchange) did not finish in time."""
+
+
+class SendTimeout(OverlayTimeoutError):
+    """A send could not get queue space before its deadline (the peer is slow)."""
+
+
+class RequestTimeout(OverlayTimeoutError):
+    """No response arrived before the request's deadline."""
+
+
+class NetworkError(OverlayError):
+    """The network failed: refused, reset, unreachable, closed."""
+
+
+class DialError(NetworkError):
+    """Dialing a peer failed."""
+
+
+class ConnectionClosed(NetworkError):
+    """The connection closed while an operation depended on it."""
+
+
+class PeerNotConnected(NetworkError):
+    """The destination peer is not connected."""
+
+
+class ErrorCode(enum.IntEnum):
+    """Typed error codes a responder may answer with (wire values, stable)."""
+
+    UNKNOWN = 0
+    """Unspecified failure."""
+    BAD_REQUEST = 1
+    """The request was understood but invalid."""
+    NOT_FOUND = 2
+    """The requested thing does not exist."""
+    UNAVAILABLE = 3
+    """The responder cannot serve this now (try another peer)."""
+    OVERLOADED = 4
+    """Too many concurrent requests from this peer on this channel."""
+    NO_HANDLER = 5
+    """The channel exists but has no request handler registered."""
+    INTERNAL = 6
+    """The handler raised an unexpected exception."""
+    CANCELLED = 7
+    """The responder cancelled the request (e.g. it is shutting down)."""
+    DECODE = 8
+    """The request payload did not decode."""
+    TOO_LARGE = 9
+    """The response was larger than the channel allows."""
+
+
+class RequestError(OverlayError):
+    """The responder answered with an error. ``code`` says what kind."""
+
+    def __init__(self, code: ErrorCode, message: str = "") -> None:
+        super().__init__(f"{code.name}: {message}" if message else code.name)
+        self.code = code
+        self.message = message
+
+
+class NodeClosed(OverlayError):
+    """The node is closed (or closing); pending and new operations fail with this."""

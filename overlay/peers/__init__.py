@@ -1,0 +1,79 @@
+"""Peer management: the pure peer-manager core, the anti-eclipse address book, scoring and the
+SQLite peer store.
+
+The manager (:class:`PeerManager`) is sans-IO: feed it facts with the current wall-clock time,
+execute the actions ``poll`` returns (:class:`DialPeer`, :class:`DisconnectPeer`,
+:class:`Persist`, :class:`RefreshAddresses`), and sleep until ``next_deadline``. The store
+(:class:`PeerStore`) is synchronous; run it in a worker thread.
+"""
+
+from overlay.peers._addrbook import AddrEntry, AddressBook
+from overlay.peers._config import PeerManagerConfig
+from overlay.peers._manager import PeerManager
+from overlay.peers._netgroup import ip_key, netgroup
+from overlay.peers._scoring import SCORE_DELTAS
+from overlay.peers._state import (
+    LoadedState,
+    StoreChanges,
+    StoredAddress,
+    StoredIpBan,
+    StoredPeer,
+)
+from overlay.peers._store import SCHEMA_VERSION, PeerStore
+from overlay.peers._types import (
+    SOURCE_CONFIG,
+    SOURCE_OPERATOR,
+    SOURCE_SEED,
+    Action,
+    Decision,
+    DialPeer,
+    DialPreference,
+    Direction,
+    DisconnectPeer,
+    PeerFlag,
+    PeerManagerStatistics,
+    PeerSnapshot,
+    PeerState,
+    Persist,
+    ProtectionHook,
+    RefreshAddresses,
+    ScoreEvent,
+    ScoreRecord,
+    Source,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SCORE_DELTAS",
+    "SOURCE_CONFIG",
+    "SOURCE_OPERATOR",
+    "SOURCE_SEED",
+    "Action",
+    "AddrEntry",
+    "AddressBook",
+    "Decision",
+    "DialPeer",
+    "DialPreference",
+    "Direction",
+    "DisconnectPeer",
+    "LoadedState",
+    "PeerFlag",
+    "PeerManager",
+    "PeerManagerConfig",
+    "PeerManagerStatistics",
+    "PeerSnapshot",
+    "PeerState",
+    "PeerStore",
+    "Persist",
+    "ProtectionHook",
+    "RefreshAddresses",
+    "ScoreEvent",
+    "ScoreRecord",
+    "Source",
+    "StoreChanges",
+    "StoredAddress",
+    "StoredIpBan",
+    "StoredPeer",
+    "ip_key",
+    "netgroup",
+]

@@ -1,0 +1,79 @@
+"""Peer scores: events move a score that decays exponentially towards neutral (0).
+
+Theory of operation
+-------------------
+A score is stored as ``(value, time)``; its value at a later time ``t`` is
+``value * 2 ** (-(t - time) / half_life)``. Decay is applied lazily whenever the score is read
+or changed, so idle peers cost nothing. Time going backwards never increases a score's
+magnitude (negative elapsed time counts as zero).
+
+An event adds its delta to the decayed value and the result is clamped to
+``[min_score, max_score]``. The manager then compares the score with two thresholds:
+
+* ``score <= disconnect_score`` (-50): disconnect, and neither dial nor accept the peer until
+  the score has decayed above the threshold again (with a 30-minute half-life, -50 becomes
+  -25 after 30 minutes);
+* ``score <= ban_score`` (-100): ban for ``ban_duration`` (24 h). Bans count against the IP:
+  ``ip_ban_threshold`` (3) peer bans from one IP within ``ip_ban_window`` (24 h) ban the IP.
+
+Event deltas (chosen against the default thresholds):
+
+=====================  ======  ==============================================================
+event                  delta   reasoning
+=====================  ======  ==============================================================
+USEFUL_RESPONSE        +1      good behaviour raises the score slowly up to ``max_score`` (25)
+SLOW_PEER              -2      may be our network, not its fault; 25 in a row disconnect
+TIMEOUT                -5      10 timeouts in quick succession disconnect
+RATE_LIMIT_EXCEEDED    -10     5 in quick succession disconnect, 10 ban
+INVALID_MESSAGE        -25     2 disconnect, 4 ban
+PROTOCOL_VIOLATION     -100    a ban from neutral; from the best score (25) still a disconnect
+=====================  ======  ==============================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from overlay.peers._types import ScoreEvent
+
+__all__ = ["SCORE_DELTAS", "apply_event", "decayed"]
+
+SCORE_DELTAS: Mapping[ScoreEvent, float] = MappingProxyType(
+    {
+        ScoreEvent.USEFUL_RESPONSE: 1.0,
+        ScoreEvent.SLOW_PEER: -2.0,
+        ScoreEvent.TIMEOUT: -5.0,
+        ScoreEvent.RATE_LIMIT_EXCEEDED: -10.0,
+        ScoreEvent.INVALID_MESSAGE: -25.0,
+        ScoreEvent.PROTOCOL_VIOLATION: -100.0,
+    }
+)
+
+_NEGLIGIBLE = 1e-3
+
+
+def decayed(value: float, since: float, now: float, half_life: float) -> float:
+    """``value`` (set at ``since``) decayed to ``now``; tiny magnitudes snap to 0."""
+    elapsed = now - since
+    if elapsed <= 0 or value == 0.0:
+        return value
+    result = value * math.pow(2.0, -elapsed / half_life)
+    return 0.0 if abs(result) < _NEGLIGIBLE else result
+
+
+def apply_event(
+    value: float,
+    since: float,
+    now: float,
+    event: ScoreEvent,
+    *,
+    half_life: float,
+    min_score: float,
+    max_score: float,
+) -> tuple[float, float]:
+    """Return ``(new_score, delta)`` after decaying to ``now`` and applying ``event``."""
+    delta = SCORE_DELTAS[event]
+    current = decayed(value, since, now, half_life)
+    return min(max_score, max(min_score, current + delta)), delta

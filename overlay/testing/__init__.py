@@ -1,0 +1,34 @@
+"""Test helpers for users of overlay: an in-process network and the transport conformance suite.
+
+* :class:`MemoryNetwork` / :class:`MemoryTransport`: many nodes in one process, no sockets, with
+  synthetic remote hosts, backpressure, link latency/loss and partitions.
+* :func:`check_transport_conformance`: the checks every transport must pass.
+"""
+
+from overlay.testing._conformance import (
+    CHECKS,
+    ConformanceError,
+    TransportFactory,
+    check_transport_conformance,
+)
+from overlay.testing._memory import (
+    LinkConditions,
+    MemoryByteStream,
+    MemoryNetwork,
+    MemoryNetworkStatistics,
+    MemoryTransport,
+    memory_stream_pair,
+)
+
+__all__ = [
+    "CHECKS",
+    "ConformanceError",
+    "LinkConditions",
+    "MemoryByteStream",
+    "MemoryNetwork",
+    "MemoryNetworkStatistics",
+    "MemoryTransport",
+    "TransportFactory",
+    "check_transport_conformance",
+    "memory_stream_pair",
+]

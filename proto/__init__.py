@@ -1,0 +1,1 @@
+"""Wire schema (protobuf) and the codecs that keep generated classes behind dataclasses."""

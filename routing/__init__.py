@@ -1,0 +1,1 @@
+"""Capability routing: policy engine, role destinations, peer selection (filed later)."""

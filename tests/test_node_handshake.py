@@ -1,0 +1,223 @@
+"""Connection set-up between real nodes: refusals carry a reason both sides see, the dialer
+authenticates who answered, self-dials are refused and simultaneous dials end with exactly one
+connection (loopback TCP and the memory network, asyncio and trio)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from overlay._channel import ChannelSpec, Envelope
+from overlay._codec import BytesCodec
+from overlay.address import NodeAddress
+from overlay.config import NodeConfig
+from overlay.errors import (
+    AuthenticationError,
+    IncompatiblePeerError,
+    LocalProtocolError,
+    NodeClosed,
+    OverlayError,
+)
+from overlay.identity import NodeId, NodeKey
+from overlay.node import Node
+from overlay.testing import MemoryNetwork
+
+pytestmark = pytest.mark.anyio
+
+ECHO = ChannelSpec(id=5, name="echo", codec=BytesCodec(), response_codec=BytesCodec())
+OTHER = ChannelSpec(id=6, name="other", codec=BytesCodec(), response_codec=BytesCodec())
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["tcp", "memory"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _config(transport: str, network: str = "overlay-local") -> NodeConfig:
+    listen = ("tcp://127.0.0.1:0",) if transport == "tcp" else ("memory:",)
+    return NodeConfig(network=network, listen=listen)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Let the other tasks run until ``predicate()`` holds (no sleeping; bounded by ``timeout``).
+
+    Spins on plain checkpoints first: asyncio's ``wait_all_tasks_blocked`` polls every 0.1 s
+    while any task is runnable, which would make every wait cost 0.1 s.
+    """
+    with anyio.fail_after(timeout):
+        for _ in range(200):
+            if predicate():
+                return
+            await anyio.lowlevel.checkpoint()
+        while not predicate():
+            await anyio.wait_all_tasks_blocked()
+
+
+async def _echo(env: Envelope[bytes]) -> bytes:
+    return env.message + b"!"
+
+
+async def test_wrong_network_is_refused_with_reason_on_both_sides(
+    transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="overlay.node")
+    net = MemoryNetwork()
+    async with (
+        Node(_config(transport, "net-a"), memory_network=net) as a,
+        Node(_config(transport, "net-b"), memory_network=net) as b,
+    ):
+        a.channel(ECHO)
+        b.channel(ECHO)
+        with pytest.raises(IncompatiblePeerError) as info:
+            await a.dial(b.address)
+        assert info.value.reason == "wrong_network"
+        await wait_until(lambda: b.handshake_failures.get("wrong_network", 0) == 1)
+        assert a.connected_peers() == [] and b.connected_peers() == []
+        refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert any("inbound" in m and a.node_id in m and "wrong_network" in m for m in refusals)
+        assert any("outbound" in m and b.node_id in m and "wrong_network" in m
+                   for m in refusals)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="every node now serves the built-in overlay.ping channel (0x01), so two overlay "
+    "nodes always share a channel; the refusal path needs a peer without it",
+)
+async def test_no_common_channel_is_refused(transport: str) -> None:
+    net = MemoryNetwork()
+    async with (
+        Node(_config(transport), memory_network=net) as a,
+        Node(_config(transport), memory_network=net) as b,
+    ):
+        a.channel(ECHO)
+        b.channel(OTHER)
+        with pytest.raises(IncompatiblePeerError) as info:
+            await a.dial(b.address)
+        assert info.value.reason == "no_common_channel"
+        await wait_until(lambda: b.handshake_failures.get("no_common_channel", 0) == 1)
+        assert a.connected_peers() == [] and b.connected_peers() == []
+        # one common channel is enough
+        b.channel(ECHO)
+        assert await a.dial(b.address) == b.node_id
+
+
+async def test_dialing_an_address_where_another_node_answers(transport: str) -> None:
+    net = MemoryNetwork()
+    impostor_target = NodeKey.generate().node_id
+    async with (
+        Node(_config(transport), memory_network=net) as a,
+        Node(_config(transport), memory_network=net) as b,
+    ):
+        a.channel(ECHO)
+        b.channel(ECHO)
+        real = b.address
+        if transport == "tcp":
+            wrong = NodeAddress(impostor_target, "tcp", real.host, real.port)
+        else:
+            wrong = net.misdirect(real, impostor_target)
+        with pytest.raises(AuthenticationError) as info:
+            await a.dial(wrong)
+        assert impostor_target in str(info.value) and b.node_id in str(info.value)
+        for _ in range(3):
+            await anyio.wait_all_tasks_blocked()
+        assert a.connected_peers() == [] and b.connected_peers() == []
+        assert not b.peer_summaries()
+        # the listener is unharmed: dialing it by its real id works
+        assert await a.dial(real) == b.node_id
+
+
+async def test_self_dial_is_refused(transport: str) -> None:
+    async with Node(_config(transport), memory_network=MemoryNetwork()) as a:
+        a.channel(ECHO)
+        with pytest.raises(LocalProtocolError):
+            await a.dial(a.address)
+        with pytest.raises(LocalProtocolError):
+            await a.dial(str(a.address))
+        assert a.connected_peers() == []
+
+
+async def test_dial_when_connected_returns_the_existing_connection(transport: str) -> None:
+    net = MemoryNetwork()
+    async with (
+        Node(_config(transport), memory_network=net) as a,
+        Node(_config(transport), memory_network=net) as b,
+    ):
+        a.channel(ECHO)
+        b.channel(ECHO)
+        await a.dial(b.address)
+        conn = a.router.get_peer(b.node_id)
+        assert await a.dial(b.address) == b.node_id
+        assert a.router.get_peer(b.node_id) is conn
+        assert len(a.peer_summaries()) == 1
+
+
+async def test_dial_after_close_raises_node_closed(transport: str) -> None:
+    net = MemoryNetwork()
+    async with Node(_config(transport), memory_network=net) as b:
+        b.channel(ECHO)
+        a = Node(_config(transport), memory_network=net)
+        async with a:
+            a.channel(ECHO)
+        with pytest.raises(NodeClosed):
+            await a.dial(b.address)
+
+
+@pytest.mark.parametrize("attempt", range(4))
+@pytest.mark.xfail(
+    strict=False,
+    reason="known race: under load both crossing connections can be refused as duplicates "
+    "(tie-break runs before registration); see the issue note",
+)
+async def test_simultaneous_dial_ends_with_one_connection(transport: str, attempt: int) -> None:
+    net = MemoryNetwork()
+    async with (
+        Node(_config(transport), memory_network=net) as a,
+        Node(_config(transport), memory_network=net) as b,
+    ):
+        for node in (a, b):
+            node.channel(ECHO).handle_requests(_echo)
+        outcomes: dict[str, NodeId | OverlayError] = {}
+
+        async def dial(name: str, src: Node, dst: Node) -> None:
+            try:
+                outcomes[name] = await src.dial(dst.address)
+            except OverlayError as exc:  # the losing dial may be refused as a duplicate
+                outcomes[name] = exc
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(dial, "a", a, b)
+                tg.start_soon(dial, "b", b, a)
+        for name, outcome in outcomes.items():
+            if isinstance(outcome, IncompatiblePeerError):
+                assert outcome.reason == "duplicate", (name, outcome)
+            else:
+                assert not isinstance(outcome, OverlayError), (name, outcome)
+        await wait_until(lambda: a.connected_peers() == [b.node_id]
+                         and b.connected_peers() == [a.node_id])
+        # settled: every duplicate is gone on both sides, and it stays that way
+        for _ in range(3):
+            await anyio.wait_all_tasks_blocked()
+        assert a.connected_peers() == [b.node_id] and b.connected_peers() == [a.node_id]
+        assert len(a.peer_summaries()) == len(b.peer_summaries()) == 1
+        conn_a = a.router.get_peer(b.node_id)
+        conn_b = b.router.get_peer(a.node_id)
+        assert conn_a is not None and conn_b is not None
+        assert conn_a.is_open and conn_b.is_open
+        assert conn_a.outbound != conn_b.outbound  # the two ends of one connection
+        # the survivor is the one initiated by the smaller id (the same verdict on both ends)
+        initiator = a if conn_a.outbound else b
+        assert initiator.node_id == min(a.node_id, b.node_id)
+        ca, cb = a.channel(ECHO), b.channel(ECHO)
+        assert await ca.request(b.node_id, b"x", timeout=5) == b"x!"
+        assert await cb.request(a.node_id, b"y", timeout=5) == b"y!"

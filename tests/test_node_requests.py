@@ -1,0 +1,383 @@
+"""Request/response between real nodes over one connection (loopback TCP and the memory network,
+asyncio and trio): matching, out-of-order answers, typed errors, limits, deadlines, cancellation.
+
+Conditions are awaited with events and ``anyio.wait_all_tasks_blocked()``, never with sleeps;
+the only real time spent is in tests whose subject *is* a timeout (0.1 s each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from overlay._channel import Channel, ChannelSpec, Envelope
+from overlay._codec import BytesCodec
+from overlay._destination import BROADCAST
+from overlay.config import NodeConfig
+from overlay.errors import (
+    ChannelError,
+    ErrorCode,
+    PeerNotConnected,
+    RequestError,
+    RequestTimeout,
+)
+from overlay.identity import NodeKey
+from overlay.node import Node
+from overlay.testing import MemoryNetwork
+
+pytestmark = pytest.mark.anyio
+
+SHORT = 0.1
+"""Seconds of the tests whose subject is a deadline."""
+
+ECHO = ChannelSpec(
+    id=5,
+    name="echo",
+    codec=BytesCodec(),
+    response_codec=BytesCodec(),
+    max_concurrent_requests=256,
+    send_queue_size=16,
+)
+LIMITED = ChannelSpec(
+    id=6, name="limited", codec=BytesCodec(), response_codec=BytesCodec(),
+    max_concurrent_requests=2,
+)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["tcp", "memory"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@dataclass(slots=True)
+class Pair:
+    a: Node
+    b: Node
+    ca: Channel[bytes, bytes]
+    cb: Channel[bytes, bytes]
+    la: Channel[bytes, bytes]
+    lb: Channel[bytes, bytes]
+
+
+def _config(transport: str) -> NodeConfig:
+    return NodeConfig(listen=("tcp://127.0.0.1:0",) if transport == "tcp" else ("memory:",))
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Let the other tasks run until ``predicate()`` holds (no sleeping; bounded by ``timeout``).
+
+    Spins on plain checkpoints first: asyncio's ``wait_all_tasks_blocked`` polls every 0.1 s
+    while any task is runnable, which would make every wait cost 0.1 s.
+    """
+    with anyio.fail_after(timeout):
+        for _ in range(200):
+            if predicate():
+                return
+            await anyio.lowlevel.checkpoint()
+        while not predicate():
+            await anyio.wait_all_tasks_blocked()
+
+
+@asynccontextmanager
+async def connected_pair(transport: str) -> AsyncIterator[Pair]:
+    """Node ``a`` dialed node ``b``; both sides registered the connection."""
+    net = MemoryNetwork()
+    async with (
+        Node(_config(transport), memory_network=net) as a,
+        Node(_config(transport), memory_network=net) as b,
+    ):
+        pair = Pair(a, b, a.channel(ECHO), b.channel(ECHO), a.channel(LIMITED), b.channel(LIMITED))
+        assert await a.dial(b.address) == b.node_id
+        await wait_until(lambda: b.connected_peers() == [a.node_id])
+        yield pair
+
+
+async def _echo(env: Envelope[bytes]) -> bytes:
+    return env.message + b"!"
+
+
+# --------------------------------------------------------------------------- matching
+
+
+async def test_simple_round_trip_both_directions(transport: str) -> None:
+    async with connected_pair(transport) as p:
+        p.ca.handle_requests(_echo)
+        p.cb.handle_requests(_echo)
+        assert await p.ca.request(p.b.node_id, b"ping", timeout=5) == b"ping!"
+        assert await p.cb.request(p.a.node_id, b"pong", timeout=5) == b"pong!"
+        assert p.cb.statistics().requests_served == 1
+        assert p.ca.statistics().requests_served == 1
+
+
+async def test_out_of_order_responses(transport: str) -> None:
+    """A's handler answers only after B's response reached the caller: ids keep them apart."""
+    async with connected_pair(transport) as p:
+        a_started = anyio.Event()
+        b_answered = anyio.Event()
+        order: list[bytes] = []
+
+        async def handler(env: Envelope[bytes]) -> bytes:
+            if env.message == b"A":
+                a_started.set()
+                await b_answered.wait()
+            return b"answer-" + env.message
+
+        p.cb.handle_requests(handler)
+        results: dict[bytes, bytes] = {}
+
+        async def call(msg: bytes) -> None:
+            results[msg] = await p.ca.request(p.b.node_id, msg, timeout=5)
+            order.append(msg)
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, b"A")
+                await a_started.wait()  # request A is in flight, its handler is parked
+                await call(b"B")
+                assert b"A" not in results
+                b_answered.set()
+        assert results == {b"A": b"answer-A", b"B": b"answer-B"}
+        assert order == [b"B", b"A"]
+
+
+async def test_two_hundred_concurrent_requests_all_matched(transport: str) -> None:
+    """200 requests are in flight at once (the handler holds them all) and each caller gets
+    the answer to its own request."""
+    count = 200
+    async with connected_pair(transport) as p:
+        arrived = 0
+        all_in = anyio.Event()
+
+        async def handler(env: Envelope[bytes]) -> bytes:
+            nonlocal arrived
+            arrived += 1
+            if arrived == count:
+                all_in.set()
+            await all_in.wait()
+            return env.message[::-1]
+
+        p.cb.handle_requests(handler)
+        results: dict[int, bytes] = {}
+
+        async def call(i: int) -> None:
+            results[i] = await p.ca.request(p.b.node_id, f"req-{i:04d}".encode(), timeout=20)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                for i in range(count):
+                    tg.start_soon(call, i)
+        assert arrived == count
+        assert results == {i: f"req-{i:04d}".encode()[::-1] for i in range(count)}
+        conn = p.a.router.get_peer(p.b.node_id)
+        assert conn is not None
+        assert conn.core.statistics().outbound_requests_in_flight == 0
+
+
+# --------------------------------------------------------------------------- typed errors
+
+
+async def test_handler_request_error_reaches_caller_with_code_and_message(transport: str) -> None:
+    async def handler(env: Envelope[bytes]) -> bytes:
+        raise RequestError(ErrorCode.NOT_FOUND, "x")
+
+    async with connected_pair(transport) as p:
+        p.cb.handle_requests(handler)
+        with pytest.raises(RequestError) as info:
+            await p.ca.request(p.b.node_id, b"key", timeout=5)
+        assert info.value.code is ErrorCode.NOT_FOUND
+        assert info.value.message == "x"
+        assert p.cb.statistics().requests_failed == 1
+
+
+async def test_handler_bug_is_internal_and_connection_stays_up(
+    transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(env: Envelope[bytes]) -> bytes:
+        if env.message == b"boom":
+            raise ValueError("handler bug")
+        return b"fine"
+
+    async with connected_pair(transport) as p:
+        p.cb.handle_requests(handler)
+        conn_before = p.a.router.get_peer(p.b.node_id)
+        with pytest.raises(RequestError) as info:
+            await p.ca.request(p.b.node_id, b"boom", timeout=5)
+        assert info.value.code is ErrorCode.INTERNAL
+        assert "handler bug" not in info.value.message  # internals are not leaked to peers
+        assert await p.ca.request(p.b.node_id, b"again", timeout=5) == b"fine"
+        assert p.a.router.get_peer(p.b.node_id) is conn_before
+        assert conn_before is not None and conn_before.is_open
+        assert p.b.connected_peers() == [p.a.node_id]
+    assert any("failed on a request" in r.getMessage() for r in caplog.records)
+
+
+async def test_no_handler(transport: str) -> None:
+    async with connected_pair(transport) as p:
+        with pytest.raises(RequestError) as info:
+            await p.ca.request(p.b.node_id, b"anyone?", timeout=5)
+        assert info.value.code is ErrorCode.NO_HANDLER
+        p.cb.handle_requests(_echo)  # installing one later works on the same connection
+        assert await p.ca.request(p.b.node_id, b"now", timeout=5) == b"now!"
+        p.cb.handle_requests(None)
+        with pytest.raises(RequestError) as info:
+            await p.ca.request(p.b.node_id, b"gone", timeout=5)
+        assert info.value.code is ErrorCode.NO_HANDLER
+
+
+async def test_overloaded_beyond_max_concurrent_requests(transport: str) -> None:
+    async with connected_pair(transport) as p:
+        started = 0
+        two_in = anyio.Event()
+        release = anyio.Event()
+
+        async def handler(env: Envelope[bytes]) -> bytes:
+            nonlocal started
+            started += 1
+            if started == 2:
+                two_in.set()
+            await release.wait()
+            return env.message
+
+        p.lb.handle_requests(handler)
+        results: list[bytes] = []
+
+        async def call(msg: bytes) -> None:
+            results.append(await p.la.request(p.b.node_id, msg, timeout=5))
+
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, b"1")
+                tg.start_soon(call, b"2")
+                await two_in.wait()
+                with pytest.raises(RequestError) as info:
+                    await p.la.request(p.b.node_id, b"3", timeout=5)
+                assert info.value.code is ErrorCode.OVERLOADED
+                release.set()
+        assert sorted(results) == [b"1", b"2"]
+        conn = p.b.router.get_peer(p.a.node_id)
+        assert conn is not None
+        assert conn.core.statistics().channel(LIMITED.id).requests_rejected == 1
+        # capacity is back once the first two were answered
+        assert await p.la.request(p.b.node_id, b"4", timeout=5) == b"4"
+
+
+async def test_request_to_unconnected_peer_and_to_broadcast(transport: str) -> None:
+    async with connected_pair(transport) as p:
+        p.cb.handle_requests(_echo)
+        with pytest.raises(PeerNotConnected):
+            await p.ca.request(NodeKey.generate().node_id, b"x", timeout=5)
+        with pytest.raises(ChannelError):
+            await p.ca.request(BROADCAST, b"x", timeout=5)
+
+
+# ---------------------------------------------------------------- deadlines, cancellation
+
+
+class _Parked:
+    """A handler that parks until cancelled and records that it observed the cancellation."""
+
+    def __init__(self) -> None:
+        self.started = anyio.Event()
+        self.cancelled = anyio.Event()
+
+    async def __call__(self, env: Envelope[bytes]) -> bytes:
+        self.started.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_explicit_timeout_raises_request_timeout_and_cancels_handler(
+    transport: str,
+) -> None:
+    async with connected_pair(transport) as p:
+        parked = _Parked()
+        p.cb.handle_requests(parked)
+        before = anyio.current_time()
+        with pytest.raises(RequestTimeout):
+            await p.ca.request(p.b.node_id, b"slow", timeout=SHORT)
+        assert SHORT * 0.9 <= anyio.current_time() - before < 2.0
+        with anyio.fail_after(5):
+            await parked.cancelled.wait()  # the CANCEL reached the responder
+        p.cb.handle_requests(_echo)
+        assert await p.ca.request(p.b.node_id, b"next", timeout=5) == b"next!"
+
+
+async def test_spec_default_timeout_applies_without_scope_or_argument(transport: str) -> None:
+    spec = ChannelSpec(id=7, name="short", codec=BytesCodec(), response_codec=BytesCodec(),
+                       request_timeout=SHORT)
+    net = MemoryNetwork()
+    async with (
+        Node(_config(transport), memory_network=net) as a,
+        Node(_config(transport), memory_network=net) as b,
+    ):
+        ca, cb = a.channel(spec), b.channel(spec)
+        parked = _Parked()
+        cb.handle_requests(parked)
+        await a.dial(b.address)
+        with pytest.raises(RequestTimeout):
+            await ca.request(b.node_id, b"x")
+        with anyio.fail_after(5):
+            await parked.cancelled.wait()
+
+
+async def test_caller_fail_after_scope_is_the_deadline(transport: str) -> None:
+    async with connected_pair(transport) as p:
+        parked = _Parked()
+        p.cb.handle_requests(parked)
+        with pytest.raises(TimeoutError):
+            with anyio.fail_after(SHORT):
+                await p.ca.request(p.b.node_id, b"slow")
+        with anyio.fail_after(5):
+            await parked.cancelled.wait()
+
+
+async def test_caller_move_on_after_scope_cancels_quietly(transport: str) -> None:
+    async with connected_pair(transport) as p:
+        parked = _Parked()
+        p.cb.handle_requests(parked)
+        with anyio.move_on_after(SHORT) as scope:
+            await p.ca.request(p.b.node_id, b"slow")
+        assert scope.cancelled_caught
+        with anyio.fail_after(5):
+            await parked.cancelled.wait()
+
+
+async def test_cancelling_the_caller_cancels_the_responders_handler(transport: str) -> None:
+    """No timers at all: the caller is cancelled once the handler has started."""
+    async with connected_pair(transport) as p:
+        parked = _Parked()
+        p.cb.handle_requests(parked)
+        finished = False
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+
+                async def caller() -> None:
+                    nonlocal finished
+                    await p.ca.request(p.b.node_id, b"doomed")
+                    finished = True
+
+                tg.start_soon(caller)
+                await parked.started.wait()
+                tg.cancel_scope.cancel()
+            await parked.cancelled.wait()
+        assert not finished
+        conn = p.b.router.get_peer(p.a.node_id)
+        assert conn is not None
+        await wait_until(lambda: conn.core.statistics().inbound_requests_active == 0)
+        # the connection is still perfectly usable
+        p.cb.handle_requests(_echo)
+        assert await p.ca.request(p.b.node_id, b"after", timeout=5) == b"after!"

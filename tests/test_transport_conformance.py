@@ -1,0 +1,91 @@
+"""The transport conformance suite, run for TCP (IPv4 and IPv6 loopback) and the memory network,
+on both anyio backends; one test per check so failures name the check."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from overlay._secure import SecureIdentity
+from overlay._tcp import TcpTransport
+from overlay.address import ListenAddress
+from overlay.testing import CHECKS, MemoryNetwork, TransportFactory, check_transport_conformance
+from overlay.transport import AcceptGate, Transport
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _ipv6_available() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def _tcp_factory(host: str) -> TransportFactory:
+    def make(
+        identity: SecureIdentity,
+        *,
+        handshake_timeout: float,
+        max_pending_handshakes: int,
+        accept_gate: AcceptGate | None,
+    ) -> Transport:
+        return TcpTransport(
+            identity,
+            ListenAddress("tcp", host, 0),
+            handshake_timeout=handshake_timeout,
+            max_pending_handshakes=max_pending_handshakes,
+            accept_gate=accept_gate,
+        )
+
+    return make
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("check", list(CHECKS))
+async def test_tcp_ipv4(check: str) -> None:
+    await check_transport_conformance(_tcp_factory("127.0.0.1"), checks=[check])
+
+
+@pytest.mark.anyio
+@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback on this machine")
+@pytest.mark.parametrize("check", ["identities", "data_integrity", "wrong_id", "gate"])
+async def test_tcp_ipv6(check: str) -> None:
+    await check_transport_conformance(_tcp_factory("::1"), checks=[check])
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("check", list(CHECKS))
+async def test_memory(check: str) -> None:
+    network = MemoryNetwork()
+
+    def make(
+        identity: SecureIdentity,
+        *,
+        handshake_timeout: float,
+        max_pending_handshakes: int,
+        accept_gate: AcceptGate | None,
+    ) -> Transport:
+        return network.transport(
+            identity,
+            handshake_timeout=handshake_timeout,
+            max_pending_handshakes=max_pending_handshakes,
+            accept_gate=accept_gate,
+        )
+
+    await check_transport_conformance(make, checks=[check], misdirect=network.misdirect)
+    assert network.statistics().listeners == 0
+
+
+@pytest.mark.anyio
+async def test_unknown_check_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown conformance checks"):
+        await check_transport_conformance(_tcp_factory("127.0.0.1"), checks=["nope"])
