@@ -22,6 +22,7 @@ import anyio.abc
 from bench._common import Counter, Rate, measure_rate
 
 __all__ = [
+    "anyio_round_trips",
     "asyncio_bulk",
     "asyncio_connect_times",
     "asyncio_pipelined",
@@ -39,11 +40,18 @@ async def _server(
 ) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     """A loopback server running ``handler`` per connection, and one client connection to it."""
     writers: list[asyncio.StreamWriter] = []
+    handlers: list[asyncio.Future[None]] = []
+    loop = asyncio.get_running_loop()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.append(writer)
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            await handler(reader, writer)
+        done: asyncio.Future[None] = loop.create_future()
+        handlers.append(done)
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await handler(reader, writer)
+        finally:
+            done.set_result(None)
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -57,6 +65,8 @@ async def _server(
         server.close()
         with anyio.CancelScope(shield=True):
             await server.wait_closed()
+            if handlers:  # let the handlers see EOF (not be cancelled at loop shutdown)
+                await asyncio.wait(handlers, timeout=1.0)
 
 
 async def _echo_fixed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -79,6 +89,43 @@ async def asyncio_round_trips(payload: bytes, warmup: float, duration: float) ->
             tg.start_soon(client, counter)
 
         return await measure_rate(start, warmup, duration)
+
+
+async def anyio_round_trips(payload: bytes, warmup: float, duration: float) -> Rate:
+    """Like :func:`asyncio_round_trips` over anyio TCP streams (a reference, not a target:
+    it shows what anyio's stream layer alone costs on this loop)."""
+    size = len(payload)
+
+    async def echo(stream: anyio.abc.SocketStream) -> None:
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            async with stream:
+                buffered = b""
+                while True:
+                    buffered += await stream.receive()
+                    while len(buffered) >= size:
+                        await stream.send(buffered[:size])
+                        buffered = buffered[size:]
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as server_tg:
+        server_tg.start_soon(listener.serve, echo)
+        async with await anyio.connect_tcp("127.0.0.1", port) as client_stream:
+
+            async def client(counter: Counter) -> None:
+                while True:
+                    await client_stream.send(payload)
+                    got = 0
+                    while got < size:
+                        got += len(await client_stream.receive(size - got))
+                    counter.n += 1
+
+            def start(tg: anyio.abc.TaskGroup, counter: Counter) -> None:
+                tg.start_soon(client, counter)
+
+            rate = await measure_rate(start, warmup, duration)
+        server_tg.cancel_scope.cancel()
+    return rate
 
 
 async def _echo_framed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

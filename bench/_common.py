@@ -60,7 +60,7 @@ class Settings:
     @classmethod
     def make(cls, quick: bool) -> Settings:
         if quick:
-            return cls(quick=True, warmup=0.2, duration=0.8, rounds=1, dials=50, nodes=100,
+            return cls(quick=True, warmup=0.15, duration=0.6, rounds=1, dials=50, nodes=100,
                        fanout=8, profile_requests=3000)
         return cls(quick=False, warmup=0.5, duration=2.5, rounds=3, dials=200, nodes=100,
                    fanout=8, profile_requests=20000)

@@ -40,7 +40,7 @@ import anyio
 
 from bench import _baseline as base
 from bench import _ours as ours
-from bench._common import Figure, Settings, Target, machine_facts, percentile
+from bench._common import Figure, Rate, Settings, Target, best, machine_facts, percentile
 from bench._libp2p import libp2p_available, libp2p_round_trips
 from bench._memnet import measure_memory
 from bench._profile import ProfileReport, profile_round_trips, render_profile
@@ -51,8 +51,11 @@ CHUNK = b"\xa5" * (1 << 20)
 MIB = float(1 << 20)
 
 
+_STARTED = time.perf_counter()
+
+
 def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(f"{time.perf_counter() - _STARTED:6.1f} s  {message}", file=sys.stderr, flush=True)
 
 
 async def _alternate(
@@ -121,8 +124,12 @@ async def run_cases(s: Settings) -> list[Figure]:
     _progress("[2/6] round trips (64 B, one caller) ...")
     runs = await _alternate(lambda: base.asyncio_round_trips(PAYLOAD, w, d),
                             lambda: ours.overlay_round_trips(PAYLOAD, w, d), s.rounds)
-    figures.append(_throughput("round_trip", "64 B request/response, 1 caller (TCP+Noise)",
-                               "req/s", runs, "asyncio TCP echo", Target("ratio_min", 0.5)))
+    round_trips = _throughput("round_trip", "64 B request/response, 1 caller (TCP+Noise)",
+                              "req/s", runs, "asyncio TCP echo", Target("ratio_min", 0.5))
+    anyio_echo = best([await base.anyio_round_trips(PAYLOAD, w, d) for _ in range(s.rounds)])
+    round_trips.extra["anyio_echo_per_second"] = anyio_echo.per_second
+    round_trips.extra["anyio_echo_per_cpu_second"] = anyio_echo.per_cpu_second
+    figures.append(round_trips)
 
     _progress(f"[3/6] pipelined requests ({IN_FLIGHT} in flight) ...")
     runs = await _alternate(lambda: base.asyncio_pipelined(PAYLOAD, IN_FLIGHT, w, d),
@@ -216,6 +223,10 @@ def render_details(figures: list[Figure]) -> str:
                          f"{e['build_seconds']:.2f} s; RSS {e['rss_kib_per_node']:.1f} KiB/node, "
                          f"tracemalloc {e['tracemalloc_kib_per_node']:.1f} KiB/node")
         elif f.baseline is not None:
+            if "anyio_echo_per_second" in f.extra:
+                lines.append(f"{f.key}: reference anyio TCP echo (no overlay, no Noise): "
+                             f"{f.extra['anyio_echo_per_second']:,.0f} req/s, "
+                             f"{f.extra['anyio_echo_per_cpu_second']:,.0f} per CPU-second")
             ours_w = [v for k, v in f.extra.items() if k.startswith("ours_window")]
             base_w = [v for k, v in f.extra.items() if k.startswith("baseline_window")]
             e = f.extra

@@ -395,6 +395,9 @@ class MetricsObserver(Observer):
     def on_request_served(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
         self.metrics.request_served(channel, seconds, outcome)
 
+    def on_handshake_failed(self, reason: str) -> None:
+        self.metrics.handshake_failed(reason)
+
 
 async def serve_metrics(
     metrics: NodeMetrics,

@@ -158,6 +158,17 @@ class CipherState:
         self.n = n + 1
         return ciphertext
 
+    def encrypt_into(self, ad: bytes | None, plaintext: _Buffer, out: memoryview) -> None:
+        """Encrypt into ``out`` (exactly ``len(plaintext) + 16`` bytes) and advance the nonce."""
+        aead = self._aead
+        if aead is None:
+            raise LocalProtocolError("encrypt_into() needs a keyed CipherState")
+        n = self.n
+        if n >= _MAX_NONCE:
+            raise OverlayError("Noise nonce space exhausted; the connection must be re-established")
+        aead.encrypt_into(_NONCE.pack(n), plaintext, ad or None, out)
+        self.n = n + 1
+
     def decrypt_with_ad(self, ad: bytes | None, ciphertext: _Buffer) -> bytes:
         """Decrypt and advance the nonce; failure raises HandshakeError (nonce not advanced)."""
         aead = self._aead

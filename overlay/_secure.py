@@ -34,18 +34,20 @@ Theory of operation
 -------------------
 :class:`SecureHandshake` is the sans-IO driver (bytes in, bytes out, no clock);
 :func:`secure_handshake` pumps it over a stream under a deadline. The Noise static key and the
-identity signature are made once per :class:`SecureIdentity`, so a handshake costs one X25519
-key generation, three X25519 operations and one ed25519 verification per side. On the transport
-path, :meth:`SecureStream.send` encrypts each <= 65519-byte piece with one AEAD call and writes
-all frames with one ``send``; :class:`TransportReader` buffers incoming bytes in a bytearray
-(front deletions are O(1) in CPython) and decrypts straight from a memoryview.
+identity signature are made once per :class:`SecureIdentity`, and valid peer proofs are
+remembered in its :class:`ProofCache`, so a handshake costs one X25519 key generation, three
+X25519 operations and at most one ed25519 verification per side. :meth:`SecureStream.send`
+encrypts each <= 65519-byte piece with one AEAD call straight into one output buffer and writes
+it with one ``send`` (``send(b"")`` writes nothing; a received empty message is skipped).
+:class:`TransportReader` queues received chunks without copying and decrypts from memoryviews;
+only frames straddling two chunks are copied once into a reusable assembly buffer.
 """
 
 from __future__ import annotations
 
 import logging
 import struct
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +75,7 @@ __all__ = [
     "PROLOGUE",
     "SIGNATURE_PREFIX",
     "PeerAttribute",
+    "ProofCache",
     "SecureHandshake",
     "SecureIdentity",
     "SecureStream",
@@ -96,6 +99,7 @@ MAX_PLAINTEXT = MAX_MESSAGE_LEN - TAGLEN
 
 _LEN = struct.Struct(">H")
 _READ_SIZE = 262144
+_SMALL = 8192  # below this, ``header + ciphertext`` concatenation beats encrypt_into
 _CLOSE_TIMEOUT = 1.0
 _UNKNOWN_ADDRESS = "<unknown>"
 
@@ -116,13 +120,44 @@ class PeerAttribute(TypedAttributeSet):
     """True when we dialed (we were the Noise initiator)."""
 
 
-class SecureIdentity:
-    """A node's identity prepared for handshakes: a fresh Noise static key, signed once."""
+class ProofCache:
+    """Bounded LRU set of identity proofs already verified (ed25519 verification is the most
+    expensive step of a handshake, and a peer's proof is identical on every reconnect while its
+    process lives). Only valid proofs are remembered, keyed by their exact bytes."""
 
-    __slots__ = ("node_key", "payload", "static")
+    __slots__ = ("_entries", "capacity")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[bytes, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        entry = public_key + signature + message
+        if entry in self._entries:
+            self._entries.move_to_end(entry)
+            return True
+        if not verify_signature(public_key, message, signature):
+            return False
+        self._entries[entry] = None
+        if len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return True
+
+
+class SecureIdentity:
+    """A node's identity prepared for handshakes: a fresh Noise static key, signed once.
+
+    It also carries the :class:`ProofCache` of peer identity proofs its handshakes verified.
+    """
+
+    __slots__ = ("node_key", "payload", "proofs", "static")
 
     def __init__(self, node_key: NodeKey, *, static: KeyPair | None = None) -> None:
         self.node_key = node_key
+        self.proofs = ProofCache()
         self.static = static if static is not None else KeyPair.generate()
         """Noise static key (not persisted; one per ``SecureIdentity``)."""
         signature = node_key.sign(SIGNATURE_PREFIX + self.static.public)
@@ -144,7 +179,11 @@ class SecureIdentity:
 
 
 def verify_handshake_payload(
-    payload: bytes, noise_static: bytes, expected_id: NodeId | None = None
+    payload: bytes,
+    noise_static: bytes,
+    expected_id: NodeId | None = None,
+    *,
+    proofs: ProofCache | None = None,
 ) -> tuple[NodeId, bytes]:
     """Check a peer's ``HandshakePayload``; return its ``(node_id, ed25519_public_key)``."""
     try:
@@ -154,7 +193,14 @@ def verify_handshake_payload(
     key = message.identity_key
     if len(key) != 32:
         raise HandshakeError(f"identity key must be 32 bytes, got {len(key)}")
-    if not verify_signature(key, SIGNATURE_PREFIX + noise_static, message.identity_sig):
+    signed = SIGNATURE_PREFIX + noise_static
+    sig = message.identity_sig
+    valid = (
+        proofs.verify(key, signed, sig)
+        if proofs is not None
+        else verify_signature(key, signed, sig)
+    )
+    if not valid:
         raise AuthenticationError("invalid identity signature over the Noise static key")
     node_id = node_id_from_public_key(key)
     if expected_id is not None and node_id != expected_id:
@@ -260,7 +306,7 @@ class SecureHandshake:
             else:
                 assert noise.rs is not None
                 self.remote_node_id, self.remote_public_key = verify_handshake_payload(
-                    payload, noise.rs, self._expected_id
+                    payload, noise.rs, self._expected_id, proofs=self._identity.proofs
                 )
             if not noise.is_complete:
                 self._write(self._identity.payload)
@@ -269,19 +315,29 @@ class SecureHandshake:
 # -- transport -------------------------------------------------------------------------------
 
 
-def encrypt_frames(cipher: CipherState, data: bytes | bytearray | memoryview) -> bytes:
-    """Encrypt ``data`` as one or more framed transport messages (one AEAD call per piece)."""
+def encrypt_frames(cipher: CipherState, data: bytes | bytearray | memoryview) -> bytes | bytearray:
+    """Encrypt ``data`` as framed transport messages of <= 65519 plaintext bytes each.
+
+    One AEAD call per piece; beyond a few KiB the ciphertexts are written straight into one fresh
+    output buffer (never reused, so it may be handed to a transport that keeps a reference).
+    """
     size = len(data)
-    if size <= MAX_PLAINTEXT:
+    if size <= _SMALL:
         ciphertext = cipher.encrypt_with_ad(None, data)
         return _LEN.pack(len(ciphertext)) + ciphertext
-    view = memoryview(data)
-    parts: list[bytes] = []
+    count = -(-size // MAX_PLAINTEXT)
+    out = bytearray(size + count * (2 + TAGLEN))
+    view = memoryview(out)
+    source = memoryview(data)
+    pos = 0
     for offset in range(0, size, MAX_PLAINTEXT):
-        ciphertext = cipher.encrypt_with_ad(None, view[offset : offset + MAX_PLAINTEXT])
-        parts.append(_LEN.pack(len(ciphertext)))
-        parts.append(ciphertext)
-    return b"".join(parts)
+        piece = source[offset : offset + MAX_PLAINTEXT]
+        length = len(piece) + TAGLEN
+        _LEN.pack_into(out, pos, length)
+        pos += 2
+        cipher.encrypt_into(None, piece, view[pos : pos + length])
+        pos += length
+    return out
 
 
 class TransportReader:
@@ -314,7 +370,11 @@ class TransportReader:
         return len(self._data) - self._pos + self._fill + sum(map(len, self._pending))
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
-        if data:
+        if not data:
+            return
+        if self._pos >= len(self._data) and not self._fill and not self._pending:
+            self._data, self._pos = data, 0  # everything consumed: no queueing needed
+        else:
             self._pending.append(data)
 
     def _decrypt(self, ciphertext: memoryview) -> bytes:
@@ -384,9 +444,9 @@ class SecureStreamStatistics:
     """Counters of one :class:`SecureStream`."""
 
     messages_sent: int
-    """Noise transport messages written."""
+    """Noise transport messages encrypted (the send nonce)."""
     messages_received: int
-    """Noise transport messages decrypted."""
+    """Noise transport messages decrypted (the receive nonce)."""
     bytes_sent: int
     """Plaintext bytes sent."""
     bytes_received: int
@@ -419,6 +479,7 @@ class SecureStream(anyio.abc.ByteStream):
     ) -> None:
         self._transport = transport_stream
         self._send_cipher = send_cipher
+        self._receive_cipher = receive_cipher
         self._reader = TransportReader(receive_cipher, buffered)
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._send_broken = False
@@ -431,8 +492,6 @@ class SecureStream(anyio.abc.ByteStream):
         """Noise handshake hash: identical on both ends (channel binding)."""
         self.remote_address = remote_address
         self.remote_host = remote_host
-        self._messages_sent = 0
-        self._messages_received = 0
         self._bytes_sent = 0
         self._bytes_received = 0
         self._attributes: dict[Any, Callable[[], Any]] = {
@@ -452,9 +511,8 @@ class SecureStream(anyio.abc.ByteStream):
         return {**self._transport.extra_attributes, **self._attributes}
 
     def statistics(self) -> SecureStreamStatistics:
-        return SecureStreamStatistics(
-            self._messages_sent, self._messages_received, self._bytes_sent, self._bytes_received
-        )
+        sent, received = self._send_cipher.n, self._receive_cipher.n
+        return SecureStreamStatistics(sent, received, self._bytes_sent, self._bytes_received)
 
     async def send(self, item: bytes) -> None:
         """Encrypt and write ``item`` (one underlying ``send``); ``b""`` sends nothing."""
@@ -463,15 +521,13 @@ class SecureStream(anyio.abc.ByteStream):
         async with self._send_lock:
             if self._send_broken:
                 raise anyio.BrokenResourceError("an earlier send was interrupted")
-            cipher = self._send_cipher
-            before = cipher.n
-            data = encrypt_frames(cipher, item)
+            data = encrypt_frames(self._send_cipher, item)
             try:
-                await self._transport.send(data)
+                # A fresh bytearray: every anyio byte stream accepts buffers; saves a copy.
+                await self._transport.send(data)  # type: ignore[arg-type]
             except BaseException:
                 self._send_broken = True
                 raise
-            self._messages_sent += cipher.n - before
             self._bytes_sent += len(item)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
@@ -499,7 +555,6 @@ class SecureStream(anyio.abc.ByteStream):
                     raise
                 reader.feed(data)
                 continue
-            self._messages_received += 1
             size = len(plaintext)
             if not size:
                 continue
@@ -579,7 +634,7 @@ async def secure_handshake(
     ``expected_id`` (dialers) makes a peer proving another id fail with AuthenticationError.
     ``remote_address``/``remote_host`` are used when ``stream`` has no socket address.
     """
-    if not timeout > 0:
+    if not timeout > 0:  # also refuses NaN
         raise LocalProtocolError(f"handshake timeout must be positive, got {timeout!r}")
     handshake = SecureHandshake(identity, initiator=initiator, expected_id=expected_id)
     try:

@@ -164,7 +164,10 @@ def test_wrong_tokens_always_401(token: str) -> None:
     if token.strip() == TOKEN:
         return
     data = request("GET", "/status", b"", token=token)
-    assert serve([data]) in ([401], [400])  # 400: a token h11 refuses as a header value
+    statuses = serve([data])
+    # Never authorised: 401, or 400 when the token is not a valid header value (a CR/LF in it
+    # may also end the request early, so the leftover bytes get their own 400).
+    assert statuses and set(statuses) <= {400, 401}
 
 
 def test_pipelined_requests_answered_in_order() -> None:

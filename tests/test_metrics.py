@@ -259,11 +259,13 @@ def test_observer_forwards_to_metrics() -> None:
     observer.on_request_done(PEER, "blocks", 0.5, "error")
     observer.on_request_served(PEER, "blocks", 0.1, "ok")
     observer.on_latency(PEER, 0.01)  # not a metric: ignored
+    observer.on_handshake_failed("timeout")
     samples, _ = parse(metrics.render().decode())
     assert value(samples, "overlay_slow_peer_events_total", channel="blocks") == 1
     assert value(samples, "overlay_invalid_messages_total", channel="blocks") == 1
     assert value(samples, "overlay_requests_total", channel="blocks", outcome="error") == 1
     assert value(samples, "overlay_served_requests_total", channel="blocks", outcome="ok") == 1
+    assert value(samples, "overlay_handshake_failures_total", reason="timeout") == 1
 
 
 @pytest.mark.anyio

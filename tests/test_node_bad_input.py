@@ -76,6 +76,7 @@ class JsonCodec:
 ECHO = ChannelSpec(id=5, name="echo", codec=BytesCodec(), response_codec=BytesCodec(),
                    max_message_size=1024)
 DOCS = ChannelSpec(id=6, name="docs", codec=JsonCodec(), response_codec=JsonCodec())
+UNKNOWN_CHANNEL = 999
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -187,6 +188,11 @@ class RawPeer:
         await self.stream.aclose()
 
 
+def _payload(event: core_mod.Event) -> bytes:
+    assert isinstance(event, core_mod.ResponseReceived), event
+    return event.payload
+
+
 async def secure_dial(
     node: Node, net: MemoryNetwork, identity: SecureIdentity | None = None
 ) -> SecureStream:
@@ -220,7 +226,11 @@ async def raw_peer(
         raise
     core = ConnectionCore(
         CoreConfig(ping_interval=0, idle_timeout=0),
-        [ChannelParams(ECHO.id, max_message_size=ECHO.max_message_size), ChannelParams(DOCS.id)],
+        [
+            ChannelParams(ECHO.id, max_message_size=ECHO.max_message_size),
+            ChannelParams(DOCS.id),
+            ChannelParams(UNKNOWN_CHANNEL),  # a channel the node does not have
+        ],
         now=anyio.current_time(),
     )
     peer = RawPeer(stream, core, remote, identity.node_id)
@@ -247,17 +257,19 @@ class Setup:
         assert reply == b"still there?!"
 
 
-def _config(transport: str, **connection: float) -> NodeConfig:
+def _config(transport: str, connection: ConnectionConfig | None = None) -> NodeConfig:
     listen = ("tcp://127.0.0.1:0",) if transport == "tcp" else ("memory:",)
-    return NodeConfig(listen=listen, connection=ConnectionConfig(**connection))  # type: ignore[arg-type]
+    return NodeConfig(listen=listen, connection=connection or ConnectionConfig())
 
 
 @asynccontextmanager
-async def setup(transport: str, **connection: float) -> AsyncIterator[Setup]:
+async def setup(
+    transport: str, connection: ConnectionConfig | None = None
+) -> AsyncIterator[Setup]:
     net = MemoryNetwork()
     observer = RecordingObserver()
     async with (
-        Node(_config(transport, **connection), memory_network=net, observer=observer) as node,
+        Node(_config(transport, connection), memory_network=net, observer=observer) as node,
         Node(_config(transport), memory_network=net) as healthy,
     ):
         echo, docs = node.channel(ECHO), node.channel(DOCS)
@@ -335,7 +347,7 @@ async def test_undecryptable_bytes_close_the_connection(transport: str) -> None:
 async def test_message_on_unknown_channel_is_dropped(transport: str) -> None:
     async with setup(transport) as s:
         peer = await raw_peer(s.node, s.net)
-        await peer.send(encode_frame(FrameKind.MESSAGE, 0, 999, 0, b"who?"))
+        await peer.send(encode_frame(FrameKind.MESSAGE, 0, UNKNOWN_CHANNEL, 0, b"who?"))
         event = await peer.request(ECHO.id, b"same connection")
         assert isinstance(event, core_mod.ResponseReceived)
         assert event.payload == b"same connection!"
@@ -349,13 +361,13 @@ async def test_message_on_unknown_channel_is_dropped(transport: str) -> None:
 async def test_request_on_unknown_channel_gets_no_handler(transport: str) -> None:
     async with setup(transport) as s:
         peer = await raw_peer(s.node, s.net)
-        await peer.send(encode_frame(FrameKind.REQUEST, 0, 999, 17, b"who?"))
-        event = await peer.wait_event(
-            lambda e: isinstance(e, core_mod.MessageDropped | core_mod.ErrorReceived)
-        )
-        # our core has no channel 999 either: the node's NO_HANDLER answer is dropped by it
-        assert isinstance(event, core_mod.MessageDropped) and event.channel_id == 999
-        assert (await peer.request(ECHO.id, b"ok")).payload == b"ok!"  # type: ignore[union-attr]
+        event = await peer.request(UNKNOWN_CHANNEL, b"who?")
+        assert isinstance(event, core_mod.ErrorReceived)
+        assert event.code is ErrorCode.NO_HANDLER
+        assert _payload(await peer.request(ECHO.id, b"ok")) == b"ok!"
+        conn = s.node.router.get_peer(peer.node_id)
+        assert conn is not None
+        assert conn.core.statistics().unknown_channel_dropped == 1
         await s.still_serving()
         await peer.aclose()
 
@@ -424,7 +436,7 @@ async def test_undecodable_response_fails_only_that_request(transport: str) -> N
             await peer.flush()
         assert len(outcome) == 1 and isinstance(outcome[0], DecodeError)
         assert s.observer.invalid == [(peer.node_id, DOCS.name)]
-        assert (await peer.request(ECHO.id, b"up")).payload == b"up!"  # type: ignore[union-attr]
+        assert _payload(await peer.request(ECHO.id, b"up")) == b"up!"
         await s.still_serving()
         await peer.aclose()
 
@@ -455,7 +467,7 @@ async def test_bad_hello_is_refused(transport: str, case: str, data: bytes) -> N
 
 
 async def test_silent_peer_after_noise_is_dropped_at_handshake_timeout(transport: str) -> None:
-    async with setup(transport, handshake_timeout=0.2) as s:
+    async with setup(transport, ConnectionConfig(handshake_timeout=0.2)) as s:
         stream = await secure_dial(s.node, s.net)
         started = anyio.current_time()
         with anyio.fail_after(5):
@@ -486,7 +498,7 @@ _frames = st.builds(
     encode_frame,
     st.integers(0, 7),
     st.sampled_from([0, FLAG_MORE, FLAG_COMPRESSED, 0x04]),
-    st.sampled_from([0, ECHO.id, DOCS.id, 999]),
+    st.sampled_from([0, ECHO.id, DOCS.id, UNKNOWN_CHANNEL]),
     st.sampled_from([0, 1, 2, 0xFFFFFFFF]),
     st.binary(max_size=64),
 )

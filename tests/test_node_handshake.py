@@ -11,9 +11,23 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from overlay import _conncore as core_mod
 from overlay._channel import ChannelSpec, Envelope
 from overlay._codec import BytesCodec
-from overlay.address import NodeAddress
+from overlay._conncore import ConnectionCore, CoreConfig
+from overlay._nodeinfo import (
+    DisconnectReason,
+    NodeInfo,
+    decode_hello_reply,
+    decode_node_info,
+    encode_hello_reply,
+    encode_node_info,
+    receive_hello,
+    send_hello,
+)
+from overlay._secure import SecureIdentity, SecureStream
+from overlay._tcp import TcpTransport
+from overlay.address import ListenAddress, NodeAddress
 from overlay.config import NodeConfig
 from overlay.errors import (
     AuthenticationError,
@@ -25,11 +39,11 @@ from overlay.errors import (
 from overlay.identity import NodeId, NodeKey
 from overlay.node import Node
 from overlay.testing import MemoryNetwork
+from overlay.transport import Transport
 
 pytestmark = pytest.mark.anyio
 
 ECHO = ChannelSpec(id=5, name="echo", codec=BytesCodec(), response_codec=BytesCodec())
-OTHER = ChannelSpec(id=6, name="other", codec=BytesCodec(), response_codec=BytesCodec())
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -62,6 +76,10 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
             await anyio.wait_all_tasks_blocked()
 
 
+def _dialer(transport: str, net: MemoryNetwork, identity: SecureIdentity) -> Transport:
+    return TcpTransport(identity) if transport == "tcp" else net.transport(identity)
+
+
 async def _echo(env: Envelope[bytes]) -> bytes:
     return env.message + b"!"
 
@@ -88,27 +106,63 @@ async def test_wrong_network_is_refused_with_reason_on_both_sides(
                    for m in refusals)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="every node now serves the built-in overlay.ping channel (0x01), so two overlay "
-    "nodes always share a channel; the refusal path needs a peer without it",
-)
-async def test_no_common_channel_is_refused(transport: str) -> None:
+async def test_no_common_channel_refused_by_the_listener(transport: str) -> None:
+    """Every node has the built-in ping channel, so a peer without any channel in common is
+    played by hand: it offers only channel 999 in its hello."""
     net = MemoryNetwork()
-    async with (
-        Node(_config(transport), memory_network=net) as a,
-        Node(_config(transport), memory_network=net) as b,
-    ):
-        a.channel(ECHO)
-        b.channel(OTHER)
-        with pytest.raises(IncompatiblePeerError) as info:
-            await a.dial(b.address)
+    async with Node(_config(transport), memory_network=net) as b:
+        b.channel(ECHO)
+        identity = SecureIdentity(NodeKey.generate())
+        stream = await _dialer(transport, net, identity).dial(b.address, timeout=5)
+        async with stream:
+            await send_hello(stream, encode_node_info(NodeInfo("overlay-local", channels=(999,))))
+            with pytest.raises(IncompatiblePeerError) as info:
+                decode_hello_reply(await receive_hello(stream, bytearray()))
         assert info.value.reason == "no_common_channel"
         await wait_until(lambda: b.handshake_failures.get("no_common_channel", 0) == 1)
-        assert a.connected_peers() == [] and b.connected_peers() == []
-        # one common channel is enough
-        b.channel(ECHO)
-        assert await a.dial(b.address) == b.node_id
+        assert b.connected_peers() == []
+
+
+async def test_no_common_channel_refused_by_the_dialer(transport: str) -> None:
+    """The dialer checks the listener's NodeInfo too, and tells it why in a Disconnect frame."""
+    net = MemoryNetwork()
+    identity = SecureIdentity(NodeKey.generate())
+    listener: Transport = (
+        TcpTransport(identity, ListenAddress.parse("tcp://127.0.0.1:0"))
+        if transport == "tcp" else net.transport(identity)
+    )
+    events: list[core_mod.Event] = []
+    done = anyio.Event()
+
+    async def raw_listener(stream: SecureStream) -> None:
+        buffer = bytearray()
+        offered = decode_node_info(await receive_hello(stream, buffer))
+        assert ECHO.id in offered.channels
+        await send_hello(stream, encode_hello_reply(NodeInfo("overlay-local", channels=(999,))))
+        core = ConnectionCore(CoreConfig(ping_interval=0, idle_timeout=0), [],
+                              now=anyio.current_time())
+        core.receive_data(bytes(buffer), anyio.current_time())
+        try:
+            while True:
+                core.receive_data(await stream.receive(), anyio.current_time())
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            pass
+        events.extend(core.events())
+        done.set()
+
+    async with Node(_config(transport), memory_network=net) as a, anyio.create_task_group() as tg:
+        a.channel(ECHO)
+        addresses = await tg.start(listener.serve, raw_listener)
+        with pytest.raises(IncompatiblePeerError) as info:
+            await a.dial(addresses[0])
+        assert info.value.reason == "no_common_channel"
+        with anyio.fail_after(5):
+            await done.wait()
+        assert [(type(e), getattr(e, "reason", None)) for e in events] == [
+            (core_mod.DisconnectReceived, DisconnectReason.NO_COMMON_CHANNEL)
+        ]
+        assert a.connected_peers() == []
+        tg.cancel_scope.cancel()
 
 
 async def test_dialing_an_address_where_another_node_answers(transport: str) -> None:
@@ -173,11 +227,6 @@ async def test_dial_after_close_raises_node_closed(transport: str) -> None:
 
 
 @pytest.mark.parametrize("attempt", range(4))
-@pytest.mark.xfail(
-    strict=False,
-    reason="known race: under load both crossing connections can be refused as duplicates "
-    "(tie-break runs before registration); see the issue note",
-)
 async def test_simultaneous_dial_ends_with_one_connection(transport: str, attempt: int) -> None:
     net = MemoryNetwork()
     async with (

@@ -61,7 +61,10 @@ def victim(
 
 def test_victim_comes_from_the_biggest_netgroup() -> None:
     peers = [
-        cand(1, "a", since=1), cand(2, "b", since=2), cand(3, "b", since=3), cand(4, "c", since=9)
+        cand(1, "a", since=1),
+        cand(2, "b", since=2),
+        cand(3, "b", since=3),
+        cand(4, "c", since=9),
     ]
     assert victim(peers) == nid(3)  # group b has 2 peers; its youngest goes
 
@@ -152,8 +155,10 @@ def test_protected_categories_keep_their_members(
     )
     if gone.latency is not None and latency:
         assert gone not in fastest[:1]
-    freshest = sorted((p for p in peers if p.last_useful is not None),
-                      key=lambda p: (-(p.last_useful or 0), p.node_id))
+    freshest = sorted(
+        (p for p in peers if p.last_useful is not None),
+        key=lambda p: (-(p.last_useful or 0), p.node_id),
+    )
     if useful and freshest and netgroups == 0 and latency == 0:
         assert gone is not freshest[0]
     # The last peer of a netgroup is only evicted when every netgroup is down to one.

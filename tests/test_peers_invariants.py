@@ -54,8 +54,25 @@ def ip(i: int) -> str:
     return f"172.{16 + i % 3}.{i % 2}.{i % 4}"
 
 
-OPS = ["add", "gossip", "poll", "ok", "fail", "closed", "inbound", "drop", "report", "wait",
-       "ban", "ban_ip", "unban", "operator_disconnect", "latency", "useful"]
+OPS = [
+    "add",
+    "gossip",
+    "poll",
+    "ok",
+    "fail",
+    "closed",
+    "inbound",
+    "drop",
+    "report",
+    "wait",
+    "ban",
+    "ban_ip",
+    "unban",
+    "operator_disconnect",
+    "latency",
+    "useful",
+    "advertise",
+]
 
 ops = st.lists(
     st.tuples(st.sampled_from(OPS), st.integers(1, 30), st.integers(0, 5)),
@@ -172,6 +189,18 @@ def test_random_sequences_keep_the_invariants(sequence: list[tuple[str, int, int
             m.record_latency(node, k / 10)
         elif op == "useful":
             m.mark_useful(node, now)
+        elif op == "advertise" and connected:
+            target = sorted(connected)[k % len(connected)]
+            snap = m.peer(target, now)
+            assert snap is not None
+            listen = NodeAddress(target, "tcp", f"10.{i % 5}.9.{k}", 7000 + i)
+            m.connected(
+                target,
+                outbound=snap.direction == "outbound",
+                address=listen,
+                remote_ip=snap.remote_ip,
+                now=now,
+            )
         check(m, now, after_poll=False)
         assert {n for n, r in m._table.conns.items()} == connected
         assert set(m._table.dials) <= set(pending)

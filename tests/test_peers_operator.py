@@ -37,9 +37,7 @@ def addr(i: int, host: str | None = None) -> NodeAddress:
     return NodeAddress(nid(i), "tcp", host or f"10.{i % 256}.{i // 256}.1", 7000)
 
 
-def make(
-    config: PeerManagerConfig | None = None, state: LoadedState | None = None
-) -> PeerManager:
+def make(config: PeerManagerConfig | None = None, state: LoadedState | None = None) -> PeerManager:
     return PeerManager(
         config or PeerManagerConfig(),
         SELF,
@@ -87,8 +85,9 @@ def test_dial_now_persistent_survives_restart() -> None:
     assert changes and any(
         p.node_id == target.node_id and "persistent" in p.flags for p in changes[0].peers_upsert
     )
-    state = LoadedState(secret=SECRET, peers=changes[0].peers_upsert,
-                        addresses=changes[0].addresses_upsert)
+    state = LoadedState(
+        secret=SECRET, peers=changes[0].peers_upsert, addresses=changes[0].addresses_upsert
+    )
     again = make(state=state)
     actions = dials(again.poll(T0 + 100))
     assert [(d.address, d.reason) for d in actions] == [(target, "persistent")]
@@ -255,8 +254,14 @@ def test_restart_restores_peers_scores_bans_and_placement() -> None:
     assert banned is not None and banned.state is PeerState.BANNED
     assert again.check_inbound("192.0.2.9", now).reason == "ip_banned"
     with pytest.raises(ConfigError):
-        PeerManager(PeerManagerConfig(), SELF, now=T0, rng=random.Random(1),
-                    secret=b"t" * 32, store_state=state)
+        PeerManager(
+            PeerManagerConfig(),
+            SELF,
+            now=T0,
+            rng=random.Random(1),
+            secret=b"t" * 32,
+            store_state=state,
+        )
 
 
 def test_short_secret_is_refused() -> None:

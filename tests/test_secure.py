@@ -17,6 +17,7 @@ from overlay._secure import (
     MAX_PLAINTEXT,
     SIGNATURE_PREFIX,
     PeerAttribute,
+    ProofCache,
     SecureHandshake,
     SecureIdentity,
     SecureStream,
@@ -32,7 +33,7 @@ from overlay.errors import (
     LocalProtocolError,
     OverlayError,
 )
-from overlay.identity import NodeId, NodeKey
+from overlay.identity import NodeId, NodeKey, verify_signature
 from proto import overlay_pb2 as pb
 
 T = TypeVar("T")
@@ -239,6 +240,25 @@ async def test_eof_during_handshake() -> None:
 
 
 @pytest.mark.anyio
+async def test_reset_during_handshake() -> None:
+    a, b = memory_pair()
+    await b.aclose()  # the peer is gone: our first send is refused
+    with pytest.raises(HandshakeError, match="connection lost"):
+        await secure_handshake(a, IDENT_A, initiator=True)
+    assert a.closed
+
+
+@pytest.mark.anyio
+async def test_cancelled_handshake_closes_stream() -> None:
+    a, _ = memory_pair()
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await secure_handshake(a, IDENT_A, initiator=True)
+    assert scope.cancelled_caught
+    assert a.closed
+
+
+@pytest.mark.anyio
 async def test_garbage_message_one() -> None:
     a, b = memory_pair()
     await a.send(b"\x00\x05hello")
@@ -351,7 +371,7 @@ async def test_tampered_ciphertext_raises_frame_error() -> None:
 @pytest.mark.anyio
 async def test_replayed_frame_raises_frame_error() -> None:
     sa, sb, a, _ = await connect_memory()
-    frame = encrypt_frames(sa._send_cipher, b"once")
+    frame = bytes(encrypt_frames(sa._send_cipher, b"once"))
     await a.send(frame)
     assert await sb.receive() == b"once"
     await a.send(frame)
@@ -369,7 +389,7 @@ async def test_eof_at_boundary_and_mid_frame() -> None:
         await sb.receive()
 
     sa, sb, a, _ = await connect_memory()
-    await a.send(encrypt_frames(sa._send_cipher, b"cut")[:-3])
+    await a.send(bytes(encrypt_frames(sa._send_cipher, b"cut")[:-3]))
     await a.send_eof()
     with pytest.raises(FrameError):
         await sb.receive()
@@ -434,6 +454,45 @@ def test_sans_io_failed_handshake_stays_failed() -> None:
     with pytest.raises(HandshakeError):
         resp.receive_data(b"more")
     assert not resp.is_complete
+
+
+def test_proof_cache_remembers_only_valid_proofs(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[bytes] = []
+    real = verify_signature
+
+    def counting(public_key: bytes, message: bytes, signature: bytes) -> bool:
+        calls.append(message)
+        return real(public_key, message, signature)
+
+    monkeypatch.setattr("overlay._secure.verify_signature", counting)
+    cache = ProofCache(capacity=2)
+    key = IDENT_A.node_key
+    proofs = [(b"m%d" % i, key.sign(b"m%d" % i)) for i in range(3)]
+    assert cache.verify(key.public_key, *proofs[0])
+    assert cache.verify(key.public_key, *proofs[0])
+    assert len(calls) == 1  # second check served from the cache
+    assert not cache.verify(key.public_key, b"other", proofs[0][1])
+    assert not cache.verify(key.public_key, b"other", proofs[0][1])
+    assert len(calls) == 3 and len(cache) == 1  # failures are not cached
+    assert cache.verify(key.public_key, *proofs[1])
+    assert cache.verify(key.public_key, *proofs[2])
+    assert len(cache) == 2  # bounded: the oldest proof was evicted
+    calls.clear()
+    assert cache.verify(key.public_key, *proofs[0])
+    assert calls == [b"m0"]
+
+
+def test_handshakes_reuse_verified_proofs() -> None:
+    dialer = SecureIdentity(NodeKey.from_seed(b"e" * 32))
+    listener = SecureIdentity(NodeKey.from_seed(b"f" * 32))
+    for _ in range(3):
+        init = SecureHandshake(dialer, initiator=True)
+        resp = SecureHandshake(listener, initiator=False)
+        resp.receive_data(init.data_to_send())
+        init.receive_data(resp.data_to_send())
+        resp.receive_data(init.data_to_send())
+        assert init.is_complete and resp.is_complete
+    assert len(dialer.proofs) == 1 and len(listener.proofs) == 1
 
 
 def test_identity_signs_once() -> None:

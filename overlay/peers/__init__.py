@@ -19,7 +19,7 @@ from overlay.peers._state import (
     StoredIpBan,
     StoredPeer,
 )
-from overlay.peers._store import SCHEMA_VERSION, PeerStore
+from overlay.peers._store import SCHEMA_VERSION, PeerStore, PeerStoreError
 from overlay.peers._types import (
     SOURCE_CONFIG,
     SOURCE_OPERATOR,
@@ -64,6 +64,7 @@ __all__ = [
     "PeerSnapshot",
     "PeerState",
     "PeerStore",
+    "PeerStoreError",
     "Persist",
     "ProtectionHook",
     "RefreshAddresses",

@@ -8,7 +8,9 @@ Addresses live in two tables of fixed-size buckets:
   a keyed hash of (its netgroup, the netgroup of whoever told us), restricted so that all the
   addresses from one *source* netgroup land in at most ``new_buckets_per_source_group`` (32) of
   the ``new_bucket_count`` (256) buckets, i.e. at most 1/8 of the table. A peer, or a whole /16
-  of peers, gossiping millions of addresses can therefore overwrite at most 1/8 of what we know.
+  of peers, gossiping millions of addresses can therefore overwrite at most 1/8 of what we know,
+  and all the addresses of one netgroup heard from one source netgroup share a single bucket
+  (64 slots), so flooding addresses from few netgroups fills only a handful of buckets.
   Each gossiping peer is additionally limited to ``max_addresses_per_source`` (500) entries.
 * **tried** holds addresses we successfully connected to. The bucket is a keyed hash of the
   address netgroup and (a hash of) the address, restricted so that one netgroup reaches at most

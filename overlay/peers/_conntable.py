@@ -141,7 +141,10 @@ class ConnTable:
         now: float,
         feeler: bool = False,
         upgrade: bool = False,
+        planned: bool = True,
     ) -> Conn:
+        """Register a connection. An unplanned outbound one (no dial of ours: late or made by
+        someone else) takes an outbound slot but is not counted for netgroup diversity."""
         counted = not feeler and not rec.has(PeerFlag.UNCONDITIONAL)
         conn = Conn(
             direction, now, remote_ip, counted, feeler=feeler, upgrade=upgrade, address=address
@@ -152,7 +155,7 @@ class ConnTable:
                 conn.in_group = netgroup(remote_ip)
                 _inc(self._in_ip, conn.ip_key)
                 _inc(self._in_group, conn.in_group)
-        elif counted and address is not None and not self.exempt_address(address):
+        elif counted and planned and address is not None and not self.exempt_address(address):
             conn.out_group = address_netgroup(address)
             _inc(self._out_group, conn.out_group)
         rec.conn = conn

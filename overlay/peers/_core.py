@@ -32,6 +32,7 @@ from overlay.peers._types import (
     DialPreference,
     DisconnectPeer,
     PeerFlag,
+    PeerManagerStatistics,
     PeerSnapshot,
     Persist,
     ProtectionHook,
@@ -104,6 +105,7 @@ class ManagerCore:
         self._urgent = False
         self._wake = True
         self._starved = False
+        self._last_scan = -math.inf
         self._last_poll = now
         self._last_persist = now
         self._last_refresh = -math.inf
@@ -258,7 +260,7 @@ class ManagerCore:
         cap = c.persistent_backoff_cap if rec.has(PeerFlag.PERSISTENT) else c.backoff_cap
         delay = backoff_delay(rec.failures, base=c.backoff_base, cap=cap, rng=self._rng)
         rec.next_dial = max(rec.next_dial, now + delay)
-        if reason == "authentication" and address != rec.dial_address:
+        if "auth" in reason.lower() and address != rec.dial_address:
             self._book.remove(address)
             if address in rec.addresses:
                 rec.addresses.remove(address)
@@ -362,3 +364,77 @@ class ManagerCore:
         self._bans.dirty.clear()
         self._bans.deleted.clear()
         return changes
+
+    # -- views and persistence feedback (public, documented on PeerManager) ---------------
+
+    def persist_failed(self, changes: StoreChanges) -> None:
+        """The driver could not write ``changes``: keep them for the next ``Persist``."""
+        self._dirty.update(NodeId(p.node_id) for p in changes.peers_upsert)
+        self._dirty.update(NodeId(p) for p in changes.peers_delete)
+        for row in changes.addresses_upsert:
+            self._book.deleted.add(row.address)
+        for text in changes.addresses_delete:
+            self._book.deleted.add(text)
+        for entry in self._book.entries():
+            if str(entry.address) in self._book.deleted:
+                self._book.deleted.discard(str(entry.address))
+                self._book.dirty.add(entry.address)
+        for ban in changes.ip_bans_upsert:
+            self._bans.dirty.add(ban.ip)
+        self._bans.deleted.update(changes.ip_bans_delete)
+
+    def gossip_addresses(
+        self, now: float, *, limit: int = 1000, exclude: NodeId | None = None
+    ) -> list[NodeAddress]:
+        """Up to ``limit`` random addresses fit to share (never private, banned or terrible)."""
+        out: list[NodeAddress] = []
+        for entry in self._book.entries():
+            node_id = entry.address.node_id
+            if node_id in (self._self_id, exclude) or node_id in self._private:
+                continue
+            rec = self._records.get(node_id)
+            if rec is not None and (
+                rec.has(PeerFlag.PRIVATE)
+                or rec.banned(now)
+                or self._score(rec, now) <= self._config.disconnect_score
+            ):
+                continue
+            if not entry.is_terrible(now):
+                out.append(entry.address)
+        if len(out) > limit:
+            out = self._rng.sample(out, limit)
+        return out
+
+    def statistics(self) -> PeerManagerStatistics:
+        """Gauges (counts by state and direction) and cumulative counters, for metrics."""
+        now, s = self._now, self._stats
+        connected = [rec for rec in self._table.conns.values() if rec.conn is not None]
+        return PeerManagerStatistics(
+            known_peers=len(self._records),
+            connected_inbound=sum(
+                1 for r in connected if r.conn and r.conn.counted and r.conn.direction == "inbound"
+            ),
+            connected_outbound=sum(
+                1 for r in connected if r.conn and r.conn.counted and r.conn.direction == "outbound"
+            ),
+            connected_unconditional=sum(1 for r in connected if r.has(PeerFlag.UNCONDITIONAL)),
+            dialing=len(self._table.dials),
+            banned_peers=sum(1 for r in self._records.values() if r.banned(now)),
+            banned_ips=self._bans.active_count(now),
+            address_book_new=self._book.new_count,
+            address_book_tried=self._book.tried_count,
+            dials_started=s.dials_started,
+            dials_succeeded=s.dials_succeeded,
+            dials_failed=s.dials_failed,
+            dial_timeouts=s.dial_timeouts,
+            feelers_started=s.feelers_started,
+            upgrades_started=s.upgrades_started,
+            evictions=s.evictions,
+            inbound_accepted=s.inbound_accepted,
+            inbound_rejected=dict(self._rejected),
+            bans=s.bans,
+            ip_bans=s.ip_bans,
+            score_disconnects=s.score_disconnects,
+            persists=s.persists,
+            refreshes=s.refreshes,
+        )

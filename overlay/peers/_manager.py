@@ -36,7 +36,8 @@ loopback like to any other /16.
 
 Invariants (checked by the tests after random event sequences):
 
-* dials in flight never exceed ``max_concurrent_dials``; a peer is dialed only when it is not
+* dials in flight never exceed ``max_concurrent_dials`` (operator dials the caller executes
+  itself, ``dial_now(execute=False)``, come on top); a peer is dialed only when it is not
   connected, not being dialed, not banned, its backoff/cooldown has passed and, for automatic
   dials, its score is above ``disconnect_score`` and its netgroup has fewer than
   ``max_outbound_per_netgroup`` outbound connections + dials;
@@ -69,14 +70,12 @@ from overlay.peers._core import DIAL_GRACE
 from overlay.peers._netgroup import address_ip_key, ip_key, parse_ip
 from overlay.peers._planner import ManagerPlanner
 from overlay.peers._scoring import apply_event
-from overlay.peers._state import StoreChanges
 from overlay.peers._types import (
     Action,
     Decision,
     DialPreference,
     DisconnectPeer,
     PeerFlag,
-    PeerManagerStatistics,
     PeerSnapshot,
     ProtectionHook,
     RefreshAddresses,
@@ -169,7 +168,8 @@ class PeerManager(ManagerPlanner):
         dial = self._table.finish_dial(rec)
         feeler = dial is not None and dial.reason == "feeler"
         upgrade = dial is not None and dial.reason == "upgrade"
-        self._stats.dials_succeeded += 1
+        if dial is not None:
+            self._stats.dials_succeeded += 1
         rec.failures = 0
         rec.next_dial = min(rec.next_dial, now)
         rec.last_seen = max(rec.last_seen, now)
@@ -189,6 +189,7 @@ class PeerManager(ManagerPlanner):
             now=now,
             feeler=feeler,
             upgrade=upgrade,
+            planned=dial is not None,
         )
         if rec.banned(now):
             self._disconnect(rec, "banned")
@@ -196,8 +197,9 @@ class PeerManager(ManagerPlanner):
             self._disconnect(rec, "feeler")
 
     def dial_failed(self, node_id: NodeId, address: NodeAddress, now: float, reason: str) -> None:
-        """The dial to ``address`` failed (``reason``: e.g. ``refused``, ``timeout``,
-        ``authentication`` - the latter also forgets the address)."""
+        """The dial to ``address`` failed (``reason``: e.g. ``refused``, ``timeout``; a reason
+        mentioning ``auth`` - the peer there proved another identity - also forgets the
+        address, unless it is the configured address of a persistent/operator peer)."""
         self._now = now
         rec = self._records.get(node_id)
         if rec is None or rec.dial is None or rec.dial.address != address:
@@ -216,16 +218,23 @@ class PeerManager(ManagerPlanner):
         remote_ip: str | None,
         now: float,
     ) -> None:
-        """A connection to ``node_id`` is up (see the lifecycle in the module docstring)."""
+        """A connection to ``node_id`` is up (see the lifecycle in the module docstring).
+
+        ``address`` is the peer's advertised listen address, if any: it is added to the address
+        book with the peer itself as the source. For an outbound connection the address we
+        dialed (if a dial is pending) is what counts as the successful one.
+        """
         self._now = now
         rec = self._records.get(node_id)
         if outbound and (rec is None or rec.conn is None):
-            dialed = address or (rec.dial.address if rec is not None and rec.dial else None)
+            dialed = rec.dial.address if rec is not None and rec.dial is not None else address
             if dialed is not None and dialed.node_id == node_id:
                 self.dial_succeeded(node_id, dialed, now)
             else:
                 rec = self._ensure(node_id, "outbound", now)
-                self._table.attach(rec, "outbound", remote_ip=None, address=None, now=now)
+                self._table.attach(
+                    rec, "outbound", remote_ip=None, address=None, now=now, planned=False
+                )
         elif rec is None or rec.conn is None:
             rec = self._ensure(node_id, "inbound", now)
             self._table.attach(rec, "inbound", remote_ip=remote_ip, address=None, now=now)
@@ -240,6 +249,9 @@ class PeerManager(ManagerPlanner):
                 self._disconnect(rec, "ip_banned")
         rec.last_seen = max(rec.last_seen, now)
         self._dirty.add(node_id)
+        if address is not None and address.node_id == node_id:
+            # Its own listen address: gossip from itself, attributed to its netgroup.
+            self._learn(address, node_id, now)
 
     def disconnected(self, node_id: NodeId, now: float, *, reason: str) -> None:
         """The connection to ``node_id`` is gone (``reason`` is informational)."""
@@ -248,6 +260,9 @@ class PeerManager(ManagerPlanner):
         if rec is None or rec.conn is None:
             return
         self._table.detach(rec)
+        self._queued = [
+            a for a in self._queued if not (isinstance(a, DisconnectPeer) and a.node_id == node_id)
+        ]
         rec.last_seen = max(rec.last_seen, now)
         rec.next_dial = max(rec.next_dial, now + self._config.disconnect_cooldown)
         self._dirty.add(node_id)
@@ -306,8 +321,18 @@ class PeerManager(ManagerPlanner):
 
     # -- operator control ---------------------------------------------------------------------
 
-    def dial_now(self, address: NodeAddress, *, persistent: bool, now: float) -> Decision:
-        """Dial ``address`` at the next poll (ignoring backoff, limits and diversity)."""
+    def dial_now(
+        self, address: NodeAddress, *, persistent: bool, now: float, execute: bool = True
+    ) -> Decision:
+        """Dial ``address`` soon, ignoring backoff, limits and diversity (operator action).
+
+        With ``execute=True`` the next ``poll`` returns the ``DialPeer``. With
+        ``execute=False`` the caller dials right away itself and must report the outcome
+        with ``dial_succeeded`` / ``dial_failed`` (such a dial is not bounded by
+        ``max_concurrent_dials``). ``persistent`` also keeps redialing it forever. The
+        decision is ``ok``, ``connected`` (already connected: nothing to dial), or a refusal
+        (``self``, ``banned``, ``ip_banned``).
+        """
         self._now = now
         node_id = address.node_id
         if node_id == self._self_id:
@@ -325,9 +350,15 @@ class PeerManager(ManagerPlanner):
         if persistent:
             rec.saved_flags.add(PeerFlag.PERSISTENT)
             self._persistent[node_id] = None
-        elif rec.conn is None:
-            self._operator_dials[node_id] = address
         self._mark_urgent(node_id)
+        if rec.conn is not None:
+            return Decision(True, "connected")
+        if not execute:
+            if rec.dial is None:
+                self._table.start_dial(rec, address, "operator", now)
+                self._stats.dials_started += 1
+        elif not persistent and rec.dial is None:
+            self._operator_dials[node_id] = address
         return Decision(True, "ok")
 
     def ban_peer(self, node_id: NodeId, until: float, reason: str, now: float) -> None:
@@ -475,22 +506,6 @@ class PeerManager(ManagerPlanner):
         # look again a little later instead of spinning.
         return deadline if deadline > self._last_poll else self._last_poll + _DIAL_TICK
 
-    def persist_failed(self, changes: StoreChanges) -> None:
-        """The driver could not write ``changes``: keep them for the next ``Persist``."""
-        self._dirty.update(NodeId(p.node_id) for p in changes.peers_upsert)
-        self._dirty.update(NodeId(p) for p in changes.peers_delete)
-        for row in changes.addresses_upsert:
-            self._book.deleted.add(row.address)
-        for text in changes.addresses_delete:
-            self._book.deleted.add(text)
-        for entry in self._book.entries():
-            if str(entry.address) in self._book.deleted:
-                self._book.deleted.discard(str(entry.address))
-                self._book.dirty.add(entry.address)
-        for ban in changes.ip_bans_upsert:
-            self._bans.dirty.add(ban.ip)
-        self._bans.deleted.update(changes.ip_bans_delete)
-
     # -- views ------------------------------------------------------------------------------------
 
     def snapshot(self, now: float) -> list[PeerSnapshot]:
@@ -501,62 +516,7 @@ class PeerManager(ManagerPlanner):
         rec = self._records.get(node_id)
         return None if rec is None else self._snapshot(rec, now)
 
-    def gossip_addresses(
-        self, now: float, *, limit: int = 1000, exclude: NodeId | None = None
-    ) -> list[NodeAddress]:
-        """Up to ``limit`` random addresses fit to share (never private, banned or terrible)."""
-        out: list[NodeAddress] = []
-        for entry in self._book.entries():
-            node_id = entry.address.node_id
-            if node_id in (self._self_id, exclude) or node_id in self._private:
-                continue
-            rec = self._records.get(node_id)
-            if rec is not None and (
-                rec.has(PeerFlag.PRIVATE)
-                or rec.banned(now)
-                or self._score(rec, now) <= self._config.disconnect_score
-            ):
-                continue
-            if not entry.is_terrible(now):
-                out.append(entry.address)
-        if len(out) > limit:
-            out = self._rng.sample(out, limit)
-        return out
-
     @property
     def address_book(self) -> AddressBook:
         """The address book (read it; change it only through the manager)."""
         return self._book
-
-    def statistics(self) -> PeerManagerStatistics:
-        now, s = self._now, self._stats
-        connected = [rec for rec in self._table.conns.values() if rec.conn is not None]
-        return PeerManagerStatistics(
-            known_peers=len(self._records),
-            connected_inbound=sum(
-                1 for r in connected if r.conn and r.conn.counted and r.conn.direction == "inbound"
-            ),
-            connected_outbound=sum(
-                1 for r in connected if r.conn and r.conn.counted and r.conn.direction == "outbound"
-            ),
-            connected_unconditional=sum(1 for r in connected if r.has(PeerFlag.UNCONDITIONAL)),
-            dialing=len(self._table.dials),
-            banned_peers=sum(1 for r in self._records.values() if r.banned(now)),
-            banned_ips=self._bans.active_count(now),
-            address_book_new=self._book.new_count,
-            address_book_tried=self._book.tried_count,
-            dials_started=s.dials_started,
-            dials_succeeded=s.dials_succeeded,
-            dials_failed=s.dials_failed,
-            dial_timeouts=s.dial_timeouts,
-            feelers_started=s.feelers_started,
-            upgrades_started=s.upgrades_started,
-            evictions=s.evictions,
-            inbound_accepted=s.inbound_accepted,
-            inbound_rejected=dict(self._rejected),
-            bans=s.bans,
-            ip_bans=s.ip_bans,
-            score_disconnects=s.score_disconnects,
-            persists=s.persists,
-            refreshes=s.refreshes,
-        )

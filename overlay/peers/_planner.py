@@ -38,6 +38,7 @@ __all__ = ["ManagerPlanner"]
 _log = logging.getLogger(__name__)
 
 _CANDIDATE_SAMPLES = 4  # candidates ranked by a DialPreference per dial
+_SCAN_INTERVAL = 5.0  # seconds between exhaustive address-book scans when starved
 
 
 class ManagerPlanner(ManagerCore):
@@ -166,12 +167,14 @@ class ManagerPlanner(ManagerCore):
             return entry.address not in seen and self._auto_ok(entry, now, diversity=diversity)
 
         seen: set[NodeAddress] = set()
-        if self._preference is None:
-            return self._book.select(now, accept, table=table)
+        # The exhaustive fallback scan is O(address book): at most once per _SCAN_INTERVAL.
+        exhaustive = now - self._last_scan >= _SCAN_INTERVAL or now < self._last_scan
         sampled: list[AddrEntry] = []
-        for _ in range(_CANDIDATE_SAMPLES):
-            entry = self._book.select(now, accept, table=table)
+        for _ in range(1 if self._preference is None else _CANDIDATE_SAMPLES):
+            entry = self._book.select(now, accept, table=table, exhaustive=exhaustive)
             if entry is None:
+                if exhaustive and not sampled:
+                    self._last_scan = now
                 break
             sampled.append(entry)
             seen.add(entry.address)

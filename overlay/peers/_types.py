@@ -104,8 +104,9 @@ class Decision:
     accepted: bool
     """Whether to keep the connection."""
     reason: str
-    """``ok`` or a short machine code: ``self``, ``banned``, ``ip_banned``, ``per_ip_limit``,
-    ``per_netgroup_limit``, ``duplicate``, ``low_score``, ``full``."""
+    """``ok`` (``connected`` from ``dial_now`` when already connected) or a short machine code:
+    ``self``, ``banned``, ``ip_banned``, ``per_ip_limit``, ``per_netgroup_limit``,
+    ``duplicate``, ``low_score``, ``full``."""
     evict: NodeId | None = None
     """A peer being evicted to make room (the matching ``DisconnectPeer`` comes from ``poll``;
     this field is informational)."""
