@@ -183,6 +183,12 @@ class PeerConnection:
 
     # ------------------------------------------------------------------------------- sending
 
+    def _release_space(self) -> None:
+        """A finished request frees an in-flight slot: wake callers waiting for one."""
+        if self._space_waiters:
+            self._space.set()
+            self._space = anyio.Event()
+
     def _kick(self) -> None:
         if self._writer_waiting:
             self._writer_waiting = False
@@ -286,9 +292,7 @@ class PeerConnection:
                             await stream.send(data)
                     else:
                         await stream.send(data)
-                    if self._space_waiters:
-                        self._space.set()
-                        self._space = anyio.Event()
+                    self._release_space()
                     continue
                 if self._closing:
                     break
@@ -350,6 +354,7 @@ class PeerConnection:
                 if waiter is not None:
                     waiter.payload = event.payload
                     waiter.event.set()
+                self._release_space()
             elif isinstance(event, core_mod.MessageReceived):
                 await self._delivery.on_message(self, event.channel_id, event.payload)
             elif isinstance(event, core_mod.RequestReceived):
@@ -359,6 +364,7 @@ class PeerConnection:
                 if waiter is not None:
                     waiter.error = RequestError(event.code, event.message)
                     waiter.event.set()
+                self._release_space()
             elif isinstance(event, core_mod.CancelReceived):
                 scope = self._handlers.get((event.channel_id, event.request_id))
                 if scope is not None:

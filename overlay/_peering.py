@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import secrets
+import time
 from pathlib import Path
 
 import anyio
@@ -40,7 +41,10 @@ from overlay.peers import (
     ScoreEvent,
 )
 
-__all__ = ["Peering"]
+__all__ = ["Peering", "wall_clock"]
+
+wall_clock = time.time
+"""The peer manager's clock: wall time, because its times outlive the process."""
 
 log = logging.getLogger("overlay.peering")
 
@@ -53,6 +57,7 @@ _REASONS = {
     "operator": DisconnectReason.OPERATOR,
     "self": DisconnectReason.SELF,
     "duplicate": DisconnectReason.DUPLICATE,
+    "low_score": DisconnectReason.BANNED,
 }
 
 
@@ -73,7 +78,7 @@ class Peering(Observer):
         self.manager = PeerManager(
             node.config.peers,
             node.node_id,
-            now=anyio.current_time(),
+            now=wall_clock(),
             rng=rng or random.Random(),
             secret=secret,
             store_state=state,
@@ -84,7 +89,8 @@ class Peering(Observer):
         node.admission = self._admit
 
     def _now(self) -> float:
-        return anyio.current_time()
+        # The manager's times are persisted (bans, scores, last seen), so it runs on wall time.
+        return wall_clock()
 
     def wake(self) -> None:
         self._wake.set()

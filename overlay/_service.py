@@ -16,10 +16,10 @@ import anyio
 from overlay import __version__
 from overlay._control import UnknownPeerError
 from overlay._observer import MultiObserver, Observer
-from overlay._peering import Peering
+from overlay._peering import Peering, wall_clock
 from overlay.address import NodeAddress
 from overlay.config import NodeConfig
-from overlay.errors import InvalidAddressError
+from overlay.errors import InvalidAddressError, OverlayError
 from overlay.identity import NodeId, parse_node_id
 from overlay.node import Node
 from overlay.peers import PeerFlag, PeerSnapshot
@@ -31,12 +31,12 @@ log = logging.getLogger("overlay.service")
 
 def jsonable(value: Any) -> Any:
     """Plain JSON data from dataclasses, enums, addresses, sets and mappings."""
+    if isinstance(value, NodeAddress):
+        return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return value.value
-    if isinstance(value, NodeAddress):
-        return str(value)
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
@@ -53,10 +53,10 @@ class NodeControl:
     def __init__(self, node: Node, peering: Peering) -> None:
         self.node = node
         self.peering = peering
-        self.started = anyio.current_time()
+        self.started = wall_clock()
 
     def _now(self) -> float:
-        return anyio.current_time()
+        return wall_clock()
 
     def status(self) -> dict[str, Any]:
         stats = self.peering.manager.statistics()
@@ -117,11 +117,18 @@ class NodeControl:
     async def dial(self, address: str, *, persistent: bool) -> dict[str, Any]:
         addr = NodeAddress.parse(address)
         manager = self.peering.manager
-        decision = manager.dial_now(addr, persistent=persistent, now=self._now())
+        now = wall_clock()
+        decision = manager.dial_now(addr, persistent=persistent, now=now, execute=False)
         if not decision.accepted and decision.reason not in ("ok", "connected"):
             raise InvalidAddressError(f"cannot dial {addr}: {decision.reason}")
-        peer = await self.node.dial(addr)
-        manager.dial_succeeded(peer, addr, self._now())
+        try:
+            peer = await self.node.dial(addr)
+        except OverlayError as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            manager.dial_failed(addr.node_id, addr, wall_clock(), str(reason))
+            self.peering.wake()
+            raise
+        manager.dial_succeeded(peer, addr, wall_clock())
         self.peering.wake()
         return {"connected": peer, "persistent": persistent}
 
@@ -192,7 +199,12 @@ async def run_node(config: NodeConfig, home: Path, *, observers: tuple[Observer,
                    task_status: anyio.abc.TaskStatus[NodeControl] = anyio.TASK_STATUS_IGNORED,
                    ) -> None:
     """Run until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
-    from overlay._admin import load_or_create_token, serve_admin, write_admin_info
+    from overlay._admin import (
+        load_or_create_token,
+        remove_admin_info,
+        serve_admin,
+        write_admin_info,
+    )
     from overlay._metrics import NodeMetrics, serve_metrics
 
     data_dir = home / config.data_dir
@@ -219,7 +231,7 @@ async def run_node(config: NodeConfig, home: Path, *, observers: tuple[Observer,
                     task_status=task_status,
                 )
             )
-            write_admin_info(home, where)
+            write_admin_info(home, where, token_file=home / config.admin.token_file)
             log.info("admin API on %s", where)
         if metrics is not None:
             metrics.set_node_info(node_id=node.node_id, network=config.network,
@@ -234,7 +246,11 @@ async def run_node(config: NodeConfig, home: Path, *, observers: tuple[Observer,
         log.info("node %s started; listening on %s", node.node_id,
                  ", ".join(str(a) for a in node.listen_addresses))
         task_status.started(control)
-        await anyio.sleep_forever()
+        try:
+            await anyio.sleep_forever()
+        finally:
+            if config.admin.enabled:
+                remove_admin_info(home)
 
 
 def metrics_snapshot(node: Node, peering: Peering) -> Any:
