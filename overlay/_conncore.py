@@ -487,11 +487,23 @@ class ConnectionCore:
         return self._closing
 
     @property
+    def idle_expired(self) -> bool:
+        """True from the moment ``handle_timer`` emitted IdleTimeout until data arrives."""
+        return self._idle_fired
+
+    @property
     def peer_disconnected(self) -> bool:
         """True once the peer's disconnect arrived (later received frames are ignored)."""
         return self._peer_disconnected
 
     # ------------------------------------------------------------------ outgoing
+
+    @property
+    def wants_write(self) -> bool:
+        """Whether ``data_to_send`` has something to hand out now (rate limits aside)."""
+        if self._closing:
+            return self._disconnect_frame is not None
+        return bool(self._ctrl) or bool(self._ping_due) or any(self._levels)
 
     def _channel(self, channel_id: int) -> _Channel:
         ch = self._channels.get(channel_id)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVarTuple
 
@@ -34,6 +35,7 @@ from overlay import _conncore as core_mod
 from overlay._conncore import ConnectionCore
 from overlay._nodeinfo import DisconnectReason, NodeInfo
 from overlay._observer import Observer
+from overlay._timers import TimerService
 from overlay.errors import (
     ConnectionClosed,
     ErrorCode,
@@ -44,7 +46,7 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId
 
-__all__ = ["CLOSE_FLUSH_TIMEOUT", "Delivery", "PeerConnection"]
+__all__ = ["CLOSE_FLUSH_TIMEOUT", "KEEP_IDLE_WORKERS", "Delivery", "PeerConnection"]
 
 log = logging.getLogger("overlay.peer")
 
@@ -76,6 +78,69 @@ class _Waiter:
         self.error: OverlayError | None = None
 
 
+KEEP_IDLE_WORKERS = 1
+"""Request workers a connection keeps parked when it has no work (the rest exit)."""
+
+
+class _Workers:
+    """Runs submitted coroutine functions on a few long-lived tasks, not a task per job.
+
+    Invariant: while jobs are queued, exactly one worker is *waking* (started or woken, not yet
+    running) or every worker is busy. A running worker takes jobs one by one and, before
+    starting one with more still queued, wakes a colleague — so a job that blocks never holds
+    up the ones behind it, while a burst of quick jobs (256 pipelined echo requests) is served
+    by one task in one scheduling step instead of 256 task spawns. The caller bounds how many
+    jobs can exist (the connection core caps concurrent inbound requests per channel), which
+    bounds the workers too.
+    """
+
+    __slots__ = ("_idle", "_queue", "_tg", "_waking", "workers")
+
+    def __init__(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        self._queue: deque[tuple[Callable[..., Coroutine[Any, Any, Any]], tuple[Any, ...]]] = (
+            deque()
+        )
+        self._idle: list[anyio.Event] = []
+        self._waking = False
+        self.workers = 0
+
+    def submit(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
+        self._queue.append((func, args))
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        if self._waking or not self._queue:
+            return
+        self._waking = True
+        if self._idle:
+            self._idle.pop().set()
+        else:
+            self.workers += 1
+            self._tg.start_soon(self._run)
+
+    async def _run(self) -> None:
+        queue = self._queue
+        try:
+            while True:
+                self._waking = False
+                while queue:
+                    func, args = queue.popleft()
+                    if queue:
+                        self._wake_one()
+                    try:
+                        await func(*args)
+                    except OverlayError as exc:  # the connection went away under the job
+                        log.debug("request job ended: %s", exc)
+                if len(self._idle) >= KEEP_IDLE_WORKERS:
+                    return
+                event = anyio.Event()
+                self._idle.append(event)
+                await event.wait()
+        finally:
+            self.workers -= 1
+
+
 class PeerConnection:
     """One live, authenticated connection to a peer."""
 
@@ -91,6 +156,7 @@ class PeerConnection:
         remote_host: str,
         delivery: Delivery,
         observer: Observer,
+        timers: TimerService,
     ) -> None:
         self.node_id = node_id
         self.info = info
@@ -110,10 +176,13 @@ class PeerConnection:
         self._space_waiters = 0
         self._wake = anyio.Event()
         self._writer_waiting = False
+        self._timers = timers
+        self.timer_at = math.inf
         self._closing = False
         self._closed = False
         self._close_error: OverlayError = ConnectionClosed(f"connection to {node_id} closed")
         self._tg: anyio.abc.TaskGroup | None = None
+        self._workers: _Workers | None = None
         self._done = anyio.Event()
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -125,11 +194,14 @@ class PeerConnection:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                self._workers = _Workers(tg)
                 tg.start_soon(self._write_loop)
                 tg.start_soon(self._read_loop)
+                self._reschedule()
                 task_status.started()
         finally:
             self._closed = True
+            self._timers.cancel(self)
             self._fail_pending()
             with anyio.CancelScope(shield=True):
                 await self._stream.aclose()
@@ -167,6 +239,15 @@ class PeerConnection:
         if self._tg is None or self._closed:
             return
         self._tg.start_soon(func, *args)
+
+    def submit(
+        self, func: Callable[[*Ts], Coroutine[Any, Any, Any]], *args: *Ts
+    ) -> None:
+        """Run ``func(*args)`` on one of this connection's request workers (cancelled when it
+        closes). Cheaper than :meth:`spawn` for short jobs such as serving a request."""
+        if self._workers is None or self._closed:
+            return
+        self._workers.submit(func, args)
 
     def _fail_pending(self) -> None:
         for waiter in self._waiters.values():
@@ -284,37 +365,53 @@ class PeerConnection:
         stream = self._stream
         try:
             while True:
-                now = anyio.current_time()
-                data = core.data_to_send(now)
-                if data:
-                    if self._closing:
-                        with anyio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+                if core.wants_write:
+                    data = core.data_to_send(anyio.current_time())
+                    if data:
+                        if self._closing:
+                            with anyio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+                                await stream.send(data)
+                        else:
                             await stream.send(data)
-                    else:
-                        await stream.send(data)
-                    self._release_space()
-                    continue
+                        self._release_space()
+                        continue
+                    self._timer_maybe_earlier()  # held back by the send rate limit
                 if self._closing:
                     break
-                deadline = core.get_timer()
                 self._wake = anyio.Event()
                 self._writer_waiting = True
-                if deadline is None:
-                    await self._wake.wait()
-                else:
-                    with anyio.move_on_after(max(0.0, deadline - now)):
-                        await self._wake.wait()
-                    self._writer_waiting = False
-                    now = anyio.current_time()
-                    if now >= deadline:
-                        core.handle_timer(now)
-                        await self._dispatch_events()
+                await self._wake.wait()
         except _STREAM_CLOSED:
             pass
         finally:
             self._closed = True
             assert self._tg is not None
             self._tg.cancel_scope.cancel()
+
+    # -------------------------------------------------------------------------------- timer
+
+    def _reschedule(self) -> None:
+        """Tell the node's timer service about the core's next deadline."""
+        if not self._closed:
+            self._timers.schedule(self, self.core.get_timer())
+
+    def _timer_maybe_earlier(self) -> None:
+        deadline = self.core.get_timer()
+        if deadline is not None and deadline < self.timer_at:
+            self._timers.schedule(self, deadline)
+
+    def on_timer(self, now: float) -> None:
+        """The core's deadline passed (pings, idle timeout, send rate-limit refill)."""
+        if self._closing or self._closed:
+            return
+        core = self.core
+        core.handle_timer(now)
+        if core.idle_expired:
+            log.info("peer %s idle for too long; closing", self.node_id)
+            self.close(DisconnectReason.IDLE_TIMEOUT, "idle timeout")
+            return
+        self._kick()
+        self._reschedule()
 
     # ------------------------------------------------------------------------------- reader
 
@@ -323,17 +420,20 @@ class PeerConnection:
         stream = self._stream
         try:
             await self._dispatch_events()  # bytes that arrived with the hello exchange
+            now = anyio.current_time()
             while not self._closing:
-                paused = core.receive_paused_until(anyio.current_time())
+                paused = core.receive_paused_until(now)
                 if paused is not None:
-                    await anyio.sleep(max(0.0, paused - anyio.current_time()))
+                    await anyio.sleep(max(0.0, paused - now))
                 try:
                     data = await stream.receive()
                 except _STREAM_CLOSED:
                     break
-                core.receive_data(data, anyio.current_time())
+                now = anyio.current_time()
+                core.receive_data(data, now)
                 await self._dispatch_events()
-                self._kick()
+                if core.wants_write:  # a pong or a CANCEL answer to send
+                    self._kick()
         except RemoteProtocolError as exc:
             log.warning("peer %s violated the protocol: %s", self.node_id, exc)
             self._observer.on_protocol_violation(self.node_id, type(exc).__name__)
@@ -389,8 +489,7 @@ class PeerConnection:
                 self._tg.cancel_scope.cancel()
                 return
             elif isinstance(event, core_mod.IdleTimeout):
-                log.info("peer %s idle for too long; closing", self.node_id)
-                self.close(DisconnectReason.IDLE_TIMEOUT, "idle timeout")
+                pass  # the timer task closes the connection when it fires
 
     # --------------------------------------------------------------------------- observation
 

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from overlay._channel import (
@@ -37,7 +39,7 @@ from overlay._channel import (
     Envelope,
     RequestHandler,
 )
-from overlay._destination import Destination, To
+from overlay._destination import LOCAL, Destination, To
 from overlay._observer import Observer
 from overlay._peer import PeerConnection
 from overlay.errors import (
@@ -59,6 +61,8 @@ from overlay.identity import NodeId
 __all__ = ["Router"]
 
 log = logging.getLogger("overlay.router")
+
+_NO_FAILURES: Mapping[NodeId, str] = MappingProxyType({})
 
 
 @dataclass(slots=True, eq=False)
@@ -84,6 +88,7 @@ class Router:
         self._channels: dict[int, _ChannelState] = {}
         self._peers: dict[NodeId, PeerConnection] = {}
         self._closed = False
+        self._local_report = DeliveryReport(delivered=(local_id,), failed=_NO_FAILURES)
 
     # ------------------------------------------------------------------ PeerView protocol
 
@@ -231,14 +236,17 @@ class Router:
     ) -> DeliveryReport:
         state = self._state(spec)
         wait = spec.send_timeout if timeout is None else timeout
+        if to is LOCAL:
+            await self._send_local(state, message, wait)
+            return self._local_report
         targets, fanout = self._targets(to)
         if not fanout:
             target = targets[0]
             if target == self._local_id:
                 await self._send_local(state, message, wait)
-            else:
-                await self._send_one(state, target, self._encode(spec, message), wait)
-            return DeliveryReport(delivered=(target,))
+                return self._local_report
+            await self._send_one(state, target, self._encode(spec, message), wait)
+            return DeliveryReport(delivered=(target,), failed=_NO_FAILURES)
         payload: bytes | None = None
         delivered: list[NodeId] = []
         failed: dict[NodeId, str] = {}
@@ -315,6 +323,16 @@ class Router:
 
     async def _send_local(self, state: _ChannelState, message: Any, wait: float) -> None:
         env = Envelope(self._local_id, message, state.spec.id)
+        try:
+            state.inbox_send.send_nowait(env)
+            return
+        except anyio.WouldBlock:
+            pass
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise NodeClosed("the node is closed") from None
+        # Full: let the consumer run once before paying for a timeout scope (a producer
+        # outrunning its consumer by one item is the common case, not a stall).
+        await anyio.lowlevel.checkpoint()
         try:
             state.inbox_send.send_nowait(env)
             return
@@ -440,7 +458,7 @@ class Router:
             conn.spawn(conn.respond_error, channel_id, request_id, ErrorCode.NO_HANDLER,
                        "unknown channel")
             return
-        conn.spawn(self._serve_remote, conn, state, request_id, payload)
+        conn.submit(self._serve_remote, conn, state, request_id, payload)
 
     async def _serve_remote(
         self, conn: PeerConnection, state: _ChannelState, request_id: int, payload: bytes

@@ -494,6 +494,7 @@ class SecureStream(anyio.abc.ByteStream):
         self.remote_host = remote_host
         self._bytes_sent = 0
         self._bytes_received = 0
+        self._merged_attributes: dict[Any, Callable[[], Any]] | None = None
         self._attributes: dict[Any, Callable[[], Any]] = {
             PeerAttribute.node_id: lambda: node_id,
             PeerAttribute.public_key: lambda: public_key,
@@ -508,7 +509,11 @@ class SecureStream(anyio.abc.ByteStream):
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        return {**self._transport.extra_attributes, **self._attributes}
+        merged = self._merged_attributes
+        if merged is None:  # built once: the transport's own mapping is rebuilt on every call
+            merged = {**self._transport.extra_attributes, **self._attributes}
+            self._merged_attributes = merged
+        return merged
 
     def statistics(self) -> SecureStreamStatistics:
         sent, received = self._send_cipher.n, self._receive_cipher.n

@@ -47,6 +47,7 @@ from overlay._peer import PeerConnection
 from overlay._router import Router
 from overlay._secure import PeerAttribute, SecureIdentity, SecureStream
 from overlay._tcp import TcpTransport
+from overlay._timers import TimerService
 from overlay.address import NodeAddress
 from overlay.config import NodeConfig
 from overlay.errors import (
@@ -153,6 +154,7 @@ class Node:
         )
         self._listen_addresses: list[NodeAddress] = []
         self._tg: anyio.abc.TaskGroup | None = None
+        self._timers = TimerService()
         self._started = False
         self._closing = False
         self._dialing: set[NodeId] = set()
@@ -206,6 +208,7 @@ class Node:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
+            await self._tg.start(self._timers.run)
             for transport in self._transports:
                 addresses = await self._tg.start(transport.serve, self._on_inbound)
                 self._listen_addresses.extend(addresses)
@@ -463,6 +466,7 @@ class Node:
             remote_host=stream.extra(PeerAttribute.remote_host, ""),
             delivery=self.router,
             observer=self.observer,
+            timers=self._timers,
         )
         self.router.add_peer(conn)
         self.observer.on_peer_connected(
