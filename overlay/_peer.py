@@ -46,7 +46,13 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId
 
-__all__ = ["CLOSE_FLUSH_TIMEOUT", "KEEP_IDLE_WORKERS", "Delivery", "PeerConnection"]
+__all__ = [
+    "CLOSE_FLUSH_TIMEOUT",
+    "KEEP_IDLE_WORKERS",
+    "Delivery",
+    "PeerConnection",
+    "RequestExpired",
+]
 
 log = logging.getLogger("overlay.peer")
 
@@ -69,13 +75,33 @@ class Delivery(Protocol):
     ) -> None: ...
 
 
-class _Waiter:
-    __slots__ = ("error", "event", "payload")
+class RequestExpired(OverlayError):
+    """The deadline given to :meth:`PeerConnection.request` passed (internal: the router turns
+    it into :class:`~overlay.errors.RequestTimeout` with the channel and peer in the message)."""
 
-    def __init__(self) -> None:
+
+class _Waiter:
+    """One outbound request waiting for its answer; its deadline lives in the node's timers."""
+
+    __slots__ = ("conn", "error", "event", "payload", "request_id", "timer_at")
+
+    def __init__(self, conn: PeerConnection, request_id: int) -> None:
+        self.conn = conn
+        self.request_id = request_id
         self.event = anyio.Event()
         self.payload: bytes = b""
         self.error: OverlayError | None = None
+        self.timer_at = math.inf
+
+    def on_timer(self, now: float) -> None:
+        conn = self.conn
+        if conn._waiters.pop(self.request_id, None) is None:
+            return  # answered or failed meanwhile
+        if not conn._closed:
+            conn.core.cancel_request(self.request_id)
+            conn._kick()
+        self.error = RequestExpired("the request deadline passed")
+        self.event.set()
 
 
 KEEP_IDLE_WORKERS = 1
@@ -300,28 +326,42 @@ class PeerConnection:
                 self._kick()
                 return
 
-    async def request(self, channel_id: int, payload: bytes) -> bytes:
+    async def request(
+        self, channel_id: int, payload: bytes, timeout: float | None = None
+    ) -> bytes:
         """Send a request and wait for the response payload.
 
-        Cancelling the caller cancels the request on the wire. An error response raises
-        :class:`RequestError`.
+        Cancelling the caller cancels the request on the wire, and so does ``timeout`` (seconds;
+        enforced by the node's timer task, so a request costs no cancel scope), which raises
+        :class:`RequestExpired`. An error response raises :class:`RequestError`.
         """
+        deadline = None if timeout is None else anyio.current_time() + timeout
         while True:
             self._check_open()
             try:
                 request_id = self.core.send_request(channel_id, payload)
             except WouldBlock:
-                await self._wait_space()
+                if deadline is None:
+                    await self._wait_space()
+                    continue
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    await self._wait_space()
+                    continue
+                raise RequestExpired("no room for the request before its deadline") from None
             else:
                 break
-        waiter = _Waiter()
+        waiter = _Waiter(self, request_id)
         self._waiters[request_id] = waiter
+        if deadline is not None:
+            self._timers.schedule(waiter, deadline)
         self._kick()
         finished = False
         try:
             await waiter.event.wait()
             finished = True
         finally:
+            if deadline is not None:
+                self._timers.cancel(waiter)
             if not finished and self._waiters.pop(request_id, None) is not None:
                 if not self._closed:
                     self.core.cancel_request(request_id)

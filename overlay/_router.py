@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -41,7 +42,7 @@ from overlay._channel import (
 )
 from overlay._destination import LOCAL, Destination, To
 from overlay._observer import Observer
-from overlay._peer import PeerConnection
+from overlay._peer import PeerConnection, RequestExpired
 from overlay.errors import (
     ChannelError,
     ConnectionClosed,
@@ -379,6 +380,16 @@ class Router:
         deadline = timeout
         if deadline is None and anyio.current_effective_deadline() == math.inf:
             deadline = spec.request_timeout
+        if isinstance(to, str) and to != self._local_id:
+            # One peer: the connection enforces the deadline with the node's timer task.
+            try:
+                return await self._attempt(state, to, message, deadline)
+            except RequestExpired:
+                assert deadline is not None
+                self._observer.on_request_done(to, spec.name, deadline, "timeout")
+                raise RequestTimeout(
+                    f"no response on {spec.name!r} from {to} within {deadline:g} s"
+                ) from None
 
         async def attempt(target: NodeId) -> Any:
             return await self._attempt(state, target, message)
@@ -397,7 +408,9 @@ class Router:
             self._observer.on_request_done(to, spec.name, deadline, "timeout")
         raise RequestTimeout(f"no response on {spec.name!r} from {to} within {deadline:g} s")
 
-    async def _attempt(self, state: _ChannelState, target: NodeId, message: Any) -> Any:
+    async def _attempt(
+        self, state: _ChannelState, target: NodeId, message: Any, timeout: float | None = None
+    ) -> Any:
         spec = state.spec
         if target == self._local_id:
             return await self._request_local(state, message)
@@ -405,10 +418,10 @@ class Router:
         if conn is None:
             raise PeerNotConnected(f"peer {target} is not connected")
         payload = self._encode(spec, message)
-        started = anyio.current_time()
+        started = time.perf_counter()
         outcome = "cancelled"
         try:
-            data = await conn.request(spec.id, payload)
+            data = await conn.request(spec.id, payload, timeout)
             try:
                 result = spec.response_codec.decode(data)
             except DecodeError as exc:
@@ -426,7 +439,7 @@ class Router:
         finally:
             if outcome != "cancelled":
                 self._observer.on_request_done(
-                    target, spec.name, anyio.current_time() - started, outcome
+                    target, spec.name, time.perf_counter() - started, outcome
                 )
 
     async def _request_local(self, state: _ChannelState, message: Any) -> Any:
@@ -465,7 +478,7 @@ class Router:
     ) -> None:
         spec = state.spec
         key = (spec.id, request_id)
-        started = anyio.current_time()
+        started = time.perf_counter()
         outcome = "cancelled"
         with anyio.CancelScope() as scope:
             conn.register_handler(key, scope)
@@ -474,7 +487,7 @@ class Router:
             finally:
                 conn.unregister_handler(key)
         self._observer.on_request_served(
-            conn.node_id, spec.name, anyio.current_time() - started, outcome
+            conn.node_id, spec.name, time.perf_counter() - started, outcome
         )
 
     async def _serve_one(
