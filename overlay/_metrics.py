@@ -35,6 +35,7 @@ metric                                                     type       labels
 ``overlay_dial_failures_total``                            counter    reason
 ``overlay_handshake_failures_total``                       counter    reason
 ``overlay_peer_evictions_total``                           counter
+``overlay_peer_disconnects_total``                         counter    reason
 ``overlay_bans_total``                                     counter    kind (peer/ip)
 ``overlay_request_duration_seconds``                       histogram  channel (outbound requests)
 ``overlay_requests_total``                                 counter    channel, outcome
@@ -44,6 +45,13 @@ metric                                                     type       labels
 ``overlay_invalid_messages_total``                         counter    channel
 ``overlay_node_info``                                      gauge (1)  node_id, network, version
 =========================================================  =========  ============================
+
+The peering driver (``overlay._peering``) feeds the dial, eviction, disconnect and ban counters:
+every dial it or the operator starts, each failure by reason (``refused``, ``timeout``,
+``authentication``, a peer's refusal reason such as ``too_many_peers``...), every connection it
+closes for the peer manager or the operator by reason (``evicted``, ``upgrade``, ``banned``,
+``ip_banned``, ``low_score``, ``feeler``, ``operator``...), and every eviction and ban the
+manager decides (automatic bans included). Handshake failures come from the node.
 
 Cardinality is bounded: there is no per-peer label. Queue depth is exported per channel as the
 sum over peers plus the deepest single peer queue. Free-form label values (``reason``,
@@ -279,12 +287,17 @@ class NodeMetrics:
             return Histogram(name, doc, ("channel",), namespace=namespace, registry=reg,
                              buckets=latency_buckets)
 
-        self._dials = counter("dials", "Outbound dials started.")
+        self._dials = counter("dials", "Outbound dials started (peer manager or operator).")
         self._dial_failures = counter("dial_failures", "Failed dials by reason.", ("reason",))
         self._handshake_failures = counter(
             "handshake_failures", "Failed handshakes (both directions) by reason.", ("reason",)
         )
         self._evictions = counter("peer_evictions", "Peers evicted to make room.")
+        self._disconnects = counter(
+            "peer_disconnects",
+            "Connections closed by the peer manager or the operator, by reason.",
+            ("reason",),
+        )
         self._bans = counter("bans", "Bans imposed, by kind (peer or ip).", ("kind",))
         for kind in ("peer", "ip"):
             self._bans.labels(self._cap("bans", kind))
@@ -344,6 +357,11 @@ class NodeMetrics:
     def peer_evicted(self) -> None:
         """A peer was disconnected to make room for a better one."""
         self._evictions.inc()
+
+    def peer_disconnected(self, reason: str) -> None:
+        """We closed a connection on the peer manager's or the operator's decision; ``reason``
+        is the manager's code (``evicted``, ``banned``, ``low_score``, ``operator``...)."""
+        self._disconnects.labels(self._cap("peer_disconnects", reason)).inc()
 
     def peer_banned(self, kind: str) -> None:
         """A ban was imposed; ``kind`` is ``peer`` or ``ip``."""

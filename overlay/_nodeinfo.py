@@ -26,13 +26,14 @@ import anyio
 import anyio.abc
 from google.protobuf.message import DecodeError as _PbDecodeError
 
+from overlay._wire import DisconnectReason
 from overlay.errors import FrameError, HandshakeError, HandshakeTimeout, IncompatiblePeerError
 from proto import overlay_pb2 as pb
 
 __all__ = [
     "MAX_HELLO_SIZE",
     "PROTOCOL_VERSION",
-    "DisconnectReason",
+    "DisconnectReason",  # defined in overlay._wire; re-exported for the hello exchange
     "NodeInfo",
     "check_compatible",
     "decode_hello_reply",
@@ -51,33 +52,6 @@ MAX_HELLO_SIZE = 65536
 """Largest NodeInfo / HelloReply accepted (room for a signed capability record)."""
 
 _LEN = struct.Struct(">I")
-
-
-class DisconnectReason:
-    """Wire values of ``DisconnectReason`` with the short names used in logs and metrics."""
-
-    UNSPECIFIED = pb.DISCONNECT_REASON_UNSPECIFIED
-    SHUTDOWN = pb.DISCONNECT_REASON_SHUTDOWN
-    WRONG_NETWORK = pb.DISCONNECT_REASON_WRONG_NETWORK
-    INCOMPATIBLE_VERSION = pb.DISCONNECT_REASON_INCOMPATIBLE_VERSION
-    NO_COMMON_CHANNEL = pb.DISCONNECT_REASON_NO_COMMON_CHANNEL
-    PROTOCOL_VIOLATION = pb.DISCONNECT_REASON_PROTOCOL_VIOLATION
-    TOO_MANY_PEERS = pb.DISCONNECT_REASON_TOO_MANY_PEERS
-    BANNED = pb.DISCONNECT_REASON_BANNED
-    DUPLICATE = pb.DISCONNECT_REASON_DUPLICATE
-    EVICTED = pb.DISCONNECT_REASON_EVICTED
-    OPERATOR = pb.DISCONNECT_REASON_OPERATOR
-    IDLE_TIMEOUT = pb.DISCONNECT_REASON_IDLE_TIMEOUT
-    SELF = pb.DISCONNECT_REASON_SELF
-
-    @staticmethod
-    def name(value: int) -> str:
-        """Short lowercase name, e.g. ``wrong_network``; ``unknown_<n>`` for unknown values."""
-        try:
-            full = pb.DisconnectReason.Name(value)  # type: ignore[arg-type]
-        except ValueError:
-            return f"unknown_{value}"
-        return full.removeprefix("DISCONNECT_REASON_").lower()
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from overlay._observer import MultiObserver, Observer
 from overlay._peering import Peering, wall_clock
 from overlay.address import NodeAddress
 from overlay.config import NodeConfig
-from overlay.errors import InvalidAddressError, OverlayError
+from overlay.errors import InvalidAddressError
 from overlay.identity import NodeId, parse_node_id
 from overlay.node import Node
 from overlay.peers import PeerFlag, PeerSnapshot
@@ -54,6 +54,10 @@ class NodeControl:
         self.node = node
         self.peering = peering
         self.started = wall_clock()
+        self.admin_url: str | None = None
+        """Where the admin API listens (``http://HOST:PORT`` / ``unix:PATH``), once serving."""
+        self.metrics_url: str | None = None
+        """``http://HOST:PORT`` of the Prometheus endpoint (``/metrics``), once serving."""
 
     def _now(self) -> float:
         return wall_clock()
@@ -116,20 +120,16 @@ class NodeControl:
 
     async def dial(self, address: str, *, persistent: bool) -> dict[str, Any]:
         addr = NodeAddress.parse(address)
-        manager = self.peering.manager
-        now = wall_clock()
-        decision = manager.dial_now(addr, persistent=persistent, now=now, execute=False)
-        if not decision.accepted and decision.reason not in ("ok", "connected"):
+        decision = self.peering.manager.dial_now(
+            addr, persistent=persistent, now=self._now(), execute=False
+        )
+        if not decision.accepted:
             raise InvalidAddressError(f"cannot dial {addr}: {decision.reason}")
-        try:
-            peer = await self.node.dial(addr)
-        except OverlayError as exc:
-            reason = getattr(exc, "reason", None) or type(exc).__name__
-            manager.dial_failed(addr.node_id, addr, wall_clock(), str(reason))
+        if decision.reason == "connected":  # nothing to dial (persistent may have changed)
             self.peering.wake()
-            raise
-        manager.dial_succeeded(peer, addr, wall_clock())
-        self.peering.wake()
+            return {"connected": addr.node_id, "persistent": persistent}
+        # Counted, reported to the manager, and re-raised on failure by the peering driver.
+        peer = await self.peering.dial(addr)
         return {"connected": peer, "persistent": persistent}
 
     async def disconnect(self, node_id: str) -> dict[str, Any]:
@@ -137,7 +137,10 @@ class NodeControl:
         if self.node.router.get_peer(peer) is None:
             raise UnknownPeerError(f"peer {peer} is not connected")
         self.peering.manager.disconnect_peer(peer, self._now())
-        await self.node.disconnect(peer, "disconnected by operator")
+        if await self.node.disconnect(peer, "disconnected by operator") and (
+            self.peering.metrics is not None
+        ):
+            self.peering.metrics.peer_disconnected("operator")
         self.peering.wake()
         return {"disconnected": peer}
 
@@ -164,7 +167,8 @@ class NodeControl:
             manager.ban_peer(NodeId(value), now + seconds, "operator", now)
         else:
             manager.ban_ip(value, now + seconds, "operator", now)
-        self.peering.wake()
+        self.peering.sync_metrics()  # counts the ban at once
+        self.peering.wake()  # disconnects the banned peers
         return {"banned": value, "kind": kind, "seconds": seconds}
 
     async def unban(self, target: str) -> dict[str, Any]:
@@ -212,7 +216,7 @@ async def run_node(config: NodeConfig, home: Path, *, observers: tuple[Observer,
     metrics = NodeMetrics(namespace=config.metrics.namespace) if config.metrics.enabled else None
     multi = MultiObserver()
     node = Node(config, home=home, observer=multi)
-    peering = Peering(node, store_path=data_dir / "peers.sqlite")
+    peering = Peering(node, store_path=data_dir / "peers.sqlite", metrics=metrics)
     parts: list[Observer] = [peering, *observers]
     if metrics is not None:
         from overlay._metrics import MetricsObserver
@@ -232,17 +236,18 @@ async def run_node(config: NodeConfig, home: Path, *, observers: tuple[Observer,
                 )
             )
             write_admin_info(home, where, token_file=home / config.admin.token_file)
+            control.admin_url = where
             log.info("admin API on %s", where)
         if metrics is not None:
             metrics.set_node_info(node_id=node.node_id, network=config.network,
                                   version=__version__)
             metrics.set_snapshot_source(lambda: metrics_snapshot(node, peering))
-            await tg.start(
+            control.metrics_url = await tg.start(
                 lambda task_status: serve_metrics(
                     metrics, listen=config.metrics.listen, task_status=task_status
                 )
             )
-            log.info("metrics on http://%s/metrics", config.metrics.listen)
+            log.info("metrics on %s/metrics", control.metrics_url)
         log.info("node %s started; listening on %s", node.node_id,
                  ", ".join(str(a) for a in node.listen_addresses))
         task_status.started(control)

@@ -1,11 +1,18 @@
 """``overlay testnet``: N nodes in one process over loopback TCP, fully connected, exchanging
 request/response and broadcast traffic for a while, then a summary.
 
+Each node runs as in production with its peer manager (the peering driver, without a store):
+the manager gates and admits every inbound connection. All nodes share the 127.0.0.1 address,
+so :func:`testnet_config` exempts the loopback networks (:data:`LOOPBACK_NETWORKS`) from the
+per-IP and per-netgroup limits and sizes the connection limits for a full mesh; refusals,
+evictions and bans by any manager are reported as errors.
+
 This is the main job's first form; the testnet issue grows it (modes, perturbations, reports).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import statistics
 import sys
@@ -20,12 +27,18 @@ import anyio
 from overlay._channel import ChannelSpec, Envelope
 from overlay._codec import BytesCodec
 from overlay._destination import BROADCAST
+from overlay._observer import MultiObserver
+from overlay._peering import Peering
 from overlay.config import AdminConfig, NodeConfig
 from overlay.errors import OverlayError
 from overlay.identity import NodeId
 from overlay.node import Node
+from overlay.peers import PeerManagerConfig
 
-__all__ = ["TestnetReport", "run_testnet"]
+__all__ = ["LOOPBACK_NETWORKS", "TestnetReport", "run_testnet", "testnet_config"]
+
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+"""Exempt from the per-IP / per-netgroup limits in a local network: every node is on loopback."""
 
 ECHO = ChannelSpec(id=0x30, name="echo", codec=BytesCodec(), response_codec=BytesCodec(),
                    priority=2)
@@ -84,6 +97,21 @@ async def _echo(env: Envelope[bytes]) -> bytes:
     return env.message
 
 
+def testnet_config(nodes: int, network: str = "overlay-testnet") -> NodeConfig:
+    """The configuration of each node of a ``nodes``-node local testnet: loopback TCP on a free
+    port, no admin API, loopback exempt from the per-IP / per-netgroup limits, and room for a
+    full mesh (``nodes - 1`` outbound or inbound connections per node)."""
+    default = PeerManagerConfig()
+    max_outbound = max(default.max_outbound, nodes - 1)
+    peers = PeerManagerConfig(
+        exempt_networks=LOOPBACK_NETWORKS,
+        max_outbound=max_outbound,
+        max_connections=max(default.max_connections, max_outbound + nodes - 1),
+    )
+    return NodeConfig(network=network, listen=("tcp://127.0.0.1:0",),
+                      admin=AdminConfig(enabled=False), peers=peers)
+
+
 async def run_testnet(
     nodes: int = 4,
     duration: float = 3.0,
@@ -91,23 +119,36 @@ async def run_testnet(
     concurrency: int = 4,
     seed: int = 1,
     network: str = "overlay-testnet",
+    peers: PeerManagerConfig | None = None,
     out: TextIO | None = sys.stdout,
 ) -> TestnetReport:
-    """Start ``nodes`` nodes, connect them fully, run traffic for ``duration`` s, report."""
+    """Start ``nodes`` nodes, connect them fully, run traffic for ``duration`` s, report.
+
+    ``peers`` replaces the peer-manager configuration of :func:`testnet_config`.
+    """
     if nodes < 2:
         raise ValueError("a testnet needs at least 2 nodes")
     rng = random.Random(seed)
     report = TestnetReport(nodes=nodes, duration=duration)
-    config = NodeConfig(network=network, listen=("tcp://127.0.0.1:0",),
-                        admin=AdminConfig(enabled=False))
-    async with AsyncExitStack() as stack:
+    config = testnet_config(nodes, network)
+    if peers is not None:
+        config = dataclasses.replace(config, peers=peers)
+    async with anyio.create_task_group() as drivers, AsyncExitStack() as stack:
+        # Nodes close (exit stack) before their drivers are cancelled (end of this block).
+        stack.callback(drivers.cancel_scope.cancel)
         members: list[Node] = []
+        peerings: list[Peering] = []
         for i in range(nodes):
-            node = Node(config)
+            observer = MultiObserver()
+            node = Node(config, observer=observer)
+            peering = Peering(node, rng=random.Random(rng.random()))
+            observer.set(peering)
             echo = node.channel(ECHO)
             echo.handle_requests(_echo)
             node.channel(GOSSIP)
             members.append(await stack.enter_async_context(node))
+            await drivers.start(peering.run)
+            peerings.append(peering)
             if out:
                 print(f"node {i}: {node.address}", file=out)
         started = anyio.current_time()
@@ -126,7 +167,20 @@ async def run_testnet(
                 tg.start_soon(_gossip, node, report, deadline)
                 for _ in range(concurrency):
                     tg.start_soon(_requests, node, report, deadline, random.Random(rng.random()))
+        _count_manager_errors(peerings, report)
     return report
+
+
+def _count_manager_errors(peerings: list[Peering], report: TestnetReport) -> None:
+    """In a full mesh no manager should refuse, evict or ban anyone."""
+    for peering in peerings:
+        stats = peering.manager.statistics()
+        for reason, count in stats.inbound_rejected.items():
+            report.errors[f"inbound refused: {reason}"] += count
+        for name, count in (("evictions", stats.evictions), ("bans", stats.bans),
+                            ("ip bans", stats.ip_bans)):
+            if count:
+                report.errors[f"peer manager: {name}"] += count
 
 
 async def _dial(a: Node, b: Node, report: TestnetReport) -> None:

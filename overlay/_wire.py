@@ -16,8 +16,8 @@ Forward compatibility: an error code this version does not know decodes as
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
+from typing import Final
 
 from google.protobuf.message import DecodeError as _PbDecodeError
 
@@ -49,22 +49,47 @@ _U64 = (1 << 64) - 1
 _I32_MAX = (1 << 31) - 1
 
 
-class DisconnectReason(enum.IntEnum):
-    """Why a connection is closed (the ``DisconnectReason`` enum of proto/overlay.proto)."""
+class DisconnectReason:
+    """Why a connection is closed: the values of the ``DisconnectReason`` enum of
+    proto/overlay.proto (a test checks they match), with the short names used in logs and
+    metrics.
 
-    UNSPECIFIED = 0
-    SHUTDOWN = 1
-    WRONG_NETWORK = 2
-    INCOMPATIBLE_VERSION = 3
-    NO_COMMON_CHANNEL = 4
-    PROTOCOL_VIOLATION = 5
-    TOO_MANY_PEERS = 6
-    BANNED = 7
-    DUPLICATE = 8
-    EVICTED = 9
-    OPERATOR = 10
-    IDLE_TIMEOUT = 11
-    SELF = 12
+    This is the only definition (``overlay._nodeinfo`` re-exports it). The values are plain
+    ``int`` constants rather than an ``IntEnum`` because a Disconnect may carry a value this
+    version does not know; :meth:`name` names any value.
+    """
+
+    UNSPECIFIED: Final = 0
+    SHUTDOWN: Final = 1
+    WRONG_NETWORK: Final = 2
+    INCOMPATIBLE_VERSION: Final = 3
+    NO_COMMON_CHANNEL: Final = 4
+    PROTOCOL_VIOLATION: Final = 5
+    TOO_MANY_PEERS: Final = 6
+    BANNED: Final = 7
+    DUPLICATE: Final = 8
+    EVICTED: Final = 9
+    OPERATOR: Final = 10
+    IDLE_TIMEOUT: Final = 11
+    SELF: Final = 12
+
+    @staticmethod
+    def name(value: int) -> str:
+        """Short lowercase name, e.g. ``wrong_network``; ``unknown_<n>`` for unknown values."""
+        return _REASON_NAMES.get(value, f"unknown_{value}")
+
+    @staticmethod
+    def values() -> dict[str, int]:
+        """Every known reason by its upper-case constant name, in wire-value order."""
+        return dict(sorted(_REASON_VALUES.items(), key=lambda item: item[1]))
+
+
+_REASON_VALUES: dict[str, int] = {
+    key: value
+    for key, value in vars(DisconnectReason).items()
+    if key.isupper() and isinstance(value, int)
+}
+_REASON_NAMES: dict[int, str] = {value: key.lower() for key, value in _REASON_VALUES.items()}
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,9 @@
     │   ├── DialError                    could not connect
     │   ├── ConnectionClosed             the connection closed; pending work on it fails
     │   └── PeerNotConnected             a peer destination that is not connected
+    ├── StorageError                     local storage failed us (disk full, I/O error, locked
+    │   │                                database): neither the caller's code nor the peer
+    │   └── PeerStoreError               reading or writing the peer database failed
     ├── RequestError                     the responder answered with a typed error (see codes)
     └── NodeClosed                       the node shut down; pending requests fail with this
 
@@ -57,10 +60,12 @@ __all__ = [
     "OverlayError",
     "OverlayTimeoutError",
     "PeerNotConnected",
+    "PeerStoreError",
     "RemoteProtocolError",
     "RequestError",
     "RequestTimeout",
     "SendTimeout",
+    "StorageError",
     "WouldBlock",
 ]
 
@@ -155,6 +160,20 @@ class ConnectionClosed(NetworkError):
 
 class PeerNotConnected(NetworkError):
     """The destination peer is not connected."""
+
+
+class StorageError(OverlayError):
+    """Local storage failed: disk full, an I/O error, a database locked for too long.
+
+    Not the caller's fault (retrying later may succeed, unlike a :class:`LocalProtocolError`)
+    and not the peer's. A file that cannot be opened as the right kind of database at start-up
+    is a :class:`ConfigError` instead: the configuration points at the wrong file.
+    """
+
+
+class PeerStoreError(StorageError):
+    """Reading or writing the peer database (``PeerStore``) failed; the peering driver logs it
+    and retries the write later."""
 
 
 class ErrorCode(enum.IntEnum):

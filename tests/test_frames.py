@@ -327,9 +327,16 @@ def test_disconnect_message_is_bounded() -> None:
 
 
 def test_disconnect_reasons_match_the_proto_enum() -> None:
-    for reason in DisconnectReason:
-        wire_value = overlay_pb2.DisconnectReason.Value(f"DISCONNECT_REASON_{reason.name}")
-        assert int(wire_value) == reason.value
+    known = DisconnectReason.values()
+    wire = {
+        name.removeprefix("DISCONNECT_REASON_"): int(value)
+        for name, value in overlay_pb2.DisconnectReason.items()
+    }
+    assert known == wire
+    for key, value in known.items():
+        assert getattr(DisconnectReason, key) == value
+        assert DisconnectReason.name(value) == key.lower()
+    assert DisconnectReason.name(999) == "unknown_999"
 
 
 @pytest.mark.parametrize("data", [b"\xff", b"\x0a\x05", b"\x12\x02\xff\xfe", b"\x08"])

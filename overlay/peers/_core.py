@@ -32,6 +32,7 @@ from overlay.peers._types import (
     DialPreference,
     DisconnectPeer,
     PeerFlag,
+    PeerManagerCounters,
     PeerManagerStatistics,
     PeerSnapshot,
     Persist,
@@ -404,6 +405,25 @@ class ManagerCore:
         if len(out) > limit:
             out = self._rng.sample(out, limit)
         return out
+
+    def counters(self) -> PeerManagerCounters:
+        """The cumulative counters alone, in O(1) (``statistics`` walks every record)."""
+        s = self._stats
+        return PeerManagerCounters(
+            dials_started=s.dials_started,
+            dials_succeeded=s.dials_succeeded,
+            dials_failed=s.dials_failed,
+            dial_timeouts=s.dial_timeouts,
+            feelers_started=s.feelers_started,
+            upgrades_started=s.upgrades_started,
+            evictions=s.evictions,
+            inbound_accepted=s.inbound_accepted,
+            bans=s.bans,
+            ip_bans=s.ip_bans,
+            score_disconnects=s.score_disconnects,
+            persists=s.persists,
+            refreshes=s.refreshes,
+        )
 
     def statistics(self) -> PeerManagerStatistics:
         """Gauges (counts by state and direction) and cumulative counters, for metrics."""

@@ -11,6 +11,9 @@ acceptable for a peer cache.
 
 The API is synchronous and thread-safe (one connection guarded by a lock, opened with
 ``check_same_thread=False``): the async driver calls it via ``anyio.to_thread.run_sync``.
+SQLite failures while reading or writing (disk full, I/O error, locked past ``busy_timeout``)
+raise :class:`~overlay.errors.PeerStoreError`, a :class:`~overlay.errors.StorageError`; a file
+that cannot be opened as a peer database raises :class:`~overlay.errors.ConfigError`.
 
 Schema versioning: table ``schema_version`` holds one integer. Opening a database written by
 a newer release raises :class:`~overlay.errors.ConfigError` (never touching it); an older one
@@ -34,7 +37,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from overlay.errors import ConfigError, LocalProtocolError, OverlayError
+from overlay.errors import ConfigError, LocalProtocolError, PeerStoreError
 from overlay.peers._state import (
     LoadedState,
     StoreChanges,
@@ -46,7 +49,7 @@ from overlay.peers._state import (
 __all__ = [
     "SCHEMA_VERSION",
     "PeerStore",
-    "PeerStoreError",
+    "PeerStoreError",  # defined in overlay.errors; re-exported here and by overlay.peers
     "decode_address_row",
     "decode_ip_ban_row",
     "decode_peer_row",
@@ -55,10 +58,6 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _SECRET_BYTES = 32
-
-
-class PeerStoreError(OverlayError):
-    """Reading or writing the peer database failed (disk full, I/O error...)."""
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:

@@ -19,6 +19,7 @@ __all__ = [
     "Direction",
     "DisconnectPeer",
     "PeerFlag",
+    "PeerManagerCounters",
     "PeerManagerStatistics",
     "PeerSnapshot",
     "PeerState",
@@ -212,6 +213,30 @@ class DialPreference(Protocol):
     """
 
     def rank(self, peer: PeerSnapshot) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PeerManagerCounters:
+    """The cumulative counters alone (also in :class:`PeerManagerStatistics`), read in O(1)
+    by ``PeerManager.counters()``: cheap enough for a driver to diff after every call, e.g. to
+    export bans decided inside ``report`` as metrics."""
+
+    dials_started: int
+    dials_succeeded: int
+    dials_failed: int
+    dial_timeouts: int
+    feelers_started: int
+    upgrades_started: int
+    evictions: int
+    """Peers chosen for eviction (inbound to make room, outbound after an upgrade)."""
+    inbound_accepted: int
+    bans: int
+    """Peer bans imposed (automatic and operator)."""
+    ip_bans: int
+    """IP bans imposed (automatic after repeated peer bans, and operator)."""
+    score_disconnects: int
+    persists: int
+    refreshes: int
 
 
 @dataclass(frozen=True, slots=True)
