@@ -277,16 +277,24 @@ class PeerConnection:
 
     def _fail_pending(self) -> None:
         for waiter in self._waiters.values():
-            waiter.error = self._close_error
+            waiter.error = self._fresh_close_error()
             waiter.event.set()
         self._waiters.clear()
         self._space.set()
         for scope in self._handlers.values():
             scope.cancel()
 
+    def _fresh_close_error(self) -> OverlayError:
+        """A new instance of the close error: re-raising one object would chain tracebacks."""
+        err = self._close_error
+        try:
+            return type(err)(*err.args)
+        except TypeError:  # a subclass with another constructor: share the instance
+            return err
+
     def _check_open(self) -> None:
         if self._closing or self._closed:
-            raise self._close_error
+            raise self._fresh_close_error()
 
     # ------------------------------------------------------------------------------- sending
 

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -61,6 +61,9 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId, NodeKey
 from overlay.transport import Transport
+
+if TYPE_CHECKING:
+    from overlay.testing import MemoryNetwork
 
 __all__ = ["PING", "Admission", "Node", "PeerSummary"]
 
@@ -128,7 +131,7 @@ class Node:
         key: NodeKey | None = None,
         home: str | Path | None = None,
         transports: Sequence[Transport] | None = None,
-        memory_network: Any | None = None,
+        memory_network: MemoryNetwork | None = None,
         observer: Observer | None = None,
         admission: Admission | None = None,
     ) -> None:
@@ -226,10 +229,15 @@ class Node:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        await self.aclose()
         assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(exc_type, exc, tb)
+        try:
+            await self.aclose()
+        finally:
+            # The body's own exception is not handed to the task group: it propagates as it
+            # is (not wrapped in an ExceptionGroup); the node's tasks are cancelled either way.
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+        return None
 
     async def aclose(self) -> None:
         """Close every connection cleanly (peers are told why); pending requests fail."""
@@ -295,14 +303,17 @@ class Node:
             raise NodeClosed("the node is not running")
         if addr.node_id == self.node_id:
             raise LocalProtocolError("refusing to dial ourselves")
-        if self.router.get_peer(addr.node_id) is not None:
+        existing = self.router.get_peer(addr.node_id)
+        if existing is not None and existing.is_open:
             return addr.node_id
         transport = self._transport_for(addr)
         conf = self.config.connection
         limit = timeout if timeout is not None else conf.dial_timeout + conf.handshake_timeout
+        deadline = anyio.current_time() + limit
         try:
             stream = await transport.dial(addr, timeout=limit)
-            await self._tg.start(self._run_connection, stream, True)
+            hello_limit = deadline - anyio.current_time()  # the caller's budget covers it all
+            await self._tg.start(self._run_connection, stream, True, hello_limit)
         except OverlayError as exc:
             self._count_failure(exc)
             raise
@@ -372,10 +383,13 @@ class Node:
             return (DisconnectReason.SHUTDOWN, "node shutting down")
         existing = self.router.get_peer(node_id)
         if existing is not None and existing.is_open:
-            # Keep the connection initiated by the smaller node id (same verdict on both ends).
+            # Simultaneous dials: keep the connection initiated by the smaller node id (the
+            # same verdict on both ends). A new connection from the *same* initiator replaces
+            # the old one: the initiator only redials once it saw the old one fail (after a
+            # partition the other end may not have noticed yet).
             new_initiator = self.node_id if outbound else node_id
             old_initiator = self.node_id if existing.outbound else node_id
-            if old_initiator == new_initiator or old_initiator < new_initiator:
+            if old_initiator != new_initiator and old_initiator < new_initiator:
                 return (DisconnectReason.DUPLICATE, "already connected")
         if self.admission is not None:
             return self.admission(node_id, remote_host, outbound)
@@ -420,11 +434,14 @@ class Node:
         self,
         stream: SecureStream,
         outbound: bool,
+        hello_limit: float | None = None,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         node_id = stream.extra(PeerAttribute.node_id)
         timeout = self.config.connection.handshake_timeout
+        if hello_limit is not None:
+            timeout = max(0.0, min(timeout, hello_limit))
         try:
             with anyio.fail_after(timeout):
                 remote, leftover = await self._hello(stream, outbound)
@@ -444,7 +461,7 @@ class Node:
             # Simultaneous dial: our outbound connection registered while we answered this
             # hello. Apply _admit's rule again (keep the one the smaller id initiated), or both
             # ends may each keep a different connection and then close each other's.
-            if (self.node_id if existing.outbound else node_id) <= node_id:
+            if existing.outbound and self.node_id < node_id:
                 core = self._core_for(remote)
                 core.send_disconnect(DisconnectReason.DUPLICATE, "already connected")
                 with anyio.move_on_after(1.0), _peer_gone_ok():

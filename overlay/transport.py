@@ -327,7 +327,9 @@ class Transport(abc.ABC):
         with anyio.move_on_after(limit):
             conn = await self._raw_connect(address)
         if conn is None:
-            raise DialError(f"connecting to {address} timed out after {limit:g} s")
+            raise DialError(f"connecting to {address} timed out after {limit:g} s") from (
+                TimeoutError()
+            )
         remaining = min(deadline - anyio.current_time(), self.config.handshake_timeout)
         if remaining <= 0:
             await anyio.aclose_forcefully(conn.stream)

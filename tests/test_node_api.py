@@ -1,0 +1,97 @@
+"""Node API edges: exceptions leave ``async with Node`` unwrapped, a dial's timeout covers the
+hello, redialling replaces a connection the other end still holds, close errors are fresh."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+
+from overlay._channel import ChannelSpec, Envelope
+from overlay._codec import BytesCodec
+from overlay._nodeinfo import NodeInfo
+from overlay._secure import SecureStream
+from overlay.errors import ConnectionClosed, HandshakeTimeout
+from overlay.node import Node
+from tests.support import config_for, connected_pair, wait_until
+
+pytestmark = pytest.mark.anyio
+
+ECHO = ChannelSpec(id=7, name="echo", codec=BytesCodec(), response_codec=BytesCodec())
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(params=["tcp", "memory"])
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _echo(env: Envelope[bytes]) -> bytes:
+    return env.message
+
+
+async def test_an_exception_in_the_body_leaves_unwrapped() -> None:
+    with pytest.raises(KeyError, match="boom"):
+        async with Node(config_for("tcp")):
+            raise KeyError("boom")
+
+
+async def test_an_outer_cancel_scope_ends_the_node_quietly() -> None:
+    reached = False
+    with anyio.move_on_after(0.05) as scope:
+        async with Node(config_for("tcp")) as node:
+            await anyio.sleep_forever()
+    reached = True
+    assert scope.cancelled_caught and reached
+    assert node.connected_peers() == []
+
+
+async def test_dial_timeout_bounds_the_hello_too(transport: str) -> None:
+    async with connected_pair(transport, [ECHO]) as (a, b):
+        await a.disconnect(b.node_id)
+        await wait_until(lambda: a.node_id not in b.connected_peers())
+
+        async def stuck_hello(stream: SecureStream, outbound: bool) -> tuple[NodeInfo, bytes]:
+            await anyio.sleep_forever()
+            raise AssertionError
+
+        b._hello = stuck_hello  # type: ignore[method-assign]  # Noise completes, hello never
+        started = time.monotonic()
+        with pytest.raises(HandshakeTimeout):
+            await a.dial(b.address, timeout=0.3)
+        assert time.monotonic() - started < 2.0  # not handshake_timeout (10 s)
+
+
+async def test_redial_replaces_a_connection_the_other_end_still_holds(transport: str) -> None:
+    async with connected_pair(transport, [ECHO]) as (a, b):
+        b.channel(ECHO).handle_requests(_echo)
+        old_a = a.router.get_peer(b.node_id)
+        old_b = b.router.get_peer(a.node_id)
+        assert old_a is not None and old_b is not None
+        old_a.close()  # a gave up on it; b has not noticed yet
+        assert old_b.is_open
+        await a.dial(b.address)  # must not return the closing connection
+        new_a = a.router.get_peer(b.node_id)
+        assert new_a is not None and new_a is not old_a and new_a.is_open
+        assert await a.channel(ECHO).request(b.node_id, b"again", timeout=5) == b"again"
+        await wait_until(lambda: (conn := b.router.get_peer(a.node_id)) is not None
+                         and conn is not old_b)
+
+
+async def test_each_failure_raises_a_fresh_exception(transport: str) -> None:
+    async with connected_pair(transport, [ECHO]) as (a, b):
+        conn = a.router.get_peer(b.node_id)
+        assert conn is not None
+        await conn.aclose()
+        errors = []
+        for _ in range(2):
+            with pytest.raises(ConnectionClosed) as info:
+                await conn.send_message(ECHO.id, b"x")
+            errors.append(info.value)
+        assert errors[0] is not errors[1]
+        assert str(errors[0]) == str(errors[1])
