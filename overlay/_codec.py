@@ -52,6 +52,12 @@ class ProtobufCodec(Generic[PM]):
             raise DecodeError(f"undecodable {self._cls.__name__}: {exc}") from exc
         return msg
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ProtobufCodec) and other._cls is self._cls
+
+    def __hash__(self) -> int:
+        return hash((ProtobufCodec, self._cls))
+
     def __repr__(self) -> str:
         return f"ProtobufCodec({self._cls.__name__})"
 
@@ -62,12 +68,20 @@ class BytesCodec:
     __slots__ = ()
 
     def encode(self, message: bytes, /) -> bytes:
+        if type(message) is bytes:
+            return message  # immutable: no copy
         if not isinstance(message, bytes | bytearray | memoryview):
             raise LocalProtocolError(f"expected bytes, got {type(message).__name__}")
         return bytes(message)
 
     def decode(self, data: bytes, /) -> bytes:
         return data
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BytesCodec)
+
+    def __hash__(self) -> int:
+        return hash(BytesCodec)
 
     def __repr__(self) -> str:
         return "BytesCodec()"

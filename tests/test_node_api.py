@@ -10,6 +10,7 @@ import pytest
 
 from overlay._channel import ChannelSpec, Envelope
 from overlay._codec import BytesCodec
+from overlay._destination import LOCAL
 from overlay._nodeinfo import NodeInfo
 from overlay._secure import SecureStream
 from overlay.errors import ConnectionClosed, HandshakeTimeout
@@ -95,3 +96,14 @@ async def test_each_failure_raises_a_fresh_exception(transport: str) -> None:
             errors.append(info.value)
         assert errors[0] is not errors[1]
         assert str(errors[0]) == str(errors[1])
+
+
+async def test_equal_specs_built_separately_name_the_same_channel() -> None:
+    def make() -> ChannelSpec[bytes, bytes]:
+        return ChannelSpec(id=9, name="nine", codec=BytesCodec(), response_codec=BytesCodec())
+
+    async with Node(config_for("tcp")) as node:
+        first = node.channel(make())
+        second = node.channel(make())  # equal spec: the same channel, not "already open"
+        await first.send(LOCAL, b"hello")
+        assert (await second.receive()).message == b"hello"
