@@ -149,7 +149,8 @@ def encode_error(
 ) -> bytes:
     """Encode an ERROR payload; ``message`` is truncated to ``max_message_bytes`` UTF-8 bytes
     (at most :data:`MAX_ERROR_MESSAGE_BYTES`). The encoding is at most 5 bytes longer than the
-    truncated text, and 2 bytes long when the text is empty."""
+    truncated text; with an empty text it is 2 bytes (the code's field), or 0 bytes for code
+    ``UNKNOWN`` (proto3 omits default values)."""
     budget = max(0, min(max_message_bytes, MAX_ERROR_MESSAGE_BYTES))
     pb = _pb.ErrorResponse(code=int(code), message=_text(message, budget))  # type: ignore[arg-type]
     return pb.SerializeToString()
