@@ -55,43 +55,64 @@ peer's disconnect, received bytes are ignored.
 Events are produced in arrival order and pulled with ``next_event()`` or ``events()``. The
 receive rate limit is advisory: ``receive_data`` always processes what it is given and charges
 it to the bucket; ``receive_paused_until`` tells the driver when to read again.
+
+Layout. The configuration, event and statistics types live in ``overlay/_coretypes.py``; the
+receive path (``receive_data`` and the frame handlers behind it) lives in
+``overlay/_connrecv.py`` as :class:`~overlay._connrecv.ReceiveSide`, the base class of
+:class:`ConnectionCore`. This module keeps the constructor (which creates all of the state), the
+send side, the timers and the statistics, and re-exports every public type of
+``overlay._coretypes``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import zstandard
 
+from overlay._connrecv import ReceiveSide
+from overlay._coretypes import (
+    _CANCEL,
+    _CONTROL,
+    _ERROR,
+    _MESSAGE,
+    _REQUEST,
+    _RESPONSE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    CancelReceived,
+    ChannelParams,
+    ChannelStatistics,
+    ConnectionStatistics,
+    CoreConfig,
+    DisconnectReceived,
+    ErrorReceived,
+    Event,
+    IdleTimeout,
+    LatencyMeasured,
+    MessageDropped,
+    MessageReceived,
+    RequestReceived,
+    RequestRejected,
+    ResponseReceived,
+    _Channel,
+    _OutMsg,
+)
 from overlay._frames import (
     FLAG_COMPRESSED,
     FLAG_MORE,
     HEADER,
     HEADER_SIZE,
-    Discarded,
     FrameDecoder,
     MessageAssembler,
 )
 from overlay._ratelimit import TokenBucket
-from overlay._wire import (
-    Disconnect,
-    Ping,
-    Pong,
-    decode_control,
-    decode_error,
-    encode_control,
-    encode_error,
-)
+from overlay._wire import Disconnect, Ping, encode_control, encode_error
 from overlay.errors import (
     ChannelError,
-    ConfigError,
     ConnectionClosed,
     ErrorCode,
-    FrameError,
     LocalProtocolError,
     MessageTooLarge,
     RemoteProtocolError,
@@ -118,302 +139,13 @@ __all__ = [
     "ResponseReceived",
 ]
 
-logger = logging.getLogger(__name__)
 
-_MESSAGE, _REQUEST, _RESPONSE, _ERROR, _CANCEL, _CONTROL = 1, 2, 3, 4, 5, 6
 _MAX_RID = 0xFFFFFFFF
 _MAX_PINGS = 16  # outstanding pings remembered for RTT matching
-_RTT_ALPHA = 0.125  # EWMA weight of a new RTT sample (as TCP's SRTT)
 _pack = HEADER.pack
 
 
-DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
-"""Default per-channel message size limit (4 MiB)."""
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(key, message)
-
-
-def _finite(value: float) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelParams:
-    """Per-channel settings of a connection (both peers should use the same values)."""
-
-    channel_id: int
-    """1..65535 (0 is the control channel)."""
-    priority: int = 0
-    """Higher is sent first; equal priorities share bandwidth round-robin, frame by frame."""
-    send_queue_size: int = 16
-    """Max queued outgoing messages (of every kind) on this channel before WouldBlock."""
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-    """Max payload bytes of one message, both directions."""
-    max_concurrent_inbound: int = 32
-    """Max active inbound requests from the peer on this channel; more get OVERLOADED."""
-
-    def __post_init__(self) -> None:
-        _check(1 <= self.channel_id <= 0xFFFF, "channel_id", "must be in 1..65535")
-        _check(self.send_queue_size >= 1, "send_queue_size", "must be >= 1")
-        _check(1 <= self.max_message_size < 1 << 31, "max_message_size", "must be in 1..2**31-1")
-        _check(self.max_concurrent_inbound >= 1, "max_concurrent_inbound", "must be >= 1")
-
-
-@dataclass(frozen=True, slots=True)
-class CoreConfig:
-    """Connection-level settings of the core."""
-
-    max_frame_payload: int = 65_519 - HEADER_SIZE
-    """Max payload bytes per frame (chunk size), 64..16 MiB; larger frames from the peer are a
-    protocol violation (peers must agree on it). The default makes one frame fit one Noise
-    transport message."""
-    max_write_batch: int = 65_519
-    """Max bytes returned by one ``data_to_send`` call (one frame larger than this is still
-    returned alone)."""
-    send_rate: float = 0.0
-    """Outgoing bytes per second (frame bytes, headers included); 0 = unlimited."""
-    send_burst: int = 1 << 20
-    """Send bucket capacity (bytes), >= 1. A frame larger than the burst is sent when the
-    bucket is full, leaving a debt that is repaid before anything else is sent."""
-    recv_rate: float = 0.0
-    """Incoming bytes per second before reads are paused; 0 = unlimited."""
-    recv_burst: int = 1 << 20
-    """Receive bucket capacity (bytes), >= 1."""
-    compression_threshold: int = 1024
-    """Messages at least this long are zstd-compressed (if negotiated and it helps)."""
-    compression_level: int = 3
-    """zstd level, 1..22."""
-    ping_interval: float = 10.0
-    """Seconds between pings (RTT measurement, keeps the peer's idle timer fed); 0 = never."""
-    idle_timeout: float = 30.0
-    """Seconds without receiving anything before ``IdleTimeout``; 0 = never. Must exceed
-    ``ping_interval`` when both are set (pongs are what keeps a quiet connection alive)."""
-    max_outbound_requests: int = 1024
-    """Max requests in flight on this connection (send_request raises WouldBlock beyond)."""
-    max_control_queue: int = 4096
-    """Max queued pongs and automatic error replies; beyond it they are dropped and counted (a
-    peer flooding requests or pings while not reading)."""
-
-    def __post_init__(self) -> None:
-        _check(64 <= self.max_frame_payload <= 1 << 24, "max_frame_payload", "must be 64..16 MiB")
-        _check(self.max_write_batch >= 1, "max_write_batch", "must be >= 1")
-        for key in ("send_rate", "recv_rate", "ping_interval", "idle_timeout"):
-            value = getattr(self, key)
-            _check(_finite(value) and value >= 0, key, "must be a finite number >= 0")
-        _check(self.send_rate == 0 or self.send_burst >= 1, "send_burst", "must be >= 1")
-        _check(self.recv_rate == 0 or self.recv_burst >= 1, "recv_burst", "must be >= 1")
-        _check(self.compression_threshold >= 0, "compression_threshold", "must be >= 0")
-        _check(1 <= self.compression_level <= 22, "compression_level", "must be 1..22")
-        _check(
-            not (self.ping_interval and self.idle_timeout)
-            or self.ping_interval < self.idle_timeout,
-            "idle_timeout",
-            "must be greater than ping_interval",
-        )
-        _check(1 <= self.max_outbound_requests <= 1 << 30, "max_outbound_requests", "must be >= 1")
-        _check(self.max_control_queue >= 1, "max_control_queue", "must be >= 1")
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    """A complete fire-and-forget message."""
-
-    channel_id: int
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class RequestReceived:
-    """A request is now active: answer it with ``send_response`` or ``send_error``."""
-
-    channel_id: int
-    request_id: int
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseReceived:
-    """The successful answer to our request ``request_id`` (now no longer in flight)."""
-
-    channel_id: int
-    request_id: int
-    payload: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ErrorReceived:
-    """The error answer to our request ``request_id`` (now no longer in flight)."""
-
-    channel_id: int
-    request_id: int
-    code: ErrorCode
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class CancelReceived:
-    """The peer cancelled its request; ``send_response`` for it now returns False."""
-
-    channel_id: int
-    request_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class RequestRejected:
-    """The core answered OVERLOADED itself (``max_concurrent_inbound`` reached)."""
-
-    channel_id: int
-    request_id: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class MessageDropped:
-    """A message nobody can take: unknown channel (requests got NO_HANDLER) or a response to an
-    unknown/cancelled request id. Counted, not a protocol violation."""
-
-    channel_id: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class LatencyMeasured:
-    """A pong matched one of our pings: round-trip time in seconds."""
-
-    rtt: float
-
-
-@dataclass(frozen=True, slots=True)
-class DisconnectReceived:
-    """The peer is closing the connection (later frames from it are ignored)."""
-
-    reason: int
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class IdleTimeout:
-    """Nothing was received for ``idle_timeout`` seconds (reported once per quiet period)."""
-
-
-Event = (
-    MessageReceived
-    | RequestReceived
-    | ResponseReceived
-    | ErrorReceived
-    | CancelReceived
-    | RequestRejected
-    | MessageDropped
-    | LatencyMeasured
-    | DisconnectReceived
-    | IdleTimeout
-)
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelStatistics:
-    """Counters of one channel (bytes are uncompressed payload bytes)."""
-
-    channel_id: int
-    messages_sent: int
-    bytes_sent: int
-    messages_received: int
-    bytes_received: int
-    queue_depth: int
-    """Outgoing messages queued (including one partially sent)."""
-    inbound_requests_active: int
-    outbound_requests_in_flight: int
-    messages_dropped: int
-    """Responses to unknown or cancelled requests."""
-    requests_rejected: int
-    """Inbound requests auto-answered OVERLOADED."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionStatistics:
-    """Counters of one connection (bytes are frame bytes on the plaintext stream)."""
-
-    channels: tuple[ChannelStatistics, ...]
-    """Sorted by channel id."""
-    bytes_in: int
-    bytes_out: int
-    frames_in: int
-    frames_out: int
-    rtt_last: float | None
-    rtt_ewma: float | None
-    control_queue_depth: int
-    unknown_channel_dropped: int
-    """Messages and requests received on channels we don't have."""
-    control_dropped: int
-    """Pongs / automatic replies dropped because the control queue was full."""
-    outbound_requests_in_flight: int
-    inbound_requests_active: int
-
-    def channel(self, channel_id: int) -> ChannelStatistics:
-        """The statistics of one channel (ChannelError if there is no such channel)."""
-        for stats in self.channels:
-            if stats.channel_id == channel_id:
-                return stats
-        raise ChannelError(f"unknown channel {channel_id}")
-
-
-class _OutMsg:
-    """A queued outgoing message (whole; ``offset`` bytes of ``data`` already sent)."""
-
-    __slots__ = ("channel", "data", "flags", "kind", "offset", "queued", "request_id", "size")
-
-    def __init__(
-        self, channel: _Channel, kind: int, request_id: int, data: bytes, flags: int, size: int
-    ) -> None:
-        self.channel = channel
-        self.kind = kind
-        self.request_id = request_id
-        self.data: bytes | memoryview = data
-        self.flags = flags
-        self.size = size  # uncompressed payload size, for statistics
-        self.offset = 0
-        self.queued = True  # still in channel.queue (not fully sent, not dropped)
-
-
-class _Channel:
-    __slots__ = (
-        "active",
-        "bytes_received",
-        "bytes_sent",
-        "dropped",
-        "id",
-        "inbound_active",
-        "level",
-        "max_inbound",
-        "max_size",
-        "messages_received",
-        "messages_sent",
-        "outbound_in_flight",
-        "params",
-        "queue",
-        "queue_size",
-        "rejected",
-    )
-
-    def __init__(self, params: ChannelParams, level: deque[_Channel]) -> None:
-        self.params = params
-        self.id = params.channel_id
-        self.queue: deque[_OutMsg] = deque()
-        self.queue_size = params.send_queue_size
-        self.max_size = params.max_message_size
-        self.max_inbound = params.max_concurrent_inbound
-        self.level = level  # round-robin ring of this priority; holds us while ``active``
-        self.active = False
-        self.messages_sent = self.bytes_sent = 0
-        self.messages_received = self.bytes_received = 0
-        self.inbound_active = self.outbound_in_flight = 0
-        self.dropped = self.rejected = 0
-
-
-class ConnectionCore:
+class ConnectionCore(ReceiveSide):
     """Per-connection protocol state; see the module docstring for the driver contract."""
 
     def __init__(
@@ -729,200 +461,6 @@ class ConnectionCore:
         return b"".join(out)
 
     # ------------------------------------------------------------------ incoming
-
-    def receive_data(self, data: bytes, now: float) -> None:
-        """Parse received plaintext; queue events. Raises FrameError (or another
-        RemoteProtocolError) on a violation; the core then stays failed."""
-        if self._error is not None:
-            raise self._error
-        if not data:
-            return
-        n = len(data)
-        self._bytes_in += n
-        self._last_recv = now
-        self._idle_fired = False
-        self._recv_bucket.consume(n, now)
-        if self._peer_disconnected:
-            return
-        decoder = self._decoder
-        channels = self._channels
-        partial = self._assembler.partial
-        append = self._events.append
-        try:
-            decoder.feed(data)
-            while frames := decoder.drain_raw():
-                self._frames_in += len(frames)
-                for kind, flags, channel_id, request_id, payload in frames:
-                    if kind == _MESSAGE and not flags:  # fast path: a whole plain message
-                        ch = channels.get(channel_id)
-                        if ch is not None and channel_id not in partial:
-                            size = len(payload)
-                            if size > ch.max_size:
-                                raise FrameError(
-                                    f"message on channel {channel_id} exceeds {ch.max_size} bytes"
-                                )
-                            ch.messages_received += 1
-                            ch.bytes_received += size
-                            append(MessageReceived(channel_id, payload))
-                            continue
-                    if kind == _CONTROL:
-                        self._on_control(payload, now)
-                        if self._peer_disconnected:
-                            return
-                    elif kind == _CANCEL:
-                        self._on_cancel(channel_id, request_id)
-                    else:
-                        self._on_data(kind, flags, channel_id, request_id, payload)
-        except RemoteProtocolError as exc:
-            self._error = exc
-            raise
-
-    def _on_control(self, payload: bytes, now: float) -> None:
-        msg = decode_control(payload)
-        if isinstance(msg, Ping):
-            if len(self._ctrl) >= self._config.max_control_queue:
-                self._control_dropped += 1
-                logger.debug("control queue full: not answering a ping")
-                return
-            if not self._closing:
-                pong = encode_control(Pong(msg.nonce))
-                self._ctrl.append(_pack(len(pong) + 8, _CONTROL, 0, 0, 0) + pong)
-        elif isinstance(msg, Pong):
-            sent = self._pings.pop(msg.nonce, None)
-            if sent is None:
-                return
-            rtt = max(0.0, now - sent)
-            self._rtt_last = rtt
-            ewma = self._rtt_ewma
-            self._rtt_ewma = rtt if ewma is None else ewma + _RTT_ALPHA * (rtt - ewma)
-            self._events.append(LatencyMeasured(rtt))
-        else:
-            self._peer_disconnected = True
-            self._events.append(DisconnectReceived(msg.reason, msg.message))
-
-    def _on_cancel(self, channel_id: int, request_id: int) -> None:
-        ch = self._inbound.get(request_id)
-        if ch is not None:
-            if ch.id != channel_id:
-                raise FrameError(
-                    f"CANCEL of request {request_id} on channel {channel_id}, "
-                    f"but it arrived on channel {ch.id}"
-                )
-            del self._inbound[request_id]
-            ch.inbound_active -= 1
-            self._events.append(CancelReceived(channel_id, request_id))
-            return
-        # The requester may have aborted a partially sent request: drop our partial copy.
-        self._assembler.abort(channel_id, _REQUEST, request_id)
-        # otherwise: already answered (or never seen); a harmless race, ignored
-
-    def _on_data(
-        self, kind: int, flags: int, channel_id: int, request_id: int, payload: bytes
-    ) -> None:
-        ch = self._channels.get(channel_id)
-        if ch is None:
-            whole = self._assembler.add(
-                kind, flags, channel_id, request_id, payload, limit=self._unknown_limit, keep=False
-            )
-        else:
-            keep = kind <= _REQUEST or request_id in self._outbound
-            whole = self._assembler.add(
-                kind, flags, channel_id, request_id, payload, limit=ch.max_size, keep=keep
-            )
-        if whole is not None:
-            self._deliver(ch, kind, channel_id, request_id, whole, bool(flags & FLAG_COMPRESSED))
-
-    def _decompress(self, data: bytes, limit: int) -> bytes:
-        assert self._dctx is not None  # the decoder refuses COMPRESSED frames otherwise
-        try:
-            size = zstandard.get_frame_parameters(data).content_size
-            if size > limit:  # includes CONTENTSIZE_UNKNOWN (2**64 - 1)
-                raise FrameError(f"compressed message declares {size} bytes (limit {limit})")
-            out = self._dctx.decompress(data, allow_extra_data=False)
-        except zstandard.ZstdError as exc:
-            raise FrameError(f"bad compressed message: {exc}") from None
-        if len(out) != size:
-            raise FrameError("compressed message size mismatch")
-        return out
-
-    def _deliver(
-        self,
-        ch: _Channel | None,
-        kind: int,
-        channel_id: int,
-        request_id: int,
-        payload: bytes | Discarded,
-        compressed: bool,
-    ) -> None:
-        events = self._events
-        if ch is None:
-            self._unknown_dropped += 1
-            if kind == _REQUEST:  # (no text: the peer's size limit for this channel is unknown)
-                self._auto_error(channel_id, request_id, ErrorCode.NO_HANDLER, "", 0)
-            events.append(MessageDropped(channel_id, "unknown channel"))
-            return
-        if kind == _MESSAGE or kind == _REQUEST:
-            assert isinstance(payload, bytes)
-            if compressed:
-                payload = self._decompress(payload, ch.max_size)
-            ch.messages_received += 1
-            ch.bytes_received += len(payload)
-            if kind == _MESSAGE:
-                events.append(MessageReceived(channel_id, payload))
-                return
-            if request_id in self._inbound:
-                raise FrameError(f"duplicate request id {request_id} still active")
-            if ch.inbound_active >= ch.max_inbound:
-                ch.rejected += 1
-                self._auto_error(
-                    channel_id,
-                    request_id,
-                    ErrorCode.OVERLOADED,
-                    "too many concurrent requests",
-                    ch.max_size - 6,
-                )
-                events.append(
-                    RequestRejected(channel_id, request_id, "max_concurrent_inbound reached")
-                )
-                return
-            self._inbound[request_id] = ch
-            ch.inbound_active += 1
-            events.append(RequestReceived(channel_id, request_id, payload))
-            return
-        # RESPONSE or ERROR
-        msg = self._outbound.get(request_id)
-        if msg is None or isinstance(payload, Discarded):
-            ch.dropped += 1
-            events.append(MessageDropped(channel_id, "response to an unknown request id"))
-            return
-        if msg.channel is not ch:
-            raise FrameError(
-                f"response to request {request_id} on channel {channel_id}, "
-                f"sent on channel {msg.channel.id}"
-            )
-        if compressed:
-            payload = self._decompress(payload, ch.max_size)
-        error = decode_error(payload) if kind == _ERROR else None
-        del self._outbound[request_id]
-        ch.outbound_in_flight -= 1
-        ch.messages_received += 1
-        ch.bytes_received += len(payload)
-        if error is None:
-            events.append(ResponseReceived(channel_id, request_id, payload))
-        else:
-            events.append(ErrorReceived(channel_id, request_id, error.code, error.message))
-
-    def _auto_error(
-        self, channel_id: int, request_id: int, code: ErrorCode, text: str, budget: int
-    ) -> None:
-        if self._closing:
-            return
-        if len(self._ctrl) >= self._config.max_control_queue:
-            self._control_dropped += 1
-            logger.debug("control queue full: not sending %s for request %d", code.name, request_id)
-            return
-        payload = encode_error(code, text, max_message_bytes=budget)
-        self._ctrl.append(_pack(len(payload) + 8, _ERROR, 0, channel_id, request_id) + payload)
 
     def next_event(self) -> Event | None:
         """The oldest pending event, or None."""

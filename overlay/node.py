@@ -166,6 +166,12 @@ class Node:
         """Per-channel traffic counters of closed connections (metrics stay monotonic)."""
         self.retired_wire = [0, 0]
 
+    @property
+    def transports(self) -> tuple[Transport, ...]:
+        """The node's transports (one per protocol): their ``statistics()`` count dials,
+        accepted and refused inbound connections (gate, overload) and handshake failures."""
+        return tuple(self._transports)
+
     # ------------------------------------------------------------------------------ set-up
 
     def _make_transports(self) -> list[Transport]:

@@ -464,7 +464,7 @@ def test_proof_cache_remembers_only_valid_proofs(monkeypatch: pytest.MonkeyPatch
         calls.append(message)
         return real(public_key, message, signature)
 
-    monkeypatch.setattr("overlay._secure.verify_signature", counting)
+    monkeypatch.setattr("overlay._handshake.verify_signature", counting)
     cache = ProofCache(capacity=2)
     key = IDENT_A.node_key
     proofs = [(b"m%d" % i, key.sign(b"m%d" % i)) for i in range(3)]
