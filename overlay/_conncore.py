@@ -240,7 +240,10 @@ class ConnectionCore(ReceiveSide):
     def _channel(self, channel_id: int) -> _Channel:
         ch = self._channels.get(channel_id)
         if ch is None:
-            raise ChannelError(f"unknown channel {channel_id}")
+            raise ChannelError(
+                f"channel {channel_id} is not part of this connection (a connection only "
+                "carries the channels this node had open when it was established)"
+            )
         return ch
 
     def has_space(self, channel_id: int) -> bool:
