@@ -1,27 +1,73 @@
-"""Helpers shared by the node-level tests: configs per transport, connected node pairs, and
-waiting for a condition without sleeping."""
+"""Helpers shared by the tests: the backend and transport fixtures, configs per transport, running
+node pairs, a parked request handler, transport-level helpers, and waiting for a condition
+without sleeping.
+
+Fixtures are made per module (``anyio_backend = both_backends()``) rather than in conftest.py,
+so each module says which backends and transports it runs on.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import anyio
 import anyio.lowlevel
+import pytest
 
-from overlay._channel import ChannelSpec
+from overlay._channel import ChannelSpec, Envelope
+from overlay._secure import SecureIdentity, SecureStream
 from overlay.config import NodeConfig
+from overlay.identity import NodeKey
 from overlay.node import Node
 from overlay.testing import MemoryNetwork
 
-__all__ = ["config_for", "connected_pair", "wait_until"]
+__all__ = [
+    "Holding",
+    "Parked",
+    "both_backends",
+    "both_transports",
+    "config_for",
+    "connected_pair",
+    "echo_stream",
+    "ipv6_available",
+    "node_pair",
+    "seeded_identity",
+    "settle",
+    "wait_until",
+]
+
+T = TypeVar("T")
+
+_SPINS = 200
+"""Plain checkpoints taken before falling back to ``wait_all_tasks_blocked``."""
 
 
-def config_for(transport: str, **overrides: Any) -> NodeConfig:
-    """A node config listening on loopback TCP (free port) or on the memory network."""
-    listen = ("tcp://127.0.0.1:0",) if transport == "tcp" else ("memory:",)
-    return NodeConfig(listen=listen, **overrides)
+# ------------------------------------------------------------------------------ fixtures
+
+
+def _param_fixture(name: str, params: Sequence[str]) -> object:
+    def fixture(request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    return pytest.fixture(name=name, params=list(params))(fixture)
+
+
+def both_backends() -> object:
+    """The ``anyio_backend`` fixture of a module whose async tests run on asyncio and trio:
+    ``anyio_backend = both_backends()`` at module level."""
+    return _param_fixture("anyio_backend", ("asyncio", "trio"))
+
+
+def both_transports() -> object:
+    """The ``transport`` fixture, loopback TCP then the memory network:
+    ``transport = both_transports()`` at module level."""
+    return _param_fixture("transport", ("tcp", "memory"))
+
+
+# ---------------------------------------------------------------------------------- waiting
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -31,7 +77,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
     while any task is runnable, which would make every wait cost 0.1 s.
     """
     with anyio.fail_after(timeout):
-        for _ in range(200):
+        for _ in range(_SPINS):
             if predicate():
                 return
             await anyio.lowlevel.checkpoint()
@@ -39,19 +85,120 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
             await anyio.wait_all_tasks_blocked()
 
 
+async def settle(rounds: int = 1) -> None:
+    """Wait until every other task is blocked, ``rounds`` times over.
+
+    Lets runnable tasks go on plain checkpoints first, for the reason given in
+    :func:`wait_until`; each round still ends with ``wait_all_tasks_blocked``.
+    """
+    for _ in range(rounds):
+        for _ in range(_SPINS):
+            await anyio.lowlevel.checkpoint()
+        await anyio.wait_all_tasks_blocked()
+
+
+# ------------------------------------------------------------------------------------ nodes
+
+
+def config_for(transport: str, **overrides: Any) -> NodeConfig:
+    """A node config listening on loopback TCP (free port) or on the memory network."""
+    listen = ("tcp://127.0.0.1:0",) if transport == "tcp" else ("memory:",)
+    return NodeConfig(listen=listen, **overrides)
+
+
 @contextlib.asynccontextmanager
-async def connected_pair(
-    transport: str, specs: Sequence[ChannelSpec[Any, Any]] = (), **overrides: Any
+async def node_pair(
+    transport: str,
+    specs: Sequence[ChannelSpec[Any, Any]] = (),
+    *,
+    network: MemoryNetwork | None = None,
+    **overrides: Any,
 ) -> AsyncIterator[tuple[Node, Node]]:
-    """Two running nodes with ``specs`` open on both, the first dialled to the second and the
-    connection registered on both ends."""
-    network = MemoryNetwork() if transport == "memory" else None
+    """Two running nodes (one ``network``, a fresh one by default) with ``specs`` open on both;
+    not connected. The second node closes first."""
+    if network is None and transport == "memory":
+        network = MemoryNetwork()
     config = config_for(transport, **overrides)
     async with Node(config, memory_network=network) as a, \
             Node(config, memory_network=network) as b:
         for spec in specs:
             a.channel(spec)
             b.channel(spec)
-        await a.dial(b.address)
+        yield a, b
+
+
+@contextlib.asynccontextmanager
+async def connected_pair(
+    transport: str, specs: Sequence[ChannelSpec[Any, Any]] = (), **overrides: Any
+) -> AsyncIterator[tuple[Node, Node]]:
+    """A :func:`node_pair`, the first dialled to the second and the connection registered on
+    both ends."""
+    async with node_pair(transport, specs, **overrides) as (a, b):
+        assert await a.dial(b.address) == b.node_id
         await wait_until(lambda: a.node_id in b.connected_peers())
         yield a, b
+
+
+class Parked:
+    """A request handler that parks until cancelled and records that it saw the cancellation."""
+
+    def __init__(self) -> None:
+        self.started = anyio.Event()
+        self.cancelled = anyio.Event()
+
+    async def __call__(self, env: Envelope[Any]) -> NoReturn:
+        self.started.set()
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled.set()
+            raise
+        raise AssertionError("unreachable")
+
+
+class Holding:
+    """A request handler that answers each request with its own message once :attr:`release`
+    is set; :attr:`all_in` is set when ``count`` requests are held."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.held = 0
+        self.all_in = anyio.Event()
+        self.release = anyio.Event()
+
+    async def __call__(self, env: Envelope[T]) -> T:
+        self.held += 1
+        if self.held == self.count:
+            self.all_in.set()
+        await self.release.wait()
+        return env.message
+
+
+# ------------------------------------------------------------------------------- transports
+
+
+def seeded_identity(n: int) -> SecureIdentity:
+    """The same identity for the same ``n`` (0 to 255)."""
+    return SecureIdentity(NodeKey.from_seed(bytes([n]) * 32))
+
+
+async def echo_stream(stream: SecureStream) -> None:
+    """An inbound handler that sends back whatever it reads until the peer goes away."""
+    async with stream:
+        try:
+            async for chunk in stream:
+                await stream.send(chunk)
+        except anyio.BrokenResourceError:
+            pass
+
+
+def ipv6_available() -> bool:
+    """Whether this machine can listen on the IPv6 loopback address."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

@@ -14,7 +14,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay._secure import PeerAttribute, SecureIdentity, SecureStream
+from overlay._secure import PeerAttribute, SecureStream
 from overlay.address import NodeAddress
 from overlay.errors import (
     AuthenticationError,
@@ -23,7 +23,6 @@ from overlay.errors import (
     InvalidAddressError,
     LocalProtocolError,
 )
-from overlay.identity import NodeKey
 from overlay.testing import (
     LinkConditions,
     MemoryByteStream,
@@ -31,31 +30,16 @@ from overlay.testing import (
     MemoryTransport,
     memory_stream_pair,
 )
+from tests.support import both_backends, echo_stream, seeded_identity, settle
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def _identity(n: int) -> SecureIdentity:
-    return SecureIdentity(NodeKey.from_seed(bytes([n]) * 32))
-
-
-async def _echo(stream: SecureStream) -> None:
-    async with stream:
-        try:
-            async for chunk in stream:
-                await stream.send(chunk)
-        except anyio.BrokenResourceError:
-            pass
+anyio_backend = both_backends()
 
 
 @asynccontextmanager
 async def _serving(*transports: MemoryTransport) -> AsyncIterator[None]:
     async with anyio.create_task_group() as tg:
         for transport in transports:
-            await tg.start(transport.serve, _echo)
+            await tg.start(transport.serve, echo_stream)
         yield
         tg.cancel_scope.cancel()
 
@@ -102,10 +86,10 @@ async def test_backpressure_blocks_sender_until_reader_reads() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(writer)
-        await anyio.wait_all_tasks_blocked()
+        await settle()
         assert sent == [0, 1]  # two chunks buffered, the third send waits
         assert await b.receive() == b"\x00"
-        await anyio.wait_all_tasks_blocked()
+        await settle()
         assert sent == [0, 1, 2]
         received = [await b.receive() for _ in range(4)]
     assert received == [b"\x01", b"\x02", b"\x03", b"\x04"]
@@ -124,7 +108,7 @@ async def test_byte_cap_admits_one_big_chunk_then_blocks() -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(second)
-        await anyio.wait_all_tasks_blocked()
+        await settle()
         assert blocked
         assert await b.receive(2000) == b"x" * 1000
     assert not blocked
@@ -181,9 +165,9 @@ async def test_blocked_operations_wake_on_close() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(blocked_send)
         tg.start_soon(blocked_receive)
-        await anyio.wait_all_tasks_blocked()
+        await settle()
         await b.aclose()  # the reader goes away: the blocked writer is broken
-        await anyio.wait_all_tasks_blocked()
+        await settle()
         assert outcomes == ["send woken"]
         await c.aclose()  # a local close wakes our own blocked receive
     assert outcomes == ["send woken", "receive woken"]
@@ -242,11 +226,11 @@ def test_connection_is_cheap_in_memory() -> None:
 
 def test_default_hosts_are_unique_private_and_in_distinct_netgroups() -> None:
     network = MemoryNetwork()
-    hosts = [network.transport(_identity(1)).host for _ in range(255)]
+    hosts = [network.transport(seeded_identity(1)).host for _ in range(255)]
     assert len(set(hosts)) == 255
     assert all(ipaddress.ip_address(h) in ipaddress.ip_network("10.0.0.0/8") for h in hosts)
     assert len({h.split(".")[1] for h in hosts}) == 255  # distinct /16s
-    assert network.transport(_identity(2), host="192.0.2.7").host == "192.0.2.7"
+    assert network.transport(seeded_identity(2), host="192.0.2.7").host == "192.0.2.7"
 
 
 def test_config_validation() -> None:
@@ -259,7 +243,7 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError):
         LinkConditions(loss=1.5)
     with pytest.raises(ConfigError):
-        MemoryNetwork().transport(_identity(1), handshake_timeout=0)
+        MemoryNetwork().transport(seeded_identity(1), handshake_timeout=0)
 
 
 @pytest.mark.anyio
@@ -271,13 +255,13 @@ async def test_remote_hosts_and_addresses() -> None:
         gate_saw.append(host)
         return True
 
-    server = network.transport(_identity(1), host="192.0.2.1", accept_gate=gate)
-    clients = [network.transport(_identity(10 + i), host="198.51.100.9") for i in range(2)]
+    server = network.transport(seeded_identity(1), host="192.0.2.1", accept_gate=gate)
+    clients = [network.transport(seeded_identity(10 + i), host="198.51.100.9") for i in range(2)]
     inbound: list[SecureStream] = []
 
     async def handler(stream: SecureStream) -> None:
         inbound.append(stream)
-        await _echo(stream)
+        await echo_stream(stream)
 
     async with anyio.create_task_group() as tg:
         addresses = await tg.start(server.serve, handler)
@@ -300,7 +284,7 @@ async def test_remote_hosts_and_addresses() -> None:
 @pytest.mark.anyio
 async def test_dial_errors() -> None:
     network = MemoryNetwork()
-    server, client = network.transport(_identity(1)), network.transport(_identity(2))
+    server, client = network.transport(seeded_identity(1)), network.transport(seeded_identity(2))
     with pytest.raises(DialError, match="no listener"):
         await client.dial(server.address, timeout=5)
     with pytest.raises(InvalidAddressError):
@@ -308,13 +292,13 @@ async def test_dial_errors() -> None:
     with pytest.raises(LocalProtocolError):
         await client.dial(server.address, timeout=0)
     async with _serving(server):
-        twin = network.transport(_identity(1))  # same node id
+        twin = network.transport(seeded_identity(1))  # same node id
         with pytest.raises(LocalProtocolError, match="already listening"):
-            await twin.serve(_echo)
+            await twin.serve(echo_stream)
         with pytest.raises(LocalProtocolError, match="already serving"):
-            await server.serve(_echo)
+            await server.serve(echo_stream)
         # a redirected id reaches the server, which proves its real id
-        wrong = _identity(3).node_id
+        wrong = seeded_identity(3).node_id
         network.redirect(wrong, server.node_id)
         with pytest.raises(AuthenticationError):
             await client.dial(NodeAddress(wrong, "memory"), timeout=5)
@@ -329,7 +313,7 @@ async def test_dial_errors() -> None:
 @pytest.mark.anyio
 async def test_backlog_full_refuses_the_dial() -> None:
     network = MemoryNetwork(backlog=1)
-    server, client = network.transport(_identity(1)), network.transport(_identity(2))
+    server, client = network.transport(seeded_identity(1)), network.transport(seeded_identity(2))
     (listener,) = await server._listen()  # bound but nobody accepting
     first = await client._raw_connect(server.address)
     with pytest.raises(DialError, match="backlog"):
@@ -344,7 +328,7 @@ async def test_backlog_full_refuses_the_dial() -> None:
 @pytest.mark.anyio
 async def test_listener_close_resets_queued_connections() -> None:
     network = MemoryNetwork()
-    server, client = network.transport(_identity(1)), network.transport(_identity(2))
+    server, client = network.transport(seeded_identity(1)), network.transport(seeded_identity(2))
     (listener,) = await server._listen()
     raw = await client._raw_connect(server.address)
     await listener.aclose()
@@ -356,7 +340,7 @@ async def test_listener_close_resets_queued_connections() -> None:
 @pytest.mark.anyio
 async def test_partition_breaks_and_refuses_then_heal() -> None:
     network = MemoryNetwork()
-    a, b, c = (network.transport(_identity(i)) for i in (1, 2, 3))
+    a, b, c = (network.transport(seeded_identity(i)) for i in (1, 2, 3))
     async with _serving(a, b, c):
         ab = await a.dial(b.address, timeout=5)
         ac = await a.dial(c.address, timeout=5)
@@ -386,7 +370,7 @@ async def test_partition_breaks_and_refuses_then_heal() -> None:
 @pytest.mark.anyio
 async def test_unlisted_nodes_share_one_group() -> None:
     network = MemoryNetwork()
-    ids = [_identity(i).node_id for i in range(4)]
+    ids = [seeded_identity(i).node_id for i in range(4)]
     network.partition([ids[0]])
     assert network.reachable(ids[1], ids[2])
     assert not network.reachable(ids[0], ids[3])
@@ -395,7 +379,7 @@ async def test_unlisted_nodes_share_one_group() -> None:
 @pytest.mark.anyio
 async def test_disconnect_breaks_only_that_pair() -> None:
     network = MemoryNetwork()
-    a, b, c = (network.transport(_identity(i)) for i in (1, 2, 3))
+    a, b, c = (network.transport(seeded_identity(i)) for i in (1, 2, 3))
     async with _serving(a, b, c):
         ab = await a.dial(b.address, timeout=5)
         ba = await b.dial(a.address, timeout=5)
@@ -416,7 +400,7 @@ async def test_disconnect_breaks_only_that_pair() -> None:
 @pytest.mark.anyio
 async def test_hundred_node_ring() -> None:
     network = MemoryNetwork()
-    nodes = [network.transport(_identity(i)) for i in range(100)]
+    nodes = [network.transport(seeded_identity(i)) for i in range(100)]
     async with _serving(*nodes):
         streams = []
         for i, node in enumerate(nodes):
@@ -441,7 +425,7 @@ async def test_hundred_node_ring() -> None:
 @pytest.mark.anyio
 async def test_latency_and_loss_delay_but_keep_order() -> None:
     network = MemoryNetwork()
-    a, b = network.transport(_identity(1)), network.transport(_identity(2))
+    a, b = network.transport(seeded_identity(1)), network.transport(seeded_identity(2))
     network.set_link(a.node_id, b.node_id, LinkConditions(latency=0.1))
     assert network.link_conditions(b.node_id, a.node_id).latency == 0.1
     (listener,) = await b._listen()

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import gc
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from overlay._channel import Channel, ChannelSpec, DeliveryReport
 from overlay._codec import BytesCodec
 from overlay._destination import BROADCAST
 from overlay._peer import PeerConnection
-from overlay.config import NodeConfig
 from overlay.errors import MessageTooLarge, PeerNotConnected, SendTimeout, WouldBlock
 from overlay.node import Node
 from overlay.testing import MemoryNetwork
+from tests.support import both_backends, both_transports, config_for, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -46,15 +45,8 @@ BULK = ChannelSpec(
 )
 CHUNK = b"\x5a" * 65_536
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=["tcp", "memory"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+anyio_backend = both_backends()
+transport = both_transports()
 
 
 @dataclass(slots=True)
@@ -72,26 +64,11 @@ class Star:
         return conn
 
 
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the other tasks run until ``predicate()`` holds (no sleeping; bounded by ``timeout``).
-
-    Spins on plain checkpoints first: asyncio's ``wait_all_tasks_blocked`` polls every 0.1 s
-    while any task is runnable, which would make every wait cost 0.1 s.
-    """
-    with anyio.fail_after(timeout):
-        for _ in range(200):
-            if predicate():
-                return
-            await anyio.lowlevel.checkpoint()
-        while not predicate():
-            await anyio.wait_all_tasks_blocked()
-
-
 @asynccontextmanager
 async def star(transport: str, spokes: int, spec: ChannelSpec[bytes, bytes] = BULK
                ) -> AsyncIterator[Star]:
     net = MemoryNetwork()
-    config = NodeConfig(listen=("tcp://127.0.0.1:0",) if transport == "tcp" else ("memory:",))
+    config = config_for(transport)
     async with AsyncExitStack() as stack:
         hub = await stack.enter_async_context(Node(config, memory_network=net))
         nodes = [await stack.enter_async_context(Node(config, memory_network=net))

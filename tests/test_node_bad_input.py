@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -43,12 +42,13 @@ from overlay._nodeinfo import (
 from overlay._observer import Observer
 from overlay._secure import SecureIdentity, SecureStream
 from overlay._tcp import TcpTransport
-from overlay.config import ConnectionConfig, NodeConfig
+from overlay.config import ConnectionConfig
 from overlay.errors import DecodeError, ErrorCode, LocalProtocolError, RemoteProtocolError
 from overlay.identity import NodeId, NodeKey
 from overlay.node import Node
 from overlay.testing import MemoryNetwork
 from overlay.transport import Transport
+from tests.support import both_backends, both_transports, config_for, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -78,15 +78,8 @@ ECHO = ChannelSpec(id=5, name="echo", codec=BytesCodec(), response_codec=BytesCo
 DOCS = ChannelSpec(id=6, name="docs", codec=JsonCodec(), response_codec=JsonCodec())
 UNKNOWN_CHANNEL = 999
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=["tcp", "memory"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+anyio_backend = both_backends()
+transport = both_transports()
 
 
 class RecordingObserver(Observer):
@@ -99,21 +92,6 @@ class RecordingObserver(Observer):
 
     def on_invalid_message(self, peer: NodeId, channel: str, reason: str) -> None:
         self.invalid.append((peer, channel))
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the other tasks run until ``predicate()`` holds (no sleeping; bounded by ``timeout``).
-
-    Spins on plain checkpoints first: asyncio's ``wait_all_tasks_blocked`` polls every 0.1 s
-    while any task is runnable, which would make every wait cost 0.1 s.
-    """
-    with anyio.fail_after(timeout):
-        for _ in range(200):
-            if predicate():
-                return
-            await anyio.lowlevel.checkpoint()
-        while not predicate():
-            await anyio.wait_all_tasks_blocked()
 
 
 async def _echo(env: Envelope[bytes]) -> bytes:
@@ -257,11 +235,6 @@ class Setup:
         assert reply == b"still there?!"
 
 
-def _config(transport: str, connection: ConnectionConfig | None = None) -> NodeConfig:
-    listen = ("tcp://127.0.0.1:0",) if transport == "tcp" else ("memory:",)
-    return NodeConfig(listen=listen, connection=connection or ConnectionConfig())
-
-
 @asynccontextmanager
 async def setup(
     transport: str, connection: ConnectionConfig | None = None
@@ -269,8 +242,9 @@ async def setup(
     net = MemoryNetwork()
     observer = RecordingObserver()
     async with (
-        Node(_config(transport, connection), memory_network=net, observer=observer) as node,
-        Node(_config(transport), memory_network=net) as healthy,
+        Node(config_for(transport, connection=connection or ConnectionConfig()),
+             memory_network=net, observer=observer) as node,
+        Node(config_for(transport), memory_network=net) as healthy,
     ):
         echo, docs = node.channel(ECHO), node.channel(DOCS)
         echo.handle_requests(_echo)

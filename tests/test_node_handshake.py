@@ -5,10 +5,8 @@ connection (loopback TCP and the memory network, asyncio and trio)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from overlay import _conncore as core_mod
@@ -28,7 +26,6 @@ from overlay._nodeinfo import (
 from overlay._secure import SecureIdentity, SecureStream
 from overlay._tcp import TcpTransport
 from overlay.address import ListenAddress, NodeAddress
-from overlay.config import NodeConfig
 from overlay.errors import (
     AuthenticationError,
     IncompatiblePeerError,
@@ -40,40 +37,22 @@ from overlay.identity import NodeId, NodeKey
 from overlay.node import Node
 from overlay.testing import MemoryNetwork
 from overlay.transport import Transport
+from tests.support import (
+    both_backends,
+    both_transports,
+    config_for,
+    connected_pair,
+    node_pair,
+    settle,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
 ECHO = ChannelSpec(id=5, name="echo", codec=BytesCodec(), response_codec=BytesCodec())
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=["tcp", "memory"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def _config(transport: str, network: str = "overlay-local") -> NodeConfig:
-    listen = ("tcp://127.0.0.1:0",) if transport == "tcp" else ("memory:",)
-    return NodeConfig(network=network, listen=listen)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the other tasks run until ``predicate()`` holds (no sleeping; bounded by ``timeout``).
-
-    Spins on plain checkpoints first: asyncio's ``wait_all_tasks_blocked`` polls every 0.1 s
-    while any task is runnable, which would make every wait cost 0.1 s.
-    """
-    with anyio.fail_after(timeout):
-        for _ in range(200):
-            if predicate():
-                return
-            await anyio.lowlevel.checkpoint()
-        while not predicate():
-            await anyio.wait_all_tasks_blocked()
+anyio_backend = both_backends()
+transport = both_transports()
 
 
 def _dialer(transport: str, net: MemoryNetwork, identity: SecureIdentity) -> Transport:
@@ -90,8 +69,8 @@ async def test_wrong_network_is_refused_with_reason_on_both_sides(
     caplog.set_level(logging.INFO, logger="overlay.node")
     net = MemoryNetwork()
     async with (
-        Node(_config(transport, "net-a"), memory_network=net) as a,
-        Node(_config(transport, "net-b"), memory_network=net) as b,
+        Node(config_for(transport, network="net-a"), memory_network=net) as a,
+        Node(config_for(transport, network="net-b"), memory_network=net) as b,
     ):
         a.channel(ECHO)
         b.channel(ECHO)
@@ -110,7 +89,7 @@ async def test_no_common_channel_refused_by_the_listener(transport: str) -> None
     """Every node has the built-in ping channel, so a peer without any channel in common is
     played by hand: it offers only channel 999 in its hello."""
     net = MemoryNetwork()
-    async with Node(_config(transport), memory_network=net) as b:
+    async with Node(config_for(transport), memory_network=net) as b:
         b.channel(ECHO)
         identity = SecureIdentity(NodeKey.generate())
         stream = await _dialer(transport, net, identity).dial(b.address, timeout=5)
@@ -150,7 +129,10 @@ async def test_no_common_channel_refused_by_the_dialer(transport: str) -> None:
         events.extend(core.events())
         done.set()
 
-    async with Node(_config(transport), memory_network=net) as a, anyio.create_task_group() as tg:
+    async with (
+        Node(config_for(transport), memory_network=net) as a,
+        anyio.create_task_group() as tg,
+    ):
         a.channel(ECHO)
         addresses = await tg.start(listener.serve, raw_listener)
         with pytest.raises(IncompatiblePeerError) as info:
@@ -168,12 +150,7 @@ async def test_no_common_channel_refused_by_the_dialer(transport: str) -> None:
 async def test_dialing_an_address_where_another_node_answers(transport: str) -> None:
     net = MemoryNetwork()
     impostor_target = NodeKey.generate().node_id
-    async with (
-        Node(_config(transport), memory_network=net) as a,
-        Node(_config(transport), memory_network=net) as b,
-    ):
-        a.channel(ECHO)
-        b.channel(ECHO)
+    async with node_pair(transport, [ECHO], network=net) as (a, b):
         real = b.address
         if transport == "tcp":
             wrong = NodeAddress(impostor_target, "tcp", real.host, real.port)
@@ -182,8 +159,7 @@ async def test_dialing_an_address_where_another_node_answers(transport: str) -> 
         with pytest.raises(AuthenticationError) as info:
             await a.dial(wrong)
         assert impostor_target in str(info.value) and b.node_id in str(info.value)
-        for _ in range(3):
-            await anyio.wait_all_tasks_blocked()
+        await settle(rounds=3)
         assert a.connected_peers() == [] and b.connected_peers() == []
         assert not b.peer_summaries()
         # the listener is unharmed: dialing it by its real id works
@@ -191,7 +167,7 @@ async def test_dialing_an_address_where_another_node_answers(transport: str) -> 
 
 
 async def test_self_dial_is_refused(transport: str) -> None:
-    async with Node(_config(transport), memory_network=MemoryNetwork()) as a:
+    async with Node(config_for(transport), memory_network=MemoryNetwork()) as a:
         a.channel(ECHO)
         with pytest.raises(LocalProtocolError):
             await a.dial(a.address)
@@ -201,14 +177,7 @@ async def test_self_dial_is_refused(transport: str) -> None:
 
 
 async def test_dial_when_connected_returns_the_existing_connection(transport: str) -> None:
-    net = MemoryNetwork()
-    async with (
-        Node(_config(transport), memory_network=net) as a,
-        Node(_config(transport), memory_network=net) as b,
-    ):
-        a.channel(ECHO)
-        b.channel(ECHO)
-        await a.dial(b.address)
+    async with connected_pair(transport, [ECHO]) as (a, b):
         conn = a.router.get_peer(b.node_id)
         assert await a.dial(b.address) == b.node_id
         assert a.router.get_peer(b.node_id) is conn
@@ -217,9 +186,9 @@ async def test_dial_when_connected_returns_the_existing_connection(transport: st
 
 async def test_dial_after_close_raises_node_closed(transport: str) -> None:
     net = MemoryNetwork()
-    async with Node(_config(transport), memory_network=net) as b:
+    async with Node(config_for(transport), memory_network=net) as b:
         b.channel(ECHO)
-        a = Node(_config(transport), memory_network=net)
+        a = Node(config_for(transport), memory_network=net)
         async with a:
             a.channel(ECHO)
         with pytest.raises(NodeClosed):
@@ -228,11 +197,7 @@ async def test_dial_after_close_raises_node_closed(transport: str) -> None:
 
 @pytest.mark.parametrize("attempt", range(4))
 async def test_simultaneous_dial_ends_with_one_connection(transport: str, attempt: int) -> None:
-    net = MemoryNetwork()
-    async with (
-        Node(_config(transport), memory_network=net) as a,
-        Node(_config(transport), memory_network=net) as b,
-    ):
+    async with node_pair(transport) as (a, b):
         for node in (a, b):
             node.channel(ECHO).handle_requests(_echo)
         outcomes: dict[str, NodeId | OverlayError] = {}
@@ -255,8 +220,7 @@ async def test_simultaneous_dial_ends_with_one_connection(transport: str, attemp
         await wait_until(lambda: a.connected_peers() == [b.node_id]
                          and b.connected_peers() == [a.node_id])
         # settled: every duplicate is gone on both sides, and it stays that way
-        for _ in range(3):
-            await anyio.wait_all_tasks_blocked()
+        await settle(rounds=3)
         assert a.connected_peers() == [b.node_id] and b.connected_peers() == [a.node_id]
         assert len(a.peer_summaries()) == len(b.peer_summaries()) == 1
         conn_a = a.router.get_peer(b.node_id)

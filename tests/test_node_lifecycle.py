@@ -4,15 +4,11 @@ names who went away, and nothing is left running."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import anyio
-import anyio.lowlevel
 import pytest
 
-from overlay._channel import ChannelSpec, Envelope
+from overlay._channel import ChannelSpec
 from overlay._codec import BytesCodec
-from overlay.config import NodeConfig
 from overlay.errors import (
     ConnectionClosed,
     LocalProtocolError,
@@ -22,6 +18,14 @@ from overlay.errors import (
 )
 from overlay.node import Node
 from overlay.testing import MemoryNetwork
+from tests.support import (
+    Parked,
+    both_backends,
+    both_transports,
+    config_for,
+    connected_pair,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -31,59 +35,18 @@ PROMPT = 1.5
 ECHO = ChannelSpec(id=5, name="echo", codec=BytesCodec(), response_codec=BytesCodec(),
                    send_queue_size=2, recv_queue_size=1)
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=["tcp", "memory"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def _config(transport: str) -> NodeConfig:
-    return NodeConfig(listen=("tcp://127.0.0.1:0",) if transport == "tcp" else ("memory:",))
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the other tasks run until ``predicate()`` holds (no sleeping; bounded by ``timeout``).
-
-    Spins on plain checkpoints first: asyncio's ``wait_all_tasks_blocked`` polls every 0.1 s
-    while any task is runnable, which would make every wait cost 0.1 s.
-    """
-    with anyio.fail_after(timeout):
-        for _ in range(200):
-            if predicate():
-                return
-            await anyio.lowlevel.checkpoint()
-        while not predicate():
-            await anyio.wait_all_tasks_blocked()
-
-
-class _Parked:
-    def __init__(self) -> None:
-        self.started = anyio.Event()
-        self.cancelled = anyio.Event()
-
-    async def __call__(self, env: Envelope[bytes]) -> bytes:
-        self.started.set()
-        try:
-            await anyio.sleep_forever()
-        except anyio.get_cancelled_exc_class():
-            self.cancelled.set()
-            raise
-        raise AssertionError("unreachable")
+anyio_backend = both_backends()
+transport = both_transports()
 
 
 async def test_leaving_the_node_fails_pending_requests_with_node_closed(transport: str) -> None:
     net = MemoryNetwork()
-    async with Node(_config(transport), memory_network=net) as b:
-        parked = _Parked()
+    async with Node(config_for(transport), memory_network=net) as b:
+        parked = Parked()
         b.channel(ECHO).handle_requests(parked)
         errors: list[BaseException] = []
         async with anyio.create_task_group() as tg:
-            async with Node(_config(transport), memory_network=net) as a:
+            async with Node(config_for(transport), memory_network=net) as a:
                 ca = a.channel(ECHO)
                 await a.dial(b.address)
 
@@ -109,12 +72,12 @@ async def test_leaving_the_node_fails_pending_requests_with_node_closed(transpor
 
 async def test_peer_leaving_fails_pending_requests_with_connection_closed(transport: str) -> None:
     net = MemoryNetwork()
-    async with Node(_config(transport), memory_network=net) as a:
+    async with Node(config_for(transport), memory_network=net) as a:
         ca = a.channel(ECHO)
         errors: list[BaseException] = []
         async with anyio.create_task_group() as tg:
-            async with Node(_config(transport), memory_network=net) as b:
-                parked = _Parked()
+            async with Node(config_for(transport), memory_network=net) as b:
+                parked = Parked()
                 b.channel(ECHO).handle_requests(parked)
                 await a.dial(b.address)
 
@@ -139,15 +102,10 @@ async def test_peer_leaving_fails_pending_requests_with_connection_closed(transp
 
 
 async def test_disconnect_fails_pending_requests_and_blocked_senders(transport: str) -> None:
-    net = MemoryNetwork()
-    async with (
-        Node(_config(transport), memory_network=net) as a,
-        Node(_config(transport), memory_network=net) as b,
-    ):
+    async with connected_pair(transport, [ECHO]) as (a, b):
         ca = a.channel(ECHO)
-        parked = _Parked()
+        parked = Parked()
         b.channel(ECHO).handle_requests(parked)  # b's reactor never reads its inbox either
-        await a.dial(b.address)
         request_errors: list[BaseException] = []
         send_errors: list[BaseException] = []
 
@@ -198,7 +156,7 @@ async def test_receive_after_close_raises_node_closed_and_iteration_ends(transpo
     received: list[bytes] = []
     ended = anyio.Event()
     async with anyio.create_task_group() as tg:
-        async with Node(_config(transport), memory_network=net) as a:
+        async with Node(config_for(transport), memory_network=net) as a:
             ca = a.channel(ECHO)
 
             async def reactor() -> None:
@@ -222,7 +180,7 @@ async def test_receive_after_close_raises_node_closed_and_iteration_ends(transpo
 
 
 async def test_a_node_starts_only_once(transport: str) -> None:
-    node = Node(_config(transport), memory_network=MemoryNetwork())
+    node = Node(config_for(transport), memory_network=MemoryNetwork())
     async with node:
         pass
     with pytest.raises(LocalProtocolError):

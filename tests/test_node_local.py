@@ -17,20 +17,17 @@ import pytest
 
 from overlay._channel import Channel, ChannelSpec, Envelope
 from overlay._destination import BROADCAST, LOCAL
-from overlay.config import NodeConfig
 from overlay.errors import ErrorCode, RequestError, RequestTimeout, SendTimeout, WouldBlock
 from overlay.node import Node
 from overlay.testing import MemoryNetwork
+from tests.support import Holding, Parked, both_backends, config_for
 
 pytestmark = pytest.mark.anyio
 
 SHORT = 0.1
 """Seconds of the tests whose subject is a deadline."""
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+anyio_backend = both_backends()
 
 
 @dataclass(eq=False)
@@ -70,7 +67,7 @@ def _spec(**overrides: int) -> tuple[ChannelSpec[Thing, Thing], ExplodingCodec, 
 @asynccontextmanager
 async def local_node(**overrides: int) -> AsyncIterator[tuple[Node, Channel[Thing, Thing]]]:
     spec, codec, response_codec = _spec(**overrides)
-    async with Node(NodeConfig(listen=("memory:",)), memory_network=MemoryNetwork()) as node:
+    async with Node(config_for("memory"), memory_network=MemoryNetwork()) as node:
         yield node, node.channel(spec)
     assert codec.calls == 0
     assert response_codec.calls == 0
@@ -160,19 +157,8 @@ async def test_local_no_handler() -> None:
 
 async def test_local_overloaded_beyond_max_concurrent_requests() -> None:
     async with local_node(max_concurrent_requests=2) as (_node, ch):
-        started = 0
-        two_in = anyio.Event()
-        release = anyio.Event()
-
-        async def handler(env: Envelope[Thing]) -> Thing:
-            nonlocal started
-            started += 1
-            if started == 2:
-                two_in.set()
-            await release.wait()
-            return env.message
-
-        ch.handle_requests(handler)
+        holding = Holding(2)
+        ch.handle_requests(holding)
         results: list[Thing] = []
         first, second = Thing("1"), Thing("2")
 
@@ -183,47 +169,32 @@ async def test_local_overloaded_beyond_max_concurrent_requests() -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(call, first)
                 tg.start_soon(call, second)
-                await two_in.wait()
+                await holding.all_in.wait()
                 with pytest.raises(RequestError) as info:
                     await ch.request(LOCAL, Thing("3"), timeout=5)
                 assert info.value.code is ErrorCode.OVERLOADED
-                release.set()
+                holding.release.set()
         assert {id(r) for r in results} == {id(first), id(second)}
         third = Thing("4")
         assert await ch.request(LOCAL, third, timeout=5) is third  # the slots were released
 
 
-class _Parked:
-    def __init__(self) -> None:
-        self.started = anyio.Event()
-        self.cancelled = anyio.Event()
-
-    async def __call__(self, env: Envelope[Thing]) -> Thing:
-        self.started.set()
-        try:
-            await anyio.sleep_forever()
-        except anyio.get_cancelled_exc_class():
-            self.cancelled.set()
-            raise
-        raise AssertionError("unreachable")
-
-
 async def test_local_request_timeouts_and_cancellation() -> None:
     async with local_node() as (_node, ch):
-        parked = _Parked()
+        parked = Parked()
         ch.handle_requests(parked)
         with pytest.raises(RequestTimeout):
             await ch.request(LOCAL, Thing("slow"), timeout=SHORT)
         assert parked.cancelled.is_set()
 
-        parked = _Parked()
+        parked = Parked()
         ch.handle_requests(parked)
         with pytest.raises(TimeoutError):
             with anyio.fail_after(SHORT):
                 await ch.request(LOCAL, Thing("slow"))
         assert parked.cancelled.is_set()
 
-        parked = _Parked()
+        parked = Parked()
         ch.handle_requests(parked)
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:

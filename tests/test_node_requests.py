@@ -7,18 +7,16 @@ the only real time spent is in tests whose subject *is* a timeout (0.1 s each).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
-import anyio.lowlevel
 import pytest
 
 from overlay._channel import Channel, ChannelSpec, Envelope
 from overlay._codec import BytesCodec
 from overlay._destination import BROADCAST
-from overlay.config import NodeConfig
 from overlay.errors import (
     ChannelError,
     ErrorCode,
@@ -28,7 +26,14 @@ from overlay.errors import (
 )
 from overlay.identity import NodeKey
 from overlay.node import Node
-from overlay.testing import MemoryNetwork
+from tests.support import (
+    Holding,
+    Parked,
+    both_backends,
+    both_transports,
+    connected_pair,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -48,15 +53,8 @@ LIMITED = ChannelSpec(
     max_concurrent_requests=2,
 )
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=["tcp", "memory"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+anyio_backend = both_backends()
+transport = both_transports()
 
 
 @dataclass(slots=True)
@@ -69,37 +67,11 @@ class Pair:
     lb: Channel[bytes, bytes]
 
 
-def _config(transport: str) -> NodeConfig:
-    return NodeConfig(listen=("tcp://127.0.0.1:0",) if transport == "tcp" else ("memory:",))
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Let the other tasks run until ``predicate()`` holds (no sleeping; bounded by ``timeout``).
-
-    Spins on plain checkpoints first: asyncio's ``wait_all_tasks_blocked`` polls every 0.1 s
-    while any task is runnable, which would make every wait cost 0.1 s.
-    """
-    with anyio.fail_after(timeout):
-        for _ in range(200):
-            if predicate():
-                return
-            await anyio.lowlevel.checkpoint()
-        while not predicate():
-            await anyio.wait_all_tasks_blocked()
-
-
 @asynccontextmanager
-async def connected_pair(transport: str) -> AsyncIterator[Pair]:
-    """Node ``a`` dialed node ``b``; both sides registered the connection."""
-    net = MemoryNetwork()
-    async with (
-        Node(_config(transport), memory_network=net) as a,
-        Node(_config(transport), memory_network=net) as b,
-    ):
-        pair = Pair(a, b, a.channel(ECHO), b.channel(ECHO), a.channel(LIMITED), b.channel(LIMITED))
-        assert await a.dial(b.address) == b.node_id
-        await wait_until(lambda: b.connected_peers() == [a.node_id])
-        yield pair
+async def channel_pair(transport: str) -> AsyncIterator[Pair]:
+    """Node ``a`` dialed node ``b``, both registered the connection; ECHO and LIMITED open."""
+    async with connected_pair(transport, [ECHO, LIMITED]) as (a, b):
+        yield Pair(a, b, a.channel(ECHO), b.channel(ECHO), a.channel(LIMITED), b.channel(LIMITED))
 
 
 async def _echo(env: Envelope[bytes]) -> bytes:
@@ -110,7 +82,7 @@ async def _echo(env: Envelope[bytes]) -> bytes:
 
 
 async def test_simple_round_trip_both_directions(transport: str) -> None:
-    async with connected_pair(transport) as p:
+    async with channel_pair(transport) as p:
         p.ca.handle_requests(_echo)
         p.cb.handle_requests(_echo)
         assert await p.ca.request(p.b.node_id, b"ping", timeout=5) == b"ping!"
@@ -121,7 +93,7 @@ async def test_simple_round_trip_both_directions(transport: str) -> None:
 
 async def test_out_of_order_responses(transport: str) -> None:
     """A's handler answers only after B's response reached the caller: ids keep them apart."""
-    async with connected_pair(transport) as p:
+    async with channel_pair(transport) as p:
         a_started = anyio.Event()
         b_answered = anyio.Event()
         order: list[bytes] = []
@@ -154,7 +126,7 @@ async def test_two_hundred_concurrent_requests_all_matched(transport: str) -> No
     """200 requests are in flight at once (the handler holds them all) and each caller gets
     the answer to its own request."""
     count = 200
-    async with connected_pair(transport) as p:
+    async with channel_pair(transport) as p:
         arrived = 0
         all_in = anyio.Event()
 
@@ -190,7 +162,7 @@ async def test_handler_request_error_reaches_caller_with_code_and_message(transp
     async def handler(env: Envelope[bytes]) -> bytes:
         raise RequestError(ErrorCode.NOT_FOUND, "x")
 
-    async with connected_pair(transport) as p:
+    async with channel_pair(transport) as p:
         p.cb.handle_requests(handler)
         with pytest.raises(RequestError) as info:
             await p.ca.request(p.b.node_id, b"key", timeout=5)
@@ -207,7 +179,7 @@ async def test_handler_bug_is_internal_and_connection_stays_up(
             raise ValueError("handler bug")
         return b"fine"
 
-    async with connected_pair(transport) as p:
+    async with channel_pair(transport) as p:
         p.cb.handle_requests(handler)
         conn_before = p.a.router.get_peer(p.b.node_id)
         with pytest.raises(RequestError) as info:
@@ -222,7 +194,7 @@ async def test_handler_bug_is_internal_and_connection_stays_up(
 
 
 async def test_no_handler(transport: str) -> None:
-    async with connected_pair(transport) as p:
+    async with channel_pair(transport) as p:
         with pytest.raises(RequestError) as info:
             await p.ca.request(p.b.node_id, b"anyone?", timeout=5)
         assert info.value.code is ErrorCode.NO_HANDLER
@@ -235,20 +207,9 @@ async def test_no_handler(transport: str) -> None:
 
 
 async def test_overloaded_beyond_max_concurrent_requests(transport: str) -> None:
-    async with connected_pair(transport) as p:
-        started = 0
-        two_in = anyio.Event()
-        release = anyio.Event()
-
-        async def handler(env: Envelope[bytes]) -> bytes:
-            nonlocal started
-            started += 1
-            if started == 2:
-                two_in.set()
-            await release.wait()
-            return env.message
-
-        p.lb.handle_requests(handler)
+    async with channel_pair(transport) as p:
+        holding = Holding(2)
+        p.lb.handle_requests(holding)
         results: list[bytes] = []
 
         async def call(msg: bytes) -> None:
@@ -258,11 +219,11 @@ async def test_overloaded_beyond_max_concurrent_requests(transport: str) -> None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(call, b"1")
                 tg.start_soon(call, b"2")
-                await two_in.wait()
+                await holding.all_in.wait()
                 with pytest.raises(RequestError) as info:
                     await p.la.request(p.b.node_id, b"3", timeout=5)
                 assert info.value.code is ErrorCode.OVERLOADED
-                release.set()
+                holding.release.set()
         assert sorted(results) == [b"1", b"2"]
         conn = p.b.router.get_peer(p.a.node_id)
         assert conn is not None
@@ -272,7 +233,7 @@ async def test_overloaded_beyond_max_concurrent_requests(transport: str) -> None
 
 
 async def test_request_to_unconnected_peer_and_to_broadcast(transport: str) -> None:
-    async with connected_pair(transport) as p:
+    async with channel_pair(transport) as p:
         p.cb.handle_requests(_echo)
         with pytest.raises(PeerNotConnected):
             await p.ca.request(NodeKey.generate().node_id, b"x", timeout=5)
@@ -283,28 +244,11 @@ async def test_request_to_unconnected_peer_and_to_broadcast(transport: str) -> N
 # ---------------------------------------------------------------- deadlines, cancellation
 
 
-class _Parked:
-    """A handler that parks until cancelled and records that it observed the cancellation."""
-
-    def __init__(self) -> None:
-        self.started = anyio.Event()
-        self.cancelled = anyio.Event()
-
-    async def __call__(self, env: Envelope[bytes]) -> bytes:
-        self.started.set()
-        try:
-            await anyio.sleep_forever()
-        except anyio.get_cancelled_exc_class():
-            self.cancelled.set()
-            raise
-        raise AssertionError("unreachable")
-
-
 async def test_explicit_timeout_raises_request_timeout_and_cancels_handler(
     transport: str,
 ) -> None:
-    async with connected_pair(transport) as p:
-        parked = _Parked()
+    async with channel_pair(transport) as p:
+        parked = Parked()
         p.cb.handle_requests(parked)
         before = anyio.current_time()
         with pytest.raises(RequestTimeout):
@@ -319,15 +263,10 @@ async def test_explicit_timeout_raises_request_timeout_and_cancels_handler(
 async def test_spec_default_timeout_applies_without_scope_or_argument(transport: str) -> None:
     spec = ChannelSpec(id=7, name="short", codec=BytesCodec(), response_codec=BytesCodec(),
                        request_timeout=SHORT)
-    net = MemoryNetwork()
-    async with (
-        Node(_config(transport), memory_network=net) as a,
-        Node(_config(transport), memory_network=net) as b,
-    ):
+    async with connected_pair(transport, [spec]) as (a, b):
         ca, cb = a.channel(spec), b.channel(spec)
-        parked = _Parked()
+        parked = Parked()
         cb.handle_requests(parked)
-        await a.dial(b.address)
         with pytest.raises(RequestTimeout):
             await ca.request(b.node_id, b"x")
         with anyio.fail_after(5):
@@ -335,8 +274,8 @@ async def test_spec_default_timeout_applies_without_scope_or_argument(transport:
 
 
 async def test_caller_fail_after_scope_is_the_deadline(transport: str) -> None:
-    async with connected_pair(transport) as p:
-        parked = _Parked()
+    async with channel_pair(transport) as p:
+        parked = Parked()
         p.cb.handle_requests(parked)
         with pytest.raises(TimeoutError):
             with anyio.fail_after(SHORT):
@@ -346,8 +285,8 @@ async def test_caller_fail_after_scope_is_the_deadline(transport: str) -> None:
 
 
 async def test_caller_move_on_after_scope_cancels_quietly(transport: str) -> None:
-    async with connected_pair(transport) as p:
-        parked = _Parked()
+    async with channel_pair(transport) as p:
+        parked = Parked()
         p.cb.handle_requests(parked)
         with anyio.move_on_after(SHORT) as scope:
             await p.ca.request(p.b.node_id, b"slow")
@@ -358,8 +297,8 @@ async def test_caller_move_on_after_scope_cancels_quietly(transport: str) -> Non
 
 async def test_cancelling_the_caller_cancels_the_responders_handler(transport: str) -> None:
     """No timers at all: the caller is cancelled once the handler has started."""
-    async with connected_pair(transport) as p:
-        parked = _Parked()
+    async with channel_pair(transport) as p:
+        parked = Parked()
         p.cb.handle_requests(parked)
         finished = False
         with anyio.fail_after(5):

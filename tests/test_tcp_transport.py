@@ -10,7 +10,7 @@ import anyio
 import pytest
 from anyio.abc import SocketAttribute
 
-from overlay._secure import PeerAttribute, SecureIdentity, SecureStream
+from overlay._secure import PeerAttribute, SecureStream
 from overlay._tcp import TcpTransport, _unmap
 from overlay.address import ListenAddress, NodeAddress
 from overlay.errors import (
@@ -20,42 +20,18 @@ from overlay.errors import (
     InvalidAddressError,
     LocalProtocolError,
 )
-from overlay.identity import NodeKey
 from overlay.transport import InboundHandler, RawConnection, TransportConfig
+from tests.support import both_backends, echo_stream, ipv6_available, seeded_identity
 
 LOOPBACK = ListenAddress("tcp", "127.0.0.1", 0)
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def _ipv6_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-def _identity(n: int) -> SecureIdentity:
-    return SecureIdentity(NodeKey.from_seed(bytes([n]) * 32))
-
-
-async def _echo(stream: SecureStream) -> None:
-    async with stream:
-        try:
-            async for chunk in stream:
-                await stream.send(chunk)
-        except anyio.BrokenResourceError:
-            pass
+anyio_backend = both_backends()
 
 
 @asynccontextmanager
 async def _serving(
-    transport: TcpTransport, handler: InboundHandler = _echo
+    transport: TcpTransport, handler: InboundHandler = echo_stream
 ) -> AsyncIterator[list[NodeAddress]]:
     async with anyio.create_task_group() as tg:
         addresses = await tg.start(transport.serve, handler)
@@ -65,7 +41,7 @@ async def _serving(
 
 @pytest.mark.anyio
 async def test_real_port_is_reported_and_dialable_from_its_string_form() -> None:
-    server = TcpTransport(_identity(1), LOOPBACK)
+    server = TcpTransport(seeded_identity(1), LOOPBACK)
     assert server.listen_addresses() == []
     async with _serving(server) as addresses:
         (address,) = addresses
@@ -73,28 +49,28 @@ async def test_real_port_is_reported_and_dialable_from_its_string_form() -> None
         assert address.node_id == server.identity.node_id
         assert server.listen_addresses() == addresses
         parsed = NodeAddress.parse(str(address))
-        async with await TcpTransport(_identity(2)).dial(parsed, timeout=5) as stream:
+        async with await TcpTransport(seeded_identity(2)).dial(parsed, timeout=5) as stream:
             await stream.send(b"ping")
             assert await stream.receive() == b"ping"
     assert server.listen_addresses() == []
     with pytest.raises(DialError) as caught:  # the port is closed with serve
-        await TcpTransport(_identity(2)).dial(address, timeout=5)
+        await TcpTransport(seeded_identity(2)).dial(address, timeout=5)
     assert isinstance(caught.value.__cause__, OSError)
 
 
 @pytest.mark.anyio
 async def test_tcp_nodelay_on_both_ends_and_socket_addresses() -> None:
-    server = TcpTransport(_identity(1), LOOPBACK)
+    server = TcpTransport(seeded_identity(1), LOOPBACK)
     inbound: list[SecureStream] = []
     arrived = anyio.Event()
 
     async def handler(stream: SecureStream) -> None:
         inbound.append(stream)
         arrived.set()
-        await _echo(stream)
+        await echo_stream(stream)
 
     async with _serving(server, handler) as (address,):
-        stream = await TcpTransport(_identity(2)).dial(address, timeout=5)
+        stream = await TcpTransport(seeded_identity(2)).dial(address, timeout=5)
         async with stream:
             await arrived.wait()
             for side in (stream, inbound[0]):
@@ -107,22 +83,24 @@ async def test_tcp_nodelay_on_both_ends_and_socket_addresses() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback")
 async def test_ipv6_and_several_listen_addresses() -> None:
     server = TcpTransport(
-        _identity(1), [LOOPBACK, ListenAddress.parse("tcp://[::1]:0")], max_pending_handshakes=4
+        seeded_identity(1),
+        [LOOPBACK, ListenAddress.parse("tcp://[::1]:0")],
+        max_pending_handshakes=4,
     )
     hosts: list[str] = []
 
     async def handler(stream: SecureStream) -> None:
         hosts.append(stream.extra(PeerAttribute.remote_host))
-        await _echo(stream)
+        await echo_stream(stream)
 
     async with _serving(server, handler) as addresses:
         assert [a.host for a in addresses] == ["127.0.0.1", "::1"]
         v6 = addresses[1]
         assert str(v6).endswith(f"@[::1]:{v6.port}")
-        async with await TcpTransport(_identity(2)).dial(
+        async with await TcpTransport(seeded_identity(2)).dial(
             NodeAddress.parse(str(v6)), timeout=5
         ) as s:
             assert s.extra(PeerAttribute.remote_address) == f"[::1]:{v6.port}"
@@ -140,12 +118,12 @@ def test_unmap_ipv4_mapped_addresses() -> None:
 
 def test_configuration_errors() -> None:
     with pytest.raises(ConfigError) as caught:
-        TcpTransport(_identity(1), ListenAddress("memory"))
+        TcpTransport(seeded_identity(1), ListenAddress("memory"))
     assert caught.value.key == "listen"
     with pytest.raises(ConfigError, match="handshake_timeout"):
-        TcpTransport(_identity(1), handshake_timeout=-1)
+        TcpTransport(seeded_identity(1), handshake_timeout=-1)
     with pytest.raises(ConfigError, match="max_pending_handshakes"):
-        TcpTransport(_identity(1), max_pending_handshakes=0)
+        TcpTransport(seeded_identity(1), max_pending_handshakes=0)
     with pytest.raises(ConfigError, match="max_pending_handshakes"):
         TransportConfig(max_pending_handshakes=True)
     with pytest.raises(ConfigError, match="handshake_timeout"):
@@ -154,8 +132,8 @@ def test_configuration_errors() -> None:
 
 @pytest.mark.anyio
 async def test_dial_misuse_is_a_local_error() -> None:
-    transport = TcpTransport(_identity(1))
-    memory = NodeAddress(_identity(2).node_id, "memory")
+    transport = TcpTransport(seeded_identity(1))
+    memory = NodeAddress(seeded_identity(2).node_id, "memory")
     with pytest.raises(InvalidAddressError):
         await transport.dial(memory, timeout=5)
     with pytest.raises(LocalProtocolError):
@@ -171,8 +149,8 @@ class _HangingConnect(TcpTransport):
 
 @pytest.mark.anyio
 async def test_connect_phase_timeout_is_a_dial_error() -> None:
-    transport = _HangingConnect(_identity(1))
-    target = NodeAddress(_identity(2).node_id, "tcp", "127.0.0.1", 9)
+    transport = _HangingConnect(seeded_identity(1))
+    target = NodeAddress(seeded_identity(2).node_id, "tcp", "127.0.0.1", 9)
     with pytest.raises(DialError, match="timed out"):
         await transport.dial(target, timeout=0.05)
     stats = transport.statistics()
@@ -192,16 +170,16 @@ async def test_silent_listener_is_a_handshake_timeout() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(raw_listener.serve, hold)
-            target = NodeAddress(_identity(2).node_id, "tcp", "127.0.0.1", port)
+            target = NodeAddress(seeded_identity(2).node_id, "tcp", "127.0.0.1", port)
             with pytest.raises(HandshakeTimeout):
                 # the dial timeout (0.2 s) bounds the handshake, not the 10 s default
-                await TcpTransport(_identity(1)).dial(target, timeout=0.2)
+                await TcpTransport(seeded_identity(1)).dial(target, timeout=0.2)
             tg.cancel_scope.cancel()
 
 
 @pytest.mark.anyio
 async def test_handler_errors_are_counted_and_serve_goes_on() -> None:
-    server = TcpTransport(_identity(1), LOOPBACK)
+    server = TcpTransport(seeded_identity(1), LOOPBACK)
     calls = 0
 
     async def flaky(stream: SecureStream) -> None:
@@ -212,7 +190,7 @@ async def test_handler_errors_are_counted_and_serve_goes_on() -> None:
         await stream.send(b"second")  # returns without closing: serve closes it
 
     async with _serving(server, flaky) as (address,):
-        client = TcpTransport(_identity(2))
+        client = TcpTransport(seeded_identity(2))
         async with await client.dial(address, timeout=5) as first:
             with pytest.raises(anyio.EndOfStream):
                 await first.receive()
@@ -226,13 +204,13 @@ async def test_handler_errors_are_counted_and_serve_goes_on() -> None:
 
 @pytest.mark.anyio
 async def test_serve_twice_and_bind_conflict() -> None:
-    server = TcpTransport(_identity(1), LOOPBACK)
+    server = TcpTransport(seeded_identity(1), LOOPBACK)
     async with _serving(server) as (address,):
         with pytest.raises(LocalProtocolError, match="already serving"):
-            await server.serve(_echo)
-        taken = TcpTransport(_identity(2), ListenAddress("tcp", "127.0.0.1", address.port))
+            await server.serve(echo_stream)
+        taken = TcpTransport(seeded_identity(2), ListenAddress("tcp", "127.0.0.1", address.port))
         with pytest.raises(OSError):
-            await taken.serve(_echo)
+            await taken.serve(echo_stream)
         assert taken.listen_addresses() == []
     # serve can run again once stopped
     async with _serving(server) as (again,):

@@ -3,8 +3,6 @@ on both anyio backends; one test per check so failures name the check."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from overlay._secure import SecureIdentity
@@ -12,22 +10,9 @@ from overlay._tcp import TcpTransport
 from overlay.address import ListenAddress
 from overlay.testing import CHECKS, MemoryNetwork, TransportFactory, check_transport_conformance
 from overlay.transport import AcceptGate, Transport
+from tests.support import both_backends, ipv6_available
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def _ipv6_available() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
+anyio_backend = both_backends()
 
 
 def _tcp_factory(host: str) -> TransportFactory:
@@ -56,7 +41,7 @@ async def test_tcp_ipv4(check: str) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback on this machine")
 @pytest.mark.parametrize("check", ["identities", "data_integrity", "wrong_id", "gate"])
 async def test_tcp_ipv6(check: str) -> None:
     await check_transport_conformance(_tcp_factory("::1"), checks=[check])
@@ -66,22 +51,9 @@ async def test_tcp_ipv6(check: str) -> None:
 @pytest.mark.parametrize("check", list(CHECKS))
 async def test_memory(check: str) -> None:
     network = MemoryNetwork()
-
-    def make(
-        identity: SecureIdentity,
-        *,
-        handshake_timeout: float,
-        max_pending_handshakes: int,
-        accept_gate: AcceptGate | None,
-    ) -> Transport:
-        return network.transport(
-            identity,
-            handshake_timeout=handshake_timeout,
-            max_pending_handshakes=max_pending_handshakes,
-            accept_gate=accept_gate,
-        )
-
-    await check_transport_conformance(make, checks=[check], misdirect=network.misdirect)
+    await check_transport_conformance(
+        network.transport, checks=[check], misdirect=network.misdirect
+    )
     assert network.statistics().listeners == 0
 
 
