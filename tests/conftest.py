@@ -1,7 +1,8 @@
 """Shared fixtures. Async tests use anyio's pytest plugin; the default backend is asyncio.
 
-Modules that must run on both backends set ``pytestmark = pytest.mark.parametrize(
-"anyio_backend", ["asyncio", "trio"])`` or use the ``both_backends`` marker idiom below.
+Modules that must run on both backends write ``anyio_backend = both_backends()`` (and
+``transport = both_transports()`` for loopback TCP and the memory network) with the helpers
+from ``tests.support``.
 """
 
 from __future__ import annotations

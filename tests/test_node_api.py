@@ -15,21 +15,21 @@ from overlay._nodeinfo import NodeInfo
 from overlay._secure import SecureStream
 from overlay.errors import ConnectionClosed, HandshakeTimeout
 from overlay.node import Node
-from tests.support import config_for, connected_pair, wait_until
+from tests.support import (
+    both_backends,
+    both_transports,
+    config_for,
+    connected_pair,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
 ECHO = ChannelSpec(id=7, name="echo", codec=BytesCodec(), response_codec=BytesCodec())
 
 
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(params=["tcp", "memory"])
-def transport(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+anyio_backend = both_backends()
+transport = both_transports()
 
 
 async def _echo(env: Envelope[bytes]) -> bytes:
