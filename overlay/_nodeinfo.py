@@ -40,6 +40,7 @@ __all__ = [
     "decode_node_info",
     "encode_hello_reply",
     "encode_node_info",
+    "hello_frame",
     "hello_timeout_error",
     "receive_hello",
     "send_hello",
@@ -154,9 +155,14 @@ def check_compatible(local: NodeInfo, remote: NodeInfo) -> tuple[int, str] | Non
     return None
 
 
+def hello_frame(payload: bytes) -> bytes:
+    """One length-prefixed hello message."""
+    return _LEN.pack(len(payload)) + payload
+
+
 async def send_hello(stream: anyio.abc.ByteSendStream, payload: bytes) -> None:
     """Send one length-prefixed hello message."""
-    await stream.send(_LEN.pack(len(payload)) + payload)
+    await stream.send(hello_frame(payload))
 
 
 async def receive_hello(stream: anyio.abc.ByteReceiveStream, buffer: bytearray) -> bytes:

@@ -277,8 +277,10 @@ class SecureStream(anyio.abc.ByteStream):
         remote_address: str = _UNKNOWN_ADDRESS,
         remote_host: str = "",
         buffered: bytes = b"",
+        pending: bytes = b"",
     ) -> None:
         self._transport = transport_stream
+        self._pending = pending  # the handshake's last message: written with the first send
         self._send_cipher = send_cipher
         self._receive_cipher = receive_cipher
         self._reader = TransportReader(receive_cipher, buffered)
@@ -328,6 +330,9 @@ class SecureStream(anyio.abc.ByteStream):
             if self._send_broken:
                 raise anyio.BrokenResourceError("an earlier send was interrupted")
             data = encrypt_frames(self._send_cipher, item)
+            if self._pending:  # the handshake's last message rides along with the first data
+                data = self._pending + data
+                self._pending = b""
             try:
                 # A fresh bytearray: every anyio byte stream accepts buffers; saves a copy.
                 await self._transport.send(data)  # type: ignore[arg-type]
@@ -405,7 +410,9 @@ async def _close_quietly(stream: anyio.abc.ByteStream) -> None:
             logger.debug("closing a stream after a failed handshake: %r", exc)
 
 
-async def _pump(stream: anyio.abc.ByteStream, handshake: SecureHandshake) -> None:
+async def _pump(stream: anyio.abc.ByteStream, handshake: SecureHandshake, hold_last: bool) -> bytes:
+    """Run the handshake. With ``hold_last`` the initiator's last message is returned unsent,
+    to be written together with its first application data (one write, one read fewer)."""
     try:
         out = handshake.data_to_send()
         if out:
@@ -418,7 +425,10 @@ async def _pump(stream: anyio.abc.ByteStream, handshake: SecureHandshake) -> Non
             handshake.receive_data(data)
             out = handshake.data_to_send()
             if out:
+                if hold_last and handshake.is_complete:
+                    return out
                 await stream.send(out)
+        return b""
     except (anyio.BrokenResourceError, OSError) as exc:
         if isinstance(exc, TimeoutError):
             raise HandshakeTimeout(f"network timeout during the handshake: {exc}") from exc
@@ -434,18 +444,22 @@ async def secure_handshake(
     timeout: float = 10.0,
     remote_address: str | None = None,
     remote_host: str | None = None,
+    first_data: bytes = b"",
 ) -> SecureStream:
     """Run the Noise XX handshake over ``stream`` and return the secure stream.
 
     ``expected_id`` (dialers) makes a peer proving another id fail with AuthenticationError.
     ``remote_address``/``remote_host`` are used when ``stream`` has no socket address.
+    ``first_data`` (initiators) is sent encrypted in the same write as the handshake's last
+    message, saving the responder a read (the node's hello goes this way).
     """
     if not timeout > 0:  # also refuses NaN
         raise LocalProtocolError(f"handshake timeout must be positive, got {timeout!r}")
     handshake = SecureHandshake(identity, initiator=initiator, expected_id=expected_id)
+    deadline = anyio.current_time() + timeout
     try:
         with anyio.fail_after(timeout):
-            await _pump(stream, handshake)
+            pending = await _pump(stream, handshake, bool(first_data) and initiator)
     except BaseException as exc:
         await _close_quietly(stream)
         if isinstance(exc, TimeoutError) and not isinstance(exc, OverlayError):
@@ -455,7 +469,7 @@ async def secure_handshake(
     node_id, public_key = handshake.remote_node_id, handshake.remote_public_key
     assert node_id is not None and public_key is not None
     send_cipher, receive_cipher = handshake.transport_ciphers()
-    return SecureStream(
+    secure = SecureStream(
         stream,
         send_cipher,
         receive_cipher,
@@ -466,4 +480,19 @@ async def secure_handshake(
         remote_address=socket_address or remote_address or _UNKNOWN_ADDRESS,
         remote_host=socket_host or remote_host or "",
         buffered=handshake.leftover,
+        pending=pending,
     )
+    if first_data:
+        try:
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                await secure.send(first_data)
+        except BaseException as exc:
+            await _close_quietly(stream)
+            if isinstance(exc, TimeoutError) and not isinstance(exc, OverlayError):
+                raise HandshakeTimeout(
+                    f"secure handshake did not finish within {timeout} s"
+                ) from None
+            if isinstance(exc, anyio.BrokenResourceError | OSError):
+                raise HandshakeError(f"connection lost during the handshake: {exc!r}") from exc
+            raise
+    return secure

@@ -39,6 +39,7 @@ from overlay._nodeinfo import (
     decode_node_info,
     encode_hello_reply,
     encode_node_info,
+    hello_frame,
     receive_hello,
     send_hello,
 )
@@ -317,7 +318,9 @@ class Node:
         limit = timeout if timeout is not None else conf.dial_timeout + conf.handshake_timeout
         deadline = anyio.current_time() + limit
         try:
-            stream = await transport.dial(addr, timeout=limit)
+            # Our hello rides with the handshake's last message (one write, one read fewer).
+            hello = hello_frame(encode_node_info(self.local_info()))
+            stream = await transport.dial(addr, timeout=limit, first_data=hello)
             hello_limit = deadline - anyio.current_time()  # the caller's budget covers it all
             await self._tg.start(self._run_connection, stream, True, hello_limit)
         except OverlayError as exc:
@@ -407,8 +410,7 @@ class Node:
         remote_host = stream.extra(PeerAttribute.remote_host, "")
         local = self.local_info()
         buffer = bytearray()
-        if outbound:
-            await send_hello(stream, encode_node_info(local))
+        if outbound:  # our hello went out with the handshake (Node.dial)
             remote = decode_hello_reply(await receive_hello(stream, buffer))
             problem = check_compatible(local, remote) or self._admit(node_id, remote_host, True)
             if problem is not None:

@@ -294,8 +294,13 @@ class Transport(abc.ABC):
         finally:
             self._serving = False
 
-    async def dial(self, address: NodeAddress, *, timeout: float) -> SecureStream:
+    async def dial(
+        self, address: NodeAddress, *, timeout: float, first_data: bytes = b""
+    ) -> SecureStream:
         """Connect to ``address`` and authenticate it, all within ``timeout`` seconds.
+
+        ``first_data`` is sent encrypted in the same write as the handshake's last message (the
+        responder gets both in one read); it is already sent when ``dial`` returns.
 
         Connect-phase failures and timeouts raise :class:`DialError`; handshake-phase timeouts
         :class:`HandshakeTimeout`; a wrong node id :class:`AuthenticationError`; other handshake
@@ -311,7 +316,7 @@ class Transport(abc.ABC):
         self._changed()
         ok = False
         try:
-            stream = await self._dial(address, timeout)
+            stream = await self._dial(address, timeout, first_data)
             ok = True
             return stream
         finally:
@@ -321,7 +326,7 @@ class Transport(abc.ABC):
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _dial(self, address: NodeAddress, limit: float) -> SecureStream:
+    async def _dial(self, address: NodeAddress, limit: float, first_data: bytes) -> SecureStream:
         deadline = anyio.current_time() + limit
         conn: RawConnection | None = None
         with anyio.move_on_after(limit):
@@ -343,6 +348,7 @@ class Transport(abc.ABC):
                 timeout=remaining,
                 remote_address=conn.remote_address,
                 remote_host=conn.remote_host,
+                first_data=first_data,
             )
         except OverlayError:
             await anyio.aclose_forcefully(conn.stream)

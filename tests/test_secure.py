@@ -539,3 +539,32 @@ async def test_loopback_tcp() -> None:
             await server.receive()
         await server.aclose()
         tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_first_data_rides_with_the_last_handshake_message() -> None:
+    a, b = memory_pair()
+    hello = b"first application bytes" * 10
+    sa, sb = await both(
+        lambda: secure_handshake(a, IDENT_A, initiator=True, expected_id=IDENT_B.node_id,
+                                 first_data=hello),
+        lambda: secure_handshake(b, IDENT_B, initiator=False),
+    )
+    assert isinstance(sa, SecureStream) and isinstance(sb, SecureStream)
+    assert a.sends == 2  # message 1, then message 3 + the encrypted first data in one write
+    assert await read_exactly(sb, len(hello)) == hello
+    await sa.send(b"after")
+    assert await sb.receive() == b"after"
+    await sb.send(b"reply")
+    assert await sa.receive() == b"reply"
+
+
+@pytest.mark.anyio
+async def test_without_first_data_the_initiator_sends_message_three_at_once() -> None:
+    a, b = memory_pair()
+    sa, sb = await both(
+        lambda: secure_handshake(a, IDENT_A, initiator=True),
+        lambda: secure_handshake(b, IDENT_B, initiator=False),
+    )
+    assert isinstance(sa, SecureStream) and isinstance(sb, SecureStream)
+    assert a.sends == 2  # both handshakes completed without any application data
