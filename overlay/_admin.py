@@ -19,14 +19,20 @@ Routes (JSON in, JSON out)::
     POST /disconnect  {"id": str}
     POST /ban         {"target": node id | IP, "duration": seconds > 0 | null = default}
     POST /unban       {"target": node id | IP}
-    POST /seeds       {"address": str}
+    POST /seeds       {"address": str}                   add a seed
+    POST /seeds/remove       {"address": ADDR | node id} remove a seed added at run time
+    POST /persistent/remove  {"id": str}                 clear the operator's persistent flag
 
 Input is validated here before :class:`~overlay._control.Control` sees it (JSON object, known
 fields only, right types, addresses / ids / IPs that parse). Statuses: 200 success; 400 bad input
-(or a ``LocalProtocolError`` from Control); 401 missing/wrong token; 404 unknown route or
-:class:`~overlay._control.UnknownPeerError`; 405 wrong method; 413 body over 64 KiB; 502 any
-other ``OverlayError`` (dial failures, timeouts); 500 a bug (logged). Errors are
-``{"error": message, "kind": ExceptionName}``.
+(:class:`BadRequestError`, ``InvalidAddressError`` or another ``LocalProtocolError`` from
+Control); 401 missing/wrong token; 404 unknown route or
+:class:`~overlay._control.UnknownPeerError`; 405 wrong method; 409 :class:`ConflictError` (the
+request is valid but the node's state forbids it: :class:`PeerBannedError` when dialing a banned
+peer); 413 body over 64 KiB; 502 any other ``OverlayError`` (dial failures, timeouts); 500 a bug
+(logged). Errors are ``{"error": message, "kind": name}`` where ``kind`` is the name of a public
+exception class (never a private one: see :func:`error_kind`), or ``HttpError`` for failures of
+the HTTP exchange itself (token, route, method).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import secrets
 import stat
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskStatus
@@ -62,6 +68,11 @@ from overlay.identity import parse_node_id
 __all__ = [
     "ADMIN_INFO_FILE",
     "AdminApp",
+    "BadRequestError",
+    "ConflictError",
+    "OperatorControl",
+    "PeerBannedError",
+    "error_kind",
     "load_or_create_token",
     "parse_ban_target",
     "remove_admin_info",
@@ -77,8 +88,34 @@ ADMIN_INFO_FILE = "admin.json"
 _TOKEN_BYTES = 32
 
 
-class _BadInput(LocalProtocolError):
-    """A request body that is not what the route expects."""
+class BadRequestError(LocalProtocolError):
+    """A request body that is not what the route expects (HTTP 400): not JSON, not an object,
+    unknown or missing fields, wrong types."""
+
+
+class ConflictError(LocalProtocolError):
+    """The request is well formed but the node's state forbids it (HTTP 409), e.g. removing a
+    seed that ``config.toml`` defines (edit the file instead)."""
+
+
+class PeerBannedError(ConflictError):
+    """The node id or the IP of an address to dial is banned (HTTP 409); unban it first."""
+
+
+class OperatorControl(Control, Protocol):
+    """:class:`~overlay._control.Control` plus the operator actions added since (implemented by
+    :class:`overlay._service.NodeControl`)."""
+
+    async def remove_seed(self, address: str) -> dict[str, Any]:
+        """Remove a seed added at run time (``address``: ``ID@HOST:PORT``, ``memory:ID`` or a
+        node id); :class:`UnknownPeerError` if it is not a seed, :class:`ConflictError` if the
+        configuration defines it."""
+        ...
+
+    async def remove_persistent(self, node_id: str) -> dict[str, Any]:
+        """Clear the persistent flag set by ``dial --persistent``; :class:`UnknownPeerError` if
+        the peer is not persistent, :class:`ConflictError` if ``persistent_peers`` lists it."""
+        ...
 
 
 # -- token and admin.json --------------------------------------------------------------------
@@ -166,24 +203,24 @@ def _json_body(request: Request, fields: Mapping[str, bool]) -> dict[str, Any]:
     try:
         data = json.loads(request.body.decode("utf-8")) if request.body.strip() else None
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise _BadInput(f"body is not valid JSON: {exc}") from None
+        raise BadRequestError(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise _BadInput("body must be a JSON object")
+        raise BadRequestError("body must be a JSON object")
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise _BadInput(f"unknown field(s): {', '.join(unknown)}")
+        raise BadRequestError(f"unknown field(s): {', '.join(unknown)}")
     missing = sorted(name for name, required in fields.items() if required and name not in data)
     if missing:
-        raise _BadInput(f"missing field(s): {', '.join(missing)}")
+        raise BadRequestError(f"missing field(s): {', '.join(missing)}")
     return data
 
 
 def _string(data: Mapping[str, Any], name: str) -> str:
     value = data[name]
     if not isinstance(value, str) or not value.strip():
-        raise _BadInput(f"field {name!r} must be a non-empty string")
+        raise BadRequestError(f"field {name!r} must be a non-empty string")
     if len(value) > 1024:
-        raise _BadInput(f"field {name!r} is too long")
+        raise BadRequestError(f"field {name!r} is too long")
     return value.strip()
 
 
@@ -196,7 +233,7 @@ def _address(data: Mapping[str, Any], name: str) -> str:
 def _bool(data: Mapping[str, Any], name: str, default: bool) -> bool:
     value = data.get(name, default)
     if not isinstance(value, bool):
-        raise _BadInput(f"field {name!r} must be true or false")
+        raise BadRequestError(f"field {name!r} must be true or false")
     return value
 
 
@@ -205,10 +242,10 @@ def _duration(data: Mapping[str, Any], name: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _BadInput(f"field {name!r} must be a number of seconds or null")
+        raise BadRequestError(f"field {name!r} must be a number of seconds or null")
     seconds = float(value)
     if not (seconds > 0 and math.isfinite(seconds)):
-        raise _BadInput(f"field {name!r} must be a positive number of seconds")
+        raise BadRequestError(f"field {name!r} must be a positive number of seconds")
     return seconds
 
 
@@ -233,11 +270,20 @@ def _json(status: int, payload: object, headers: tuple[tuple[str, str], ...] = (
     return Response(status, body, "application/json", headers)
 
 
+def error_kind(exc: BaseException | str) -> str:
+    """The ``kind`` of an error answer: the exception's class name, or that of its nearest
+    public base class if the class is private (``_Something``); ``HttpError`` for a message."""
+    if not isinstance(exc, BaseException):
+        return "HttpError"
+    for cls in type(exc).__mro__:
+        if not cls.__name__.startswith("_"):
+            return cls.__name__
+    return "OverlayError"  # pragma: no cover - object is public
+
+
 def _error(status: int, exc: BaseException | str, **extra: str) -> Response:
-    message = str(exc)
-    kind = type(exc).__name__ if isinstance(exc, BaseException) else "HttpError"
     headers = tuple(extra.items())
-    return _json(status, {"error": message, "kind": kind}, headers)
+    return _json(status, {"error": str(exc), "kind": error_kind(exc)}, headers)
 
 
 # -- the application -------------------------------------------------------------------------
@@ -248,7 +294,7 @@ _Route = Callable[[Request], Awaitable[object]]
 class AdminApp:
     """The admin API as an :mod:`overlay._http` handler (auth, routing, validation, errors)."""
 
-    def __init__(self, control: Control, token: str) -> None:
+    def __init__(self, control: OperatorControl, token: str) -> None:
         if not token:
             raise ConfigError("admin.token_file", "the admin token must not be empty")
         self._control = control
@@ -261,6 +307,8 @@ class AdminApp:
             "/ban": ("POST", self._ban),
             "/unban": ("POST", self._unban),
             "/seeds": ("POST", self._seeds),
+            "/seeds/remove": ("POST", self._seeds_remove),
+            "/persistent/remove": ("POST", self._persistent_remove),
         }
 
     def _authorized(self, request: Request) -> bool:
@@ -283,6 +331,8 @@ class AdminApp:
             result = await handler(request)
         except UnknownPeerError as exc:
             return _error(404, exc)
+        except ConflictError as exc:
+            return _error(409, exc)
         except LocalProtocolError as exc:
             return _error(400, exc)
         except OverlayError as exc:
@@ -300,7 +350,8 @@ class AdminApp:
         data = _json_body(request, {"address": True, "persistent": False})
         address = _address(data, "address")
         persistent = _bool(data, "persistent", False)
-        log.info("admin: dial %s persistent=%s", address, persistent)
+        log.info("admin: dial %s persistent=%s", address, persistent,
+                 extra={"peer": _peer_of(address)})
         return await self._control.dial(address, persistent=persistent)
 
     async def _disconnect(self, request: Request) -> object:
@@ -313,24 +364,56 @@ class AdminApp:
         data = _json_body(request, {"target": True, "duration": False})
         target = parse_ban_target(_string(data, "target"))
         duration = _duration(data, "duration")
-        log.info("admin: ban %s duration=%s", target, duration, extra={"peer": target})
+        log.info("admin: ban %s duration=%s", target, duration, extra=_target_extra(target))
         return await self._control.ban(target, duration=duration)
 
     async def _unban(self, request: Request) -> object:
         data = _json_body(request, {"target": True})
         target = parse_ban_target(_string(data, "target"))
-        log.info("admin: unban %s", target, extra={"peer": target})
+        log.info("admin: unban %s", target, extra=_target_extra(target))
         return await self._control.unban(target)
 
     async def _seeds(self, request: Request) -> object:
         data = _json_body(request, {"address": True})
         address = _address(data, "address")
-        log.info("admin: add seed %s", address)
+        log.info("admin: add seed %s", address, extra={"peer": _peer_of(address)})
         return await self._control.add_seed(address)
+
+    async def _seeds_remove(self, request: Request) -> object:
+        data = _json_body(request, {"address": True})
+        text = _string(data, "address")
+        try:
+            seed = str(parse_node_id(text))
+        except InvalidAddressError:
+            seed = _address(data, "address")
+        log.info("admin: remove seed %s", seed, extra={"peer": _peer_of(seed)})
+        return await self._control.remove_seed(seed)
+
+    async def _persistent_remove(self, request: Request) -> object:
+        data = _json_body(request, {"id": True})
+        node_id = str(parse_node_id(_string(data, "id")))
+        log.info("admin: remove persistent flag of %s", node_id, extra={"peer": node_id})
+        return await self._control.remove_persistent(node_id)
+
+
+def _peer_of(text: str) -> str:
+    """The node id in a (validated) address or node id."""
+    try:
+        return str(parse_node_id(text))
+    except InvalidAddressError:
+        return str(NodeAddress.parse(text).node_id)
+
+
+def _target_extra(target: str) -> dict[str, str]:
+    """Log fields of a ban target: ``peer`` for a node id, ``ip`` for an IP address."""
+    try:
+        return {"peer": str(parse_node_id(target))}
+    except InvalidAddressError:
+        return {"ip": target}
 
 
 async def serve_admin(
-    control: Control,
+    control: OperatorControl,
     *,
     listen: str,
     unix_socket: Path | None,

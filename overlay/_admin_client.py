@@ -198,3 +198,9 @@ class AdminClient:
 
     def add_seed(self, address: str) -> dict[str, Any]:
         return self._object(self.request("POST", "/seeds", {"address": address}))
+
+    def remove_seed(self, address: str) -> dict[str, Any]:
+        return self._object(self.request("POST", "/seeds/remove", {"address": address}))
+
+    def remove_persistent(self, node_id: str) -> dict[str, Any]:
+        return self._object(self.request("POST", "/persistent/remove", {"id": node_id}))

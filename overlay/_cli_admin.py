@@ -9,6 +9,8 @@
     overlay ban ID|IP [--for DURATION]        DURATION: 90, 30s, 10m, 2h, 7d, 1w, 1h30m
     overlay unban ID|IP
     overlay seeds add ADDR
+    overlay seeds remove ADDR|ID
+    overlay persistent remove ID              clears the flag set by ``dial --persistent``
 
 Every command takes ``--home DIR`` to find the node (``admin.json`` and the token file there).
 Exit status: 0 success, 1 an error from (or reaching) the node, 2 bad usage (argparse).
@@ -76,6 +78,20 @@ def _node_id(text: str) -> str:
         return str(parse_node_id(text))
     except InvalidAddressError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seed(text: str) -> str:
+    """A seed to remove: its address or just its node id."""
+    try:
+        return str(parse_node_id(text))
+    except InvalidAddressError:
+        pass
+    try:
+        return str(NodeAddress.parse(text))
+    except InvalidAddressError:
+        raise argparse.ArgumentTypeError(
+            f"invalid seed {text!r}: expected ID@HOST:PORT, memory:ID or a node id"
+        ) from None
 
 
 def _target(text: str) -> str:
@@ -237,6 +253,22 @@ def cmd_seeds_add(args: argparse.Namespace) -> int:
     return _report(f"added seed {args.address}", _client(args).add_seed(args.address))
 
 
+def cmd_seeds_remove(args: argparse.Namespace) -> int:
+    return _report(f"removed seed {args.seed}", _client(args).remove_seed(args.seed))
+
+
+def cmd_persistent_remove(args: argparse.Namespace) -> int:
+    result = _client(args).remove_persistent(args.id)
+    return _report(f"{args.id} is no longer persistent", result)
+
+
+def _subcommand(group: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """``overlay GROUP NAME``; ``--home`` may come before or after ``NAME``."""
+    q: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text)
+    q.add_argument("--home", default=argparse.SUPPRESS, help="node home directory")
+    return q
+
+
 def register(sub: Any, add: AddParser) -> None:
     """Add the operator commands to the ``overlay`` parser (``sub`` is its subparsers object;
     ``add(name, help)`` creates a subcommand that already has ``--home``)."""
@@ -270,8 +302,21 @@ def register(sub: Any, add: AddParser) -> None:
 
     p = add("seeds", "manage seed addresses")
     seeds = p.add_subparsers(dest="seeds_command", required=True, metavar="SUBCOMMAND")
-    q = seeds.add_parser("add", help="add a seed address (persisted)",
-                         description="add a seed address (persisted)")
-    q.add_argument("--home", default=argparse.SUPPRESS, help="node home directory")
+    q = _subcommand(seeds, "add", "add a seed address (persisted)")
     q.add_argument("address", type=_address, metavar="ADDR", help="ID@HOST:PORT or memory:ID")
     q.set_defaults(func=cmd_seeds_add)
+    q = _subcommand(seeds, "remove",
+                    "remove a seed added with `seeds add` (persisted; seeds from config.toml "
+                    "are removed by editing the file)")
+    q.add_argument("seed", type=_seed, metavar="ADDR|ID",
+                   help="the seed's address (ID@HOST:PORT, memory:ID) or node id")
+    q.set_defaults(func=cmd_seeds_remove)
+
+    p = add("persistent", "manage the persistent flag set by `dial --persistent`")
+    persistent = p.add_subparsers(dest="persistent_command", required=True,
+                                  metavar="SUBCOMMAND")
+    q = _subcommand(persistent, "remove",
+                    "stop redialing a peer forever: clear the persistent flag set by "
+                    "`dial --persistent` (persisted; the connection stays open)")
+    q.add_argument("id", type=_node_id, metavar="ID", help="node id")
+    q.set_defaults(func=cmd_persistent_remove)

@@ -81,6 +81,7 @@ from overlay._coretypes import (
     _REQUEST,
     _RESPONSE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_WIRE_FRAME_PAYLOAD,
     CancelReceived,
     ChannelParams,
     ChannelStatistics,
@@ -178,7 +179,7 @@ class ConnectionCore(ReceiveSide):
         self._inbound: dict[int, _Channel] = {}
         self._assembler = MessageAssembler()
         self._events: deque[Event] = deque()
-        self._decoder = FrameDecoder(config.max_frame_payload, compression=compression)
+        self._decoder = FrameDecoder(MAX_WIRE_FRAME_PAYLOAD, compression=compression)
         self._error: RemoteProtocolError | None = None
         self._peer_disconnected = False
         self._send_bucket = TokenBucket(config.send_rate, config.send_burst, now)

@@ -30,6 +30,7 @@ from overlay._frames import HEADER_SIZE
 from overlay.errors import ChannelError, ConfigError, ErrorCode
 
 __all__ = [
+    "MAX_WIRE_FRAME_PAYLOAD",
     "CancelReceived",
     "ChannelParams",
     "ChannelStatistics",
@@ -87,14 +88,20 @@ class ChannelParams:
         _check(self.max_concurrent_inbound >= 1, "max_concurrent_inbound", "must be >= 1")
 
 
+MAX_WIRE_FRAME_PAYLOAD = 65_519 - HEADER_SIZE
+"""The largest frame payload on the wire (65507): a whole frame fits one Noise transport
+message. Receivers accept up to this; senders never exceed it."""
+
+
 @dataclass(frozen=True, slots=True)
 class CoreConfig:
     """Connection-level settings of the core."""
 
-    max_frame_payload: int = 65_519 - HEADER_SIZE
-    """Max payload bytes per frame (chunk size), 64..16 MiB; larger frames from the peer are a
-    protocol violation (peers must agree on it). The default makes one frame fit one Noise
-    transport message."""
+    max_frame_payload: int = MAX_WIRE_FRAME_PAYLOAD
+    """Payload bytes per frame this side sends (the chunk size), 64..65507. Smaller chunks let a
+    high-priority message overtake a bulk transfer sooner. Whatever it is set to, every node
+    accepts frames up to :data:`MAX_WIRE_FRAME_PAYLOAD` (a protocol constant, not a setting),
+    so nodes with different values interoperate."""
     max_write_batch: int = 65_519
     """Max bytes returned by one ``data_to_send`` call (one frame larger than this is still
     returned alone)."""
@@ -123,7 +130,8 @@ class CoreConfig:
     peer flooding requests or pings while not reading)."""
 
     def __post_init__(self) -> None:
-        _check(64 <= self.max_frame_payload <= 1 << 24, "max_frame_payload", "must be 64..16 MiB")
+        _check(64 <= self.max_frame_payload <= MAX_WIRE_FRAME_PAYLOAD, "max_frame_payload",
+               f"must be 64..{MAX_WIRE_FRAME_PAYLOAD}")
         _check(self.max_write_batch >= 1, "max_write_batch", "must be >= 1")
         for key in ("send_rate", "recv_rate", "ping_interval", "idle_timeout"):
             value = getattr(self, key)

@@ -57,6 +57,7 @@ _REASONS = {
     401: b"Unauthorized",
     404: b"Not Found",
     405: b"Method Not Allowed",
+    409: b"Conflict",
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",

@@ -1,7 +1,9 @@
 """Logging set-up for the CLI (never done on import): text for people, JSON for machines.
 
-Library code logs with ``logging.getLogger("overlay.<part>")`` and puts peer ids in messages and
-in the ``peer`` extra field; the JSON formatter emits every extra field.
+Library code logs with ``logging.getLogger("overlay.<part>")`` and puts peer ids in the messages.
+The records of ``overlay.admin`` (operator actions) and ``overlay.peering`` (the driver's
+disconnects and dial failures) about one peer also carry its node id in the ``peer`` extra field
+(``ip`` for an IP ban target); the JSON formatter emits every extra field.
 """
 
 from __future__ import annotations

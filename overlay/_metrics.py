@@ -31,6 +31,9 @@ metric                                                     type       labels
 ``overlay_outbound_requests_in_flight``                    gauge      channel
 ``overlay_inbound_requests_in_flight``                     gauge      channel
 ``overlay_wire_sent_bytes_total`` / ``..._received_...``   counter    (all connections, framed)
+``overlay_pending_handshakes``                             gauge      (inbound, all transports)
+``overlay_inbound_accepted_total``                         counter
+``overlay_inbound_refused_total``                          counter    reason (gate/overload)
 ``overlay_dials_total``                                    counter
 ``overlay_dial_failures_total``                            counter    reason
 ``overlay_handshake_failures_total``                       counter    reason
@@ -119,7 +122,9 @@ class ChannelSnapshot:
     messages_received: int = 0
     """Messages received on this channel since start."""
     messages_dropped: int = 0
-    """Messages dropped on this channel since start (queue full, undecodable, ...)."""
+    """Responses dropped on this channel since start because no request was waiting for them
+    (unknown, timed-out or cancelled request ids; late responses are normal). Undecodable
+    messages are counted by ``invalid_message`` instead."""
     queue_depth_sum: int = 0
     """Messages waiting in send queues now, summed over connected peers."""
     queue_depth_max: int = 0
@@ -156,6 +161,14 @@ class MetricsSnapshot:
     """Bytes read from all connections since start (framed and encrypted)."""
     channels: Mapping[str, ChannelSnapshot] = field(default_factory=dict)
     """Per-channel values by channel name."""
+    pending_handshakes: int = 0
+    """Inbound connections in the Noise handshake now (all transports)."""
+    inbound_accepted: int = 0
+    """Inbound connections that completed the handshake since start."""
+    inbound_refused: Mapping[str, int] = field(default_factory=dict)
+    """Inbound connections closed at accept, before any cryptography, by reason: ``gate`` (the
+    peer manager refused the address: ban, per-IP or per-netgroup limit) or ``overload``
+    (``max_pending_handshakes`` already in progress)."""
 
 
 SnapshotSource = Callable[[], MetricsSnapshot]
@@ -217,6 +230,19 @@ class _SnapshotCollector(Collector):
         book.add_metric(["new"], snap.address_book_new)
         book.add_metric(["tried"], snap.address_book_tried)
         out.append(book)
+        gauge("pending_handshakes", "Inbound connections in the Noise handshake now.",
+              snap.pending_handshakes)
+        counter("inbound_accepted_total", "Inbound connections that completed the handshake.",
+                snap.inbound_accepted)
+        refused = CounterMetricFamily(
+            f"{ns}_inbound_refused_total",
+            "Inbound connections closed at accept before any cryptography, by reason "
+            "(gate: refused by the peer manager; overload: too many pending handshakes).",
+            labels=["reason"],
+        )
+        for reason in ("gate", "overload"):
+            refused.add_metric([reason], snap.inbound_refused.get(reason, 0))
+        out.append(refused)
         counter("wire_sent_bytes_total", "Bytes written to all connections.",
                 snap.wire_bytes_sent)
         counter("wire_received_bytes_total", "Bytes read from all connections.",
@@ -235,8 +261,10 @@ class _SnapshotCollector(Collector):
             (CounterMetricFamily(f"{ns}_received_messages_total",
                                  "Messages received per channel.", labels=["channel"]),
              lambda c: c.messages_received),
-            (CounterMetricFamily(f"{ns}_dropped_messages_total", "Messages dropped per channel.",
-                                 labels=["channel"]), lambda c: c.messages_dropped),
+            (CounterMetricFamily(f"{ns}_dropped_messages_total",
+                                 "Responses dropped per channel because no request was waiting "
+                                 "for them.", labels=["channel"]),
+             lambda c: c.messages_dropped),
             (GaugeMetricFamily(f"{ns}_send_queue_messages",
                                "Messages queued to send per channel, summed over peers.",
                                labels=["channel"]), lambda c: c.queue_depth_sum),

@@ -54,6 +54,7 @@ from overlay.node import Node
 from overlay.peers import (
     DialPeer,
     DisconnectPeer,
+    PeerFlag,
     PeerManager,
     PeerManagerCounters,
     PeerStore,
@@ -161,6 +162,30 @@ class Peering(Observer):
     def wake(self) -> None:
         self._wake.set()
 
+    def close_store(self) -> None:
+        """Close the store when :meth:`run` never ran (a failed start); ``run`` closes it
+        itself on exit."""
+        if self.store is not None:
+            self.store.close()
+
+    def remove_seed(self, node_id: NodeId) -> bool:
+        """Clear the ``seed`` flag the operator set on ``node_id`` (``add_seed``; stored at the
+        next poll) and stop dialing it as a fallback seed, unless the configuration names it
+        too. The address stays in the address book. False when the operator set no such flag.
+        """
+        # PeerManager has no public call for this yet, so this is the one place that reaches
+        # into it; it mirrors what add_seed() and _restore() do.
+        manager = self.manager
+        rec = manager._records.get(node_id)
+        if rec is None or PeerFlag.SEED not in rec.saved_flags:
+            return False
+        rec.saved_flags.discard(PeerFlag.SEED)
+        if PeerFlag.SEED not in rec.config_flags:
+            manager._seeds.pop(node_id, None)
+        manager._mark_urgent(node_id)
+        self.wake()
+        return True
+
     def sync_metrics(self) -> bool:
         """Export the bans and evictions the manager decided since the last call; True when
         there were any (the caller should :meth:`wake` the loop to act on them)."""
@@ -222,6 +247,9 @@ class Peering(Observer):
             if conn is not None and conn.is_open:
                 code = _REASONS.get(action.reason, DisconnectReason.EVICTED if action.evict
                                     else DisconnectReason.OPERATOR)
+                level = logging.DEBUG if action.reason == "feeler" else logging.INFO
+                log.log(level, "disconnecting %s: %s", action.node_id, action.reason,
+                        extra={"peer": action.node_id})
                 conn.close(code, action.reason)
                 if self.metrics is not None:
                     self.metrics.peer_disconnected(action.reason)
@@ -247,7 +275,8 @@ class Peering(Observer):
         except (OverlayError, TimeoutError):
             pass  # counted and reported by dial()
         except Exception:  # task root: a bug in dialing must not take the node down
-            log.exception("dialing %s failed unexpectedly", action.address)
+            log.exception("dialing %s failed unexpectedly", action.address,
+                          extra={"peer": action.address.node_id})
             self._dial_failed(action.address, "internal")
 
     async def dial(self, address: NodeAddress, *, timeout: float | None = None) -> NodeId:
@@ -264,7 +293,10 @@ class Peering(Observer):
                 with anyio.fail_after(timeout):
                     peer = await self.node.dial(address)
         except (OverlayError, TimeoutError) as exc:
-            self._dial_failed(address, dial_failure_reason(exc))
+            reason = dial_failure_reason(exc)
+            log.debug("dial %s failed (%s): %s", address, reason, exc,
+                      extra={"peer": address.node_id})
+            self._dial_failed(address, reason)
             raise
         self.manager.dial_succeeded(peer, address, self._now())
         self.wake()

@@ -1,32 +1,62 @@
 """Run a node as a service (``overlay start``): the node, the peering driver with its SQLite
 store, the admin API and (optionally) the Prometheus endpoint — and the :class:`NodeControl`
-through which operators act on all of them while it runs."""
+through which operators act on all of them while it runs.
+
+Theory of operation
+-------------------
+:func:`run_node` creates the data directory (mode 0700), takes the home's lock
+(:class:`HomeLock`: one running node per home), opens the peer store, starts the node, the
+peering driver, the admin API and the metrics endpoint, then waits to be cancelled.
+
+Shutdown is orderly although it starts with a cancellation: once started, the service runs in a
+shielded cancel scope, and cancelling :func:`run_node` only sets a stop event. The service then
+removes ``admin.json``, closes every connection with a ``shutdown`` Disconnect (so peers log
+``shutdown``, not ``connection_closed``), and only then cancels the peering driver (which writes
+the last changes to the store and closes it), the admin API and the metrics endpoint.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
+import fcntl
 import ipaddress
 import logging
+import os
+import stat
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.abc
 
 from overlay import __version__
+from overlay._admin import ConflictError, PeerBannedError
 from overlay._control import UnknownPeerError
 from overlay._observer import MultiObserver, Observer
 from overlay._peering import Peering, wall_clock
 from overlay.address import NodeAddress
 from overlay.config import NodeConfig
-from overlay.errors import InvalidAddressError
+from overlay.errors import ConfigError, InvalidAddressError, NetworkError, OverlayError
 from overlay.identity import NodeId, parse_node_id
 from overlay.node import Node
 from overlay.peers import PeerFlag, PeerSnapshot
 
-__all__ = ["NodeControl", "jsonable", "run_node"]
+__all__ = [
+    "LOCK_FILE",
+    "HomeLock",
+    "HomeLockedError",
+    "NodeControl",
+    "jsonable",
+    "run_node",
+]
 
 log = logging.getLogger("overlay.service")
+
+LOCK_FILE = "node.lock"
+"""Lock file in the data directory, held (``flock``) by the running node; holds its pid."""
 
 
 def jsonable(value: Any) -> Any:
@@ -88,7 +118,10 @@ class NodeControl:
         }
 
     def peers(self) -> list[dict[str, Any]]:
+        """Every peer the manager knows, merged with the live connections (call it from the
+        event loop: connection ages are measured on the loop's clock)."""
         now = self._now()
+        loop_now = anyio.current_time()  # the clock of PeerConnection.connected_at
         names = {s.id: s.name for s in self.node.router.channel_specs()}
         result: dict[str, dict[str, Any]] = {}
         for snap in self.peering.manager.snapshot(now):
@@ -96,18 +129,16 @@ class NodeControl:
         for conn in self.node.router.peers():
             entry = result.setdefault(conn.node_id, {"id": conn.node_id})
             stats = jsonable(conn.core.statistics())
-            if isinstance(stats, dict) and "channels" in stats:
-                channels = stats["channels"]
-                if isinstance(channels, dict):
-                    stats["channels"] = {
-                        names.get(int(k), str(k)): v for k, v in channels.items()
-                    }
+            for channel in stats.get("channels", ()) if isinstance(stats, dict) else ():
+                if isinstance(channel, dict) and "channel_id" in channel:
+                    cid = channel["channel_id"]
+                    channel["name"] = names.get(cid, str(cid))
             entry.update(
                 {
                     "connected": True,
                     "direction": "outbound" if conn.outbound else "inbound",
                     "remote_address": conn.remote_address,
-                    "uptime_seconds": round(now - conn.connected_at, 3),
+                    "uptime_seconds": round(max(0.0, loop_now - conn.connected_at), 3),
                     "moniker": conn.info.moniker,
                     "software_version": conn.info.software_version,
                     "listen_addrs": list(conn.info.listen_addrs),
@@ -120,9 +151,24 @@ class NodeControl:
 
     async def dial(self, address: str, *, persistent: bool) -> dict[str, Any]:
         addr = NodeAddress.parse(address)
+        now = self._now()
         decision = self.peering.manager.dial_now(
-            addr, persistent=persistent, now=self._now(), execute=False
+            addr, persistent=persistent, now=now, execute=False
         )
+        if decision.reason == "self":
+            raise InvalidAddressError(f"cannot dial {addr}: that is this node's own id")
+        if decision.reason == "banned":
+            snap = self.peering.manager.peer(addr.node_id, now)
+            until = _ban_end(snap.ban_until if snap is not None else None, now)
+            raise PeerBannedError(
+                f"cannot dial {addr}: node {addr.node_id} is banned{until} "
+                f"(`overlay unban {addr.node_id}` lifts it)"
+            )
+        if decision.reason == "ip_banned":
+            raise PeerBannedError(
+                f"cannot dial {addr}: its IP {addr.host} is banned "
+                f"(`overlay unban {addr.host}` lifts it)"
+            )
         if not decision.accepted:
             raise InvalidAddressError(f"cannot dial {addr}: {decision.reason}")
         if decision.reason == "connected":  # nothing to dial (persistent may have changed)
@@ -188,6 +234,46 @@ class NodeControl:
         self.peering.wake()
         return {"seed": str(addr)}
 
+    async def remove_seed(self, address: str) -> dict[str, Any]:
+        """Remove a seed added at run time (by address or node id); the address stays in the
+        address book as an ordinary address."""
+        try:
+            node_id = parse_node_id(address)
+        except InvalidAddressError:
+            node_id = NodeAddress.parse(address).node_id
+        snap = self.peering.manager.peer(node_id, self._now())
+        if snap is None or PeerFlag.SEED not in snap.flags:
+            raise UnknownPeerError(f"{address} is not a seed")
+        if node_id in {a.node_id for a in self.node.config.peers.seed_addresses()}:
+            raise ConflictError(
+                f"{node_id} is a seed because config.toml lists it ([peers] seeds): remove it "
+                "there and restart the node"
+            )
+        self.peering.remove_seed(node_id)
+        return {"seed_removed": node_id}
+
+    async def remove_persistent(self, node_id: str) -> dict[str, Any]:
+        """Clear the persistent flag set by ``dial --persistent`` (the connection stays)."""
+        peer = parse_node_id(node_id)
+        now = self._now()
+        snap = self.peering.manager.peer(peer, now)
+        if snap is None or PeerFlag.PERSISTENT not in snap.flags:
+            raise UnknownPeerError(f"peer {peer} is not persistent")
+        if peer in {a.node_id for a in self.node.config.peers.persistent_addresses()}:
+            raise ConflictError(
+                f"{peer} is persistent because config.toml lists it ([peers] "
+                "persistent_peers): remove it there and restart the node"
+            )
+        self.peering.manager.set_flag(peer, PeerFlag.PERSISTENT, False, now)
+        self.peering.wake()
+        return {"persistent_removed": peer}
+
+
+def _ban_end(until: float | None, now: float) -> str:
+    if until is None:
+        return ""
+    return f" for another {max(0.0, until - now):.0f} s"
+
 
 def _snapshot_dict(snap: PeerSnapshot, now: float) -> dict[str, Any]:
     data: dict[str, Any] = jsonable(snap)
@@ -199,10 +285,107 @@ def _snapshot_dict(snap: PeerSnapshot, now: float) -> dict[str, Any]:
     return data
 
 
+class HomeLockedError(OverlayError):
+    """Another node runs on this home (it holds the home's lock)."""
+
+
+class HomeLock:
+    """An exclusive ``flock`` on ``DATA_DIR/node.lock``, held while the node runs.
+
+    The file holds the pid of the holder (for the error message of a second start); it is
+    never removed, so two starts cannot both lock different files. The kernel drops the lock
+    when the process dies, even after ``kill -9``.
+    """
+
+    def __init__(self, path: Path, home: Path) -> None:
+        self.path = path
+        self.home = home
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`HomeLockedError` (naming the holder's pid)."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError("data_dir", f"cannot create {self.path}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"pid {holder}" if holder else "another process"
+            raise HomeLockedError(
+                f"another node is already running on home {self.home} ({who} holds "
+                f"{self.path}); stop it first, or use another --home"
+            ) from None
+        except OSError as exc:
+            os.close(fd)
+            raise ConfigError("data_dir", f"cannot lock {self.path}: {exc}") from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+    def __enter__(self) -> HomeLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _private_directory(path: Path, key: str = "data_dir") -> None:
+    """Create ``path`` with mode 0700, or tighten an existing one readable by others."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning("directory %s had mode %o; setting 0700", path, mode)
+            path.chmod(0o700)
+    except OSError as exc:
+        raise ConfigError(key, f"cannot create {path}: {exc}") from exc
+
+
 async def run_node(config: NodeConfig, home: Path, *, observers: tuple[Observer, ...] = (),
                    task_status: anyio.abc.TaskStatus[NodeControl] = anyio.TASK_STATUS_IGNORED,
                    ) -> None:
-    """Run until cancelled (the CLI cancels on SIGINT/SIGTERM)."""
+    """Run until cancelled (the CLI cancels on SIGINT/SIGTERM), then shut down in order (see
+    the module docstring).
+
+    Start-up failures: :class:`ConfigError` (a bad store, admin or metrics address...),
+    :class:`HomeLockedError` (another node runs on ``home``), :class:`NetworkError` (a listen
+    address cannot be bound, e.g. the port is in use).
+    """
+    data_dir = home / config.data_dir
+    _private_directory(data_dir)
+    with HomeLock(data_dir / LOCK_FILE, home):
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            control: NodeControl = await tg.start(_serve, config, home, observers, stop)
+            task_status.started(control)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                stop.set()  # the service, shielded, shuts down in order
+
+
+async def _serve(config: NodeConfig, home: Path, observers: tuple[Observer, ...],
+                 stop: anyio.Event, *, task_status: anyio.abc.TaskStatus[NodeControl]) -> None:
     from overlay._admin import (
         load_or_create_token,
         remove_admin_info,
@@ -211,51 +394,67 @@ async def run_node(config: NodeConfig, home: Path, *, observers: tuple[Observer,
     )
     from overlay._metrics import NodeMetrics, serve_metrics
 
-    data_dir = home / config.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
     metrics = NodeMetrics(namespace=config.metrics.namespace) if config.metrics.enabled else None
     multi = MultiObserver()
     node = Node(config, home=home, observer=multi)
-    peering = Peering(node, store_path=data_dir / "peers.sqlite", metrics=metrics)
+    peering = Peering(node, store_path=home / config.data_dir / "peers.sqlite",
+                      metrics=metrics)
     parts: list[Observer] = [peering, *observers]
     if metrics is not None:
         from overlay._metrics import MetricsObserver
 
         parts.append(MetricsObserver(metrics))
     multi.set(*parts)
-    async with node, anyio.create_task_group() as tg:
-        await tg.start(peering.run)
-        control = NodeControl(node, peering)
-        if config.admin.enabled:
-            token = load_or_create_token(home / config.admin.token_file)
-            unix = home / config.admin.unix_socket if config.admin.unix_socket else None
-            where = await tg.start(
-                lambda task_status: serve_admin(
-                    control, listen=config.admin.listen, unix_socket=unix, token=token,
-                    task_status=task_status,
-                )
-            )
-            write_admin_info(home, where, token_file=home / config.admin.token_file)
-            control.admin_url = where
-            log.info("admin API on %s", where)
-        if metrics is not None:
-            metrics.set_node_info(node_id=node.node_id, network=config.network,
-                                  version=__version__)
-            metrics.set_snapshot_source(lambda: metrics_snapshot(node, peering))
-            control.metrics_url = await tg.start(
-                lambda task_status: serve_metrics(
-                    metrics, listen=config.metrics.listen, task_status=task_status
-                )
-            )
-            log.info("metrics on %s/metrics", control.metrics_url)
-        log.info("node %s started; listening on %s", node.node_id,
-                 ", ".join(str(a) for a in node.listen_addresses))
-        task_status.started(control)
-        try:
-            await anyio.sleep_forever()
-        finally:
+    with anyio.CancelScope() as service_scope:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(node)
+            except OSError as exc:
+                peering.close_store()
+                raise NetworkError(
+                    f"cannot listen on {', '.join(config.listen)}: {exc.strerror or exc}"
+                ) from exc
+            except BaseException:
+                peering.close_store()
+                raise
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            await tg.start(peering.run)
+            control = NodeControl(node, peering)
             if config.admin.enabled:
-                remove_admin_info(home)
+                token = load_or_create_token(home / config.admin.token_file)
+                unix = home / config.admin.unix_socket if config.admin.unix_socket else None
+                where = await tg.start(
+                    lambda task_status: serve_admin(
+                        control, listen=config.admin.listen, unix_socket=unix, token=token,
+                        task_status=task_status,
+                    )
+                )
+                write_admin_info(home, where, token_file=home / config.admin.token_file)
+                stack.callback(remove_admin_info, home)  # also when a later step fails
+                control.admin_url = where
+                log.info("admin API on %s", where)
+            if metrics is not None:
+                metrics.set_node_info(node_id=node.node_id, network=config.network,
+                                      version=__version__)
+                metrics.set_snapshot_source(lambda: metrics_snapshot(node, peering))
+                control.metrics_url = await tg.start(
+                    lambda task_status: serve_metrics(
+                        metrics, listen=config.metrics.listen, task_status=task_status
+                    )
+                )
+                log.info("metrics on %s/metrics", control.metrics_url)
+            log.info("node %s started; listening on %s", node.node_id,
+                     ", ".join(str(a) for a in node.listen_addresses))
+            service_scope.shield = True  # from now on a cancellation arrives as ``stop``
+            task_status.started(control)
+            await stop.wait()
+            if config.admin.enabled:
+                remove_admin_info(home)  # first: the CLI no longer finds a stopping node
+            peers = len(node.router.peers())
+            log.info("shutting down: closing %d connection%s", peers, "" if peers == 1 else "s")
+            await node.aclose()  # every peer is told `shutdown` while the driver still runs
+            tg.cancel_scope.cancel()  # the driver flushes the store; admin and metrics stop
+    log.info("node %s stopped", node.node_id)
 
 
 def metrics_snapshot(node: Node, peering: Peering) -> Any:
@@ -263,6 +462,7 @@ def metrics_snapshot(node: Node, peering: Peering) -> Any:
     from overlay._metrics import ChannelSnapshot, MetricsSnapshot
 
     stats = peering.manager.statistics()
+    transports = [t.statistics() for t in node.transports]
     names = {s.id: s.name for s in node.router.channel_specs()}
     totals: dict[int, list[int]] = {cid: list(v) for cid, v in node.retired_totals.items()}
     depth_max: dict[int, int] = {}
@@ -297,6 +497,12 @@ def metrics_snapshot(node: Node, peering: Peering) -> Any:
         wire_bytes_sent=wire_out,
         wire_bytes_received=wire_in,
         channels=channels,
+        pending_handshakes=sum(t.pending_handshakes for t in transports),
+        inbound_accepted=sum(t.accepted for t in transports),
+        inbound_refused={
+            "gate": sum(t.rejected_by_gate for t in transports),
+            "overload": sum(t.rejected_overload for t in transports),
+        },
     )
 
 

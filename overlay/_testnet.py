@@ -30,7 +30,7 @@ from overlay._destination import BROADCAST
 from overlay._observer import MultiObserver
 from overlay._peering import Peering
 from overlay.config import AdminConfig, NodeConfig
-from overlay.errors import OverlayError
+from overlay.errors import ConfigError, OverlayError
 from overlay.identity import NodeId
 from overlay.node import Node
 from overlay.peers import PeerManagerConfig
@@ -127,7 +127,7 @@ async def run_testnet(
     ``peers`` replaces the peer-manager configuration of :func:`testnet_config`.
     """
     if nodes < 2:
-        raise ValueError("a testnet needs at least 2 nodes")
+        raise ConfigError("nodes", "a testnet needs at least 2 nodes")
     rng = random.Random(seed)
     report = TestnetReport(nodes=nodes, duration=duration)
     config = testnet_config(nodes, network)

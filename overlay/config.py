@@ -44,8 +44,9 @@ class ConnectionConfig:
     """Per-connection limits and timers (``[connection]``)."""
 
     max_frame_payload: int = 65_507
-    """Largest frame payload in bytes (the chunk size for large messages). Peers must agree not
-    to exceed it; 65507 lets one frame fill one Noise message."""
+    """Payload bytes per frame this node sends (the chunk size of large messages), 64 to 65507.
+    Smaller chunks let urgent messages overtake bulk transfers sooner. Every node accepts frames
+    up to 65507 bytes whatever its own setting."""
     max_write_batch: int = 65_519
     """Bytes of frames coalesced into one write (and one AEAD call when ≤ 65519)."""
     send_rate: float = 0.0
@@ -67,15 +68,20 @@ class ConnectionConfig:
     max_outbound_requests: int = 1024
     """Requests in flight per connection before ``request()`` waits."""
     handshake_timeout: float = 5.0
-    """Seconds allowed for Noise plus the NodeInfo exchange."""
+    """Seconds allowed for the Noise handshake, and as much again for the NodeInfo exchange
+    that follows it (each phase has its own deadline; on a dial both are also cut short by the
+    dial's remaining time)."""
     dial_timeout: float = 5.0
-    """Seconds allowed to open a TCP connection (the handshake has its own timeout)."""
+    """With ``handshake_timeout``, the time a dial may take when its caller gives none (operator
+    dials, ``overlay dial``): connecting, the Noise handshake and the NodeInfo exchange together
+    must finish within ``dial_timeout + handshake_timeout``. The peer manager's own dials use
+    ``[peers] dial_timeout`` instead."""
     max_pending_handshakes: int = 64
     """Inbound connections allowed to be mid-handshake at once; more are closed at once."""
 
     def __post_init__(self) -> None:
-        if not 64 <= self.max_frame_payload <= 16 * 1024 * 1024:
-            raise ConfigError("max_frame_payload", "must be between 64 and 16 MiB")
+        if not 64 <= self.max_frame_payload <= 65_507:
+            raise ConfigError("max_frame_payload", "must be between 64 and 65507 (the wire limit)")
         if self.max_write_batch < 64:
             raise ConfigError("max_write_batch", "must be at least 64")
         for key in ("send_rate", "recv_rate"):
@@ -195,6 +201,6 @@ def render_config(
     """A complete ``config.toml``: every key with its docstring, defaults commented out."""
     header = (
         "# overlay node configuration. Every key is listed with its default, commented out;\n"
-        "# uncomment a line to change it. See docs/operators-guide.md.\n\n"
+        "# uncomment a line to change it. See docs/operator-guide.md.\n\n"
     )
     return header + render_toml(config or NodeConfig(), overrides=overrides or {})

@@ -324,7 +324,8 @@ class Node:
             hello_limit = deadline - anyio.current_time()  # the caller's budget covers it all
             await self._tg.start(self._run_connection, stream, True, hello_limit)
         except OverlayError as exc:
-            self._count_failure(exc)
+            if not isinstance(exc, DialError):  # could not connect: a dial failure, not this
+                self._count_failure(exc)
             raise
         return addr.node_id
 

@@ -18,13 +18,16 @@ from anyio.abc import ByteStream
 
 from overlay._admin import (
     AdminApp,
+    ConflictError,
+    OperatorControl,
+    PeerBannedError,
     load_or_create_token,
     parse_ban_target,
     remove_admin_info,
     serve_admin,
     write_admin_info,
 )
-from overlay._control import Control, UnknownPeerError
+from overlay._control import UnknownPeerError
 from overlay._http import HttpServerConfig, Request
 from overlay.errors import (
     ConfigError,
@@ -90,6 +93,18 @@ class FakeControl:
     async def add_seed(self, address: str) -> dict[str, Any]:
         self.calls.append(("add_seed", address))
         return {"address": address}
+
+    async def remove_seed(self, address: str) -> dict[str, Any]:
+        self.calls.append(("remove_seed", address))
+        if self.fail is not None:
+            raise self.fail
+        return {"seed_removed": address}
+
+    async def remove_persistent(self, node_id: str) -> dict[str, Any]:
+        self.calls.append(("remove_persistent", node_id))
+        if self.fail is not None:
+            raise self.fail
+        return {"persistent_removed": node_id}
 
 
 @dataclass
@@ -169,7 +184,7 @@ async def running(
 
 
 async def _serve(
-    control: Control, sock: Path | None, config: HttpServerConfig | None,
+    control: OperatorControl, sock: Path | None, config: HttpServerConfig | None,
     *, task_status: anyio.abc.TaskStatus[str],
 ) -> None:
     await serve_admin(control, listen="127.0.0.1:0", unix_socket=sock, token=TOKEN,
@@ -238,6 +253,12 @@ async def test_every_route_works(tmp_path: Path) -> None:
 
         reply = await server.call("POST", "/seeds", {"address": ADDR_A})
         assert (reply.status, reply.json()) == (200, {"address": ADDR_A})
+        reply = await server.call("POST", "/seeds/remove", {"address": ADDR_A})
+        assert (reply.status, reply.json()) == (200, {"seed_removed": ADDR_A})
+        reply = await server.call("POST", "/seeds/remove", {"address": ID_B.upper()})
+        assert (reply.status, reply.json()) == (200, {"seed_removed": ID_B})
+        reply = await server.call("POST", "/persistent/remove", {"id": ID_A})
+        assert (reply.status, reply.json()) == (200, {"persistent_removed": ID_A})
 
         assert fake.calls == [
             ("status", None),
@@ -250,6 +271,9 @@ async def test_every_route_works(tmp_path: Path) -> None:
             ("ban", ("::ffff:1", None)),
             ("unban", "10.0.0.1"),
             ("add_seed", ADDR_A),
+            ("remove_seed", ADDR_A),
+            ("remove_seed", ID_B),
+            ("remove_persistent", ID_A),
         ]
 
 
@@ -285,6 +309,10 @@ BAD_BODIES: list[tuple[str, bytes]] = [
     ("/unban", json.dumps({"target": ["10.0.0.1"]}).encode()),
     ("/seeds", json.dumps({"address": {"host": "x"}}).encode()),
     ("/seeds", json.dumps({"address": "memory:short"}).encode()),
+    ("/seeds/remove", json.dumps({"address": "nothex"}).encode()),
+    ("/seeds/remove", json.dumps({"id": ID_A}).encode()),
+    ("/persistent/remove", json.dumps({"id": ADDR_A}).encode()),
+    ("/persistent/remove", json.dumps({"id": ID_A, "persistent": False}).encode()),
 ]
 
 
@@ -295,9 +323,12 @@ async def test_bad_input_is_400_and_never_reaches_control(tmp_path: Path) -> Non
             reply = await server.call("POST", path, raw_body=body)
             assert reply.status == 400, (path, body[:60], reply.body)
             assert isinstance(reply.json()["error"], str)
+            assert reply.json()["kind"] in ("BadRequestError", "InvalidAddressError")
         assert server.control.calls == []
         reply = await server.call("POST", "/dial", {"address": "nonsense"})
         assert reply.json()["kind"] == "InvalidAddressError"
+        reply = await server.call("POST", "/dial", {"address": ADDR_A, "extra": 1})
+        assert reply.json() == {"error": "unknown field(s): extra", "kind": "BadRequestError"}
 
 
 @pytest.mark.anyio
@@ -316,6 +347,8 @@ async def test_control_errors_map_to_statuses(tmp_path: Path) -> None:
             (InvalidAddressError("cannot dial ourselves"), 400),
             (LocalProtocolError("already connected"), 400),
             (UnknownPeerError("who?"), 404),
+            (PeerBannedError("node is banned"), 409),
+            (ConflictError("config.toml lists it"), 409),
             (RuntimeError("a bug"), 500),
         ]
         for exc, status in cases:

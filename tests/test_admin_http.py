@@ -77,6 +77,12 @@ class QuietControl:
     async def add_seed(self, address: str) -> dict[str, Any]:
         return {}
 
+    async def remove_seed(self, address: str) -> dict[str, Any]:
+        return {}
+
+    async def remove_persistent(self, node_id: str) -> dict[str, Any]:
+        return {}
+
 
 APP = AdminApp(QuietControl(), TOKEN)
 CONFIG = HttpServerConfig(max_body=2048, max_header_bytes=1024)

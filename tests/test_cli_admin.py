@@ -20,7 +20,7 @@ import pytest
 from anyio.abc import TaskStatus
 
 from overlay import cli
-from overlay._admin import load_or_create_token, serve_admin, write_admin_info
+from overlay._admin import ConflictError, load_or_create_token, serve_admin, write_admin_info
 from overlay._admin_client import AdminClient, AdminError
 from overlay._cli_admin import format_peers, parse_duration
 from overlay._control import UnknownPeerError
@@ -75,6 +75,18 @@ class FakeControl:
     async def add_seed(self, address: str) -> dict[str, Any]:
         self.calls.append(("add_seed", address))
         return {"address": address, "seeds": 1}
+
+    async def remove_seed(self, address: str) -> dict[str, Any]:
+        self.calls.append(("remove_seed", address))
+        if ID_B in address:
+            raise UnknownPeerError(f"{address} is not a seed")
+        return {"seed_removed": address[:40]}
+
+    async def remove_persistent(self, node_id: str) -> dict[str, Any]:
+        self.calls.append(("remove_persistent", node_id))
+        if node_id == ID_B:
+            raise ConflictError(f"{node_id} is persistent because config.toml lists it")
+        return {"persistent_removed": node_id}
 
 
 @dataclass
@@ -152,7 +164,17 @@ async def test_actions_reach_the_node(tmp_path: Path, capsys: pytest.CaptureFixt
         assert await n.run("seeds", "add", ADDR_A) == 0
         out = capsys.readouterr().out
         assert f"added seed {ADDR_A}" in out and "seeds:" in out
-        assert n.control.calls == [
+        assert await n.run("seeds", "remove", ADDR_A) == 0
+        assert await n.run("seeds", "remove", ID_A.upper()) == 0
+        assert f"removed seed {ID_A}" in capsys.readouterr().out
+        assert await n.run("persistent", "remove", ID_A) == 0
+        assert f"{ID_A} is no longer persistent" in capsys.readouterr().out
+        assert n.control.calls[7:] == [
+            ("remove_seed", ADDR_A),
+            ("remove_seed", ID_A),
+            ("remove_persistent", ID_A),
+        ]
+        assert n.control.calls[:7] == [
             ("dial", (ADDR_A, True)),
             ("dial", (f"memory:{ID_B}", False)),
             ("disconnect", ID_A),
@@ -173,6 +195,10 @@ async def test_node_errors_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[
         n.control.dial_error = DialError("connection refused by 127.0.0.1:26656")
         assert await n.run("dial", ADDR_A) == 1
         assert "connection refused by" in capsys.readouterr().err
+        assert await n.run("seeds", "remove", ID_B) == 1
+        assert f"error: {ID_B} is not a seed" in capsys.readouterr().err
+        assert await n.run("persistent", "remove", ID_B) == 1
+        assert "config.toml lists it" in capsys.readouterr().err
         # A wrong token.
         (n.home / "admin_token").write_text("0" * 64)
         assert await n.run("status") == 1
@@ -202,6 +228,9 @@ def test_bad_usage_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         ["unban", "1.2.3"],
         ["seeds"],
         ["seeds", "add", "memory:short"],
+        ["seeds", "remove", "nothex"],
+        ["persistent"],
+        ["persistent", "remove", f"{ID_A}@127.0.0.1:1"],
         ["peers", "--yaml"],
     ):
         with pytest.raises(SystemExit) as info:

@@ -984,3 +984,20 @@ def test_back_to_back_mixed_workload(seed: int) -> None:
     assert all(c.queue_depth == 0 for c in stats.channels)
     assert b.statistics().inbound_requests_active == 0
     assert stats.rtt_last is not None  # pings flowed both ways
+
+
+@pytest.mark.parametrize(("sender_chunk", "receiver_chunk"), [(1024, 65_507), (65_507, 1024)])
+def test_different_chunk_sizes_interoperate(sender_chunk: int, receiver_chunk: int) -> None:
+    sender = make(CoreConfig(ping_interval=0, idle_timeout=0, max_frame_payload=sender_chunk))
+    receiver = make(CoreConfig(ping_interval=0, idle_timeout=0, max_frame_payload=receiver_chunk))
+    payload = bytes(range(256)) * 600  # 153600 bytes: many chunks either way
+    sender.send_message(LO, payload)
+    frames = parse(drain(sender))
+    assert max(len(f.payload) for f in frames) == sender_chunk
+    receiver.receive_data(b"".join(f.encode() for f in frames), 0.0)
+    assert of_type(receiver.events(), MessageReceived) == [MessageReceived(LO, payload)]
+
+
+def test_frame_payload_setting_is_capped_at_the_wire_maximum() -> None:
+    with pytest.raises(LocalProtocolError, match="max_frame_payload"):
+        CoreConfig(max_frame_payload=65_508)

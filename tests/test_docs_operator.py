@@ -18,8 +18,7 @@ from typing import Any, cast
 import pytest
 
 from overlay import cli
-from overlay._admin import AdminApp
-from overlay._control import Control
+from overlay._admin import AdminApp, OperatorControl
 from overlay._metrics import ChannelSnapshot, MetricsSnapshot, NodeMetrics
 from overlay.config import NodeConfig, render_config
 from overlay.peers import SCORE_DELTAS, PeerManagerStatistics, PeerSnapshot
@@ -208,9 +207,9 @@ def test_every_metric_is_documented_with_its_type(guide: str) -> None:
 
 
 def test_every_admin_route_is_documented(guide: str) -> None:
-    app = AdminApp(cast(Control, object()), "token")
+    app = AdminApp(cast(OperatorControl, object()), "token")
     routes = {f"{method} {path}" for path, (method, _handler) in app._routes.items()}
-    documented = set(re.findall(r"^\| `((?:GET|POST) /\w+)` \|", guide, flags=re.MULTILINE))
+    documented = set(re.findall(r"^\| `((?:GET|POST) /[\w/]+)` \|", guide, flags=re.MULTILINE))
     assert documented == routes
 
 
@@ -226,3 +225,46 @@ def test_peer_and_status_fields_are_documented(guide: str) -> None:
     names += [f.name for f in dataclasses.fields(PeerManagerStatistics)]
     for name in names:
         assert f"`{name}`" in guide, f"field {name} of the admin JSON is not described"
+
+
+def test_generated_config_points_at_the_real_guide() -> None:
+    header = render_config().split("\n\n", 1)[0]
+    linked = re.findall(r"docs/[\w.-]+\.md", header)
+    assert linked == ["docs/operator-guide.md"]
+    assert all((DOCS.parent / path).is_file() for path in linked)
+
+
+def test_config_meanings_are_the_field_docstrings(guide: str) -> None:
+    """The "meaning" column of every configuration table is the field's docstring (what
+    ``overlay init`` writes above the key), so the two cannot tell different stories."""
+    from overlay._configio import field_docs
+
+    def walk(cls: type[Any], section: str = "") -> Iterator[tuple[str, str, str]]:
+        hints = typing.get_type_hints(cls)
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+                yield from walk(hint, f"{section}.{f.name}" if section else f.name)
+            else:
+                yield section, f.name, " ".join(docs[f.name].replace("``", "`").split())
+
+    meanings: dict[tuple[str, str], str] = {}
+    section: str | None = None
+    for line in guide.splitlines():
+        heading = _HEADING.match(line)
+        if heading and len(heading.group(1)) <= 3:
+            match = _CONFIG_HEADING.match(line)
+            section = match.group(1) if match else ("" if line == "### Top level" else None)
+            continue
+        row = re.match(r"^\| `(\w+)` \| [^|]+ \| `[^`]*` \| .*? \| (.*) \|$", line)
+        if row and section is not None:
+            meanings[(section, row.group(1))] = row.group(2)
+    for section_name, key, doc in walk(NodeConfig):
+        assert meanings[(section_name, key)] == doc, f"[{section_name}] {key}"
+
+
+def test_admin_error_kinds_in_the_guide_are_public(guide: str) -> None:
+    kinds = set(re.findall(r'"kind": "(\w+)"', guide))
+    assert {"BadRequestError", "PeerBannedError", "UnknownPeerError", "HttpError"} <= kinds
+    assert not [kind for kind in kinds if kind.startswith("_")]

@@ -21,7 +21,10 @@ is migrated step by step, each step in its own transaction (``_MIGRATIONS[v]`` u
 version ``v`` to ``v + 1``). Version 0 is the empty file.
 
 The address-book secret (32 random bytes) is created with the database and never changes, so
-bucket placement (recomputed on load) is stable across restarts. Rows that do not decode (a
+bucket placement (recomputed on load) is stable across restarts. Because the file holds it, the
+store creates its directory with mode 0700 and the database with mode 0600 (SQLite gives the
+``-wal`` and ``-shm`` files the database's mode); existing files readable by group or others are
+tightened to 0600 when the store opens, with a warning. Rows that do not decode (a
 hand-edited or damaged file) are skipped and counted in ``LoadedState.skipped_rows``.
 """
 
@@ -32,6 +35,7 @@ import logging
 import math
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -236,6 +240,26 @@ def _address_params(a: StoredAddress) -> tuple[Any, ...]:
     )
 
 
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _private_files(path: Path) -> None:
+    """Create the database file with mode 0600 if missing; tighten it and its side files."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for target in (path, *(path.with_name(path.name + suffix) for suffix in _SIDE_FILES)):
+        try:
+            mode = stat.S_IMODE(target.stat().st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            _log.warning("peer store file %s had mode %o; setting 0600", target, mode)
+            try:
+                target.chmod(0o600)
+            except OSError as exc:
+                _log.warning("cannot chmod %s: %s", target, exc)
+
+
 class PeerStore:
     """The peer database at ``path`` (created if missing). Close it when done."""
 
@@ -244,7 +268,8 @@ class PeerStore:
         self._lock = threading.Lock()
         self._closed = False
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            _private_files(self._path)
             self._db = sqlite3.connect(
                 self._path,
                 timeout=busy_timeout,
