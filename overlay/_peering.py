@@ -54,7 +54,6 @@ from overlay.node import Node
 from overlay.peers import (
     DialPeer,
     DisconnectPeer,
-    PeerFlag,
     PeerManager,
     PeerManagerCounters,
     PeerStore,
@@ -173,16 +172,8 @@ class Peering(Observer):
         next poll) and stop dialing it as a fallback seed, unless the configuration names it
         too. The address stays in the address book. False when the operator set no such flag.
         """
-        # PeerManager has no public call for this yet, so this is the one place that reaches
-        # into it; it mirrors what add_seed() and _restore() do.
-        manager = self.manager
-        rec = manager._records.get(node_id)
-        if rec is None or PeerFlag.SEED not in rec.saved_flags:
+        if not self.manager.remove_seed(node_id, wall_clock()):
             return False
-        rec.saved_flags.discard(PeerFlag.SEED)
-        if PeerFlag.SEED not in rec.config_flags:
-            manager._seeds.pop(node_id, None)
-        manager._mark_urgent(node_id)
         self.wake()
         return True
 

@@ -510,7 +510,9 @@ class Node:
         finally:
             self.router.remove_peer(conn)
             self._retire(conn)
-            reason = conn.close_reason or conn.remote_reason or "connection_closed"
+            reason = conn.close_reason or conn.remote_reason or (
+                "shutdown" if self._closing else "connection_closed"
+            )
             self.observer.on_peer_disconnected(node_id, reason)
             log.info("disconnected from %s: %s", node_id, reason)
 

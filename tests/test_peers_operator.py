@@ -172,6 +172,21 @@ def test_add_seed_flags_and_source() -> None:
         assert snap is not None and snap.source == "seed" and PeerFlag.SEED in snap.flags
 
 
+def test_remove_seed_clears_only_the_operator_flag() -> None:
+    m = make(PeerManagerConfig(seeds=(str(addr(1)),)))
+    assert m.add_seed(addr(2), T0)
+    assert m.add_seed(addr(1), T0)  # also an operator seed, but the config names it too
+    assert m.remove_seed(nid(2), T0)
+    snap = m.peer(nid(2), T0)
+    assert snap is not None and PeerFlag.SEED not in snap.flags
+    assert str(addr(2)) in {str(a) for a in snap.addresses}  # the address stays known
+    assert m.remove_seed(nid(1), T0)
+    snap = m.peer(nid(1), T0)
+    assert snap is not None and PeerFlag.SEED in snap.flags  # the configuration still says so
+    assert not m.remove_seed(nid(2), T0)  # nothing left to remove
+    assert not m.remove_seed(nid(99), T0)
+
+
 def test_seeds_that_lost_their_book_slot_are_still_dialed() -> None:
     seeds = tuple(str(addr(i)) for i in range(1, 151))
     config = PeerManagerConfig(

@@ -408,6 +408,20 @@ class PeerManager(ManagerPlanner):
             self._mark_urgent(address.node_id)
         return kept
 
+    def remove_seed(self, node_id: NodeId, now: float) -> bool:
+        """Clear the ``seed`` flag an operator set with :meth:`add_seed` and stop using the peer
+        as a fallback seed, unless the configuration names it too. The address stays in the
+        address book. False when no operator-set seed flag was there."""
+        self._now = now
+        rec = self._records.get(node_id)
+        if rec is None or PeerFlag.SEED not in rec.saved_flags:
+            return False
+        rec.saved_flags.discard(PeerFlag.SEED)
+        if PeerFlag.SEED not in rec.config_flags:
+            self._seeds.pop(node_id, None)
+        self._mark_urgent(node_id)
+        return True
+
     def disconnect_peer(self, node_id: NodeId, now: float) -> bool:
         """Operator disconnect: the peer is not redialed before ``disconnect_cooldown``."""
         self._now = now
