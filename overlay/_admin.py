@@ -49,12 +49,18 @@ import secrets
 import stat
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
-from overlay._control import Control, UnknownPeerError
+from overlay._control import (
+    BadRequestError,
+    ConflictError,
+    Control,
+    PeerBannedError,
+    UnknownPeerError,
+)
 from overlay._http import HttpServerConfig, Request, Response, open_http_listener, serve_http
 from overlay.address import NodeAddress
 from overlay.errors import (
@@ -70,7 +76,6 @@ __all__ = [
     "AdminApp",
     "BadRequestError",
     "ConflictError",
-    "OperatorControl",
     "PeerBannedError",
     "error_kind",
     "load_or_create_token",
@@ -86,36 +91,6 @@ ADMIN_INFO_FILE = "admin.json"
 """Name of the file in the node home that tells the CLI where the admin API listens."""
 
 _TOKEN_BYTES = 32
-
-
-class BadRequestError(LocalProtocolError):
-    """A request body that is not what the route expects (HTTP 400): not JSON, not an object,
-    unknown or missing fields, wrong types."""
-
-
-class ConflictError(LocalProtocolError):
-    """The request is well formed but the node's state forbids it (HTTP 409), e.g. removing a
-    seed that ``config.toml`` defines (edit the file instead)."""
-
-
-class PeerBannedError(ConflictError):
-    """The node id or the IP of an address to dial is banned (HTTP 409); unban it first."""
-
-
-class OperatorControl(Control, Protocol):
-    """:class:`~overlay._control.Control` plus the operator actions added since (implemented by
-    :class:`overlay._service.NodeControl`)."""
-
-    async def remove_seed(self, address: str) -> dict[str, Any]:
-        """Remove a seed added at run time (``address``: ``ID@HOST:PORT``, ``memory:ID`` or a
-        node id); :class:`UnknownPeerError` if it is not a seed, :class:`ConflictError` if the
-        configuration defines it."""
-        ...
-
-    async def remove_persistent(self, node_id: str) -> dict[str, Any]:
-        """Clear the persistent flag set by ``dial --persistent``; :class:`UnknownPeerError` if
-        the peer is not persistent, :class:`ConflictError` if ``persistent_peers`` lists it."""
-        ...
 
 
 # -- token and admin.json --------------------------------------------------------------------
@@ -294,7 +269,7 @@ _Route = Callable[[Request], Awaitable[object]]
 class AdminApp:
     """The admin API as an :mod:`overlay._http` handler (auth, routing, validation, errors)."""
 
-    def __init__(self, control: OperatorControl, token: str) -> None:
+    def __init__(self, control: Control, token: str) -> None:
         if not token:
             raise ConfigError("admin.token_file", "the admin token must not be empty")
         self._control = control
@@ -413,7 +388,7 @@ def _target_extra(target: str) -> dict[str, str]:
 
 
 async def serve_admin(
-    control: OperatorControl,
+    control: Control,
     *,
     listen: str,
     unix_socket: Path | None,

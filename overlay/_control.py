@@ -8,6 +8,8 @@ Error contract of every ``Control`` method (the server maps them to HTTP statuse
 * :class:`~overlay.errors.InvalidAddressError` or any other
   :class:`~overlay.errors.LocalProtocolError` (bad input) → ``400 {"error": "..."}``;
 * :class:`UnknownPeerError` (a node id or IP the node does not know) → ``404``;
+* :class:`ConflictError` (well formed, but the node's state forbids it: a banned peer to dial,
+  a seed or persistent peer that ``config.toml`` defines) → ``409``;
 * any other :class:`~overlay.errors.OverlayError` (``DialError``, timeouts, ...) → ``502`` with
   the message.
 
@@ -21,11 +23,31 @@ from typing import Any, Protocol
 
 from overlay.errors import LocalProtocolError
 
-__all__ = ["Control", "UnknownPeerError"]
+__all__ = [
+    "BadRequestError",
+    "ConflictError",
+    "Control",
+    "PeerBannedError",
+    "UnknownPeerError",
+]
 
 
 class UnknownPeerError(LocalProtocolError):
     """The node id (or IP) named by the operator is not known to the node."""
+
+
+class BadRequestError(LocalProtocolError):
+    """A request body that is not what the route expects (HTTP 400): not JSON, not an object,
+    unknown or missing fields, wrong types."""
+
+
+class ConflictError(LocalProtocolError):
+    """The request is well formed but the node's state forbids it (HTTP 409), e.g. removing a
+    seed that ``config.toml`` defines (edit the file instead)."""
+
+
+class PeerBannedError(ConflictError):
+    """The node id or the IP of an address to dial is banned (HTTP 409); unban it first."""
 
 
 class Control(Protocol):
@@ -58,4 +80,15 @@ class Control(Protocol):
 
     async def add_seed(self, address: str) -> dict[str, Any]:
         """Add a seed address (and persist it)."""
+        ...
+
+    async def remove_seed(self, address: str) -> dict[str, Any]:
+        """Remove a seed added at run time (``address``: ``ID@HOST:PORT``, ``memory:ID`` or a
+        node id); :class:`UnknownPeerError` if it is not a seed, :class:`ConflictError` if the
+        configuration defines it."""
+        ...
+
+    async def remove_persistent(self, node_id: str) -> dict[str, Any]:
+        """Clear the persistent flag set by ``dial --persistent``; :class:`UnknownPeerError` if
+        the peer is not persistent, :class:`ConflictError` if ``persistent_peers`` lists it."""
         ...

@@ -33,8 +33,7 @@ import anyio
 import anyio.abc
 
 from overlay import __version__
-from overlay._admin import ConflictError, PeerBannedError
-from overlay._control import UnknownPeerError
+from overlay._control import ConflictError, PeerBannedError, UnknownPeerError
 from overlay._observer import MultiObserver, Observer
 from overlay._peering import Peering, wall_clock
 from overlay.address import NodeAddress

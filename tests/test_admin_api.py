@@ -18,16 +18,13 @@ from anyio.abc import ByteStream
 
 from overlay._admin import (
     AdminApp,
-    ConflictError,
-    OperatorControl,
-    PeerBannedError,
     load_or_create_token,
     parse_ban_target,
     remove_admin_info,
     serve_admin,
     write_admin_info,
 )
-from overlay._control import UnknownPeerError
+from overlay._control import ConflictError, Control, PeerBannedError, UnknownPeerError
 from overlay._http import HttpServerConfig, Request
 from overlay.errors import (
     ConfigError,
@@ -184,7 +181,7 @@ async def running(
 
 
 async def _serve(
-    control: OperatorControl, sock: Path | None, config: HttpServerConfig | None,
+    control: Control, sock: Path | None, config: HttpServerConfig | None,
     *, task_status: anyio.abc.TaskStatus[str],
 ) -> None:
     await serve_admin(control, listen="127.0.0.1:0", unix_socket=sock, token=TOKEN,

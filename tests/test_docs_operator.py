@@ -18,7 +18,8 @@ from typing import Any, cast
 import pytest
 
 from overlay import cli
-from overlay._admin import AdminApp, OperatorControl
+from overlay._admin import AdminApp
+from overlay._control import Control
 from overlay._metrics import ChannelSnapshot, MetricsSnapshot, NodeMetrics
 from overlay.config import NodeConfig, render_config
 from overlay.peers import SCORE_DELTAS, PeerManagerStatistics, PeerSnapshot
@@ -207,7 +208,7 @@ def test_every_metric_is_documented_with_its_type(guide: str) -> None:
 
 
 def test_every_admin_route_is_documented(guide: str) -> None:
-    app = AdminApp(cast(OperatorControl, object()), "token")
+    app = AdminApp(cast(Control, object()), "token")
     routes = {f"{method} {path}" for path, (method, _handler) in app._routes.items()}
     documented = set(re.findall(r"^\| `((?:GET|POST) /[\w/]+)` \|", guide, flags=re.MULTILINE))
     assert documented == routes

@@ -7,14 +7,8 @@ from typing import Any
 
 import pytest
 
-from overlay._admin import (
-    AdminApp,
-    BadRequestError,
-    ConflictError,
-    PeerBannedError,
-    error_kind,
-)
-from overlay._control import UnknownPeerError
+from overlay._admin import AdminApp, error_kind
+from overlay._control import BadRequestError, ConflictError, PeerBannedError, UnknownPeerError
 from overlay._http import Request, Response
 from overlay.errors import DialError, InvalidAddressError, LocalProtocolError
 

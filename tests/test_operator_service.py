@@ -17,9 +17,8 @@ import pytest
 from anyio.abc import TaskStatus
 
 from overlay import cli
-from overlay._admin import ConflictError, PeerBannedError
 from overlay._admin_client import AdminClient, AdminError
-from overlay._control import UnknownPeerError
+from overlay._control import ConflictError, PeerBannedError, UnknownPeerError
 from overlay._observer import Observer
 from overlay._service import HomeLockedError, NodeControl, metrics_snapshot, run_node
 from overlay.config import NodeConfig, load_config
