@@ -1,23 +1,136 @@
-"""py-libp2p as an optional second baseline (64-byte round trips over TCP + Noise + yamux).
+"""py-libp2p as an optional second baseline: 64-byte round trips and ``connect()`` times.
 
-Only used when ``import libp2p`` works. py-libp2p runs on trio only, so this case runs in its own
-``trio.run`` after the main (asyncio) run: its figure is labelled with the trio loop. Any failure
-(an API change, a missing extra) is reported as a note, never as a crash of the benchmark.
+Only used when ``import libp2p`` works. It follows py-libp2p's own echo example
+(``examples/echo/echo.py``): two hosts made by ``new_host()`` with secp256k1 identities, both in
+this process, listening on ``/ip4/127.0.0.1/tcp/0``, with py-libp2p's default security (Noise is
+offered first) and muxer (yamux); a stream protocol echoes 64-byte messages and one caller does
+round trips on one stream. py-libp2p runs on trio only, so this runs in its own ``trio.run``
+after the main (asyncio) run.
+
+Then the client repeats ``disconnect()`` + ``connect()``: TCP connect, multistream-select, the
+Noise XX handshake and the muxer negotiation (identify then runs in the background, untimed).
+The hosts get ``ConnectionConfig(max_connections_per_peer=1)`` where ``new_host`` accepts it:
+with the default (3), py-libp2p 0.8.1's ``Swarm.dial_peer`` returns only after its 250 ms
+happy-eyeballs delay even when the one address connected at once, so ``connect()`` would
+measure that timer, not the handshake.
+
+Any failure (an API change, a stalled stream) raises :class:`Libp2pError` or the library's own
+error; ``bench/run.py`` turns it into a note and never crashes on it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.metadata
 import importlib.util
+import inspect
+import statistics
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["libp2p_available", "libp2p_round_trips"]
+from bench._common import Figure, Rate, best, percentile
+
+__all__ = ["Libp2pError", "Libp2pResult", "libp2p_available", "libp2p_baseline", "libp2p_notes"]
 
 _PROTOCOL = "/overlay-bench/echo/1.0.0"
+_LOOPBACK = "/ip4/127.0.0.1/tcp/0"
+_STALL_SECONDS = 5.0
+"""A window that has not ended this long after its nominal end counts as stalled."""
+_SETUP_SECONDS = 10.0
+"""Limit of one connect / new_stream / disconnect step outside the timed windows."""
+
+
+class Libp2pError(Exception):
+    """The py-libp2p baseline could not be measured (the message says why)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Libp2pResult:
+    """What the py-libp2p baseline measured."""
+
+    version: str
+    """The installed ``libp2p`` distribution's version."""
+    stack: str
+    """What the round-trip stream negotiated, e.g. ``TCP + Noise + Yamux``."""
+    windows: tuple[Rate, ...]
+    """One rate per round-trip window (round trips per second)."""
+    connect_times: tuple[float, ...]
+    """Seconds of each measured ``connect()`` (warm-up cycles left out)."""
+
+    @property
+    def round_trips(self) -> Rate:
+        """The best window (wall clock) and the best rate per CPU-second."""
+        return best(self.windows)
+
+    @property
+    def connect_median(self) -> float:
+        return statistics.median(self.connect_times)
+
+    @property
+    def connect_p90(self) -> float:
+        return percentile(self.connect_times, 90)
+
+    def as_dict(self) -> dict[str, Any]:
+        rt = self.round_trips
+        return {
+            "version": self.version,
+            "stack": self.stack,
+            "round_trips_per_second": rt.per_second,
+            "round_trips_per_cpu_second": rt.per_cpu_second,
+            "cpu_share": rt.cpu_share,
+            "windows": [w.per_second for w in self.windows],
+            "connect_median_ms": self.connect_median * 1000.0,
+            "connect_p90_ms": self.connect_p90 * 1000.0,
+            "connect_min_ms": min(self.connect_times) * 1000.0,
+            "connect_max_ms": max(self.connect_times) * 1000.0,
+            "connect_cycles": len(self.connect_times),
+        }
 
 
 def libp2p_available() -> bool:
     return importlib.util.find_spec("libp2p") is not None
+
+
+def libp2p_baseline(
+    payload: bytes, warmup: float, duration: float, rounds: int, connects: int, warm: int = 3
+) -> Libp2pResult:
+    """Round trips on one stream (``rounds`` windows of ``duration`` s after ``warmup`` s),
+    then ``connects`` timed ``connect()`` cycles after ``warm`` untimed ones. Runs its own
+    ``trio.run``."""
+    import trio
+
+    if rounds < 1 or connects < 1:
+        raise ValueError("rounds and connects must be >= 1")
+    try:
+        result: Libp2pResult = trio.run(_measure, payload, warmup, duration, rounds, connects,
+                                        warm)
+    except BaseExceptionGroup as group:  # trio's nurseries (inside ``host.run()``) wrap errors
+        leaf = _first_leaf(group)
+        if isinstance(leaf, Exception):
+            raise leaf from group
+        raise
+    return result
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return error
+
+
+@contextlib.contextmanager
+def _limit(step: str) -> Iterator[None]:
+    """Fail with a readable :class:`Libp2pError` when ``step`` takes over ``_SETUP_SECONDS``."""
+    import trio
+
+    try:
+        with trio.fail_after(_SETUP_SECONDS):
+            yield
+    except trio.TooSlowError:
+        raise Libp2pError(f"{step} took longer than {_SETUP_SECONDS:g} s") from None
 
 
 async def _read_exactly(stream: Any, size: int) -> bytes:
@@ -27,51 +140,132 @@ async def _read_exactly(stream: Any, size: int) -> bytes:
         if not chunk:
             raise EOFError("libp2p stream closed")
         data += chunk
-    return bytes(data)
+    return data
 
 
-async def _run(payload: bytes, warmup: float, duration: float) -> float:
-    multiaddr: Any = importlib.import_module("multiaddr")
-    libp2p: Any = importlib.import_module("libp2p")
-    peerinfo: Any = importlib.import_module("libp2p.peer.peerinfo")
-    new_host = libp2p.new_host
-    info_from_p2p_addr = peerinfo.info_from_p2p_addr
+def _new_host() -> Any:
+    """A host as in the echo example (secp256k1 identity, default security and muxer)."""
+    from libp2p import new_host
+    from libp2p.crypto.secp256k1 import create_new_key_pair
 
+    options: dict[str, Any] = {"key_pair": create_new_key_pair()}
+    if "connection_config" in inspect.signature(new_host).parameters:
+        from libp2p.network.config import ConnectionConfig
+
+        options["connection_config"] = ConnectionConfig(max_connections_per_peer=1)
+    return new_host(**options)
+
+
+def _stack(stream: Any) -> str:
+    """``TCP + <security> + <muxer>`` from the classes behind an open stream."""
+    muxer = getattr(stream, "muxed_conn", None)
+    secured = getattr(muxer, "secured_conn", None)
+    security = type(getattr(secured, "conn", secured)).__name__  # NoiseTransportReadWriter
+    if "noise" in security.lower():
+        security = "Noise"
+    return f"TCP + {security} + {type(muxer).__name__}"
+
+
+async def _measure(
+    payload: bytes, warmup: float, duration: float, rounds: int, connects: int, warm: int
+) -> Libp2pResult:
+    import trio
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    multiaddr: Any = importlib.import_module("multiaddr")  # a dependency of libp2p, untyped
     size = len(payload)
+    protocol = TProtocol(_PROTOCOL)
 
     async def echo(stream: Any) -> None:
         try:
             while True:
                 await stream.write(await _read_exactly(stream, size))
-        except Exception:  # the client went away: the benchmark is over
+        except Exception:  # the caller closed the stream: the round trips are over
             return
 
-    server, client = new_host(), new_host()
-    listen = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
+    server, client = _new_host(), _new_host()
+    listen = multiaddr.Multiaddr(_LOOPBACK)
     async with server.run(listen_addrs=[listen]), client.run(listen_addrs=[listen]):
-        server.set_stream_handler(_PROTOCOL, echo)
+        server.set_stream_handler(protocol, echo)
         info = info_from_p2p_addr(server.get_addrs()[0])
-        await client.connect(info)
-        stream = await client.new_stream(info.peer_id, [_PROTOCOL])
-        end_warmup = time.perf_counter() + warmup
-        while time.perf_counter() < end_warmup:
-            await stream.write(payload)
-            await _read_exactly(stream, size)
-        count = 0
-        started = time.perf_counter()
-        end = started + duration
-        while time.perf_counter() < end:
-            await stream.write(payload)
-            await _read_exactly(stream, size)
-            count += 1
-        elapsed = time.perf_counter() - started
-        await stream.close()
-    return count / elapsed
+        with _limit("the first connect() + new_stream()"):
+            await client.connect(info)
+            stream = await client.new_stream(info.peer_id, [protocol])
+        stack = _stack(stream)
+
+        done = 0
+
+        def stalled(count: int) -> Libp2pError:
+            return Libp2pError(
+                f"round trips stalled: one waited over {_STALL_SECONDS:g} s for its echo after "
+                f"{count} round trips ({count * size:,} bytes each way on one stream); the "
+                "yamux of py-libp2p 0.2.7, for one, never sends a window update, so a stream "
+                "stops after 256 KiB"
+            )
+
+        async def window(seconds: float) -> tuple[int, float, float]:
+            """Round trips for ``seconds``: (count, wall seconds, CPU seconds)."""
+            nonlocal done
+            count = 0
+            c0, t0 = time.process_time(), time.perf_counter()
+            end = t0 + seconds
+            try:
+                with trio.move_on_after(seconds + _STALL_SECONDS) as scope:
+                    while time.perf_counter() < end:
+                        await stream.write(payload)
+                        await _read_exactly(stream, size)
+                        count += 1
+            except Exception as error:  # py-libp2p 0.2.7 turns the cancellation into this
+                if time.perf_counter() < end + _STALL_SECONDS:
+                    raise
+                raise stalled(done + count) from error
+            if scope.cancelled_caught:
+                raise stalled(done + count)
+            done += count
+            return count, time.perf_counter() - t0, time.process_time() - c0
+
+        await window(warmup)
+        windows: list[Rate] = []
+        for _ in range(rounds):
+            count, wall, cpu = await window(duration)
+            windows.append(Rate(count / wall, count / max(cpu, 1e-9), cpu / wall))
+        with _limit("closing the round-trip stream"):
+            await stream.close()
+
+        times: list[float] = []
+        client_id = client.get_id()
+        for i in range(connects + warm):
+            with _limit("disconnect() until the server dropped the client"):  # untimed
+                await client.disconnect(info.peer_id)
+                while server.get_network().connections.get(client_id):
+                    await trio.sleep(0.0002)
+            started = time.perf_counter()
+            with _limit(f"connect() #{i + 1}"):
+                await client.connect(info)
+            elapsed = time.perf_counter() - started
+            if i >= warm:
+                times.append(elapsed)
+    return Libp2pResult(importlib.metadata.version("libp2p"), stack, tuple(windows),
+                        tuple(times))
 
 
-def libp2p_round_trips(payload: bytes, warmup: float, duration: float) -> float:
-    """Round trips/s on one libp2p stream (runs its own ``trio.run``)."""
-    import trio
-
-    result: float = trio.run(_run, payload, warmup, duration)
-    return result
+def libp2p_notes(result: Libp2pResult, round_trip: Figure, dial: Figure) -> list[str]:
+    """Two lines for ``bench/run.py``: round trips against case 1, ``connect()`` against case 4
+    (``dial.ours`` is our median in ms)."""
+    rt = result.round_trips
+    windows = ", ".join(f"{w.per_second:,.0f}" for w in result.windows)
+    ours_cpu = round_trip.extra.get("ours_per_cpu_second")
+    cpu = f" (per CPU-second {ours_cpu / rt.per_cpu_second * 100:.0f} %)" if ours_cpu else ""
+    median = result.connect_median * 1000.0
+    return [
+        f"py-libp2p {result.version} (trio; {result.stack}): {rt.per_second:,.0f} round trips/s "
+        f"(windows {windows}), {rt.per_cpu_second:,.0f} per CPU-second, CPU share "
+        f"{rt.cpu_share * 100:.0f} %; ours / py-libp2p = "
+        f"{round_trip.ours / rt.per_second * 100:.0f} %{cpu}",
+        f"py-libp2p connect() (TCP + multistream-select + Noise + muxer; identify follows in the "
+        f"background): median {median:.2f} ms, p90 {result.connect_p90 * 1000.0:.2f} ms, min "
+        f"{min(result.connect_times) * 1000.0:.2f} ms, max {max(result.connect_times) * 1000.0:.2f}"
+        f" ms over {len(result.connect_times)} cycles; our dial() median {dial.ours:.2f} ms = "
+        f"{dial.ours / median * 100:.0f} % of it",
+    ]

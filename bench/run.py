@@ -16,8 +16,9 @@ Cases (ours / baseline; the table prints the ratio next to the target):
 6. memory of an idle connected node in a 100-node ``MemoryNetwork`` (KiB per node).
 
 ``--quick`` runs everything in well under 30 s, the full run in under 3 minutes. ``--profile``
-adds a cProfile breakdown of the round-trip case. py-libp2p is a second round-trip baseline when
-it is importable. See docs/benchmarks.md.
+adds a cProfile breakdown of the round-trip case. py-libp2p is a second baseline for round trips
+and for connection set-up when it is importable (it cannot share overlay's venv: see
+docs/benchmarks.md). See docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import anyio
 from bench import _baseline as base
 from bench import _ours as ours
 from bench._common import Figure, Rate, Settings, Target, best, machine_facts, percentile
-from bench._libp2p import libp2p_available, libp2p_round_trips
+from bench._libp2p import Libp2pResult, libp2p_available, libp2p_baseline, libp2p_notes
 from bench._memnet import measure_memory
 from bench._profile import ProfileReport, profile_round_trips, render_profile
 
@@ -257,17 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     _progress(f"overlay benchmarks ({'quick' if args.quick else 'full'}, {loop_name} loop)")
     figures: list[Figure] = anyio.run(run_cases, settings, backend="asyncio",
                                       backend_options={"use_uvloop": args.uvloop})
-    libp2p: float | None = None
+    libp2p: Libp2pResult | None = None
     if libp2p_available():
-        _progress("[+] py-libp2p round trips (trio) ...")
+        # Each (untimed) py-libp2p disconnect() sleeps 0.2 s, so a quarter of the dial cycles.
+        connects = max(10, settings.dials // 4)
+        _progress(f"[+] py-libp2p round trips, connect x {connects} (trio) ...")
         try:
-            libp2p = libp2p_round_trips(PAYLOAD, settings.warmup, settings.duration)
+            libp2p = libp2p_baseline(PAYLOAD, settings.warmup, settings.duration,
+                                     settings.rounds, connects)
         except Exception as exc:  # an optional baseline must never sink the run
             notes.append(f"py-libp2p is installed but its baseline failed: {exc!r}")
         else:
-            rt = figures[0]
-            notes.append(f"py-libp2p (trio, TCP+Noise+yamux): {libp2p:,.0f} round trips/s; "
-                         f"ours / py-libp2p = {rt.ours / libp2p * 100:.0f} %")
+            by_key = {f.key: f for f in figures}
+            notes.extend(libp2p_notes(libp2p, by_key["round_trip"], by_key["dial"]))
     else:
         notes.append("py-libp2p is not installed (import libp2p failed): second baseline skipped")
     profile: ProfileReport | None = None
@@ -300,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
                          "nodes": settings.nodes, "fanout": settings.fanout},
             "elapsed_seconds": elapsed,
             "figures": [f.as_dict() for f in figures],
-            "libp2p_round_trips": libp2p,
+            "libp2p_round_trips": libp2p.round_trips.per_second if libp2p else None,
+            "libp2p": libp2p.as_dict() if libp2p is not None else None,
             "notes": notes,
             "profile": profile.as_dict() if profile is not None else None,
         }
