@@ -80,6 +80,17 @@ class _ChannelState:
     slow: int = 0
 
 
+def _put_nowait(state: _ChannelState, env: Envelope[Any]) -> bool:
+    """Put ``env`` into the channel's inbox if there is room; False when it is full."""
+    try:
+        state.inbox_send.send_nowait(env)
+    except anyio.WouldBlock:
+        return False
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        raise NodeClosed("the node is closed") from None
+    return True
+
+
 class Router:
     """Routes channel traffic between local reactors and peer connections."""
 
@@ -324,23 +335,13 @@ class Router:
 
     async def _send_local(self, state: _ChannelState, message: Any, wait: float) -> None:
         env = Envelope(self._local_id, message, state.spec.id)
-        try:
-            state.inbox_send.send_nowait(env)
+        if _put_nowait(state, env):
             return
-        except anyio.WouldBlock:
-            pass
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            raise NodeClosed("the node is closed") from None
         # Full: let the consumer run once before paying for a timeout scope (a producer
         # outrunning its consumer by one item is the common case, not a stall).
         await anyio.lowlevel.checkpoint()
-        try:
-            state.inbox_send.send_nowait(env)
+        if _put_nowait(state, env):
             return
-        except anyio.WouldBlock:
-            pass
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            raise NodeClosed("the node is closed") from None
         with anyio.move_on_after(wait):
             await state.inbox_send.send(env)
             return

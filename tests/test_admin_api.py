@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import stat
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +32,7 @@ from overlay.errors import (
     LocalProtocolError,
     RequestTimeout,
 )
+from tests.support import ipv6_available
 
 TOKEN = "a" * 64
 ID_A = "1" * 40
@@ -497,17 +497,8 @@ async def test_unix_socket_mode(tmp_path: Path) -> None:
     assert not sock.exists()
 
 
-def _ipv6_available() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
-            sock.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 @pytest.mark.anyio
-@pytest.mark.skipif(not _ipv6_available(), reason="no IPv6 loopback")
+@pytest.mark.skipif(not ipv6_available(), reason="no IPv6 loopback")
 async def test_ipv6_loopback(tmp_path: Path) -> None:
     fake = FakeControl()
 
