@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from typing import cast
 
 import zstandard
 
@@ -128,10 +129,11 @@ class ReceiveSide:
                                 )
                             ch.messages_received += 1
                             ch.bytes_received += size
-                            append(MessageReceived(channel_id, payload))
+                            # No MORE flag: drain_raw gave bytes, not a view.
+                            append(MessageReceived(channel_id, cast(bytes, payload)))
                             continue
                     if kind == _CONTROL:
-                        self._on_control(payload, now)
+                        self._on_control(cast(bytes, payload), now)  # flags 0: bytes
                         if self._peer_disconnected:
                             return
                     elif kind == _CANCEL:
@@ -182,7 +184,8 @@ class ReceiveSide:
         # otherwise: already answered (or never seen); a harmless race, ignored
 
     def _on_data(
-        self, kind: int, flags: int, channel_id: int, request_id: int, payload: bytes
+        self, kind: int, flags: int, channel_id: int, request_id: int,
+        payload: bytes | memoryview,
     ) -> None:
         ch = self._channels.get(channel_id)
         if ch is None:

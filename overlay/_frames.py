@@ -68,6 +68,7 @@ __all__ = [
     "Frame",
     "FrameDecoder",
     "FrameKind",
+    "BatchFrame",
     "RawFrame",
     "encode_frame",
     "validate_header",
@@ -103,6 +104,10 @@ _CANCEL = 5
 _CONTROL = 6
 
 RawFrame = tuple[int, int, int, int, bytes]
+BatchFrame = tuple[int, int, int, int, bytes | memoryview]
+"""A frame from ``drain_raw``: the payload of a chunk with the MORE flag may be a read-only
+view of the received bytes (joined into ``bytes`` with its message); every other payload is
+``bytes``."""
 """``(kind, flags, channel_id, request_id, payload)``: the decoder's allocation-light form."""
 
 
@@ -170,7 +175,7 @@ class FrameDecoder:
     pending header eagerly), never before the valid frames preceding them were returned.
     """
 
-    __slots__ = ("_buf", "_compression", "_error", "_max_payload", "_need")
+    __slots__ = ("_buf", "_compression", "_error", "_held", "_max_payload", "_need")
 
     def __init__(self, max_frame_payload: int, *, compression: bool = True) -> None:
         if not 0 <= max_frame_payload <= MAX_FRAME_PAYLOAD_LIMIT:
@@ -178,6 +183,10 @@ class FrameDecoder:
         self._max_payload = max_frame_payload
         self._compression = compression
         self._buf = bytearray()
+        # Immutable bytes fed while the buffer was empty, kept as they are: ``drain_raw``
+        # parses whole frames straight out of them and copies only an incomplete tail into
+        # ``_buf`` (a bulk transfer's data is then never copied into the buffer at all).
+        self._held: bytes | None = None
         self._error: FrameError | None = None
         # Total size (header + payload) of the frame at the front of the buffer, once its
         # header was validated; 0 when not yet known.
@@ -186,13 +195,24 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
-        return len(self._buf)
+        held = self._held
+        return len(self._buf) + (len(held) if held is not None else 0)
+
+    def _unhold(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            self._buf += held
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes; raise FrameError if the pending header is already invalid."""
         if self._error is not None:
             raise self._error
-        self._buf += data
+        if type(data) is bytes and not self._buf and self._held is None:
+            self._held = data
+        else:
+            self._unhold()
+            self._buf += data
         if not self._need:
             self._check_header()
 
@@ -201,7 +221,7 @@ class FrameDecoder:
         return self._error
 
     def _check_header(self) -> None:
-        buf = self._buf
+        buf: bytes | bytearray = self._held if self._held is not None else self._buf
         n = len(buf)
         if n < 4:
             return
@@ -228,6 +248,7 @@ class FrameDecoder:
         """The next complete frame as a ``(kind, flags, channel_id, request_id, payload)`` tuple."""
         if self._error is not None:
             raise self._error
+        self._unhold()
         if not self._need:
             self._check_header()
             if not self._need:
@@ -243,7 +264,7 @@ class FrameDecoder:
         self._need = 0
         return kind, flags, channel_id, request_id, payload
 
-    def drain_raw(self) -> list[RawFrame]:
+    def drain_raw(self) -> list[BatchFrame]:
         """All complete frames buffered so far, as raw tuples, in one pass (the fast path).
 
         If an invalid header follows some valid frames, those frames are returned and the error
@@ -251,9 +272,10 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise self._error
-        buf = self._buf
+        held = self._held
+        buf: bytes | bytearray = held if held is not None else self._buf
         end_of_data = len(buf)
-        out: list[RawFrame] = []
+        out: list[BatchFrame] = []
         pos = 0
         unpack_from = HEADER.unpack_from
         max_payload = self._max_payload
@@ -273,12 +295,23 @@ class FrameDecoder:
                     end = pos + 4 + length
                     if end > end_of_data:
                         break
-                    out.append((kind, flags, channel_id, request_id, bytes(view[pos + 12 : end])))
+                    if flags & FLAG_MORE and held is not None:
+                        # A chunk of a larger message: a view of the immutable received bytes,
+                        # copied once when the message is joined (not once more here).
+                        out.append((kind, flags, channel_id, request_id, view[pos + 12 : end]))
+                    else:
+                        out.append(
+                            (kind, flags, channel_id, request_id, bytes(view[pos + 12 : end]))
+                        )
                     pos = end
         except FrameError as exc:
             self._error = exc
-        if pos:
-            del buf[:pos]
+        if held is not None:
+            self._held = None
+            if pos < end_of_data:
+                self._buf += memoryview(held)[pos:]  # only the incomplete tail is copied
+        elif pos:
+            del self._buf[:pos]
         self._need = 0
         if self._error is None:
             try:
@@ -313,7 +346,7 @@ class _Partial:
         self.compressed = compressed
         self.limit = limit
         self.keep = keep
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | memoryview] = []
         self.size = 0
 
 
@@ -361,7 +394,7 @@ class MessageAssembler:
         flags: int,
         channel_id: int,
         request_id: int,
-        payload: bytes,
+        payload: bytes | memoryview,
         *,
         limit: int,
         keep: bool = True,
@@ -373,7 +406,9 @@ class MessageAssembler:
             if len(payload) > limit:
                 raise FrameError(f"message on channel {channel_id} exceeds {limit} bytes")
             if not flags & FLAG_MORE:
-                return payload if keep else DISCARDED
+                if not keep:
+                    return DISCARDED
+                return payload if type(payload) is bytes else bytes(payload)
             if not keep:
                 if self._discarding >= self._max_discarding:
                     raise FrameError("too many partial messages being discarded")

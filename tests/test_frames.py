@@ -349,3 +349,32 @@ def test_malformed_error_payloads(data: bytes) -> None:
 def test_malformed_or_empty_control_payloads(data: bytes) -> None:
     with pytest.raises(FrameError):
         decode_control(data)
+
+
+def test_drain_raw_parses_fed_bytes_in_place_and_views_only_chunks() -> None:
+    message = bytes(range(256)) * 40  # 10240 bytes in chunks of 4000
+    chunks = [message[i : i + 4000] for i in range(0, len(message), 4000)]
+    wire = b"".join(
+        encode_frame(1, FLAG_MORE if i < len(chunks) - 1 else 0, 5, 0, chunk)
+        for i, chunk in enumerate(chunks)
+    ) + encode_frame(1, 0, 6, 0, b"whole")
+    for feed_as_bytes in (True, False):
+        decoder = FrameDecoder(65_507)
+        cut = len(wire) - 3  # the last frame arrives in two pieces
+        decoder.feed(wire[:cut] if feed_as_bytes else bytearray(wire[:cut]))
+        first = decoder.drain_raw()
+        assert decoder.buffered == len(encode_frame(1, 0, 6, 0, b"whole")) - 3
+        decoder.feed(wire[cut:])
+        frames = first + decoder.drain_raw()
+        assert decoder.buffered == 0
+        kinds = [type(f[4]) for f in frames]
+        if feed_as_bytes:  # chunks with MORE are views of the received bytes; the rest bytes
+            assert kinds == [memoryview, memoryview, bytes, bytes]
+        else:
+            assert kinds == [bytes] * 4
+        assembler = MessageAssembler()
+        whole = [
+            assembler.add(k, f, c, r, p, limit=1 << 20) for k, f, c, r, p in frames
+        ]
+        assert whole == [None, None, message, b"whole"]
+        assert all(type(w) is bytes for w in whole if w is not None)

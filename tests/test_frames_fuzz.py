@@ -84,7 +84,9 @@ def drain_pieces(pieces: list[bytes]) -> tuple[list[Frame], bool]:
         for piece in pieces:
             decoder.feed(piece)
             while raw := decoder.drain_raw():
-                frames.extend(Frame(FrameKind(r[0]), *r[1:]) for r in raw)
+                frames.extend(
+                    Frame(FrameKind(r[0]), r[1], r[2], r[3], bytes(r[4])) for r in raw
+                )
     except FrameError:
         return frames, True
     return frames, False
