@@ -100,9 +100,13 @@ class _Waiter:
         if not conn._closed:
             conn.core.cancel_request(self.request_id)
             conn._kick()
+            conn._release_space()  # an in-flight slot is free even if no CANCEL goes out
         self.error = RequestExpired("the request deadline passed")
         self.event.set()
 
+
+_RETRY_DUE_TIMER = 0.001
+"""Seconds by which a deadline that is already due on rescheduling is pushed ahead."""
 
 KEEP_IDLE_WORKERS = 1
 """Request workers a connection keeps parked when it has no work (the rest exit)."""
@@ -223,7 +227,7 @@ class PeerConnection:
                 self._workers = _Workers(tg)
                 tg.start_soon(self._write_loop)
                 tg.start_soon(self._read_loop)
-                self._reschedule()
+                self._reschedule(anyio.current_time())
                 task_status.started()
         finally:
             self._closed = True
@@ -374,6 +378,7 @@ class PeerConnection:
                 if not self._closed:
                     self.core.cancel_request(request_id)
                     self._kick()
+                    self._release_space()
         if waiter.error is not None:
             raise waiter.error
         return waiter.payload
@@ -438,10 +443,16 @@ class PeerConnection:
 
     # -------------------------------------------------------------------------------- timer
 
-    def _reschedule(self) -> None:
-        """Tell the node's timer service about the core's next deadline."""
-        if not self._closed:
-            self._timers.schedule(self, self.core.get_timer())
+    def _reschedule(self, now: float) -> None:
+        """Tell the node's timer service about the core's next deadline. One already due (the
+        send bucket's refill, which the writer just woken will settle) is pushed a millisecond
+        ahead, so the timer never spins on it; the next firing reschedules from the core."""
+        if self._closed:
+            return
+        deadline = self.core.get_timer()
+        if deadline is not None and deadline <= now:
+            deadline = now + _RETRY_DUE_TIMER
+        self._timers.schedule(self, deadline)
 
     def _timer_maybe_earlier(self) -> None:
         deadline = self.core.get_timer()
@@ -459,7 +470,7 @@ class PeerConnection:
             self.close(DisconnectReason.IDLE_TIMEOUT, "idle timeout")
             return
         self._kick()
-        self._reschedule()
+        self._reschedule(now)
 
     # ------------------------------------------------------------------------------- reader
 
@@ -468,8 +479,8 @@ class PeerConnection:
         stream = self._stream
         try:
             await self._dispatch_events()  # bytes that arrived with the hello exchange
-            now = anyio.current_time()
             while not self._closing:
+                now = anyio.current_time()  # fresh: delivering may have waited for inbox space
                 paused = core.receive_paused_until(now)
                 if paused is not None:
                     await anyio.sleep(max(0.0, paused - now))
@@ -477,8 +488,7 @@ class PeerConnection:
                     data = await stream.receive()
                 except _STREAM_CLOSED:
                     break
-                now = anyio.current_time()
-                core.receive_data(data, now)
+                core.receive_data(data, anyio.current_time())
                 await self._dispatch_events()
                 if core.wants_write:  # a pong or a CANCEL answer to send
                     self._kick()

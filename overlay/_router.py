@@ -247,6 +247,8 @@ class Router:
         self, spec: ChannelSpec[Any, Any], to: To, message: Any, timeout: float | None
     ) -> DeliveryReport:
         state = self._state(spec)
+        if timeout is not None and not timeout >= 0:  # also refuses NaN
+            raise LocalProtocolError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
         wait = spec.send_timeout if timeout is None else timeout
         if to is LOCAL:
             await self._send_local(state, message, wait)
@@ -378,6 +380,8 @@ class Router:
         self, spec: ChannelSpec[Any, Any], to: To, message: Any, timeout: float | None
     ) -> Any:
         state = self._state(spec)
+        if timeout is not None and not timeout >= 0:  # also refuses NaN
+            raise LocalProtocolError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
         deadline = timeout
         if deadline is None and anyio.current_effective_deadline() == math.inf:
             deadline = spec.request_timeout

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 __all__ = ["TimerOwner", "TimerService"]
 
@@ -59,6 +60,8 @@ class TimerService:
         if deadline is None or deadline == math.inf:
             owner.timer_at = math.inf
             return
+        if deadline != deadline:  # NaN would break the heap order for every owner
+            raise ValueError("a timer deadline must not be NaN")
         if owner.timer_at == deadline:
             return
         owner.timer_at = deadline
@@ -98,11 +101,20 @@ class TimerService:
                     await self._changed.wait()
                     continue  # an earlier deadline arrived
             now = anyio.current_time()
+            due: list[tuple[float, TimerOwner]] = []
             while heap and heap[0][0] <= now:
                 when, _seq, owner = heapq.heappop(heap)
                 if owner.timer_at == when:
-                    owner.timer_at = math.inf
-                    try:
-                        owner.on_timer(now)
-                    except Exception:  # task root: one owner's bug must not stop the others
-                        log.exception("timer callback of %r failed", owner)
+                    due.append((when, owner))
+            # Fire the batch collected above only: an owner that reschedules itself at or
+            # before ``now`` waits for the next pass, after a checkpoint, so no owner can keep
+            # this task (and the event loop) busy.
+            for when, owner in due:
+                if owner.timer_at != when:
+                    continue  # rescheduled or cancelled by an earlier callback of this batch
+                owner.timer_at = math.inf
+                try:
+                    owner.on_timer(now)
+                except Exception:  # task root: one owner's bug must not stop the others
+                    log.exception("timer callback of %r failed", owner)
+            await anyio.lowlevel.checkpoint()

@@ -161,7 +161,7 @@ class Node:
         self._timers = TimerService()
         self._started = False
         self._closing = False
-        self._dialing: set[NodeId] = set()
+        self._dials: dict[NodeId, anyio.Event] = {}  # dials in progress, by peer
         self.handshake_failures: dict[str, int] = {}
         self.retired_totals: dict[int, list[int]] = {}
         """Per-channel traffic counters of closed connections (metrics stay monotonic)."""
@@ -310,23 +310,38 @@ class Node:
             raise NodeClosed("the node is not running")
         if addr.node_id == self.node_id:
             raise LocalProtocolError("refusing to dial ourselves")
+        conf = self.config.connection
+        limit = timeout if timeout is not None else conf.dial_timeout + conf.handshake_timeout
+        deadline = anyio.current_time() + limit
+        # One dial per peer at a time: a second caller waits for the first one's outcome.
+        with anyio.move_on_after(limit):
+            while (pending := self._dials.get(addr.node_id)) is not None:
+                await pending.wait()
+        if addr.node_id in self._dials:
+            raise DialError(
+                f"a dial to {addr} already in progress did not finish within {limit:g} s"
+            ) from TimeoutError()
         existing = self.router.get_peer(addr.node_id)
         if existing is not None and existing.is_open:
             return addr.node_id
         transport = self._transport_for(addr)
-        conf = self.config.connection
-        limit = timeout if timeout is not None else conf.dial_timeout + conf.handshake_timeout
-        deadline = anyio.current_time() + limit
+        done = self._dials[addr.node_id] = anyio.Event()
         try:
             # Our hello rides with the handshake's last message (one write, one read fewer).
             hello = hello_frame(encode_node_info(self.local_info()))
-            stream = await transport.dial(addr, timeout=limit, first_data=hello)
+            remaining = deadline - anyio.current_time()  # after any wait for another dial
+            if remaining <= 0:
+                raise DialError(f"no time left to dial {addr}") from TimeoutError()
+            stream = await transport.dial(addr, timeout=remaining, first_data=hello)
             hello_limit = deadline - anyio.current_time()  # the caller's budget covers it all
             await self._tg.start(self._run_connection, stream, True, hello_limit)
         except OverlayError as exc:
             if not isinstance(exc, DialError):  # could not connect: a dial failure, not this
                 self._count_failure(exc)
             raise
+        finally:
+            del self._dials[addr.node_id]
+            done.set()
         return addr.node_id
 
     def _transport_for(self, addr: NodeAddress) -> Transport:
@@ -513,8 +528,11 @@ class Node:
             reason = conn.close_reason or conn.remote_reason or (
                 "shutdown" if self._closing else "connection_closed"
             )
-            self.observer.on_peer_disconnected(node_id, reason)
-            log.info("disconnected from %s: %s", node_id, reason)
+            if self.router.get_peer(node_id) is None:
+                self.observer.on_peer_disconnected(node_id, reason)
+                log.info("disconnected from %s: %s", node_id, reason)
+            else:  # replaced by a newer connection, already announced: the peer is still here
+                log.info("closed an older connection to %s: %s", node_id, reason)
 
 
 def _retire_values(ch: Any) -> tuple[int, ...]:
