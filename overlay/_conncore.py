@@ -312,6 +312,12 @@ class ConnectionCore(ReceiveSide):
         ch.inbound_active -= 1
         return True
 
+    def is_inbound_active(self, channel_id: int, request_id: int) -> bool:
+        """Whether an inbound request still awaits our answer (False once answered, cancelled
+        by the peer, or never received)."""
+        ch = self._inbound.get(request_id)
+        return ch is not None and ch.id == channel_id
+
     def send_response(self, channel_id: int, request_id: int, payload: bytes) -> bool:
         """Answer an active inbound request; False (nothing sent) if unknown or cancelled."""
         return self._answer(channel_id, request_id, _RESPONSE, payload)

@@ -107,3 +107,31 @@ async def test_equal_specs_built_separately_name_the_same_channel() -> None:
         second = node.channel(make())  # equal spec: the same channel, not "already open"
         await first.send(LOCAL, b"hello")
         assert (await second.receive()).message == b"hello"
+
+
+async def test_a_request_cancelled_before_it_starts_never_runs(transport: str) -> None:
+    calls: list[bytes] = []
+
+    async def handler(env: Envelope[bytes]) -> bytes:
+        calls.append(env.message)
+        return env.message
+
+    async with connected_pair(transport, [ECHO]) as (a, b):
+        b.channel(ECHO).handle_requests(handler)
+        conn = a.router.get_peer(b.node_id)
+        assert conn is not None
+        # Build REQUEST and CANCEL by hand and write them together, so the responder reads
+        # both before any worker starts the request.
+        now = anyio.current_time()
+        request_id = conn.core.send_request(ECHO.id, b"never")
+        request_frame = conn.core.data_to_send(now)
+        conn.core.cancel_request(request_id)
+        cancel_frame = conn.core.data_to_send(now)
+        assert request_frame and cancel_frame
+        await conn._stream.send(request_frame + cancel_frame)
+        # The connection still works, and the cancelled request's handler never ran.
+        assert await a.channel(ECHO).request(b.node_id, b"after", timeout=5) == b"after"
+        assert calls == [b"after"]
+        peer = b.router.get_peer(a.node_id)
+        assert peer is not None
+        assert peer.core.statistics().inbound_requests_active == 0
