@@ -94,13 +94,8 @@ class _Waiter:
         self.timer_at = math.inf
 
     def on_timer(self, now: float) -> None:
-        conn = self.conn
-        if conn._waiters.pop(self.request_id, None) is None:
+        if not self.conn._abandon(self.request_id):
             return  # answered or failed meanwhile
-        if not conn._closed:
-            conn.core.cancel_request(self.request_id)
-            conn._kick()
-            conn._release_space()  # an in-flight slot is free even if no CANCEL goes out
         self.error = RequestExpired("the request deadline passed")
         self.event.set()
 
@@ -262,14 +257,6 @@ class PeerConnection:
         self.close(reason, message)
         await self._done.wait()
 
-    def spawn(
-        self, func: Callable[[*Ts], Coroutine[Any, Any, Any]], *args: *Ts
-    ) -> None:
-        """Run ``func(*args)`` in this connection's task group (cancelled when it closes)."""
-        if self._tg is None or self._closed:
-            return
-        self._tg.start_soon(func, *args)
-
     def submit(
         self, func: Callable[[*Ts], Coroutine[Any, Any, Any]], *args: *Ts
     ) -> None:
@@ -278,6 +265,17 @@ class PeerConnection:
         if self._workers is None or self._closed:
             return
         self._workers.submit(func, args)
+
+    def _abandon(self, request_id: int) -> bool:
+        """Stop waiting for ``request_id``: cancel it on the wire (or drop it unsent) and free
+        its in-flight slot. False when it was no longer pending."""
+        if self._waiters.pop(request_id, None) is None:
+            return False
+        if not self._closed:
+            self.core.cancel_request(request_id)
+            self._kick()
+            self._release_space()
+        return True
 
     def _fail_pending(self) -> None:
         for waiter in self._waiters.values():
@@ -374,11 +372,8 @@ class PeerConnection:
         finally:
             if deadline is not None:
                 self._timers.cancel(waiter)
-            if not finished and self._waiters.pop(request_id, None) is not None:
-                if not self._closed:
-                    self.core.cancel_request(request_id)
-                    self._kick()
-                    self._release_space()
+            if not finished:
+                self._abandon(request_id)
         if waiter.error is not None:
             raise waiter.error
         return waiter.payload

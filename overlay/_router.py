@@ -80,6 +80,11 @@ class _ChannelState:
     slow: int = 0
 
 
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not timeout >= 0:  # also refuses NaN
+        raise LocalProtocolError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+
+
 def _put_nowait(state: _ChannelState, env: Envelope[Any]) -> bool:
     """Put ``env`` into the channel's inbox if there is room; False when it is full."""
     try:
@@ -247,8 +252,7 @@ class Router:
         self, spec: ChannelSpec[Any, Any], to: To, message: Any, timeout: float | None
     ) -> DeliveryReport:
         state = self._state(spec)
-        if timeout is not None and not timeout >= 0:  # also refuses NaN
-            raise LocalProtocolError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        _check_timeout(timeout)
         wait = spec.send_timeout if timeout is None else timeout
         if to is LOCAL:
             await self._send_local(state, message, wait)
@@ -380,8 +384,7 @@ class Router:
         self, spec: ChannelSpec[Any, Any], to: To, message: Any, timeout: float | None
     ) -> Any:
         state = self._state(spec)
-        if timeout is not None and not timeout >= 0:  # also refuses NaN
-            raise LocalProtocolError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+        _check_timeout(timeout)
         deadline = timeout
         if deadline is None and anyio.current_effective_deadline() == math.inf:
             deadline = spec.request_timeout
@@ -473,8 +476,8 @@ class Router:
     ) -> None:
         state = self._channels.get(channel_id)
         if state is None:
-            conn.spawn(conn.respond_error, channel_id, request_id, ErrorCode.NO_HANDLER,
-                       "unknown channel")
+            conn.submit(conn.respond_error, channel_id, request_id, ErrorCode.NO_HANDLER,
+                        "unknown channel")
             return
         conn.submit(self._serve_remote, conn, state, request_id, payload)
 

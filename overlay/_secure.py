@@ -277,10 +277,8 @@ class SecureStream(anyio.abc.ByteStream):
         remote_address: str = _UNKNOWN_ADDRESS,
         remote_host: str = "",
         buffered: bytes = b"",
-        pending: bytes = b"",
     ) -> None:
         self._transport = transport_stream
-        self._pending = pending  # the handshake's last message: written with the first send
         self._send_cipher = send_cipher
         self._receive_cipher = receive_cipher
         self._reader = TransportReader(receive_cipher, buffered)
@@ -330,9 +328,6 @@ class SecureStream(anyio.abc.ByteStream):
             if self._send_broken:
                 raise anyio.BrokenResourceError("an earlier send was interrupted")
             data = encrypt_frames(self._send_cipher, item)
-            if self._pending:  # the handshake's last message rides along with the first data
-                data = self._pending + data
-                self._pending = b""
             try:
                 # A fresh bytearray: every anyio byte stream accepts buffers; saves a copy.
                 await self._transport.send(data)  # type: ignore[arg-type]
@@ -469,6 +464,19 @@ async def secure_handshake(
     node_id, public_key = handshake.remote_node_id, handshake.remote_public_key
     assert node_id is not None and public_key is not None
     send_cipher, receive_cipher = handshake.transport_ciphers()
+    if first_data:  # with the handshake's held last message (initiator), in one write
+        try:
+            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
+                await stream.send(pending + encrypt_frames(send_cipher, first_data))
+        except BaseException as exc:
+            await _close_quietly(stream)
+            if isinstance(exc, TimeoutError) and not isinstance(exc, OverlayError):
+                raise HandshakeTimeout(
+                    f"secure handshake did not finish within {timeout} s"
+                ) from None
+            if isinstance(exc, anyio.BrokenResourceError | OSError):
+                raise HandshakeError(f"connection lost during the handshake: {exc!r}") from exc
+            raise
     secure = SecureStream(
         stream,
         send_cipher,
@@ -480,19 +488,6 @@ async def secure_handshake(
         remote_address=socket_address or remote_address or _UNKNOWN_ADDRESS,
         remote_host=socket_host or remote_host or "",
         buffered=handshake.leftover,
-        pending=pending,
     )
-    if first_data:
-        try:
-            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
-                await secure.send(first_data)
-        except BaseException as exc:
-            await _close_quietly(stream)
-            if isinstance(exc, TimeoutError) and not isinstance(exc, OverlayError):
-                raise HandshakeTimeout(
-                    f"secure handshake did not finish within {timeout} s"
-                ) from None
-            if isinstance(exc, anyio.BrokenResourceError | OSError):
-                raise HandshakeError(f"connection lost during the handshake: {exc!r}") from exc
-            raise
+    secure._bytes_sent = len(first_data)
     return secure
