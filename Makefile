@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 NODES ?= 4
 
-.PHONY: testnet test pytest lint typecheck proto bench bench-quick clean
+.PHONY: testnet test pytest lint typecheck imports proto bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 testnet: $(STAMP)
 	$(BIN)/overlay testnet --nodes $(NODES)
 
-test: lint typecheck pytest
+test: lint typecheck imports pytest
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest
@@ -26,6 +26,9 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+imports: $(STAMP)
+	$(BIN)/lint-imports
 
 proto: $(STAMP)
 	$(BIN)/python -m proto.generate

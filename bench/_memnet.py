@@ -20,9 +20,9 @@ import anyio
 
 from bench._common import rss_bytes
 from bench._ours import ECHO
-from overlay.config import AdminConfig, NodeConfig
 from overlay.errors import OverlayError
 from overlay.node import Node
+from overlay.node._config import AdminConfig, NodeConfig
 from overlay.testing import MemoryNetwork
 
 __all__ = ["MemoryFigures", "measure_memory"]

@@ -16,12 +16,12 @@ import anyio
 import anyio.abc
 
 from bench._common import Counter, Rate, measure_rate
-from overlay._channel import Channel, ChannelSpec, Envelope
-from overlay._codec import BytesCodec
-from overlay._destination import LOCAL
-from overlay.config import AdminConfig, NodeConfig
 from overlay.identity import NodeId
 from overlay.node import Node
+from overlay.node._config import AdminConfig, NodeConfig
+from overlay.router._channel import Channel, ChannelSpec, Envelope
+from overlay.router._codec import BytesCodec
+from overlay.router._destination import LOCAL
 
 __all__ = [
     "BULK",

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench._ours import ECHO, node_pair
-from overlay._conncore import ChannelParams, ConnectionCore, CoreConfig, RequestReceived
-from overlay._noise import CipherState
-from overlay._secure import TransportReader, encrypt_frames
+from overlay.connection._core import ChannelParams, ConnectionCore, CoreConfig, RequestReceived
+from overlay.transport._secure import TransportReader, encrypt_frames
+from overlay.wire._noise import CipherState
 
 __all__ = ["ProfileReport", "profile_round_trips", "render_profile"]
 
@@ -34,21 +34,21 @@ _LAYERS: tuple[tuple[str, str], ...] = (
     ("/anyio/", "anyio"),
     ("/asyncio/", "asyncio event loop (Python)"),
     ("/uvloop/", "uvloop"),
-    ("/overlay/_secure.py", "secure stream (Noise framing)"),
-    ("/overlay/_noise.py", "Noise CipherState"),
-    ("/overlay/_conncore.py", "sans-IO core + framing"),
-    ("/overlay/_connrecv.py", "sans-IO core + framing"),
-    ("/overlay/_coretypes.py", "sans-IO core + framing"),
-    ("/overlay/_handshake.py", "secure stream (Noise framing)"),
-    ("/overlay/_frames.py", "sans-IO core + framing"),
-    ("/overlay/_wire.py", "sans-IO core + framing"),
-    ("/overlay/_ratelimit.py", "sans-IO core + framing"),
-    ("/overlay/_peer.py", "async driver (peer/router/channel)"),
-    ("/overlay/_router.py", "async driver (peer/router/channel)"),
-    ("/overlay/_channel.py", "async driver (peer/router/channel)"),
-    ("/overlay/_codec.py", "async driver (peer/router/channel)"),
-    ("/overlay/_observer.py", "async driver (peer/router/channel)"),
-    ("/overlay/_destination.py", "async driver (peer/router/channel)"),
+    ("/overlay/transport/_secure.py", "secure stream (Noise framing)"),
+    ("/overlay/wire/_noise.py", "Noise CipherState"),
+    ("/overlay/connection/_core.py", "sans-IO core + framing"),
+    ("/overlay/connection/_receive.py", "sans-IO core + framing"),
+    ("/overlay/connection/_types.py", "sans-IO core + framing"),
+    ("/overlay/wire/_handshake.py", "secure stream (Noise framing)"),
+    ("/overlay/wire/_frames.py", "sans-IO core + framing"),
+    ("/overlay/wire/_messages.py", "sans-IO core + framing"),
+    ("/overlay/connection/_ratelimit.py", "sans-IO core + framing"),
+    ("/overlay/connection/_driver.py", "async driver (peer/router/channel)"),
+    ("/overlay/router/_router.py", "async driver (peer/router/channel)"),
+    ("/overlay/router/_channel.py", "async driver (peer/router/channel)"),
+    ("/overlay/router/_codec.py", "async driver (peer/router/channel)"),
+    ("/overlay/connection/_observer.py", "async driver (peer/router/channel)"),
+    ("/overlay/router/_destination.py", "async driver (peer/router/channel)"),
     ("/bench/", "benchmark loop"),
     ("/cryptography/", "AEAD (ChaCha20-Poly1305)"),
 )

@@ -8,9 +8,14 @@ identity and addresses, and the exception tree (``overlay.errors``). Test double
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from overlay._channel import (
+from overlay._version import __version__
+from overlay.address import ListenAddress, NodeAddress
+from overlay.connection._observer import Observer
+from overlay.errors import ErrorCode, OverlayError, RequestError
+from overlay.identity import NodeId, NodeKey
+from overlay.node import Node
+from overlay.node._config import NodeConfig, load_config
+from overlay.router._channel import (
     Channel,
     ChannelSpec,
     ChannelStatistics,
@@ -18,18 +23,11 @@ from overlay._channel import (
     Envelope,
     RequestHandler,
 )
-from overlay._codec import BytesCodec, Codec, ProtobufCodec
-from overlay._destination import BROADCAST, LOCAL, Destination, PeerView, To
-from overlay._observer import Observer
-from overlay.address import ListenAddress, NodeAddress
-from overlay.config import NodeConfig, load_config
-from overlay.errors import ErrorCode, OverlayError, RequestError
-from overlay.identity import NodeId, NodeKey
-from overlay.node import Node
+from overlay.router._codec import BytesCodec, Codec, ProtobufCodec
+from overlay.router._destination import BROADCAST, LOCAL, Destination, PeerView, To
 
 __all__ = [
     "BROADCAST",
-    "LOCAL",
     "BytesCodec",
     "Channel",
     "ChannelSpec",
@@ -39,8 +37,8 @@ __all__ = [
     "Destination",
     "Envelope",
     "ErrorCode",
+    "LOCAL",
     "ListenAddress",
-    "load_config",
     "Node",
     "NodeAddress",
     "NodeConfig",
@@ -54,4 +52,5 @@ __all__ = [
     "RequestHandler",
     "To",
     "__version__",
+    "load_config",
 ]

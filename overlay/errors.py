@@ -9,7 +9,6 @@
     │   ├── ChannelError                 unknown/duplicate channel, wrong destination kind
     │   ├── MessageTooLarge              a message larger than its channel allows
     │   └── WouldBlock                   an ``*_nowait`` call would have to wait
-    │                                    (also an ``anyio.WouldBlock``)
     ├── RemoteProtocolError              the peer misbehaved (its fault, not yours)
     │   ├── FrameError                   malformed or oversized frame
     │   ├── HandshakeError               Noise handshake failed
@@ -37,8 +36,6 @@ and travel on the wire as the ``ErrorCode`` enum of ``proto/overlay.proto``.
 from __future__ import annotations
 
 import enum
-
-import anyio
 
 __all__ = [
     "AuthenticationError",
@@ -98,7 +95,7 @@ class MessageTooLarge(LocalProtocolError):
     """A message to send is larger than its channel's ``max_message_size``."""
 
 
-class WouldBlock(LocalProtocolError, anyio.WouldBlock):
+class WouldBlock(LocalProtocolError):
     """A ``*_nowait`` operation could not complete without waiting."""
 
 

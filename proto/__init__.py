@@ -1,1 +1,3 @@
 """Wire schema (protobuf) and the codecs that keep generated classes behind dataclasses."""
+
+__all__: list[str] = []

@@ -1,1 +1,3 @@
 """Capability routing: policy engine, role destinations, peer selection (filed later)."""
+
+__all__: list[str] = []

@@ -17,12 +17,12 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from overlay._channel import ChannelSpec, Envelope
-from overlay._secure import SecureIdentity, SecureStream
-from overlay.config import NodeConfig
 from overlay.identity import NodeKey
 from overlay.node import Node
+from overlay.node._config import NodeConfig
+from overlay.router._channel import ChannelSpec, Envelope
 from overlay.testing import MemoryNetwork
+from overlay.transport._secure import SecureIdentity, SecureStream
 
 __all__ = [
     "Holding",

@@ -15,16 +15,6 @@ import anyio.lowlevel
 import pytest
 from anyio.abc import ByteStream
 
-from overlay._admin import (
-    AdminApp,
-    load_or_create_token,
-    parse_ban_target,
-    remove_admin_info,
-    serve_admin,
-    write_admin_info,
-)
-from overlay._control import ConflictError, Control, PeerBannedError, UnknownPeerError
-from overlay._http import HttpServerConfig, Request
 from overlay.errors import (
     ConfigError,
     DialError,
@@ -32,6 +22,16 @@ from overlay.errors import (
     LocalProtocolError,
     RequestTimeout,
 )
+from overlay.operator._admin import (
+    AdminApp,
+    load_or_create_token,
+    parse_ban_target,
+    remove_admin_info,
+    serve_admin,
+    write_admin_info,
+)
+from overlay.operator._control import ConflictError, Control, PeerBannedError, UnknownPeerError
+from overlay.operator._http import HttpServerConfig, Request
 from tests.support import ipv6_available
 
 TOKEN = "a" * 64

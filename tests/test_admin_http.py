@@ -17,9 +17,9 @@ import anyio.abc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from overlay._admin import AdminApp
-from overlay._control import UnknownPeerError
-from overlay._http import HttpServerConfig, Request, Response, _Connection
+from overlay.operator._admin import AdminApp
+from overlay.operator._control import UnknownPeerError
+from overlay.operator._http import HttpServerConfig, Request, Response, _Connection
 
 TOKEN = "f" * 64
 ID_A = "1" * 40

@@ -20,11 +20,16 @@ import pytest
 from anyio.abc import TaskStatus
 
 from overlay import cli
-from overlay._admin import ConflictError, load_or_create_token, serve_admin, write_admin_info
-from overlay._admin_client import AdminClient, AdminError
-from overlay._cli_admin import format_peers, parse_duration
-from overlay._control import UnknownPeerError
+from overlay.cli._admin import format_peers, parse_duration
+from overlay.cli._admin_client import AdminClient, AdminError
 from overlay.errors import DialError
+from overlay.operator._admin import (
+    ConflictError,
+    load_or_create_token,
+    serve_admin,
+    write_admin_info,
+)
+from overlay.operator._control import UnknownPeerError
 
 ID_A = "a" * 40
 ID_B = "b" * 40

@@ -9,7 +9,7 @@ from collections import defaultdict
 import pytest
 import zstandard
 
-from overlay._conncore import (
+from overlay.connection._core import (
     CancelReceived,
     ChannelParams,
     ConnectionCore,
@@ -25,15 +25,6 @@ from overlay._conncore import (
     RequestRejected,
     ResponseReceived,
 )
-from overlay._frames import (
-    FLAG_COMPRESSED,
-    FLAG_MORE,
-    Frame,
-    FrameDecoder,
-    FrameKind,
-    encode_frame,
-)
-from overlay._wire import Disconnect, DisconnectReason, Ping, Pong, decode_control, encode_control
 from overlay.errors import (
     ChannelError,
     ConfigError,
@@ -43,6 +34,22 @@ from overlay.errors import (
     LocalProtocolError,
     MessageTooLarge,
     WouldBlock,
+)
+from overlay.wire._frames import (
+    FLAG_COMPRESSED,
+    FLAG_MORE,
+    Frame,
+    FrameDecoder,
+    FrameKind,
+    encode_frame,
+)
+from overlay.wire._messages import (
+    Disconnect,
+    DisconnectReason,
+    Ping,
+    Pong,
+    decode_control,
+    encode_control,
 )
 
 HI, MID, LO, LO2 = 1, 2, 3, 4

@@ -17,11 +17,11 @@ from typing import Any, cast
 
 import pytest
 
-from overlay import cli
-from overlay._admin import AdminApp
-from overlay._control import Control
-from overlay._metrics import ChannelSnapshot, MetricsSnapshot, NodeMetrics
-from overlay.config import NodeConfig, render_config
+from overlay.cli import _main as cli
+from overlay.node._config import NodeConfig, render_config
+from overlay.operator._admin import AdminApp
+from overlay.operator._control import Control
+from overlay.operator._metrics import ChannelSnapshot, MetricsSnapshot, NodeMetrics
 from overlay.peers import SCORE_DELTAS, PeerManagerStatistics, PeerSnapshot
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -238,7 +238,7 @@ def test_generated_config_points_at_the_real_guide() -> None:
 def test_config_meanings_are_the_field_docstrings(guide: str) -> None:
     """The "meaning" column of every configuration table is the field's docstring (what
     ``overlay init`` writes above the key), so the two cannot tell different stories."""
-    from overlay._configio import field_docs
+    from overlay.node._configio import field_docs
 
     def walk(cls: type[Any], section: str = "") -> Iterator[tuple[str, str, str]]:
         hints = typing.get_type_hints(cls)

@@ -6,7 +6,8 @@ import struct
 
 import pytest
 
-from overlay._frames import (
+from overlay.errors import ErrorCode, FrameError
+from overlay.wire._frames import (
     DISCARDED,
     FLAG_COMPRESSED,
     FLAG_MORE,
@@ -17,7 +18,7 @@ from overlay._frames import (
     MessageAssembler,
     encode_frame,
 )
-from overlay._wire import (
+from overlay.wire._messages import (
     MAX_DISCONNECT_MESSAGE_BYTES,
     Disconnect,
     DisconnectReason,
@@ -30,7 +31,6 @@ from overlay._wire import (
     encode_error,
     truncate_utf8,
 )
-from overlay.errors import ErrorCode, FrameError
 from proto import overlay_pb2
 
 MAX = 1024

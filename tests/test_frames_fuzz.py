@@ -11,7 +11,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from overlay._conncore import (
+from overlay.connection._core import (
     ChannelParams,
     ConnectionCore,
     CoreConfig,
@@ -19,7 +19,8 @@ from overlay._conncore import (
     MessageReceived,
     RequestReceived,
 )
-from overlay._frames import (
+from overlay.errors import ErrorCode, FrameError, RemoteProtocolError
+from overlay.wire._frames import (
     FLAG_COMPRESSED,
     FLAG_MORE,
     Frame,
@@ -28,7 +29,7 @@ from overlay._frames import (
     encode_frame,
     validate_header,
 )
-from overlay._wire import (
+from overlay.wire._messages import (
     Disconnect,
     ErrorPayload,
     Ping,
@@ -38,7 +39,6 @@ from overlay._wire import (
     encode_control,
     encode_error,
 )
-from overlay.errors import ErrorCode, FrameError, RemoteProtocolError
 
 FAST = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=100)
 MAX_PAYLOAD = 256

@@ -12,11 +12,11 @@ import anyio
 import anyio.abc
 import pytest
 
-from overlay._channel import ChannelSpec, Envelope
-from overlay._codec import BytesCodec
-from overlay._service import NodeControl, run_node
-from overlay.config import AdminConfig, ConnectionConfig, NodeConfig
 from overlay.node import Node
+from overlay.node._config import AdminConfig, ConnectionConfig, NodeConfig
+from overlay.node._service import NodeControl, run_node
+from overlay.router._channel import ChannelSpec, Envelope
+from overlay.router._codec import BytesCodec
 from tests.support import wait_until
 
 pytestmark = pytest.mark.anyio

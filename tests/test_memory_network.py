@@ -14,7 +14,6 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay._secure import PeerAttribute, SecureStream
 from overlay.address import NodeAddress
 from overlay.errors import (
     AuthenticationError,
@@ -30,6 +29,7 @@ from overlay.testing import (
     MemoryTransport,
     memory_stream_pair,
 )
+from overlay.transport._secure import PeerAttribute, SecureStream
 from tests.support import both_backends, echo_stream, seeded_identity, settle
 
 anyio_backend = both_backends()

@@ -10,7 +10,9 @@ import pytest
 from anyio.abc import TaskStatus
 from prometheus_client.parser import text_string_to_metric_families
 
-from overlay._metrics import (
+from overlay.errors import ConfigError
+from overlay.identity import NodeId
+from overlay.operator._metrics import (
     MAX_LABEL_VALUES,
     ChannelSnapshot,
     MetricsObserver,
@@ -18,8 +20,6 @@ from overlay._metrics import (
     NodeMetrics,
     serve_metrics,
 )
-from overlay.errors import ConfigError
-from overlay.identity import NodeId
 
 PEER = NodeId("3" * 40)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

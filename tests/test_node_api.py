@@ -8,13 +8,13 @@ import time
 import anyio
 import pytest
 
-from overlay._channel import ChannelSpec, Envelope
-from overlay._codec import BytesCodec
-from overlay._destination import LOCAL
-from overlay._nodeinfo import NodeInfo
-from overlay._secure import SecureStream
 from overlay.errors import ConnectionClosed, HandshakeTimeout
 from overlay.node import Node
+from overlay.router._channel import ChannelSpec, Envelope
+from overlay.router._codec import BytesCodec
+from overlay.router._destination import LOCAL
+from overlay.transport._secure import SecureStream
+from overlay.wire._nodeinfo import NodeInfo
 from tests.support import (
     both_backends,
     both_transports,

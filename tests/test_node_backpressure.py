@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import anyio
 import pytest
 
-from overlay._channel import Channel, ChannelSpec, DeliveryReport
-from overlay._codec import BytesCodec
-from overlay._destination import BROADCAST
-from overlay._peer import PeerConnection
+from overlay.connection._driver import PeerConnection
 from overlay.errors import MessageTooLarge, PeerNotConnected, SendTimeout, WouldBlock
 from overlay.node import Node
+from overlay.router._channel import Channel, ChannelSpec, DeliveryReport
+from overlay.router._codec import BytesCodec
+from overlay.router._destination import BROADCAST
 from overlay.testing import MemoryNetwork
 from tests.support import both_backends, both_transports, config_for, wait_until
 

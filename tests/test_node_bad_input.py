@@ -1,8 +1,9 @@
 """Bad input from the network never crashes a node.
 
 A *raw peer* authenticates for real (transport dial + Noise), runs the hello exchange of
-``overlay._nodeinfo`` by hand, and then writes whatever bytes it likes on the secure stream. It
-parses what the node sends back with its own :class:`~overlay._conncore.ConnectionCore`. Every
+``overlay.wire._nodeinfo`` by hand, and then writes whatever bytes it likes on the secure stream. It
+parses what the node sends back with its own :class:`~overlay.connection._core.ConnectionCore`.
+Every
 test then proves the node still serves a second, healthy peer.
 
 Outcomes: a protocol violation closes that one connection (the node says why in a Disconnect
@@ -25,29 +26,28 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from overlay import _conncore as core_mod
-from overlay._channel import Channel, ChannelSpec, Envelope
-from overlay._codec import BytesCodec
-from overlay._conncore import ChannelParams, ConnectionCore, CoreConfig
-from overlay._frames import FLAG_COMPRESSED, FLAG_MORE, HEADER, FrameKind, encode_frame
-from overlay._nodeinfo import (
+from overlay.connection import _core as core_mod
+from overlay.connection._core import ChannelParams, ConnectionCore, CoreConfig
+from overlay.connection._observer import Observer
+from overlay.errors import DecodeError, ErrorCode, LocalProtocolError, RemoteProtocolError
+from overlay.identity import NodeId, NodeKey
+from overlay.node import Node
+from overlay.node._config import ConnectionConfig
+from overlay.router._channel import Channel, ChannelSpec, Envelope
+from overlay.router._codec import BytesCodec
+from overlay.testing import MemoryNetwork
+from overlay.transport import Transport
+from overlay.transport._hello import receive_hello, send_hello
+from overlay.transport._secure import SecureIdentity, SecureStream
+from overlay.transport._tcp import TcpTransport
+from overlay.wire._frames import FLAG_COMPRESSED, FLAG_MORE, HEADER, FrameKind, encode_frame
+from overlay.wire._nodeinfo import (
     PROTOCOL_VERSION,
     DisconnectReason,
     NodeInfo,
     decode_hello_reply,
     encode_node_info,
-    receive_hello,
-    send_hello,
 )
-from overlay._observer import Observer
-from overlay._secure import SecureIdentity, SecureStream
-from overlay._tcp import TcpTransport
-from overlay.config import ConnectionConfig
-from overlay.errors import DecodeError, ErrorCode, LocalProtocolError, RemoteProtocolError
-from overlay.identity import NodeId, NodeKey
-from overlay.node import Node
-from overlay.testing import MemoryNetwork
-from overlay.transport import Transport
 from tests.support import both_backends, both_transports, config_for, wait_until
 
 pytestmark = pytest.mark.anyio

@@ -9,23 +9,9 @@ import logging
 import anyio
 import pytest
 
-from overlay import _conncore as core_mod
-from overlay._channel import ChannelSpec, Envelope
-from overlay._codec import BytesCodec
-from overlay._conncore import ConnectionCore, CoreConfig
-from overlay._nodeinfo import (
-    DisconnectReason,
-    NodeInfo,
-    decode_hello_reply,
-    decode_node_info,
-    encode_hello_reply,
-    encode_node_info,
-    receive_hello,
-    send_hello,
-)
-from overlay._secure import SecureIdentity, SecureStream
-from overlay._tcp import TcpTransport
 from overlay.address import ListenAddress, NodeAddress
+from overlay.connection import _core as core_mod
+from overlay.connection._core import ConnectionCore, CoreConfig
 from overlay.errors import (
     AuthenticationError,
     IncompatiblePeerError,
@@ -35,8 +21,21 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId, NodeKey
 from overlay.node import Node
+from overlay.router._channel import ChannelSpec, Envelope
+from overlay.router._codec import BytesCodec
 from overlay.testing import MemoryNetwork
 from overlay.transport import Transport
+from overlay.transport._hello import receive_hello, send_hello
+from overlay.transport._secure import SecureIdentity, SecureStream
+from overlay.transport._tcp import TcpTransport
+from overlay.wire._nodeinfo import (
+    DisconnectReason,
+    NodeInfo,
+    decode_hello_reply,
+    decode_node_info,
+    encode_hello_reply,
+    encode_node_info,
+)
 from tests.support import (
     both_backends,
     both_transports,

@@ -7,8 +7,6 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from overlay._channel import ChannelSpec
-from overlay._codec import BytesCodec
 from overlay.errors import (
     ConnectionClosed,
     LocalProtocolError,
@@ -17,6 +15,8 @@ from overlay.errors import (
     WouldBlock,
 )
 from overlay.node import Node
+from overlay.router._channel import ChannelSpec
+from overlay.router._codec import BytesCodec
 from overlay.testing import MemoryNetwork
 from tests.support import (
     Parked,

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
-from overlay._channel import Channel, ChannelSpec, Envelope
-from overlay._destination import BROADCAST, LOCAL
 from overlay.errors import ErrorCode, RequestError, RequestTimeout, SendTimeout, WouldBlock
 from overlay.node import Node
+from overlay.router._channel import Channel, ChannelSpec, Envelope
+from overlay.router._destination import BROADCAST, LOCAL
 from overlay.testing import MemoryNetwork
 from tests.support import Holding, Parked, both_backends, config_for
 

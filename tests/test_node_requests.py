@@ -14,9 +14,6 @@ from dataclasses import dataclass
 import anyio
 import pytest
 
-from overlay._channel import Channel, ChannelSpec, Envelope
-from overlay._codec import BytesCodec
-from overlay._destination import BROADCAST
 from overlay.errors import (
     ChannelError,
     ErrorCode,
@@ -26,6 +23,9 @@ from overlay.errors import (
 )
 from overlay.identity import NodeKey
 from overlay.node import Node
+from overlay.router._channel import Channel, ChannelSpec, Envelope
+from overlay.router._codec import BytesCodec
+from overlay.router._destination import BROADCAST
 from tests.support import (
     Holding,
     Parked,

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from overlay._noise import (
+from overlay.errors import HandshakeError, LocalProtocolError, MessageTooLarge, OverlayError
+from overlay.wire._noise import (
     PATTERNS,
     CipherState,
     HandshakeState,
@@ -16,7 +17,6 @@ from overlay._noise import (
     SymmetricState,
     parse_protocol_name,
 )
-from overlay.errors import HandshakeError, LocalProtocolError, MessageTooLarge, OverlayError
 
 _DATA = Path(__file__).parent / "data" / "cacophony-25519-chachapoly-sha256.json"
 _VECTORS: list[dict[str, Any]] = json.loads(_DATA.read_text())["vectors"]

@@ -7,10 +7,15 @@ from typing import Any
 
 import pytest
 
-from overlay._admin import AdminApp, error_kind
-from overlay._control import BadRequestError, ConflictError, PeerBannedError, UnknownPeerError
-from overlay._http import Request, Response
 from overlay.errors import DialError, InvalidAddressError, LocalProtocolError
+from overlay.operator._admin import AdminApp, error_kind
+from overlay.operator._control import (
+    BadRequestError,
+    ConflictError,
+    PeerBannedError,
+    UnknownPeerError,
+)
+from overlay.operator._http import Request, Response
 
 TOKEN = "t" * 64
 ID = "3" * 40

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from overlay import cli
-from overlay.config import load_config
+from overlay.node._config import load_config
 
 OVERLAY = [sys.executable, "-m", "overlay.cli"]
 

@@ -12,8 +12,8 @@ import anyio
 import pytest
 
 from overlay import cli
-from overlay._service import LOCK_FILE, NodeControl, run_node
-from overlay.config import load_config
+from overlay.node._config import load_config
+from overlay.node._service import LOCK_FILE, NodeControl, run_node
 from overlay.peers import PeerStore, StoreChanges
 
 

@@ -17,12 +17,12 @@ import pytest
 from anyio.abc import TaskStatus
 
 from overlay import cli
-from overlay._admin_client import AdminClient, AdminError
-from overlay._control import ConflictError, PeerBannedError, UnknownPeerError
-from overlay._observer import Observer
-from overlay._service import HomeLockedError, NodeControl, metrics_snapshot, run_node
-from overlay.config import NodeConfig, load_config
+from overlay.cli._admin_client import AdminClient, AdminError
+from overlay.connection._observer import Observer
 from overlay.identity import NodeId
+from overlay.node._config import NodeConfig, load_config
+from overlay.node._service import HomeLockedError, NodeControl, metrics_snapshot, run_node
+from overlay.operator._control import ConflictError, PeerBannedError, UnknownPeerError
 from overlay.peers import PeerManagerConfig
 
 pytestmark = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from overlay._ratelimit import TokenBucket
+from overlay.connection._ratelimit import TokenBucket
 
 
 def test_starts_full_and_refills_at_rate() -> None:

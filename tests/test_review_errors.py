@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-import overlay._nodeinfo
-import overlay._wire
 import overlay.errors
 import overlay.peers
 import overlay.peers._store
-from overlay._peering import Peering, wall_clock
-from overlay.config import NodeConfig
+import overlay.wire._messages
+import overlay.wire._nodeinfo
 from overlay.errors import LocalProtocolError, OverlayError, PeerStoreError, StorageError
 from overlay.identity import NodeId
 from overlay.node import Node
+from overlay.node._config import NodeConfig
+from overlay.node._peering import Peering, wall_clock
 from overlay.peers import PeerStore, Persist, StoreChanges, StoredPeer
 
 
@@ -68,9 +68,9 @@ async def test_the_driver_keeps_a_batch_that_failed_to_persist(tmp_path: Path) -
 
 
 def test_disconnect_reason_has_one_definition() -> None:
-    assert overlay._nodeinfo.DisconnectReason is overlay._wire.DisconnectReason
-    reason = overlay._wire.DisconnectReason
+    assert overlay.wire._nodeinfo.DisconnectReason is overlay.wire._messages.DisconnectReason
+    reason = overlay.wire._messages.DisconnectReason
     assert reason.BANNED == 7
     assert reason.name(reason.EVICTED) == "evicted"
     assert reason.name(12345) == "unknown_12345"
-    assert "class DisconnectReason" not in Path(overlay._nodeinfo.__file__).read_text()
+    assert "class DisconnectReason" not in Path(overlay.wire._nodeinfo.__file__).read_text()

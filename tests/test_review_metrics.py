@@ -13,12 +13,9 @@ import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from overlay._observer import Observer
-from overlay._peering import dial_failure_reason
-from overlay._service import NodeControl, run_node
-from overlay._testnet import LOOPBACK_NETWORKS
 from overlay.address import NodeAddress
-from overlay.config import AdminConfig, MetricsConfig, NodeConfig
+from overlay.cli._testnet import LOOPBACK_NETWORKS
+from overlay.connection._observer import Observer
 from overlay.errors import (
     AuthenticationError,
     DialError,
@@ -28,6 +25,9 @@ from overlay.errors import (
     NodeClosed,
 )
 from overlay.identity import NodeId
+from overlay.node._config import AdminConfig, MetricsConfig, NodeConfig
+from overlay.node._peering import dial_failure_reason
+from overlay.node._service import NodeControl, run_node
 from overlay.peers import PeerManagerConfig
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -16,18 +16,18 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay._channel import ChannelSpec
-from overlay._codec import BytesCodec
-from overlay._frames import FLAG_MORE, FrameDecoder, encode_frame
-from overlay._nodeinfo import encode_node_info, hello_frame
-from overlay._observer import Observer
-from overlay._peer import PeerConnection
-from overlay._timers import TimerService
-from overlay.config import ConnectionConfig
+from overlay.connection._driver import PeerConnection
+from overlay.connection._observer import Observer
+from overlay.connection._timers import TimerService
 from overlay.errors import FrameError
 from overlay.identity import NodeId
 from overlay.node import Node
+from overlay.node._config import ConnectionConfig
+from overlay.router._channel import ChannelSpec
+from overlay.router._codec import BytesCodec
 from overlay.testing import MemoryNetwork
+from overlay.wire._frames import FLAG_MORE, FrameDecoder, encode_frame
+from overlay.wire._nodeinfo import encode_node_info, hello_frame
 from tests.support import config_for, node_pair, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -285,7 +285,7 @@ async def test_a_nan_deadline_does_not_delay_other_owners() -> None:
 async def test_workers_random_bursts_run_every_job_and_shrink_back(seed: int) -> None:
     """Jobs that block for random (virtual) times, some raising OverlayError, submitted in
     random bursts: every job runs, none waits behind a blocked one, the pool shrinks back."""
-    from overlay._peer import KEEP_IDLE_WORKERS, _Workers
+    from overlay.connection._driver import KEEP_IDLE_WORKERS, _Workers
     from overlay.errors import ConnectionClosed
 
     rng = random.Random(seed)

@@ -7,8 +7,8 @@ import io
 
 import pytest
 
-from overlay._testnet import LOOPBACK_NETWORKS, run_testnet
-from overlay._testnet import testnet_config as make_config  # not collected as a test
+from overlay.cli._testnet import LOOPBACK_NETWORKS, run_testnet
+from overlay.cli._testnet import testnet_config as make_config  # not collected as a test
 from overlay.peers import PeerManagerConfig
 
 

@@ -12,8 +12,16 @@ import pytest
 import trio.testing
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from overlay._noise import KeyPair
-from overlay._secure import (
+from overlay.errors import (
+    AuthenticationError,
+    FrameError,
+    HandshakeError,
+    HandshakeTimeout,
+    LocalProtocolError,
+    OverlayError,
+)
+from overlay.identity import NodeId, NodeKey, verify_signature
+from overlay.transport._secure import (
     MAX_PLAINTEXT,
     SIGNATURE_PREFIX,
     PeerAttribute,
@@ -25,15 +33,7 @@ from overlay._secure import (
     encrypt_frames,
     secure_handshake,
 )
-from overlay.errors import (
-    AuthenticationError,
-    FrameError,
-    HandshakeError,
-    HandshakeTimeout,
-    LocalProtocolError,
-    OverlayError,
-)
-from overlay.identity import NodeId, NodeKey, verify_signature
+from overlay.wire._noise import KeyPair
 from proto import overlay_pb2 as pb
 
 T = TypeVar("T")
@@ -464,7 +464,7 @@ def test_proof_cache_remembers_only_valid_proofs(monkeypatch: pytest.MonkeyPatch
         calls.append(message)
         return real(public_key, message, signature)
 
-    monkeypatch.setattr("overlay._handshake.verify_signature", counting)
+    monkeypatch.setattr("overlay.wire._handshake.verify_signature", counting)
     cache = ProofCache(capacity=2)
     key = IDENT_A.node_key
     proofs = [(b"m%d" % i, key.sign(b"m%d" % i)) for i in range(3)]

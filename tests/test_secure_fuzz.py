@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from overlay._noise import CipherState, KeyPair
-from overlay._secure import (
+from overlay.errors import AuthenticationError, FrameError, HandshakeError, RemoteProtocolError
+from overlay.identity import NodeKey
+from overlay.transport._secure import (
     SIGNATURE_PREFIX,
     SecureHandshake,
     SecureIdentity,
@@ -21,8 +22,7 @@ from overlay._secure import (
     encrypt_frames,
     verify_handshake_payload,
 )
-from overlay.errors import AuthenticationError, FrameError, HandshakeError, RemoteProtocolError
-from overlay.identity import NodeKey
+from overlay.wire._noise import CipherState, KeyPair
 from proto import overlay_pb2 as pb
 
 IDENT_A = SecureIdentity(NodeKey.from_seed(b"A" * 32))

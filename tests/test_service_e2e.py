@@ -10,8 +10,8 @@ import anyio
 import pytest
 
 from overlay import cli
-from overlay._service import NodeControl, run_node
-from overlay.config import NodeConfig, load_config
+from overlay.node._config import NodeConfig, load_config
+from overlay.node._service import NodeControl, run_node
 
 
 def _init(home: Path, capsys: pytest.CaptureFixture[str]) -> str:

@@ -10,8 +10,6 @@ import anyio
 import pytest
 from anyio.abc import SocketAttribute
 
-from overlay._secure import PeerAttribute, SecureStream
-from overlay._tcp import TcpTransport, _unmap
 from overlay.address import ListenAddress, NodeAddress
 from overlay.errors import (
     ConfigError,
@@ -21,6 +19,8 @@ from overlay.errors import (
     LocalProtocolError,
 )
 from overlay.transport import InboundHandler, RawConnection, TransportConfig
+from overlay.transport._secure import PeerAttribute, SecureStream
+from overlay.transport._tcp import TcpTransport, _unmap
 from tests.support import both_backends, echo_stream, ipv6_available, seeded_identity
 
 LOOPBACK = ListenAddress("tcp", "127.0.0.1", 0)

@@ -9,8 +9,8 @@ import anyio
 import pytest
 import trio.testing
 
-from overlay._peer import KEEP_IDLE_WORKERS, _Workers
-from overlay._timers import TimerService
+from overlay.connection._driver import KEEP_IDLE_WORKERS, _Workers
+from overlay.connection._timers import TimerService
 
 pytestmark = pytest.mark.anyio
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from overlay._secure import SecureIdentity
-from overlay._tcp import TcpTransport
 from overlay.address import ListenAddress
 from overlay.testing import CHECKS, MemoryNetwork, TransportFactory, check_transport_conformance
 from overlay.transport import AcceptGate, Transport
+from overlay.transport._secure import SecureIdentity
+from overlay.transport._tcp import TcpTransport
 from tests.support import both_backends, ipv6_available
 
 anyio_backend = both_backends()

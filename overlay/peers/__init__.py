@@ -44,11 +44,6 @@ from overlay.peers._types import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION",
-    "SCORE_DELTAS",
-    "SOURCE_CONFIG",
-    "SOURCE_OPERATOR",
-    "SOURCE_SEED",
     "Action",
     "AddrEntry",
     "AddressBook",
@@ -70,6 +65,11 @@ __all__ = [
     "Persist",
     "ProtectionHook",
     "RefreshAddresses",
+    "SCHEMA_VERSION",
+    "SCORE_DELTAS",
+    "SOURCE_CONFIG",
+    "SOURCE_OPERATOR",
+    "SOURCE_SEED",
     "ScoreEvent",
     "ScoreRecord",
     "Source",

@@ -63,7 +63,13 @@ from overlay.peers._config import PeerManagerConfig
 from overlay.peers._netgroup import address_netgroup, parse_ip
 from overlay.peers._state import StoredAddress
 
-__all__ = ["LOCAL_SOURCES", "AddrEntry", "AddressBook", "TableName", "placement_key"]
+__all__ = [
+    "AddrEntry",
+    "AddressBook",
+    "LOCAL_SOURCES",
+    "TableName",
+    "placement_key",
+]
 
 _HOUR = 3600.0
 _DAY = 86400.0

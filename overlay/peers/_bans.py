@@ -19,7 +19,12 @@ from dataclasses import dataclass
 
 from overlay.peers._state import StoredIpBan
 
-__all__ = ["MAX_IP_BANS", "MAX_STRIKE_KEYS", "IpBan", "IpBans"]
+__all__ = [
+    "IpBan",
+    "IpBans",
+    "MAX_IP_BANS",
+    "MAX_STRIKE_KEYS",
+]
 
 MAX_STRIKE_KEYS = 4096
 MAX_IP_BANS = 65536

@@ -51,9 +51,9 @@ from overlay.peers._state import (
 )
 
 __all__ = [
-    "SCHEMA_VERSION",
     "PeerStore",
     "PeerStoreError",  # defined in overlay.errors; re-exported here and by overlay.peers
+    "SCHEMA_VERSION",
     "decode_address_row",
     "decode_ip_ban_row",
     "decode_peer_row",

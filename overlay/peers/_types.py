@@ -26,12 +26,12 @@ __all__ = [
     "Persist",
     "ProtectionHook",
     "RefreshAddresses",
-    "ScoreEvent",
-    "ScoreRecord",
-    "Source",
     "SOURCE_CONFIG",
     "SOURCE_OPERATOR",
     "SOURCE_SEED",
+    "ScoreEvent",
+    "ScoreRecord",
+    "Source",
 ]
 
 Source = NodeId | Literal["operator", "seed", "config"]

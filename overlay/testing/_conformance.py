@@ -38,11 +38,11 @@ from typing import Protocol
 import anyio
 import anyio.abc
 
-from overlay._secure import PeerAttribute, SecureIdentity, SecureStream
 from overlay.address import NodeAddress
 from overlay.errors import AuthenticationError, DialError, HandshakeError
 from overlay.identity import NodeId, NodeKey
 from overlay.transport import AcceptGate, InboundHandler, Transport, TransportStatistics
+from overlay.transport._secure import PeerAttribute, SecureIdentity, SecureStream
 
 __all__ = ["CHECKS", "ConformanceError", "TransportFactory", "check_transport_conformance"]
 

@@ -52,11 +52,11 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from overlay._secure import SecureIdentity
 from overlay.address import NodeAddress
 from overlay.errors import ConfigError, DialError, LocalProtocolError
 from overlay.identity import NodeId
 from overlay.transport import AcceptGate, RawConnection, RawListener, Transport
+from overlay.transport._secure import SecureIdentity
 
 __all__ = [
     "LinkConditions",

@@ -1,0 +1,322 @@
+"""Operator commands that talk to a running node through its admin API.
+
+::
+
+    overlay status [--json]
+    overlay peers [--json]
+    overlay dial ADDR [--persistent]
+    overlay disconnect ID
+    overlay ban ID|IP [--for DURATION]        DURATION: 90, 30s, 10m, 2h, 7d, 1w, 1h30m
+    overlay unban ID|IP
+    overlay seeds add ADDR
+    overlay seeds remove ADDR|ID
+    overlay persistent remove ID              clears the flag set by ``dial --persistent``
+
+Every command takes ``--home DIR`` to find the node (``admin.json`` and the token file there).
+Exit status: 0 success, 1 an error from (or reaching) the node, 2 bad usage (argparse).
+Arguments are validated locally first, so malformed input never reaches the node.
+
+``overlay peers`` prints a table from these keys of each peer dict when present: ``id`` (or
+``node_id``), ``state``, ``direction``, ``addresses`` (list of strings; else ``remote_address``),
+``score``, ``latency`` (seconds), ``uptime_seconds`` (or ``uptime``), ``flags`` (list);
+``--json`` prints everything the node sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from overlay.address import NodeAddress
+from overlay.cli._admin_client import AdminClient
+from overlay.errors import InvalidAddressError
+from overlay.identity import parse_node_id
+from overlay.operator._admin import parse_ban_target
+
+__all__ = ["format_peers", "parse_duration", "register"]
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+AddParser = Callable[[str, str], argparse.ArgumentParser]
+
+
+# -- argument types (bad values → argparse error, exit 2) ------------------------------------
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``30s``, ``10m``, ``2h``, ``7d``, ``1w`` or sums like ``1h30m``."""
+    raw = text.strip().lower()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        parts = list(_PART.finditer(raw))
+        if not parts or "".join(m.group(0) for m in parts) != raw:
+            raise argparse.ArgumentTypeError(
+                f"invalid duration {text!r}: use e.g. 90, 30s, 10m, 2h, 7d or 1h30m"
+            ) from None
+        seconds = sum(float(m.group(1)) * _UNITS[m.group(2)] for m in parts)
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
+    return seconds
+
+
+def _address(text: str) -> str:
+    try:
+        return str(NodeAddress.parse(text))
+    except InvalidAddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _node_id(text: str) -> str:
+    try:
+        return str(parse_node_id(text))
+    except InvalidAddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seed(text: str) -> str:
+    """A seed to remove: its address or just its node id."""
+    try:
+        return str(parse_node_id(text))
+    except InvalidAddressError:
+        pass
+    try:
+        return str(NodeAddress.parse(text))
+    except InvalidAddressError:
+        raise argparse.ArgumentTypeError(
+            f"invalid seed {text!r}: expected ID@HOST:PORT, memory:ID or a node id"
+        ) from None
+
+
+def _target(text: str) -> str:
+    try:
+        return parse_ban_target(text)
+    except InvalidAddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            yield from _flatten(value, name + ".")
+        elif isinstance(value, list | tuple) and any(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                if isinstance(item, Mapping):
+                    yield from _flatten(item, f"{name}[{i}].")
+                else:
+                    yield f"{name}[{i}]", str(item)
+        elif isinstance(value, list | tuple):
+            yield name, ", ".join(str(v) for v in value) if value else "-"
+        elif value is None or value == "" or value == {}:
+            yield name, "-"
+        else:
+            yield name, str(value)
+
+
+def _print_mapping(data: Mapping[str, Any]) -> None:
+    rows = list(_flatten(data))
+    width = max((len(k) for k, _ in rows), default=0)
+    for key, value in rows:
+        print(f"{key + ':':<{width + 1}} {value}")
+
+
+def _duration_text(seconds: object) -> str:
+    if not isinstance(seconds, int | float) or isinstance(seconds, bool) or seconds < 0:
+        return "-"
+    total = int(seconds)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _number(value: object, fmt: str, scale: float = 1.0) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    return format(value * scale, fmt)
+
+
+def _address_text(value: object) -> str:
+    """An address as ``ID@HOST:PORT`` / ``memory:ID``, also from its dict form."""
+    if isinstance(value, Mapping):
+        node_id, host, port = value.get("node_id"), value.get("host"), value.get("port")
+        if value.get("protocol") == "memory" and node_id:
+            return f"memory:{node_id}"
+        if node_id and host and port:
+            host_text = f"[{host}]" if ":" in str(host) else str(host)
+            return f"{node_id}@{host_text}:{port}"
+    return str(value)
+
+
+def _ms(seconds: object) -> str:
+    text = _number(seconds, ".1f", 1000.0)
+    return text if text == "-" else text + "ms"
+
+
+def format_peers(peers: Sequence[Mapping[str, Any]]) -> str:
+    """A readable table of peer dicts (see the module docstring for the keys used)."""
+    if not peers:
+        return "no peers"
+    header = ("ID", "STATE", "DIR", "ADDRESS", "SCORE", "RTT", "UPTIME", "FLAGS")
+    rows = [header]
+    for peer in peers:
+        addresses = peer.get("addresses") or []
+        address = (_address_text(addresses[0]) if isinstance(addresses, list) and addresses
+                   else str(peer.get("remote_address") or "-"))
+        uptime = peer.get("uptime_seconds", peer.get("uptime"))
+        flags = peer.get("flags") or []
+        rows.append((
+            str(peer.get("id") or peer.get("node_id") or "?"),
+            str(peer.get("state") or "-"),
+            str(peer.get("direction") or "-"),
+            address,
+            _number(peer.get("score"), ".1f"),
+            _ms(peer.get("latency")),
+            _duration_text(uptime),
+            ",".join(str(f) for f in flags) if isinstance(flags, list) and flags else "-",
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    return AdminClient.from_home(Path(args.home).expanduser())
+
+
+def _report(summary: str, result: Mapping[str, Any]) -> int:
+    print(summary)
+    _print_mapping(result)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _client(args).status()
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        _print_mapping(status)
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    peers = _client(args).peers()
+    if args.json:
+        print(json.dumps(peers, indent=2, sort_keys=True))
+    else:
+        print(format_peers(peers))
+    return 0
+
+
+def cmd_dial(args: argparse.Namespace) -> int:
+    result = _client(args).dial(args.address, persistent=args.persistent)
+    kind = "persistent peer" if args.persistent else "peer"
+    return _report(f"dialed {kind} {args.address}", result)
+
+
+def cmd_disconnect(args: argparse.Namespace) -> int:
+    return _report(f"disconnected {args.id}", _client(args).disconnect(args.id))
+
+
+def cmd_ban(args: argparse.Namespace) -> int:
+    result = _client(args).ban(args.target, duration=args.duration)
+    length = "the default duration" if args.duration is None else _duration_text(args.duration)
+    return _report(f"banned {args.target} for {length}", result)
+
+
+def cmd_unban(args: argparse.Namespace) -> int:
+    return _report(f"unbanned {args.target}", _client(args).unban(args.target))
+
+
+def cmd_seeds_add(args: argparse.Namespace) -> int:
+    return _report(f"added seed {args.address}", _client(args).add_seed(args.address))
+
+
+def cmd_seeds_remove(args: argparse.Namespace) -> int:
+    return _report(f"removed seed {args.seed}", _client(args).remove_seed(args.seed))
+
+
+def cmd_persistent_remove(args: argparse.Namespace) -> int:
+    result = _client(args).remove_persistent(args.id)
+    return _report(f"{args.id} is no longer persistent", result)
+
+
+def _subcommand(group: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    """``overlay GROUP NAME``; ``--home`` may come before or after ``NAME``."""
+    q: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text)
+    q.add_argument("--home", default=argparse.SUPPRESS, help="node home directory")
+    return q
+
+
+def register(sub: Any, add: AddParser) -> None:
+    """Add the operator commands to the ``overlay`` parser (``sub`` is its subparsers object;
+    ``add(name, help)`` creates a subcommand that already has ``--home``)."""
+    p = add("status", "show the running node's status")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = add("peers", "list the peers the running node knows (a table, or --json for all)")
+    p.add_argument("--json", action="store_true", help="print everything known per peer")
+    p.set_defaults(func=cmd_peers)
+
+    p = add("dial", "connect to a peer now")
+    p.add_argument("address", type=_address, metavar="ADDR", help="ID@HOST:PORT or memory:ID")
+    p.add_argument("--persistent", action="store_true",
+                   help="keep redialing it forever (persisted)")
+    p.set_defaults(func=cmd_dial)
+
+    p = add("disconnect", "close the connection to a peer")
+    p.add_argument("id", type=_node_id, metavar="ID", help="node id")
+    p.set_defaults(func=cmd_disconnect)
+
+    p = add("ban", "ban a node id or an IP address (and disconnect it)")
+    p.add_argument("target", type=_target, metavar="ID|IP", help="node id or IP address")
+    p.add_argument("--for", dest="duration", type=parse_duration, metavar="DURATION",
+                   help="ban length: 30s, 10m, 2h, 7d... (default: the node's ban_duration)")
+    p.set_defaults(func=cmd_ban)
+
+    p = add("unban", "lift the ban of a node id or an IP address")
+    p.add_argument("target", type=_target, metavar="ID|IP", help="node id or IP address")
+    p.set_defaults(func=cmd_unban)
+
+    p = add("seeds", "manage seed addresses")
+    seeds = p.add_subparsers(dest="seeds_command", required=True, metavar="SUBCOMMAND")
+    q = _subcommand(seeds, "add", "add a seed address (persisted)")
+    q.add_argument("address", type=_address, metavar="ADDR", help="ID@HOST:PORT or memory:ID")
+    q.set_defaults(func=cmd_seeds_add)
+    q = _subcommand(seeds, "remove",
+                    "remove a seed added with `seeds add` (persisted; seeds from config.toml "
+                    "are removed by editing the file)")
+    q.add_argument("seed", type=_seed, metavar="ADDR|ID",
+                   help="the seed's address (ID@HOST:PORT, memory:ID) or node id")
+    q.set_defaults(func=cmd_seeds_remove)
+
+    p = add("persistent", "manage the persistent flag set by `dial --persistent`")
+    persistent = p.add_subparsers(dest="persistent_command", required=True,
+                                  metavar="SUBCOMMAND")
+    q = _subcommand(persistent, "remove",
+                    "stop redialing a peer forever: clear the persistent flag set by "
+                    "`dial --persistent` (persisted; the connection stays open)")
+    q.add_argument("id", type=_node_id, metavar="ID", help="node id")
+    q.set_defaults(func=cmd_persistent_remove)

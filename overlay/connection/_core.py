@@ -1,0 +1,556 @@
+"""The sans-IO connection core: channels, priorities, chunking, requests, rate limits, pings.
+
+Theory of operation
+-------------------
+A :class:`ConnectionCore` is the whole per-connection protocol state machine, above an already
+authenticated and encrypted byte stream (it sees plaintext) and below the node's async driver.
+It never does I/O, never reads a clock and never awaits: the driver feeds it received bytes and
+the current time, pulls bytes to write and events to dispatch, and sleeps until ``get_timer()``.
+
+Driver loop (contract)::
+
+    core.receive_data(data, now)        # may raise RemoteProtocolError: send_disconnect + close
+    for event in core.events(): ...     # or next_event() until None
+    wire = core.data_to_send(now)       # repeat until b"" (each call: one write batch)
+    core.receive_paused_until(now)      # don't read again before this time (receive rate limit)
+    core.get_timer() / core.handle_timer(now)
+    # after any send_*/cancel_* call or handle_timer: call data_to_send again.
+
+Outgoing side. Each channel has a FIFO of whole messages bounded by ``send_queue_size`` (requests,
+messages, responses and errors alike: backpressure applies to responders too); a full queue raises
+:class:`~overlay.errors.WouldBlock`. ``data_to_send`` emits *one frame at a time*: first the
+control queue (pings, pongs, cancels, automatic error replies), then the highest-priority channel
+with queued data, rotating round-robin among channels of equal priority after every frame. A
+message longer than ``max_frame_payload`` goes out as consecutive chunks (MORE on all but the
+last); since a channel's queue is FIFO and only its head is ever in progress, chunks of two
+messages of one channel never interleave. So a new high-priority message waits at most for one
+chunk of a bulk low-priority message. Frames are concatenated into a batch of at most
+``max_write_batch`` bytes (always at least one frame) and only while the send token bucket holds
+enough tokens for the whole next frame; a frame larger than ``send_burst`` waits for a full
+bucket and leaves a debt. When the bucket holds ``data_to_send`` back, ``get_timer`` includes the
+exact refill time. After ``send_disconnect`` only the disconnect frame is sent (not rate
+limited), then ``b""`` forever; ``send_*`` then raise ConnectionClosed (responses return False).
+
+Requests. Outbound request ids come from a wrapping u32 counter skipping ids in flight, so an id
+is not reused until ~4e9 requests later: a late response to a cancelled request can never be
+mistaken for the answer to a newer one; it is dropped and reported as ``MessageDropped``. At most
+``max_outbound_requests`` are in flight. ``cancel_request`` drops a request that has not started
+to go out; a partially or fully sent one gets a CANCEL frame (and its unsent chunks are dropped:
+the receiver discards the partial reassembly when the CANCEL arrives). Inbound requests are
+*active* from their last chunk until answered (``send_response``/``send_error``) or cancelled by
+the peer; at most ``max_concurrent_inbound`` per channel, beyond which the core answers ERROR
+OVERLOADED itself and reports ``RequestRejected``. A response that already started going out is
+always completed (the peer discards it if it had cancelled).
+
+Incoming side. Frames are reassembled per channel; while a reassembly is in progress the next
+frame on that channel must have the same kind, request id and COMPRESSED flag, and the total is
+checked against the channel's ``max_message_size`` before appending. Frames on channels we don't
+have, and responses to unknown request ids, are reassembled in *discard* mode (counted, not
+buffered). Decompression is refused unless the zstd header states a content size within the
+channel limit (no zip bombs). Every violation raises :class:`~overlay.errors.FrameError` and the
+core stays failed (later ``receive_data`` calls raise the same error); events of the frames
+before the violation are still queued. Pings are answered with pongs automatically; after the
+peer's disconnect, received bytes are ignored.
+
+Events are produced in arrival order and pulled with ``next_event()`` or ``events()``. The
+receive rate limit is advisory: ``receive_data`` always processes what it is given and charges
+it to the bucket; ``receive_paused_until`` tells the driver when to read again.
+
+Layout. The configuration, event and statistics types live in ``overlay/connection/_types.py``; the
+receive path (``receive_data`` and the frame handlers behind it) lives in
+``overlay/connection/_receive.py`` as :class:`~overlay.connection._receive.ReceiveSide`, the base
+class of
+:class:`ConnectionCore`. This module keeps the constructor (which creates all of the state), the
+send side, the timers and the statistics, and re-exports every public type of
+``overlay.connection._types``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+
+import zstandard
+
+from overlay.connection._ratelimit import TokenBucket
+from overlay.connection._receive import ReceiveSide
+from overlay.connection._types import (
+    _CANCEL,
+    _CONTROL,
+    _ERROR,
+    _MESSAGE,
+    _REQUEST,
+    _RESPONSE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_WIRE_FRAME_PAYLOAD,
+    CancelReceived,
+    ChannelParams,
+    ChannelStatistics,
+    ConnectionStatistics,
+    CoreConfig,
+    DisconnectReceived,
+    ErrorReceived,
+    Event,
+    IdleTimeout,
+    LatencyMeasured,
+    MessageDropped,
+    MessageReceived,
+    RequestReceived,
+    RequestRejected,
+    ResponseReceived,
+    _Channel,
+    _OutMsg,
+)
+from overlay.errors import (
+    ChannelError,
+    ConnectionClosed,
+    ErrorCode,
+    LocalProtocolError,
+    MessageTooLarge,
+    RemoteProtocolError,
+    WouldBlock,
+)
+from overlay.wire._frames import (
+    FLAG_COMPRESSED,
+    FLAG_MORE,
+    HEADER,
+    HEADER_SIZE,
+    FrameDecoder,
+    MessageAssembler,
+)
+from overlay.wire._messages import Disconnect, Ping, encode_control, encode_error
+
+__all__ = [
+    "CancelReceived",
+    "ChannelParams",
+    "ChannelStatistics",
+    "ConnectionCore",
+    "ConnectionStatistics",
+    "CoreConfig",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DisconnectReceived",
+    "ErrorReceived",
+    "Event",
+    "IdleTimeout",
+    "LatencyMeasured",
+    "MessageDropped",
+    "MessageReceived",
+    "RequestReceived",
+    "RequestRejected",
+    "ResponseReceived",
+]
+
+
+_MAX_RID = 0xFFFFFFFF
+_MAX_PINGS = 16  # outstanding pings remembered for RTT matching
+_pack = HEADER.pack
+
+
+class ConnectionCore(ReceiveSide):
+    """Per-connection protocol state; see the module docstring for the driver contract."""
+
+    def __init__(
+        self,
+        config: CoreConfig,
+        channels: Sequence[ChannelParams],
+        *,
+        now: float,
+        compression: bool = False,
+    ) -> None:
+        self._config = config
+        self._max_payload = config.max_frame_payload
+        self._max_batch = config.max_write_batch
+        by_priority: dict[int, deque[_Channel]] = {}
+        self._channels: dict[int, _Channel] = {}
+        for params in channels:
+            if params.channel_id in self._channels:
+                raise ChannelError(f"duplicate channel id {params.channel_id}")
+            level = by_priority.setdefault(params.priority, deque())
+            self._channels[params.channel_id] = _Channel(params, level)
+        self._levels = [by_priority[p] for p in sorted(by_priority, reverse=True)]
+        self._unknown_limit = max(
+            [ch.max_size for ch in self._channels.values()] + [DEFAULT_MAX_MESSAGE_SIZE]
+        )
+        self._ctrl: deque[bytes] = deque()
+        self._disconnect_frame: bytes | None = None
+        self._closing = False  # send_disconnect was called
+        self._outbound: dict[int, _OutMsg] = {}
+        self._next_rid = 1
+        self._inbound: dict[int, _Channel] = {}
+        self._assembler = MessageAssembler()
+        self._events: deque[Event] = deque()
+        self._decoder = FrameDecoder(MAX_WIRE_FRAME_PAYLOAD, compression=compression)
+        self._error: RemoteProtocolError | None = None
+        self._peer_disconnected = False
+        self._send_bucket = TokenBucket(config.send_rate, config.send_burst, now)
+        self._recv_bucket = TokenBucket(config.recv_rate, config.recv_burst, now)
+        self._send_blocked = 0  # size of the frame the send bucket could not pay for
+        self._compression = compression
+        self._cctx: zstandard.ZstdCompressor | None = None
+        self._dctx: zstandard.ZstdDecompressor | None = None
+        if compression:
+            self._cctx = zstandard.ZstdCompressor(
+                level=config.compression_level, write_content_size=True
+            )
+            window_log = max(10, min(31, math.ceil(math.log2(self._unknown_limit))))
+            self._dctx = zstandard.ZstdDecompressor(max_window_size=1 << window_log)
+        self._last_recv = now
+        self._idle_fired = False
+        self._next_ping = now + config.ping_interval if config.ping_interval > 0 else math.inf
+        self._ping_seq = 0
+        self._ping_due = 0  # nonce of a ping to send next (stamped when it is actually sent)
+        self._pings: dict[int, float] = {}  # nonce -> time the ping was handed to the driver
+        self._rtt_last: float | None = None
+        self._rtt_ewma: float | None = None
+        self._bytes_in = self._bytes_out = 0
+        self._frames_in = self._frames_out = 0
+        self._unknown_dropped = 0
+        self._control_dropped = 0
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def compression(self) -> bool:
+        """Whether zstd compression was negotiated for this connection."""
+        return self._compression
+
+    @property
+    def closing(self) -> bool:
+        """True once ``send_disconnect`` was called (nothing but the disconnect is sent)."""
+        return self._closing
+
+    @property
+    def idle_expired(self) -> bool:
+        """True from the moment ``handle_timer`` emitted IdleTimeout until data arrives."""
+        return self._idle_fired
+
+    @property
+    def peer_disconnected(self) -> bool:
+        """True once the peer's disconnect arrived (later received frames are ignored)."""
+        return self._peer_disconnected
+
+    # ------------------------------------------------------------------ outgoing
+
+    @property
+    def wants_write(self) -> bool:
+        """Whether ``data_to_send`` has something to hand out now (rate limits aside)."""
+        if self._closing:
+            return self._disconnect_frame is not None
+        return bool(self._ctrl) or bool(self._ping_due) or any(self._levels)
+
+    def _channel(self, channel_id: int) -> _Channel:
+        ch = self._channels.get(channel_id)
+        if ch is None:
+            raise ChannelError(
+                f"channel {channel_id} is not part of this connection (a connection only "
+                "carries the channels this node had open when it was established)"
+            )
+        return ch
+
+    def has_space(self, channel_id: int) -> bool:
+        """Whether one more message fits in the channel's send queue (True once closing, so
+        waiters wake up and see ``ConnectionClosed``)."""
+        ch = self._channel(channel_id)
+        return self._closing or len(ch.queue) < ch.queue_size
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise ConnectionClosed("the connection is closing")
+
+    def _enqueue(self, ch: _Channel, kind: int, request_id: int, payload: bytes) -> _OutMsg:
+        size = len(payload)
+        if size > ch.max_size:
+            raise MessageTooLarge(
+                f"{size}-byte message exceeds channel {ch.id}'s maximum of {ch.max_size}"
+            )
+        if len(ch.queue) >= ch.queue_size:
+            raise WouldBlock(f"send queue of channel {ch.id} is full")
+        if type(payload) is not bytes:
+            payload = bytes(payload)
+        flags = 0
+        data = payload
+        if self._cctx is not None and size >= self._config.compression_threshold:
+            packed = self._cctx.compress(payload)
+            if len(packed) < size:
+                data, flags = packed, FLAG_COMPRESSED
+        msg = _OutMsg(ch, kind, request_id, data, flags, size)
+        if len(data) > self._max_payload:
+            msg.data = memoryview(data)  # chunks are sliced without copying
+        ch.queue.append(msg)
+        if not ch.active:
+            ch.active = True
+            ch.level.append(ch)
+        return msg
+
+    def send_message(self, channel_id: int, payload: bytes) -> None:
+        """Queue a fire-and-forget message (WouldBlock / MessageTooLarge / ChannelError)."""
+        ch = self._channel(channel_id)
+        self._check_open()
+        self._enqueue(ch, _MESSAGE, 0, payload)
+
+    def send_request(self, channel_id: int, payload: bytes) -> int:
+        """Queue a request; return its id. WouldBlock also at ``max_outbound_requests``."""
+        ch = self._channel(channel_id)
+        self._check_open()
+        if len(self._outbound) >= self._config.max_outbound_requests:
+            raise WouldBlock("too many outbound requests in flight")
+        rid = self._next_rid
+        while rid in self._outbound:
+            rid = rid % _MAX_RID + 1
+        msg = self._enqueue(ch, _REQUEST, rid, payload)
+        self._next_rid = rid % _MAX_RID + 1
+        self._outbound[rid] = msg
+        ch.outbound_in_flight += 1
+        return rid
+
+    def _answer(self, channel_id: int, request_id: int, kind: int, payload: bytes) -> bool:
+        ch = self._channel(channel_id)
+        if self._closing or self._inbound.get(request_id) is not ch:
+            return False
+        self._enqueue(ch, kind, request_id, payload)
+        del self._inbound[request_id]
+        ch.inbound_active -= 1
+        return True
+
+    def is_inbound_active(self, channel_id: int, request_id: int) -> bool:
+        """Whether an inbound request still awaits our answer (False once answered, cancelled
+        by the peer, or never received)."""
+        ch = self._inbound.get(request_id)
+        return ch is not None and ch.id == channel_id
+
+    def send_response(self, channel_id: int, request_id: int, payload: bytes) -> bool:
+        """Answer an active inbound request; False (nothing sent) if unknown or cancelled."""
+        return self._answer(channel_id, request_id, _RESPONSE, payload)
+
+    def send_error(self, channel_id: int, request_id: int, code: ErrorCode, message: str) -> bool:
+        """Answer an active inbound request with an error (``message`` is truncated to fit)."""
+        ch = self._channel(channel_id)
+        payload = encode_error(code, message, max_message_bytes=ch.max_size - 6)
+        return self._answer(channel_id, request_id, _ERROR, payload)
+
+    def cancel_request(self, request_id: int) -> None:
+        """Forget an outbound request; tell the peer unless none of it was sent yet."""
+        msg = self._outbound.pop(request_id, None)
+        if msg is None:
+            return
+        ch = msg.channel
+        ch.outbound_in_flight -= 1
+        if self._closing:
+            return
+        if msg.queued:
+            msg.queued = False
+            if msg.offset == 0:  # no frame of it went out yet: just forget it
+                ch.queue.remove(msg)
+                return
+            # Partially sent, hence at the head: drop the rest; the CANCEL makes the receiver
+            # discard its partial reassembly.
+            ch.queue.popleft()
+        self._ctrl.append(_pack(8, _CANCEL, 0, ch.id, request_id))
+
+    def send_disconnect(self, reason: int, message: str) -> None:
+        """Send a CONTROL disconnect next and nothing after it (idempotent: first one wins)."""
+        if self._closing:
+            return
+        if not -(1 << 31) <= reason < (1 << 31):
+            raise LocalProtocolError(f"disconnect reason out of range: {reason}")
+        payload = encode_control(
+            Disconnect(reason, message), max_message_bytes=self._max_payload - 16
+        )
+        self._disconnect_frame = _pack(len(payload) + 8, _CONTROL, 0, 0, 0) + payload
+        self._closing = True
+        self._ctrl.clear()
+        self._ping_due = 0
+        self._pings.clear()
+        for level in self._levels:
+            for ch in level:
+                ch.active = False
+            level.clear()
+        for ch in self._channels.values():
+            for msg in ch.queue:
+                msg.queued = False
+            ch.queue.clear()
+
+    def _pick(self) -> _Channel | None:
+        for level in self._levels:
+            while level:
+                ch = level[0]
+                if ch.queue:
+                    return ch
+                level.popleft()
+                ch.active = False
+        return None
+
+    def data_to_send(self, now: float) -> bytes:
+        """The next write batch (whole frames, ≤ max_write_batch unless one frame is larger);
+        ``b""`` when nothing is ready or the send rate limit forbids the next frame."""
+        self._send_blocked = 0
+        if self._closing:
+            frame, self._disconnect_frame = self._disconnect_frame, None
+            if frame is None:
+                return b""
+            self._bytes_out += len(frame)
+            self._frames_out += 1
+            return frame
+        out: list[bytes | memoryview] = []
+        used = 0
+        cap = self._max_batch
+        bucket = self._send_bucket
+        tokens = bucket.available(now) + 1e-6
+        burst = bucket.burst  # a frame above the burst goes out alone, from a full bucket
+        ctrl = self._ctrl
+        max_payload = self._max_payload
+        frames = 0
+        if self._ping_due:
+            nonce = self._ping_due
+            ping = encode_control(Ping(nonce))
+            size = len(ping) + HEADER_SIZE
+            if size > tokens and tokens < burst:
+                self._send_blocked = min(size, burst)
+                return b""
+            self._ping_due = 0
+            out.append(_pack(size - 4, _CONTROL, 0, 0, 0) + ping)
+            used = size
+            frames = 1
+            if len(self._pings) >= _MAX_PINGS:
+                del self._pings[next(iter(self._pings))]
+            self._pings[nonce] = now  # RTT counts from when the ping leaves, not when it is due
+        while True:
+            if ctrl:
+                frame = ctrl[0]
+                size = len(frame)
+                if used + size > tokens and (used or tokens < burst):
+                    self._send_blocked = min(size, burst)
+                    break
+                if used and used + size > cap:
+                    break
+                ctrl.popleft()
+                out.append(frame)
+                used += size
+                frames += 1
+                continue
+            ch = self._pick()
+            if ch is None:
+                break
+            msg = ch.queue[0]
+            data = msg.data
+            offset = msg.offset
+            n = len(data) - offset
+            more = 0
+            if n > max_payload:
+                n = max_payload
+                more = FLAG_MORE
+            size = n + HEADER_SIZE
+            if used + size > tokens and (used or tokens < burst):
+                self._send_blocked = min(size, burst)
+                break
+            if used and used + size > cap:
+                break
+            out.append(_pack(n + 8, msg.kind, msg.flags | more, ch.id, msg.request_id))
+            out.append(data if (n == len(data)) else data[offset : offset + n])
+            used += size
+            frames += 1
+            level = ch.level
+            level.popleft()
+            if more:
+                msg.offset = offset + n
+            else:
+                msg.offset = len(data)
+                msg.queued = False
+                ch.queue.popleft()
+                ch.messages_sent += 1
+                ch.bytes_sent += msg.size
+                if not ch.queue:
+                    ch.active = False
+                    continue
+            level.append(ch)
+        if not out:
+            return b""
+        bucket.consume(used, now)
+        self._bytes_out += used
+        self._frames_out += frames
+        return b"".join(out)
+
+    # ------------------------------------------------------------------ incoming
+
+    def next_event(self) -> Event | None:
+        """The oldest pending event, or None."""
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> list[Event]:
+        """All pending events, oldest first (drains the queue)."""
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def receive_paused_until(self, now: float) -> float | None:
+        """When reading may resume (receive rate limit), or None if it may now."""
+        bucket = self._recv_bucket
+        if bucket.can_consume(1, now):
+            return None
+        return bucket.ready_at(1)
+
+    # ------------------------------------------------------------------ timers
+
+    def get_timer(self) -> float | None:
+        """Earliest deadline: next ping, idle timeout, or send-bucket refill when the last
+        ``data_to_send`` was held back by the send rate limit. None when nothing is pending."""
+        if self._closing:
+            return None
+        deadline = self._next_ping
+        if self._config.idle_timeout > 0 and not self._idle_fired:
+            deadline = min(deadline, self._last_recv + self._config.idle_timeout)
+        if self._send_blocked:
+            deadline = min(deadline, self._send_bucket.ready_at(self._send_blocked))
+        return None if deadline == math.inf else deadline
+
+    def handle_timer(self, now: float) -> None:
+        """Queue a ping if due; emit IdleTimeout if nothing was received for idle_timeout."""
+        if self._closing:
+            return
+        config = self._config
+        if now >= self._next_ping:
+            self._next_ping = now + config.ping_interval
+            self._ping_seq += 1
+            self._ping_due = self._ping_seq  # replaces a due ping that could not be sent yet
+        if (
+            config.idle_timeout > 0
+            and not self._idle_fired
+            and now >= self._last_recv + config.idle_timeout
+        ):
+            self._idle_fired = True
+            self._events.append(IdleTimeout())
+
+    # ------------------------------------------------------------------ statistics
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of counters."""
+        channels = tuple(
+            ChannelStatistics(
+                channel_id=ch.id,
+                messages_sent=ch.messages_sent,
+                bytes_sent=ch.bytes_sent,
+                messages_received=ch.messages_received,
+                bytes_received=ch.bytes_received,
+                queue_depth=len(ch.queue),
+                inbound_requests_active=ch.inbound_active,
+                outbound_requests_in_flight=ch.outbound_in_flight,
+                messages_dropped=ch.dropped,
+                requests_rejected=ch.rejected,
+            )
+            for ch in sorted(self._channels.values(), key=lambda c: c.id)
+        )
+        return ConnectionStatistics(
+            channels=channels,
+            bytes_in=self._bytes_in,
+            bytes_out=self._bytes_out,
+            frames_in=self._frames_in,
+            frames_out=self._frames_out,
+            rtt_last=self._rtt_last,
+            rtt_ewma=self._rtt_ewma,
+            control_queue_depth=len(self._ctrl),
+            unknown_channel_dropped=self._unknown_dropped,
+            control_dropped=self._control_dropped,
+            outbound_requests_in_flight=len(self._outbound),
+            inbound_requests_active=len(self._inbound),
+        )

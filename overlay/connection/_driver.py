@@ -1,0 +1,553 @@
+"""The thin async driver of one peer connection.
+
+Theory of operation
+-------------------
+A :class:`PeerConnection` owns an authenticated :class:`~overlay.transport._secure.SecureStream`
+and a pure
+:class:`~overlay.connection._core.ConnectionCore`. Two tasks run it:
+
+* the **reader** receives plaintext, feeds ``core.receive_data``, and dispatches the core's
+  events: messages go to the router (awaiting a full inbox: backpressure towards the peer),
+  requests start a handler task, responses wake the waiting requester, cancels cancel handlers;
+* the **writer** sleeps until woken (something was queued) or the core's timer is due, then
+  writes ``core.data_to_send`` (many small frames coalesced into one write).
+
+Callers queue into the core synchronously; when a channel queue is full they wait on the
+connection's *space* event (the writer sets it after every write) — so every queue is bounded,
+and ``send()`` either waits (honouring the caller's cancel scope) or raises ``WouldBlock``.
+
+Closing is one-way: ``close(reason)`` queues a Disconnect frame, lets the writer flush it for at
+most ``CLOSE_FLUSH_TIMEOUT`` seconds, then cancels both tasks and closes the stream. Every
+waiting requester and sender then fails with :class:`ConnectionClosed` (or :class:`NodeClosed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVarTuple
+
+import anyio
+import anyio.abc
+
+from overlay.connection import _core as core_mod
+from overlay.connection._core import ConnectionCore
+from overlay.connection._observer import Observer
+from overlay.connection._timers import TimerService
+from overlay.errors import (
+    ConnectionClosed,
+    ErrorCode,
+    OverlayError,
+    RemoteProtocolError,
+    RequestError,
+    WouldBlock,
+)
+from overlay.identity import NodeId
+from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
+
+__all__ = [
+    "CLOSE_FLUSH_TIMEOUT",
+    "Delivery",
+    "KEEP_IDLE_WORKERS",
+    "PeerConnection",
+    "RequestExpired",
+]
+
+log = logging.getLogger("overlay.peer")
+
+CLOSE_FLUSH_TIMEOUT = 1.0
+"""Seconds the writer may spend flushing the final Disconnect frame."""
+
+_STREAM_CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
+
+
+Ts = TypeVarTuple("Ts")
+
+
+class Delivery(Protocol):
+    """What a connection hands inbound traffic to (the router)."""
+
+    async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None: ...
+
+    def on_request(
+        self, conn: PeerConnection, channel_id: int, request_id: int, payload: bytes
+    ) -> None: ...
+
+
+class RequestExpired(OverlayError):
+    """The deadline given to :meth:`PeerConnection.request` passed (internal: the router turns
+    it into :class:`~overlay.errors.RequestTimeout` with the channel and peer in the message)."""
+
+
+class _Waiter:
+    """One outbound request waiting for its answer; its deadline lives in the node's timers."""
+
+    __slots__ = ("conn", "error", "event", "payload", "request_id", "timer_at")
+
+    def __init__(self, conn: PeerConnection, request_id: int) -> None:
+        self.conn = conn
+        self.request_id = request_id
+        self.event = anyio.Event()
+        self.payload: bytes = b""
+        self.error: OverlayError | None = None
+        self.timer_at = math.inf
+
+    def on_timer(self, now: float) -> None:
+        if not self.conn._abandon(self.request_id):
+            return  # answered or failed meanwhile
+        self.error = RequestExpired("the request deadline passed")
+        self.event.set()
+
+
+_RETRY_DUE_TIMER = 0.001
+"""Seconds by which a deadline that is already due on rescheduling is pushed ahead."""
+
+KEEP_IDLE_WORKERS = 1
+"""Request workers a connection keeps parked when it has no work (the rest exit)."""
+
+
+class _Workers:
+    """Runs submitted coroutine functions on a few long-lived tasks, not a task per job.
+
+    Invariant: while jobs are queued, exactly one worker is *waking* (started or woken, not yet
+    running) or every worker is busy. A running worker takes jobs one by one and, before
+    starting one with more still queued, wakes a colleague — so a job that blocks never holds
+    up the ones behind it, while a burst of quick jobs (256 pipelined echo requests) is served
+    by one task in one scheduling step instead of 256 task spawns. The caller bounds how many
+    jobs can exist (the connection core caps concurrent inbound requests per channel), which
+    bounds the workers too.
+    """
+
+    __slots__ = ("_idle", "_queue", "_tg", "_waking", "workers")
+
+    def __init__(self, tg: anyio.abc.TaskGroup) -> None:
+        self._tg = tg
+        self._queue: deque[tuple[Callable[..., Coroutine[Any, Any, Any]], tuple[Any, ...]]] = (
+            deque()
+        )
+        self._idle: list[anyio.Event] = []
+        self._waking = False
+        self.workers = 0
+
+    def submit(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
+        self._queue.append((func, args))
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        if self._waking or not self._queue:
+            return
+        self._waking = True
+        if self._idle:
+            self._idle.pop().set()
+        else:
+            self.workers += 1
+            self._tg.start_soon(self._run)
+
+    async def _run(self) -> None:
+        queue = self._queue
+        try:
+            while True:
+                self._waking = False
+                while queue:
+                    func, args = queue.popleft()
+                    if queue:
+                        self._wake_one()
+                    try:
+                        await func(*args)
+                    except OverlayError as exc:  # the connection went away under the job
+                        log.debug("request job ended: %s", exc)
+                if len(self._idle) >= KEEP_IDLE_WORKERS:
+                    return
+                event = anyio.Event()
+                self._idle.append(event)
+                await event.wait()
+        finally:
+            self.workers -= 1
+
+
+class PeerConnection:
+    """One live, authenticated connection to a peer."""
+
+    def __init__(
+        self,
+        *,
+        node_id: NodeId,
+        info: NodeInfo,
+        stream: anyio.abc.ByteStream,
+        core: ConnectionCore,
+        outbound: bool,
+        remote_address: str,
+        remote_host: str,
+        delivery: Delivery,
+        observer: Observer,
+        timers: TimerService,
+    ) -> None:
+        self.node_id = node_id
+        self.info = info
+        self.outbound = outbound
+        self.remote_address = remote_address
+        self.remote_host = remote_host
+        self.core = core
+        self.connected_at = anyio.current_time()
+        self.close_reason: str | None = None
+        self.remote_reason: str | None = None
+        self._stream = stream
+        self._delivery = delivery
+        self._observer = observer
+        self._waiters: dict[int, _Waiter] = {}
+        self._handlers: dict[tuple[int, int], anyio.CancelScope] = {}
+        self._space = anyio.Event()
+        self._space_waiters = 0
+        self._wake = anyio.Event()
+        self._writer_waiting = False
+        self._timers = timers
+        self.timer_at = math.inf
+        self._closing = False
+        self._closed = False
+        self._close_error: OverlayError = ConnectionClosed(f"connection to {node_id} closed")
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._workers: _Workers | None = None
+        self._done = anyio.Event()
+
+    # ----------------------------------------------------------------------------- lifecycle
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the reader and writer until the connection closes."""
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                self._workers = _Workers(tg)
+                tg.start_soon(self._write_loop)
+                tg.start_soon(self._read_loop)
+                self._reschedule(anyio.current_time())
+                task_status.started()
+        finally:
+            self._closed = True
+            self._timers.cancel(self)
+            self._fail_pending()
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+            self._done.set()
+
+    @property
+    def is_open(self) -> bool:
+        return not (self._closing or self._closed)
+
+    def close(self, reason: int = DisconnectReason.SHUTDOWN, message: str = "",
+              error: OverlayError | None = None) -> None:
+        """Start closing: send a Disconnect, flush briefly, then stop. Idempotent."""
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self.close_reason = DisconnectReason.name(reason)
+        if error is not None:
+            self._close_error = error
+        try:
+            self.core.send_disconnect(reason, message)
+        except OverlayError:
+            pass
+        self._kick()
+        self._space.set()  # wake senders so they see the connection is closing
+
+    async def aclose(self, reason: int = DisconnectReason.SHUTDOWN, message: str = "") -> None:
+        """Close and wait until the connection is fully down."""
+        self.close(reason, message)
+        await self._done.wait()
+
+    def submit(
+        self, func: Callable[[*Ts], Coroutine[Any, Any, Any]], *args: *Ts
+    ) -> None:
+        """Run ``func(*args)`` on one of this connection's request workers (cancelled when it
+        closes). Cheaper than :meth:`spawn` for short jobs such as serving a request."""
+        if self._workers is None or self._closed:
+            return
+        self._workers.submit(func, args)
+
+    def _abandon(self, request_id: int) -> bool:
+        """Stop waiting for ``request_id``: cancel it on the wire (or drop it unsent) and free
+        its in-flight slot. False when it was no longer pending."""
+        if self._waiters.pop(request_id, None) is None:
+            return False
+        if not self._closed:
+            self.core.cancel_request(request_id)
+            self._kick()
+            self._release_space()
+        return True
+
+    def _fail_pending(self) -> None:
+        for waiter in self._waiters.values():
+            waiter.error = self._fresh_close_error()
+            waiter.event.set()
+        self._waiters.clear()
+        self._space.set()
+        for scope in self._handlers.values():
+            scope.cancel()
+
+    def _fresh_close_error(self) -> OverlayError:
+        """A new instance of the close error: re-raising one object would chain tracebacks."""
+        err = self._close_error
+        try:
+            return type(err)(*err.args)
+        except TypeError:  # a subclass with another constructor: share the instance
+            return err
+
+    def _check_open(self) -> None:
+        if self._closing or self._closed:
+            raise self._fresh_close_error()
+
+    # ------------------------------------------------------------------------------- sending
+
+    def _release_space(self) -> None:
+        """A finished request frees an in-flight slot: wake callers waiting for one."""
+        if self._space_waiters:
+            self._space.set()
+            self._space = anyio.Event()
+
+    def _kick(self) -> None:
+        if self._writer_waiting:
+            self._writer_waiting = False
+            self._wake.set()
+
+    async def _wait_space(self) -> None:
+        self._space_waiters += 1
+        try:
+            await self._space.wait()
+        finally:
+            self._space_waiters -= 1
+        self._check_open()
+
+    def send_message_nowait(self, channel_id: int, payload: bytes) -> None:
+        self._check_open()
+        self.core.send_message(channel_id, payload)
+        self._kick()
+
+    async def send_message(self, channel_id: int, payload: bytes) -> None:
+        """Queue a message, waiting for queue space (cancel the caller to give up)."""
+        while True:
+            self._check_open()
+            try:
+                self.core.send_message(channel_id, payload)
+            except WouldBlock:
+                await self._wait_space()
+            else:
+                self._kick()
+                return
+
+    async def request(
+        self, channel_id: int, payload: bytes, timeout: float | None = None
+    ) -> bytes:
+        """Send a request and wait for the response payload.
+
+        Cancelling the caller cancels the request on the wire, and so does ``timeout`` (seconds;
+        enforced by the node's timer task, so a request costs no cancel scope), which raises
+        :class:`RequestExpired`. An error response raises :class:`RequestError`.
+        """
+        deadline = None if timeout is None else anyio.current_time() + timeout
+        while True:
+            self._check_open()
+            try:
+                request_id = self.core.send_request(channel_id, payload)
+            except WouldBlock:
+                if deadline is None:
+                    await self._wait_space()
+                    continue
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    await self._wait_space()
+                    continue
+                raise RequestExpired("no room for the request before its deadline") from None
+            else:
+                break
+        waiter = _Waiter(self, request_id)
+        self._waiters[request_id] = waiter
+        if deadline is not None:
+            self._timers.schedule(waiter, deadline)
+        self._kick()
+        finished = False
+        try:
+            await waiter.event.wait()
+            finished = True
+        finally:
+            if deadline is not None:
+                self._timers.cancel(waiter)
+            if not finished:
+                self._abandon(request_id)
+        if waiter.error is not None:
+            raise waiter.error
+        return waiter.payload
+
+    async def respond(self, channel_id: int, request_id: int, payload: bytes) -> None:
+        while not self._closing and not self._closed:
+            try:
+                self.core.send_response(channel_id, request_id, payload)
+            except WouldBlock:
+                await self._wait_space()
+            else:
+                self._kick()
+                return
+
+    async def respond_error(
+        self, channel_id: int, request_id: int, code: ErrorCode, message: str
+    ) -> None:
+        while not self._closing and not self._closed:
+            try:
+                self.core.send_error(channel_id, request_id, code, message)
+            except WouldBlock:
+                await self._wait_space()
+            else:
+                self._kick()
+                return
+
+    def register_handler(self, key: tuple[int, int], scope: anyio.CancelScope) -> None:
+        self._handlers[key] = scope
+
+    def unregister_handler(self, key: tuple[int, int]) -> None:
+        self._handlers.pop(key, None)
+
+    # ------------------------------------------------------------------------------- writer
+
+    async def _write_loop(self) -> None:
+        core = self.core
+        stream = self._stream
+        try:
+            while True:
+                if core.wants_write:
+                    data = core.data_to_send(anyio.current_time())
+                    if data:
+                        if self._closing:
+                            with anyio.move_on_after(CLOSE_FLUSH_TIMEOUT):
+                                await stream.send(data)
+                        else:
+                            await stream.send(data)
+                        self._release_space()
+                        continue
+                    self._timer_maybe_earlier()  # held back by the send rate limit
+                if self._closing:
+                    break
+                self._wake = anyio.Event()
+                self._writer_waiting = True
+                await self._wake.wait()
+        except _STREAM_CLOSED:
+            pass
+        finally:
+            self._closed = True
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+
+    # -------------------------------------------------------------------------------- timer
+
+    def _reschedule(self, now: float) -> None:
+        """Tell the node's timer service about the core's next deadline. One already due (the
+        send bucket's refill, which the writer just woken will settle) is pushed a millisecond
+        ahead, so the timer never spins on it; the next firing reschedules from the core."""
+        if self._closed:
+            return
+        deadline = self.core.get_timer()
+        if deadline is not None and deadline <= now:
+            deadline = now + _RETRY_DUE_TIMER
+        self._timers.schedule(self, deadline)
+
+    def _timer_maybe_earlier(self) -> None:
+        deadline = self.core.get_timer()
+        if deadline is not None and deadline < self.timer_at:
+            self._timers.schedule(self, deadline)
+
+    def on_timer(self, now: float) -> None:
+        """The core's deadline passed (pings, idle timeout, send rate-limit refill)."""
+        if self._closing or self._closed:
+            return
+        core = self.core
+        core.handle_timer(now)
+        if core.idle_expired:
+            log.info("peer %s idle for too long; closing", self.node_id)
+            self.close(DisconnectReason.IDLE_TIMEOUT, "idle timeout")
+            return
+        self._kick()
+        self._reschedule(now)
+
+    # ------------------------------------------------------------------------------- reader
+
+    async def _read_loop(self) -> None:
+        core = self.core
+        stream = self._stream
+        try:
+            await self._dispatch_events()  # bytes that arrived with the hello exchange
+            while not self._closing:
+                now = anyio.current_time()  # fresh: delivering may have waited for inbox space
+                paused = core.receive_paused_until(now)
+                if paused is not None:
+                    await anyio.sleep(max(0.0, paused - now))
+                try:
+                    data = await stream.receive()
+                except _STREAM_CLOSED:
+                    break
+                core.receive_data(data, anyio.current_time())
+                await self._dispatch_events()
+                if core.wants_write:  # a pong or a CANCEL answer to send
+                    self._kick()
+        except RemoteProtocolError as exc:
+            log.warning("peer %s violated the protocol: %s", self.node_id, exc)
+            self._observer.on_protocol_violation(self.node_id, type(exc).__name__)
+            self.close(DisconnectReason.PROTOCOL_VIOLATION, str(exc)[:200], error=ConnectionClosed(
+                f"connection to {self.node_id} closed: protocol violation: {exc}"))
+            return
+        if not self._closing:
+            # The peer closed (or reset) the connection: nothing left to flush.
+            self._closed = True
+            assert self._tg is not None
+            self._tg.cancel_scope.cancel()
+
+    async def _dispatch_events(self) -> None:
+        core = self.core
+        while (event := core.next_event()) is not None:
+            if isinstance(event, core_mod.ResponseReceived):
+                waiter = self._waiters.pop(event.request_id, None)
+                if waiter is not None:
+                    waiter.payload = event.payload
+                    waiter.event.set()
+                self._release_space()
+            elif isinstance(event, core_mod.MessageReceived):
+                await self._delivery.on_message(self, event.channel_id, event.payload)
+            elif isinstance(event, core_mod.RequestReceived):
+                self._delivery.on_request(self, event.channel_id, event.request_id, event.payload)
+            elif isinstance(event, core_mod.ErrorReceived):
+                waiter = self._waiters.pop(event.request_id, None)
+                if waiter is not None:
+                    waiter.error = RequestError(event.code, event.message)
+                    waiter.event.set()
+                self._release_space()
+            elif isinstance(event, core_mod.CancelReceived):
+                scope = self._handlers.get((event.channel_id, event.request_id))
+                if scope is not None:
+                    scope.cancel()
+            elif isinstance(event, core_mod.RequestRejected):
+                self._observer.on_rate_limited(self.node_id, event.channel_id)
+            elif isinstance(event, core_mod.MessageDropped):
+                log.debug("dropped a message from %s on channel %d: %s",
+                          self.node_id, event.channel_id, event.reason)
+            elif isinstance(event, core_mod.LatencyMeasured):
+                self._observer.on_latency(self.node_id, event.rtt)
+            elif isinstance(event, core_mod.DisconnectReceived):
+                self.remote_reason = DisconnectReason.name(event.reason)
+                log.info("peer %s disconnected: %s %s", self.node_id, self.remote_reason,
+                         event.message)
+                self._close_error = ConnectionClosed(
+                    f"peer {self.node_id} disconnected: {self.remote_reason} {event.message}"
+                )
+                self._closing = True
+                self._closed = True
+                assert self._tg is not None
+                self._tg.cancel_scope.cancel()
+                return
+            elif isinstance(event, core_mod.IdleTimeout):
+                pass  # the timer task closes the connection when it fires
+
+    # --------------------------------------------------------------------------- observation
+
+    def rtt(self) -> float:
+        stats = self.core.statistics()
+        value = getattr(stats, "rtt_ewma", None)
+        return float(value) if value is not None else math.nan

@@ -1,0 +1,206 @@
+"""Node configuration: one frozen dataclass per component, loadable from ``config.toml``.
+
+Every field has a docstring; ``overlay init`` writes them all into the generated config file, and
+the operator's guide lists them. Paths are relative to the node's home directory.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from overlay.address import ListenAddress, NodeAddress
+from overlay.errors import ConfigError, InvalidAddressError
+from overlay.node._configio import from_mapping, render_toml
+from overlay.peers import PeerManagerConfig
+
+__all__ = [
+    "AdminConfig",
+    "ConnectionConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "NodeConfig",
+    "load_config",
+    "render_config",
+]
+
+
+def _positive(key: str, value: float) -> None:
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(key, f"must be a positive number, got {value!r}")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(key, f"must be zero or positive, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    """Per-connection limits and timers (``[connection]``)."""
+
+    max_frame_payload: int = 65_507
+    """Payload bytes per frame this node sends (the chunk size of large messages), 64 to 65507.
+    Smaller chunks let urgent messages overtake bulk transfers sooner. Every node accepts frames
+    up to 65507 bytes whatever its own setting."""
+    max_write_batch: int = 65_519
+    """Bytes of frames coalesced into one write (and one AEAD call when ≤ 65519)."""
+    send_rate: float = 0.0
+    """Per-peer send rate limit in bytes/s (0 = unlimited)."""
+    send_burst: int = 1_048_576
+    """Burst allowance of the send rate limit, in bytes."""
+    recv_rate: float = 0.0
+    """Per-peer receive rate limit in bytes/s (0 = unlimited); reading pauses when exceeded."""
+    recv_burst: int = 1_048_576
+    """Burst allowance of the receive rate limit, in bytes."""
+    compression: bool = False
+    """Offer zstd compression; used only when both peers offer it."""
+    compression_threshold: int = 1024
+    """Messages smaller than this are never compressed."""
+    ping_interval: float = 10.0
+    """Seconds between keep-alive pings (which also measure latency)."""
+    idle_timeout: float = 30.0
+    """Close a connection when nothing was received for this many seconds."""
+    max_outbound_requests: int = 1024
+    """Requests in flight per connection before ``request()`` waits."""
+    handshake_timeout: float = 5.0
+    """Seconds allowed for the Noise handshake, and as much again for the NodeInfo exchange
+    that follows it (each phase has its own deadline; on a dial both are also cut short by the
+    dial's remaining time)."""
+    dial_timeout: float = 5.0
+    """With ``handshake_timeout``, the time a dial may take when its caller gives none (operator
+    dials, ``overlay dial``): connecting, the Noise handshake and the NodeInfo exchange together
+    must finish within ``dial_timeout + handshake_timeout``. The peer manager's own dials use
+    ``[peers] dial_timeout`` instead."""
+    max_pending_handshakes: int = 64
+    """Inbound connections allowed to be mid-handshake at once; more are closed at once."""
+
+    def __post_init__(self) -> None:
+        if not 64 <= self.max_frame_payload <= 65_507:
+            raise ConfigError("max_frame_payload", "must be between 64 and 65507 (the wire limit)")
+        if self.max_write_batch < 64:
+            raise ConfigError("max_write_batch", "must be at least 64")
+        for key in ("send_rate", "recv_rate"):
+            _non_negative(key, getattr(self, key))
+        for key in ("send_burst", "recv_burst", "compression_threshold"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, "must be at least 1")
+        for key in ("ping_interval", "idle_timeout", "handshake_timeout", "dial_timeout"):
+            _positive(key, getattr(self, key))
+        if self.idle_timeout <= self.ping_interval:
+            raise ConfigError("idle_timeout", "must be longer than ping_interval")
+        for key in ("max_outbound_requests", "max_pending_handshakes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, "must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The local admin API used by the ``overlay`` CLI (``[admin]``)."""
+
+    enabled: bool = True
+    """Serve the admin API (HTTP/JSON, token-protected)."""
+    listen: str = "127.0.0.1:0"
+    """TCP address (loopback only); port 0 picks a free port, written to ``admin.json``."""
+    unix_socket: str = ""
+    """Serve on this Unix socket path instead of TCP (relative to home)."""
+    token_file: str = "admin_token"
+    """File holding the bearer token (created with mode 0600)."""
+
+    def __post_init__(self) -> None:
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            raise ConfigError("listen", "the admin API may only bind a loopback address")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The Prometheus endpoint (``[metrics]``)."""
+
+    enabled: bool = False
+    """Serve Prometheus metrics."""
+    listen: str = "127.0.0.1:26660"
+    """HOST:PORT to serve ``/metrics`` on."""
+    namespace: str = "overlay"
+    """Prefix of every metric name."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Logging (``[log]``)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level logged."""
+    format: Literal["text", "json"] = "text"
+    """``text`` for people, ``json`` for one structured record per line."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything a node needs (the top level of ``config.toml``)."""
+
+    network: str = "overlay-local"
+    """Network name; peers on other networks are refused."""
+    moniker: str = ""
+    """Human-readable node name shown to peers."""
+    listen: tuple[str, ...] = ("tcp://127.0.0.1:26656",)
+    """Listen addresses: ``tcp://HOST:PORT`` (port 0 = any free port) or ``memory:``."""
+    external_addresses: tuple[str, ...] = ()
+    """Addresses advertised to peers instead of the listen addresses (``ID@HOST:PORT``)."""
+    node_key_file: str = "node_key"
+    """ed25519 node key (hex seed, mode 0600)."""
+    data_dir: str = "data"
+    """Directory of the peer store (SQLite)."""
+    connection: ConnectionConfig = field(default_factory=ConnectionConfig)
+    peers: PeerManagerConfig = field(default_factory=PeerManagerConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if not self.network or len(self.network) > 64:
+            raise ConfigError("network", "must be 1 to 64 characters")
+        if not self.listen:
+            raise ConfigError("listen", "needs at least one address")
+        for i, text in enumerate(self.listen):
+            try:
+                ListenAddress.parse(text)
+            except InvalidAddressError as exc:
+                raise ConfigError(f"listen[{i}]", str(exc)) from None
+        for i, text in enumerate(self.external_addresses):
+            try:
+                NodeAddress.parse(text)
+            except InvalidAddressError as exc:
+                raise ConfigError(f"external_addresses[{i}]", str(exc)) from None
+
+    def listen_addresses(self) -> list[ListenAddress]:
+        return [ListenAddress.parse(text) for text in self.listen]
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    """Read and validate a ``config.toml``; every problem raises :class:`ConfigError`."""
+    target = Path(path)
+    try:
+        text = target.read_text()
+    except OSError as exc:
+        raise ConfigError("<file>", f"cannot read {target}: {exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("<file>", f"{target} is not valid TOML: {exc}") from exc
+    return from_mapping(NodeConfig, data)
+
+
+def render_config(
+    config: NodeConfig | None = None, overrides: Mapping[str, object] | None = None
+) -> str:
+    """A complete ``config.toml``: every key with its docstring, defaults commented out."""
+    header = (
+        "# overlay node configuration. Every key is listed with its default, commented out;\n"
+        "# uncomment a line to change it. See docs/operator-guide.md.\n\n"
+    )
+    return header + render_toml(config or NodeConfig(), overrides=overrides or {})

@@ -1,0 +1,555 @@
+"""The node: the assembly that wires transports, connections, the router and the peer manager.
+
+``async with Node(config) as node:`` returns once every listener is bound; leaving the block
+closes every connection (peers get a ``shutdown`` Disconnect) and fails pending requests with
+:class:`~overlay.errors.NodeClosed`.
+
+Connection setup (both directions):
+
+1. the transport dials/accepts and runs the Noise handshake (authenticated node id);
+2. the hello exchange (``overlay.wire._nodeinfo``): compatibility and admission; refusals carry a
+   reason both sides log;
+3. a :class:`~overlay.connection._driver.PeerConnection` is registered with the router and runs
+until closed.
+
+Duplicate connections (both nodes dialing each other at once) are resolved the same way on both
+sides: the connection initiated by the node with the smaller id survives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import anyio.abc
+
+from overlay._version import __version__
+from overlay.address import NodeAddress
+from overlay.connection._core import ChannelParams, ConnectionCore, CoreConfig
+from overlay.connection._driver import PeerConnection
+from overlay.connection._observer import NullObserver, Observer
+from overlay.connection._timers import TimerService
+from overlay.errors import (
+    DialError,
+    HandshakeTimeout,
+    IncompatiblePeerError,
+    LocalProtocolError,
+    NodeClosed,
+    OverlayError,
+    RemoteProtocolError,
+)
+from overlay.identity import NodeId, NodeKey
+from overlay.node._config import NodeConfig
+from overlay.router._channel import Channel, ChannelSpec, Envelope
+from overlay.router._codec import BytesCodec
+from overlay.router._router import Router
+from overlay.transport import Transport
+from overlay.transport._hello import receive_hello, send_hello
+from overlay.transport._secure import PeerAttribute, SecureIdentity, SecureStream
+from overlay.transport._tcp import TcpTransport
+from overlay.wire._nodeinfo import (
+    DisconnectReason,
+    NodeInfo,
+    check_compatible,
+    decode_hello_reply,
+    decode_node_info,
+    encode_hello_reply,
+    encode_node_info,
+    hello_frame,
+)
+
+if TYPE_CHECKING:
+    from overlay.testing import MemoryNetwork
+
+__all__ = [
+    "Admission",
+    "Node",
+    "PING",
+    "PeerSummary",
+]
+
+log = logging.getLogger("overlay.node")
+
+M = TypeVar("M")
+R = TypeVar("R")
+
+Admission = Callable[[NodeId, str, bool], tuple[int, str] | None]
+"""``(node_id, remote_host, outbound) -> None`` to admit, or ``(DisconnectReason, message)``."""
+
+
+PING: ChannelSpec[bytes, bytes] = ChannelSpec(
+    id=0x01, name="overlay.ping", codec=BytesCodec(), response_codec=BytesCodec(),
+    priority=10, max_message_size=1024, max_concurrent_requests=4,
+)
+"""Built into every node: a request echoes its payload (liveness and latency probes)."""
+
+
+async def _echo(env: Envelope[bytes]) -> bytes:
+    return env.message
+
+
+class PeerSummary:
+    """A read-only view of one connected peer (see :meth:`Node.peer_summaries`)."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: PeerConnection) -> None:
+        self.conn = conn
+
+    def as_dict(self) -> dict[str, Any]:
+        conn = self.conn
+        stats = conn.core.statistics()
+        return {
+            "id": conn.node_id,
+            "direction": "outbound" if conn.outbound else "inbound",
+            "remote_address": conn.remote_address,
+            "remote_host": conn.remote_host,
+            "network": conn.info.network,
+            "moniker": conn.info.moniker,
+            "software_version": conn.info.software_version,
+            "listen_addrs": list(conn.info.listen_addrs),
+            "channels": list(conn.info.channels),
+            "connected_since": conn.connected_at,
+            "statistics": _stats_dict(stats),
+        }
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
+        return dataclasses.asdict(stats)
+    return {}
+
+
+class Node:
+    """A peer-to-peer node. Use as ``async with Node(config) as node: ...``."""
+
+    def __init__(
+        self,
+        config: NodeConfig | None = None,
+        *,
+        key: NodeKey | None = None,
+        home: str | Path | None = None,
+        transports: Sequence[Transport] | None = None,
+        memory_network: MemoryNetwork | None = None,
+        observer: Observer | None = None,
+        admission: Admission | None = None,
+    ) -> None:
+        self.config = config or NodeConfig()
+        self.home = Path(home) if home is not None else None
+        if key is None:
+            if self.home is None:
+                key = NodeKey.generate()
+            else:
+                key = NodeKey.load_or_generate(self.home / self.config.node_key_file)
+        self.key = key
+        self.node_id: NodeId = key.node_id
+        self.identity = SecureIdentity(key)
+        self.observer: Observer = observer or NullObserver()
+        self.router = Router(self.node_id, self.observer)
+        self.channel(PING).handle_requests(_echo)
+        self.admission = admission
+        self.gate: Callable[[str], bool] | None = None
+        """Optional cheap pre-handshake check of a remote host (set by the peering driver)."""
+        self._memory_network = memory_network
+        self._transports: list[Transport] = (
+            list(transports) if transports is not None else self._make_transports()
+        )
+        self._listen_addresses: list[NodeAddress] = []
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._timers = TimerService()
+        self._started = False
+        self._closing = False
+        self._dials: dict[NodeId, anyio.Event] = {}  # dials in progress, by peer
+        self.handshake_failures: dict[str, int] = {}
+        self.retired_totals: dict[int, list[int]] = {}
+        """Per-channel traffic counters of closed connections (metrics stay monotonic)."""
+        self.retired_wire = [0, 0]
+
+    @property
+    def transports(self) -> tuple[Transport, ...]:
+        """The node's transports (one per protocol): their ``statistics()`` count dials,
+        accepted and refused inbound connections (gate, overload) and handshake failures."""
+        return tuple(self._transports)
+
+    # ------------------------------------------------------------------------------ set-up
+
+    def _make_transports(self) -> list[Transport]:
+        conf = self.config.connection
+        tcp = [a for a in self.config.listen_addresses() if a.protocol == "tcp"]
+        mem = [a for a in self.config.listen_addresses() if a.protocol == "memory"]
+        transports: list[Transport] = []
+        if tcp:
+            transports.append(
+                TcpTransport(
+                    self.identity,
+                    tcp,
+                    handshake_timeout=conf.handshake_timeout,
+                    max_pending_handshakes=conf.max_pending_handshakes,
+                    accept_gate=self._accept_gate,
+                )
+            )
+        if mem:
+            if self._memory_network is None:
+                raise LocalProtocolError("a memory: listen address needs memory_network=...")
+            transports.append(
+                self._memory_network.transport(
+                    self.identity,
+                    handshake_timeout=conf.handshake_timeout,
+                    max_pending_handshakes=conf.max_pending_handshakes,
+                    accept_gate=self._accept_gate,
+                )
+            )
+        return transports
+
+    def _accept_gate(self, remote_host: str) -> bool:
+        """Cheap check before any handshake work (bans, per-IP limits)."""
+        if self._closing:
+            return False
+        return self.gate is None or self.gate(remote_host)
+
+    # --------------------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> Node:
+        if self._started:
+            raise LocalProtocolError("a Node can be started only once")
+        self._started = True
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            await self._tg.start(self._timers.run)
+            for transport in self._transports:
+                addresses = await self._tg.start(transport.serve, self._on_inbound)
+                self._listen_addresses.extend(addresses)
+        except BaseException:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            raise
+        log.info("node %s listening on %s", self.node_id,
+                 ", ".join(str(a) for a in self._listen_addresses))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._tg is not None
+        try:
+            await self.aclose()
+        finally:
+            # The body's own exception is not handed to the task group: it propagates as it
+            # is (not wrapped in an ExceptionGroup); the node's tasks are cancelled either way.
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+        return None
+
+    async def aclose(self) -> None:
+        """Close every connection cleanly (peers are told why); pending requests fail."""
+        if self._closing:
+            return
+        self._closing = True
+        with anyio.CancelScope(shield=True):
+            conns = self.router.peers()
+            for conn in conns:
+                conn._close_error = NodeClosed("the node is shutting down")
+                conn.close(DisconnectReason.SHUTDOWN, "node shutting down")
+            with anyio.move_on_after(2.0):
+                for conn in conns:
+                    await conn.aclose()
+            self.router.close()
+
+    # ------------------------------------------------------------------------------ public
+
+    @property
+    def listen_addresses(self) -> list[NodeAddress]:
+        """Where this node accepts connections (ports resolved)."""
+        return list(self._listen_addresses)
+
+    @property
+    def address(self) -> NodeAddress:
+        """The first listen address (convenient in tests and examples)."""
+        if not self._listen_addresses:
+            raise LocalProtocolError("the node is not listening (not started?)")
+        return self._listen_addresses[0]
+
+    def channel(self, spec: ChannelSpec[M, R]) -> Channel[M, R]:
+        """Open (or get) the channel described by ``spec``, typed by its message classes."""
+        self.router.open_channel(spec)
+        return Channel(spec, self.router)
+
+    def connected_peers(self) -> list[NodeId]:
+        return list(self.router.connected_peers())
+
+    def peer_summaries(self) -> list[PeerSummary]:
+        return [PeerSummary(conn) for conn in self.router.peers()]
+
+    def local_info(self) -> NodeInfo:
+        conf = self.config
+        advertised = conf.external_addresses or tuple(str(a) for a in self._listen_addresses)
+        return NodeInfo(
+            network=conf.network,
+            channels=tuple(sorted(s.id for s in self.router.channel_specs())),
+            listen_addrs=tuple(advertised),
+            software_version=f"overlay/{__version__}",
+            compression=("zstd",) if conf.connection.compression else (),
+            moniker=conf.moniker,
+        )
+
+    async def dial(self, address: NodeAddress | str, *, timeout: float | None = None) -> NodeId:
+        """Connect to ``address`` (``ID@HOST:PORT`` or ``memory:ID``) and return the peer id.
+
+        Returns at once if already connected. Raises :class:`DialError`,
+        :class:`~overlay.errors.AuthenticationError` (another id answered),
+        :class:`IncompatiblePeerError` (refused, with the reason) or a timeout error.
+        """
+        addr = NodeAddress.parse(address) if isinstance(address, str) else address
+        if self._tg is None or self._closing:
+            raise NodeClosed("the node is not running")
+        if addr.node_id == self.node_id:
+            raise LocalProtocolError("refusing to dial ourselves")
+        conf = self.config.connection
+        limit = timeout if timeout is not None else conf.dial_timeout + conf.handshake_timeout
+        deadline = anyio.current_time() + limit
+        # One dial per peer at a time: a second caller waits for the first one's outcome.
+        with anyio.move_on_after(limit):
+            while (pending := self._dials.get(addr.node_id)) is not None:
+                await pending.wait()
+        if addr.node_id in self._dials:
+            raise DialError(
+                f"a dial to {addr} already in progress did not finish within {limit:g} s"
+            ) from TimeoutError()
+        existing = self.router.get_peer(addr.node_id)
+        if existing is not None and existing.is_open:
+            return addr.node_id
+        transport = self._transport_for(addr)
+        done = self._dials[addr.node_id] = anyio.Event()
+        try:
+            # Our hello rides with the handshake's last message (one write, one read fewer).
+            hello = hello_frame(encode_node_info(self.local_info()))
+            remaining = deadline - anyio.current_time()  # after any wait for another dial
+            if remaining <= 0:
+                raise DialError(f"no time left to dial {addr}") from TimeoutError()
+            stream = await transport.dial(addr, timeout=remaining, first_data=hello)
+            hello_limit = deadline - anyio.current_time()  # the caller's budget covers it all
+            await self._tg.start(self._run_connection, stream, True, hello_limit)
+        except OverlayError as exc:
+            if not isinstance(exc, DialError):  # could not connect: a dial failure, not this
+                self._count_failure(exc)
+            raise
+        finally:
+            del self._dials[addr.node_id]
+            done.set()
+        return addr.node_id
+
+    def _transport_for(self, addr: NodeAddress) -> Transport:
+        for transport in self._transports:
+            if transport.protocol == addr.protocol:
+                return transport
+        raise DialError(f"no {addr.protocol} transport configured to reach {addr}")
+
+    async def disconnect(self, node_id: NodeId, message: str = "") -> bool:
+        """Close the connection to ``node_id``; False when it was not connected."""
+        conn = self.router.get_peer(node_id)
+        if conn is None:
+            return False
+        await conn.aclose(DisconnectReason.OPERATOR, message or "disconnected by operator")
+        return True
+
+    # ---------------------------------------------------------------------- connection setup
+
+    async def _on_inbound(self, stream: SecureStream) -> None:
+        try:
+            await self._run_connection(stream, False)
+        except OverlayError as exc:
+            self._count_failure(exc)
+            log.info("inbound connection from %s failed: %s",
+                     stream.extra(PeerAttribute.remote_address, "?"), exc)
+
+    def _count_failure(self, exc: BaseException) -> None:
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        self.handshake_failures[reason] = self.handshake_failures.get(reason, 0) + 1
+        self.observer.on_handshake_failed(reason)
+
+    def _core_for(self, remote: NodeInfo) -> ConnectionCore:
+        conf = self.config.connection
+        compression = conf.compression and "zstd" in remote.compression
+        params = [
+            ChannelParams(
+                channel_id=spec.id,
+                priority=spec.priority,
+                send_queue_size=spec.send_queue_size,
+                max_message_size=spec.max_message_size,
+                max_concurrent_inbound=spec.max_concurrent_requests,
+            )
+            for spec in self.router.channel_specs()
+        ]
+        core_config = CoreConfig(
+            max_frame_payload=conf.max_frame_payload,
+            max_write_batch=conf.max_write_batch,
+            send_rate=conf.send_rate,
+            send_burst=conf.send_burst,
+            recv_rate=conf.recv_rate,
+            recv_burst=conf.recv_burst,
+            compression_threshold=conf.compression_threshold,
+            ping_interval=conf.ping_interval,
+            idle_timeout=conf.idle_timeout,
+            max_outbound_requests=conf.max_outbound_requests,
+        )
+        return ConnectionCore(core_config, params, now=anyio.current_time(),
+                              compression=compression)
+
+    def _admit(self, node_id: NodeId, remote_host: str, outbound: bool) -> tuple[int, str] | None:
+        if node_id == self.node_id:
+            return (DisconnectReason.SELF, "connected to ourselves")
+        if self._closing:
+            return (DisconnectReason.SHUTDOWN, "node shutting down")
+        existing = self.router.get_peer(node_id)
+        if existing is not None and existing.is_open:
+            # Simultaneous dials: keep the connection initiated by the smaller node id (the
+            # same verdict on both ends). A new connection from the *same* initiator replaces
+            # the old one: the initiator only redials once it saw the old one fail (after a
+            # partition the other end may not have noticed yet).
+            new_initiator = self.node_id if outbound else node_id
+            old_initiator = self.node_id if existing.outbound else node_id
+            if old_initiator != new_initiator and old_initiator < new_initiator:
+                return (DisconnectReason.DUPLICATE, "already connected")
+        if self.admission is not None:
+            return self.admission(node_id, remote_host, outbound)
+        return None
+
+    async def _hello(self, stream: SecureStream, outbound: bool) -> tuple[NodeInfo, bytes]:
+        """Exchange NodeInfo (see ``overlay.wire._nodeinfo``); returns it and leftover bytes."""
+        node_id = stream.extra(PeerAttribute.node_id)
+        remote_host = stream.extra(PeerAttribute.remote_host, "")
+        local = self.local_info()
+        buffer = bytearray()
+        if outbound:  # our hello went out with the handshake (Node.dial)
+            remote = decode_hello_reply(await receive_hello(stream, buffer))
+            problem = check_compatible(local, remote) or self._admit(node_id, remote_host, True)
+            if problem is not None:
+                core = self._core_for(remote)
+                core.send_disconnect(problem[0], problem[1])
+                with anyio.move_on_after(1.0), _peer_gone_ok():
+                    await stream.send(core.data_to_send(anyio.current_time()))
+                raise IncompatiblePeerError(DisconnectReason.name(problem[0]), problem[1])
+        else:
+            remote = decode_node_info(await receive_hello(stream, buffer))
+            problem = check_compatible(local, remote) or self._admit(node_id, remote_host, False)
+            if problem is not None:
+                with anyio.move_on_after(1.0), _peer_gone_ok():
+                    await send_hello(stream, encode_hello_reply(problem))
+                raise IncompatiblePeerError(DisconnectReason.name(problem[0]), problem[1])
+            await send_hello(stream, encode_hello_reply(local))
+        return remote, bytes(buffer)
+
+    def _retire(self, conn: PeerConnection) -> None:
+        stats = conn.core.statistics()
+        self.retired_wire[0] += stats.bytes_out
+        self.retired_wire[1] += stats.bytes_in
+        for ch in stats.channels:
+            totals = self.retired_totals.setdefault(ch.channel_id, [0] * 9)
+            for i, value in enumerate(_retire_values(ch)):
+                totals[i] += value
+
+    async def _run_connection(
+        self,
+        stream: SecureStream,
+        outbound: bool,
+        hello_limit: float | None = None,
+        *,
+        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        node_id = stream.extra(PeerAttribute.node_id)
+        timeout = self.config.connection.handshake_timeout
+        if hello_limit is not None:
+            timeout = max(0.0, min(timeout, hello_limit))
+        try:
+            with anyio.fail_after(timeout):
+                remote, leftover = await self._hello(stream, outbound)
+        except TimeoutError:
+            await _close_quietly(stream)
+            raise HandshakeTimeout(f"hello with {node_id} took over {timeout:g} s") from None
+        except (RemoteProtocolError, IncompatiblePeerError) as exc:
+            await _close_quietly(stream)
+            log.info("refused %s peer %s: %s", "outbound" if outbound else "inbound",
+                     node_id, exc)
+            raise
+        except BaseException:
+            await _close_quietly(stream)
+            raise
+        existing = self.router.get_peer(node_id)
+        if existing is not None and existing.is_open and not outbound:
+            # Simultaneous dial: our outbound connection registered while we answered this
+            # hello. Apply _admit's rule again (keep the one the smaller id initiated), or both
+            # ends may each keep a different connection and then close each other's.
+            if existing.outbound and self.node_id < node_id:
+                core = self._core_for(remote)
+                core.send_disconnect(DisconnectReason.DUPLICATE, "already connected")
+                with anyio.move_on_after(1.0), _peer_gone_ok():
+                    await stream.send(core.data_to_send(anyio.current_time()))
+                await _close_quietly(stream)
+                raise IncompatiblePeerError("duplicate", "already connected")
+        if existing is not None:
+            existing.close(DisconnectReason.DUPLICATE, "replaced by a newer connection")
+        core = self._core_for(remote)
+        if leftover:
+            core.receive_data(leftover, anyio.current_time())
+        conn = PeerConnection(
+            node_id=node_id,
+            info=remote,
+            stream=stream,
+            core=core,
+            outbound=outbound,
+            remote_address=stream.extra(PeerAttribute.remote_address, ""),
+            remote_host=stream.extra(PeerAttribute.remote_host, ""),
+            delivery=self.router,
+            observer=self.observer,
+            timers=self._timers,
+        )
+        self.router.add_peer(conn)
+        self.observer.on_peer_connected(
+            node_id, outbound=outbound, remote_host=conn.remote_host,
+            listen_addrs=remote.listen_addrs,
+        )
+        log.info("connected to %s (%s, %s)", node_id, "outbound" if outbound else "inbound",
+                 conn.remote_address)
+        task_status.started()
+        try:
+            await conn.run()
+        except Exception:  # task root: one broken connection must never take the node down
+            log.exception("connection to %s failed unexpectedly", node_id)
+            self._count_failure(RuntimeError("internal"))
+        finally:
+            self.router.remove_peer(conn)
+            self._retire(conn)
+            reason = conn.close_reason or conn.remote_reason or (
+                "shutdown" if self._closing else "connection_closed"
+            )
+            if self.router.get_peer(node_id) is None:
+                self.observer.on_peer_disconnected(node_id, reason)
+                log.info("disconnected from %s: %s", node_id, reason)
+            else:  # replaced by a newer connection, already announced: the peer is still here
+                log.info("closed an older connection to %s: %s", node_id, reason)
+
+
+def _retire_values(ch: Any) -> tuple[int, ...]:
+    return (ch.bytes_sent, ch.bytes_received, ch.messages_sent, ch.messages_received,
+            ch.messages_dropped)
+
+
+def _peer_gone_ok() -> contextlib.suppress:
+    """Suppress the errors of writing a refusal to a peer that already hung up."""
+    return contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+
+
+async def _close_quietly(stream: anyio.abc.AsyncResource) -> None:
+    with anyio.CancelScope(shield=True):
+        await stream.aclose()

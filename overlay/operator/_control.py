@@ -1,0 +1,95 @@
+"""What the admin API may ask of a running node.
+
+The admin HTTP server (:mod:`overlay.operator._admin`) is written against :class:`Control` only; the
+service assembly (:mod:`overlay.node._service`) implements it on top of the node and its peer
+manager.
+
+Error contract of every ``Control`` method (the server maps them to HTTP statuses):
+
+* :class:`~overlay.errors.InvalidAddressError` or any other
+  :class:`~overlay.errors.LocalProtocolError` (bad input) → ``400 {"error": "..."}``;
+* :class:`UnknownPeerError` (a node id or IP the node does not know) → ``404``;
+* :class:`ConflictError` (well formed, but the node's state forbids it: a banned peer to dial,
+  a seed or persistent peer that ``config.toml`` defines) → ``409``;
+* any other :class:`~overlay.errors.OverlayError` (``DialError``, timeouts, ...) → ``502`` with
+  the message.
+
+Every returned value must be JSON-serialisable (``json.dumps`` with no custom encoder): plain
+dicts, lists, strings, numbers, booleans and ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from overlay.errors import LocalProtocolError
+
+__all__ = [
+    "BadRequestError",
+    "ConflictError",
+    "Control",
+    "PeerBannedError",
+    "UnknownPeerError",
+]
+
+
+class UnknownPeerError(LocalProtocolError):
+    """The node id (or IP) named by the operator is not known to the node."""
+
+
+class BadRequestError(LocalProtocolError):
+    """A request body that is not what the route expects (HTTP 400): not JSON, not an object,
+    unknown or missing fields, wrong types."""
+
+
+class ConflictError(LocalProtocolError):
+    """The request is well formed but the node's state forbids it (HTTP 409), e.g. removing a
+    seed that ``config.toml`` defines (edit the file instead)."""
+
+
+class PeerBannedError(ConflictError):
+    """The node id or the IP of an address to dial is banned (HTTP 409); unban it first."""
+
+
+class Control(Protocol):
+    """What the admin API can ask of a running node (implemented by overlay.node._service)."""
+
+    def status(self) -> dict[str, Any]:
+        """Node id, network, listen addrs, uptime, peer counts by direction, version, ..."""
+        ...
+
+    def peers(self) -> list[dict[str, Any]]:
+        """One JSON-able dict per known/connected peer."""
+        ...
+
+    async def dial(self, address: str, *, persistent: bool) -> dict[str, Any]:
+        """Dial ``address`` (``ID@HOST:PORT`` / ``memory:ID``) now; ``persistent`` marks it
+        persistent (and persists that)."""
+        ...
+
+    async def disconnect(self, node_id: str) -> dict[str, Any]:
+        """Close the connection to ``node_id``; :class:`UnknownPeerError` if not connected."""
+        ...
+
+    async def ban(self, target: str, *, duration: float | None) -> dict[str, Any]:
+        """Ban a node id or an IP for ``duration`` seconds (None = the configured default)."""
+        ...
+
+    async def unban(self, target: str) -> dict[str, Any]:
+        """Lift the ban of a node id or an IP; :class:`UnknownPeerError` if it is not banned."""
+        ...
+
+    async def add_seed(self, address: str) -> dict[str, Any]:
+        """Add a seed address (and persist it)."""
+        ...
+
+    async def remove_seed(self, address: str) -> dict[str, Any]:
+        """Remove a seed added at run time (``address``: ``ID@HOST:PORT``, ``memory:ID`` or a
+        node id); :class:`UnknownPeerError` if it is not a seed, :class:`ConflictError` if the
+        configuration defines it."""
+        ...
+
+    async def remove_persistent(self, node_id: str) -> dict[str, Any]:
+        """Clear the persistent flag set by ``dial --persistent``; :class:`UnknownPeerError` if
+        the peer is not persistent, :class:`ConflictError` if ``persistent_peers`` lists it."""
+        ...

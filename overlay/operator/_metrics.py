@@ -1,0 +1,480 @@
+"""Prometheus metrics of a node, and the ``/metrics`` endpoint.
+
+Theory of operation
+-------------------
+:class:`NodeMetrics` owns a private :class:`prometheus_client.CollectorRegistry` (never the
+global one, so several nodes can live in one process). It has two kinds of instruments:
+
+* **event-time** counters and histograms, updated by the node as things happen through the
+  methods :meth:`~NodeMetrics.dial_attempted`, :meth:`~NodeMetrics.dial_failed`, ... (or through
+  :class:`MetricsObserver`, an :class:`~overlay.connection._observer.Observer` that forwards to
+  them);
+* **scrape-time** values read from a callback ``snapshot() -> MetricsSnapshot`` when Prometheus
+  scrapes (peer counts, per-channel traffic totals, queue depths, in-flight requests, address
+  book and ban sizes). The callback must be cheap and must not block; it runs on the event loop.
+
+Names follow the Prometheus conventions: ``<namespace>_`` prefix, base units (``_seconds``,
+``_bytes``), ``_total`` on counters, labels rather than name variants. With the default namespace
+``overlay``:
+
+=========================================================  =========  ============================
+metric                                                     type       labels
+=========================================================  =========  ============================
+``overlay_connected_peers``                                gauge      direction (inbound/outbound)
+``overlay_known_peers`` / ``overlay_dialing_peers``        gauge
+``overlay_banned_peers`` / ``overlay_banned_ips``          gauge
+``overlay_address_book_entries``                           gauge      table (new/tried)
+``overlay_sent_bytes_total`` / ``..._received_bytes_total``  counter  channel
+``overlay_sent_messages_total`` / ``..._received_messages_total``  counter  channel
+``overlay_dropped_messages_total``                         counter    channel
+``overlay_send_queue_messages``                            gauge      channel (sum over peers)
+``overlay_send_queue_max_messages``                        gauge      channel (deepest peer)
+``overlay_outbound_requests_in_flight``                    gauge      channel
+``overlay_inbound_requests_in_flight``                     gauge      channel
+``overlay_wire_sent_bytes_total`` / ``..._received_...``   counter    (all connections, framed)
+``overlay_pending_handshakes``                             gauge      (inbound, all transports)
+``overlay_inbound_accepted_total``                         counter
+``overlay_inbound_refused_total``                          counter    reason (gate/overload)
+``overlay_dials_total``                                    counter
+``overlay_dial_failures_total``                            counter    reason
+``overlay_handshake_failures_total``                       counter    reason
+``overlay_peer_evictions_total``                           counter
+``overlay_peer_disconnects_total``                         counter    reason
+``overlay_bans_total``                                     counter    kind (peer/ip)
+``overlay_request_duration_seconds``                       histogram  channel (outbound requests)
+``overlay_requests_total``                                 counter    channel, outcome
+``overlay_served_request_duration_seconds``                histogram  channel (inbound requests)
+``overlay_served_requests_total``                          counter    channel, outcome
+``overlay_slow_peer_events_total``                         counter    channel
+``overlay_invalid_messages_total``                         counter    channel
+``overlay_node_info``                                      gauge (1)  node_id, network, version
+=========================================================  =========  ============================
+
+The peering driver (``overlay.node._peering``) feeds the dial, eviction, disconnect and ban
+counters:
+every dial it or the operator starts, each failure by reason (``refused``, ``timeout``,
+``authentication``, a peer's refusal reason such as ``too_many_peers``...), every connection it
+closes for the peer manager or the operator by reason (``evicted``, ``upgrade``, ``banned``,
+``ip_banned``, ``low_score``, ``feeler``, ``operator``...), and every eviction and ban the
+manager decides (automatic bans included). Handshake failures come from the node.
+
+Cardinality is bounded: there is no per-peer label. Queue depth is exported per channel as the
+sum over peers plus the deepest single peer queue. Free-form label values (``reason``,
+``outcome``, ``channel``, ``kind``) are capped at :data:`MAX_LABEL_VALUES` distinct values per
+metric; later new values are counted under ``other``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import anyio
+from anyio.abc import TaskStatus
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from overlay.connection._observer import Observer
+from overlay.errors import ConfigError
+from overlay.identity import NodeId
+from overlay.operator._http import (
+    HttpServerConfig,
+    Request,
+    Response,
+    open_http_listener,
+    serve_http,
+)
+
+__all__ = [
+    "ChannelSnapshot",
+    "DEFAULT_LATENCY_BUCKETS",
+    "MAX_LABEL_VALUES",
+    "MetricsObserver",
+    "MetricsSnapshot",
+    "NodeMetrics",
+    "serve_metrics",
+]
+
+log = logging.getLogger("overlay.metrics")
+
+MAX_LABEL_VALUES = 64
+"""Distinct values kept per free-form label of one metric; more are folded into ``other``."""
+
+DEFAULT_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+"""Histogram buckets of request durations, in seconds."""
+
+_NAMESPACE_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSnapshot:
+    """Scrape-time values of one channel, summed over all peers.
+
+    The traffic totals are counters: they must never decrease, so the node adds the totals of
+    closed connections to those of open ones.
+    """
+
+    bytes_sent: int = 0
+    """Payload bytes sent on this channel since start."""
+    bytes_received: int = 0
+    """Payload bytes received on this channel since start."""
+    messages_sent: int = 0
+    """Messages sent on this channel since start."""
+    messages_received: int = 0
+    """Messages received on this channel since start."""
+    messages_dropped: int = 0
+    """Responses dropped on this channel since start because no request was waiting for them
+    (unknown, timed-out or cancelled request ids; late responses are normal). Undecodable
+    messages are counted by ``invalid_message`` instead."""
+    queue_depth_sum: int = 0
+    """Messages waiting in send queues now, summed over connected peers."""
+    queue_depth_max: int = 0
+    """Messages waiting in the deepest single peer send queue now."""
+    outbound_requests_in_flight: int = 0
+    """Requests we sent that await a response now."""
+    inbound_requests_in_flight: int = 0
+    """Requests from peers that we are serving now."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSnapshot:
+    """Everything exported at scrape time (returned by the node's snapshot callback)."""
+
+    peers_inbound: int = 0
+    """Connected inbound peers."""
+    peers_outbound: int = 0
+    """Connected outbound peers."""
+    known_peers: int = 0
+    """Peers in the peer manager (connected or not)."""
+    dialing_peers: int = 0
+    """Dials in progress."""
+    banned_peers: int = 0
+    """Node ids currently banned."""
+    banned_ips: int = 0
+    """IP addresses currently banned."""
+    address_book_new: int = 0
+    """Address book entries never successfully connected to."""
+    address_book_tried: int = 0
+    """Address book entries connected to at least once."""
+    wire_bytes_sent: int = 0
+    """Bytes written to all connections since start (framed and encrypted)."""
+    wire_bytes_received: int = 0
+    """Bytes read from all connections since start (framed and encrypted)."""
+    channels: Mapping[str, ChannelSnapshot] = field(default_factory=dict)
+    """Per-channel values by channel name."""
+    pending_handshakes: int = 0
+    """Inbound connections in the Noise handshake now (all transports)."""
+    inbound_accepted: int = 0
+    """Inbound connections that completed the handshake since start."""
+    inbound_refused: Mapping[str, int] = field(default_factory=dict)
+    """Inbound connections closed at accept, before any cryptography, by reason: ``gate`` (the
+    peer manager refused the address: ban, per-IP or per-netgroup limit) or ``overload``
+    (``max_pending_handshakes`` already in progress)."""
+
+
+SnapshotSource = Callable[[], MetricsSnapshot]
+
+
+class _LabelCap:
+    """Caps the distinct values of one label of one metric at :data:`MAX_LABEL_VALUES`."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        if len(self._seen) >= MAX_LABEL_VALUES:
+            return "other"
+        self._seen.add(value)
+        return value
+
+
+class _SnapshotCollector(Collector):
+    """Exports a :class:`MetricsSnapshot` at scrape time."""
+
+    def __init__(self, namespace: str) -> None:
+        self._ns = namespace
+        self.source: SnapshotSource | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(MetricsSnapshot())
+
+    def collect(self) -> Iterable[Metric]:
+        if self.source is None:
+            return []
+        return self._families(self.source())
+
+    def _families(self, snap: MetricsSnapshot) -> list[Metric]:
+        ns = self._ns
+        out: list[Metric] = []
+
+        def gauge(name: str, doc: str, value: float) -> None:
+            out.append(GaugeMetricFamily(f"{ns}_{name}", doc, value=value))
+
+        def counter(name: str, doc: str, value: float) -> None:
+            out.append(CounterMetricFamily(f"{ns}_{name}", doc, value=value))
+
+        peers = GaugeMetricFamily(
+            f"{ns}_connected_peers", "Connected peers by direction.", labels=["direction"]
+        )
+        peers.add_metric(["inbound"], snap.peers_inbound)
+        peers.add_metric(["outbound"], snap.peers_outbound)
+        out.append(peers)
+        gauge("known_peers", "Peers known to the peer manager.", snap.known_peers)
+        gauge("dialing_peers", "Dials in progress.", snap.dialing_peers)
+        gauge("banned_peers", "Node ids currently banned.", snap.banned_peers)
+        gauge("banned_ips", "IP addresses currently banned.", snap.banned_ips)
+        book = GaugeMetricFamily(
+            f"{ns}_address_book_entries", "Address book entries by table.", labels=["table"]
+        )
+        book.add_metric(["new"], snap.address_book_new)
+        book.add_metric(["tried"], snap.address_book_tried)
+        out.append(book)
+        gauge("pending_handshakes", "Inbound connections in the Noise handshake now.",
+              snap.pending_handshakes)
+        counter("inbound_accepted_total", "Inbound connections that completed the handshake.",
+                snap.inbound_accepted)
+        refused = CounterMetricFamily(
+            f"{ns}_inbound_refused_total",
+            "Inbound connections closed at accept before any cryptography, by reason "
+            "(gate: refused by the peer manager; overload: too many pending handshakes).",
+            labels=["reason"],
+        )
+        for reason in ("gate", "overload"):
+            refused.add_metric([reason], snap.inbound_refused.get(reason, 0))
+        out.append(refused)
+        counter("wire_sent_bytes_total", "Bytes written to all connections.",
+                snap.wire_bytes_sent)
+        counter("wire_received_bytes_total", "Bytes read from all connections.",
+                snap.wire_bytes_received)
+
+        per_channel: list[
+            tuple[CounterMetricFamily | GaugeMetricFamily, Callable[[ChannelSnapshot], int]]
+        ] = [
+            (CounterMetricFamily(f"{ns}_sent_bytes_total", "Payload bytes sent per channel.",
+                                 labels=["channel"]), lambda c: c.bytes_sent),
+            (CounterMetricFamily(f"{ns}_received_bytes_total",
+                                 "Payload bytes received per channel.", labels=["channel"]),
+             lambda c: c.bytes_received),
+            (CounterMetricFamily(f"{ns}_sent_messages_total", "Messages sent per channel.",
+                                 labels=["channel"]), lambda c: c.messages_sent),
+            (CounterMetricFamily(f"{ns}_received_messages_total",
+                                 "Messages received per channel.", labels=["channel"]),
+             lambda c: c.messages_received),
+            (CounterMetricFamily(f"{ns}_dropped_messages_total",
+                                 "Responses dropped per channel because no request was waiting "
+                                 "for them.", labels=["channel"]),
+             lambda c: c.messages_dropped),
+            (GaugeMetricFamily(f"{ns}_send_queue_messages",
+                               "Messages queued to send per channel, summed over peers.",
+                               labels=["channel"]), lambda c: c.queue_depth_sum),
+            (GaugeMetricFamily(f"{ns}_send_queue_max_messages",
+                               "Messages queued to send in the deepest peer queue per channel.",
+                               labels=["channel"]), lambda c: c.queue_depth_max),
+            (GaugeMetricFamily(f"{ns}_outbound_requests_in_flight",
+                               "Requests sent that await a response, per channel.",
+                               labels=["channel"]), lambda c: c.outbound_requests_in_flight),
+            (GaugeMetricFamily(f"{ns}_inbound_requests_in_flight",
+                               "Requests from peers being served, per channel.",
+                               labels=["channel"]), lambda c: c.inbound_requests_in_flight),
+        ]
+        for family, getter in per_channel:
+            for name in sorted(snap.channels):
+                family.add_metric([name], getter(snap.channels[name]))
+            out.append(family)
+        return out
+
+
+class NodeMetrics:
+    """A node's metrics in its own registry (see the module docstring for the names)."""
+
+    def __init__(
+        self,
+        namespace: str = "overlay",
+        *,
+        snapshot: SnapshotSource | None = None,
+        latency_buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS,
+    ) -> None:
+        if not _NAMESPACE_RE.match(namespace):
+            raise ConfigError(
+                "metrics.namespace", f"must match [a-zA-Z_][a-zA-Z0-9_]*, got {namespace!r}"
+            )
+        self.namespace = namespace
+        self.registry = CollectorRegistry()
+        """The registry to scrape (``generate_latest(metrics.registry)``)."""
+        reg = self.registry
+        self._caps: dict[str, _LabelCap] = {}
+        self._collector = _SnapshotCollector(namespace)
+        self._collector.source = snapshot
+        reg.register(self._collector)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, namespace=namespace, registry=reg)
+
+        def histogram(name: str, doc: str) -> Histogram:
+            return Histogram(name, doc, ("channel",), namespace=namespace, registry=reg,
+                             buckets=latency_buckets)
+
+        self._dials = counter("dials", "Outbound dials started (peer manager or operator).")
+        self._dial_failures = counter("dial_failures", "Failed dials by reason.", ("reason",))
+        self._handshake_failures = counter(
+            "handshake_failures", "Failed handshakes (both directions) by reason.", ("reason",)
+        )
+        self._evictions = counter("peer_evictions", "Peers evicted to make room.")
+        self._disconnects = counter(
+            "peer_disconnects",
+            "Connections closed by the peer manager or the operator, by reason.",
+            ("reason",),
+        )
+        self._bans = counter("bans", "Bans imposed, by kind (peer or ip).", ("kind",))
+        for kind in ("peer", "ip"):
+            self._bans.labels(self._cap("bans", kind))
+        self._request_duration = histogram(
+            "request_duration_seconds", "Duration of outbound requests per channel."
+        )
+        self._requests = counter(
+            "requests", "Outbound requests finished, by channel and outcome.",
+            ("channel", "outcome"),
+        )
+        self._served_duration = histogram(
+            "served_request_duration_seconds", "Duration of serving inbound requests per channel."
+        )
+        self._served = counter(
+            "served_requests", "Inbound requests finished, by channel and outcome.",
+            ("channel", "outcome"),
+        )
+        self._slow = counter(
+            "slow_peer_events", "Sends that timed out waiting for a peer's queue.", ("channel",)
+        )
+        self._invalid = counter(
+            "invalid_messages", "Messages from peers that did not decode or validate.",
+            ("channel",),
+        )
+        self._info = Info("node", "Identity of this node.", namespace=namespace, registry=reg)
+
+    def _cap(self, metric: str, value: str) -> str:
+        cap = self._caps.get(metric)
+        if cap is None:
+            cap = self._caps[metric] = _LabelCap()
+        return cap(str(value))
+
+    # -- scrape-time source -------------------------------------------------------------------
+
+    def set_snapshot_source(self, snapshot: SnapshotSource | None) -> None:
+        """Set (or clear) the callback read at scrape time."""
+        self._collector.source = snapshot
+
+    def set_node_info(self, *, node_id: str, network: str, version: str) -> None:
+        """Export ``<ns>_node_info{node_id, network, version} 1``."""
+        self._info.info({"node_id": node_id, "network": network, "version": version})
+
+    # -- event-time instruments ---------------------------------------------------------------
+
+    def dial_attempted(self) -> None:
+        """An outbound dial started."""
+        self._dials.inc()
+
+    def dial_failed(self, reason: str) -> None:
+        """A dial failed; ``reason`` is a short machine code (``refused``, ``timeout``, ...)."""
+        self._dial_failures.labels(self._cap("dial_failures", reason)).inc()
+
+    def handshake_failed(self, reason: str) -> None:
+        """A handshake failed; ``reason`` is a short machine code."""
+        self._handshake_failures.labels(self._cap("handshake_failures", reason)).inc()
+
+    def peer_evicted(self) -> None:
+        """A peer was disconnected to make room for a better one."""
+        self._evictions.inc()
+
+    def peer_disconnected(self, reason: str) -> None:
+        """We closed a connection on the peer manager's or the operator's decision; ``reason``
+        is the manager's code (``evicted``, ``banned``, ``low_score``, ``operator``...)."""
+        self._disconnects.labels(self._cap("peer_disconnects", reason)).inc()
+
+    def peer_banned(self, kind: str) -> None:
+        """A ban was imposed; ``kind`` is ``peer`` or ``ip``."""
+        self._bans.labels(self._cap("bans", kind)).inc()
+
+    def request_observed(self, channel: str, seconds: float, outcome: str) -> None:
+        """An outbound request finished after ``seconds`` with ``outcome`` (``ok``, ``error``,
+        ``timeout``, ``cancelled``)."""
+        channel = self._cap("channel", channel)
+        if math.isfinite(seconds):
+            self._request_duration.labels(channel).observe(max(0.0, seconds))
+        self._requests.labels(channel, self._cap("requests", outcome)).inc()
+
+    def request_served(self, channel: str, seconds: float, outcome: str) -> None:
+        """An inbound request was answered (or cancelled) after ``seconds``."""
+        channel = self._cap("channel", channel)
+        if math.isfinite(seconds):
+            self._served_duration.labels(channel).observe(max(0.0, seconds))
+        self._served.labels(channel, self._cap("served_requests", outcome)).inc()
+
+    def slow_peer(self, channel: str) -> None:
+        """A send on ``channel`` timed out waiting for a peer's queue space."""
+        self._slow.labels(self._cap("channel", channel)).inc()
+
+    def invalid_message(self, channel: str) -> None:
+        """A peer sent an invalid message on ``channel``."""
+        self._invalid.labels(self._cap("channel", channel)).inc()
+
+    def render(self) -> bytes:
+        """The text exposition format of every metric (what ``/metrics`` returns)."""
+        return generate_latest(self.registry)
+
+
+class MetricsObserver(Observer):
+    """An :class:`~overlay.connection._observer.Observer` that feeds :class:`NodeMetrics`."""
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self.metrics = metrics
+
+    def on_slow_peer(self, peer: NodeId, channel: str) -> None:
+        self.metrics.slow_peer(channel)
+
+    def on_invalid_message(self, peer: NodeId, channel: str, reason: str) -> None:
+        self.metrics.invalid_message(channel)
+
+    def on_request_done(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
+        self.metrics.request_observed(channel, seconds, outcome)
+
+    def on_request_served(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
+        self.metrics.request_served(channel, seconds, outcome)
+
+    def on_handshake_failed(self, reason: str) -> None:
+        self.metrics.handshake_failed(reason)
+
+
+async def serve_metrics(
+    metrics: NodeMetrics,
+    *,
+    listen: str,
+    task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+    config: HttpServerConfig | None = None,
+) -> None:
+    """Serve ``GET /metrics`` on ``listen`` (``HOST:PORT``, port 0 allowed) until cancelled.
+
+    Reports ``http://HOST:PORT`` through ``task_status``; bind failures raise
+    :class:`ConfigError` (key ``metrics.listen``).
+    """
+
+    async def handler(request: Request) -> Response:
+        if request.path != "/metrics":
+            return Response(404, b"not found; try /metrics\n", "text/plain; charset=utf-8")
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, b"use GET\n", "text/plain; charset=utf-8", (("Allow", "GET"),))
+        return Response(200, metrics.render(), CONTENT_TYPE_LATEST)
+
+    listener, url = await open_http_listener(listen, key="metrics.listen")
+    log.info("metrics listening on %s/metrics", url)
+    async with listener:
+        task_status.started(url)
+        await serve_http(handler, listener, config)

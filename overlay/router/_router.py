@@ -1,0 +1,541 @@
+"""The router: channels on one side, peer connections on the other.
+
+Theory of operation
+-------------------
+* Each channel has one bounded **inbox** (an anyio memory object stream of ``recv_queue_size``
+  envelopes). Remote messages are decoded by the channel codec and pushed into it; a full inbox
+  makes the peer's reader wait, which stops reading the socket: backpressure reaches the sender.
+  ``LOCAL`` messages are pushed as the very same object (never serialised).
+* Sending resolves the destination to node ids (the local id meaning LOCAL), encodes the message
+  at most once, and queues it in each peer connection's bounded per-channel queue. A single
+  destination waits (up to the send timeout) for space; a fan-out destination queues without
+  waiting where it can and gives each full peer its own timeout in parallel, so one slow peer
+  never delays the others; slow peers are reported to the observer and in the result.
+* Requests go through the destination's ``run_request`` (so new destination kinds control retries
+  and hedging) and end in :meth:`Router._attempt`: LOCAL calls the handler directly with the
+  same objects, a peer goes over the wire with a request id.
+* Inbound requests run their handler in a task of the connection's task group; the peer's CANCEL
+  cancels it, closing the connection cancels all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from overlay.connection._driver import PeerConnection, RequestExpired
+from overlay.connection._observer import Observer
+from overlay.errors import (
+    ChannelError,
+    ConnectionClosed,
+    DecodeError,
+    ErrorCode,
+    LocalProtocolError,
+    MessageTooLarge,
+    NodeClosed,
+    PeerNotConnected,
+    RequestError,
+    RequestTimeout,
+    SendTimeout,
+    WouldBlock,
+)
+from overlay.identity import NodeId
+from overlay.router._channel import (
+    Channel,
+    ChannelSpec,
+    ChannelStatistics,
+    DeliveryReport,
+    Envelope,
+    RequestHandler,
+)
+from overlay.router._destination import LOCAL, Destination, To
+
+__all__ = ["Router"]
+
+log = logging.getLogger("overlay.router")
+
+_NO_FAILURES: Mapping[NodeId, str] = MappingProxyType({})
+
+
+@dataclass(slots=True, eq=False)
+class _ChannelState:
+    spec: ChannelSpec[Any, Any]
+    inbox_send: MemoryObjectSendStream[Envelope[Any]]
+    inbox_recv: MemoryObjectReceiveStream[Envelope[Any]]
+    handler: RequestHandler[Any, Any] | None = None
+    local_inflight: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    served: int = 0
+    failed: int = 0
+    slow: int = 0
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and not timeout >= 0:  # also refuses NaN
+        raise LocalProtocolError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
+
+
+def _put_nowait(state: _ChannelState, env: Envelope[Any]) -> bool:
+    """Put ``env`` into the channel's inbox if there is room; False when it is full."""
+    try:
+        state.inbox_send.send_nowait(env)
+    except anyio.WouldBlock:
+        return False
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+        raise NodeClosed("the node is closed") from None
+    return True
+
+
+class Router:
+    """Routes channel traffic between local reactors and peer connections."""
+
+    def __init__(self, local_id: NodeId, observer: Observer) -> None:
+        self._local_id = local_id
+        self._observer = observer
+        self._channels: dict[int, _ChannelState] = {}
+        self._peers: dict[NodeId, PeerConnection] = {}
+        self._closed = False
+        self._local_report = DeliveryReport(delivered=(local_id,), failed=_NO_FAILURES)
+
+    # ------------------------------------------------------------------ PeerView protocol
+
+    @property
+    def local_id(self) -> NodeId:
+        return self._local_id
+
+    def connected_peers(self) -> Sequence[NodeId]:
+        return tuple(self._peers)
+
+    # ----------------------------------------------------------------------------- channels
+
+    def open_channel(self, spec: ChannelSpec[Any, Any]) -> _ChannelState:
+        if self._closed:
+            raise NodeClosed("the node is closed")
+        existing = self._channels.get(spec.id)
+        if existing is not None:
+            if existing.spec is spec or existing.spec == spec:
+                return existing
+            raise ChannelError(
+                f"channel id {spec.id} is already open as {existing.spec.name!r}"
+            )
+        send, recv = anyio.create_memory_object_stream[Envelope[Any]](spec.recv_queue_size)
+        state = _ChannelState(spec, send, recv)
+        self._channels[spec.id] = state
+        return state
+
+    def channel(self, spec: ChannelSpec[Any, Any]) -> Channel[Any, Any]:
+        self.open_channel(spec)
+        return Channel(spec, self)
+
+    def channel_specs(self) -> list[ChannelSpec[Any, Any]]:
+        return [state.spec for state in self._channels.values()]
+
+    def _state(self, spec: ChannelSpec[Any, Any]) -> _ChannelState:
+        if self._closed:
+            raise NodeClosed("the node is closed")
+        state = self._channels.get(spec.id)
+        if state is None or state.spec is not spec and state.spec != spec:
+            raise ChannelError(f"channel {spec.name!r} ({spec.id}) is not open on this node")
+        return state
+
+    def set_handler(
+        self, spec: ChannelSpec[Any, Any], handler: RequestHandler[Any, Any] | None
+    ) -> None:
+        self._state(spec).handler = handler
+
+    def channel_statistics(self, spec: ChannelSpec[Any, Any]) -> ChannelStatistics:
+        state = self._state(spec)
+        stats = state.inbox_send.statistics()
+        return ChannelStatistics(
+            name=spec.name,
+            channel_id=spec.id,
+            inbox_depth=stats.current_buffer_used,
+            inbox_capacity=spec.recv_queue_size,
+            messages_delivered=state.delivered,
+            messages_dropped=state.dropped,
+            requests_served=state.served,
+            requests_failed=state.failed,
+            slow_peer_events=state.slow,
+        )
+
+    # -------------------------------------------------------------------------------- peers
+
+    def get_peer(self, node_id: NodeId) -> PeerConnection | None:
+        return self._peers.get(node_id)
+
+    def peers(self) -> list[PeerConnection]:
+        return list(self._peers.values())
+
+    def add_peer(self, conn: PeerConnection) -> None:
+        self._peers[conn.node_id] = conn
+
+    def remove_peer(self, conn: PeerConnection) -> None:
+        if self._peers.get(conn.node_id) is conn:
+            del self._peers[conn.node_id]
+
+    def close(self) -> None:
+        """Stop accepting work: inboxes end (receivers see NodeClosed)."""
+        self._closed = True
+        for state in self._channels.values():
+            state.inbox_send.close()
+            state.inbox_recv.close()  # else anyio warns (ResourceWarning) when it is collected
+
+    # ------------------------------------------------------------------------------ receive
+
+    async def receive(self, spec: ChannelSpec[Any, Any]) -> Envelope[Any]:
+        state = self._state(spec)
+        try:
+            return await state.inbox_recv.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise NodeClosed("the node is closed") from None
+
+    def receive_nowait(self, spec: ChannelSpec[Any, Any]) -> Envelope[Any]:
+        state = self._state(spec)
+        try:
+            return state.inbox_recv.receive_nowait()
+        except anyio.WouldBlock:
+            raise WouldBlock(f"no message waiting on channel {spec.name!r}") from None
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise NodeClosed("the node is closed") from None
+
+    async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None:
+        state = self._channels.get(channel_id)
+        if state is None:
+            return
+        try:
+            message = state.spec.codec.decode(payload)
+        except DecodeError as exc:
+            state.dropped += 1
+            log.info("dropped undecodable message from %s on %s: %s",
+                     conn.node_id, state.spec.name, exc)
+            self._observer.on_invalid_message(conn.node_id, state.spec.name, str(exc))
+            return
+        env = Envelope(conn.node_id, message, channel_id)
+        try:
+            state.inbox_send.send_nowait(env)
+        except anyio.WouldBlock:
+            await state.inbox_send.send(env)  # backpressure: this peer's reader waits
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return
+        state.delivered += 1
+
+    # --------------------------------------------------------------------------------- send
+
+    def _targets(self, to: To) -> tuple[Sequence[NodeId], bool]:
+        if isinstance(to, str):
+            return (to,), False
+        if not isinstance(to, Destination):
+            raise ChannelError(f"not a destination: {to!r}")
+        targets = to.select(self)
+        return targets, to.fanout or len(targets) != 1
+
+    def _encode(self, spec: ChannelSpec[Any, Any], message: Any) -> bytes:
+        payload = spec.codec.encode(message)
+        if len(payload) > spec.max_message_size:
+            raise MessageTooLarge(
+                f"{len(payload)}-byte message exceeds {spec.name!r} limit "
+                f"{spec.max_message_size}"
+            )
+        return payload
+
+    async def send(
+        self, spec: ChannelSpec[Any, Any], to: To, message: Any, timeout: float | None
+    ) -> DeliveryReport:
+        state = self._state(spec)
+        _check_timeout(timeout)
+        wait = spec.send_timeout if timeout is None else timeout
+        if to is LOCAL:
+            await self._send_local(state, message, wait)
+            return self._local_report
+        targets, fanout = self._targets(to)
+        if not fanout:
+            target = targets[0]
+            if target == self._local_id:
+                await self._send_local(state, message, wait)
+                return self._local_report
+            await self._send_one(state, target, self._encode(spec, message), wait)
+            return DeliveryReport(delivered=(target,), failed=_NO_FAILURES)
+        payload: bytes | None = None
+        delivered: list[NodeId] = []
+        failed: dict[NodeId, str] = {}
+        slow: list[tuple[NodeId, PeerConnection]] = []
+        for target in targets:
+            if target == self._local_id:
+                try:
+                    state.inbox_send.send_nowait(Envelope(self._local_id, message, spec.id))
+                    delivered.append(target)
+                except anyio.WouldBlock:
+                    failed[target] = "would_block"
+                continue
+            conn = self._peers.get(target)
+            if conn is None or not conn.is_open:
+                failed[target] = "not_connected"
+                continue
+            if payload is None:
+                payload = self._encode(spec, message)
+            try:
+                conn.send_message_nowait(spec.id, payload)
+                delivered.append(target)
+            except WouldBlock:
+                slow.append((target, conn))
+            except ConnectionClosed:
+                failed[target] = "closed"
+        if slow:
+            assert payload is not None
+            data = payload
+
+            async def send_slow(target: NodeId, conn: PeerConnection) -> None:
+                try:
+                    await self._send_one(state, target, data, wait, conn)
+                    delivered.append(target)
+                except SendTimeout:
+                    failed[target] = "timeout"
+                except (ConnectionClosed, PeerNotConnected):
+                    failed[target] = "closed"
+
+            async with anyio.create_task_group() as tg:
+                for target, conn in slow:
+                    tg.start_soon(send_slow, target, conn)
+        return DeliveryReport(delivered=tuple(delivered), failed=failed)
+
+    def send_nowait(self, spec: ChannelSpec[Any, Any], to: To, message: Any) -> DeliveryReport:
+        state = self._state(spec)
+        targets, fanout = self._targets(to)
+        delivered: list[NodeId] = []
+        failed: dict[NodeId, str] = {}
+        payload: bytes | None = None
+        for target in targets:
+            try:
+                if target == self._local_id:
+                    try:
+                        state.inbox_send.send_nowait(Envelope(self._local_id, message, spec.id))
+                    except anyio.WouldBlock:
+                        raise WouldBlock(f"LOCAL inbox of {spec.name!r} is full") from None
+                else:
+                    conn = self._peers.get(target)
+                    if conn is None:
+                        raise PeerNotConnected(f"peer {target} is not connected")
+                    if payload is None:
+                        payload = self._encode(spec, message)
+                    conn.send_message_nowait(spec.id, payload)
+                delivered.append(target)
+            except WouldBlock:
+                if not fanout:
+                    raise
+                failed[target] = "would_block"
+            except (PeerNotConnected, ConnectionClosed):
+                if not fanout:
+                    raise
+                failed[target] = "not_connected"
+        return DeliveryReport(delivered=tuple(delivered), failed=failed)
+
+    async def _send_local(self, state: _ChannelState, message: Any, wait: float) -> None:
+        env = Envelope(self._local_id, message, state.spec.id)
+        if _put_nowait(state, env):
+            return
+        # Full: let the consumer run once before paying for a timeout scope (a producer
+        # outrunning its consumer by one item is the common case, not a stall).
+        await anyio.lowlevel.checkpoint()
+        if _put_nowait(state, env):
+            return
+        with anyio.move_on_after(wait):
+            await state.inbox_send.send(env)
+            return
+        raise SendTimeout(f"LOCAL inbox of {state.spec.name!r} stayed full for {wait:g} s")
+
+    async def _send_one(
+        self,
+        state: _ChannelState,
+        target: NodeId,
+        payload: bytes,
+        wait: float,
+        conn: PeerConnection | None = None,
+    ) -> None:
+        conn = conn or self._peers.get(target)
+        if conn is None:
+            raise PeerNotConnected(f"peer {target} is not connected")
+        try:
+            conn.send_message_nowait(state.spec.id, payload)
+            return
+        except WouldBlock:
+            pass
+        with anyio.move_on_after(wait):
+            await conn.send_message(state.spec.id, payload)
+            return
+        state.slow += 1
+        self._observer.on_slow_peer(target, state.spec.name)
+        log.info("peer %s is slow: %s send queue stayed full for %g s",
+                 target, state.spec.name, wait)
+        raise SendTimeout(f"peer {target} queue on {state.spec.name!r} full for {wait:g} s")
+
+    # ----------------------------------------------------------------------------- requests
+
+    async def request(
+        self, spec: ChannelSpec[Any, Any], to: To, message: Any, timeout: float | None
+    ) -> Any:
+        state = self._state(spec)
+        _check_timeout(timeout)
+        deadline = timeout
+        if deadline is None and anyio.current_effective_deadline() == math.inf:
+            deadline = spec.request_timeout
+        if isinstance(to, str) and to != self._local_id:
+            # One peer: the connection enforces the deadline with the node's timer task.
+            try:
+                return await self._attempt(state, to, message, deadline)
+            except RequestExpired:
+                assert deadline is not None
+                self._observer.on_request_done(to, spec.name, deadline, "timeout")
+                raise RequestTimeout(
+                    f"no response on {spec.name!r} from {to} within {deadline:g} s"
+                ) from None
+
+        async def attempt(target: NodeId) -> Any:
+            return await self._attempt(state, target, message)
+
+        if isinstance(to, str):
+            run = attempt(to)
+        elif isinstance(to, Destination):
+            run = to.run_request(self, attempt)
+        else:
+            raise ChannelError(f"not a destination: {to!r}")
+        if deadline is None:
+            return await run
+        with anyio.move_on_after(deadline):
+            return await run
+        if isinstance(to, str):
+            self._observer.on_request_done(to, spec.name, deadline, "timeout")
+        raise RequestTimeout(f"no response on {spec.name!r} from {to} within {deadline:g} s")
+
+    async def _attempt(
+        self, state: _ChannelState, target: NodeId, message: Any, timeout: float | None = None
+    ) -> Any:
+        spec = state.spec
+        if target == self._local_id:
+            return await self._request_local(state, message)
+        conn = self._peers.get(target)
+        if conn is None:
+            raise PeerNotConnected(f"peer {target} is not connected")
+        payload = self._encode(spec, message)
+        started = time.perf_counter()
+        outcome = "cancelled"
+        try:
+            data = await conn.request(spec.id, payload, timeout)
+            try:
+                result = spec.response_codec.decode(data)
+            except DecodeError as exc:
+                self._observer.on_invalid_message(target, spec.name, str(exc))
+                outcome = "error"
+                raise
+            outcome = "ok"
+            return result
+        except RequestError:
+            outcome = "error"
+            raise
+        except ConnectionClosed:
+            outcome = "error"
+            raise
+        finally:
+            if outcome != "cancelled":
+                self._observer.on_request_done(
+                    target, spec.name, time.perf_counter() - started, outcome
+                )
+
+    async def _request_local(self, state: _ChannelState, message: Any) -> Any:
+        handler = state.handler
+        if handler is None:
+            raise RequestError(ErrorCode.NO_HANDLER, f"no handler on {state.spec.name!r}")
+        if state.local_inflight >= state.spec.max_concurrent_requests:
+            raise RequestError(ErrorCode.OVERLOADED, "too many concurrent LOCAL requests")
+        state.local_inflight += 1
+        try:
+            result = await handler(Envelope(self._local_id, message, state.spec.id))
+        except RequestError:
+            state.failed += 1
+            raise
+        except Exception as exc:  # the handler boundary: map user errors to INTERNAL
+            state.failed += 1
+            log.exception("handler of %s failed on a LOCAL request", state.spec.name)
+            raise RequestError(ErrorCode.INTERNAL, f"handler raised {exc!r}") from exc
+        finally:
+            state.local_inflight -= 1
+        state.served += 1
+        return result
+
+    def on_request(
+        self, conn: PeerConnection, channel_id: int, request_id: int, payload: bytes
+    ) -> None:
+        state = self._channels.get(channel_id)
+        if state is None:
+            conn.submit(conn.respond_error, channel_id, request_id, ErrorCode.NO_HANDLER,
+                        "unknown channel")
+            return
+        conn.submit(self._serve_remote, conn, state, request_id, payload)
+
+    async def _serve_remote(
+        self, conn: PeerConnection, state: _ChannelState, request_id: int, payload: bytes
+    ) -> None:
+        spec = state.spec
+        if not conn.core.is_inbound_active(spec.id, request_id):
+            return  # the peer cancelled it while it waited for a worker: do not run it
+        key = (spec.id, request_id)
+        started = time.perf_counter()
+        outcome = "cancelled"
+        with anyio.CancelScope() as scope:
+            conn.register_handler(key, scope)
+            try:
+                outcome = await self._serve_one(conn, state, request_id, payload)
+            finally:
+                conn.unregister_handler(key)
+        self._observer.on_request_served(
+            conn.node_id, spec.name, time.perf_counter() - started, outcome
+        )
+
+    async def _serve_one(
+        self, conn: PeerConnection, state: _ChannelState, request_id: int, payload: bytes
+    ) -> str:
+        spec = state.spec
+        if state.handler is None:
+            await conn.respond_error(spec.id, request_id, ErrorCode.NO_HANDLER,
+                                     f"no handler on {spec.name!r}")
+            return "error"
+        try:
+            message = spec.codec.decode(payload)
+        except DecodeError as exc:
+            self._observer.on_invalid_message(conn.node_id, spec.name, str(exc))
+            await conn.respond_error(spec.id, request_id, ErrorCode.DECODE, str(exc)[:200])
+            return "error"
+        try:
+            result = await state.handler(Envelope(conn.node_id, message, spec.id))
+            data = spec.response_codec.encode(result)
+        except RequestError as exc:
+            state.failed += 1
+            await conn.respond_error(spec.id, request_id, exc.code, exc.message)
+            return "error"
+        except LocalProtocolError as exc:
+            state.failed += 1
+            log.error("handler of %s returned an unencodable response: %s", spec.name, exc)
+            await conn.respond_error(spec.id, request_id, ErrorCode.INTERNAL, "bad response")
+            return "error"
+        except Exception:  # task root: a handler bug must not take the connection down
+            state.failed += 1
+            log.exception("handler of %s failed on a request from %s", spec.name, conn.node_id)
+            await conn.respond_error(spec.id, request_id, ErrorCode.INTERNAL, "internal error")
+            return "error"
+        if len(data) > spec.max_message_size:
+            state.failed += 1
+            await conn.respond_error(spec.id, request_id, ErrorCode.TOO_LARGE,
+                                     f"response of {len(data)} bytes exceeds the limit")
+            return "error"
+        await conn.respond(spec.id, request_id, data)
+        state.served += 1
+        return "ok"

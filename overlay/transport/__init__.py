@@ -1,0 +1,26 @@
+"""Transports: dial and accept authenticated byte streams (TCP here, memory in ``overlay.testing``).
+
+Layer: transport (above ``overlay.wire``, below ``overlay.connection``). A transport hands back a
+:class:`~overlay.transport._secure.SecureStream` whose Noise handshake has authenticated the peer's
+node id; everything above works on those streams.
+"""
+
+from overlay.transport._base import (
+    AcceptGate,
+    InboundHandler,
+    RawConnection,
+    RawListener,
+    Transport,
+    TransportConfig,
+    TransportStatistics,
+)
+
+__all__ = [
+    "AcceptGate",
+    "InboundHandler",
+    "RawConnection",
+    "RawListener",
+    "Transport",
+    "TransportConfig",
+    "TransportStatistics",
+]

@@ -1,0 +1,453 @@
+"""Stream transports: listen, dial, authenticate; hand back a secure byte stream.
+
+Theory of operation
+-------------------
+A transport knows nothing about messages. It only
+
+* **listens** (:meth:`Transport.serve`): binds, reports the real listen addresses through
+  ``task_status.started(...)``, then accepts forever. Every accepted raw connection passes two
+  cheap checks *before* any cryptography: the ``accept_gate(remote_host)`` callback (the peer
+  manager's per-IP / per-netgroup / ban check) and a bound on concurrent in-progress handshakes
+  (``max_pending_handshakes``). A connection failing either is closed at once and counted
+  (``rejected_by_gate`` / ``rejected_overload``). Otherwise the Noise handshake
+  (:func:`overlay.transport._secure.secure_handshake`, responder side, ``handshake_timeout``) runs
+  in its own
+  task inside ``serve``'s task group, and then ``await handler(secure_stream)``. The handler owns
+  the stream; ``serve`` closes it if the handler returns (or raises) without closing it.
+  Handshake failures are logged (debug level: they are network noise), counted by reason in
+  ``handshake_failures`` and never stop ``serve``. Cancelling ``serve`` closes the listeners and
+  cancels every handshake and handler it started.
+* **dials** (:meth:`Transport.dial`): connect, then the handshake as initiator with
+  ``expected_id = address.node_id``, the whole thing within ``timeout``.
+
+Dial errors, by phase:
+
+* the connection cannot be opened (refused, unreachable, unknown memory listener, partitioned,
+  *or the connect phase timed out*) → :class:`~overlay.errors.DialError` (with ``__cause__``);
+* the handshake did not finish in the remaining time (capped by ``handshake_timeout``) →
+  :class:`~overlay.errors.HandshakeTimeout`;
+* the peer proved another node id → :class:`~overlay.errors.AuthenticationError`;
+* the peer spoke garbage, or the connection broke during the handshake (e.g. the listener's gate
+  rejected us) → :class:`~overlay.errors.HandshakeError`.
+
+Handshake failure reasons (keys of ``TransportStatistics.handshake_failures``): ``"timeout"``,
+``"authentication"``, ``"handshake"`` (malformed / failed Noise), ``"protocol"`` (another
+RemoteProtocolError), ``"connection"`` (EOF / reset during the handshake), ``"internal"`` (an
+unexpected exception: a bug, logged with traceback).
+
+Invariants: ``pending_handshakes <= max_pending_handshakes`` at all times; every raw connection
+accepted is either rejected (closed at once), fails its handshake (closed, counted) or is handed
+to the handler exactly once and closed when the handler is done.
+
+Concrete transports (:class:`overlay.transport._tcp.TcpTransport`,
+:class:`overlay.testing.MemoryTransport`) implement two hooks: :meth:`Transport._listen` (bind;
+return :class:`RawListener` objects) and :meth:`Transport._raw_connect` (open an unauthenticated
+connection; raise :class:`~overlay.errors.DialError`). The conformance suite
+(:func:`overlay.testing.check_transport_conformance`) uses ``_raw_connect`` to play a silent or
+garbage-speaking peer.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import math
+import types
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import anyio
+import anyio.abc
+
+from overlay.address import NodeAddress
+from overlay.errors import (
+    AuthenticationError,
+    ConfigError,
+    DialError,
+    HandshakeError,
+    HandshakeTimeout,
+    InvalidAddressError,
+    LocalProtocolError,
+    OverlayError,
+    RemoteProtocolError,
+)
+from overlay.transport._secure import SecureIdentity, SecureStream, secure_handshake
+
+__all__ = [
+    "AcceptGate",
+    "InboundHandler",
+    "RawConnection",
+    "RawListener",
+    "Transport",
+    "TransportConfig",
+    "TransportStatistics",
+]
+
+logger = logging.getLogger(__name__)
+
+InboundHandler = Callable[[SecureStream], Awaitable[None]]
+"""Called once per authenticated inbound connection; it owns the stream."""
+
+AcceptGate = Callable[[str], bool]
+"""``accept_gate(remote_host) -> admit?``: a cheap, synchronous, non-raising pre-handshake check."""
+
+_STREAM_ERRORS = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+)
+
+
+def _admit_all(remote_host: str) -> bool:
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """Knobs shared by every transport (validated on construction)."""
+
+    handshake_timeout: float = 10.0
+    """Seconds an inbound handshake may take; also caps the handshake phase of a dial."""
+    max_pending_handshakes: int = 64
+    """Inbound handshakes allowed in progress at once; connections over it are closed at once."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.handshake_timeout, int | float) and self.handshake_timeout > 0):
+            raise ConfigError("handshake_timeout", "must be a positive number of seconds")
+        if not math.isfinite(self.handshake_timeout):
+            raise ConfigError("handshake_timeout", "must be finite")
+        if isinstance(self.max_pending_handshakes, bool) or not isinstance(
+            self.max_pending_handshakes, int
+        ):
+            raise ConfigError("max_pending_handshakes", "must be an integer")
+        if self.max_pending_handshakes < 1:
+            raise ConfigError("max_pending_handshakes", "must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class TransportStatistics:
+    """A snapshot of a transport's counters (all cumulative except the gauges noted)."""
+
+    dials: int
+    """Outbound dial attempts."""
+    dial_failures: int
+    """Dials that raised (any error, including cancellation)."""
+    accepted: int
+    """Inbound connections that completed the handshake and were handed to the handler."""
+    rejected_by_gate: int
+    """Inbound connections closed at once because ``accept_gate`` refused their host."""
+    rejected_overload: int
+    """Inbound connections closed at once because too many handshakes were in progress."""
+    handshake_failures: Mapping[str, int]
+    """Inbound handshake failures by reason (see the module docstring for the keys)."""
+    pending_handshakes: int = 0
+    """Gauge: inbound handshakes in progress now."""
+    active_inbound: int = 0
+    """Gauge: inbound handlers running now."""
+    handler_errors: int = 0
+    """Handlers that raised an exception (logged with traceback; serve went on)."""
+
+    @property
+    def total_handshake_failures(self) -> int:
+        """Sum of :attr:`handshake_failures` over all reasons."""
+        return sum(self.handshake_failures.values())
+
+
+@dataclass(frozen=True, slots=True)
+class RawConnection:
+    """An unauthenticated byte stream plus what we know of the remote end."""
+
+    stream: anyio.abc.ByteStream
+    """The raw (not yet secured) stream."""
+    remote_host: str
+    """The remote IP (or synthetic IP on the memory network): input to per-IP limits."""
+    remote_address: str
+    """Printable remote endpoint, e.g. ``"127.0.0.1:4321"`` or ``"memory:<id>"``."""
+
+
+class RawListener(abc.ABC):
+    """What a concrete transport's :meth:`Transport._listen` returns: one bound endpoint."""
+
+    address: NodeAddress
+    """The actual listen address (our node id, real port)."""
+
+    @abc.abstractmethod
+    async def accept(self) -> RawConnection:
+        """Wait for the next raw inbound connection."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Stop listening (idempotent); pending accepts raise ``ClosedResourceError``."""
+
+
+@dataclass(slots=True)
+class _Counters:
+    dials: int = 0
+    dial_failures: int = 0
+    accepted: int = 0
+    rejected_by_gate: int = 0
+    rejected_overload: int = 0
+    pending_handshakes: int = 0
+    active_inbound: int = 0
+    handler_errors: int = 0
+    handshake_failures: dict[str, int] = field(default_factory=dict)
+
+
+class Transport(abc.ABC):
+    """A stream transport: listens, dials, authenticates. See the module docstring."""
+
+    protocol: ClassVar[str]
+    """The address protocol this transport serves: ``"tcp"`` or ``"memory"``."""
+
+    def __init__(
+        self,
+        identity: SecureIdentity,
+        *,
+        handshake_timeout: float = 10.0,
+        max_pending_handshakes: int = 64,
+        accept_gate: AcceptGate | None = None,
+    ) -> None:
+        self.identity = identity
+        self.config = TransportConfig(
+            handshake_timeout=handshake_timeout, max_pending_handshakes=max_pending_handshakes
+        )
+        self._gate: AcceptGate = accept_gate if accept_gate is not None else _admit_all
+        self._counters = _Counters()
+        self._stats_event: anyio.Event | None = None
+        self._listen_addresses: list[NodeAddress] = []
+        self._serving = False
+
+    # -- hooks for concrete transports -------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _listen(self) -> list[RawListener]:
+        """Bind every configured listen address (raise ``OSError``/``OverlayError`` on failure)."""
+
+    @abc.abstractmethod
+    async def _raw_connect(self, address: NodeAddress) -> RawConnection:
+        """Open an unauthenticated connection to ``address``; raise :class:`DialError`."""
+
+    # -- public API ----------------------------------------------------------------------------
+
+    def listen_addresses(self) -> list[NodeAddress]:
+        """The addresses we are listening on now (empty unless :meth:`serve` is running)."""
+        return list(self._listen_addresses)
+
+    def statistics(self) -> TransportStatistics:
+        c = self._counters
+        return TransportStatistics(
+            dials=c.dials,
+            dial_failures=c.dial_failures,
+            accepted=c.accepted,
+            rejected_by_gate=c.rejected_by_gate,
+            rejected_overload=c.rejected_overload,
+            handshake_failures=types.MappingProxyType(dict(c.handshake_failures)),
+            pending_handshakes=c.pending_handshakes,
+            active_inbound=c.active_inbound,
+            handler_errors=c.handler_errors,
+        )
+
+    async def wait_statistics(
+        self, predicate: Callable[[TransportStatistics], bool]
+    ) -> TransportStatistics:
+        """Wait until ``predicate(self.statistics())`` holds; return that snapshot.
+
+        Woken on every counter change, so tests can wait for a condition without sleeping.
+        Wrap it in ``anyio.fail_after`` to bound the wait.
+        """
+        while True:
+            stats = self.statistics()
+            if predicate(stats):
+                return stats
+            if self._stats_event is None:
+                self._stats_event = anyio.Event()
+            await self._stats_event.wait()
+
+    async def serve(
+        self,
+        handler: InboundHandler,
+        *,
+        task_status: anyio.abc.TaskStatus[list[NodeAddress]] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen and accept forever (until cancelled). See the module docstring.
+
+        Raises :class:`LocalProtocolError` if this transport is already serving, and ``OSError``
+        (TCP) / :class:`LocalProtocolError` (memory) if binding fails.
+        """
+        if self._serving:
+            raise LocalProtocolError(f"{type(self).__name__} is already serving")
+        self._serving = True
+        try:
+            listeners = await self._listen()
+            try:
+                async with anyio.create_task_group() as tg:
+                    for listener in listeners:
+                        tg.start_soon(self._accept_loop, listener, handler, tg)
+                    self._listen_addresses = [listener.address for listener in listeners]
+                    task_status.started(self.listen_addresses())
+            finally:
+                self._listen_addresses = []
+                with anyio.CancelScope(shield=True):
+                    for listener in listeners:
+                        await listener.aclose()
+        finally:
+            self._serving = False
+
+    async def dial(
+        self, address: NodeAddress, *, timeout: float, first_data: bytes = b""
+    ) -> SecureStream:
+        """Connect to ``address`` and authenticate it, all within ``timeout`` seconds.
+
+        ``first_data`` is sent encrypted in the same write as the handshake's last message (the
+        responder gets both in one read); it is already sent when ``dial`` returns.
+
+        Connect-phase failures and timeouts raise :class:`DialError`; handshake-phase timeouts
+        :class:`HandshakeTimeout`; a wrong node id :class:`AuthenticationError`; other handshake
+        failures :class:`HandshakeError`.
+        """
+        if address.protocol != self.protocol:
+            raise InvalidAddressError(
+                f"{type(self).__name__} cannot dial {address.protocol} address {address}"
+            )
+        if not timeout > 0:
+            raise LocalProtocolError(f"dial timeout must be positive, got {timeout!r}")
+        self._counters.dials += 1
+        self._changed()
+        ok = False
+        try:
+            stream = await self._dial(address, timeout, first_data)
+            ok = True
+            return stream
+        finally:
+            if not ok:
+                self._counters.dial_failures += 1
+                self._changed()
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _dial(self, address: NodeAddress, limit: float, first_data: bytes) -> SecureStream:
+        deadline = anyio.current_time() + limit
+        conn: RawConnection | None = None
+        with anyio.move_on_after(limit):
+            conn = await self._raw_connect(address)
+        if conn is None:
+            raise DialError(f"connecting to {address} timed out after {limit:g} s") from (
+                TimeoutError()
+            )
+        remaining = min(deadline - anyio.current_time(), self.config.handshake_timeout)
+        if remaining <= 0:
+            await anyio.aclose_forcefully(conn.stream)
+            raise HandshakeTimeout(f"no time left for the handshake with {address}")
+        try:
+            return await secure_handshake(
+                conn.stream,
+                self.identity,
+                initiator=True,
+                expected_id=address.node_id,
+                timeout=remaining,
+                remote_address=conn.remote_address,
+                remote_host=conn.remote_host,
+                first_data=first_data,
+            )
+        except OverlayError:
+            await anyio.aclose_forcefully(conn.stream)
+            raise
+        except TimeoutError as exc:
+            await anyio.aclose_forcefully(conn.stream)
+            raise HandshakeTimeout(f"handshake with {address} timed out") from exc
+        except _STREAM_ERRORS as exc:
+            await anyio.aclose_forcefully(conn.stream)
+            raise HandshakeError(f"connection to {address} lost during the handshake") from exc
+        except BaseException:
+            await anyio.aclose_forcefully(conn.stream)
+            raise
+
+    def _changed(self) -> None:
+        event = self._stats_event
+        if event is not None:
+            self._stats_event = None
+            event.set()
+
+    async def _accept_loop(
+        self, listener: RawListener, handler: InboundHandler, tg: anyio.abc.TaskGroup
+    ) -> None:
+        counters = self._counters
+        while True:
+            try:
+                conn = await listener.accept()
+            except anyio.ClosedResourceError:
+                return
+            except OSError as exc:  # e.g. EMFILE: back off instead of spinning
+                logger.warning("accept on %s failed: %s", listener.address, exc)
+                await anyio.sleep(0.1)
+                continue
+            if not self._gate(conn.remote_host):
+                counters.rejected_by_gate += 1
+                self._changed()
+                logger.debug("gate rejected inbound connection from %s", conn.remote_address)
+                await anyio.aclose_forcefully(conn.stream)
+                continue
+            if counters.pending_handshakes >= self.config.max_pending_handshakes:
+                counters.rejected_overload += 1
+                self._changed()
+                logger.debug(
+                    "too many pending handshakes (%d); closing connection from %s",
+                    counters.pending_handshakes,
+                    conn.remote_address,
+                )
+                await anyio.aclose_forcefully(conn.stream)
+                continue
+            counters.pending_handshakes += 1
+            self._changed()
+            tg.start_soon(self._handle_inbound, conn, handler)
+
+    async def _handle_inbound(self, conn: RawConnection, handler: InboundHandler) -> None:
+        counters = self._counters
+        reason: str | None = None
+        secure: SecureStream | None = None
+        try:
+            secure = await secure_handshake(
+                conn.stream,
+                self.identity,
+                initiator=False,
+                timeout=self.config.handshake_timeout,
+                remote_address=conn.remote_address,
+                remote_host=conn.remote_host,
+            )
+        except TimeoutError:  # HandshakeTimeout included
+            reason = "timeout"
+        except AuthenticationError:
+            reason = "authentication"
+        except HandshakeError:
+            reason = "handshake"
+        except RemoteProtocolError:
+            reason = "protocol"
+        except _STREAM_ERRORS:
+            reason = "connection"
+        except Exception:  # task root: a bug in the handshake code must not stop serve
+            reason = "internal"
+            logger.exception("unexpected error in handshake with %s", conn.remote_address)
+        finally:
+            counters.pending_handshakes -= 1
+            if reason is not None:
+                counters.handshake_failures[reason] = counters.handshake_failures.get(reason, 0) + 1
+            self._changed()
+            if secure is None:
+                await anyio.aclose_forcefully(conn.stream)
+        if secure is None:
+            logger.debug("inbound handshake from %s failed: %s", conn.remote_address, reason)
+            return
+        counters.accepted += 1
+        counters.active_inbound += 1
+        self._changed()
+        try:
+            await handler(secure)
+        except Exception:  # task root: log + count, keep serving
+            counters.handler_errors += 1
+            logger.exception("inbound handler for %s raised", conn.remote_address)
+        finally:
+            counters.active_inbound -= 1
+            self._changed()
+            await anyio.aclose_forcefully(secure)

@@ -1,0 +1,136 @@
+"""TCP transport: ``anyio.create_tcp_listener`` / ``anyio.connect_tcp`` + the Noise handshake.
+
+Theory of operation
+-------------------
+All listen/accept/handshake/dial logic lives in :class:`overlay.transport.Transport`; this module
+only binds sockets and opens connections:
+
+* each :class:`~overlay.address.ListenAddress` is bound with ``anyio.create_tcp_listener``
+  (an empty host binds every interface; port 0 picks a free port and the real port is
+  reported); every bound socket becomes one :class:`RawListener`;
+* ``TCP_NODELAY`` is set on both ends of every connection (anyio already sets it on accepted and,
+  on trio, on connected sockets; we set it explicitly so it never depends on the backend);
+* ``remote_host`` is the peer's IP as the socket sees it (IPv4-mapped IPv6 addresses are
+  unmapped, so per-IP limits see one form), ``remote_address`` is ``HOST:PORT`` (``[v6]:PORT``).
+
+Connect failures (refused, unreachable, name resolution) raise
+:class:`~overlay.errors.DialError` with the ``OSError`` as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Sequence
+from typing import ClassVar
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+
+from overlay.address import ListenAddress, NodeAddress
+from overlay.errors import ConfigError, DialError
+from overlay.transport import AcceptGate, RawConnection, RawListener, Transport
+from overlay.transport._secure import SecureIdentity
+
+__all__ = ["TcpTransport"]
+
+
+def _unmap(host: str) -> str:
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return host
+
+
+def _format(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _prepare(stream: anyio.abc.SocketStream) -> RawConnection:
+    """Set TCP_NODELAY and describe the remote end of a connected socket stream."""
+    sock = stream.extra(SocketAttribute.raw_socket)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:  # the peer already reset the connection; the handshake will notice
+        pass
+    try:
+        remote = stream.extra(SocketAttribute.remote_address)
+    except OSError:
+        remote = ("", 0)
+    if isinstance(remote, tuple):
+        host, port = _unmap(str(remote[0])), int(remote[1])
+    else:  # pragma: no cover - UNIX sockets are never used by this transport
+        host, port = str(remote), 0
+    return RawConnection(stream, remote_host=host, remote_address=_format(host, port))
+
+
+class _TcpListener(RawListener):
+    def __init__(self, listener: anyio.abc.SocketListener, address: NodeAddress) -> None:
+        self._listener = listener
+        self.address = address
+
+    async def accept(self) -> RawConnection:
+        return _prepare(await self._listener.accept())
+
+    async def aclose(self) -> None:
+        await self._listener.aclose()
+
+
+class TcpTransport(Transport):
+    """Listens on and dials TCP addresses (``ID@HOST:PORT``); IPv4 and IPv6."""
+
+    protocol: ClassVar[str] = "tcp"
+
+    def __init__(
+        self,
+        identity: SecureIdentity,
+        listen: ListenAddress | Sequence[ListenAddress] = (),
+        *,
+        handshake_timeout: float = 10.0,
+        max_pending_handshakes: int = 64,
+        accept_gate: AcceptGate | None = None,
+    ) -> None:
+        super().__init__(
+            identity,
+            handshake_timeout=handshake_timeout,
+            max_pending_handshakes=max_pending_handshakes,
+            accept_gate=accept_gate,
+        )
+        listens = (listen,) if isinstance(listen, ListenAddress) else tuple(listen)
+        for item in listens:
+            if not isinstance(item, ListenAddress) or item.protocol != "tcp":
+                raise ConfigError("listen", f"TcpTransport needs tcp:// listen addresses: {item}")
+        self._listen_config: tuple[ListenAddress, ...] = listens
+
+    async def _listen(self) -> list[RawListener]:
+        bound: list[RawListener] = []
+        try:
+            for item in self._listen_config:
+                multi = await anyio.create_tcp_listener(
+                    local_host=item.host or None, local_port=item.port
+                )
+                for sock_listener in multi.listeners:
+                    assert isinstance(sock_listener, anyio.abc.SocketListener)
+                    local = sock_listener.extra(SocketAttribute.local_address)
+                    assert isinstance(local, tuple)
+                    address = NodeAddress(
+                        self.identity.node_id, "tcp", _unmap(str(local[0])), int(local[1])
+                    )
+                    bound.append(_TcpListener(sock_listener, address))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for listener in bound:
+                    await listener.aclose()
+            raise
+        return bound
+
+    async def _raw_connect(self, address: NodeAddress) -> RawConnection:
+        try:
+            stream = await anyio.connect_tcp(address.host, address.port)
+        except OSError as exc:
+            raise DialError(f"cannot connect to {address}: {exc}") from exc
+        return _prepare(stream)

@@ -1,0 +1,206 @@
+"""Codecs for the protobuf payloads of ERROR and CONTROL frames.
+
+Theory of operation
+-------------------
+The generated ``proto.overlay_pb2`` classes never leave this module: callers get frozen
+dataclasses (:class:`ErrorPayload`, :class:`Ping`, :class:`Pong`, :class:`Disconnect`) and
+``IntEnum`` codes. Every decoder turns *any* malformed input into
+:class:`~overlay.errors.FrameError` (the bytes came from the peer). Encoders are total on valid
+dataclasses: text is truncated at a UTF-8 character boundary to a fixed byte budget so that an
+error or disconnect payload always fits in one small frame.
+
+Forward compatibility: an error code this version does not know decodes as
+``ErrorCode.UNKNOWN``; a disconnect reason is kept as a raw ``int`` (see
+:class:`DisconnectReason` for the known values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from google.protobuf.message import DecodeError as _PbDecodeError
+
+from overlay.errors import ErrorCode, FrameError
+from proto import overlay_pb2 as _pb
+
+__all__ = [
+    "ControlMessage",
+    "Disconnect",
+    "DisconnectReason",
+    "ErrorPayload",
+    "MAX_DISCONNECT_MESSAGE_BYTES",
+    "MAX_ERROR_MESSAGE_BYTES",
+    "Ping",
+    "Pong",
+    "decode_control",
+    "decode_error",
+    "encode_control",
+    "encode_error",
+    "truncate_utf8",
+]
+
+MAX_ERROR_MESSAGE_BYTES = 1024
+"""ERROR messages are truncated to this many UTF-8 bytes when encoded."""
+MAX_DISCONNECT_MESSAGE_BYTES = 256
+"""Disconnect messages are truncated to this many UTF-8 bytes when encoded."""
+
+_U64 = (1 << 64) - 1
+_I32_MAX = (1 << 31) - 1
+
+
+class DisconnectReason:
+    """Why a connection is closed: the values of the ``DisconnectReason`` enum of
+    proto/overlay.proto (a test checks they match), with the short names used in logs and
+    metrics.
+
+    This is the only definition (``overlay.wire._nodeinfo`` re-exports it). The values are plain
+    ``int`` constants rather than an ``IntEnum`` because a Disconnect may carry a value this
+    version does not know; :meth:`name` names any value.
+    """
+
+    UNSPECIFIED: Final = 0
+    SHUTDOWN: Final = 1
+    WRONG_NETWORK: Final = 2
+    INCOMPATIBLE_VERSION: Final = 3
+    NO_COMMON_CHANNEL: Final = 4
+    PROTOCOL_VIOLATION: Final = 5
+    TOO_MANY_PEERS: Final = 6
+    BANNED: Final = 7
+    DUPLICATE: Final = 8
+    EVICTED: Final = 9
+    OPERATOR: Final = 10
+    IDLE_TIMEOUT: Final = 11
+    SELF: Final = 12
+
+    @staticmethod
+    def name(value: int) -> str:
+        """Short lowercase name, e.g. ``wrong_network``; ``unknown_<n>`` for unknown values."""
+        return _REASON_NAMES.get(value, f"unknown_{value}")
+
+    @staticmethod
+    def values() -> dict[str, int]:
+        """Every known reason by its upper-case constant name, in wire-value order."""
+        return dict(sorted(_REASON_VALUES.items(), key=lambda item: item[1]))
+
+
+_REASON_VALUES: dict[str, int] = {
+    key: value
+    for key, value in vars(DisconnectReason).items()
+    if key.isupper() and isinstance(value, int)
+}
+_REASON_NAMES: dict[int, str] = {value: key.lower() for key, value in _REASON_VALUES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPayload:
+    """The payload of an ERROR frame."""
+
+    code: ErrorCode
+    """What kind of failure (unknown wire values decode as ``ErrorCode.UNKNOWN``)."""
+    message: str
+    """Human-readable detail (may be empty)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Control: please answer with a Pong carrying the same nonce."""
+
+    nonce: int
+    """u64 chosen by the pinger."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Control: the answer to a Ping."""
+
+    nonce: int
+    """The nonce of the Ping being answered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """Control: the sender is closing the connection; nothing follows it."""
+
+    reason: int
+    """A :class:`DisconnectReason` value (kept as ``int``: unknown values are allowed)."""
+    message: str
+    """Human-readable detail (may be empty)."""
+
+
+ControlMessage = Ping | Pong | Disconnect
+
+
+def truncate_utf8(text: str, max_bytes: int) -> bytes:
+    """``text`` as UTF-8, cut to at most ``max_bytes`` bytes at a character boundary."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return data
+    return data[:max_bytes].decode("utf-8", "ignore").encode("utf-8")
+
+
+def _text(text: str, max_bytes: int) -> str:
+    data = truncate_utf8(text, max_bytes)
+    return data.decode("utf-8")
+
+
+def encode_error(
+    code: ErrorCode, message: str, *, max_message_bytes: int = MAX_ERROR_MESSAGE_BYTES
+) -> bytes:
+    """Encode an ERROR payload; ``message`` is truncated to ``max_message_bytes`` UTF-8 bytes
+    (at most :data:`MAX_ERROR_MESSAGE_BYTES`). The encoding is at most 5 bytes longer than the
+    truncated text; with an empty text it is 2 bytes (the code's field), or 0 bytes for code
+    ``UNKNOWN`` (proto3 omits default values)."""
+    budget = max(0, min(max_message_bytes, MAX_ERROR_MESSAGE_BYTES))
+    pb = _pb.ErrorResponse(code=int(code), message=_text(message, budget))  # type: ignore[arg-type]
+    return pb.SerializeToString()
+
+
+def decode_error(data: bytes) -> ErrorPayload:
+    """Decode an ERROR payload; FrameError if it is not a valid ``ErrorResponse``."""
+    pb = _pb.ErrorResponse()
+    try:
+        pb.ParseFromString(data)
+    except (_PbDecodeError, ValueError) as exc:
+        raise FrameError(f"malformed ERROR payload: {exc}") from None
+    raw = int(pb.code)
+    try:
+        code = ErrorCode(raw)
+    except ValueError:
+        code = ErrorCode.UNKNOWN
+    return ErrorPayload(code, pb.message)
+
+
+def encode_control(
+    message: ControlMessage, *, max_message_bytes: int = MAX_DISCONNECT_MESSAGE_BYTES
+) -> bytes:
+    """Encode a CONTROL payload (a disconnect message is truncated to ``max_message_bytes``,
+    at most :data:`MAX_DISCONNECT_MESSAGE_BYTES`; the rest of the payload takes ≤ 16 bytes)."""
+    pb = _pb.Control()
+    if isinstance(message, Ping):
+        pb.ping.nonce = message.nonce & _U64
+    elif isinstance(message, Pong):
+        pb.pong.nonce = message.nonce & _U64
+    else:
+        reason = message.reason if -_I32_MAX - 1 <= message.reason <= _I32_MAX else 0
+        pb.disconnect.reason = reason  # type: ignore[assignment]
+        budget = max(0, min(max_message_bytes, MAX_DISCONNECT_MESSAGE_BYTES))
+        pb.disconnect.message = _text(message.message, budget)
+    return pb.SerializeToString()
+
+
+def decode_control(data: bytes) -> ControlMessage:
+    """Decode a CONTROL payload; FrameError if malformed or if it carries no known message."""
+    pb = _pb.Control()
+    try:
+        pb.ParseFromString(data)
+    except (_PbDecodeError, ValueError) as exc:
+        raise FrameError(f"malformed CONTROL payload: {exc}") from None
+    which = pb.WhichOneof("kind")
+    if which == "ping":
+        return Ping(pb.ping.nonce)
+    if which == "pong":
+        return Pong(pb.pong.nonce)
+    if which == "disconnect":
+        return Disconnect(int(pb.disconnect.reason), pb.disconnect.message)
+    raise FrameError("CONTROL payload carries no known message")
