@@ -13,6 +13,7 @@ from overlay.connection._core import (
     CancelReceived,
     ChannelParams,
     ConnectionCore,
+    ConnectionState,
     CoreConfig,
     DisconnectReceived,
     ErrorReceived,
@@ -804,8 +805,8 @@ def test_disconnect_is_sent_alone_and_last() -> None:
     a, b = make(), make()
     a.send_message(MID, b"queued but never sent")
     rid = a.send_request(MID, b"r")
-    a.send_disconnect(DisconnectReason.SHUTDOWN, "bye")
-    a.send_disconnect(DisconnectReason.BANNED, "ignored: first one wins")
+    a.send_disconnect(DisconnectReason.SHUTDOWN, "bye", now=0.0)
+    a.send_disconnect(DisconnectReason.BANNED, "ignored: first one wins", now=0.0)
     wire = a.data_to_send(0.0)
     [frame] = parse(wire)
     assert decode_control(frame.payload) == Disconnect(DisconnectReason.SHUTDOWN, "bye")
@@ -816,19 +817,19 @@ def test_disconnect_is_sent_alone_and_last() -> None:
     with pytest.raises(ConnectionClosed):
         a.send_request(MID, b"x")
     a.cancel_request(rid)
-    assert a.get_timer() is None
+    assert a.get_timer() == CoreConfig().close_timeout  # the close deadline, nothing else
     b.receive_data(wire + encode_frame(FrameKind.MESSAGE, 0, MID, 0, b"after"), 0.0)
     assert b.events() == [DisconnectReceived(DisconnectReason.SHUTDOWN, "bye")]
     assert b.peer_disconnected
     b.receive_data(b"\xff" * 100, 0.0)  # ignored after the peer's disconnect
     with pytest.raises(LocalProtocolError):
-        make().send_disconnect(1 << 31, "out of range")
+        make().send_disconnect(1 << 31, "out of range", now=0.0)
 
 
 def test_disconnect_fits_a_tiny_frame_limit() -> None:
     config = CoreConfig(max_frame_payload=64, ping_interval=0, idle_timeout=0)
     a, b = make(config), make(config)
-    a.send_disconnect(-1, "z" * 1000)
+    a.send_disconnect(-1, "z" * 1000, now=0.0)
     b.receive_data(a.data_to_send(0.0), 0.0)
     [event] = b.events()
     assert isinstance(event, DisconnectReceived) and event.reason == -1
@@ -837,9 +838,75 @@ def test_disconnect_fits_a_tiny_frame_limit() -> None:
 def test_responses_after_disconnect_return_false() -> None:
     b = make()
     b.receive_data(encode_frame(FrameKind.REQUEST, 0, MID, 3, b"q"), 0.0)
-    b.send_disconnect(DisconnectReason.SHUTDOWN, "")
+    b.send_disconnect(DisconnectReason.SHUTDOWN, "", now=0.0)
     assert not b.send_response(MID, 3, b"r")
     assert not b.send_error(MID, 3, ErrorCode.CANCELLED, "")
+
+
+# ----------------------------------------------------------------------------------- lifecycle
+
+
+def state(core: ConnectionCore) -> ConnectionState:
+    """The core's state, read afresh (mypy would narrow ``core.state`` across calls)."""
+    return core.state
+
+
+def test_closing_has_a_deadline_after_which_the_connection_is_aborted() -> None:
+    """OPEN -> CLOSING (timer = the close deadline) -> ABORTED when the Disconnect was not
+    written in time (a peer that stopped reading); final states have no timer."""
+    a = make(CoreConfig(ping_interval=0, idle_timeout=0, close_timeout=2.5))
+    assert state(a) is ConnectionState.OPEN and a.get_timer() is None
+    a.send_message(MID, b"x" * 100)
+    a.send_disconnect(DisconnectReason.BANNED, "banned", now=10.0)
+    assert state(a) is ConnectionState.CLOSING and a.get_timer() == 12.5
+    assert a.wants_write  # the Disconnect, still to be handed out
+    a.handle_timer(12.4)
+    assert state(a) is ConnectionState.CLOSING
+    a.handle_timer(12.5)
+    assert state(a) is ConnectionState.ABORTED
+    assert a.get_timer() is None and not a.wants_write and a.data_to_send(12.5) == b""
+    a.connection_lost()  # the driver stopping afterwards does not make it a clean close
+    assert state(a) is ConnectionState.ABORTED
+    a.send_disconnect(DisconnectReason.SHUTDOWN, "", now=13.0)
+    assert state(a) is ConnectionState.ABORTED and a.get_timer() is None
+
+
+def test_idle_connection_closes_within_the_close_timeout() -> None:
+    """The idle timeout does not stop the clock on closing: the driver closes on IdleTimeout and
+    the close deadline follows, whatever the peer does."""
+    a = make(CoreConfig(ping_interval=1.0, idle_timeout=3.0, close_timeout=1.0))
+    a.handle_timer(3.0)
+    assert a.idle_expired and isinstance(a.next_event(), IdleTimeout)
+    a.send_disconnect(DisconnectReason.IDLE_TIMEOUT, "idle timeout", now=3.0)
+    assert a.get_timer() == 4.0
+    a.handle_timer(4.0)
+    assert state(a) is ConnectionState.ABORTED
+
+
+def test_written_disconnect_or_lost_transport_closes_cleanly() -> None:
+    a = make()
+    a.send_disconnect(DisconnectReason.SHUTDOWN, "bye", now=0.0)
+    wire = a.data_to_send(0.0)
+    assert state(a) is ConnectionState.CLOSING  # handed out, not yet written
+    a.connection_lost()  # the driver wrote it (or the stream ended)
+    assert state(a) is ConnectionState.CLOSED and a.get_timer() is None
+    a.handle_timer(100.0)
+    assert state(a) is ConnectionState.CLOSED
+    b = make()
+    b.receive_data(wire, 0.0)
+    assert state(b) is ConnectionState.CLOSED  # the peer said goodbye: nothing left to send
+    assert b.get_timer() is None and not b.wants_write
+    with pytest.raises(ConnectionClosed):
+        b.send_message(MID, b"x")
+    c = make()
+    c.connection_lost()  # end of stream while open
+    assert state(c) is ConnectionState.CLOSED
+
+
+def test_close_timeout_must_be_positive() -> None:
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ConfigError, match="close_timeout"):
+            CoreConfig(close_timeout=bad)
 
 
 # ---------------------------------------------------------------------------------- statistics

@@ -15,6 +15,18 @@ Driver loop (contract)::
     core.receive_paused_until(now)      # don't read again before this time (receive rate limit)
     core.get_timer() / core.handle_timer(now)
     # after any send_*/cancel_* call or handle_timer: call data_to_send again.
+    core.state                          # OPEN, CLOSING, or final: CLOSED / ABORTED (stop)
+
+Lifecycle (:class:`~overlay.connection._types.ConnectionState`). A connection is OPEN until
+``send_disconnect(reason, message, now=now)`` makes it CLOSING: the Disconnect frame is all that
+is sent from then on, and the core's timer is the close deadline, ``now + close_timeout``. The
+driver writes the frame (after any write already in progress) and then reports
+``connection_lost()``, which makes the state CLOSED. If the deadline passes first (the peer is
+not reading, so a write never completes), ``handle_timer`` makes it ABORTED and the driver must
+abort the transport without waiting for its writes. The peer's own Disconnect, or
+``connection_lost()`` (end of stream, reset), make an OPEN or CLOSING connection CLOSED. CLOSED
+and ABORTED are final. So however the peer behaves, closing takes at most ``close_timeout``
+plus the time the driver needs to notice the timer.
 
 Outgoing side. Each channel has a FIFO of whole messages bounded by ``send_queue_size`` (requests,
 messages, responses and errors alike: backpressure applies to responders too); a full queue raises
@@ -87,6 +99,7 @@ from overlay.connection._types import (
     CancelReceived,
     ChannelParams,
     ChannelStatistics,
+    ConnectionState,
     ConnectionStatistics,
     CoreConfig,
     DisconnectReceived,
@@ -126,6 +139,7 @@ __all__ = [
     "ChannelParams",
     "ChannelStatistics",
     "ConnectionCore",
+    "ConnectionState",
     "ConnectionStatistics",
     "CoreConfig",
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -174,7 +188,9 @@ class ConnectionCore(ReceiveSide):
         )
         self._ctrl: deque[bytes] = deque()
         self._disconnect_frame: bytes | None = None
-        self._closing = False  # send_disconnect was called
+        self._state = ConnectionState.OPEN
+        self._closing = False  # not OPEN: nothing but our Disconnect is sent (hot-path flag)
+        self._close_deadline = math.inf
         self._outbound: dict[int, _OutMsg] = {}
         self._next_rid = 1
         self._inbound: dict[int, _Channel] = {}
@@ -216,9 +232,26 @@ class ConnectionCore(ReceiveSide):
         return self._compression
 
     @property
+    def state(self) -> ConnectionState:
+        """Where the connection is in its life (see the module docstring)."""
+        return self._state
+
+    @property
     def closing(self) -> bool:
-        """True once ``send_disconnect`` was called (nothing but the disconnect is sent)."""
+        """True once the connection left OPEN (nothing but our Disconnect is sent)."""
         return self._closing
+
+    def connection_lost(self) -> None:
+        """The driver stopped using the transport: our Disconnect was written, or the stream
+        ended or failed. OPEN or CLOSING become CLOSED; final states stay."""
+        if self._state is ConnectionState.OPEN or self._state is ConnectionState.CLOSING:
+            self._finish(ConnectionState.CLOSED)
+
+    def _finish(self, state: ConnectionState) -> None:
+        self._state = state
+        self._closing = True
+        self._disconnect_frame = None
+        self._close_deadline = math.inf
 
     @property
     def idle_expired(self) -> bool:
@@ -348,17 +381,21 @@ class ConnectionCore(ReceiveSide):
             ch.queue.popleft()
         self._ctrl.append(_pack(8, _CANCEL, 0, ch.id, request_id))
 
-    def send_disconnect(self, reason: int, message: str) -> None:
-        """Send a CONTROL disconnect next and nothing after it (idempotent: first one wins)."""
-        if self._closing:
-            return
+    def send_disconnect(self, reason: int, message: str, *, now: float) -> None:
+        """Start closing: OPEN becomes CLOSING, a CONTROL disconnect is sent next and nothing
+        after it, and the close deadline is ``now + close_timeout`` (idempotent: the first call
+        wins; no effect once the connection is no longer OPEN)."""
         if not -(1 << 31) <= reason < (1 << 31):
             raise LocalProtocolError(f"disconnect reason out of range: {reason}")
+        if self._state is not ConnectionState.OPEN:
+            return
         payload = encode_control(
             Disconnect(reason, message), max_message_bytes=self._max_payload - 16
         )
         self._disconnect_frame = _pack(len(payload) + 8, _CONTROL, 0, 0, 0) + payload
+        self._state = ConnectionState.CLOSING
         self._closing = True
+        self._close_deadline = now + self._config.close_timeout
         self._ctrl.clear()
         self._ping_due = 0
         self._pings.clear()
@@ -494,9 +531,10 @@ class ConnectionCore(ReceiveSide):
 
     def get_timer(self) -> float | None:
         """Earliest deadline: next ping, idle timeout, or send-bucket refill when the last
-        ``data_to_send`` was held back by the send rate limit. None when nothing is pending."""
+        ``data_to_send`` was held back by the send rate limit; while CLOSING, the close
+        deadline. None when nothing is pending (always in CLOSED and ABORTED)."""
         if self._closing:
-            return None
+            return None if self._close_deadline == math.inf else self._close_deadline
         deadline = self._next_ping
         if self._config.idle_timeout > 0 and not self._idle_fired:
             deadline = min(deadline, self._last_recv + self._config.idle_timeout)
@@ -505,8 +543,11 @@ class ConnectionCore(ReceiveSide):
         return None if deadline == math.inf else deadline
 
     def handle_timer(self, now: float) -> None:
-        """Queue a ping if due; emit IdleTimeout if nothing was received for idle_timeout."""
+        """Queue a ping if due; emit IdleTimeout if nothing was received for idle_timeout.
+        While CLOSING, move to ABORTED once the close deadline passed."""
         if self._closing:
+            if self._state is ConnectionState.CLOSING and now >= self._close_deadline:
+                self._finish(ConnectionState.ABORTED)
             return
         config = self._config
         if now >= self._next_ping:

@@ -16,9 +16,16 @@ Callers queue into the core synchronously; when a channel queue is full they wai
 connection's *space* event (the writer sets it after every write) — so every queue is bounded,
 and ``send()`` either waits (honouring the caller's cancel scope) or raises ``WouldBlock``.
 
-Closing is one-way: ``close(reason)`` queues a Disconnect frame, lets the writer flush it for at
-most ``CLOSE_FLUSH_TIMEOUT`` seconds, then cancels both tasks and closes the stream. Every
-waiting requester and sender then fails with :class:`ConnectionClosed` (or :class:`NodeClosed`).
+The connection's life is the core's :class:`~overlay.connection._core.ConnectionState`; the driver
+keeps no lifecycle flags of its own and stops as soon as the state is final. Closing is one-way:
+``close(reason)`` makes the core CLOSING (its Disconnect queued, its timer set to the close
+deadline, ``close_timeout`` later). The writer writes the Disconnect after any write already in
+progress and, once written, reports ``connection_lost`` (CLOSED). If the peer does not read, that
+write never completes: the node's timer task then finds the core ABORTED, cancels both tasks
+(interrupting the write) and aborts the stream (:func:`~overlay.transport.abort_stream`: unsent
+data dropped; a TCP reset). So ``close`` / ``aclose`` finish within ``close_timeout`` whatever
+the peer does. Every waiting requester and sender then fails with :class:`ConnectionClosed` (or
+:class:`NodeClosed`).
 """
 
 from __future__ import annotations
@@ -27,13 +34,13 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, TypeVarTuple
+from typing import Any, Protocol, TypeVarTuple, assert_never
 
 import anyio
 import anyio.abc
 
 from overlay.connection import _core as core_mod
-from overlay.connection._core import ConnectionCore
+from overlay.connection._core import ConnectionCore, ConnectionState
 from overlay.connection._observer import Observer
 from overlay.connection._timers import TimerService
 from overlay.errors import (
@@ -45,10 +52,10 @@ from overlay.errors import (
     WouldBlock,
 )
 from overlay.identity import NodeId
+from overlay.transport import abort_stream
 from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
 
 __all__ = [
-    "CLOSE_FLUSH_TIMEOUT",
     "Delivery",
     "KEEP_IDLE_WORKERS",
     "PeerConnection",
@@ -56,9 +63,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("overlay.peer")
-
-CLOSE_FLUSH_TIMEOUT = 1.0
-"""Seconds the writer may spend flushing the final Disconnect frame."""
 
 _STREAM_CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
 
@@ -204,8 +208,6 @@ class PeerConnection:
         self._writer_waiting = False
         self._timers = timers
         self.timer_at = math.inf
-        self._closing = False
-        self._closed = False
         self._close_error: OverlayError = ConnectionClosed(f"connection to {node_id} closed")
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: _Workers | None = None
@@ -226,30 +228,50 @@ class PeerConnection:
                 self._reschedule(anyio.current_time())
                 task_status.started()
         finally:
-            self._closed = True
+            self.core.connection_lost()
             self._timers.cancel(self)
             self._fail_pending()
             with anyio.CancelScope(shield=True):
-                await self._stream.aclose()
+                if self.core.state is ConnectionState.ABORTED:
+                    log.info("peer %s did not take our Disconnect within the close timeout; "
+                             "aborting the connection", self.node_id)
+                    await abort_stream(self._stream)
+                else:
+                    await self._stream.aclose()
             self._done.set()
 
     @property
     def is_open(self) -> bool:
-        return not (self._closing or self._closed)
+        return self.core.state is ConnectionState.OPEN
+
+    @property
+    def _finished(self) -> bool:
+        """The core's state is final (CLOSED or ABORTED): the tasks stop or have stopped."""
+        state = self.core.state
+        return state is ConnectionState.CLOSED or state is ConnectionState.ABORTED
+
+    def _stop(self) -> None:
+        """Cancel the reader, the writer and the request workers (``run`` then closes the
+        stream, aborting it if the core is ABORTED)."""
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
 
     def close(self, reason: int = DisconnectReason.SHUTDOWN, message: str = "",
               error: OverlayError | None = None) -> None:
-        """Start closing: send a Disconnect, flush briefly, then stop. Idempotent."""
-        if self._closing or self._closed:
+        """Start closing: the core becomes CLOSING, the writer sends a Disconnect, and the
+        connection is down within the core's ``close_timeout`` (aborted if the Disconnect could
+        not be written by then). Idempotent; no effect once the connection is not OPEN."""
+        if not self.is_open:
             return
-        self._closing = True
         self.close_reason = DisconnectReason.name(reason)
         if error is not None:
             self._close_error = error
+        now = anyio.current_time()
         try:
-            self.core.send_disconnect(reason, message)
-        except OverlayError:
-            pass
+            self.core.send_disconnect(reason, message, now=now)
+        except OverlayError:  # a reason out of range: close with SHUTDOWN rather than not at all
+            self.core.send_disconnect(DisconnectReason.SHUTDOWN, message, now=now)
+        self._reschedule(now)  # the close deadline
         self._kick()
         self._space.set()  # wake senders so they see the connection is closing
 
@@ -262,8 +284,8 @@ class PeerConnection:
         self, func: Callable[[*Ts], Coroutine[Any, Any, Any]], *args: *Ts
     ) -> None:
         """Run ``func(*args)`` on one of this connection's request workers (cancelled when it
-        closes). Cheaper than :meth:`spawn` for short jobs such as serving a request."""
-        if self._workers is None or self._closed:
+        closes)."""
+        if self._workers is None or self._finished:
             return
         self._workers.submit(func, args)
 
@@ -272,7 +294,7 @@ class PeerConnection:
         its in-flight slot. False when it was no longer pending."""
         if self._waiters.pop(request_id, None) is None:
             return False
-        if not self._closed:
+        if not self._finished:
             self.core.cancel_request(request_id)
             self._kick()
             self._release_space()
@@ -296,7 +318,7 @@ class PeerConnection:
             return err
 
     def _check_open(self) -> None:
-        if self._closing or self._closed:
+        if not self.is_open:
             raise self._fresh_close_error()
 
     # ------------------------------------------------------------------------------- sending
@@ -380,7 +402,7 @@ class PeerConnection:
         return waiter.payload
 
     async def respond(self, channel_id: int, request_id: int, payload: bytes) -> None:
-        while not self._closing and not self._closed:
+        while self.is_open:
             try:
                 self.core.send_response(channel_id, request_id, payload)
             except WouldBlock:
@@ -392,7 +414,7 @@ class PeerConnection:
     async def respond_error(
         self, channel_id: int, request_id: int, code: ErrorCode, message: str
     ) -> None:
-        while not self._closing and not self._closed:
+        while self.is_open:
             try:
                 self.core.send_error(channel_id, request_id, code, message)
             except WouldBlock:
@@ -417,25 +439,22 @@ class PeerConnection:
                 if core.wants_write:
                     data = core.data_to_send(anyio.current_time())
                     if data:
-                        if self._closing:
-                            with anyio.move_on_after(CLOSE_FLUSH_TIMEOUT):
-                                await stream.send(data)
-                        else:
-                            await stream.send(data)
+                        # Unbounded here: when closing, the node's timer task aborts a write
+                        # the peer does not take by the close deadline (see the docstring).
+                        await stream.send(data)
                         self._release_space()
                         continue
                     self._timer_maybe_earlier()  # held back by the send rate limit
-                if self._closing:
-                    break
+                if not self.is_open:
+                    break  # CLOSING with the Disconnect written, or final
                 self._wake = anyio.Event()
                 self._writer_waiting = True
                 await self._wake.wait()
         except _STREAM_CLOSED:
             pass
         finally:
-            self._closed = True
-            assert self._tg is not None
-            self._tg.cancel_scope.cancel()
+            core.connection_lost()
+            self._stop()
 
     # -------------------------------------------------------------------------------- timer
 
@@ -443,7 +462,7 @@ class PeerConnection:
         """Tell the node's timer service about the core's next deadline. One already due (the
         send bucket's refill, which the writer just woken will settle) is pushed a millisecond
         ahead, so the timer never spins on it; the next firing reschedules from the core."""
-        if self._closed:
+        if self._finished:
             return
         deadline = self.core.get_timer()
         if deadline is not None and deadline <= now:
@@ -456,17 +475,24 @@ class PeerConnection:
             self._timers.schedule(self, deadline)
 
     def on_timer(self, now: float) -> None:
-        """The core's deadline passed (pings, idle timeout, send rate-limit refill)."""
-        if self._closing or self._closed:
-            return
+        """The core's deadline passed (pings, idle timeout, send rate-limit refill, or the
+        close deadline)."""
         core = self.core
         core.handle_timer(now)
-        if core.idle_expired:
-            log.info("peer %s idle for too long; closing", self.node_id)
-            self.close(DisconnectReason.IDLE_TIMEOUT, "idle timeout")
-            return
-        self._kick()
-        self._reschedule(now)
+        match core.state:
+            case ConnectionState.OPEN:
+                if core.idle_expired:
+                    log.info("peer %s idle for too long; closing", self.node_id)
+                    self.close(DisconnectReason.IDLE_TIMEOUT, "idle timeout")
+                    return
+                self._kick()
+                self._reschedule(now)
+            case ConnectionState.CLOSING:
+                self._reschedule(now)  # the close deadline, not reached yet
+            case ConnectionState.CLOSED | ConnectionState.ABORTED:
+                self._stop()
+            case unreachable:
+                assert_never(unreachable)
 
     # ------------------------------------------------------------------------------- reader
 
@@ -475,7 +501,7 @@ class PeerConnection:
         stream = self._stream
         try:
             await self._dispatch_events()  # bytes that arrived with the hello exchange
-            while not self._closing:
+            while self.is_open:
                 now = anyio.current_time()  # fresh: delivering may have waited for inbox space
                 paused = core.receive_paused_until(now)
                 if paused is not None:
@@ -483,7 +509,10 @@ class PeerConnection:
                 try:
                     data = await stream.receive()
                 except _STREAM_CLOSED:
-                    break
+                    # The peer closed (or reset) the connection: nothing left to flush.
+                    core.connection_lost()
+                    self._stop()
+                    return
                 core.receive_data(data, anyio.current_time())
                 await self._dispatch_events()
                 if core.wants_write:  # a pong or a CANCEL answer to send
@@ -494,11 +523,6 @@ class PeerConnection:
             self.close(DisconnectReason.PROTOCOL_VIOLATION, str(exc)[:200], error=ConnectionClosed(
                 f"connection to {self.node_id} closed: protocol violation: {exc}"))
             return
-        if not self._closing:
-            # The peer closed (or reset) the connection: nothing left to flush.
-            self._closed = True
-            assert self._tg is not None
-            self._tg.cancel_scope.cancel()
 
     async def _dispatch_events(self) -> None:
         core = self.core
@@ -537,10 +561,7 @@ class PeerConnection:
                 self._close_error = ConnectionClosed(
                     f"peer {self.node_id} disconnected: {self.remote_reason} {event.message}"
                 )
-                self._closing = True
-                self._closed = True
-                assert self._tg is not None
-                self._tg.cancel_scope.cancel()
+                self._stop()  # the core is CLOSED: the peer said goodbye
                 return
             elif isinstance(event, core_mod.IdleTimeout):
                 pass  # the timer task closes the connection when it fires

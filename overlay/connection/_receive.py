@@ -15,7 +15,8 @@ rules, discard mode, the decompression limit, the failed state) are stated in th
 * ``receive_data`` charges the bytes to the receive token bucket, resets the idle timer, then
   drains the :class:`~overlay.wire._frames.FrameDecoder`. A whole uncompressed MESSAGE on a known
   channel with no reassembly in progress is delivered inline (the fast path); every other frame
-  goes to ``_on_control`` (ping: pong queued; pong: RTT sample; disconnect: stop parsing),
+  goes to ``_on_control`` (ping: pong queued; pong: RTT sample; disconnect: stop parsing, and
+  the connection is CLOSED through ``connection_lost``),
   ``_on_cancel``, or ``_on_data`` (the :class:`~overlay.wire._frames.MessageAssembler`, then
   ``_deliver``).
 * The first :class:`~overlay.errors.RemoteProtocolError` is kept; every later ``receive_data``
@@ -105,6 +106,10 @@ class ReceiveSide:
     _frames_in: int
     _unknown_dropped: int
 
+    def connection_lost(self) -> None:
+        """Defined by ConnectionCore, where the connection's lifecycle lives."""
+        raise NotImplementedError
+
     def receive_data(self, data: bytes, now: float) -> None:
         """Parse received plaintext; queue events. Raises FrameError (or another
         RemoteProtocolError) on a violation; the core then stays failed."""
@@ -174,6 +179,7 @@ class ReceiveSide:
             self._events.append(LatencyMeasured(rtt))
         else:
             self._peer_disconnected = True
+            self.connection_lost()  # nothing more to say to a peer that said goodbye
             self._events.append(DisconnectReceived(msg.reason, msg.message))
 
     def _on_cancel(self, channel_id: int, request_id: int) -> None:

@@ -24,6 +24,7 @@ is data only: no I/O, no clock, no zstd. Every public name here is also importab
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "CancelReceived",
     "ChannelParams",
     "ChannelStatistics",
+    "ConnectionState",
     "ConnectionStatistics",
     "CoreConfig",
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -66,6 +68,29 @@ def _check(ok: bool, key: str, message: str) -> None:
 
 def _finite(value: float) -> bool:
     return isinstance(value, int | float) and math.isfinite(value)
+
+
+class ConnectionState(enum.Enum):
+    """Where a connection is in its life; transitions (``ConnectionCore.state``)::
+
+        OPEN ──send_disconnect(now)──▶ CLOSING ──handle_timer(now ≥ deadline)──▶ ABORTED
+          │                              │
+          └──peer's Disconnect, connection_lost()──┴──▶ CLOSED
+
+    CLOSING lasts at most ``CoreConfig.close_timeout``: its deadline is the core's timer.
+    CLOSED and ABORTED are final; in both the driver stops and closes the transport, and in
+    ABORTED it must not wait for any write (the peer is not taking our bytes): it aborts.
+    """
+
+    OPEN = "open"
+    """Frames flow both ways."""
+    CLOSING = "closing"
+    """Our Disconnect is queued or being written; nothing else is sent, and the deadline
+    (``get_timer()``) bounds how long the driver may spend on it."""
+    CLOSED = "closed"
+    """Done: our Disconnect was written, or the peer's arrived, or the transport ended."""
+    ABORTED = "aborted"
+    """The close deadline passed with a write still pending: abort the transport."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +152,10 @@ class CoreConfig:
     ``ping_interval`` when both are set (pongs are what keeps a quiet connection alive)."""
     max_outbound_requests: int = 1024
     """Max requests in flight on this connection (send_request raises WouldBlock beyond)."""
+    close_timeout: float = 1.0
+    """Seconds a closing connection may spend writing its final Disconnect, a write already
+    in progress included; then the core moves to ABORTED and the driver aborts the transport.
+    > 0."""
     max_control_queue: int = 4096
     """Max queued pongs and automatic error replies; beyond it they are dropped and counted (a
     peer flooding requests or pings while not reading)."""
@@ -138,6 +167,8 @@ class CoreConfig:
         for key in ("send_rate", "recv_rate", "ping_interval", "idle_timeout"):
             value = getattr(self, key)
             _check(_finite(value) and value >= 0, key, "must be a finite number >= 0")
+        _check(_finite(self.close_timeout) and self.close_timeout > 0, "close_timeout",
+               "must be a finite number > 0")
         _check(self.send_rate == 0 or self.send_burst >= 1, "send_burst", "must be >= 1")
         _check(self.recv_rate == 0 or self.recv_burst >= 1, "recv_burst", "must be >= 1")
         _check(self.compression_threshold >= 0, "compression_threshold", "must be >= 0")

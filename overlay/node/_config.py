@@ -65,6 +65,11 @@ class ConnectionConfig:
     """Seconds between keep-alive pings (which also measure latency)."""
     idle_timeout: float = 30.0
     """Close a connection when nothing was received for this many seconds."""
+    close_timeout: float = 1.0
+    """Seconds a closing connection may spend writing its final Disconnect (best effort);
+    after that the connection is aborted (unsent data dropped, a TCP reset). Bounds how long
+    a disconnect, a ban, an eviction, an idle or ping timeout and node shutdown take, whatever
+    the peer does (also the time given to writing a refusal during the hello)."""
     max_outbound_requests: int = 1024
     """Requests in flight per connection before ``request()`` waits."""
     handshake_timeout: float = 5.0
@@ -89,7 +94,8 @@ class ConnectionConfig:
         for key in ("send_burst", "recv_burst", "compression_threshold"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, "must be at least 1")
-        for key in ("ping_interval", "idle_timeout", "handshake_timeout", "dial_timeout"):
+        for key in ("ping_interval", "idle_timeout", "close_timeout", "handshake_timeout",
+                    "dial_timeout"):
             _positive(key, getattr(self, key))
         if self.idle_timeout <= self.ping_interval:
             raise ConfigError("idle_timeout", "must be longer than ping_interval")

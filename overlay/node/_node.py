@@ -252,7 +252,9 @@ class Node:
         return None
 
     async def aclose(self) -> None:
-        """Close every connection cleanly (peers are told why); pending requests fail."""
+        """Close every connection (peers are told why, best effort); pending requests fail.
+        Returns within ``connection.close_timeout`` (plus scheduling) whatever the peers do:
+        a connection whose Disconnect cannot be written by then is aborted."""
         if self._closing:
             return
         self._closing = True
@@ -261,7 +263,9 @@ class Node:
             for conn in conns:
                 conn._close_error = NodeClosed("the node is shutting down")
                 conn.close(DisconnectReason.SHUTDOWN, "node shutting down")
-            with anyio.move_on_after(2.0):
+            # Each connection ends within close_timeout on its own (the timer task aborts it);
+            # the margin only guards against a driver that could not run its finally block.
+            with anyio.move_on_after(self.config.connection.close_timeout + 1.0):
                 for conn in conns:
                     await conn.aclose()
             self.router.close()
@@ -401,6 +405,7 @@ class Node:
             compression_threshold=conf.compression_threshold,
             ping_interval=conf.ping_interval,
             idle_timeout=conf.idle_timeout,
+            close_timeout=conf.close_timeout,
             max_outbound_requests=conf.max_outbound_requests,
         )
         return ConnectionCore(core_config, params, now=anyio.current_time(),
@@ -436,15 +441,15 @@ class Node:
             problem = check_compatible(local, remote) or self._admit(node_id, remote_host, True)
             if problem is not None:
                 core = self._core_for(remote)
-                core.send_disconnect(problem[0], problem[1])
-                with anyio.move_on_after(1.0), _peer_gone_ok():
+                core.send_disconnect(problem[0], problem[1], now=anyio.current_time())
+                with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
                     await stream.send(core.data_to_send(anyio.current_time()))
                 raise IncompatiblePeerError(DisconnectReason.name(problem[0]), problem[1])
         else:
             remote = decode_node_info(await receive_hello(stream, buffer))
             problem = check_compatible(local, remote) or self._admit(node_id, remote_host, False)
             if problem is not None:
-                with anyio.move_on_after(1.0), _peer_gone_ok():
+                with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
                     await send_hello(stream, encode_hello_reply(problem))
                 raise IncompatiblePeerError(DisconnectReason.name(problem[0]), problem[1])
             await send_hello(stream, encode_hello_reply(local))
@@ -492,8 +497,9 @@ class Node:
             # ends may each keep a different connection and then close each other's.
             if existing.outbound and self.node_id < node_id:
                 core = self._core_for(remote)
-                core.send_disconnect(DisconnectReason.DUPLICATE, "already connected")
-                with anyio.move_on_after(1.0), _peer_gone_ok():
+                core.send_disconnect(DisconnectReason.DUPLICATE, "already connected",
+                                     now=anyio.current_time())
+                with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
                     await stream.send(core.data_to_send(anyio.current_time()))
                 await _close_quietly(stream)
                 raise IncompatiblePeerError("duplicate", "already connected")

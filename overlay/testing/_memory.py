@@ -23,6 +23,8 @@ Stream semantics follow anyio's socket streams:
 * ``aclose()`` → the other end's ``send()`` raises :class:`anyio.BrokenResourceError`;
 * a network break (:meth:`MemoryNetwork.disconnect`, :meth:`MemoryNetwork.partition`) acts as a
   reset: both ends' pending and later ``send``/``receive`` raise ``BrokenResourceError``;
+* ``abort()`` on one end (:func:`overlay.transport.abort_stream`) resets the connection the
+  same way and closes that end;
 * any operation on an end closed locally raises :class:`anyio.ClosedResourceError`.
 
 Link conditions (:class:`LinkConditions`, per node pair via :meth:`MemoryNetwork.set_link`):
@@ -44,9 +46,9 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import anyio
 import anyio.abc
@@ -55,7 +57,13 @@ import anyio.lowlevel
 from overlay.address import NodeAddress
 from overlay.errors import ConfigError, DialError, LocalProtocolError
 from overlay.identity import NodeId
-from overlay.transport import AcceptGate, RawConnection, RawListener, Transport
+from overlay.transport import (
+    AcceptGate,
+    RawConnection,
+    RawListener,
+    StreamAbortAttribute,
+    Transport,
+)
 from overlay.transport._secure import SecureIdentity
 
 __all__ = [
@@ -268,6 +276,18 @@ class MemoryByteStream(anyio.abc.ByteStream):
             raise anyio.ClosedResourceError
         self._out.close_writer()
         await anyio.lowlevel.checkpoint()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return {StreamAbortAttribute.abort: lambda: self.abort}
+
+    def abort(self) -> None:
+        """Reset the connection (as a TCP reset does) and close this end."""
+        if self._closed:
+            return
+        self._in.break_()
+        self._out.break_()
+        self.close_now()
 
     def close_now(self) -> None:
         """Close synchronously (what :meth:`aclose` does, minus the checkpoint)."""

@@ -10,9 +10,11 @@ from overlay.transport._base import (
     InboundHandler,
     RawConnection,
     RawListener,
+    StreamAbortAttribute,
     Transport,
     TransportConfig,
     TransportStatistics,
+    abort_stream,
 )
 
 __all__ = [
@@ -20,7 +22,9 @@ __all__ = [
     "InboundHandler",
     "RawConnection",
     "RawListener",
+    "StreamAbortAttribute",
     "Transport",
     "TransportConfig",
     "TransportStatistics",
+    "abort_stream",
 ]

@@ -45,6 +45,12 @@ return :class:`RawListener` objects) and :meth:`Transport._raw_connect` (open an
 connection; raise :class:`~overlay.errors.DialError`). The conformance suite
 (:func:`overlay.testing.check_transport_conformance`) uses ``_raw_connect`` to play a silent or
 garbage-speaking peer.
+
+Aborting. :func:`abort_stream` closes a stream without waiting for anything the peer has not
+taken (a connection that must end now, whatever the peer does): a stream that publishes
+:attr:`StreamAbortAttribute.abort` (the memory transport) is reset through it; a socket gets
+``SO_LINGER`` 0, so closing it drops unsent data and sends a TCP reset. Either way the stream is
+then closed (``aclose_forcefully``), which never blocks on the peer.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ from __future__ import annotations
 import abc
 import logging
 import math
+import socket
+import struct
 import types
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -59,6 +67,7 @@ from typing import ClassVar
 
 import anyio
 import anyio.abc
+from anyio import TypedAttributeSet, typed_attribute
 
 from overlay.address import NodeAddress
 from overlay.errors import (
@@ -75,13 +84,16 @@ from overlay.errors import (
 from overlay.transport._secure import SecureIdentity, SecureStream, secure_handshake
 
 __all__ = [
+    "AbortHook",
     "AcceptGate",
     "InboundHandler",
     "RawConnection",
     "RawListener",
+    "StreamAbortAttribute",
     "Transport",
     "TransportConfig",
     "TransportStatistics",
+    "abort_stream",
 ]
 
 logger = logging.getLogger(__name__)
@@ -102,6 +114,39 @@ _STREAM_ERRORS = (
 
 def _admit_all(remote_host: str) -> bool:
     return True
+
+
+AbortHook = Callable[[], None]
+"""Resets a stream at once: unsent data is dropped and the peer sees the connection broken."""
+
+
+class StreamAbortAttribute(TypedAttributeSet):
+    """Typed attribute of byte streams that can be reset without the socket API (memory)."""
+
+    abort: AbortHook = typed_attribute()
+    """Reset the stream now (synchronous; then close it as usual)."""
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+async def abort_stream(stream: anyio.abc.AsyncResource) -> None:
+    """Close ``stream`` without waiting for the peer to take unsent data (see the module
+    docstring). Never blocks on the peer; never raises for a stream that is already broken."""
+    hook: AbortHook | None = None
+    sock: socket.socket | None = None
+    if isinstance(stream, anyio.TypedAttributeProvider):
+        hook = stream.extra(StreamAbortAttribute.abort, None)
+        if hook is None:
+            sock = stream.extra(anyio.abc.SocketAttribute.raw_socket, None)
+    try:
+        if hook is not None:
+            hook()
+        elif sock is not None and sock.fileno() != -1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    except OSError as exc:  # already reset by the peer: closing is all that is left
+        logger.debug("aborting a stream: %r", exc)
+    await anyio.aclose_forcefully(stream)
 
 
 @dataclass(frozen=True, slots=True)
