@@ -23,7 +23,7 @@ from overlay import cli
 from overlay._admin import ConflictError, load_or_create_token, serve_admin, write_admin_info
 from overlay._admin_client import AdminClient, AdminError
 from overlay._cli_admin import format_peers, parse_duration
-from overlay._control import UnknownPeerError
+from overlay._control import MAX_BAN_SECONDS, UnknownPeerError
 from overlay.errors import DialError
 
 ID_A = "a" * 40
@@ -289,9 +289,39 @@ def test_parse_duration() -> None:
     assert parse_duration("1w") == 604800
     assert parse_duration("1h30m") == 5400
     assert parse_duration("1.5h") == 5400
-    for bad in ("", "-5", "0", "5x", "h", "1h 30m", "nan", "inf", "10mm"):
+    assert parse_duration("1") == 1
+    assert parse_duration("99999999999999999999") == 1e20  # the node caps it (see below)
+    for bad in ("", "-5", "0", "5x", "h", "1h 30m", "nan", "10mm"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_duration(bad)
+    for text, message in [
+        ("inf", "invalid duration 'inf': must be finite"),  # was "must be positive"
+        (f"1{'0' * 400}s", f"invalid duration '1{'0' * 400}s': must be finite"),
+        ("0.0001", "invalid duration '0.0001': a ban lasts at least 1s"),  # was "banned for 0s"
+        ("0.5s", "invalid duration '0.5s': a ban lasts at least 1s"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError) as info:
+            parse_duration(text)
+        assert str(info.value) == message
+
+
+@pytest.mark.anyio
+async def test_ban_shows_what_is_banned_and_caps_the_length(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with node(tmp_path) as n:
+        assert await n.run("ban", "::ffff:127.0.0.4", "--for", "1s") == 0
+        assert "banned 127.0.0.4 for 1s" in capsys.readouterr().out  # not ::ffff:7f00:4
+        assert await n.run("ban", "[::FFFF:10.1.2.3]") == 0
+        assert await n.run("ban", "10.0.0.1", "--for", "99999999999999999999") == 0
+        captured = capsys.readouterr()
+        assert "banned 10.0.0.1 for 3650d00h" in captured.out
+        assert "note: bans last at most 10 years" in captured.err
+        assert n.control.calls == [
+            ("ban", ("127.0.0.4", 1.0)),
+            ("ban", ("10.1.2.3", None)),
+            ("ban", ("10.0.0.1", MAX_BAN_SECONDS)),
+        ]
 
 
 def test_format_peers_tolerates_sparse_dicts() -> None:
