@@ -18,9 +18,12 @@ from __future__ import annotations
 import cProfile
 import os
 import pstats
+import sysconfig
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench._ours import ECHO, node_pair
@@ -31,65 +34,92 @@ from overlay.wire._noise import CipherState
 __all__ = ["ProfileReport", "profile_round_trips", "render_profile"]
 
 _LAYERS: tuple[tuple[str, str], ...] = (
-    ("/anyio/", "anyio"),
-    ("/asyncio/", "asyncio event loop (Python)"),
-    ("/uvloop/", "uvloop"),
-    ("/overlay/transport/_secure.py", "secure stream (Noise framing)"),
-    ("/overlay/wire/_noise.py", "Noise CipherState"),
-    ("/overlay/connection/_core.py", "sans-IO core + framing"),
-    ("/overlay/connection/_receive.py", "sans-IO core + framing"),
-    ("/overlay/connection/_types.py", "sans-IO core + framing"),
-    ("/overlay/wire/_handshake.py", "secure stream (Noise framing)"),
-    ("/overlay/wire/_frames.py", "sans-IO core + framing"),
-    ("/overlay/wire/_messages.py", "sans-IO core + framing"),
-    ("/overlay/connection/_ratelimit.py", "sans-IO core + framing"),
-    ("/overlay/connection/_driver.py", "async driver (peer/router/channel)"),
-    ("/overlay/router/_router.py", "async driver (peer/router/channel)"),
-    ("/overlay/router/_channel.py", "async driver (peer/router/channel)"),
-    ("/overlay/router/_codec.py", "async driver (peer/router/channel)"),
-    ("/overlay/connection/_observer.py", "async driver (peer/router/channel)"),
-    ("/overlay/router/_destination.py", "async driver (peer/router/channel)"),
-    ("/bench/", "benchmark loop"),
-    ("/cryptography/", "AEAD (ChaCha20-Poly1305)"),
+    # (prefix of the path relative to its root (see _relative), layer)
+    ("anyio/", "anyio"),
+    ("asyncio/", "asyncio event loop (Python)"),
+    ("uvloop/", "uvloop"),
+    ("overlay/transport/_secure.py", "secure stream (Noise framing)"),
+    ("overlay/wire/_noise.py", "Noise CipherState"),
+    ("overlay/connection/_core.py", "sans-IO core + framing"),
+    ("overlay/connection/_receive.py", "sans-IO core + framing"),
+    ("overlay/connection/_types.py", "sans-IO core + framing"),
+    ("overlay/wire/_handshake.py", "secure stream (Noise framing)"),
+    ("overlay/wire/_frames.py", "sans-IO core + framing"),
+    ("overlay/wire/_messages.py", "sans-IO core + framing"),
+    ("overlay/connection/_ratelimit.py", "sans-IO core + framing"),
+    ("overlay/connection/_driver.py", "async driver (peer/router/channel)"),
+    ("overlay/router/_router.py", "async driver (peer/router/channel)"),
+    ("overlay/router/_channel.py", "async driver (peer/router/channel)"),
+    ("overlay/router/_codec.py", "async driver (peer/router/channel)"),
+    ("overlay/connection/_observer.py", "async driver (peer/router/channel)"),
+    ("overlay/router/_destination.py", "async driver (peer/router/channel)"),
+    ("bench/", "benchmark loop"),
+    ("cryptography/", "AEAD (ChaCha20-Poly1305)"),
 )
 
 _WATCHED: tuple[tuple[str, str, str], ...] = (
-    # (label, file marker ("~" = built-in), exact function name or built-in name fragment)
-    ("event-loop callbacks (task steps)", "/asyncio/events.py", "_run"),
-    ("event-loop iterations", "/asyncio/base_events.py", "_run_once"),
+    # (label, path prefix relative to its root ("~" = built-in), exact function name or
+    # built-in name fragment)
+    ("event-loop callbacks (task steps)", "asyncio/events.py", "_run"),
+    ("event-loop iterations", "asyncio/base_events.py", "_run_once"),
     ("epoll waits", "~", "'poll' of 'select.epoll'"),
     ("socket send()", "~", "'send' of '_socket.socket'"),
     ("socket recv()", "~", "'recv' of '_socket.socket'"),
     ("AEAD encrypt", "~", "'encrypt' of"),
     ("AEAD decrypt", "~", "'decrypt' of"),
-    ("anyio cancel scopes entered", "/anyio/_backends/_asyncio.py", "__enter__"),
-    ("anyio.current_time()", "/anyio/_core/_eventloop.py", "current_time"),
-    ("anyio tasks spawned", "/anyio/_backends/_asyncio.py", "_spawn"),
+    ("anyio cancel scopes entered", "anyio/_backends/_asyncio.py", "__enter__"),
+    ("anyio.current_time()", "anyio/_core/_eventloop.py", "current_time"),
+    ("anyio tasks spawned", "anyio/_backends/_asyncio.py", "_spawn"),
 )
 
 
-def _watched(filename: str, name: str) -> list[str]:
-    path = filename.replace(os.sep, "/")
+_ROOTS: tuple[str, ...] = (
+    *{sysconfig.get_paths()[key] for key in ("purelib", "platlib", "stdlib", "platstdlib")},
+    str(Path(__file__).resolve().parent.parent),  # this checkout: overlay/, bench/, ...
+)
+"""Where the profiled files live; paths are classified relative to the innermost of them, so
+the folder a checkout sits in (``~/src/overlay``, ``~/bench``) never decides a layer."""
+
+
+def _relative(filename: str, roots: Sequence[str] = _ROOTS) -> str:
+    """``filename`` relative to the innermost root holding it (``anyio/_core/x.py``,
+    ``overlay/connection/_driver.py``), ``/`` separated; unchanged when no root holds it or for
+    ``~``."""
+    if filename == "~":
+        return filename
+    path = Path(filename)
+    best: Path | None = None
+    for root in roots:
+        base = Path(root)
+        if path.is_relative_to(base) and (best is None or base.is_relative_to(best)):
+            best = base
+    if best is None:
+        return filename.replace(os.sep, "/")
+    return path.relative_to(best).as_posix()
+
+
+def _watched(filename: str, name: str, roots: Sequence[str] = _ROOTS) -> list[str]:
+    path = _relative(filename, roots)
     labels = []
     for label, marker, func in _WATCHED:
         if marker == "~":
             if path == "~" and func in name:
                 labels.append(label)
-        elif marker in path and name == func:
+        elif path.startswith(marker) and name == func:
             labels.append(label)
     return labels
 
 
-def _layer(filename: str, name: str) -> str:
+def _layer(filename: str, name: str, roots: Sequence[str] = _ROOTS) -> str:
     if filename == "~":
         if "ChaCha20Poly1305" in name or "aead" in name:
             return "AEAD (ChaCha20-Poly1305)"
         if "_socket.socket" in name or "select.epoll" in name:
             return "syscalls (socket, epoll)"
         return "other built-ins"
-    path = filename.replace(os.sep, "/")
+    path = _relative(filename, roots)
     for marker, layer in _LAYERS:
-        if marker in path:
+        if path.startswith(marker):
             return layer
     return "other Python"
 
@@ -169,12 +199,7 @@ def _key_name(key: tuple[str, int, str]) -> str:
     filename, line, name = key
     if filename == "~":
         return name
-    path = filename.replace(os.sep, "/")
-    for marker in ("/site-packages/", "/lib/python3", "/work/main/"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-            break
-    return f"{path}:{line}({name})"
+    return f"{_relative(filename)}:{line}({name})"
 
 
 async def profile_round_trips(requests: int, payload: bytes = b"x" * 64) -> ProfileReport:

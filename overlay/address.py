@@ -13,6 +13,7 @@ with :class:`~overlay.errors.AuthenticationError` if the remote proves another i
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,6 +23,21 @@ from overlay.identity import NodeId, parse_node_id
 __all__ = ["ListenAddress", "NodeAddress", "Protocol"]
 
 Protocol = Literal["tcp", "memory"]
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _strip_tcp(raw: str, original: str, supported: str) -> str:
+    """``raw`` without its ``tcp://`` prefix; any other ``SCHEME://`` is refused by name."""
+    match = _SCHEME.match(raw)
+    if match is None:
+        return raw
+    if match.group(1).lower() != "tcp":
+        raise InvalidAddressError(
+            f"unsupported scheme {match.group(1)!r} in {original!r}: supported are {supported}"
+        )
+    return raw[match.end() :]
 
 
 def _parse_host_port(text: str, original: str) -> tuple[str, int]:
@@ -69,7 +85,7 @@ class NodeAddress:
         raw = text.strip()
         if raw.startswith("memory:"):
             return cls(parse_node_id(raw[len("memory:") :]), "memory")
-        body = raw[len("tcp://") :] if raw.startswith("tcp://") else raw
+        body = _strip_tcp(raw, text, "ID@HOST:PORT, tcp://ID@HOST:PORT and memory:ID")
         node_part, at, host_port = body.partition("@")
         if not at:
             raise InvalidAddressError(
@@ -100,7 +116,7 @@ class ListenAddress:
         raw = text.strip()
         if raw.startswith("memory:") or raw == "memory":
             return cls("memory")
-        body = raw[len("tcp://") :] if raw.startswith("tcp://") else raw
+        body = _strip_tcp(raw, text, "tcp://HOST:PORT and memory:")
         if "@" in body:
             raise InvalidAddressError(f"listen address {text!r} must not contain a node id")
         host, port = _parse_host_port(body, text)

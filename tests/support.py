@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import anyio
@@ -32,6 +33,7 @@ __all__ = [
     "config_for",
     "connected_pair",
     "echo_stream",
+    "in_directory",
     "ipv6_available",
     "node_pair",
     "seeded_identity",
@@ -202,3 +204,10 @@ def ipv6_available() -> bool:
     except OSError:
         return False
     return True
+
+
+def in_directory(filename: str, directory: Path) -> bool:
+    """Whether ``filename`` (a traceback's file) lies inside ``directory``. Compares resolved
+    paths, never a name fragment: a checkout inside a folder named ``overlay`` puts its
+    virtualenv's site-packages under ``.../overlay/`` too."""
+    return Path(filename).resolve().is_relative_to(directory.resolve())

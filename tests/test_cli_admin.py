@@ -29,7 +29,7 @@ from overlay.operator._admin import (
     serve_admin,
     write_admin_info,
 )
-from overlay.operator._control import UnknownPeerError
+from overlay.operator._control import MAX_BAN_SECONDS, UnknownPeerError
 
 ID_A = "a" * 40
 ID_B = "b" * 40
@@ -294,9 +294,39 @@ def test_parse_duration() -> None:
     assert parse_duration("1w") == 604800
     assert parse_duration("1h30m") == 5400
     assert parse_duration("1.5h") == 5400
-    for bad in ("", "-5", "0", "5x", "h", "1h 30m", "nan", "inf", "10mm"):
+    assert parse_duration("1") == 1
+    assert parse_duration("99999999999999999999") == 1e20  # the node caps it (see below)
+    for bad in ("", "-5", "0", "5x", "h", "1h 30m", "nan", "10mm"):
         with pytest.raises(argparse.ArgumentTypeError):
             parse_duration(bad)
+    for text, message in [
+        ("inf", "invalid duration 'inf': must be finite"),  # was "must be positive"
+        (f"1{'0' * 400}s", f"invalid duration '1{'0' * 400}s': must be finite"),
+        ("0.0001", "invalid duration '0.0001': a ban lasts at least 1s"),  # was "banned for 0s"
+        ("0.5s", "invalid duration '0.5s': a ban lasts at least 1s"),
+    ]:
+        with pytest.raises(argparse.ArgumentTypeError) as info:
+            parse_duration(text)
+        assert str(info.value) == message
+
+
+@pytest.mark.anyio
+async def test_ban_shows_what_is_banned_and_caps_the_length(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with node(tmp_path) as n:
+        assert await n.run("ban", "::ffff:127.0.0.4", "--for", "1s") == 0
+        assert "banned 127.0.0.4 for 1s" in capsys.readouterr().out  # not ::ffff:7f00:4
+        assert await n.run("ban", "[::FFFF:10.1.2.3]") == 0
+        assert await n.run("ban", "10.0.0.1", "--for", "99999999999999999999") == 0
+        captured = capsys.readouterr()
+        assert "banned 10.0.0.1 for 3650d00h" in captured.out
+        assert "note: bans last at most 10 years" in captured.err
+        assert n.control.calls == [
+            ("ban", ("127.0.0.4", 1.0)),
+            ("ban", ("10.1.2.3", None)),
+            ("ban", ("10.0.0.1", MAX_BAN_SECONDS)),
+        ]
 
 
 def test_format_peers_tolerates_sparse_dicts() -> None:

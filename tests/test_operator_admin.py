@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -92,6 +93,34 @@ async def test_control_errors_map_to_status_and_kind(
         response = await _call(app, path, body)
         assert _kind(response) == expected
         assert json.loads(response.body)["error"] == str(error)
+
+
+class Accepting(Refusing):
+    """A Control whose every action succeeds."""
+
+    async def _ok(self, *args: object, **kwargs: object) -> dict[str, Any]:
+        return {}
+
+    dial = disconnect = ban = unban = add_seed = remove_seed = remove_persistent = _ok
+
+
+@pytest.mark.anyio
+async def test_actions_are_logged_with_their_outcome(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="overlay.admin")
+    refused = AdminApp(Refusing(UnknownPeerError(f"{ID} is not a seed")), TOKEN)
+    assert (await _call(refused, "/seeds/remove", json.dumps({"address": ID}).encode())).status \
+        == 404
+    failed = AdminApp(Refusing(DialError("connection refused")), TOKEN)
+    assert (await _call(failed, "/dial", json.dumps({"address": ADDR}).encode())).status == 502
+    done = AdminApp(Accepting(RuntimeError("unused")), TOKEN)
+    assert (await _call(done, "/seeds/remove", json.dumps({"address": ID}).encode())).status \
+        == 200
+    # A refused removal used to be logged as "admin: remove seed ID", exactly like a done one.
+    assert [(r.getMessage(), getattr(r, "peer", None)) for r in caplog.records] == [
+        (f"admin: remove seed {ID} failed: {ID} is not a seed", ID),
+        (f"admin: dial {ADDR} persistent=False failed: connection refused", ID),
+        (f"admin: remove seed {ID}", ID),
+    ]
 
 
 def test_error_kind_never_names_a_private_class() -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from overlay import cli
+from overlay.cli import _testnet
+from overlay.errors import ConfigError
 from overlay.node._config import load_config
 
 OVERLAY = [sys.executable, "-m", "overlay.cli"]
@@ -82,6 +84,55 @@ def test_init_with_a_bad_listen_address_creates_nothing(
     assert not home.exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # Both were accepted, then ignored (an empty network: the default was written) or
+        # refused only by `overlay start` (memory:).
+        (["--network", ""], "config key 'network': must be 1 to 64 characters"),
+        (["--listen", "memory:"],
+         "config key 'listen[0]': overlay start serves TCP only; 'memory:' is an in-process "
+         "address (use tcp://HOST:PORT)"),
+        (["--listen", "udp://127.0.0.1:5"],
+         "config key 'listen[0]': unsupported scheme 'udp' in 'udp://127.0.0.1:5': supported "
+         "are tcp://HOST:PORT and memory:"),
+    ],
+)
+def test_init_refuses_what_start_would_refuse_and_creates_nothing(
+    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "new"
+    assert cli.main(["init", "--home", str(home), *extra]) == 2
+    assert capsys.readouterr().err == f"config error: {message}\n"
+    assert not home.exists()
+
+
+def _help(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as info:
+        cli.main([*argv, "--help"])
+    assert info.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_help_is_plain_text_and_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    top = _help(capsys)
+    assert "`" not in top  # no RST or Markdown markup
+    assert "--home DIR (default: ~/.overlay)" in top
+    for command in (["init"], ["start"], ["status"], ["ban"], ["seeds", "add"],
+                    ["persistent", "remove"]):
+        text = _help(capsys, *command)
+        assert "`" not in text, command
+        assert "default: " in text and "~/.overlay" in text, command
+    init = _help(capsys, "init")
+    assert "(default: overlay-local)" in init and "(default: tcp://127.0.0.1:26656)" in init
+    testnet = _help(capsys, "testnet")
+    assert "--seed SEED seed of the random choices" in testnet
+    assert "--backend {asyncio,trio} async backend" in testnet
+    for default in ("(default: 4)", "(default: 3.0)", "(default: 1)", "(default: asyncio)"):
+        assert default in testnet
+    assert "(default: None)" not in testnet + init and "(default: False)" not in init
+
+
 def test_help_of_init_explains_force_and_new_key(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         cli.main(["init", "--help"])
@@ -98,7 +149,13 @@ def test_help_of_init_explains_force_and_new_key(capsys: pytest.CaptureFixture[s
     [
         (["testnet", "--nodes", "1"], "argument --nodes: must be at least 2, got 1"),
         (["testnet", "--nodes", "x"], "argument --nodes: invalid integer 'x'"),
-        (["testnet", "--duration", "-1"], "argument --duration: must be zero or a positive"),
+        (["testnet", "--duration", "-1"],
+         "argument --duration: must be a positive number of seconds, got -1"),
+        # Zero used to run no traffic and print "p50 nan ms ... FAILED" with no reason.
+        (["testnet", "--duration", "0"],
+         "argument --duration: must be a positive number of seconds, got 0"),
+        (["testnet", "--duration", "inf"],
+         "argument --duration: must be a positive number of seconds, got inf"),
         (["testnet", "--concurrency", "0"], "argument --concurrency: must be at least 1"),
     ],
 )
@@ -113,11 +170,31 @@ def test_testnet_arguments_are_checked_by_argparse(
     assert f"overlay testnet: error: {message}" in err
 
 
+def test_a_failed_testnet_says_why_and_shows_no_nan() -> None:
+    report = _testnet.TestnetReport(nodes=3, duration=1.0, connections=4)
+    report.errors["dial: DialError"] += 2
+    text = report.render()
+    assert "nan" not in text and "p50 -" in text
+    assert text.endswith(
+        "result:                 FAILED: 4 of 6 peer links connected; 2 errors; "
+        "no request completed"
+    )
+    assert not report.ok
+
+
+@pytest.mark.anyio
+async def test_run_testnet_refuses_a_duration_without_traffic() -> None:
+    with pytest.raises(ConfigError, match="'duration': must be a positive number of seconds"):
+        await _testnet.run_testnet(2, 0.0, out=None)
+
+
 def test_start_refuses_a_memory_listen_address(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     home = tmp_path / "m"
-    _init(home, capsys, "--listen", "memory:")
+    _init(home, capsys)
+    text = (home / "config.toml").read_text()
+    (home / "config.toml").write_text('listen = ["memory:"]\n' + text)
     assert cli.main(["start", "--home", str(home)]) == 2
     err = capsys.readouterr().err
     assert err == (

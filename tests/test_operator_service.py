@@ -19,10 +19,16 @@ from anyio.abc import TaskStatus
 from overlay import cli
 from overlay.cli._admin_client import AdminClient, AdminError
 from overlay.connection._observer import Observer
+from overlay.errors import InvalidAddressError, LocalProtocolError
 from overlay.identity import NodeId
 from overlay.node._config import NodeConfig, load_config
 from overlay.node._service import HomeLockedError, NodeControl, metrics_snapshot, run_node
-from overlay.operator._control import ConflictError, PeerBannedError, UnknownPeerError
+from overlay.operator._control import (
+    MAX_BAN_SECONDS,
+    ConflictError,
+    PeerBannedError,
+    UnknownPeerError,
+)
 from overlay.peers import PeerManagerConfig
 
 pytestmark = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
@@ -172,6 +178,36 @@ async def test_dialing_a_banned_peer_is_a_409_conflict(
             await _client_call(tmp_path / "a", "dial", addr_b)
         assert info.value.status == 409
         assert "its IP 127.0.0.1 is banned" in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_operator_input_is_normalised_and_bounded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _init(tmp_path / "a", capsys)
+    async with services() as (tg, _):
+        a = await start(tg, config, tmp_path / "a")
+        # An IPv4-mapped IPv6 address is the IPv4 address it carries: shown and banned so.
+        banned = await a.control.ban("::ffff:127.0.0.4", duration=60)
+        assert banned["banned"] == "127.0.0.4" and banned["kind"] == "ip"
+        assert (await a.control.unban("127.0.0.4"))["unbanned"] == "127.0.0.4"
+        # Below 1 s, or not finite: refused; beyond 10 years: capped, and the answer says so.
+        for seconds in (0.0001, 0.0, float("inf"), float("nan")):
+            with pytest.raises(LocalProtocolError, match="ban duration must be a finite"):
+                await a.control.ban("127.0.0.5", duration=seconds)
+        capped = await a.control.ban("127.0.0.5", duration=1e20)
+        assert capped["seconds"] == MAX_BAN_SECONDS == 10 * 365 * 86400 and capped["capped"]
+        assert (await a.control.ban("127.0.0.6", duration=5))["capped"] is False
+        # The node's own id is refused as a seed, as `dial` refuses it.
+        own = str(a.control.node.address)
+        with pytest.raises(InvalidAddressError, match="this node's own id"):
+            await a.control.add_seed(own)
+        with pytest.raises(AdminError) as info:
+            await _client_call(tmp_path / "a", "add_seed", own)
+        assert info.value.status == 400 and "this node's own id" in str(info.value)
+        # So is a seed whose IP is banned (it used to be reported as added, and dropped).
+        with pytest.raises(ConflictError, match="is banned"):
+            await a.control.add_seed(f"{'5' * 40}@127.0.0.5:9")
 
 
 @pytest.mark.anyio

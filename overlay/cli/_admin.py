@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from overlay.address import NodeAddress
 from overlay.cli._admin_client import AdminClient
 from overlay.errors import InvalidAddressError
 from overlay.identity import parse_node_id
-from overlay.operator._admin import parse_ban_target
+from overlay.operator._control import MAX_BAN_SECONDS, MIN_BAN_SECONDS, parse_ban_target
 
 __all__ = ["format_peers", "parse_duration", "register"]
 
@@ -50,7 +51,9 @@ AddParser = Callable[[str, str], argparse.ArgumentParser]
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``30s``, ``10m``, ``2h``, ``7d``, ``1w`` or sums like ``1h30m``."""
+    """Seconds from ``90``, ``30s``, ``10m``, ``2h``, ``7d``, ``1w`` or sums like ``1h30m``:
+    finite and at least ``MIN_BAN_SECONDS`` (1 s). Longer than ``MAX_BAN_SECONDS`` (10 years)
+    is accepted here; the node caps it and ``overlay ban`` says so."""
     raw = text.strip().lower()
     try:
         seconds = float(raw)
@@ -61,8 +64,12 @@ def parse_duration(text: str) -> float:
                 f"invalid duration {text!r}: use e.g. 90, 30s, 10m, 2h, 7d or 1h30m"
             ) from None
         seconds = sum(float(m.group(1)) * _UNITS[m.group(2)] for m in parts)
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
+    if not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be finite")
+    if seconds < MIN_BAN_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: a ban lasts at least {MIN_BAN_SECONDS:g}s"
+        )
     return seconds
 
 
@@ -240,8 +247,17 @@ def cmd_disconnect(args: argparse.Namespace) -> int:
 
 
 def cmd_ban(args: argparse.Namespace) -> int:
-    result = _client(args).ban(args.target, duration=args.duration)
-    length = "the default duration" if args.duration is None else _duration_text(args.duration)
+    duration = args.duration
+    if duration is not None and duration > MAX_BAN_SECONDS:
+        print(f"note: bans last at most 10 years; banning {args.target} for "
+              f"{_duration_text(MAX_BAN_SECONDS)} instead of {_duration_text(duration)}",
+              file=sys.stderr)
+        duration = MAX_BAN_SECONDS
+    result = _client(args).ban(args.target, duration=duration)
+    seconds = result.get("seconds", duration)
+    length = "the default duration" if seconds is None else _duration_text(seconds)
+    if result.get("capped"):
+        length += " (capped: the longest ban)"
     return _report(f"banned {args.target} for {length}", result)
 
 
@@ -265,7 +281,9 @@ def cmd_persistent_remove(args: argparse.Namespace) -> int:
 def _subcommand(group: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     """``overlay GROUP NAME``; ``--home`` may come before or after ``NAME``."""
     q: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text)
-    q.add_argument("--home", default=argparse.SUPPRESS, help="node home directory")
+    q.add_argument("--home", default=argparse.SUPPRESS,
+                   help="node home directory (default: the --home given before the "
+                        "subcommand, else ~/.overlay)")
     return q
 
 
@@ -293,7 +311,8 @@ def register(sub: Any, add: AddParser) -> None:
     p = add("ban", "ban a node id or an IP address (and disconnect it)")
     p.add_argument("target", type=_target, metavar="ID|IP", help="node id or IP address")
     p.add_argument("--for", dest="duration", type=parse_duration, metavar="DURATION",
-                   help="ban length: 30s, 10m, 2h, 7d... (default: the node's ban_duration)")
+                   help="ban length: 30s, 10m, 2h, 7d..., at least 1s; longer than 10 years "
+                        "is capped (default: the node's ban_duration)")
     p.set_defaults(func=cmd_ban)
 
     p = add("unban", "lift the ban of a node id or an IP address")
@@ -306,17 +325,17 @@ def register(sub: Any, add: AddParser) -> None:
     q.add_argument("address", type=_address, metavar="ADDR", help="ID@HOST:PORT or memory:ID")
     q.set_defaults(func=cmd_seeds_add)
     q = _subcommand(seeds, "remove",
-                    "remove a seed added with `seeds add` (persisted; seeds from config.toml "
-                    "are removed by editing the file)")
+                    "remove a seed added with 'overlay seeds add' (persisted; seeds from "
+                    "config.toml are removed by editing the file)")
     q.add_argument("seed", type=_seed, metavar="ADDR|ID",
                    help="the seed's address (ID@HOST:PORT, memory:ID) or node id")
     q.set_defaults(func=cmd_seeds_remove)
 
-    p = add("persistent", "manage the persistent flag set by `dial --persistent`")
+    p = add("persistent", "manage the persistent flag set by 'overlay dial --persistent'")
     persistent = p.add_subparsers(dest="persistent_command", required=True,
                                   metavar="SUBCOMMAND")
     q = _subcommand(persistent, "remove",
                     "stop redialing a peer forever: clear the persistent flag set by "
-                    "`dial --persistent` (persisted; the connection stays open)")
+                    "'overlay dial --persistent' (persisted; the connection stays open)")
     q.add_argument("id", type=_node_id, metavar="ID", help="node id")
     q.set_defaults(func=cmd_persistent_remove)

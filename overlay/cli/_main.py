@@ -7,6 +7,8 @@
     overlay start --home DIR
     overlay testnet --nodes N [--duration S]
 
+``overlay --help`` and every ``overlay COMMAND --help`` show each option's default.
+
 Operator commands that talk to a running node (status, peers, dial, ...) are in
 ``overlay.cli._admin`` and registered here.
 
@@ -56,11 +58,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         print(f"error: {config_path} exists (use --force to overwrite)", file=sys.stderr)
         return 1
     overrides: dict[str, object] = {}
-    if args.network:
+    # ``is not None``: an empty --network is refused by the config's own check, never dropped.
+    if args.network is not None:
         overrides["network"] = args.network
-    if args.listen:
+    if args.listen is not None:
         overrides["listen"] = list(args.listen)
-    if args.moniker:
+    if args.moniker is not None:
         overrides["moniker"] = args.moniker
     if config_path.exists():
         # --force: keep the key the old configuration names (when it still loads).
@@ -73,6 +76,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     text = render_config(overrides=overrides)
     # Validate what we are about to write, before creating anything.
     config = from_mapping(NodeConfig, tomllib.loads(text))
+    _check_servable(config)  # what `overlay start` would refuse, refused now
     key_path = home / config.node_key_file
     if key_path.exists() and not args.new_key:
         key = NodeKey.load(key_path)  # an unreadable key is an error, never silently replaced
@@ -111,15 +115,20 @@ def _load(home: Path) -> NodeConfig:
     return load_config(path)
 
 
-def cmd_start(args: argparse.Namespace) -> int:
-    home = _home(args)
-    config = _load(home)
+def _check_servable(config: NodeConfig) -> None:
+    """``overlay start`` serves TCP only: a ``memory:`` listen address is a config error."""
     for i, address in enumerate(config.listen_addresses()):
         if address.protocol != "tcp":
             raise ConfigError(
                 f"listen[{i}]", f"overlay start serves TCP only; {config.listen[i]!r} is an "
                 "in-process address (use tcp://HOST:PORT)"
             )
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    home = _home(args)
+    config = _load(home)
+    _check_servable(config)
     setup_logging(config.log.level, config.log.format)
     from overlay.node._service import run_node
 
@@ -205,30 +214,54 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(text: str) -> float:
+def _positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be zero or a positive number, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: X)`` to an option's help, except when there is nothing to show
+    (flags, options without a default) or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+_BACKEND_HELP = "async backend: asyncio (with uvloop when installed) or trio"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="overlay", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="overlay", formatter_class=HelpFormatter,
+        description="Run a node of the overlay peer-to-peer network, and operate a running "
+                    f"node through its admin API. Every command but testnet takes --home DIR "
+                    f"(default: {DEFAULT_HOME}); 'overlay COMMAND --help' describes a command.",
+        epilog="exit status: 0 success, 1 an error, 2 bad usage or a configuration error, "
+               "130 interrupted",
+    )
     parser.add_argument("--version", action="version", version=f"overlay {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=HelpFormatter)
         p.add_argument("--home", default=DEFAULT_HOME, help="node home directory")
         return p
 
     p = add("init", "write config.toml (every key documented) and a node key; print the id")
-    p.add_argument("--network", help="network name")
-    p.add_argument("--listen", action="append", help="listen address (repeatable)")
-    p.add_argument("--moniker", help="human-readable node name")
+    defaults = NodeConfig()
+    p.add_argument("--network", help=f"network name (default: {defaults.network})")
+    p.add_argument("--listen", action="append",
+                   help="listen address tcp://HOST:PORT, repeatable (default: "
+                        f"{', '.join(defaults.listen)})")
+    p.add_argument("--moniker", help="human-readable node name (default: none)")
     p.add_argument("--force", action="store_true",
                    help="overwrite an existing config.toml (the node key is kept)")
     p.add_argument("--new-key", action="store_true",
@@ -240,17 +273,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_id)
 
     p = add("start", "run the node until SIGINT/SIGTERM")
-    p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio",
+                   help=_BACKEND_HELP)
     p.set_defaults(func=cmd_start)
 
-    p = sub.add_parser("testnet", help="run a local multi-node testnet and print a summary")
-    p.add_argument("--nodes", type=_at_least(2), default=4,
-                   help="number of nodes, at least 2 (default 4)")
-    p.add_argument("--duration", type=_seconds, default=3.0, help="seconds of traffic")
+    testnet_help = "run a local multi-node testnet and print a summary"
+    p = sub.add_parser("testnet", help=testnet_help, description=testnet_help,
+                       formatter_class=HelpFormatter)
+    p.add_argument("--nodes", type=_at_least(2), default=4, help="number of nodes, at least 2")
+    p.add_argument("--duration", type=_positive_seconds, default=3.0,
+                   help="seconds of traffic (more than 0)")
     p.add_argument("--concurrency", type=_at_least(1), default=4,
                    help="request loops per node (at least 1)")
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    p.add_argument("--seed", type=int, default=1,
+                   help="seed of the random choices (payloads, which peer each request goes to): "
+                        "the same seed makes the same traffic")
+    p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio",
+                   help=_BACKEND_HELP)
     p.set_defaults(func=cmd_testnet)
 
     try:

@@ -13,6 +13,7 @@ This is the main job's first form; the testnet issue grows it (modes, perturbati
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import statistics
 import sys
@@ -62,8 +63,19 @@ class TestnetReport:
 
     @property
     def ok(self) -> bool:
+        return not self.failures()
+
+    def failures(self) -> list[str]:
+        """Why the run failed (empty when it passed)."""
+        reasons = []
         full = self.nodes * (self.nodes - 1)
-        return self.connections == full and not self.errors and self.requests_ok > 0
+        if self.connections != full:
+            reasons.append(f"{self.connections} of {full} peer links connected")
+        if self.errors:
+            reasons.append(f"{sum(self.errors.values())} errors")
+        if self.requests_ok == 0:
+            reasons.append("no request completed")
+        return reasons
 
     def percentile(self, q: float) -> float:
         if not self.latencies:
@@ -74,21 +86,27 @@ class TestnetReport:
 
     def render(self) -> str:
         ms = 1000.0
+
+        def latency(seconds: float, digits: int = 2) -> str:
+            return "-" if math.isnan(seconds) else f"{seconds * ms:.{digits}f} ms"
+
+        mean = statistics.fmean(self.latencies) if self.latencies else float("nan")
+        failures = self.failures()
         lines = [
             f"testnet: {self.nodes} nodes, loopback TCP + Noise, {self.duration:g} s of traffic",
-            f"  converged (full mesh):  {self.converge_seconds * ms:.1f} ms, "
+            f"  converged (full mesh):  {latency(self.converge_seconds, 1)}, "
             f"{self.connections}/{self.nodes * (self.nodes - 1)} peer links",
             f"  requests ok:            {self.requests_ok} "
             f"({self.requests_ok / max(self.duration, 1e-9):.0f}/s)",
-            f"  request latency:        p50 {self.percentile(50) * ms:.2f} ms  "
-            f"p90 {self.percentile(90) * ms:.2f} ms  p99 {self.percentile(99) * ms:.2f} ms  "
-            f"max {max(self.latencies, default=float('nan')) * ms:.2f} ms",
-            f"  mean latency:           "
-            f"{(statistics.fmean(self.latencies) if self.latencies else float('nan')) * ms:.2f} ms",
+            f"  request latency:        p50 {latency(self.percentile(50))}  "
+            f"p90 {latency(self.percentile(90))}  p99 {latency(self.percentile(99))}  "
+            f"max {latency(max(self.latencies, default=float('nan')))}",
+            f"  mean latency:           {latency(mean)}",
             f"  broadcast messages:     {self.gossip_sent} sent, {self.gossip_received} received",
             f"  errors:                 {sum(self.errors.values())}"
             + "".join(f"\n    {name}: {count}" for name, count in self.errors.most_common()),
-            f"  result:                 {'OK' if self.ok else 'FAILED'}",
+            "  result:                 "
+            + ("OK" if not failures else "FAILED: " + "; ".join(failures)),
         ]
         return "\n".join(lines)
 
@@ -128,6 +146,8 @@ async def run_testnet(
     """
     if nodes < 2:
         raise ConfigError("nodes", "a testnet needs at least 2 nodes")
+    if not (duration > 0 and math.isfinite(duration)):
+        raise ConfigError("duration", f"must be a positive number of seconds, got {duration!r}")
     rng = random.Random(seed)
     report = TestnetReport(nodes=nodes, duration=duration)
     config = testnet_config(nodes, network)

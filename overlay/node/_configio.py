@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import datetime
 import inspect
 import math
 import textwrap
@@ -26,9 +27,10 @@ T = TypeVar("T")
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`."""
+    """Build ``cls`` from ``data``; unknown keys and wrong types raise :class:`ConfigError`
+    naming the key's dotted path, the expected type and the value as TOML spells it."""
     if not isinstance(data, Mapping):
-        raise ConfigError(prefix.rstrip(".") or "<root>", "must be a table")
+        raise ConfigError(prefix.rstrip(".") or "<root>", f"expected a table, got {_got(data)}")
     assert dataclasses.is_dataclass(cls)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -47,50 +49,113 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         raise
 
 
+def _toml(value: Any) -> str:
+    """``value`` as TOML writes it (``true``, ``"text"``, ``[1, 2]``), shortened."""
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float) and not math.isfinite(value):
+        text = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    elif isinstance(value, str):
+        text = _toml_value(value)
+    elif isinstance(value, list | tuple):
+        text = "[" + ", ".join(_toml(v) for v in value) + "]"
+    elif isinstance(value, Mapping):
+        text = "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    elif isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        text = value.isoformat()
+    else:
+        text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    """The TOML type of a parsed value, with its article."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, Mapping):
+        return "a table"
+    if isinstance(value, datetime.datetime):
+        return "a date-time"
+    if isinstance(value, datetime.date):
+        return "a date"
+    if isinstance(value, datetime.time):
+        return "a time"
+    return type(value).__name__
+
+
+def _got(value: Any) -> str:
+    return f"{_kind(value)} ({_toml(value)})" if not isinstance(value, Mapping) else "a table"
+
+
+def _expected(typ: Any) -> str:
+    """What a value of config type ``typ`` looks like in TOML."""
+    origin = get_origin(typ)
+    if dataclasses.is_dataclass(typ):
+        return "a table"
+    if origin is Literal:
+        return "one of " + ", ".join(_toml(a) for a in get_args(typ))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(a) for a in get_args(typ) if a is not type(None))
+    if origin is tuple:
+        return f"an array of {_expected(get_args(typ)[0]).removeprefix('a ').removeprefix('an ')}s"
+    return {bool: "a boolean (true or false)", int: "an integer", float: "a number",
+            str: "a string"}.get(typ, repr(typ))
+
+
+def _mismatch(typ: Any, value: Any, key: str) -> ConfigError:
+    return ConfigError(key, f"expected {_expected(typ)}, got {_got(value)}")
+
+
 def _coerce(typ: Any, value: Any, key: str) -> Any:
     origin = get_origin(typ)
     if dataclasses.is_dataclass(typ) and isinstance(typ, type):
         return from_mapping(typ, value, f"{key}.")
     if origin is Literal:
-        if value not in get_args(typ):
-            choices = ", ".join(repr(a) for a in get_args(typ))
-            raise ConfigError(key, f"must be one of {choices}, got {value!r}")
+        if isinstance(value, bool) or value not in get_args(typ):
+            raise _mismatch(typ, value, key)
         return value
     if origin in (typing.Union, types.UnionType):
         args = get_args(typ)
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(arg, value, key)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(key, f"invalid value {value!r}")
+            except ConfigError:
+                pass
+        raise _mismatch(typ, value, key)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise ConfigError(key, f"must be a list, got {type(value).__name__}")
+            raise _mismatch(typ, value, key)
         (item_type, _ellipsis) = get_args(typ)
         return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
     if typ is bool:
         if not isinstance(value, bool):
-            raise ConfigError(key, f"must be true or false, got {value!r}")
+            raise _mismatch(typ, value, key)
         return value
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"must be an integer, got {value!r}")
+            raise _mismatch(typ, value, key)
         return value
     if typ is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(key, f"must be a number, got {value!r}")
+            raise _mismatch(typ, value, key)
         if not math.isfinite(value):
-            raise ConfigError(key, "must be finite")
+            raise ConfigError(key, f"expected a finite number, got {_toml(value)}")
         return float(value)
     if typ is str:
         if not isinstance(value, str):
-            raise ConfigError(key, f"must be a string, got {value!r}")
+            raise _mismatch(typ, value, key)
         return value
     raise ConfigError(key, f"unsupported config type {typ!r}")
 

@@ -21,8 +21,8 @@ import contextlib
 import dataclasses
 import enum
 import fcntl
-import ipaddress
 import logging
+import math
 import os
 import stat
 from pathlib import Path
@@ -32,15 +32,28 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from overlay._version import __version__
+from overlay import __version__
 from overlay.address import NodeAddress
 from overlay.connection._observer import MultiObserver, Observer
-from overlay.errors import ConfigError, InvalidAddressError, NetworkError, OverlayError
+from overlay.errors import (
+    ConfigError,
+    InvalidAddressError,
+    LocalProtocolError,
+    NetworkError,
+    OverlayError,
+)
 from overlay.identity import NodeId, parse_node_id
 from overlay.node._config import NodeConfig
 from overlay.node._node import Node
 from overlay.node._peering import Peering, wall_clock
-from overlay.operator._control import ConflictError, PeerBannedError, UnknownPeerError
+from overlay.operator._control import (
+    MAX_BAN_SECONDS,
+    MIN_BAN_SECONDS,
+    ConflictError,
+    PeerBannedError,
+    UnknownPeerError,
+    parse_ban_target,
+)
 from overlay.peers import PeerFlag, PeerSnapshot
 
 __all__ = [
@@ -194,18 +207,18 @@ class NodeControl:
             return "peer", parse_node_id(target)
         except InvalidAddressError:
             pass
-        try:
-            return "ip", str(ipaddress.ip_address(target.strip()))
-        except ValueError:
-            raise InvalidAddressError(
-                f"{target!r} is neither a node id (40 hex characters) nor an IP address"
-            ) from None
+        return "ip", parse_ban_target(target)
 
     async def ban(self, target: str, *, duration: float | None) -> dict[str, Any]:
         kind, value = self._target(target)
-        if duration is not None and not duration > 0:
-            raise InvalidAddressError("ban duration must be positive")
+        if duration is not None and not (math.isfinite(duration) and duration >= MIN_BAN_SECONDS):
+            raise LocalProtocolError(
+                f"ban duration must be a finite number of seconds, at least {MIN_BAN_SECONDS:g}, "
+                f"got {duration!r}"
+            )
         seconds = duration if duration is not None else self.node.config.peers.ban_duration
+        capped = seconds > MAX_BAN_SECONDS
+        seconds = min(seconds, MAX_BAN_SECONDS)
         now = self._now()
         manager = self.peering.manager
         if kind == "peer":
@@ -214,7 +227,7 @@ class NodeControl:
             manager.ban_ip(value, now + seconds, "operator", now)
         self.peering.sync_metrics()  # counts the ban at once
         self.peering.wake()  # disconnects the banned peers
-        return {"banned": value, "kind": kind, "seconds": seconds}
+        return {"banned": value, "kind": kind, "seconds": seconds, "capped": capped}
 
     async def unban(self, target: str) -> dict[str, Any]:
         kind, value = self._target(target)
@@ -229,7 +242,14 @@ class NodeControl:
 
     async def add_seed(self, address: str) -> dict[str, Any]:
         addr = NodeAddress.parse(address)
-        self.peering.manager.add_seed(addr, self._now())
+        if addr.node_id == self.node.node_id:
+            raise InvalidAddressError(f"cannot add {addr} as a seed: that is this node's own id")
+        if not self.peering.manager.add_seed(addr, self._now()):
+            # Refused by the manager for local sources only when the node or its IP is banned.
+            raise ConflictError(
+                f"cannot add {addr} as a seed: node {addr.node_id} or its IP is banned "
+                "(`overlay unban` lifts it)"
+            )
         self.peering.wake()
         return {"seed": str(addr)}
 

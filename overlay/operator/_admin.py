@@ -42,7 +42,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -70,6 +69,7 @@ from overlay.operator._control import (
     Control,
     PeerBannedError,
     UnknownPeerError,
+    parse_ban_target,
 )
 from overlay.operator._http import (
     HttpServerConfig,
@@ -164,21 +164,6 @@ def remove_admin_info(home: Path) -> None:
 
 
 # -- input validation ------------------------------------------------------------------------
-
-
-def parse_ban_target(text: str) -> str:
-    """Normalise a ban target: a node id (lower-cased) or an IP address (canonical form)."""
-    raw = text.strip()
-    try:
-        return str(parse_node_id(raw))
-    except InvalidAddressError:
-        pass
-    try:
-        return str(ipaddress.ip_address(raw.strip("[]")))
-    except ValueError:
-        raise InvalidAddressError(
-            f"invalid target {text!r}: expected a node id (40 hex characters) or an IP address"
-        ) from None
 
 
 def _json_body(request: Request, fields: Mapping[str, bool]) -> dict[str, Any]:
@@ -319,8 +304,7 @@ class AdminApp:
             return _error(409, exc)
         except LocalProtocolError as exc:
             return _error(400, exc)
-        except OverlayError as exc:
-            log.info("admin: %s %s failed: %s", request.method, request.path, exc)
+        except OverlayError as exc:  # logged by the route (``_logged``)
             return _error(502, exc)
         return _json(200, {} if result is None else result)
 
@@ -334,34 +318,34 @@ class AdminApp:
         data = _json_body(request, {"address": True, "persistent": False})
         address = _address(data, "address")
         persistent = _bool(data, "persistent", False)
-        log.info("admin: dial %s persistent=%s", address, persistent,
-                 extra={"peer": _peer_of(address)})
-        return await self._control.dial(address, persistent=persistent)
+        return await _logged(f"dial {address} persistent={persistent}",
+                             {"peer": _peer_of(address)},
+                             self._control.dial(address, persistent=persistent))
 
     async def _disconnect(self, request: Request) -> object:
         data = _json_body(request, {"id": True})
         node_id = str(parse_node_id(_string(data, "id")))
-        log.info("admin: disconnect %s", node_id, extra={"peer": node_id})
-        return await self._control.disconnect(node_id)
+        return await _logged(f"disconnect {node_id}", {"peer": node_id},
+                             self._control.disconnect(node_id))
 
     async def _ban(self, request: Request) -> object:
         data = _json_body(request, {"target": True, "duration": False})
         target = parse_ban_target(_string(data, "target"))
         duration = _duration(data, "duration")
-        log.info("admin: ban %s duration=%s", target, duration, extra=_target_extra(target))
-        return await self._control.ban(target, duration=duration)
+        return await _logged(f"ban {target} duration={duration}", _target_extra(target),
+                             self._control.ban(target, duration=duration))
 
     async def _unban(self, request: Request) -> object:
         data = _json_body(request, {"target": True})
         target = parse_ban_target(_string(data, "target"))
-        log.info("admin: unban %s", target, extra=_target_extra(target))
-        return await self._control.unban(target)
+        return await _logged(f"unban {target}", _target_extra(target),
+                             self._control.unban(target))
 
     async def _seeds(self, request: Request) -> object:
         data = _json_body(request, {"address": True})
         address = _address(data, "address")
-        log.info("admin: add seed %s", address, extra={"peer": _peer_of(address)})
-        return await self._control.add_seed(address)
+        return await _logged(f"add seed {address}", {"peer": _peer_of(address)},
+                             self._control.add_seed(address))
 
     async def _seeds_remove(self, request: Request) -> object:
         data = _json_body(request, {"address": True})
@@ -370,14 +354,26 @@ class AdminApp:
             seed = str(parse_node_id(text))
         except InvalidAddressError:
             seed = _address(data, "address")
-        log.info("admin: remove seed %s", seed, extra={"peer": _peer_of(seed)})
-        return await self._control.remove_seed(seed)
+        return await _logged(f"remove seed {seed}", {"peer": _peer_of(seed)},
+                             self._control.remove_seed(seed))
 
     async def _persistent_remove(self, request: Request) -> object:
         data = _json_body(request, {"id": True})
         node_id = str(parse_node_id(_string(data, "id")))
-        log.info("admin: remove persistent flag of %s", node_id, extra={"peer": node_id})
-        return await self._control.remove_persistent(node_id)
+        return await _logged(f"remove persistent flag of {node_id}", {"peer": node_id},
+                             self._control.remove_persistent(node_id))
+
+
+async def _logged(action: str, extra: Mapping[str, str], call: Awaitable[object]) -> object:
+    """Run an operator action and log it once it is over: ``admin: ACTION`` when it was done,
+    ``admin: ACTION failed: REASON`` when the node refused it or it failed."""
+    try:
+        result = await call
+    except OverlayError as exc:
+        log.info("admin: %s failed: %s", action, exc, extra=extra)
+        raise
+    log.info("admin: %s", action, extra=extra)
+    return result
 
 
 def _peer_of(text: str) -> str:

@@ -20,17 +20,28 @@ dicts, lists, strings, numbers, booleans and ``None``.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Protocol
 
-from overlay.errors import LocalProtocolError
+from overlay.errors import InvalidAddressError, LocalProtocolError
+from overlay.identity import parse_node_id
 
 __all__ = [
     "BadRequestError",
     "ConflictError",
     "Control",
+    "MAX_BAN_SECONDS",
+    "MIN_BAN_SECONDS",
     "PeerBannedError",
     "UnknownPeerError",
+    "parse_ban_target",
 ]
+
+
+MIN_BAN_SECONDS = 1.0
+"""The shortest ban an operator may ask for (``overlay ban --for``, ``POST /ban``)."""
+MAX_BAN_SECONDS = 10 * 365 * 86400.0
+"""The longest ban (10 years, 3650 days): longer requests are capped, and the reply says so."""
 
 
 class UnknownPeerError(LocalProtocolError):
@@ -93,3 +104,22 @@ class Control(Protocol):
         """Clear the persistent flag set by ``dial --persistent``; :class:`UnknownPeerError` if
         the peer is not persistent, :class:`ConflictError` if ``persistent_peers`` lists it."""
         ...
+
+
+def parse_ban_target(text: str) -> str:
+    """Normalise a ban target: a node id (lower-cased) or an IP address (canonical form; an
+    IPv4-mapped IPv6 address becomes the IPv4 address it carries)."""
+    raw = text.strip()
+    try:
+        return str(parse_node_id(raw))
+    except InvalidAddressError:
+        pass
+    try:
+        address = ipaddress.ip_address(raw.strip("[]"))
+    except ValueError:
+        raise InvalidAddressError(
+            f"invalid target {text!r}: expected a node id (40 hex characters) or an IP address"
+        ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)  # ::ffff:127.0.0.4 is 127.0.0.4, and banned as such
+    return str(address)
