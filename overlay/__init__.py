@@ -20,6 +20,7 @@ from overlay._channel import (
 )
 from overlay._codec import BytesCodec, Codec, ProtobufCodec
 from overlay._destination import BROADCAST, LOCAL, Destination, PeerView, To
+from overlay._failures import Direction, HandshakeFailureReason
 from overlay._observer import Observer
 from overlay.address import ListenAddress, NodeAddress
 from overlay.config import NodeConfig, load_config
@@ -37,8 +38,10 @@ __all__ = [
     "Codec",
     "DeliveryReport",
     "Destination",
+    "Direction",
     "Envelope",
     "ErrorCode",
+    "HandshakeFailureReason",
     "ListenAddress",
     "load_config",
     "Node",
