@@ -25,6 +25,7 @@ from overlay.router._channel import (
 )
 from overlay.router._codec import BytesCodec, Codec, ProtobufCodec
 from overlay.router._destination import BROADCAST, LOCAL, Destination, PeerView, To
+from overlay.transport._failures import Direction, HandshakeFailureReason
 
 __all__ = [
     "BROADCAST",
@@ -35,8 +36,10 @@ __all__ = [
     "Codec",
     "DeliveryReport",
     "Destination",
+    "Direction",
     "Envelope",
     "ErrorCode",
+    "HandshakeFailureReason",
     "LOCAL",
     "ListenAddress",
     "Node",

@@ -20,6 +20,7 @@ from overlay.operator._metrics import (
     NodeMetrics,
     serve_metrics,
 )
+from overlay.transport._failures import Direction, HandshakeFailureReason
 
 PEER = NodeId("3" * 40)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -104,7 +105,7 @@ async def test_metrics_scraped_over_http_match_what_was_fed() -> None:
     metrics.dial_failed("refused")
     metrics.dial_failed("refused")
     metrics.dial_failed("timeout")
-    metrics.handshake_failed("wrong_network")
+    metrics.handshake_failed(Direction.OUTBOUND, HandshakeFailureReason.WRONG_NETWORK)
     metrics.peer_evicted()
     metrics.peer_banned("peer")
     metrics.peer_banned("ip")
@@ -148,7 +149,8 @@ async def test_metrics_scraped_over_http_match_what_was_fed() -> None:
         assert value(samples, "overlay_dials_total") == 3
         assert value(samples, "overlay_dial_failures_total", reason="refused") == 2
         assert value(samples, "overlay_dial_failures_total", reason="timeout") == 1
-        assert value(samples, "overlay_handshake_failures_total", reason="wrong_network") == 1
+        assert value(samples, "overlay_handshake_failures_total", direction="outbound",
+                     reason="wrong_network") == 1
         assert value(samples, "overlay_peer_evictions_total") == 1
         assert value(samples, "overlay_bans_total", kind="peer") == 2
         assert value(samples, "overlay_bans_total", kind="ip") == 1
@@ -259,13 +261,14 @@ def test_observer_forwards_to_metrics() -> None:
     observer.on_request_done(PEER, "blocks", 0.5, "error")
     observer.on_request_served(PEER, "blocks", 0.1, "ok")
     observer.on_latency(PEER, 0.01)  # not a metric: ignored
-    observer.on_handshake_failed("timeout")
+    observer.on_handshake_failed(Direction.INBOUND, HandshakeFailureReason.TIMEOUT)
     samples, _ = parse(metrics.render().decode())
     assert value(samples, "overlay_slow_peer_events_total", channel="blocks") == 1
     assert value(samples, "overlay_invalid_messages_total", channel="blocks") == 1
     assert value(samples, "overlay_requests_total", channel="blocks", outcome="error") == 1
     assert value(samples, "overlay_served_requests_total", channel="blocks", outcome="ok") == 1
-    assert value(samples, "overlay_handshake_failures_total", reason="timeout") == 1
+    assert value(samples, "overlay_handshake_failures_total", direction="inbound",
+                 reason="timeout") == 1
 
 
 @pytest.mark.anyio

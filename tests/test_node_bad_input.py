@@ -37,6 +37,8 @@ from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.testing import MemoryNetwork
 from overlay.transport import Transport
+from overlay.transport._failures import Direction
+from overlay.transport._failures import HandshakeFailureReason as Reason
 from overlay.transport._hello import receive_hello, send_hello
 from overlay.transport._secure import SecureIdentity, SecureStream
 from overlay.transport._tcp import TcpTransport
@@ -53,6 +55,7 @@ from tests.support import both_backends, both_transports, config_for, wait_until
 pytestmark = pytest.mark.anyio
 
 MAX_FRAME_PAYLOAD = ConnectionConfig().max_frame_payload
+INBOUND = Direction.INBOUND
 
 
 class JsonCodec:
@@ -434,7 +437,7 @@ async def test_bad_hello_is_refused(transport: str, case: str, data: bytes) -> N
             with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
                 while True:
                     await stream.receive()
-        await wait_until(lambda: s.node.handshake_failures.get("FrameError", 0) == 1)
+        await wait_until(lambda: s.node.handshake_failures[INBOUND].get(Reason.PROTOCOL, 0) == 1)
         assert s.node.connected_peers() == [s.healthy.node_id]
         await s.still_serving()
         await stream.aclose()
@@ -448,7 +451,7 @@ async def test_silent_peer_after_noise_is_dropped_at_handshake_timeout(transport
             with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
                 await stream.receive()
         assert anyio.current_time() - started >= 0.15
-        await wait_until(lambda: s.node.handshake_failures.get("HandshakeTimeout", 0) == 1)
+        await wait_until(lambda: s.node.handshake_failures[INBOUND].get(Reason.TIMEOUT, 0) == 1)
         await s.still_serving()
         await stream.aclose()
 
@@ -461,7 +464,7 @@ async def test_incompatible_version_is_refused(transport: str) -> None:
             await raw_peer(s.node, s.net, protocol_version=PROTOCOL_VERSION + 1000)
         assert info.value.reason == "incompatible_version"
         await wait_until(
-            lambda: s.node.handshake_failures.get("incompatible_version", 0) == 1
+            lambda: s.node.handshake_failures[INBOUND].get(Reason.INCOMPATIBLE_VERSION, 0) == 1
         )
         await s.still_serving()
 
@@ -495,7 +498,7 @@ def test_fuzzed_input_never_hurts_the_node(chunks: list[bytes]) -> None:
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
                     break  # the node already hung up on us
             await anyio.wait_all_tasks_blocked()
-            assert "RuntimeError" not in s.node.handshake_failures
+            assert Reason.INTERNAL not in s.node.handshake_failures[INBOUND]
             await s.still_serving()
             await peer.aclose()
 

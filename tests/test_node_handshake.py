@@ -25,6 +25,7 @@ from overlay.router._channel import ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.testing import MemoryNetwork
 from overlay.transport import Transport
+from overlay.transport._failures import Direction, HandshakeFailureReason
 from overlay.transport._hello import receive_hello, send_hello
 from overlay.transport._secure import SecureIdentity, SecureStream
 from overlay.transport._tcp import TcpTransport
@@ -47,6 +48,10 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.anyio
+
+INBOUND = Direction.INBOUND
+WRONG_NETWORK = HandshakeFailureReason.WRONG_NETWORK
+NO_COMMON_CHANNEL = HandshakeFailureReason.NO_COMMON_CHANNEL
 
 ECHO = ChannelSpec(id=5, name="echo", codec=BytesCodec(), response_codec=BytesCodec())
 
@@ -76,7 +81,7 @@ async def test_wrong_network_is_refused_with_reason_on_both_sides(
         with pytest.raises(IncompatiblePeerError) as info:
             await a.dial(b.address)
         assert info.value.reason == "wrong_network"
-        await wait_until(lambda: b.handshake_failures.get("wrong_network", 0) == 1)
+        await wait_until(lambda: b.handshake_failures[INBOUND].get(WRONG_NETWORK, 0) == 1)
         assert a.connected_peers() == [] and b.connected_peers() == []
         refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
         assert any("inbound" in m and a.node_id in m and "wrong_network" in m for m in refusals)
@@ -97,7 +102,7 @@ async def test_no_common_channel_refused_by_the_listener(transport: str) -> None
             with pytest.raises(IncompatiblePeerError) as info:
                 decode_hello_reply(await receive_hello(stream, bytearray()))
         assert info.value.reason == "no_common_channel"
-        await wait_until(lambda: b.handshake_failures.get("no_common_channel", 0) == 1)
+        await wait_until(lambda: b.handshake_failures[INBOUND].get(NO_COMMON_CHANNEL, 0) == 1)
         assert b.connected_peers() == []
 
 

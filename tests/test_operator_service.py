@@ -125,7 +125,8 @@ async def test_uptime_is_the_connection_age_and_channels_are_named(
         # The transports' inbound counters reach the metrics snapshot.
         snap = metrics_snapshot(b.control.node, b.control.peering)
         assert (snap.inbound_accepted, snap.pending_handshakes) == (1, 0)
-        assert snap.inbound_refused == {"gate": 0, "overload": 0}
+        assert snap.inbound_refused == {"gate": 0, "per_ip": 0, "per_netgroup": 0, "overload": 0}
+        assert snap.pending_evictions == 0
 
 
 @pytest.mark.anyio

@@ -11,7 +11,7 @@ from overlay.address import NodeAddress
 from overlay.identity import NodeId
 from overlay.peers import AddressBook, PeerManagerConfig
 from overlay.peers._addrbook import AddrEntry, placement_key
-from overlay.peers._netgroup import address_netgroup
+from overlay.wire._netgroup import address_netgroup
 
 SECRET = b"k" * 32
 DAY = 86400.0

@@ -18,7 +18,7 @@ from overlay.peers import (
     RefreshAddresses,
     ScoreEvent,
 )
-from overlay.peers._netgroup import ip_key, netgroup
+from overlay.wire._netgroup import ip_key, netgroup
 
 T0 = 1_700_000_000.0
 SELF = NodeId("ff" * 20)

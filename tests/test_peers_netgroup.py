@@ -1,4 +1,4 @@
-"""Network groups and per-IP keys (overlay.peers._netgroup)."""
+"""Network groups and per-IP keys (overlay.wire._netgroup)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from overlay.address import NodeAddress
 from overlay.identity import NodeId
-from overlay.peers._netgroup import (
+from overlay.wire._netgroup import (
     address_ip_key,
     address_netgroup,
     in_networks,

@@ -7,6 +7,7 @@ default :class:`NullObserver` ignores everything. Calls are synchronous and must
 from __future__ import annotations
 
 from overlay.identity import NodeId
+from overlay.transport._failures import Direction, HandshakeFailureReason
 
 __all__ = ["MultiObserver", "NullObserver", "Observer"]
 
@@ -45,8 +46,9 @@ class Observer:
     def on_peer_disconnected(self, peer: NodeId, reason: str) -> None:
         """The connection to ``peer`` ended (``reason`` is a short code)."""
 
-    def on_handshake_failed(self, reason: str) -> None:
-        """An inbound or outbound connection failed before registration (``reason`` code)."""
+    def on_handshake_failed(self, direction: Direction, reason: HandshakeFailureReason) -> None:
+        """A connection failed before registration: in the Noise handshake (either direction,
+        inbound ones reported by the transport) or in the hello exchange."""
 
 
 class MultiObserver(Observer):

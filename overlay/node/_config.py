@@ -82,7 +82,15 @@ class ConnectionConfig:
     must finish within ``dial_timeout + handshake_timeout``. The peer manager's own dials use
     ``[peers] dial_timeout`` instead."""
     max_pending_handshakes: int = 64
-    """Inbound connections allowed to be mid-handshake at once; more are closed at once."""
+    """Inbound connections allowed to be mid-handshake at once; more are closed at once, unless
+    the newcomer's netgroup is under-represented among them: then the oldest pending handshake
+    of the most represented netgroup is cut to make room."""
+    max_pending_handshakes_per_ip: int = 8
+    """Inbound connections from one IP (an IPv6 /64) allowed to be mid-handshake at once; more
+    are closed at once. ``[peers] exempt_networks`` are exempt."""
+    max_pending_handshakes_per_netgroup: int = 16
+    """Inbound connections from one netgroup (an IPv4 /16, an IPv6 /32) allowed to be
+    mid-handshake at once; more are closed at once. ``[peers] exempt_networks`` are exempt."""
 
     def __post_init__(self) -> None:
         if not 64 <= self.max_frame_payload <= 65_507:
@@ -99,7 +107,8 @@ class ConnectionConfig:
             _positive(key, getattr(self, key))
         if self.idle_timeout <= self.ping_interval:
             raise ConfigError("idle_timeout", "must be longer than ping_interval")
-        for key in ("max_outbound_requests", "max_pending_handshakes"):
+        for key in ("max_outbound_requests", "max_pending_handshakes",
+                    "max_pending_handshakes_per_ip", "max_pending_handshakes_per_netgroup"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, "must be at least 1")
 

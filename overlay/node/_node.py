@@ -19,6 +19,7 @@ sides: the connection initiated by the node with the smaller id survives.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +50,7 @@ from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.router._router import Router
 from overlay.transport import Transport
+from overlay.transport._failures import Direction, HandshakeFailureReason, handshake_failure_reason
 from overlay.transport._hello import receive_hello, send_hello
 from overlay.transport._secure import PeerAttribute, SecureIdentity, SecureStream
 from overlay.transport._tcp import TcpTransport
@@ -167,7 +169,10 @@ class Node:
         self._started = False
         self._closing = False
         self._dials: dict[NodeId, anyio.Event] = {}  # dials in progress, by peer
-        self.handshake_failures: dict[str, int] = {}
+        self.handshake_failures: dict[Direction, dict[HandshakeFailureReason, int]] = {
+            Direction.INBOUND: {}, Direction.OUTBOUND: {},
+        }
+        """Failed connection set-ups (Noise handshake or hello) by direction and reason."""
         self.retired_totals: dict[int, list[int]] = {}
         """Per-channel traffic counters of closed connections (metrics stay monotonic)."""
         self.retired_wire = [0, 0]
@@ -184,28 +189,21 @@ class Node:
         conf = self.config.connection
         tcp = [a for a in self.config.listen_addresses() if a.protocol == "tcp"]
         mem = [a for a in self.config.listen_addresses() if a.protocol == "memory"]
+        limits: dict[str, Any] = {
+            "handshake_timeout": conf.handshake_timeout,
+            "max_pending_handshakes": conf.max_pending_handshakes,
+            "max_pending_handshakes_per_ip": conf.max_pending_handshakes_per_ip,
+            "max_pending_handshakes_per_netgroup": conf.max_pending_handshakes_per_netgroup,
+            "exempt_networks": self.config.peers.exempt_networks,
+            "accept_gate": self._accept_gate,
+        }
         transports: list[Transport] = []
         if tcp:
-            transports.append(
-                TcpTransport(
-                    self.identity,
-                    tcp,
-                    handshake_timeout=conf.handshake_timeout,
-                    max_pending_handshakes=conf.max_pending_handshakes,
-                    accept_gate=self._accept_gate,
-                )
-            )
+            transports.append(TcpTransport(self.identity, tcp, **limits))
         if mem:
             if self._memory_network is None:
                 raise LocalProtocolError("a memory: listen address needs memory_network=...")
-            transports.append(
-                self._memory_network.transport(
-                    self.identity,
-                    handshake_timeout=conf.handshake_timeout,
-                    max_pending_handshakes=conf.max_pending_handshakes,
-                    accept_gate=self._accept_gate,
-                )
-            )
+            transports.append(self._memory_network.transport(self.identity, **limits))
         return transports
 
     def _accept_gate(self, remote_host: str) -> bool:
@@ -225,7 +223,10 @@ class Node:
         try:
             await self._tg.start(self._timers.run)
             for transport in self._transports:
-                addresses = await self._tg.start(transport.serve, self._on_inbound)
+                serve = functools.partial(
+                    transport.serve, self._on_inbound, on_handshake_failed=self._record_failure
+                )
+                addresses = await self._tg.start(serve)
                 self._listen_addresses.extend(addresses)
         except BaseException:
             self._tg.cancel_scope.cancel()
@@ -346,7 +347,7 @@ class Node:
             await self._tg.start(self._run_connection, stream, True, hello_limit)
         except OverlayError as exc:
             if not isinstance(exc, DialError):  # could not connect: a dial failure, not this
-                self._count_failure(exc)
+                self._count_failure(exc, Direction.OUTBOUND)
             raise
         finally:
             del self._dials[addr.node_id]
@@ -373,14 +374,19 @@ class Node:
         try:
             await self._run_connection(stream, False)
         except OverlayError as exc:
-            self._count_failure(exc)
+            self._count_failure(exc, Direction.INBOUND)
             log.info("inbound connection from %s failed: %s",
                      stream.extra(PeerAttribute.remote_address, "?"), exc)
 
-    def _count_failure(self, exc: BaseException) -> None:
-        reason = getattr(exc, "reason", None) or type(exc).__name__
-        self.handshake_failures[reason] = self.handshake_failures.get(reason, 0) + 1
-        self.observer.on_handshake_failed(reason)
+    def _count_failure(self, exc: BaseException, direction: Direction) -> None:
+        self._record_failure(direction, handshake_failure_reason(exc))
+
+    def _record_failure(self, direction: Direction, reason: HandshakeFailureReason) -> None:
+        """Count a failed connection set-up (also called by the transports for inbound Noise
+        failures) and tell the observer."""
+        counts = self.handshake_failures[direction]
+        counts[reason] = counts.get(reason, 0) + 1
+        self.observer.on_handshake_failed(direction, reason)
 
     def _core_for(self, remote: NodeInfo) -> ConnectionCore:
         conf = self.config.connection
@@ -532,7 +538,10 @@ class Node:
             await conn.run()
         except Exception:  # task root: one broken connection must never take the node down
             log.exception("connection to %s failed unexpectedly", node_id)
-            self._count_failure(RuntimeError("internal"))
+            self._count_failure(
+                RuntimeError("internal"),
+                Direction.OUTBOUND if outbound else Direction.INBOUND,
+            )
         finally:
             self.router.remove_peer(conn)
             self._retire(conn)

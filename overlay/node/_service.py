@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from overlay import __version__
+from overlay._version import __version__
 from overlay.address import NodeAddress
 from overlay.connection._observer import MultiObserver, Observer
 from overlay.errors import (
@@ -126,7 +126,10 @@ class NodeControl:
                 {"id": s.id, "name": s.name} for s in self.node.router.channel_specs()
             ],
             "peer_manager": jsonable(stats),
-            "handshake_failures": dict(self.node.handshake_failures),
+            "handshake_failures": {
+                direction.value: {reason.value: n for reason, n in counts.items()}
+                for direction, counts in self.node.handshake_failures.items()
+            },
         }
 
     def peers(self) -> list[dict[str, Any]]:
@@ -520,8 +523,11 @@ def metrics_snapshot(node: Node, peering: Peering) -> Any:
         inbound_accepted=sum(t.accepted for t in transports),
         inbound_refused={
             "gate": sum(t.rejected_by_gate for t in transports),
+            "per_ip": sum(t.rejected_per_ip for t in transports),
+            "per_netgroup": sum(t.rejected_per_netgroup for t in transports),
             "overload": sum(t.rejected_overload for t in transports),
         },
+        pending_evictions=sum(t.evicted_handshakes for t in transports),
     )
 
 

@@ -34,10 +34,11 @@ metric                                                     type       labels
 ``overlay_wire_sent_bytes_total`` / ``..._received_...``   counter    (all connections, framed)
 ``overlay_pending_handshakes``                             gauge      (inbound, all transports)
 ``overlay_inbound_accepted_total``                         counter
-``overlay_inbound_refused_total``                          counter    reason (gate/overload)
+``overlay_inbound_refused_total``                          counter    reason (gate/per_ip/...)
+``overlay_pending_handshake_evictions_total``              counter
 ``overlay_dials_total``                                    counter
 ``overlay_dial_failures_total``                            counter    reason
-``overlay_handshake_failures_total``                       counter    reason
+``overlay_handshake_failures_total``                       counter    direction, reason
 ``overlay_peer_evictions_total``                           counter
 ``overlay_peer_disconnects_total``                         counter    reason
 ``overlay_bans_total``                                     counter    kind (peer/ip)
@@ -89,6 +90,7 @@ from overlay.operator._http import (
     open_http_listener,
     serve_http,
 )
+from overlay.transport._failures import Direction, HandshakeFailureReason
 
 __all__ = [
     "ChannelSnapshot",
@@ -175,8 +177,12 @@ class MetricsSnapshot:
     """Inbound connections that completed the handshake since start."""
     inbound_refused: Mapping[str, int] = field(default_factory=dict)
     """Inbound connections closed at accept, before any cryptography, by reason: ``gate`` (the
-    peer manager refused the address: ban, per-IP or per-netgroup limit) or ``overload``
-    (``max_pending_handshakes`` already in progress)."""
+    peer manager refused the address: ban, per-IP or per-netgroup limit), ``per_ip`` /
+    ``per_netgroup`` (that IP or netgroup already had its share of pending handshakes) or
+    ``overload`` (``max_pending_handshakes`` already in progress, none evictable)."""
+    pending_evictions: int = 0
+    """Pending inbound handshakes cut to make room for a newcomer from a less represented
+    netgroup since start."""
 
 
 SnapshotSource = Callable[[], MetricsSnapshot]
@@ -245,12 +251,17 @@ class _SnapshotCollector(Collector):
         refused = CounterMetricFamily(
             f"{ns}_inbound_refused_total",
             "Inbound connections closed at accept before any cryptography, by reason "
-            "(gate: refused by the peer manager; overload: too many pending handshakes).",
+            "(gate: refused by the peer manager; per_ip, per_netgroup: that IP or netgroup "
+            "already has its share of pending handshakes; overload: too many pending "
+            "handshakes).",
             labels=["reason"],
         )
-        for reason in ("gate", "overload"):
+        for reason in ("gate", "per_ip", "per_netgroup", "overload"):
             refused.add_metric([reason], snap.inbound_refused.get(reason, 0))
         out.append(refused)
+        counter("pending_handshake_evictions_total",
+                "Pending inbound handshakes cut to admit a newcomer from a less represented "
+                "netgroup.", snap.pending_evictions)
         counter("wire_sent_bytes_total", "Bytes written to all connections.",
                 snap.wire_bytes_sent)
         counter("wire_received_bytes_total", "Bytes read from all connections.",
@@ -326,7 +337,9 @@ class NodeMetrics:
         self._dials = counter("dials", "Outbound dials started (peer manager or operator).")
         self._dial_failures = counter("dial_failures", "Failed dials by reason.", ("reason",))
         self._handshake_failures = counter(
-            "handshake_failures", "Failed handshakes (both directions) by reason.", ("reason",)
+            "handshake_failures",
+            "Failed connection set-ups (Noise handshake or hello) by direction and reason.",
+            ("direction", "reason"),
         )
         self._evictions = counter("peer_evictions", "Peers evicted to make room.")
         self._disconnects = counter(
@@ -386,9 +399,9 @@ class NodeMetrics:
         """A dial failed; ``reason`` is a short machine code (``refused``, ``timeout``, ...)."""
         self._dial_failures.labels(self._cap("dial_failures", reason)).inc()
 
-    def handshake_failed(self, reason: str) -> None:
-        """A handshake failed; ``reason`` is a short machine code."""
-        self._handshake_failures.labels(self._cap("handshake_failures", reason)).inc()
+    def handshake_failed(self, direction: Direction, reason: HandshakeFailureReason) -> None:
+        """A connection set-up failed (labels from closed enums: no cap needed)."""
+        self._handshake_failures.labels(direction.value, reason.value).inc()
 
     def peer_evicted(self) -> None:
         """A peer was disconnected to make room for a better one."""
@@ -449,8 +462,8 @@ class MetricsObserver(Observer):
     def on_request_served(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
         self.metrics.request_served(channel, seconds, outcome)
 
-    def on_handshake_failed(self, reason: str) -> None:
-        self.metrics.handshake_failed(reason)
+    def on_handshake_failed(self, direction: Direction, reason: HandshakeFailureReason) -> None:
+        self.metrics.handshake_failed(direction, reason)
 
 
 async def serve_metrics(

@@ -10,7 +10,6 @@ execute the actions ``poll`` returns (:class:`DialPeer`, :class:`DisconnectPeer`
 from overlay.peers._addrbook import AddrEntry, AddressBook
 from overlay.peers._config import PeerManagerConfig
 from overlay.peers._manager import PeerManager
-from overlay.peers._netgroup import ip_key, netgroup
 from overlay.peers._scoring import SCORE_DELTAS
 from overlay.peers._state import (
     LoadedState,
@@ -42,6 +41,7 @@ from overlay.peers._types import (
     ScoreRecord,
     Source,
 )
+from overlay.wire._netgroup import ip_key, netgroup
 
 __all__ = [
     "Action",

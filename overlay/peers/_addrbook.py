@@ -60,8 +60,8 @@ from typing import Literal
 from overlay.address import NodeAddress
 from overlay.errors import InvalidAddressError
 from overlay.peers._config import PeerManagerConfig
-from overlay.peers._netgroup import address_netgroup, parse_ip
 from overlay.peers._state import StoredAddress
+from overlay.wire._netgroup import address_netgroup, parse_ip
 
 __all__ = [
     "AddrEntry",

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Bans are keyed by the per-IP key of ``overlay.peers._netgroup`` (an IPv4 address or an IPv6
+Bans are keyed by the per-IP key of ``overlay.wire._netgroup`` (an IPv4 address or an IPv6
 /64), so a host cannot escape a ban by hopping addresses inside its /64. A ban holds until its
 ``until`` time; lookups compare with ``now`` so an expired ban is inert even before
 ``expire`` removes it.

@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from overlay.address import NodeAddress
 from overlay.errors import ConfigError, InvalidAddressError
 from overlay.identity import NodeId, parse_node_id
-from overlay.peers._netgroup import IpNetworks, parse_networks
+from overlay.wire._netgroup import IpNetworks, parse_networks
 
 __all__ = ["PeerManagerConfig"]
 

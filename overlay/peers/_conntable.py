@@ -23,9 +23,9 @@ from collections.abc import Iterator
 
 from overlay.address import NodeAddress
 from overlay.identity import NodeId
-from overlay.peers._netgroup import IpNetworks, address_netgroup, in_networks, ip_key, netgroup
 from overlay.peers._records import Conn, PeerRecord, PendingDial
 from overlay.peers._types import Direction, PeerFlag
+from overlay.wire._netgroup import IpNetworks, address_netgroup, in_networks, ip_key, netgroup
 
 __all__ = ["ConnTable"]
 

@@ -22,7 +22,6 @@ from overlay.peers._addrbook import LOCAL_SOURCES, AddressBook
 from overlay.peers._bans import IpBans
 from overlay.peers._config import PeerManagerConfig
 from overlay.peers._conntable import ConnTable
-from overlay.peers._netgroup import address_ip_key, ip_key, netgroup
 from overlay.peers._records import PeerRecord, backoff_delay, record_from_stored
 from overlay.peers._scoring import decayed
 from overlay.peers._state import LoadedState, StoreChanges
@@ -38,6 +37,7 @@ from overlay.peers._types import (
     Persist,
     ProtectionHook,
 )
+from overlay.wire._netgroup import address_ip_key, ip_key, netgroup
 
 __all__ = ["DIAL_GRACE", "MAINTENANCE_INTERVAL", "ManagerCore"]
 

@@ -67,7 +67,6 @@ from overlay.errors import InvalidAddressError, LocalProtocolError
 from overlay.identity import NodeId, parse_node_id
 from overlay.peers._addrbook import AddressBook
 from overlay.peers._core import DIAL_GRACE
-from overlay.peers._netgroup import address_ip_key, ip_key, parse_ip
 from overlay.peers._planner import ManagerPlanner
 from overlay.peers._scoring import apply_event
 from overlay.peers._types import (
@@ -83,6 +82,7 @@ from overlay.peers._types import (
     ScoreRecord,
     Source,
 )
+from overlay.wire._netgroup import address_ip_key, ip_key, parse_ip
 
 __all__ = ["PeerManager"]
 

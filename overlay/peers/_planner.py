@@ -25,13 +25,13 @@ from overlay.peers._eviction import (
     select_inbound_victim,
     select_outbound_victim,
 )
-from overlay.peers._netgroup import address_ip_key, address_netgroup, netgroup
 from overlay.peers._records import PeerRecord
 from overlay.peers._types import (
     Action,
     DialPeer,
     PeerFlag,
 )
+from overlay.wire._netgroup import address_ip_key, address_netgroup, netgroup
 
 __all__ = ["ManagerPlanner"]
 

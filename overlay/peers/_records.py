@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from overlay.address import NodeAddress
 from overlay.errors import InvalidAddressError
 from overlay.identity import NodeId, parse_node_id
-from overlay.peers._netgroup import address_netgroup, netgroup
 from overlay.peers._state import StoredPeer
 from overlay.peers._types import Direction, PeerFlag, PeerSnapshot, PeerState, ScoreRecord
+from overlay.wire._netgroup import address_netgroup, netgroup
 
 __all__ = ["Conn", "PeerRecord", "PendingDial", "backoff_delay", "record_from_stored"]
 

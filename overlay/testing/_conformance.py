@@ -22,7 +22,7 @@ error may arrive wrapped in an ``ExceptionGroup`` by a task group). The checks, 
 ``dial_nothing``      dialing a listener that stopped → DialError; counters updated
 ``handshake_timeout`` a silent raw peer is dropped after the handshake timeout and counted
 ``garbage``           garbage at the listener → counted (not as timeout/internal); still serves
-``concurrent_dials``  20 concurrent dials all succeed
+``concurrent_dials``  8 concurrent dials from one host (its pending-handshake allowance) succeed
 ``gate``              a refusing gate closes the connection before the handshake and counts it
 ``overload``          over ``max_pending_handshakes`` a connection is closed at once and counted
 """
@@ -41,7 +41,14 @@ import anyio.abc
 from overlay.address import NodeAddress
 from overlay.errors import AuthenticationError, DialError, HandshakeError
 from overlay.identity import NodeId, NodeKey
-from overlay.transport import AcceptGate, InboundHandler, Transport, TransportStatistics
+from overlay.transport import (
+    AcceptGate,
+    InboundHandler,
+    Transport,
+    TransportConfig,
+    TransportStatistics,
+)
+from overlay.transport._failures import HandshakeFailureReason
 from overlay.transport._secure import PeerAttribute, SecureIdentity, SecureStream
 
 __all__ = ["CHECKS", "ConformanceError", "TransportFactory", "check_transport_conformance"]
@@ -366,7 +373,8 @@ async def _handshake_timeout(suite: _Suite) -> None:
         await suite.wait_stats(
             listener,
             "a silent peer was not counted as a handshake timeout",
-            lambda s: s.handshake_failures.get("timeout", 0) == 1 and s.pending_handshakes == 0,
+            lambda s: s.handshake_failures.get(HandshakeFailureReason.TIMEOUT, 0) == 1
+            and s.pending_handshakes == 0,
         )
         with anyio.fail_after(suite.step_timeout):
             async with await dialer.dial(address, timeout=suite.step_timeout) as stream:
@@ -405,7 +413,8 @@ async def _garbage(suite: _Suite) -> None:
             )
         failures = listener.statistics().handshake_failures
         _check(
-            not failures.get("timeout") and not failures.get("internal"),
+            not failures.get(HandshakeFailureReason.TIMEOUT)
+            and not failures.get(HandshakeFailureReason.INTERNAL),
             f"garbage must fail fast and cleanly, got {dict(failures)}",
         )
         with anyio.fail_after(suite.step_timeout):
@@ -413,7 +422,11 @@ async def _garbage(suite: _Suite) -> None:
                 await _round_trip(stream, b"after garbage")
 
 
-async def _concurrent_dials(suite: _Suite, count: int = 20) -> None:
+# As many concurrent dials from one host as one host may have pending handshakes.
+_CONCURRENT_DIALS = TransportConfig().max_pending_handshakes_per_ip
+
+
+async def _concurrent_dials(suite: _Suite, count: int = _CONCURRENT_DIALS) -> None:
     async with suite.serving(_echo) as (listener, address):
         dialer = suite.transport()
         finished: list[int] = []

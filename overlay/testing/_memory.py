@@ -392,12 +392,18 @@ class MemoryTransport(Transport):
         handshake_timeout: float = 10.0,
         max_pending_handshakes: int = 64,
         accept_gate: AcceptGate | None = None,
+        max_pending_handshakes_per_ip: int = 8,
+        max_pending_handshakes_per_netgroup: int = 16,
+        exempt_networks: tuple[str, ...] = (),
     ) -> None:
         super().__init__(
             identity,
             handshake_timeout=handshake_timeout,
             max_pending_handshakes=max_pending_handshakes,
             accept_gate=accept_gate,
+            max_pending_handshakes_per_ip=max_pending_handshakes_per_ip,
+            max_pending_handshakes_per_netgroup=max_pending_handshakes_per_netgroup,
+            exempt_networks=exempt_networks,
         )
         self.network = network
         self.host = host
@@ -461,6 +467,9 @@ class MemoryNetwork:
         handshake_timeout: float = 10.0,
         max_pending_handshakes: int = 64,
         accept_gate: AcceptGate | None = None,
+        max_pending_handshakes_per_ip: int = 8,
+        max_pending_handshakes_per_netgroup: int = 16,
+        exempt_networks: tuple[str, ...] = (),
     ) -> MemoryTransport:
         """A new transport for ``identity``; ``host`` defaults to a unique synthetic IP."""
         self._transports += 1
@@ -474,6 +483,9 @@ class MemoryNetwork:
             handshake_timeout=handshake_timeout,
             max_pending_handshakes=max_pending_handshakes,
             accept_gate=accept_gate,
+            max_pending_handshakes_per_ip=max_pending_handshakes_per_ip,
+            max_pending_handshakes_per_netgroup=max_pending_handshakes_per_netgroup,
+            exempt_networks=exempt_networks,
         )
 
     # -- fault injection -----------------------------------------------------------------------

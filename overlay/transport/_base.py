@@ -7,16 +7,22 @@ A transport knows nothing about messages. It only
 * **listens** (:meth:`Transport.serve`): binds, reports the real listen addresses through
   ``task_status.started(...)``, then accepts forever. Every accepted raw connection passes two
   cheap checks *before* any cryptography: the ``accept_gate(remote_host)`` callback (the peer
-  manager's per-IP / per-netgroup / ban check) and a bound on concurrent in-progress handshakes
-  (``max_pending_handshakes``). A connection failing either is closed at once and counted
-  (``rejected_by_gate`` / ``rejected_overload``). Otherwise the Noise handshake
+  manager's ban and connection limits) and the table of handshakes in progress
+  (:class:`overlay.transport._pending.PendingTable`: ``max_pending_handshakes`` in all, at most
+  ``max_pending_handshakes_per_ip`` from one IP and ``max_pending_handshakes_per_netgroup`` from
+  one netgroup; when it is full, a newcomer from an under-represented netgroup evicts the oldest
+  pending handshake of the most represented one). A connection refused by either is closed at
+  once and counted (``rejected_by_gate``, ``rejected_per_ip``, ``rejected_per_netgroup``,
+  ``rejected_overload``); an evicted handshake is cancelled, its connection closed, and counted
+  in ``evicted_handshakes``. Otherwise the Noise handshake
   (:func:`overlay.transport._secure.secure_handshake`, responder side, ``handshake_timeout``) runs
   in its own
   task inside ``serve``'s task group, and then ``await handler(secure_stream)``. The handler owns
   the stream; ``serve`` closes it if the handler returns (or raises) without closing it.
   Handshake failures are logged (debug level: they are network noise), counted by reason in
-  ``handshake_failures`` and never stop ``serve``. Cancelling ``serve`` closes the listeners and
-  cancels every handshake and handler it started.
+  ``handshake_failures``, reported to ``serve``'s ``on_handshake_failed`` callback (the node
+  counts them with its other set-up failures) and never stop ``serve``. Cancelling ``serve``
+  closes the listeners and cancels every handshake and handler it started.
 * **dials** (:meth:`Transport.dial`): connect, then the handshake as initiator with
   ``expected_id = address.node_id``, the whole thing within ``timeout``.
 
@@ -30,14 +36,16 @@ Dial errors, by phase:
 * the peer spoke garbage, or the connection broke during the handshake (e.g. the listener's gate
   rejected us) → :class:`~overlay.errors.HandshakeError`.
 
-Handshake failure reasons (keys of ``TransportStatistics.handshake_failures``): ``"timeout"``,
-``"authentication"``, ``"handshake"`` (malformed / failed Noise), ``"protocol"`` (another
-RemoteProtocolError), ``"connection"`` (EOF / reset during the handshake), ``"internal"`` (an
-unexpected exception: a bug, logged with traceback).
+Handshake failure reasons (keys of ``TransportStatistics.handshake_failures``) are
+:class:`~overlay.transport._failures.HandshakeFailureReason` members, mapped from the exception by
+:func:`~overlay.transport._failures.handshake_failure_reason`: ``timeout``, ``authentication``,
+``handshake`` (malformed / failed Noise: garbage, a short message, a low-order key),
+``protocol``, ``connection`` (EOF / reset during the handshake), ``internal`` (an unexpected
+exception: a bug, logged with traceback).
 
 Invariants: ``pending_handshakes <= max_pending_handshakes`` at all times; every raw connection
-accepted is either rejected (closed at once), fails its handshake (closed, counted) or is handed
-to the handler exactly once and closed when the handler is done.
+accepted is either rejected (closed at once), evicted (closed, counted), fails its handshake
+(closed, counted) or is handed to the handler exactly once and closed when the handler is done.
 
 Concrete transports (:class:`overlay.transport._tcp.TcpTransport`,
 :class:`overlay.testing.MemoryTransport`) implement two hooks: :meth:`Transport._listen` (bind;
@@ -63,7 +71,7 @@ import struct
 import types
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, assert_never
 
 import anyio
 import anyio.abc
@@ -71,7 +79,6 @@ from anyio import TypedAttributeSet, typed_attribute
 
 from overlay.address import NodeAddress
 from overlay.errors import (
-    AuthenticationError,
     ConfigError,
     DialError,
     HandshakeError,
@@ -79,13 +86,16 @@ from overlay.errors import (
     InvalidAddressError,
     LocalProtocolError,
     OverlayError,
-    RemoteProtocolError,
 )
+from overlay.transport._failures import Direction, HandshakeFailureReason, handshake_failure_reason
+from overlay.transport._pending import PendingLimits, PendingOutcome, PendingTable
 from overlay.transport._secure import SecureIdentity, SecureStream, secure_handshake
+from overlay.wire._netgroup import in_networks, ip_key, netgroup, parse_networks
 
 __all__ = [
     "AbortHook",
     "AcceptGate",
+    "FailureHook",
     "InboundHandler",
     "RawConnection",
     "RawListener",
@@ -103,6 +113,9 @@ InboundHandler = Callable[[SecureStream], Awaitable[None]]
 
 AcceptGate = Callable[[str], bool]
 """``accept_gate(remote_host) -> admit?``: a cheap, synchronous, non-raising pre-handshake check."""
+
+FailureHook = Callable[[Direction, HandshakeFailureReason], None]
+"""``on_handshake_failed(direction, reason)``: told of every failed inbound handshake (sync)."""
 
 _STREAM_ERRORS = (
     anyio.EndOfStream,
@@ -156,7 +169,15 @@ class TransportConfig:
     handshake_timeout: float = 10.0
     """Seconds an inbound handshake may take; also caps the handshake phase of a dial."""
     max_pending_handshakes: int = 64
-    """Inbound handshakes allowed in progress at once; connections over it are closed at once."""
+    """Inbound handshakes allowed in progress at once; connections over it are closed at once
+    (or evict another pending handshake: see the module docstring)."""
+    max_pending_handshakes_per_ip: int = 8
+    """Inbound handshakes allowed in progress at once from one IP (an IPv6 /64)."""
+    max_pending_handshakes_per_netgroup: int = 16
+    """Inbound handshakes allowed in progress at once from one netgroup (IPv4 /16, IPv6 /32)."""
+    exempt_networks: tuple[str, ...] = ()
+    """CIDR networks exempt from the per-IP and per-netgroup limits (still bound by
+    ``max_pending_handshakes`` and evictable)."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.handshake_timeout, int | float) and self.handshake_timeout > 0):
@@ -169,6 +190,19 @@ class TransportConfig:
             raise ConfigError("max_pending_handshakes", "must be an integer")
         if self.max_pending_handshakes < 1:
             raise ConfigError("max_pending_handshakes", "must be >= 1")
+        self.pending_limits()  # validates the per-IP and per-netgroup limits
+        try:
+            parse_networks(self.exempt_networks)
+        except ValueError as exc:
+            raise ConfigError("exempt_networks", str(exc)) from exc
+
+    def pending_limits(self) -> PendingLimits:
+        """The limits of the transport's :class:`~overlay.transport._pending.PendingTable`."""
+        return PendingLimits(
+            max_total=self.max_pending_handshakes,
+            max_per_ip=self.max_pending_handshakes_per_ip,
+            max_per_netgroup=self.max_pending_handshakes_per_netgroup,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +218,9 @@ class TransportStatistics:
     rejected_by_gate: int
     """Inbound connections closed at once because ``accept_gate`` refused their host."""
     rejected_overload: int
-    """Inbound connections closed at once because too many handshakes were in progress."""
-    handshake_failures: Mapping[str, int]
+    """Inbound connections closed at once because ``max_pending_handshakes`` were in progress
+    and none could be evicted."""
+    handshake_failures: Mapping[HandshakeFailureReason, int]
     """Inbound handshake failures by reason (see the module docstring for the keys)."""
     pending_handshakes: int = 0
     """Gauge: inbound handshakes in progress now."""
@@ -193,6 +228,15 @@ class TransportStatistics:
     """Gauge: inbound handlers running now."""
     handler_errors: int = 0
     """Handlers that raised an exception (logged with traceback; serve went on)."""
+    rejected_per_ip: int = 0
+    """Inbound connections closed at once: their IP had ``max_pending_handshakes_per_ip``
+    handshakes in progress."""
+    rejected_per_netgroup: int = 0
+    """Inbound connections closed at once: their netgroup had
+    ``max_pending_handshakes_per_netgroup`` handshakes in progress."""
+    evicted_handshakes: int = 0
+    """Pending inbound handshakes cut to make room for a newcomer from a less represented
+    netgroup (not counted as handshake failures)."""
 
     @property
     def total_handshake_failures(self) -> int:
@@ -234,10 +278,12 @@ class _Counters:
     accepted: int = 0
     rejected_by_gate: int = 0
     rejected_overload: int = 0
-    pending_handshakes: int = 0
+    rejected_per_ip: int = 0
+    rejected_per_netgroup: int = 0
+    evicted_handshakes: int = 0
     active_inbound: int = 0
     handler_errors: int = 0
-    handshake_failures: dict[str, int] = field(default_factory=dict)
+    handshake_failures: dict[HandshakeFailureReason, int] = field(default_factory=dict)
 
 
 class Transport(abc.ABC):
@@ -253,12 +299,23 @@ class Transport(abc.ABC):
         handshake_timeout: float = 10.0,
         max_pending_handshakes: int = 64,
         accept_gate: AcceptGate | None = None,
+        max_pending_handshakes_per_ip: int = 8,
+        max_pending_handshakes_per_netgroup: int = 16,
+        exempt_networks: tuple[str, ...] = (),
     ) -> None:
         self.identity = identity
         self.config = TransportConfig(
-            handshake_timeout=handshake_timeout, max_pending_handshakes=max_pending_handshakes
+            handshake_timeout=handshake_timeout,
+            max_pending_handshakes=max_pending_handshakes,
+            max_pending_handshakes_per_ip=max_pending_handshakes_per_ip,
+            max_pending_handshakes_per_netgroup=max_pending_handshakes_per_netgroup,
+            exempt_networks=tuple(exempt_networks),
         )
         self._gate: AcceptGate = accept_gate if accept_gate is not None else _admit_all
+        self._exempt = parse_networks(self.config.exempt_networks)
+        self._pending = PendingTable(self.config.pending_limits())
+        self._pending_scopes: dict[int, anyio.CancelScope] = {}
+        """The cancel scope of each pending handshake, by its ticket (to evict it)."""
         self._counters = _Counters()
         self._stats_event: anyio.Event | None = None
         self._listen_addresses: list[NodeAddress] = []
@@ -289,9 +346,12 @@ class Transport(abc.ABC):
             rejected_by_gate=c.rejected_by_gate,
             rejected_overload=c.rejected_overload,
             handshake_failures=types.MappingProxyType(dict(c.handshake_failures)),
-            pending_handshakes=c.pending_handshakes,
+            pending_handshakes=len(self._pending),
             active_inbound=c.active_inbound,
             handler_errors=c.handler_errors,
+            rejected_per_ip=c.rejected_per_ip,
+            rejected_per_netgroup=c.rejected_per_netgroup,
+            evicted_handshakes=c.evicted_handshakes,
         )
 
     async def wait_statistics(
@@ -314,9 +374,13 @@ class Transport(abc.ABC):
         self,
         handler: InboundHandler,
         *,
+        on_handshake_failed: FailureHook | None = None,
         task_status: anyio.abc.TaskStatus[list[NodeAddress]] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen and accept forever (until cancelled). See the module docstring.
+
+        ``on_handshake_failed(Direction.INBOUND, reason)`` is called (synchronously, it must
+        not raise) for every inbound handshake that fails, after it has been counted.
 
         Raises :class:`LocalProtocolError` if this transport is already serving, and ``OSError``
         (TCP) / :class:`LocalProtocolError` (memory) if binding fails.
@@ -329,7 +393,9 @@ class Transport(abc.ABC):
             try:
                 async with anyio.create_task_group() as tg:
                     for listener in listeners:
-                        tg.start_soon(self._accept_loop, listener, handler, tg)
+                        tg.start_soon(
+                            self._accept_loop, listener, handler, on_handshake_failed, tg
+                        )
                     self._listen_addresses = [listener.address for listener in listeners]
                     task_status.started(self.listen_addresses())
             finally:
@@ -416,7 +482,11 @@ class Transport(abc.ABC):
             event.set()
 
     async def _accept_loop(
-        self, listener: RawListener, handler: InboundHandler, tg: anyio.abc.TaskGroup
+        self,
+        listener: RawListener,
+        handler: InboundHandler,
+        on_failed: FailureHook | None,
+        tg: anyio.abc.TaskGroup,
     ) -> None:
         counters = self._counters
         while True:
@@ -434,55 +504,82 @@ class Transport(abc.ABC):
                 logger.debug("gate rejected inbound connection from %s", conn.remote_address)
                 await anyio.aclose_forcefully(conn.stream)
                 continue
-            if counters.pending_handshakes >= self.config.max_pending_handshakes:
-                counters.rejected_overload += 1
+            host = conn.remote_host
+            decision = self._pending.admit(
+                ip_key(host), netgroup(host), anyio.current_time(),
+                exempt=in_networks(host, self._exempt),
+            )
+            match decision.outcome:
+                case PendingOutcome.ADMITTED:
+                    pass
+                case PendingOutcome.REFUSED_PER_IP:
+                    counters.rejected_per_ip += 1
+                case PendingOutcome.REFUSED_PER_NETGROUP:
+                    counters.rejected_per_netgroup += 1
+                case PendingOutcome.REFUSED_FULL:
+                    counters.rejected_overload += 1
+                case _ as unreachable:
+                    assert_never(unreachable)
+            if decision.ticket is None:
                 self._changed()
                 logger.debug(
-                    "too many pending handshakes (%d); closing connection from %s",
-                    counters.pending_handshakes,
-                    conn.remote_address,
+                    "pending handshakes: refused connection from %s (%s; %d in progress)",
+                    conn.remote_address, decision.outcome.value, len(self._pending),
                 )
                 await anyio.aclose_forcefully(conn.stream)
                 continue
-            counters.pending_handshakes += 1
+            if decision.evicted is not None:
+                counters.evicted_handshakes += 1
+                victim = self._pending_scopes.pop(decision.evicted, None)
+                if victim is not None:
+                    victim.cancel()
+                logger.debug(
+                    "pending handshakes full: evicted one to admit %s", conn.remote_address
+                )
+            scope = self._pending_scopes[decision.ticket] = anyio.CancelScope()
             self._changed()
-            tg.start_soon(self._handle_inbound, conn, handler)
+            tg.start_soon(self._handle_inbound, conn, handler, on_failed, decision.ticket, scope)
 
-    async def _handle_inbound(self, conn: RawConnection, handler: InboundHandler) -> None:
+    async def _handle_inbound(
+        self,
+        conn: RawConnection,
+        handler: InboundHandler,
+        on_failed: FailureHook | None,
+        ticket: int,
+        scope: anyio.CancelScope,
+    ) -> None:
         counters = self._counters
-        reason: str | None = None
+        reason: HandshakeFailureReason | None = None
         secure: SecureStream | None = None
         try:
-            secure = await secure_handshake(
-                conn.stream,
-                self.identity,
-                initiator=False,
-                timeout=self.config.handshake_timeout,
-                remote_address=conn.remote_address,
-                remote_host=conn.remote_host,
-            )
-        except TimeoutError:  # HandshakeTimeout included
-            reason = "timeout"
-        except AuthenticationError:
-            reason = "authentication"
-        except HandshakeError:
-            reason = "handshake"
-        except RemoteProtocolError:
-            reason = "protocol"
-        except _STREAM_ERRORS:
-            reason = "connection"
-        except Exception:  # task root: a bug in the handshake code must not stop serve
-            reason = "internal"
-            logger.exception("unexpected error in handshake with %s", conn.remote_address)
+            with scope:  # cancelled when this handshake is evicted
+                secure = await secure_handshake(
+                    conn.stream,
+                    self.identity,
+                    initiator=False,
+                    timeout=self.config.handshake_timeout,
+                    remote_address=conn.remote_address,
+                    remote_host=conn.remote_host,
+                )
+        except Exception as exc:  # task root: a failed handshake must never stop serve
+            reason = handshake_failure_reason(exc)
+            if reason is HandshakeFailureReason.INTERNAL:
+                logger.exception("unexpected error in handshake with %s", conn.remote_address)
         finally:
-            counters.pending_handshakes -= 1
+            self._pending.release(ticket)
+            self._pending_scopes.pop(ticket, None)
             if reason is not None:
                 counters.handshake_failures[reason] = counters.handshake_failures.get(reason, 0) + 1
             self._changed()
             if secure is None:
                 await anyio.aclose_forcefully(conn.stream)
         if secure is None:
+            if reason is None:
+                logger.debug("pending handshake from %s evicted", conn.remote_address)
+                return
             logger.debug("inbound handshake from %s failed: %s", conn.remote_address, reason)
+            if on_failed is not None:
+                on_failed(Direction.INBOUND, reason)
             return
         counters.accepted += 1
         counters.active_inbound += 1

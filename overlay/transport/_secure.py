@@ -415,8 +415,8 @@ async def _pump(stream: anyio.abc.ByteStream, handshake: SecureHandshake, hold_l
         while not handshake.is_complete:
             try:
                 data = await stream.receive(_READ_SIZE)
-            except anyio.EndOfStream:
-                raise HandshakeError("peer closed the connection during the handshake") from None
+            except anyio.EndOfStream as exc:
+                raise HandshakeError("peer closed the connection during the handshake") from exc
             handshake.receive_data(data)
             out = handshake.data_to_send()
             if out:

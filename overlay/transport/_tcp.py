@@ -10,6 +10,8 @@ only binds sockets and opens connections:
   reported); every bound socket becomes one :class:`RawListener`;
 * ``TCP_NODELAY`` is set on both ends of every connection (anyio already sets it on accepted and,
   on trio, on connected sockets; we set it explicitly so it never depends on the backend);
+* outbound connections leave from ``local_host`` when it is set (a source address to bind;
+  otherwise the system picks one);
 * ``remote_host`` is the peer's IP as the socket sees it (IPv4-mapped IPv6 addresses are
   unmapped, so per-IP limits see one form), ``remote_address`` is ``HOST:PORT`` (``[v6]:PORT``).
 
@@ -93,13 +95,22 @@ class TcpTransport(Transport):
         handshake_timeout: float = 10.0,
         max_pending_handshakes: int = 64,
         accept_gate: AcceptGate | None = None,
+        max_pending_handshakes_per_ip: int = 8,
+        max_pending_handshakes_per_netgroup: int = 16,
+        exempt_networks: tuple[str, ...] = (),
+        local_host: str | None = None,
     ) -> None:
         super().__init__(
             identity,
             handshake_timeout=handshake_timeout,
             max_pending_handshakes=max_pending_handshakes,
             accept_gate=accept_gate,
+            max_pending_handshakes_per_ip=max_pending_handshakes_per_ip,
+            max_pending_handshakes_per_netgroup=max_pending_handshakes_per_netgroup,
+            exempt_networks=exempt_networks,
         )
+        self.local_host = local_host
+        """Source address of outbound connections (None: the system picks one)."""
         listens = (listen,) if isinstance(listen, ListenAddress) else tuple(listen)
         for item in listens:
             if not isinstance(item, ListenAddress) or item.protocol != "tcp":
@@ -130,7 +141,9 @@ class TcpTransport(Transport):
 
     async def _raw_connect(self, address: NodeAddress) -> RawConnection:
         try:
-            stream = await anyio.connect_tcp(address.host, address.port)
+            stream = await anyio.connect_tcp(
+                address.host, address.port, local_host=self.local_host
+            )
         except OSError as exc:
             raise DialError(f"cannot connect to {address}: {exc}") from exc
         return _prepare(stream)
