@@ -15,7 +15,7 @@ from overlay import cli
 from overlay._advertise import advertised_addresses
 from overlay.address import NodeAddress
 from overlay.config import load_config
-from overlay.errors import InvalidAddressError
+from overlay.errors import AuthenticationError, InvalidAddressError
 from overlay.identity import NodeId
 from overlay.peers import PeerManager, PeerManagerConfig
 from tests.test_operator_service import _client_call, _init, services, start
@@ -89,7 +89,7 @@ async def test_a_failed_dial_stores_nothing_and_a_successful_one_stores_its_addr
         addr_b = b.control.node.address
         manager = a.control.peering.manager
         wrong = NodeAddress(addr_b.node_id, "tcp", "127.0.0.1", a.control.node.address.port)
-        with pytest.raises(Exception, match="authenticat|identity|expected"):
+        with pytest.raises(AuthenticationError, match="peer proved"):
             await a.control.dial(str(wrong), persistent=False)  # node a answers there
         assert _stored(manager, addr_b.node_id) == (set(), set())
         await a.control.dial(str(addr_b), persistent=False)
