@@ -8,6 +8,10 @@ Grammar (also accepted with a ``tcp://`` prefix; IPv6 hosts in brackets)::
 
 A :class:`NodeAddress` always carries the node id the dialer expects to reach; dialing it fails
 with :class:`~overlay.errors.AuthenticationError` if the remote proves another id.
+
+A host outside brackets is an IPv4 address or a DNS name (``256.1.1.1`` is refused, not looked
+up). A ``NodeAddress`` never parses with an unspecified host (``0.0.0.0``, ``[::]``): that is
+what a listener binds, not where a node can be reached.
 """
 
 from __future__ import annotations
@@ -20,9 +24,40 @@ from typing import Literal
 from overlay.errors import InvalidAddressError
 from overlay.identity import NodeId, parse_node_id
 
-__all__ = ["ListenAddress", "NodeAddress", "Protocol"]
+__all__ = ["ListenAddress", "NodeAddress", "Protocol", "is_unspecified"]
 
 Protocol = Literal["tcp", "memory"]
+
+_HOSTNAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_-]{1,63}(\.[A-Za-z0-9_-]{1,63})*\.?")
+
+
+def _check_host(host: str, original: str) -> None:
+    """A host that is not in brackets must be an IPv4 address or a DNS name: ``256.1.1.1`` or
+    ``1.2.3`` is a typo, not a name to look up."""
+    if all(c.isdigit() or c == "." for c in host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise InvalidAddressError(
+                f"invalid address {original!r}: {host!r} is not an IPv4 address "
+                "(four numbers 0-255 separated by dots)"
+            ) from None
+    elif not _HOSTNAME.fullmatch(host):
+        raise InvalidAddressError(
+            f"invalid address {original!r}: {host!r} is neither an IP address nor a host name"
+        )
+
+
+def is_unspecified(host: str) -> bool:
+    """True for ``0.0.0.0``, ``::`` and ``::ffff:0.0.0.0``: the wildcard a socket binds, which
+    names no host and can never be dialed or advertised."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_unspecified
 
 
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -56,6 +91,7 @@ def _parse_host_port(text: str, original: str) -> tuple[str, int]:
             raise InvalidAddressError(f"invalid address {original!r}: expected HOST:PORT")
         if ":" in host:
             raise InvalidAddressError(f"invalid address {original!r}: wrap IPv6 in [brackets]")
+        _check_host(host, original)
     if not port_text.isdigit():
         raise InvalidAddressError(f"invalid port in {original!r}: {port_text!r}")
     port = int(port_text)
@@ -95,7 +131,17 @@ class NodeAddress:
         host, port = _parse_host_port(host_port, text)
         if port == 0:
             raise InvalidAddressError(f"invalid address {text!r}: port 0 cannot be dialed")
+        if is_unspecified(host):
+            raise InvalidAddressError(
+                f"invalid address {text!r}: {host} is the unspecified address (what a node "
+                "listening on every interface binds); it names no host: use a real address"
+            )
         return cls(node_id, "tcp", host, port)
+
+    @property
+    def unspecified(self) -> bool:
+        """True when the host is ``0.0.0.0`` or ``::`` (only a listener's address can be)."""
+        return self.protocol == "tcp" and is_unspecified(self.host)
 
     def __str__(self) -> str:
         if self.protocol == "memory":

@@ -103,6 +103,24 @@ class FakeControl:
             raise self.fail
         return {"persistent_removed": node_id}
 
+    def bans(self) -> dict[str, Any]:
+        self.calls.append(("bans", None))
+        return {"bans": [{"kind": "ip", "target": t, "until": 1.0e9, "remaining_seconds": 5.0,
+                          "reason": "operator"} for t in sorted(self.banned)]}
+
+    def seeds(self) -> dict[str, Any]:
+        self.calls.append(("seeds", None))
+        return {"seeds": [{"id": ID_B, "addresses": [f"memory:{ID_B}"], "origin": ["config"],
+                           "state": "known"}]}
+
+    def persistent(self) -> dict[str, Any]:
+        self.calls.append(("persistent", None))
+        return {"persistent": []}
+
+    async def add_persistent(self, address: str) -> dict[str, Any]:
+        self.calls.append(("add_persistent", address))
+        return {"persistent": address[:40], "address": address}
+
 
 @dataclass
 class Reply:
@@ -274,6 +292,28 @@ async def test_every_route_works(tmp_path: Path) -> None:
         ]
 
 
+@pytest.mark.anyio
+async def test_what_the_operator_set_is_listed(tmp_path: Path) -> None:
+    async with running(tmp_path) as server:
+        reply = await server.call("GET", "/bans")
+        assert reply.status == 200
+        assert [b["target"] for b in reply.json()["bans"]] == sorted([ID_B, "10.0.0.1"])
+        reply = await server.call("GET", "/seeds")
+        assert (reply.status, reply.json()["seeds"][0]["origin"]) == (200, ["config"])
+        reply = await server.call("GET", "/persistent")
+        assert (reply.status, reply.json()) == (200, {"persistent": []})
+        reply = await server.call("POST", "/persistent/add", {"address": ADDR_A})
+        assert (reply.status, reply.json()) == (200, {"persistent": ID_A, "address": ADDR_A})
+        # /seeds takes GET (list) and POST (add); anything else is told both.
+        reply = await server.call("DELETE", "/seeds")
+        assert (reply.status, reply.headers["allow"]) == (405, "GET, POST")
+        reply = await server.call("POST", "/bans", {})
+        assert (reply.status, reply.headers["allow"]) == (405, "GET")
+        assert server.control.calls == [
+            ("bans", None), ("seeds", None), ("persistent", None), ("add_persistent", ADDR_A),
+        ]
+
+
 # -- bad input --------------------------------------------------------------------------------
 
 BAD_BODIES: list[tuple[str, bytes]] = [
@@ -310,6 +350,11 @@ BAD_BODIES: list[tuple[str, bytes]] = [
     ("/seeds/remove", json.dumps({"id": ID_A}).encode()),
     ("/persistent/remove", json.dumps({"id": ADDR_A}).encode()),
     ("/persistent/remove", json.dumps({"id": ID_A, "persistent": False}).encode()),
+    ("/persistent/add", json.dumps({"id": ID_A}).encode()),
+    ("/persistent/add", json.dumps({"address": f"{ID_A}@256.1.1.1:26656"}).encode()),
+    ("/persistent/add", json.dumps({"address": f"{ID_A}@0.0.0.0:26656"}).encode()),
+    ("/dial", json.dumps({"address": f"{ID_A}@256.1.1.1:26656"}).encode()),
+    ("/dial", json.dumps({"address": f"{ID_A}@[::]:26656"}).encode()),
 ]
 
 

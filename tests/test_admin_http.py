@@ -83,6 +83,18 @@ class QuietControl:
     async def remove_persistent(self, node_id: str) -> dict[str, Any]:
         return {}
 
+    def bans(self) -> dict[str, Any]:
+        return {"bans": []}
+
+    def seeds(self) -> dict[str, Any]:
+        return {"seeds": []}
+
+    def persistent(self) -> dict[str, Any]:
+        return {"persistent": []}
+
+    async def add_persistent(self, address: str) -> dict[str, Any]:
+        return {}
+
 
 APP = AdminApp(QuietControl(), TOKEN)
 CONFIG = HttpServerConfig(max_body=2048, max_header_bytes=1024)

@@ -93,6 +93,26 @@ class FakeControl:
             raise ConflictError(f"{node_id} is persistent because config.toml lists it")
         return {"persistent_removed": node_id}
 
+    def bans(self) -> dict[str, Any]:
+        return {"bans": [
+            {"kind": "peer", "target": ID_B, "until": 1_700_003_600.0,
+             "remaining_seconds": 3600.0, "reason": "operator"},
+            {"kind": "ip", "target": "2001:db8:1:2::/64", "until": 1_700_086_400.0,
+             "remaining_seconds": 86400.0, "reason": "repeated peer bans"},
+        ]}
+
+    def seeds(self) -> dict[str, Any]:
+        return {"seeds": [{"id": ID_A, "addresses": [ADDR_A], "origin": ["config", "operator"],
+                           "state": "connected"}]}
+
+    def persistent(self) -> dict[str, Any]:
+        return {"persistent": []}
+
+    async def add_persistent(self, address: str) -> dict[str, Any]:
+        self.calls.append(("add_persistent", address))
+        return {"connected": address[:40], "already_connected": True,
+                "via": "127.0.0.1:40000", "direction": "inbound", "persistent": True}
+
 
 @dataclass
 class Node:
@@ -188,6 +208,32 @@ async def test_actions_reach_the_node(tmp_path: Path, capsys: pytest.CaptureFixt
             ("unban", "10.0.0.1"),
             ("add_seed", ADDR_A),
         ]
+
+
+@pytest.mark.anyio
+async def test_lists_of_what_the_operator_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with node(tmp_path) as n:
+        assert await n.run("bans") == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split() == ["KIND", "TARGET", "REMAINING", "UNTIL", "REASON"]
+        assert lines[1].split() == ["peer", ID_B, "1h00m", "2023-11-14", "23:13:20Z",
+                                    "operator"]
+        assert lines[2].split()[:3] == ["ip", "2001:db8:1:2::/64", "1d00h"]
+        assert lines[2].endswith("repeated peer bans")
+        assert await n.run("bans", "--json") == 0
+        assert len(json.loads(capsys.readouterr().out)) == 2
+        assert await n.run("seeds", "list") == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[1].split() == [ID_A, ADDR_A, "config,operator", "connected"]
+        assert await n.run("persistent", "list") == 0
+        assert capsys.readouterr().out.strip() == "no persistent peers"
+        assert await n.run("persistent", "add", ADDR_A) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert first == (f"already connected to {ID_A} via 127.0.0.1:40000 (inbound); "
+                         f"{ADDR_A} was not dialed nor stored; it is persistent now")
+        assert n.control.calls == [("add_persistent", ADDR_A)]
 
 
 @pytest.mark.anyio

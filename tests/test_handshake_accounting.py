@@ -23,6 +23,7 @@ from overlay.errors import (
     HandshakeTimeout,
     IncompatiblePeerError,
 )
+from overlay.identity import NodeKey
 from overlay.node._config import AdminConfig, ConnectionConfig, MetricsConfig, NodeConfig
 from overlay.node._service import NodeControl, run_node
 from overlay.transport._failures import Direction, HandshakeFailureReason, handshake_failure_reason
@@ -108,6 +109,7 @@ CASES = {
 async def test_inbound_noise_failure_is_counted_everywhere(tmp_path: Path, case: str) -> None:
     data, reason = CASES[case]
     recorder = Recorder()
+    NodeKey.generate().save(tmp_path / "home" / "node_key")  # what `overlay init` writes
     async with anyio.create_task_group() as tg:
         control: NodeControl = await tg.start(
             lambda task_status: run_node(config(), tmp_path / "home", observers=(recorder,),
@@ -137,6 +139,7 @@ async def test_outbound_noise_failure_is_counted_everywhere(tmp_path: Path) -> N
 
     recorder = Recorder()
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    NodeKey.generate().save(tmp_path / "home" / "node_key")  # what `overlay init` writes
     async with listener, anyio.create_task_group() as tg:
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
         tg.start_soon(listener.serve, garbage_listener)

@@ -13,6 +13,7 @@ import anyio.abc
 import pytest
 
 import overlay
+from overlay.identity import NodeKey
 from overlay.node import Node
 from overlay.node._config import AdminConfig, ConnectionConfig, NodeConfig
 from overlay.node._service import NodeControl, run_node
@@ -45,6 +46,7 @@ async def test_thousand_connection_flood_from_one_ip(tmp_path: Path) -> None:
         connection=ConnectionConfig(max_pending_handshakes=PENDING, handshake_timeout=30.0),
         admin=AdminConfig(enabled=False),
     )
+    NodeKey.generate().save(tmp_path / "home" / config.node_key_file)  # what `init` writes
     async with anyio.create_task_group() as tg:
         control: NodeControl = await tg.start(run_node, config, tmp_path / "home")
         node = control.node

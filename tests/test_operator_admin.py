@@ -35,10 +35,20 @@ class Refusing:
     def peers(self) -> list[dict[str, Any]]:
         return []
 
+    def bans(self) -> dict[str, Any]:
+        return {"bans": []}
+
+    def seeds(self) -> dict[str, Any]:
+        return {"seeds": []}
+
+    def persistent(self) -> dict[str, Any]:
+        return {"persistent": []}
+
     async def _fail(self, *args: object, **kwargs: object) -> dict[str, Any]:
         raise self.error
 
-    dial = disconnect = ban = unban = add_seed = remove_seed = remove_persistent = _fail
+    dial = disconnect = ban = unban = add_seed = remove_seed = _fail
+    add_persistent = remove_persistent = _fail
 
 
 async def _call(app: AdminApp, path: str, body: bytes) -> Response:

@@ -24,7 +24,7 @@ from overlay.errors import (
     LocalProtocolError,
     NodeClosed,
 )
-from overlay.identity import NodeId
+from overlay.identity import NodeId, NodeKey
 from overlay.node._config import AdminConfig, MetricsConfig, NodeConfig
 from overlay.node._peering import dial_failure_reason
 from overlay.node._service import NodeControl, run_node
@@ -100,6 +100,8 @@ async def test_dials_failures_evictions_disconnects_and_bans_are_counted(
                     protect_low_latency=0, protect_recently_useful=0,
                     protect_longest_connected=0.0)
     watch_a = DisconnectWatcher()
+    for name in "abc":  # what `overlay init` writes
+        NodeKey.generate().save(tmp_path / name / "node_key")
     async with anyio.create_task_group() as tg:
         a: NodeControl = await tg.start(
             lambda task_status: run_node(config(base), tmp_path / "a", observers=(watch_a,),

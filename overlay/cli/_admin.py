@@ -8,8 +8,12 @@
     overlay disconnect ID
     overlay ban ID|IP [--for DURATION]        DURATION: 90, 30s, 10m, 2h, 7d, 1w, 1h30m
     overlay unban ID|IP
+    overlay bans [--json]                     active peer and IP bans, with expiry
+    overlay seeds list [--json]
     overlay seeds add ADDR
     overlay seeds remove ADDR|ID
+    overlay persistent list [--json]
+    overlay persistent add ADDR               like ``dial --persistent``, without waiting
     overlay persistent remove ID              clears the flag set by ``dial --persistent``
 
 Every command takes ``--home DIR`` to find the node (``admin.json`` and the token file there).
@@ -25,6 +29,7 @@ Arguments are validated locally first, so malformed input never reaches the node
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import re
@@ -39,7 +44,7 @@ from overlay.errors import InvalidAddressError
 from overlay.identity import parse_node_id
 from overlay.operator._control import MAX_BAN_SECONDS, MIN_BAN_SECONDS, parse_ban_target
 
-__all__ = ["format_peers", "parse_duration", "register"]
+__all__ = ["format_bans", "format_operator_peers", "format_peers", "parse_duration", "register"]
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -236,10 +241,94 @@ def cmd_peers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _already_connected(result: Mapping[str, Any], address: str) -> str:
+    via, direction = result.get("via") or "?", result.get("direction") or ""
+    return (f"already connected to {result.get('connected')} via {via}"
+            f"{f' ({direction})' if direction else ''}; {address} was not dialed nor stored")
+
+
 def cmd_dial(args: argparse.Namespace) -> int:
     result = _client(args).dial(args.address, persistent=args.persistent)
+    if result.get("already_connected"):
+        return _report(_already_connected(result, args.address), result)
     kind = "persistent peer" if args.persistent else "peer"
     return _report(f"dialed {kind} {args.address}", result)
+
+
+def format_bans(bans: Sequence[Mapping[str, Any]]) -> str:
+    """A table of the ``/bans`` answer (``overlay bans``)."""
+    if not bans:
+        return "no bans"
+    return _table(("KIND", "TARGET", "REMAINING", "UNTIL", "REASON"), [
+        (str(b.get("kind", "?")), str(b.get("target", "?")),
+         _duration_text(b.get("remaining_seconds")), _utc(b.get("until")),
+         str(b.get("reason") or "-"))
+        for b in bans
+    ])
+
+
+def format_operator_peers(peers: Sequence[Mapping[str, Any]], empty: str) -> str:
+    """A table of the ``/seeds`` or ``/persistent`` answer."""
+    if not peers:
+        return empty
+    rows = []
+    for peer in peers:
+        addresses = peer.get("addresses") or []
+        origin = peer.get("origin") or []
+        rows.append((
+            str(peer.get("id", "?")),
+            str(addresses[0]) if isinstance(addresses, list) and addresses else "-",
+            ",".join(str(o) for o in origin) if isinstance(origin, list) and origin else "-",
+            str(peer.get("state") or "-"),
+        ))
+    return _table(("ID", "ADDRESS", "FROM", "STATE"), rows)
+
+
+def _utc(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return "-"
+    try:
+        moment = datetime.datetime.fromtimestamp(value, datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return "-"
+    return moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    lines = [header, *rows]
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in lines
+    )
+
+
+def _print_list(args: argparse.Namespace, items: list[dict[str, Any]], text: str) -> int:
+    print(json.dumps(items, indent=2, sort_keys=True) if args.json else text)
+    return 0
+
+
+def cmd_bans(args: argparse.Namespace) -> int:
+    bans = _client(args).bans()
+    return _print_list(args, bans, format_bans(bans))
+
+
+def cmd_seeds_list(args: argparse.Namespace) -> int:
+    seeds = _client(args).seeds()
+    return _print_list(args, seeds, format_operator_peers(seeds, "no seeds"))
+
+
+def cmd_persistent_list(args: argparse.Namespace) -> int:
+    peers = _client(args).persistent()
+    return _print_list(args, peers, format_operator_peers(peers, "no persistent peers"))
+
+
+def cmd_persistent_add(args: argparse.Namespace) -> int:
+    result = _client(args).add_persistent(args.address)
+    if result.get("already_connected"):
+        return _report(_already_connected(result, args.address) + "; it is persistent now",
+                       result)
+    return _report(f"{args.address} is persistent (dialing it in the background)", result)
 
 
 def cmd_disconnect(args: argparse.Namespace) -> int:
@@ -319,8 +408,15 @@ def register(sub: Any, add: AddParser) -> None:
     p.add_argument("target", type=_target, metavar="ID|IP", help="node id or IP address")
     p.set_defaults(func=cmd_unban)
 
+    p = add("bans", "list the active bans of node ids and IPs (IPv6: the /64), with expiry")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.set_defaults(func=cmd_bans)
+
     p = add("seeds", "manage seed addresses")
     seeds = p.add_subparsers(dest="seeds_command", required=True, metavar="SUBCOMMAND")
+    q = _subcommand(seeds, "list", "list the seeds (from config.toml and `seeds add`)")
+    q.add_argument("--json", action="store_true", help="print the raw JSON")
+    q.set_defaults(func=cmd_seeds_list)
     q = _subcommand(seeds, "add", "add a seed address (persisted)")
     q.add_argument("address", type=_address, metavar="ADDR", help="ID@HOST:PORT or memory:ID")
     q.set_defaults(func=cmd_seeds_add)
@@ -331,9 +427,18 @@ def register(sub: Any, add: AddParser) -> None:
                    help="the seed's address (ID@HOST:PORT, memory:ID) or node id")
     q.set_defaults(func=cmd_seeds_remove)
 
-    p = add("persistent", "manage the persistent flag set by 'overlay dial --persistent'")
+    p = add("persistent", "list, add or remove persistent peers (redialed forever)")
     persistent = p.add_subparsers(dest="persistent_command", required=True,
                                   metavar="SUBCOMMAND")
+    q = _subcommand(persistent, "list",
+                    "list the persistent peers (from config.toml and the operator)")
+    q.add_argument("--json", action="store_true", help="print the raw JSON")
+    q.set_defaults(func=cmd_persistent_list)
+    q = _subcommand(persistent, "add",
+                    "keep redialing a peer forever (persisted); like `dial --persistent` "
+                    "without waiting for the connection")
+    q.add_argument("address", type=_address, metavar="ADDR", help="ID@HOST:PORT or memory:ID")
+    q.set_defaults(func=cmd_persistent_add)
     q = _subcommand(persistent, "remove",
                     "stop redialing a peer forever: clear the persistent flag set by "
                     "'overlay dial --persistent' (persisted; the connection stays open)")

@@ -202,5 +202,24 @@ class AdminClient:
     def remove_seed(self, address: str) -> dict[str, Any]:
         return self._object(self.request("POST", "/seeds/remove", {"address": address}))
 
+    def bans(self) -> list[dict[str, Any]]:
+        return self._list("/bans", "bans")
+
+    def seeds(self) -> list[dict[str, Any]]:
+        return self._list("/seeds", "seeds")
+
+    def persistent(self) -> list[dict[str, Any]]:
+        return self._list("/persistent", "persistent")
+
+    def add_persistent(self, address: str) -> dict[str, Any]:
+        return self._object(self.request("POST", "/persistent/add", {"address": address}))
+
+    def _list(self, path: str, key: str) -> list[dict[str, Any]]:
+        answer = self.request("GET", path)
+        items = answer.get(key) if isinstance(answer, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise AdminError(f"the node at {self.address} sent an invalid {key} list")
+        return items
+
     def remove_persistent(self, node_id: str) -> dict[str, Any]:
         return self._object(self.request("POST", "/persistent/remove", {"id": node_id}))

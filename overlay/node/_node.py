@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,7 +31,7 @@ import anyio
 import anyio.abc
 
 from overlay._version import __version__
-from overlay.address import NodeAddress
+from overlay.address import NodeAddress, is_unspecified
 from overlay.connection._core import ChannelParams, ConnectionCore, CoreConfig
 from overlay.connection._driver import PeerConnection
 from overlay.connection._observer import NullObserver, Observer
@@ -45,6 +46,7 @@ from overlay.errors import (
     RemoteProtocolError,
 )
 from overlay.identity import NodeId, NodeKey
+from overlay.node._advertise import advertised_addresses, check_external_addresses, host_addresses
 from overlay.node._config import NodeConfig
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Admission",
+    "DialOutcome",
     "Node",
     "PING",
     "PeerSummary",
@@ -93,6 +96,17 @@ PING: ChannelSpec[bytes, bytes] = ChannelSpec(
 
 async def _echo(env: Envelope[bytes]) -> bytes:
     return env.message
+
+
+@dataclass(frozen=True, slots=True)
+class DialOutcome:
+    """What :meth:`Node.dial_outcome` did."""
+
+    node_id: NodeId
+    """The peer (authenticated)."""
+    new: bool
+    """True when a connection to the dialed address was opened and authenticated; False when
+    the peer was already connected and nothing was dialed."""
 
 
 class PeerSummary:
@@ -152,6 +166,7 @@ class Node:
                 key = NodeKey.load_or_generate(self.home / self.config.node_key_file)
         self.key = key
         self.node_id: NodeId = key.node_id
+        check_external_addresses(self.config.external_addresses, self.node_id)
         self.identity = SecureIdentity(key)
         self.observer: Observer = observer or NullObserver()
         self.router = Router(self.node_id, self.observer)
@@ -164,6 +179,7 @@ class Node:
             list(transports) if transports is not None else self._make_transports()
         )
         self._listen_addresses: list[NodeAddress] = []
+        self._advertised: list[NodeAddress] = []
         self._tg: anyio.abc.TaskGroup | None = None
         self._timers = TimerService()
         self._started = False
@@ -221,6 +237,12 @@ class Node:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         try:
+            v4: list[str] = []
+            v6: list[str] = []
+            if not self.config.external_addresses and any(
+                is_unspecified(a.host) for a in self.config.listen_addresses()
+            ):
+                v4, v6 = await host_addresses()  # before the first hello goes out
             await self._tg.start(self._timers.run)
             for transport in self._transports:
                 serve = functools.partial(
@@ -228,13 +250,26 @@ class Node:
                 )
                 addresses = await self._tg.start(serve)
                 self._listen_addresses.extend(addresses)
+                self._choose_advertised(v4, v6)
         except BaseException:
             self._tg.cancel_scope.cancel()
             await self._tg.__aexit__(None, None, None)
             raise
         log.info("node %s listening on %s", self.node_id,
                  ", ".join(str(a) for a in self._listen_addresses))
+        wildcard = [a.host for a in self._listen_addresses if a.unspecified]
+        if self.config.external_addresses or wildcard:
+            why = ("external_addresses" if self.config.external_addresses else
+                   f"{', '.join(wildcard)} names no host: this machine's addresses instead")
+            log.info("node %s advertises %s (%s)", self.node_id,
+                     ", ".join(str(a) for a in self._advertised), why)
         return self
+
+    def _choose_advertised(self, v4: list[str], v6: list[str]) -> None:
+        """Decide what the hello advertises (see ``overlay.node._advertise``): never ``0.0.0.0``."""
+        self._advertised = advertised_addresses(
+            self._listen_addresses, self.config.external_addresses, v4_hosts=v4, v6_hosts=v6
+        )
 
     async def __aexit__(
         self,
@@ -296,13 +331,19 @@ class Node:
     def peer_summaries(self) -> list[PeerSummary]:
         return [PeerSummary(conn) for conn in self.router.peers()]
 
+    @property
+    def advertised_addresses(self) -> list[NodeAddress]:
+        """What peers are told to dial (the hello's ``listen_addrs``): ``external_addresses``
+        when configured, else the listen addresses with ``0.0.0.0`` / ``::`` replaced by this
+        machine's concrete addresses (see ``overlay.node._advertise``)."""
+        return list(self._advertised)
+
     def local_info(self) -> NodeInfo:
         conf = self.config
-        advertised = conf.external_addresses or tuple(str(a) for a in self._listen_addresses)
         return NodeInfo(
             network=conf.network,
             channels=tuple(sorted(s.id for s in self.router.channel_specs())),
-            listen_addrs=tuple(advertised),
+            listen_addrs=tuple(str(a) for a in self._advertised),
             software_version=f"overlay/{__version__}",
             compression=("zstd",) if conf.connection.compression else (),
             moniker=conf.moniker,
@@ -315,6 +356,14 @@ class Node:
         :class:`~overlay.errors.AuthenticationError` (another id answered),
         :class:`IncompatiblePeerError` (refused, with the reason) or a timeout error.
         """
+        return (await self.dial_outcome(address, timeout=timeout)).node_id
+
+    async def dial_outcome(
+        self, address: NodeAddress | str, *, timeout: float | None = None
+    ) -> DialOutcome:
+        """Like :meth:`dial`, but says whether *this* address was connected to: ``new`` is
+        False when the peer was already connected (or another dial to it won meanwhile), in
+        which case ``address`` was never tried and proves nothing."""
         addr = NodeAddress.parse(address) if isinstance(address, str) else address
         if self._tg is None or self._closing:
             raise NodeClosed("the node is not running")
@@ -333,7 +382,7 @@ class Node:
             ) from TimeoutError()
         existing = self.router.get_peer(addr.node_id)
         if existing is not None and existing.is_open:
-            return addr.node_id
+            return DialOutcome(addr.node_id, new=False)
         transport = self._transport_for(addr)
         done = self._dials[addr.node_id] = anyio.Event()
         try:
@@ -352,7 +401,7 @@ class Node:
         finally:
             del self._dials[addr.node_id]
             done.set()
-        return addr.node_id
+        return DialOutcome(addr.node_id, new=True)
 
     def _transport_for(self, addr: NodeAddress) -> Transport:
         for transport in self._transports:

@@ -279,19 +279,20 @@ class Peering(Observer):
             self.metrics.dial_attempted()
         try:
             if timeout is None:
-                peer = await self.node.dial(address)
+                outcome = await self.node.dial_outcome(address)
             else:
                 with anyio.fail_after(timeout):
-                    peer = await self.node.dial(address)
+                    outcome = await self.node.dial_outcome(address)
         except (OverlayError, TimeoutError) as exc:
             reason = dial_failure_reason(exc)
             log.debug("dial %s failed (%s): %s", address, reason, exc,
                       extra={"peer": address.node_id})
             self._dial_failed(address, reason)
             raise
-        self.manager.dial_succeeded(peer, address, self._now())
+        if outcome.new:  # only an address a connection authenticated is stored
+            self.manager.dial_succeeded(outcome.node_id, address, self._now())
         self.wake()
-        return peer
+        return outcome.node_id
 
     def _dial_failed(self, address: NodeAddress, reason: str) -> None:
         if self.metrics is not None:

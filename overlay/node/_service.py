@@ -4,7 +4,8 @@ through which operators act on all of them while it runs.
 
 Theory of operation
 -------------------
-:func:`run_node` creates the data directory (mode 0700), takes the home's lock
+:func:`run_node` loads the node key (it never creates one: ``overlay init`` does), creates the
+data directory (mode 0700), takes the home's lock
 (:class:`HomeLock`: one running node per home), opens the peer store, starts the node, the
 peering driver, the admin API and the metrics endpoint, then waits to be cancelled.
 
@@ -42,7 +43,8 @@ from overlay.errors import (
     NetworkError,
     OverlayError,
 )
-from overlay.identity import NodeId, parse_node_id
+from overlay.identity import NodeId, NodeKey, parse_node_id
+from overlay.node._advertise import check_external_addresses
 from overlay.node._config import NodeConfig
 from overlay.node._node import Node
 from overlay.node._peering import Peering, wall_clock
@@ -54,7 +56,7 @@ from overlay.operator._control import (
     UnknownPeerError,
     parse_ban_target,
 )
-from overlay.peers import PeerFlag, PeerSnapshot
+from overlay.peers import OperatorPeer, PeerFlag, PeerSnapshot
 
 __all__ = [
     "HomeLock",
@@ -62,6 +64,7 @@ __all__ = [
     "LOCK_FILE",
     "NodeControl",
     "jsonable",
+    "load_node_key",
     "run_node",
 ]
 
@@ -113,6 +116,7 @@ class NodeControl:
             "moniker": self.node.config.moniker,
             "version": __version__,
             "listen_addresses": [str(a) for a in self.node.listen_addresses],
+            "advertised_addresses": [str(a) for a in self.node.advertised_addresses],
             "uptime_seconds": round(self._now() - self.started, 3),
             "peers": {
                 "connected": len(conns),
@@ -170,28 +174,25 @@ class NodeControl:
         decision = self.peering.manager.dial_now(
             addr, persistent=persistent, now=now, execute=False
         )
-        if decision.reason == "self":
-            raise InvalidAddressError(f"cannot dial {addr}: that is this node's own id")
-        if decision.reason == "banned":
-            snap = self.peering.manager.peer(addr.node_id, now)
-            until = _ban_end(snap.ban_until if snap is not None else None, now)
-            raise PeerBannedError(
-                f"cannot dial {addr}: node {addr.node_id} is banned{until} "
-                f"(`overlay unban {addr.node_id}` lifts it)"
-            )
-        if decision.reason == "ip_banned":
-            raise PeerBannedError(
-                f"cannot dial {addr}: its IP {addr.host} is banned "
-                f"(`overlay unban {addr.host}` lifts it)"
-            )
-        if not decision.accepted:
-            raise InvalidAddressError(f"cannot dial {addr}: {decision.reason}")
-        if decision.reason == "connected":  # nothing to dial (persistent may have changed)
+        _refuse(decision.accepted, decision.reason, addr, self.peering, now)
+        if decision.reason == "connected":  # nothing dialed, nothing stored
             self.peering.wake()
-            return {"connected": addr.node_id, "persistent": persistent}
+            return self._already_connected(addr.node_id, persistent)
         # Counted, reported to the manager, and re-raised on failure by the peering driver.
         peer = await self.peering.dial(addr)
         return {"connected": peer, "persistent": persistent}
+
+    def _already_connected(self, node_id: NodeId, persistent: bool) -> dict[str, Any]:
+        """The answer to a dial of a connected peer: the live connection's address. The typed
+        address was neither dialed nor stored (only an address a connection authenticated is)."""
+        conn = self.node.router.get_peer(node_id)
+        return {
+            "connected": node_id,
+            "already_connected": True,
+            "via": conn.remote_address if conn is not None else "",
+            "direction": ("outbound" if conn.outbound else "inbound") if conn is not None else "",
+            "persistent": persistent,
+        }
 
     async def disconnect(self, node_id: str) -> dict[str, Any]:
         peer = parse_node_id(node_id)
@@ -274,6 +275,36 @@ class NodeControl:
         self.peering.remove_seed(node_id)
         return {"seed_removed": node_id}
 
+    def bans(self) -> dict[str, Any]:
+        """Every active ban, peers and IPs (IPv6: the /64), ending soonest first."""
+        now = self._now()
+        return {"bans": [
+            {"kind": ban.kind.value, "target": ban.target, "until": ban.until,
+             "remaining_seconds": round(max(0.0, ban.until - now), 3), "reason": ban.reason}
+            for ban in self.peering.manager.bans(now)
+        ]}
+
+    def seeds(self) -> dict[str, Any]:
+        """The seeds, from config.toml and ``seeds add``."""
+        return {"seeds": [_operator_peer(p) for p in self.peering.manager.seeds(self._now())]}
+
+    def persistent(self) -> dict[str, Any]:
+        """The persistent peers, from config.toml and the operator."""
+        peers = self.peering.manager.persistent_peers(self._now())
+        return {"persistent": [_operator_peer(p) for p in peers]}
+
+    async def add_persistent(self, address: str) -> dict[str, Any]:
+        """Mark the peer at ``address`` persistent (stored) and let the driver dial it; the
+        answer does not wait for the dial."""
+        addr = NodeAddress.parse(address)
+        now = self._now()
+        decision = self.peering.manager.dial_now(addr, persistent=True, now=now, execute=True)
+        _refuse(decision.accepted, decision.reason, addr, self.peering, now)
+        self.peering.wake()
+        if decision.reason == "connected":
+            return self._already_connected(addr.node_id, True)
+        return {"persistent": addr.node_id, "address": str(addr)}
+
     async def remove_persistent(self, node_id: str) -> dict[str, Any]:
         """Clear the persistent flag set by ``dial --persistent`` (the connection stays)."""
         peer = parse_node_id(node_id)
@@ -291,10 +322,40 @@ class NodeControl:
         return {"persistent_removed": peer}
 
 
+def _refuse(accepted: bool, reason: str, addr: NodeAddress, peering: Peering, now: float) -> None:
+    """Raise the operator's error for a refused ``dial_now``."""
+    if reason == "self":
+        raise InvalidAddressError(f"cannot dial {addr}: that is this node's own id")
+    if reason == "banned":
+        snap = peering.manager.peer(addr.node_id, now)
+        until = _ban_end(snap.ban_until if snap is not None else None, now)
+        raise PeerBannedError(
+            f"cannot dial {addr}: node {addr.node_id} is banned{until} "
+            f"(`overlay unban {addr.node_id}` lifts it)"
+        )
+    if reason == "ip_banned":
+        raise PeerBannedError(
+            f"cannot dial {addr}: its IP {addr.host} is banned "
+            f"(`overlay unban {addr.host}` lifts it)"
+        )
+    if not accepted:
+        raise InvalidAddressError(f"cannot dial {addr}: {reason}")
+
+
 def _ban_end(until: float | None, now: float) -> str:
     if until is None:
         return ""
     return f" for another {max(0.0, until - now):.0f} s"
+
+
+def _operator_peer(peer: OperatorPeer) -> dict[str, Any]:
+    return {
+        "id": peer.node_id,
+        "addresses": [str(a) for a in peer.addresses],
+        "origin": [name for name, on in (("config", peer.in_config),
+                                         ("operator", peer.by_operator)) if on],
+        "state": peer.state.value,
+    }
 
 
 def _snapshot_dict(snap: PeerSnapshot, now: float) -> dict[str, Any]:
@@ -389,16 +450,19 @@ async def run_node(config: NodeConfig, home: Path, *, observers: tuple[Observer,
     """Run until cancelled (the CLI cancels on SIGINT/SIGTERM), then shut down in order (see
     the module docstring).
 
-    Start-up failures: :class:`ConfigError` (a bad store, admin or metrics address...),
+    Start-up failures: :class:`ConfigError` (no node key: run ``overlay init``; a bad store,
+    admin or metrics address...),
     :class:`HomeLockedError` (another node runs on ``home``), :class:`NetworkError` (a listen
     address cannot be bound, e.g. the port is in use).
     """
+    key = load_node_key(config, home)  # before creating anything
+    check_external_addresses(config.external_addresses, key.node_id)
     data_dir = home / config.data_dir
     _private_directory(data_dir)
     with HomeLock(data_dir / LOCK_FILE, home):
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
-            control: NodeControl = await tg.start(_serve, config, home, observers, stop)
+            control: NodeControl = await tg.start(_serve, config, home, key, observers, stop)
             task_status.started(control)
             try:
                 await anyio.sleep_forever()
@@ -406,7 +470,22 @@ async def run_node(config: NodeConfig, home: Path, *, observers: tuple[Observer,
                 stop.set()  # the service, shielded, shuts down in order
 
 
-async def _serve(config: NodeConfig, home: Path, observers: tuple[Observer, ...],
+def load_node_key(config: NodeConfig, home: Path) -> NodeKey:
+    """The node's key (``HOME/node_key_file``). A service never creates one: a missing key is
+    a :class:`ConfigError` that says to run ``overlay init`` (a mistyped ``node_key_file``
+    must not silently give the node a new identity, nor create directories)."""
+    path = home / config.node_key_file
+    if not path.exists():
+        raise ConfigError(
+            "node_key_file",
+            f"no node key at {path}; run `overlay init --home {home}` to create one (or fix "
+            "node_key_file in config.toml: `start` never creates a key, since a new key is a "
+            "new identity)",
+        )
+    return NodeKey.load(path)
+
+
+async def _serve(config: NodeConfig, home: Path, key: NodeKey, observers: tuple[Observer, ...],
                  stop: anyio.Event, *, task_status: anyio.abc.TaskStatus[NodeControl]) -> None:
     from overlay.operator._admin import (
         load_or_create_token,
@@ -418,7 +497,7 @@ async def _serve(config: NodeConfig, home: Path, observers: tuple[Observer, ...]
 
     metrics = NodeMetrics(namespace=config.metrics.namespace) if config.metrics.enabled else None
     multi = MultiObserver()
-    node = Node(config, home=home, observer=multi)
+    node = Node(config, key=key, home=home, observer=multi)
     peering = Peering(node, store_path=home / config.data_dir / "peers.sqlite",
                       metrics=metrics)
     parts: list[Observer] = [peering, *observers]

@@ -21,6 +21,10 @@ Routes (JSON in, JSON out)::
     POST /unban       {"target": node id | IP}
     POST /seeds       {"address": str}                   add a seed
     POST /seeds/remove       {"address": ADDR | node id} remove a seed added at run time
+    GET  /bans                                           Control.bans()  (peers and IPs)
+    GET  /seeds                                          Control.seeds()
+    GET  /persistent                                     Control.persistent()
+    POST /persistent/add     {"address": str}            mark persistent (stored), dial it
     POST /persistent/remove  {"id": str}                 clear the operator's persistent flag
 
 Input is validated here before :class:`~overlay.operator._control.Control` sees it (JSON object,
@@ -268,17 +272,21 @@ class AdminApp:
             raise ConfigError("admin.token_file", "the admin token must not be empty")
         self._control = control
         self._token = token.encode()
-        self._routes: dict[str, tuple[str, _Route]] = {
-            "/status": ("GET", self._status),
-            "/peers": ("GET", self._peers),
-            "/dial": ("POST", self._dial),
-            "/disconnect": ("POST", self._disconnect),
-            "/ban": ("POST", self._ban),
-            "/unban": ("POST", self._unban),
-            "/seeds": ("POST", self._seeds),
-            "/seeds/remove": ("POST", self._seeds_remove),
-            "/persistent/remove": ("POST", self._persistent_remove),
+        self._routes: dict[str, dict[str, _Route]] = {
+            "/status": {"GET": self._status},
+            "/peers": {"GET": self._peers},
+            "/dial": {"POST": self._dial},
+            "/disconnect": {"POST": self._disconnect},
+            "/ban": {"POST": self._ban},
+            "/unban": {"POST": self._unban},
+            "/bans": {"GET": self._bans},
+            "/seeds": {"GET": self._seeds_list, "POST": self._seeds},
+            "/seeds/remove": {"POST": self._seeds_remove},
+            "/persistent": {"GET": self._persistent},
+            "/persistent/add": {"POST": self._persistent_add},
+            "/persistent/remove": {"POST": self._persistent_remove},
         }
+        """Path -> method -> handler."""
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
@@ -290,12 +298,13 @@ class AdminApp:
     async def __call__(self, request: Request) -> Response:
         if not self._authorized(request):
             return _error(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
-        route = self._routes.get(request.path.rstrip("/") or "/")
-        if route is None:
+        methods = self._routes.get(request.path.rstrip("/") or "/")
+        if methods is None:
             return _error(404, f"no such endpoint: {request.path}")
-        method, handler = route
-        if request.method != method:
-            return _error(405, f"{request.path} takes {method}", Allow=method)
+        handler = methods.get(request.method)
+        if handler is None:
+            allow = ", ".join(methods)
+            return _error(405, f"{request.path} takes {allow}", Allow=allow)
         try:
             result = await handler(request)
         except UnknownPeerError as exc:
@@ -340,6 +349,21 @@ class AdminApp:
         target = parse_ban_target(_string(data, "target"))
         return await _logged(f"unban {target}", _target_extra(target),
                              self._control.unban(target))
+
+    async def _bans(self, request: Request) -> object:
+        return self._control.bans()
+
+    async def _seeds_list(self, request: Request) -> object:
+        return self._control.seeds()
+
+    async def _persistent(self, request: Request) -> object:
+        return self._control.persistent()
+
+    async def _persistent_add(self, request: Request) -> object:
+        data = _json_body(request, {"address": True})
+        address = _address(data, "address")
+        log.info("admin: add persistent peer %s", address, extra={"peer": _peer_of(address)})
+        return await self._control.add_persistent(address)
 
     async def _seeds(self, request: Request) -> object:
         data = _json_body(request, {"address": True})

@@ -75,7 +75,9 @@ class Control(Protocol):
 
     async def dial(self, address: str, *, persistent: bool) -> dict[str, Any]:
         """Dial ``address`` (``ID@HOST:PORT`` / ``memory:ID``) now; ``persistent`` marks it
-        persistent (and persists that)."""
+        persistent (and persists that). A connected peer is not dialed again: the answer has
+        ``"already_connected": true`` and ``"via"``, the live connection's address (the typed
+        address is not stored: only an address a connection authenticated is)."""
         ...
 
     async def disconnect(self, node_id: str) -> dict[str, Any]:
@@ -98,6 +100,26 @@ class Control(Protocol):
         """Remove a seed added at run time (``address``: ``ID@HOST:PORT``, ``memory:ID`` or a
         node id); :class:`UnknownPeerError` if it is not a seed, :class:`ConflictError` if the
         configuration defines it."""
+        ...
+
+    def bans(self) -> dict[str, Any]:
+        """``{"bans": [...]}``: every active ban, ending soonest first; each ``{"kind": "peer" |
+        "ip", "target": node id | IPv4 | IPv6 /64, "until": wall-clock seconds,
+        "remaining_seconds": float, "reason": str}``."""
+        ...
+
+    def seeds(self) -> dict[str, Any]:
+        """``{"seeds": [...]}``: each ``{"id", "addresses": [str], "origin": ["config"
+        and/or "operator"], "state"}``."""
+        ...
+
+    def persistent(self) -> dict[str, Any]:
+        """``{"persistent": [...]}``: like :meth:`seeds`, the dial address first."""
+        ...
+
+    async def add_persistent(self, address: str) -> dict[str, Any]:
+        """Mark the peer at ``address`` persistent (stored) and dial it in the background;
+        refusals as for :meth:`dial`."""
         ...
 
     async def remove_persistent(self, node_id: str) -> dict[str, Any]:

@@ -126,8 +126,8 @@ class ManagerCore:
         else:
             source_group = self._source_group(parse_node_id(source))
         node_id = address.node_id
-        if node_id == self._self_id:
-            return False
+        if node_id == self._self_id or address.unspecified:
+            return False  # 0.0.0.0 / :: names no host: never stored nor gossiped
         rec = self._records.get(node_id)
         if rec is not None and rec.banned(now):
             return False
@@ -220,6 +220,21 @@ class ManagerCore:
         if self._table.inbound_from_group(remote_ip) >= c.max_inbound_per_netgroup:
             return "per_netgroup_limit"
         return None
+
+    def _store_verified(self, rec: PeerRecord, address: NodeAddress, now: float) -> None:
+        """Store ``address`` as one of ``rec``'s: a connection to it authenticated as
+        ``rec.node_id`` (``dial_succeeded``). This is the only way an operator's typed address
+        enters the record and the address book. Hook: a signed peer record naming the address
+        (a later protocol addition) is the other proof that may store one; verify the
+        signature, then call this.
+        """
+        if address.unspecified:
+            return
+        if address not in self._book:
+            self._book.add(address, source="operator", source_group="local:operator",
+                           now=now, limit_source=False)
+        rec.remember_address(address, self._config.max_addresses_per_peer)
+        self._book.good(address, now)
 
     def _disconnect(self, rec: PeerRecord, reason: str, *, evict: bool = False) -> bool:
         conn = rec.conn

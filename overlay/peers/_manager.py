@@ -71,9 +71,12 @@ from overlay.peers._planner import ManagerPlanner
 from overlay.peers._scoring import apply_event
 from overlay.peers._types import (
     Action,
+    BanEntry,
+    BanKind,
     Decision,
     DialPreference,
     DisconnectPeer,
+    OperatorPeer,
     PeerFlag,
     PeerSnapshot,
     ProtectionHook,
@@ -173,8 +176,7 @@ class PeerManager(ManagerPlanner):
         rec.failures = 0
         rec.next_dial = min(rec.next_dial, now)
         rec.last_seen = max(rec.last_seen, now)
-        rec.remember_address(address, self._config.max_addresses_per_peer)
-        self._book.good(address, now)
+        self._store_verified(rec, address, now)
         if feeler:
             self._book.resolve_collisions(now)
         self._dirty.add(node_id)
@@ -227,7 +229,9 @@ class PeerManager(ManagerPlanner):
         self._now = now
         rec = self._records.get(node_id)
         if outbound and (rec is None or rec.conn is None):
-            dialed = rec.dial.address if rec is not None and rec.dial is not None else address
+            # Only the address of our pending dial proves anything; the peer's advertised
+            # ``address`` is learned below as its own claim, never stored as verified.
+            dialed = rec.dial.address if rec is not None and rec.dial is not None else None
             if dialed is not None and dialed.node_id == node_id:
                 self.dial_succeeded(node_id, dialed, now)
             else:
@@ -331,28 +335,40 @@ class PeerManager(ManagerPlanner):
         with ``dial_succeeded`` / ``dial_failed`` (such a dial is not bounded by
         ``max_concurrent_dials``). ``persistent`` also keeps redialing it forever. The
         decision is ``ok``, ``connected`` (already connected: nothing to dial), or a refusal
-        (``self``, ``banned``, ``ip_banned``).
+        (``self``, ``banned``, ``ip_banned``, ``unspecified``).
+
+        The typed address is *not* stored here: only ``dial_succeeded`` stores an address (a
+        connection to it authenticated as its node id), so a mistyped address can never push
+        a peer's real addresses out of its record or enter the address book. A persistent dial
+        is the exception: the operator's address is remembered (and stored) so that it is
+        redialed after a restart. When the peer is already connected nothing is dialed and the
+        typed address is dropped; a persistent peer then keeps the address it was reached at.
         """
         self._now = now
         node_id = address.node_id
         if node_id == self._self_id:
             return Decision(False, "self")
+        if address.unspecified:
+            return Decision(False, "unspecified")
         rec = self._records.get(node_id)
         if rec is not None and rec.banned(now):
             return Decision(False, "banned")
         if self._bans.is_banned(address_ip_key(address), now):
             return Decision(False, "ip_banned")
-        self.add_address(address, source="operator", now=now)
         rec = self._ensure(node_id, "operator", now)
-        rec.remember_address(address, self._config.max_addresses_per_peer)
-        rec.dial_address = address
-        rec.next_dial = now
         if persistent:
             rec.saved_flags.add(PeerFlag.PERSISTENT)
             self._persistent[node_id] = None
         self._mark_urgent(node_id)
         if rec.conn is not None:
+            if persistent and rec.dial_address is None:
+                live = rec.conn.address or (rec.addresses[0] if rec.addresses else None)
+                rec.dial_address = live
             return Decision(True, "connected")
+        if persistent:
+            rec.remember_address(address, self._config.max_addresses_per_peer)
+            rec.dial_address = address
+        rec.next_dial = now
         if not execute:
             if rec.dial is None:
                 self._table.start_dial(rec, address, "operator", now)
@@ -529,6 +545,45 @@ class PeerManager(ManagerPlanner):
     def peer(self, node_id: NodeId, now: float) -> PeerSnapshot | None:
         rec = self._records.get(node_id)
         return None if rec is None else self._snapshot(rec, now)
+
+    def bans(self, now: float) -> list[BanEntry]:
+        """Every active ban, peers and IPs, ending soonest first (``overlay bans``)."""
+        out = [
+            BanEntry(BanKind.PEER, rec.node_id, rec.ban_until, rec.ban_reason)
+            for rec in self._records.values()
+            if rec.ban_until is not None and rec.banned(now)
+        ]
+        out.extend(
+            BanEntry(BanKind.IP, ban.ip, ban.until, ban.reason)
+            for ban in self._bans.bans()
+            if ban.until > now
+        )
+        return sorted(out, key=lambda b: (b.until, b.kind, b.target))
+
+    def seeds(self, now: float) -> list[OperatorPeer]:
+        """The seeds, from ``config.toml`` and ``add_seed`` (``overlay seeds list``)."""
+        return self._operator_peers(PeerFlag.SEED, now)
+
+    def persistent_peers(self, now: float) -> list[OperatorPeer]:
+        """The persistent peers, from ``config.toml`` and the operator
+        (``overlay persistent list``)."""
+        return self._operator_peers(PeerFlag.PERSISTENT, now)
+
+    def _operator_peers(self, flag: PeerFlag, now: float) -> list[OperatorPeer]:
+        out = []
+        for node_id in sorted(n for n, rec in self._records.items() if rec.has(flag)):
+            rec = self._records[node_id]
+            addresses = list(rec.addresses)
+            if flag is PeerFlag.PERSISTENT and rec.dial_address is not None:
+                addresses = [rec.dial_address, *(a for a in addresses if a != rec.dial_address)]
+            out.append(OperatorPeer(
+                node_id=node_id,
+                addresses=tuple(addresses),
+                in_config=flag in rec.config_flags,
+                by_operator=flag in rec.saved_flags,
+                state=rec.state(now),
+            ))
+        return out
 
     @property
     def address_book(self) -> AddressBook:

@@ -13,11 +13,14 @@ from overlay.peers._state import StoreChanges
 
 __all__ = [
     "Action",
+    "BanEntry",
+    "BanKind",
     "Decision",
     "DialPeer",
     "DialPreference",
     "Direction",
     "DisconnectPeer",
+    "OperatorPeer",
     "PeerFlag",
     "PeerManagerCounters",
     "PeerManagerStatistics",
@@ -194,6 +197,44 @@ class PeerSnapshot:
     """Earliest time of the next automatic dial (backoff / cooldown), if in the future."""
     feeler: bool = False
     """The current connection is a feeler."""
+
+
+class BanKind(enum.StrEnum):
+    """What a ban applies to."""
+
+    PEER = "peer"
+    """A node id."""
+    IP = "ip"
+    """An IPv4 address or an IPv6 /64 (every address inside it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BanEntry:
+    """One active ban, as ``PeerManager.bans`` lists it (``overlay bans``)."""
+
+    kind: BanKind
+    target: str
+    """The node id, the IPv4 address, or the IPv6 /64 (``2001:db8:1:2::/64``)."""
+    until: float
+    """When the ban ends (wall-clock seconds)."""
+    reason: str
+    """``operator``, ``score:<event>``, ``repeated peer bans``..."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorPeer:
+    """A seed or a persistent peer, as ``PeerManager.seeds`` / ``persistent_peers`` list it."""
+
+    node_id: NodeId
+    addresses: tuple[NodeAddress, ...]
+    """Where it is dialed (a persistent peer's dial address first)."""
+    in_config: bool
+    """``config.toml`` names it (``[peers] seeds`` / ``persistent_peers``): edit the file to
+    drop it."""
+    by_operator: bool
+    """Set while running (``seeds add``, ``dial --persistent``, ``persistent add``); stored."""
+    state: PeerState
+    """Connected, dialing, backoff, banned or known."""
 
 
 class ProtectionHook(Protocol):
