@@ -277,7 +277,8 @@ def test_row_decoders_accept_what_the_store_writes() -> None:
     a = address(3, tried=True)
     assert decode_address_row(_store._address_params(a)) == a
     assert decode_ip_ban_row(("1.2.3.4", 5.0, "r")) == StoredIpBan("1.2.3.4", 5.0, "r")
-    assert decode_peer_row((*row[:9], float("inf"), "")) is None
+    assert decode_peer_row((*row[:9], float("inf"), "", None)) is None
+    assert decode_peer_row((*row[:11], "not bytes")) is None
 
 
 _WRITER = textwrap.dedent(

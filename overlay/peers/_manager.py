@@ -87,7 +87,7 @@ from overlay.peers._types import (
 )
 from overlay.wire._netgroup import address_ip_key, ip_key, parse_ip
 
-__all__ = ["PeerManager"]
+__all__ = ["MAX_CAPABILITY_RECORD_BYTES", "PeerManager"]
 
 _log = logging.getLogger(__name__)
 
@@ -95,6 +95,8 @@ _DIAL_TICK = 1.0  # retry filling free outbound slots this often
 _STARVED_TICK = 5.0  # ...or this often when the address book had no candidate
 _LATENCY_ALPHA = 0.25  # EWMA weight of a new RTT sample
 _RUNTIME_FLAGS = frozenset({PeerFlag.PERSISTENT, PeerFlag.PRIVATE})
+MAX_CAPABILITY_RECORD_BYTES = 4096
+"""Largest opaque capability record the manager keeps per peer."""
 
 
 class PeerManager(ManagerPlanner):
@@ -466,6 +468,40 @@ class PeerManager(ManagerPlanner):
             else:
                 self._persistent.pop(node_id, None)
         self._mark_urgent(node_id)
+
+    def set_capability_record(self, node_id: NodeId, record: bytes | None, now: float) -> bool:
+        """Attach a peer's signed capability record (opaque bytes, persisted with the peer).
+
+        The caller (discovery) verifies records; the manager only stores the newest one it is
+        given and hands it back after a restart. ``None`` clears it. False for an unknown peer.
+        """
+        if record is not None and len(record) > MAX_CAPABILITY_RECORD_BYTES:
+            raise LocalProtocolError(
+                f"capability record of {len(record)} bytes (max {MAX_CAPABILITY_RECORD_BYTES})"
+            )
+        self._now = now
+        rec = self._records.get(node_id)
+        if rec is None:
+            return False
+        value = None if record is None else bytes(record)
+        if rec.capability_record != value:
+            rec.capability_record = value
+            self._dirty.add(node_id)
+            self._wake = True
+        return True
+
+    def capability_record(self, node_id: NodeId) -> bytes | None:
+        """The record stored by ``set_capability_record`` (or restored from the store)."""
+        rec = self._records.get(node_id)
+        return None if rec is None else rec.capability_record
+
+    def capability_records(self) -> dict[NodeId, bytes]:
+        """Every peer's stored capability record (to re-verify and index after a restart)."""
+        return {
+            n: rec.capability_record
+            for n, rec in self._records.items()
+            if rec.capability_record is not None
+        }
 
     # -- outside policy hooks ---------------------------------------------------------------------
 

@@ -99,6 +99,8 @@ class PeerRecord:
     """The address persistent / operator dials use."""
     latency: float | None = None
     last_useful: float | None = None
+    capability_record: bytes | None = None
+    """The peer's signed capability record (opaque; persisted)."""
 
     @property
     def flags(self) -> set[PeerFlag]:
@@ -174,10 +176,17 @@ class PeerRecord:
             flags=tuple(sorted(f.value for f in self.saved_flags)),
             ban_until=self.ban_until,
             ban_reason=self.ban_reason,
+            capability_record=self.capability_record,
         )
 
     def worth_storing(self) -> bool:
-        return bool(self.addresses or self.saved_flags or self.ban_until is not None or self.score)
+        return bool(
+            self.addresses
+            or self.saved_flags
+            or self.ban_until is not None
+            or self.score
+            or self.capability_record
+        )
 
 
 def record_from_stored(row: StoredPeer, *, max_addresses: int) -> PeerRecord | None:
@@ -207,5 +216,6 @@ def record_from_stored(row: StoredPeer, *, max_addresses: int) -> PeerRecord | N
         saved_flags=flags,
         ban_until=row.ban_until,
         ban_reason=row.ban_reason,
+        capability_record=row.capability_record,
         dial_address=addresses[0] if PeerFlag.PERSISTENT in flags and addresses else None,
     )

@@ -32,6 +32,8 @@ class StoredPeer:
     """Operator-set flags (``PeerFlag`` values); flags from configuration are not stored."""
     ban_until: float | None
     ban_reason: str = ""
+    capability_record: bytes | None = None
+    """The peer's signed capability record, opaque here (discovery verifies it on load)."""
 
 
 @dataclass(frozen=True, slots=True)

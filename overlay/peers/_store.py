@@ -100,7 +100,12 @@ def _migrate_0_to_1(db: sqlite3.Connection) -> None:
     )
 
 
-_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1]
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Version 2: each peer may carry its signed capability record (opaque bytes)."""
+    db.execute("ALTER TABLE peers ADD COLUMN capability_record BLOB")
+
+
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_0_to_1, _migrate_1_to_2]
 """``_MIGRATIONS[v]`` upgrades schema version ``v`` to ``v + 1``."""
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -127,7 +132,10 @@ def _text(value: object) -> str | None:
 
 def decode_peer_row(row: Sequence[object]) -> StoredPeer | None:
     """A ``peers`` row as a :class:`StoredPeer`, or None when it is malformed."""
-    if len(row) != 11:
+    if len(row) != 12:
+        return None
+    record = row[11]
+    if record is not None and not isinstance(record, bytes):
         return None
     node_id, addresses, source, flags, reason = (_text(row[i]) for i in (0, 1, 2, 8, 10))
     first, last, score, score_time = (_num(row[i]) for i in (3, 4, 6, 7))
@@ -165,6 +173,7 @@ def decode_peer_row(row: Sequence[object]) -> StoredPeer | None:
         flags=tuple(f for f in flags.split(",") if f),
         ban_until=ban_until,
         ban_reason=reason,
+        capability_record=record,
     )
 
 
@@ -223,6 +232,7 @@ def _peer_params(p: StoredPeer) -> tuple[Any, ...]:
         ",".join(p.flags),
         p.ban_until,
         p.ban_reason,
+        p.capability_record,
     )
 
 
@@ -314,7 +324,8 @@ class PeerStore:
                 try:
                     peers = self._db.execute(
                         "SELECT node_id, addresses, source, first_seen, last_seen, failures, "
-                        "score, score_time, flags, ban_until, ban_reason FROM peers"
+                        "score, score_time, flags, ban_until, ban_reason, capability_record "
+                        "FROM peers"
                     ).fetchall()
                     addresses = self._db.execute(
                         "SELECT address, source, source_group, added, last_seen, last_try, "
@@ -457,8 +468,8 @@ class PeerStore:
         if c.peers_upsert:
             db.executemany(
                 "INSERT OR REPLACE INTO peers (node_id, addresses, source, first_seen, last_seen, "
-                "failures, score, score_time, flags, ban_until, ban_reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "failures, score, score_time, flags, ban_until, ban_reason, capability_record) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [_peer_params(p) for p in c.peers_upsert],
             )
         if c.addresses_delete:

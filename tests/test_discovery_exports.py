@@ -1,0 +1,57 @@
+"""discovery's public surface: explicit, sorted, complete; its modules stay pure cores."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import discovery
+
+ROOT = Path(discovery.__file__).parent
+FORBIDDEN = {"anyio", "asyncio", "trio", "socket", "sqlite3", "time", "routing", "overlay.node"}
+
+
+def test_all_is_sorted_and_complete() -> None:
+    names = discovery.__all__
+    assert names == sorted(names)  # the order tests/test_package_layout.py checks everywhere
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert hasattr(discovery, name), name
+    public = {n for n in vars(discovery) if not n.startswith("_")}
+    assert public == set(names)
+
+
+def test_generated_protobuf_classes_do_not_leak() -> None:
+    for name in discovery.__all__:
+        value = getattr(discovery, name)
+        assert not getattr(value, "__module__", "").startswith("proto"), name
+
+
+def test_pure_cores_import_no_io_and_no_higher_layer() -> None:
+    for path in sorted(ROOT.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                assert top not in FORBIDDEN and module not in FORBIDDEN, (path.name, module)
+
+
+def test_the_guide_states_the_numbers_the_code_uses() -> None:
+    guide = (ROOT.parent / "docs" / "discovery.md").read_text()
+    assert discovery.RECORD_DOMAIN.decode() in guide
+    assert f"{discovery.MAX_RECORD_BYTES} bytes" in guide
+    assert f"| addresses | {discovery.MAX_ADDRESSES} |" in guide
+    assert f"| capabilities | {discovery.MAX_CAPABILITIES} |" in guide
+    assert f"{discovery.MAX_ATTRIBUTES} per capability" in guide
+    assert f"now + {discovery.MAX_CLOCK_SKEW} s" in guide
+    assert f"<= {discovery.MAX_LIFETIME // 86400} days" in guide
+    for reason in discovery.RecordRejection:
+        assert f"`{reason.name}`" in guide, reason
+    for outcome in discovery.OfferOutcome:
+        assert f"`{outcome.name}`" in guide, outcome
