@@ -1,9 +1,39 @@
 """Discovery: signed capability records, PEX and the DHT (see docs/discovery.md).
 
 This layer sits above overlay's core (identity, addresses, errors) and below routing. Everything
-exported so far is a pure core: no I/O, no clock reads (``now`` is an argument).
+exported so far is a pure core: no I/O, no clock reads (``now`` is an argument). The DHT cores
+(routing table, lookup state machine, provider store) take ``now`` and return events; the driver
+does the I/O and verifies every record it feeds them.
 """
 
+from discovery._dht_lookup import (
+    Lookup,
+    LookupConfig,
+    LookupDone,
+    LookupEvent,
+    LookupMode,
+    LookupOutcome,
+    LookupResult,
+    Misbehaved,
+    Misbehaviour,
+    ProviderFound,
+    Query,
+)
+from discovery._dht_providers import (
+    ProviderEntry,
+    ProviderStore,
+    ProviderStoreConfig,
+    RepublishSchedule,
+    StoreOutcome,
+)
+from discovery._dht_table import (
+    AddOutcome,
+    ContactInfo,
+    RoutingTable,
+    TableConfig,
+    bucket_index,
+    xor_distance,
+)
 from discovery._keys import (
     MAX_ATTRIBUTE_VALUE_BYTES,
     MAX_ATTRIBUTES,
@@ -67,8 +97,10 @@ from discovery._wire import (
 )
 
 __all__ = [
+    "AddOutcome",
     "CapabilityInfo",
     "CapabilityRecord",
+    "ContactInfo",
     "DhtAck",
     "DhtAddProvider",
     "DhtError",
@@ -80,6 +112,13 @@ __all__ = [
     "DhtProviders",
     "DhtRequest",
     "DhtResponse",
+    "Lookup",
+    "LookupConfig",
+    "LookupDone",
+    "LookupEvent",
+    "LookupMode",
+    "LookupOutcome",
+    "LookupResult",
     "MAX_ADDRESSES",
     "MAX_ATTRIBUTES",
     "MAX_ATTRIBUTE_VALUE_BYTES",
@@ -89,19 +128,31 @@ __all__ = [
     "MAX_RECORDS_PER_MESSAGE",
     "MAX_RECORD_BYTES",
     "MAX_WANTED_CAPABILITIES",
+    "Misbehaved",
+    "Misbehaviour",
     "NODE_ID_BYTES",
     "OfferOutcome",
     "OfferResult",
     "PROVIDER_KEY_DOMAIN",
     "PexRequest",
     "PexResponse",
+    "ProviderEntry",
+    "ProviderFound",
+    "ProviderStore",
+    "ProviderStoreConfig",
+    "Query",
     "RECORD_DOMAIN",
     "RecordError",
     "RecordRejection",
     "RecordStore",
     "RecordStoreConfig",
     "RecordUpdate",
+    "RepublishSchedule",
+    "RoutingTable",
     "SignedRecord",
+    "StoreOutcome",
+    "TableConfig",
+    "bucket_index",
     "check_newer",
     "decode_dht_request",
     "decode_dht_response",
@@ -125,4 +176,5 @@ __all__ = [
     "valid_capability_name",
     "verify_record",
     "verify_signed_record",
+    "xor_distance",
 ]

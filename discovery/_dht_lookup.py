@@ -1,0 +1,518 @@
+"""One iterative Kademlia lookup as a state machine (pure, sans-IO).
+
+Theory of operation
+-------------------
+A ``Lookup`` walks towards a 20-byte ``target``. The driver feeds it what happened (``start``,
+``on_response``, ``on_failure``, ``on_invalid``, ``on_timer``, ``cancel``) with the current time
+and gets back a list of events: ``Query(peer)`` to send, ``ProviderFound`` as provider payloads
+arrive, ``Misbehaved(peer, reason)`` for the driver to penalise, and one final ``LookupDone``.
+The driver verifies every contact and record before feeding them in; the lookup deals in ids and
+opaque payloads only.
+
+* **Candidates.** Every node the lookup hears of is a candidate, in one of four states: *new*,
+  *pending* (queried, waiting), *answered*, *failed* (timed out for the last time, refused, or
+  flagged as a liar). Each candidate belongs to exactly one **path**: the path whose answer first
+  named it (seeds are dealt round-robin in distance order). With ``d`` paths the lookups are
+  disjoint in the manner of S/Kademlia: no node is ever queried by two paths.
+* **Progress without rounds.** A path keeps at most ``alpha`` queries in flight, always to the
+  nearest *new* candidates among its ``k`` nearest live (not failed) ones; a new query goes out as
+  soon as one returns. A path is done when its ``k`` nearest live candidates have all answered;
+  queries still in flight to farther nodes are then abandoned. The lookup is done when every path
+  is done (FIND_NODE, and GET_PROVIDERS that did not find enough), or as soon as ``want`` distinct
+  providers were found (GET_PROVIDERS).
+* **Timeouts and the retry policy.** Each query has a deadline ``query_timeout`` after it was
+  sent (``next_deadline``/``on_timer``). A query that times out is retried ``retries`` times
+  (default once); an explicit failure (``on_failure``: dial refused, connection lost, error
+  reply) is final. A late answer to a timed-out query is still used.
+* **Cancel safety.** After ``cancel()`` or ``LookupDone`` nothing is pending: ``pending()`` is
+  empty, ``next_deadline()`` is None, and every further input is ignored.
+* **Hop depth.** Seeds are at hop 1; a node first named by an answer from hop ``h`` is at hop
+  ``h + 1``. ``rounds`` is the deepest hop queried; ``messages`` counts queries sent (retries too).
+* **Liars.** The driver reports answers carrying spoofed ids or forged records with
+  ``on_invalid``; the lookup itself rejects answers with more than ``k`` contacts and answers that
+  break the *far-contacts rule* (``_breaks_far_rule``; see docs/discovery.md, "DHT"). A flagged
+  peer is failed, its answer dropped, and ``Misbehaved`` is emitted once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
+from typing import Generic, TypeAlias, TypeVar
+
+from overlay.errors import ConfigError, LocalProtocolError
+
+__all__ = [
+    "Lookup",
+    "LookupConfig",
+    "LookupDone",
+    "LookupEvent",
+    "LookupMode",
+    "LookupOutcome",
+    "LookupResult",
+    "Misbehaved",
+    "Misbehaviour",
+    "ProviderFound",
+    "Query",
+]
+
+P = TypeVar("P")
+
+_NEW, _PENDING, _ANSWERED, _FAILED = 0, 1, 2, 3
+_ID_BYTES = 20
+
+
+class LookupMode(enum.Enum):
+    FIND_NODE = "find-node"
+    """Find the ``k`` nodes nearest to the target."""
+    GET_PROVIDERS = "get-providers"
+    """Collect provider payloads stored under the target key, walking like FIND_NODE."""
+
+
+class LookupOutcome(enum.Enum):
+    COMPLETED = "completed"
+    """The ``k`` nearest live candidates of every path answered (or none was left)."""
+    ENOUGH_PROVIDERS = "enough-providers"
+    """``want`` distinct providers were found (GET_PROVIDERS only)."""
+    CANCELLED = "cancelled"
+    """``cancel()`` was called."""
+
+
+class Misbehaviour(enum.Enum):
+    """Why a peer was dropped from a lookup."""
+
+    SPOOFED_ID = "spoofed-id"
+    """(driver) a contact's id does not match its record's key."""
+    FORGED_RECORD = "forged-record"
+    """(driver) a contact or provider record failed verification."""
+    MALFORMED = "malformed"
+    """(driver) the answer could not be decoded."""
+    TOO_MANY_CONTACTS = "too-many-contacts"
+    """(lookup) more than ``k`` contacts in one answer."""
+    FAR_CONTACTS = "far-contacts"
+    """(lookup) the answer broke the far-contacts rule."""
+
+
+@dataclass(frozen=True, slots=True)
+class LookupConfig:
+    """Parameters of lookups. Durations are seconds."""
+
+    k: int = 20
+    """Result size and the most contacts one answer may carry; a network-wide parameter."""
+    alpha: int = 3
+    """Queries in flight per path (Kademlia's alpha)."""
+    node_paths: int = 1
+    """Disjoint paths of FIND_NODE lookups."""
+    provider_paths: int = 2
+    """Disjoint paths of GET_PROVIDERS lookups (S/Kademlia; see docs/discovery.md)."""
+    query_timeout: float = 2.0
+    """Deadline of one query (a LAN answers in milliseconds, a WAN in a few hundred)."""
+    retries: int = 1
+    """Retries of a query that timed out (explicit failures are not retried)."""
+    far_rule: bool = True
+    """Apply the far-contacts rule."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("retries", "far_rule"):
+                if value < 0:
+                    raise ConfigError(f"dht.{f.name}", f"must be >= 0, got {value!r}")
+            elif value <= 0:
+                raise ConfigError(f"dht.{f.name}", f"must be positive, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Send the lookup's query (FIND_NODE or GET_PROVIDERS for the target) to ``peer``."""
+
+    peer: bytes
+    attempt: int
+    """1 for the first query to this peer, 2 for the first retry, ..."""
+    path: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderFound(Generic[P]):
+    """A provider not seen before in this lookup (payloads are verified by the driver)."""
+
+    provider_id: bytes
+    payload: P
+    source: bytes
+    """The peer whose answer carried it."""
+    rounds: int
+    """Hop depth of ``source``."""
+    messages: int
+    """Queries sent so far."""
+
+
+@dataclass(frozen=True, slots=True)
+class Misbehaved:
+    """``peer`` was dropped from the lookup; the driver should penalise it."""
+
+    peer: bytes
+    reason: Misbehaviour
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    outcome: LookupOutcome
+    closest: tuple[bytes, ...]
+    """Up to ``k`` nodes that answered, nearest to the target first."""
+    providers: int
+    """Distinct providers found."""
+    rounds: int
+    messages: int
+    responses: int
+    timeouts: int
+    failures: int
+    """Candidates that ended failed (timeouts after the last retry, refusals, misbehaviour)."""
+    misbehaved: int
+    first_provider_rounds: int | None
+    first_provider_messages: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LookupDone:
+    result: LookupResult
+
+
+LookupEvent: TypeAlias = Query | ProviderFound[P] | Misbehaved | LookupDone
+
+
+class _Cand:
+    __slots__ = ("attempts", "deadline", "dist", "flagged", "hop", "node_id", "path", "state")
+
+    def __init__(self, node_id: bytes, dist: int, path: int, hop: int) -> None:
+        self.node_id = node_id
+        self.dist = dist
+        self.path = path
+        self.hop = hop
+        self.state = _NEW
+        self.attempts = 0
+        self.deadline = 0.0
+        self.flagged = False
+
+
+def _dist_key(c: _Cand) -> int:
+    return c.dist
+
+
+class _Path:
+    __slots__ = ("done", "in_flight", "order")
+
+    def __init__(self) -> None:
+        self.order: list[_Cand] = []  # by distance to the target
+        self.in_flight = 0
+        self.done = False
+
+
+class Lookup(Generic[P]):
+    """An iterative lookup (see the module docstring). Create it, call ``start(now)``, feed it."""
+
+    def __init__(
+        self,
+        target: bytes,
+        mode: LookupMode,
+        seeds: Iterable[bytes],
+        *,
+        local_id: bytes,
+        config: LookupConfig | None = None,
+        want: int | None = None,
+        paths: int | None = None,
+    ) -> None:
+        for value, what in ((target, "target"), (local_id, "local id")):
+            if not isinstance(value, bytes) or len(value) != _ID_BYTES:
+                raise LocalProtocolError(f"{what} must be {_ID_BYTES} bytes")
+        if want is not None and (mode is not LookupMode.GET_PROVIDERS or want <= 0):
+            raise LocalProtocolError("want is a positive count, for GET_PROVIDERS lookups only")
+        cfg = config or LookupConfig()
+        if paths is None:
+            paths = cfg.provider_paths if mode is LookupMode.GET_PROVIDERS else cfg.node_paths
+        if paths <= 0:
+            raise LocalProtocolError(f"paths must be positive, got {paths}")
+        self.target = target
+        self.mode = mode
+        self.config = cfg
+        self.want = want
+        self._t = int.from_bytes(target, "big")
+        self._local = int.from_bytes(local_id, "big")
+        self._k = cfg.k
+        self._paths = [_Path() for _ in range(paths)]
+        self._cands: dict[int, _Cand] = {}
+        self._pending: dict[int, _Cand] = {}
+        self._providers: set[bytes] = set()
+        self._result: LookupResult | None = None
+        self._started = False
+        self._messages = 0
+        self._responses = 0
+        self._timeouts = 0
+        self._misbehaved = 0
+        self._rounds = 0
+        self._first_provider: tuple[int, int] | None = None
+        unique = {}
+        for seed in seeds:
+            num = self._num(seed)
+            if num != self._local:
+                unique[num] = seed
+        for i, num in enumerate(sorted(unique, key=lambda n: n ^ self._t)):
+            self._add(unique[num], num, i % paths, 1)
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self._result is not None
+
+    @property
+    def result(self) -> LookupResult | None:
+        """The result once finished (or cancelled), else None."""
+        return self._result
+
+    @property
+    def messages(self) -> int:
+        return self._messages
+
+    @property
+    def rounds(self) -> int:
+        return self._rounds
+
+    def pending(self) -> tuple[bytes, ...]:
+        """Peers with a query in flight."""
+        return tuple(c.node_id for c in self._pending.values())
+
+    def next_deadline(self) -> float | None:
+        """When ``on_timer`` must next be called, or None."""
+        if not self._pending:
+            return None
+        return min(c.deadline for c in self._pending.values())
+
+    def providers_found(self) -> int:
+        return len(self._providers)
+
+    # -- inputs ----------------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[LookupEvent[P]]:
+        """The first queries (or ``LookupDone`` at once when there is no seed)."""
+        if self._started:
+            raise LocalProtocolError("lookup already started")
+        self._started = True
+        out: list[LookupEvent[P]] = []
+        self._advance(now, out)
+        return out
+
+    def on_response(
+        self,
+        peer: bytes,
+        contacts: Sequence[bytes],
+        providers: Sequence[tuple[bytes, P]] = (),
+        *,
+        now: float,
+    ) -> list[LookupEvent[P]]:
+        """``peer`` answered with verified ``contacts`` (ids) and, for GET_PROVIDERS, verified
+        ``(provider_id, payload)`` pairs. Answers from peers not queried are ignored."""
+        out: list[LookupEvent[P]] = []
+        c = self._cands.get(self._num(peer))
+        if self._result is not None or c is None or c.flagged or c.attempts == 0:
+            return out
+        if c.state == _ANSWERED:
+            return out
+        for contact in contacts:
+            if len(contact) != _ID_BYTES:
+                raise LocalProtocolError(f"ids must be {_ID_BYTES} bytes, got {contact!r}")
+        nums = [int.from_bytes(contact, "big") for contact in contacts]
+        if len(nums) > self._k:
+            self._flag(c, Misbehaviour.TOO_MANY_CONTACTS, out)
+        elif self.config.far_rule and self._breaks_far_rule(c, nums):
+            self._flag(c, Misbehaviour.FAR_CONTACTS, out)
+        else:
+            self._answered(c)
+            hop = c.hop + 1
+            for contact, num in zip(contacts, nums, strict=True):
+                if num == self._local or num == c.dist ^ self._t:
+                    continue
+                known = self._cands.get(num)
+                if known is None:
+                    self._add(contact, num, c.path, hop)
+                elif known.path == c.path and known.state == _NEW and hop < known.hop:
+                    known.hop = hop
+            for provider_id, payload in providers:
+                if provider_id in self._providers:
+                    continue
+                self._providers.add(provider_id)
+                if self._first_provider is None:
+                    self._first_provider = (c.hop, self._messages)
+                out.append(ProviderFound(provider_id, payload, peer, c.hop, self._messages))
+            if self.want is not None and len(self._providers) >= self.want:
+                self._finish(LookupOutcome.ENOUGH_PROVIDERS, out)
+                return out
+        self._advance(now, out)
+        return out
+
+    def on_failure(self, peer: bytes, now: float) -> list[LookupEvent[P]]:
+        """The query to ``peer`` failed for good (dial refused, connection lost, error reply)."""
+        out: list[LookupEvent[P]] = []
+        c = self._cands.get(self._num(peer))
+        if self._result is None and c is not None and c.state == _PENDING:
+            self._unpend(c)
+            c.state = _FAILED
+            self._advance(now, out)
+        return out
+
+    def on_invalid(self, peer: bytes, reason: Misbehaviour, now: float) -> list[LookupEvent[P]]:
+        """``peer``'s answer carried spoofed ids, forged records or garbage: drop the peer."""
+        out: list[LookupEvent[P]] = []
+        c = self._cands.get(self._num(peer))
+        if self._result is None and c is not None and c.attempts and not c.flagged:
+            self._flag(c, reason, out)
+            self._advance(now, out)
+        return out
+
+    def on_timer(self, now: float) -> list[LookupEvent[P]]:
+        """Expire queries whose deadline passed (retrying them per the retry policy)."""
+        out: list[LookupEvent[P]] = []
+        if self._result is not None:
+            return out
+        expired = [c for c in self._pending.values() if c.deadline <= now]
+        for c in expired:
+            self._unpend(c)
+            self._timeouts += 1
+            c.state = _NEW if c.attempts <= self.config.retries else _FAILED
+        if expired:
+            self._advance(now, out)
+        return out
+
+    def cancel(self) -> list[LookupEvent[P]]:
+        """Stop: nothing stays pending. Returns ``[LookupDone]`` unless already finished."""
+        out: list[LookupEvent[P]] = []
+        if self._result is None:
+            self._finish(LookupOutcome.CANCELLED, out)
+        return out
+
+    # -- internals -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _num(node_id: bytes) -> int:
+        if len(node_id) != _ID_BYTES:
+            raise LocalProtocolError(f"ids must be {_ID_BYTES} bytes, got {node_id!r}")
+        return int.from_bytes(node_id, "big")
+
+    def _add(self, node_id: bytes, num: int, path: int, hop: int) -> None:
+        c = _Cand(node_id, num ^ self._t, path, hop)
+        self._cands[num] = c
+        bisect.insort(self._paths[path].order, c, key=_dist_key)
+
+    def _breaks_far_rule(self, c: _Cand, nums: list[int]) -> bool:
+        """The far-contacts rule. An answer is flagged when all three hold:
+
+        1. it carries fewer than ``k`` contacts;
+        2. none of them is nearer to the target than the responder itself;
+        3. it carries fewer contacts than ``min(k, m)``, where ``m`` is the number of other
+           nodes that already answered this lookup (each proved to exist).
+
+        An honest node answers with ``min(k, live contacts)`` of its nearest contacts; once
+        bootstrapped it knows at least ``min(k, N - 1)`` nodes, and ``m <= N - 2``, so it never
+        breaks the rule. A liar that answers with few, far contacts (to stall the walk or hide the
+        region near the target) does."""
+        count = len(nums)
+        if count >= self._k:
+            return False
+        t = self._t
+        own = c.dist
+        for num in nums:
+            if num ^ t < own:
+                return False
+        others = self._responses  # c has not been counted yet
+        return count < min(self._k, others)
+
+    def _answered(self, c: _Cand) -> None:
+        if c.state == _PENDING:
+            self._unpend(c)
+        c.state = _ANSWERED
+        self._responses += 1
+
+    def _flag(self, c: _Cand, reason: Misbehaviour, out: list[LookupEvent[P]]) -> None:
+        if c.state == _PENDING:
+            self._unpend(c)
+        elif c.state == _ANSWERED:
+            self._responses -= 1
+        c.state = _FAILED
+        c.flagged = True
+        self._misbehaved += 1
+        out.append(Misbehaved(c.node_id, reason))
+
+    def _unpend(self, c: _Cand) -> None:
+        del self._pending[c.dist ^ self._t]
+        self._paths[c.path].in_flight -= 1
+
+    def _advance(self, now: float, out: list[LookupEvent[P]]) -> None:
+        if self._result is not None:
+            return
+        alpha, k = self.config.alpha, self._k
+        all_done = True
+        for path in self._paths:
+            if path.done:
+                continue
+            live = 0
+            waiting = False
+            for c in path.order:
+                state = c.state
+                if state == _FAILED:
+                    continue
+                live += 1
+                if state == _NEW:
+                    waiting = True
+                    if path.in_flight < alpha:
+                        self._send(c, path, now, out)
+                elif state == _PENDING:
+                    waiting = True
+                if live >= k:
+                    break
+            if waiting:
+                all_done = False
+            else:
+                path.done = True
+                for c in path.order:  # abandon queries to nodes beyond the k nearest
+                    if c.state == _PENDING:
+                        self._unpend(c)
+                        c.state = _NEW
+        if all_done:
+            self._finish(LookupOutcome.COMPLETED, out)
+
+    def _send(self, c: _Cand, path: _Path, now: float, out: list[LookupEvent[P]]) -> None:
+        c.state = _PENDING
+        c.attempts += 1
+        c.deadline = now + self.config.query_timeout
+        self._pending[c.dist ^ self._t] = c
+        path.in_flight += 1
+        self._messages += 1
+        if c.hop > self._rounds:
+            self._rounds = c.hop
+        out.append(Query(c.node_id, c.attempts, self._paths.index(path)))
+
+    def _finish(self, outcome: LookupOutcome, out: list[LookupEvent[P]]) -> None:
+        for c in self._pending.values():
+            c.state = _NEW
+        self._pending.clear()
+        for path in self._paths:
+            path.in_flight = 0
+            path.done = True
+        answered = sorted((c for c in self._cands.values() if c.state == _ANSWERED), key=_dist_key)
+        failed = sum(1 for c in self._cands.values() if c.state == _FAILED)
+        first = self._first_provider
+        self._result = LookupResult(
+            outcome=outcome,
+            closest=tuple(c.node_id for c in answered[: self._k]),
+            providers=len(self._providers),
+            rounds=self._rounds,
+            messages=self._messages,
+            responses=self._responses,
+            timeouts=self._timeouts,
+            failures=failed,
+            misbehaved=self._misbehaved,
+            first_provider_rounds=None if first is None else first[0],
+            first_provider_messages=None if first is None else first[1],
+        )
+        out.append(LookupDone(self._result))
