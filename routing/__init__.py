@@ -5,6 +5,26 @@ Everything here is a pure core (sans-IO): it takes ``now`` and events and return
 drivers that wire these into a node live in the assembly. See ``docs/routing.md``.
 """
 
+from routing._health import (
+    BREAKER_TRANSITIONS,
+    BreakerEvent,
+    BreakerState,
+    HealthConfig,
+    HealthTable,
+    Outcome,
+    PeerHealth,
+    rank,
+)
+from routing._hedge import (
+    CancelAttempt,
+    HedgeAction,
+    HedgeConfig,
+    HedgeDelay,
+    HedgePlan,
+    HedgeResult,
+    PlanOutcome,
+    StartAttempt,
+)
 from routing._policy import PolicyEngine
 from routing._policy_types import (
     Candidate,
@@ -30,6 +50,10 @@ from routing._targets import (
 )
 
 __all__ = [
+    "BREAKER_TRANSITIONS",
+    "BreakerEvent",
+    "BreakerState",
+    "CancelAttempt",
     "Candidate",
     "CapabilityStatus",
     "CapabilityTarget",
@@ -37,6 +61,16 @@ __all__ = [
     "ConnectionLimits",
     "Dial",
     "Discover",
+    "HealthConfig",
+    "HealthTable",
+    "HedgeAction",
+    "HedgeConfig",
+    "HedgeDelay",
+    "HedgePlan",
+    "HedgeResult",
+    "Outcome",
+    "PeerHealth",
+    "PlanOutcome",
     "PolicyAction",
     "PolicyConfig",
     "PolicyEngine",
@@ -45,8 +79,10 @@ __all__ = [
     "Protect",
     "Prune",
     "PruneReason",
+    "StartAttempt",
     "TargetSet",
     "TargetState",
     "parse_target_assignments",
     "parse_targets",
+    "rank",
 ]
