@@ -21,7 +21,8 @@ With ``n`` connected peers, target ``c`` requires ``required(c) = target.require
    capability (most over-served capability first); and to make room for a planned dial when all
    slots are taken. The order among eligible peers: negative score first, then peers holding no
    wanted capability, then those on the most over-represented capability, preferring the
-   fewest wanted capabilities, then the youngest connection, then node id bytes.
+   fewest wanted capabilities, then the lowest score, then the youngest connection, then node
+   id bytes.
 3. **Dialing** fills deficits one dial at a time: the capability with the highest priority, and
    among equals the largest *relative* deficit ``(required - connected - dialing) / required``
    (ties by name), gets the next dial. The deficit shrinks with each dial, so capabilities of one
@@ -149,6 +150,7 @@ class _Tick:
             bool(mine),
             -over,
             len(mine),
+            p.score,
             -p.connected_since,
             _id_bytes(p.node_id),
         )
