@@ -16,6 +16,7 @@ import struct
 from overlay.identity import NodeId
 
 __all__ = [
+    "CAPABILITY_NAME_PATTERN",
     "MAX_ATTRIBUTES",
     "MAX_ATTRIBUTE_VALUE_BYTES",
     "NODE_ID_BYTES",
@@ -37,7 +38,9 @@ MAX_ATTRIBUTES = 4
 MAX_ATTRIBUTE_VALUE_BYTES = 64
 """UTF-8 length of one attribute value."""
 
-_CAPABILITY_RE = re.compile(r"[a-z][a-z0-9_.-]{0,31}")
+CAPABILITY_NAME_PATTERN = "^[a-z][a-z0-9_.-]{0,31}$"
+"""What a capability name looks like (the same rule everywhere: records, targets, roles)."""
+_CAPABILITY_RE = re.compile(CAPABILITY_NAME_PATTERN)
 _ATTRIBUTE_KEY_RE = re.compile(r"[a-z][a-z0-9_.-]{0,15}")
 
 
