@@ -137,7 +137,7 @@ def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     db.close()
 
 
-def test_older_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_older_schema_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
     with PeerStore(path) as store:
         store.apply(StoreChanges(peers_upsert=(peer(1),)))
@@ -145,9 +145,7 @@ def test_older_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     def add_column(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE peers ADD COLUMN note TEXT NOT NULL DEFAULT ''")
 
-    monkeypatch.setattr(_store, "_MIGRATIONS", [*_store._MIGRATIONS, add_column])
-    monkeypatch.setattr(_store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    with PeerStore(path) as store:
+    with PeerStore(path, extra_migrations=[add_column]) as store:
         assert store.schema_version() == SCHEMA_VERSION + 1
         assert store.load().peers == (peer(1),)  # data kept through the migration
     db = sqlite3.connect(path)
