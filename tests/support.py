@@ -1,6 +1,6 @@
-"""Helpers shared by the tests: the backend and transport fixtures, configs per transport, running
-node pairs, a parked request handler, transport-level helpers, and waiting for a condition
-without sleeping.
+"""Helpers shared by the tests: the backend and transport fixtures (virtual time included),
+configs per transport, running node pairs, a parked request handler, transport-level helpers, and
+waiting for a condition without sleeping.
 
 Fixtures are made per module (``anyio_backend = both_backends()``) rather than in conftest.py,
 so each module says which backends and transports it runs on.
@@ -17,6 +17,9 @@ from typing import Any, NoReturn, TypeVar
 import anyio
 import anyio.lowlevel
 import pytest
+import sniffio
+import trio
+import trio.testing
 
 from overlay.identity import NodeKey
 from overlay.node import Node
@@ -38,6 +41,7 @@ __all__ = [
     "node_pair",
     "seeded_identity",
     "settle",
+    "virtual_time",
     "wait_until",
 ]
 
@@ -45,6 +49,9 @@ T = TypeVar("T")
 
 _SPINS = 200
 """Plain checkpoints taken before falling back to ``wait_all_tasks_blocked``."""
+
+_VIRTUAL_STEP = 0.001
+"""Virtual seconds :func:`wait_until` lets pass between two looks on a mock clock."""
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -69,6 +76,23 @@ def both_transports() -> object:
     return _param_fixture("transport", ("tcp", "memory"))
 
 
+def virtual_time() -> Any:
+    """An ``anyio_backend`` parameter: trio on a fresh ``MockClock(autojump_threshold=0)``.
+
+    Time only passes when every task is blocked, and then jumps straight to the next deadline,
+    so timeouts and delays cost no real time and elapsed times are exact. Use it as
+    ``@pytest.mark.parametrize("anyio_backend", [virtual_time()])`` (asyncio has no mock
+    clock, so a test whose subject is elapsed time runs on this backend only).
+    """
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    return pytest.param(("trio", {"clock": clock}), id="trio-virtual-time")
+
+
+def _on_virtual_clock() -> bool:
+    return (sniffio.current_async_library() == "trio"
+            and isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock))
+
+
 # ---------------------------------------------------------------------------------- waiting
 
 
@@ -77,7 +101,13 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 
     Spins on plain checkpoints first: asyncio's ``wait_all_tasks_blocked`` polls every 0.1 s
     while any task is runnable, which would make every wait cost 0.1 s.
+
+    On a mock clock (:func:`virtual_time`) a condition may need time to pass (a deadline, a
+    rate limit), and ``wait_all_tasks_blocked`` returns before the clock's autojump could
+    move it; so once every task is blocked this sleeps a virtual millisecond and looks again
+    (``timeout`` is then virtual seconds too).
     """
+    virtual = _on_virtual_clock()
     with anyio.fail_after(timeout):
         for _ in range(_SPINS):
             if predicate():
@@ -85,6 +115,8 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
             await anyio.lowlevel.checkpoint()
         while not predicate():
             await anyio.wait_all_tasks_blocked()
+            if virtual and not predicate():
+                await anyio.sleep(_VIRTUAL_STEP)
 
 
 async def settle(rounds: int = 1) -> None:

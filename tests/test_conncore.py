@@ -25,6 +25,7 @@ from overlay.connection._core import (
     RequestReceived,
     RequestRejected,
     ResponseReceived,
+    next_request_id,
 )
 from overlay.errors import (
     ChannelError,
@@ -390,9 +391,12 @@ def test_request_id_wraps_and_skips_ids_in_flight() -> None:
     core = make()
     first = core.send_request(MID, b"a")
     assert first == 1
-    core._next_rid = 0xFFFFFFFF  # white-box: jump to the end of the id space
-    assert core.send_request(MID, b"b") == 0xFFFFFFFF
-    assert core.send_request(MID, b"c") == 2  # wrapped, skipping 0 and the in-flight 1
+    assert core.send_request(MID, b"b") == 2  # the core takes its ids from next_request_id
+    in_flight = {first}
+    assert next_request_id(0xFFFFFFFF, in_flight) == 0xFFFFFFFF  # the end of the id space
+    assert next_request_id(0xFFFFFFFF + 1, in_flight) == 2  # wrapped, skipping 0 and the 1
+    assert next_request_id(0xFFFFFFFF + 1, {1, 2, 3}) == 4
+    assert next_request_id(0xFFFFFFFF, {0xFFFFFFFF}) == 1
 
 
 def test_cancel_before_any_byte_was_sent_drops_it_silently() -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
+import overlay.wire._nodeinfo
 from overlay.errors import ErrorCode, FrameError
 from overlay.wire._frames import (
     DISCARDED,
@@ -378,3 +380,12 @@ def test_drain_raw_parses_fed_bytes_in_place_and_views_only_chunks() -> None:
         ]
         assert whole == [None, None, message, b"whole"]
         assert all(type(w) is bytes for w in whole if w is not None)
+
+
+def test_disconnect_reason_has_one_definition() -> None:
+    """The wire codecs and the hello share one DisconnectReason."""
+    assert overlay.wire._nodeinfo.DisconnectReason is DisconnectReason
+    assert DisconnectReason.BANNED == 7
+    assert DisconnectReason.name(DisconnectReason.EVICTED) == "evicted"
+    assert DisconnectReason.name(12345) == "unknown_12345"
+    assert "class DisconnectReason" not in Path(overlay.wire._nodeinfo.__file__).read_text()

@@ -5,7 +5,9 @@ Allowed outcomes for any input: parsed values, or a RemoteProtocolError subclass
 
 from __future__ import annotations
 
+import random
 import struct
+from typing import Any
 
 import zstandard
 from hypothesis import HealthCheck, given, settings
@@ -306,3 +308,81 @@ def test_core_round_trip_messages(
         assert isinstance(event, MessageReceived)
         got[event.channel_id].append(event.payload)
     assert got == expected
+
+
+# --------------------------------------------------- decoder: piece types and held bytes
+
+
+def _frames(draw_payloads: list[tuple[bool, bytes]]) -> bytes:
+    out = []
+    for i, (more, payload) in enumerate(draw_payloads):
+        out.append(encode_frame(1, FLAG_MORE if more else 0, 1 + i % 3, 0, payload))
+    return b"".join(out)
+
+
+def _reference(data: bytes) -> tuple[list[tuple[Any, ...]], bool]:
+    decoder = FrameDecoder(1000)
+    out: list[tuple[Any, ...]] = []
+    try:
+        decoder.feed(bytearray(data))
+        while (raw := decoder.next_raw()) is not None:
+            out.append(raw)
+    except FrameError:
+        return out, True
+    return out, False
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    frames=st.lists(st.tuples(st.booleans(), st.binary(max_size=40)), max_size=8),
+    junk=st.binary(max_size=6),
+    cuts=st.lists(st.integers(0, 400), max_size=8),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_decoder_mixed_piece_types_and_calls_match_the_copying_decoder(
+    frames: list[tuple[bool, bytes]], junk: bytes, cuts: list[int], seed: int
+) -> None:
+    """bytes / bytearray / memoryview pieces, next_raw and drain_raw interleaved, pieces mutated
+    after feeding: same frames, same verdict, ``buffered`` exact, and no view aliases a buffer
+    the caller may reuse."""
+    rng = random.Random(seed)
+    data = _frames(frames) + junk
+    expected, expected_error = _reference(data)
+    points = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
+    decoder = FrameDecoder(1000)
+    got: list[tuple[Any, ...]] = []
+    fed = consumed = 0
+    error = False
+    reused = bytearray()
+    try:
+        for start, end in zip(points, points[1:], strict=False):
+            piece = data[start:end]
+            kind = rng.randrange(3)
+            if kind == 0:
+                decoder.feed(piece)
+            elif kind == 1:
+                reused[:] = piece
+                decoder.feed(reused)
+            else:
+                decoder.feed(memoryview(bytearray(piece)))
+            reused[:] = b"\xff" * len(reused)  # the caller reuses its receive buffer
+            fed += len(piece)
+            if rng.randrange(2):
+                while (raw := decoder.next_raw()) is not None:
+                    got.append(raw)
+                    consumed += 12 + len(raw[4])
+            else:
+                while batch := decoder.drain_raw():
+                    got.extend(batch)
+                    consumed += sum(12 + len(r[4]) for r in batch)
+            assert decoder.buffered == fed - consumed
+    except FrameError:
+        error = True
+    if not error:
+        try:
+            while (raw := decoder.next_raw()) is not None:
+                got.append(raw)
+        except FrameError:
+            error = True
+    assert [(*r[:4], bytes(r[4])) for r in got] == expected
+    assert error == expected_error

@@ -3,23 +3,29 @@ hello, redialling replaces a connection the other end still holds, close errors 
 
 from __future__ import annotations
 
-import time
+import contextlib
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 
+from overlay.address import ListenAddress, NodeAddress
 from overlay.errors import ConnectionClosed, HandshakeTimeout
+from overlay.identity import NodeKey
 from overlay.node import Node
 from overlay.router._channel import ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.router._destination import LOCAL
-from overlay.transport._secure import SecureStream
-from overlay.wire._nodeinfo import NodeInfo
+from overlay.testing import MemoryNetwork
+from overlay.transport import Transport
+from overlay.transport._secure import SecureIdentity, SecureStream
+from overlay.transport._tcp import TcpTransport
 from tests.support import (
     both_backends,
     both_transports,
     config_for,
     connected_pair,
+    virtual_time,
     wait_until,
 )
 
@@ -52,20 +58,44 @@ async def test_an_outer_cancel_scope_ends_the_node_quietly() -> None:
     assert node.connected_peers() == []
 
 
+@contextlib.asynccontextmanager
+async def _silent_after_noise(transport: str) -> AsyncIterator[tuple[Node, NodeAddress]]:
+    """A running node and the address of a listener that completes the Noise handshake but
+    never answers the hello (a real transport, no node behind it)."""
+    net = MemoryNetwork()
+    identity = SecureIdentity(NodeKey.generate())
+    listener: Transport = (
+        TcpTransport(identity, ListenAddress.parse("tcp://127.0.0.1:0"))
+        if transport == "tcp" else net.transport(identity)
+    )
+
+    async def never_hello(stream: SecureStream) -> None:
+        await anyio.sleep_forever()
+
+    async with (
+        Node(config_for(transport), memory_network=net) as node,
+        anyio.create_task_group() as tg,
+    ):
+        addresses = await tg.start(listener.serve, never_hello)
+        yield node, addresses[0]
+        tg.cancel_scope.cancel()
+
+
 async def test_dial_timeout_bounds_the_hello_too(transport: str) -> None:
-    async with connected_pair(transport, [ECHO]) as (a, b):
-        await a.disconnect(b.node_id)
-        await wait_until(lambda: a.node_id not in b.connected_peers())
+    async with _silent_after_noise(transport) as (node, address):
+        with pytest.raises(HandshakeTimeout):  # not after handshake_timeout (10 s)
+            await node.dial(address, timeout=0.3)
 
-        async def stuck_hello(stream: SecureStream, outbound: bool) -> tuple[NodeInfo, bytes]:
-            await anyio.sleep_forever()
-            raise AssertionError
 
-        b._hello = stuck_hello  # type: ignore[method-assign]  # Noise completes, hello never
-        started = time.monotonic()
+@pytest.mark.parametrize("anyio_backend", [virtual_time()])
+async def test_dial_timeout_bounds_the_hello_exactly() -> None:
+    """The dial fails when its own timeout expires, hello included (virtual time: the elapsed
+    time is exact, so this runs on trio's mock clock only)."""
+    async with _silent_after_noise("memory") as (node, address):
+        started = anyio.current_time()
         with pytest.raises(HandshakeTimeout):
-            await a.dial(b.address, timeout=0.3)
-        assert time.monotonic() - started < 2.0  # not handshake_timeout (10 s)
+            await node.dial(address, timeout=0.3)
+        assert anyio.current_time() - started == pytest.approx(0.3)
 
 
 async def test_redial_replaces_a_connection_the_other_end_still_holds(transport: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 from overlay.address import ListenAddress, NodeAddress
 from overlay.connection import _core as core_mod
 from overlay.connection._core import ConnectionCore, CoreConfig
+from overlay.connection._observer import Observer
 from overlay.errors import (
     AuthenticationError,
     IncompatiblePeerError,
@@ -23,7 +24,7 @@ from overlay.identity import NodeId, NodeKey
 from overlay.node import Node
 from overlay.router._channel import ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
-from overlay.testing import MemoryNetwork
+from overlay.testing import MemoryNetwork, MemoryTransport
 from overlay.transport import Transport
 from overlay.transport._failures import Direction, HandshakeFailureReason
 from overlay.transport._hello import receive_hello, send_hello
@@ -36,6 +37,7 @@ from overlay.wire._nodeinfo import (
     decode_node_info,
     encode_hello_reply,
     encode_node_info,
+    hello_frame,
 )
 from tests.support import (
     both_backends,
@@ -44,6 +46,7 @@ from tests.support import (
     connected_pair,
     node_pair,
     settle,
+    virtual_time,
     wait_until,
 )
 
@@ -238,3 +241,98 @@ async def test_simultaneous_dial_ends_with_one_connection(transport: str, attemp
         ca, cb = a.channel(ECHO), b.channel(ECHO)
         assert await ca.request(b.node_id, b"x", timeout=5) == b"x!"
         assert await cb.request(a.node_id, b"y", timeout=5) == b"y!"
+
+
+# ------------------------------------------------ a newer connection from the same initiator
+
+
+class Recorder(Observer):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, NodeId]] = []
+
+    def on_peer_connected(self, peer: NodeId, *, outbound: bool, remote_host: str,
+                          listen_addrs: tuple[str, ...]) -> None:
+        self.events.append(("connected", peer))
+
+    def on_peer_disconnected(self, peer: NodeId, reason: str) -> None:
+        self.events.append(("disconnected", peer))
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_replaced_connection_leaves_the_observer_connected() -> None:
+    """A connection replaced by a newer one from the same initiator reports
+    on_peer_disconnected *before* the newer one's on_peer_connected, so the observer (the peer
+    manager) never believes a connected peer gone."""
+    network = MemoryNetwork()
+    seen = Recorder()
+    config = config_for("memory")
+    async with Node(config, memory_network=network) as a, \
+            Node(config, memory_network=network, observer=seen) as b:
+        await a.dial(b.address)
+        await wait_until(lambda: a.node_id in b.connected_peers())
+        old = b.router.get_peer(a.node_id)
+        # A redials while B still holds the old connection (as after a partition that only A
+        # noticed): a second A-initiated connection, set up exactly as Node.dial does it.
+        transport = a._transport_for(b.address)
+        hello = hello_frame(encode_node_info(a.local_info()))
+        stream = await transport.dial(b.address, timeout=5.0, first_data=hello)
+        assert a._tg is not None
+        await a._tg.start(a._run_connection, stream, True, 5.0)
+        await wait_until(lambda: b.router.get_peer(a.node_id) not in (None, old)
+                         and old is not None and old._done.is_set())
+        assert b.connected_peers() == [a.node_id]
+        assert seen.events[-1] == ("connected", a.node_id), seen.events
+
+
+class HeldDials(MemoryTransport):
+    """A memory transport whose dials stop once the Noise handshake is done and our hello is
+    sent, until the test sets the gate of that connection (keyed by its handshake hash): the
+    test decides in which order the dialling node reads the hello replies."""
+
+    def __init__(self, network: MemoryNetwork, identity: SecureIdentity) -> None:
+        super().__init__(network, identity, "10.200.0.1")
+        self.arrived: list[bytes] = []
+        self.gates: dict[bytes, anyio.Event] = {}
+        self.released: list[bytes] = []
+
+    async def dial(self, address: NodeAddress, *, timeout: float,
+                   first_data: bytes = b"") -> SecureStream:
+        stream = await super().dial(address, timeout=timeout, first_data=first_data)
+        key = stream.handshake_hash
+        self.gates[key] = anyio.Event()
+        self.arrived.append(key)
+        await self.gates[key].wait()
+        self.released.append(key)
+        return stream
+
+
+@pytest.mark.parametrize("anyio_backend", [virtual_time()])
+async def test_two_concurrent_dials_to_one_peer_leave_one_connection() -> None:
+    """With "a new connection from the same initiator replaces the old one", two concurrent
+    dials to one peer whose hello replies are processed in a different order on the two ends
+    must not leave each end keeping a different connection (each would close the other's as
+    DUPLICATE and the peers would end up disconnected)."""
+    network = MemoryNetwork()
+    config = config_for("memory")
+    key_a = NodeKey.generate()
+    held = HeldDials(network, SecureIdentity(key_a))
+    async with Node(config, key=key_a, transports=[held]) as a, \
+            Node(config, memory_network=network) as b:
+        # B registers the two inbound connections in some order and keeps the later one; A
+        # is made to read its two hello replies in the opposite order (the order two sockets
+        # become readable in is arbitrary, so this interleaving can happen unforced).
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(a.dial, b.address)
+            tg.start_soon(a.dial, b.address)
+            with anyio.move_on_after(1):  # only 1 arrives when A deduplicates the dials
+                await wait_until(lambda: len(held.arrived) == 2)
+            await wait_until(lambda: len(b.router.peers()) == 1)
+            kept_by_b = b.router.peers()[0]._stream.handshake_hash  # type: ignore[attr-defined]
+            order = sorted(held.arrived, key=lambda key: key != kept_by_b)
+            for key in order:
+                held.gates[key].set()
+                await wait_until(lambda key=key: key in held.released)  # type: ignore[misc]
+                await anyio.sleep(0.1)  # A registers it (and closes the older one)
+        await anyio.sleep(5)  # let DUPLICATE disconnects play out
+        assert a.connected_peers() == [b.node_id]
+        assert b.connected_peers() == [a.node_id]

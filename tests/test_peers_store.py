@@ -1,4 +1,5 @@
-"""The SQLite peer store: round trips, schema versions, robustness, kill -9 mid-write."""
+"""The SQLite peer store: round trips, schema versions, robustness, kill -9 mid-write, and
+failed writes (a StorageError, retried by the peering driver)."""
 
 from __future__ import annotations
 
@@ -16,9 +17,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import overlay.errors
+import overlay.peers
 from overlay.address import NodeAddress
-from overlay.errors import ConfigError, LocalProtocolError
+from overlay.errors import (
+    ConfigError,
+    LocalProtocolError,
+    OverlayError,
+    PeerStoreError,
+    StorageError,
+)
 from overlay.identity import NodeId
+from overlay.node import Node
+from overlay.node._config import NodeConfig
+from overlay.node._peering import Peering, wall_clock
 from overlay.peers import (
     SCHEMA_VERSION,
     PeerManager,
@@ -125,7 +137,7 @@ def test_newer_schema_is_refused_untouched(tmp_path: Path) -> None:
     db.close()
 
 
-def test_older_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_older_schema_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
     with PeerStore(path) as store:
         store.apply(StoreChanges(peers_upsert=(peer(1),)))
@@ -133,9 +145,7 @@ def test_older_schema_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     def add_column(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE peers ADD COLUMN note TEXT NOT NULL DEFAULT ''")
 
-    monkeypatch.setattr(_store, "_MIGRATIONS", [*_store._MIGRATIONS, add_column])
-    monkeypatch.setattr(_store, "SCHEMA_VERSION", SCHEMA_VERSION + 1)
-    with PeerStore(path) as store:
+    with PeerStore(path, extra_migrations=[add_column]) as store:
         assert store.schema_version() == SCHEMA_VERSION + 1
         assert store.load().peers == (peer(1),)  # data kept through the migration
     db = sqlite3.connect(path)
@@ -343,3 +353,52 @@ def test_kill_minus_nine_mid_write_leaves_a_consistent_prefix(tmp_path: Path) ->
         assert set(batches.values()) == {40}
         assert last >= next_batch + 14
         next_batch = last + 1
+
+
+# ------------------------------------------------------------------------- failed writes
+
+
+def test_peer_store_error_is_one_class_in_the_storage_family() -> None:
+    assert overlay.peers.PeerStoreError is PeerStoreError
+    assert _store.PeerStoreError is PeerStoreError
+    assert issubclass(PeerStoreError, StorageError)
+    assert issubclass(StorageError, OverlayError)
+    assert not issubclass(StorageError, LocalProtocolError)  # not the caller's fault
+    assert "PeerStoreError" in overlay.errors.__all__
+    assert "StorageError" in overlay.errors.__all__
+    docs = (Path(__file__).parent.parent / "docs" / "errors.md").read_text()
+    assert "StorageError" in docs and "PeerStoreError" in docs
+    assert "PeerStoreError" in (overlay.errors.__doc__ or "")
+
+
+def _stored(node_id: str) -> StoredPeer:
+    return StoredPeer(node_id, (), "operator", 1.0, 1.0, 0, 0.0, 1.0, (), None)
+
+
+def test_a_failed_write_raises_peer_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "peers.sqlite"
+    with PeerStore(path) as store:
+        with sqlite3.connect(path) as other:
+            other.execute("DROP TABLE peers")
+        with pytest.raises(PeerStoreError, match="writing"):
+            store.apply(StoreChanges(peers_upsert=(_stored("1" * 40),)))
+
+
+@pytest.mark.anyio
+async def test_the_driver_keeps_a_batch_that_failed_to_persist(tmp_path: Path) -> None:
+    path = tmp_path / "peers.sqlite"
+    async with Node(NodeConfig(listen=("tcp://127.0.0.1:0",))) as node:
+        peering = Peering(node, store_path=path)
+        victim = NodeId("2" * 40)
+        now = wall_clock()
+        peering.manager.ban_peer(victim, now + 60.0, "operator", now)
+        batches = [a for a in peering.manager.poll(now) if isinstance(a, Persist)]
+        assert len(batches) == 1
+        assert victim in {p.node_id for p in batches[0].changes.peers_upsert}
+        with sqlite3.connect(path) as other:
+            other.execute("DROP TABLE peers")
+        await peering._persist(batches[0])  # logged, handed back to the manager; no exception
+        again = [a for a in peering.manager.poll(now + 5.0) if isinstance(a, Persist)]
+        assert again and victim in {p.node_id for p in again[0].changes.peers_upsert}
+        assert peering.store is not None
+        peering.store.close()

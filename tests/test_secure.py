@@ -456,16 +456,14 @@ def test_sans_io_failed_handshake_stays_failed() -> None:
     assert not resp.is_complete
 
 
-def test_proof_cache_remembers_only_valid_proofs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_proof_cache_remembers_only_valid_proofs() -> None:
     calls: list[bytes] = []
-    real = verify_signature
 
     def counting(public_key: bytes, message: bytes, signature: bytes) -> bool:
         calls.append(message)
-        return real(public_key, message, signature)
+        return verify_signature(public_key, message, signature)
 
-    monkeypatch.setattr("overlay.wire._handshake.verify_signature", counting)
-    cache = ProofCache(capacity=2)
+    cache = ProofCache(capacity=2, verify=counting)
     key = IDENT_A.node_key
     proofs = [(b"m%d" % i, key.sign(b"m%d" % i)) for i in range(3)]
     assert cache.verify(key.public_key, *proofs[0])

@@ -12,6 +12,7 @@ import pytest
 from overlay import cli
 from overlay.node._config import NodeConfig, load_config
 from overlay.node._service import NodeControl, run_node
+from tests.support import wait_until
 
 
 def _init(home: Path, capsys: pytest.CaptureFixture[str]) -> str:
@@ -68,9 +69,7 @@ async def test_cli_drives_a_running_node(tmp_path: Path,
 
         # Ban the peer: it is disconnected and the ban is listed.
         assert await _cli(["ban", id_b, "--for", "1h", "--home", str(home_a)]) == 0
-        with anyio.fail_after(5):
-            while control_a.node.connected_peers():  # noqa: ASYNC110 - polls a live node
-                await anyio.sleep(0.01)
+        await wait_until(lambda: not control_a.node.connected_peers())
         assert await _cli(["unban", id_b, "--home", str(home_a)]) == 0
         assert await _cli(["seeds", "add", addr_b, "--home", str(home_a)]) == 0
         tg.cancel_scope.cancel()

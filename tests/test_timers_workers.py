@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 
 import anyio
+import anyio.lowlevel
 import pytest
-import trio.testing
 
 from overlay.connection._driver import KEEP_IDLE_WORKERS, _Workers
 from overlay.connection._timers import TimerService
+from overlay.errors import ConnectionClosed
+from tests.support import virtual_time
 
 pytestmark = pytest.mark.anyio
 
-VIRTUAL = [pytest.param(("trio", {"clock": trio.testing.MockClock(autojump_threshold=0)}),
-                        id="trio-virtual-time")]
+VIRTUAL = [virtual_time()]
 
 
 class Owner:
@@ -115,6 +117,70 @@ async def test_periodic_owner_and_a_failing_owner(caplog: pytest.LogCaptureFixtu
     assert "timer callback" in caplog.text
 
 
+async def test_an_owner_due_again_at_once_lets_other_tasks_run() -> None:
+    """An owner that reschedules itself at or before ``now`` does not keep the timer task in
+    one synchronous loop: other tasks run between its firings (a wrong owner degrades to a busy
+    loop that yields, not a hang)."""
+    service = TimerService()
+    ticks = 0
+    fired_at_tick: list[int] = []
+
+    async def ticker() -> None:  # another task: does it get to run between two firings?
+        nonlocal ticks
+        while len(fired_at_tick) < 50 and ticks < 1000:
+            ticks += 1
+            await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tg:
+
+        class Due:
+            timer_at = math.inf
+
+            def on_timer(self, now: float) -> None:
+                if not fired_at_tick:
+                    tg.start_soon(ticker)
+                fired_at_tick.append(ticks)
+                if len(fired_at_tick) < 50:
+                    service.schedule(self, now)  # "still due": a refill time already reached
+
+        await tg.start(service.run)
+        service.schedule(Due(), anyio.current_time() + 1)
+        await anyio.sleep(2)
+        tg.cancel_scope.cancel()
+    assert len(fired_at_tick) == 50
+    assert fired_at_tick[-1] >= 10, fired_at_tick
+
+
+async def test_a_nan_deadline_does_not_delay_other_owners() -> None:
+    """A NaN deadline must not break the heap's order (the 0.5 s deadline below would fire
+    at 1 s). Refusing NaN (ValueError) or ignoring it are both fine."""
+    service = TimerService()
+    fired: dict[str, float] = {}
+
+    class NamedOwner:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.timer_at = math.inf
+
+        def on_timer(self, now: float) -> None:
+            fired[self.name] = now
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(service.run)
+        start = anyio.current_time()
+        owners = {name: NamedOwner(name) for name in ("late", "nan", "mid", "early")}
+        service.schedule(owners["late"], start + 5)
+        try:
+            service.schedule(owners["nan"], math.nan)
+        except ValueError:
+            pass
+        service.schedule(owners["mid"], start + 1)
+        service.schedule(owners["early"], start + 0.5)
+        await anyio.sleep(10)
+        tg.cancel_scope.cancel()
+    assert fired["early"] - start == pytest.approx(0.5)
+
+
 # -- request workers ------------------------------------------------------------------------
 
 
@@ -176,5 +242,39 @@ async def test_every_blocked_job_gets_its_own_worker() -> None:
         assert workers.workers == 20
         release.set()
         await anyio.sleep(0.1)
+        assert workers.workers == KEEP_IDLE_WORKERS
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_random_bursts_run_every_job_at_once_and_the_pool_shrinks_back(seed: int) -> None:
+    """Jobs that block for random (virtual) times, some raising OverlayError, submitted in
+    random bursts: every job runs, none waits behind a blocked one, the pool shrinks back."""
+    rng = random.Random(seed)
+    started: dict[int, float] = {}
+    finished: set[int] = set()
+
+    async def job(i: int, hold: float, fail: bool) -> None:
+        started[i] = anyio.current_time()
+        if hold:
+            await anyio.sleep(hold)
+        finished.add(i)
+        if fail:
+            raise ConnectionClosed("gone")
+
+    async with anyio.create_task_group() as tg:
+        workers = _Workers(tg)
+        submitted: dict[int, float] = {}
+        n = 0
+        for _ in range(30):
+            for _ in range(rng.randrange(0, 6)):
+                hold = rng.choice([0.0, 0.0, 0.5, 3.0])
+                submitted[n] = anyio.current_time()
+                workers.submit(job, (n, hold, rng.random() < 0.2))
+                n += 1
+            await anyio.sleep(rng.choice([0.0, 0.1, 1.0]))
+        await anyio.sleep(10)
+        assert finished == set(range(n))
+        assert all(started[i] == submitted[i] for i in range(n))  # nobody waited
         assert workers.workers == KEEP_IDLE_WORKERS
         tg.cancel_scope.cancel()

@@ -81,7 +81,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 
 import zstandard
 
@@ -153,10 +153,21 @@ __all__ = [
     "RequestReceived",
     "RequestRejected",
     "ResponseReceived",
+    "next_request_id",
 ]
 
 
 _MAX_RID = 0xFFFFFFFF
+
+
+def next_request_id(candidate: int, in_flight: Container[int]) -> int:
+    """The request id to use from ``candidate`` on: ids run 1..2**32-1, wrap past the end
+    (0 is never an id) and skip ids still in flight."""
+    rid = (candidate - 1) % _MAX_RID + 1
+    while rid in in_flight:
+        rid = rid % _MAX_RID + 1
+    return rid
+
 _MAX_PINGS = 16  # outstanding pings remembered for RTT matching
 _pack = HEADER.pack
 
@@ -328,9 +339,7 @@ class ConnectionCore(ReceiveSide):
         self._check_open()
         if len(self._outbound) >= self._config.max_outbound_requests:
             raise WouldBlock("too many outbound requests in flight")
-        rid = self._next_rid
-        while rid in self._outbound:
-            rid = rid % _MAX_RID + 1
+        rid = next_request_id(self._next_rid, self._outbound)
         msg = self._enqueue(ch, _REQUEST, rid, payload)
         self._next_rid = rid % _MAX_RID + 1
         self._outbound[rid] = msg

@@ -273,8 +273,17 @@ def _private_files(path: Path) -> None:
 class PeerStore:
     """The peer database at ``path`` (created if missing). Close it when done."""
 
-    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        busy_timeout: float = 10.0,
+        extra_migrations: Sequence[Callable[[sqlite3.Connection], None]] = (),
+    ) -> None:
+        """``extra_migrations`` are schema steps after this release's own (step ``i`` upgrades
+        version ``SCHEMA_VERSION + i`` to the next): how tests exercise an upgrade."""
         self._path = Path(path)
+        self._migrations = (*_MIGRATIONS, *extra_migrations)
         self._lock = threading.Lock()
         self._closed = False
         try:
@@ -417,10 +426,11 @@ class PeerStore:
 
     def _migrate(self) -> None:
         version = self._read_version()
-        if version > SCHEMA_VERSION:
+        latest = len(self._migrations)
+        if version > latest:
             raise ConfigError(
                 "peer_store",
-                f"{self._path} has schema version {version}, newer than the {SCHEMA_VERSION} "
+                f"{self._path} has schema version {version}, newer than the {latest} "
                 "this release supports; upgrade overlay or point peer_store at another file",
             )
         if (
@@ -428,10 +438,10 @@ class PeerStore:
             and self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table'").fetchone()
         ):
             raise ConfigError("peer_store", f"{self._path} is a database of something else")
-        while version < SCHEMA_VERSION:
+        while version < latest:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                _MIGRATIONS[version](self._db)
+                self._migrations[version](self._db)
                 if version == 0:
                     self._db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
                     self._db.execute("INSERT INTO schema_version (version) VALUES (1)")

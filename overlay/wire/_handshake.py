@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict
+from collections.abc import Callable
 
 from google.protobuf.message import DecodeError as _PbDecodeError
 
@@ -80,10 +81,18 @@ class ProofCache:
     expensive step of a handshake, and a peer's proof is identical on every reconnect while its
     process lives). Only valid proofs are remembered, keyed by their exact bytes."""
 
-    __slots__ = ("_entries", "capacity")
+    __slots__ = ("_entries", "_verify", "capacity")
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(
+        self,
+        capacity: int = 1024,
+        *,
+        verify: Callable[[bytes, bytes, bytes], bool] = verify_signature,
+    ) -> None:
+        """``verify(public_key, message, signature)`` checks a proof the cache does not hold
+        (ed25519 by default; tests pass a counting wrapper)."""
         self.capacity = capacity
+        self._verify = verify
         self._entries: OrderedDict[bytes, None] = OrderedDict()
 
     def __len__(self) -> int:
@@ -94,7 +103,7 @@ class ProofCache:
         if entry in self._entries:
             self._entries.move_to_end(entry)
             return True
-        if not verify_signature(public_key, message, signature):
+        if not self._verify(public_key, message, signature):
             return False
         self._entries[entry] = None
         if len(self._entries) > self.capacity:

@@ -10,11 +10,9 @@ import pytest
 from overlay.cli._testnet import LOOPBACK_NETWORKS, run_testnet
 from overlay.cli._testnet import testnet_config as make_config  # not collected as a test
 from overlay.peers import PeerManagerConfig
+from tests.support import both_backends
 
-
-@pytest.fixture(params=["asyncio", "trio"])
-def anyio_backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+anyio_backend = both_backends()
 
 
 def test_testnet_config_exempts_loopback_and_fits_a_full_mesh() -> None:
