@@ -108,7 +108,7 @@ def check(m: PeerManager, now: float, *, after_poll: bool) -> None:
     assert all(v <= CONFIG.max_outbound_per_netgroup for v in out_group.values())
     if after_poll:
         assert table.outbound_used() <= CONFIG.max_outbound
-    assert len(m._records) <= CONFIG.max_peer_records + 16
+    assert len(m._peers) <= CONFIG.max_peer_records + 16
     stats = m.statistics()
     assert stats.dialing == len(table.dials)
     assert stats.address_book_new + stats.address_book_tried == len(m.address_book)
