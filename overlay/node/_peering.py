@@ -28,7 +28,7 @@ import random
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 
 import anyio
 import anyio.abc
@@ -51,7 +51,9 @@ from overlay.errors import (
 from overlay.identity import NodeId
 from overlay.node._node import Node
 from overlay.peers import (
+    Action,
     DialPeer,
+    DisconnectCause,
     DisconnectPeer,
     PeerManager,
     PeerManagerCounters,
@@ -72,17 +74,17 @@ wall_clock = time.time
 
 log = logging.getLogger("overlay.peering")
 
-_REASONS = {
-    "banned": DisconnectReason.BANNED,
-    "ip_banned": DisconnectReason.BANNED,
-    "evicted": DisconnectReason.EVICTED,
-    "upgrade": DisconnectReason.EVICTED,
-    "feeler": DisconnectReason.OPERATOR,
-    "operator": DisconnectReason.OPERATOR,
-    "self": DisconnectReason.SELF,
-    "duplicate": DisconnectReason.DUPLICATE,
-    "low_score": DisconnectReason.BANNED,
-}
+def _disconnect_code(cause: DisconnectCause) -> int:
+    """The ``DisconnectReason`` told to a peer the manager asked to disconnect."""
+    match cause:
+        case DisconnectCause.BANNED | DisconnectCause.IP_BANNED | DisconnectCause.LOW_SCORE:
+            return DisconnectReason.BANNED
+        case DisconnectCause.EVICTED | DisconnectCause.UPGRADE:
+            return DisconnectReason.EVICTED
+        case DisconnectCause.FEELER | DisconnectCause.OPERATOR:
+            return DisconnectReason.OPERATOR
+        case _:
+            assert_never(cause)
 
 
 def dial_failure_reason(exc: BaseException) -> str:
@@ -229,25 +231,27 @@ class Peering(Observer):
                 await self._persist(action)
         await anyio.to_thread.run_sync(self.store.close)
 
-    async def _execute(self, action: object) -> None:
-        if isinstance(action, DialPeer):
-            assert self._tg is not None
-            self._tg.start_soon(self._dial, action)
-        elif isinstance(action, DisconnectPeer):
-            conn = self.node.router.get_peer(action.node_id)
-            if conn is not None and conn.is_open:
-                code = _REASONS.get(action.reason, DisconnectReason.EVICTED if action.evict
-                                    else DisconnectReason.OPERATOR)
-                level = logging.DEBUG if action.reason == "feeler" else logging.INFO
-                log.log(level, "disconnecting %s: %s", action.node_id, action.reason,
-                        extra={"peer": action.node_id})
-                conn.close(code, action.reason)
-                if self.metrics is not None:
-                    self.metrics.peer_disconnected(action.reason)
-        elif isinstance(action, Persist):
-            await self._persist(action)
-        elif isinstance(action, RefreshAddresses):
-            log.debug("address book has no usable candidate (%s)", action.reason)
+    async def _execute(self, action: Action) -> None:
+        match action:
+            case DialPeer():
+                assert self._tg is not None
+                self._tg.start_soon(self._dial, action)
+            case DisconnectPeer():
+                conn = self.node.router.get_peer(action.node_id)
+                if conn is not None and conn.is_open:
+                    feeler = action.reason is DisconnectCause.FEELER
+                    level = logging.DEBUG if feeler else logging.INFO
+                    log.log(level, "disconnecting %s: %s", action.node_id, action.reason,
+                            extra={"peer": action.node_id})
+                    conn.close(_disconnect_code(action.reason), action.reason)
+                    if self.metrics is not None:
+                        self.metrics.peer_disconnected(action.reason)
+            case Persist():
+                await self._persist(action)
+            case RefreshAddresses():
+                log.debug("address book has no usable candidate (%s)", action.reason)
+            case _:
+                assert_never(action)
 
     async def _persist(self, action: Persist) -> None:
         if self.store is None:

@@ -7,8 +7,9 @@ Bitcoin Core's ``SelectNodeToEvict``. An attacker can make many connections, but
 at once in many netgroups, fast, useful and long-connected, so peers that excel at any of those
 are shielded, in this order:
 
-1. peers flagged persistent or unconditional, and every peer an outside
-   :class:`~overlay.peers.ProtectionHook` names (e.g. the carriers of a scarce capability);
+1. protected peers (:mod:`overlay.peers._protection`): flagged persistent or unconditional,
+   named by an outside policy (``set_protected`` / ``protect``: e.g. the routing policy
+   engine's keepers of a scarce capability), or by a :class:`~overlay.peers.ProtectionHook`;
 2. netgroup diversity: one peer (the longest-connected) from each of ``protect_netgroups`` (4)
    netgroups, the netgroups chosen by a keyed hash so an attacker cannot aim for them;
 3. the ``protect_low_latency`` (8) peers with the lowest measured latency;

@@ -77,7 +77,7 @@ per concept, wired here and nowhere else; none of them knows the facade)::
                ├── OperatorSurface seeds, persistent peers, dial_now queue (_operator)
                ├── DialPlanner     dial priorities, feeler/upgrade schedule, backoff (_planner)
                ├── ChangeLog       Persist batches from the three stored concepts (_persistence)
-               ├── Agenda          disconnects decided between polls; wake / urgent flags
+               ├── Agenda          disconnects decided between polls; wake/urgent (_agenda)
                └── Counters        cumulative counters (_counters)
 
 The facade turns facts into calls on those objects, keeps the clock it was last given
@@ -86,13 +86,11 @@ fixed order: queued disconnects (still connected), dials, ``RefreshAddresses``, 
 Cross-object invariants: a record's ``conn`` / ``dial`` is set only through the ``ConnTable``
 (so its counters match the records); every decided disconnect goes through the ``Agenda`` (so a
 connection is asked to close at most once); the ``OperatorSurface`` lists mirror the records'
-flags; only ``ChangeLog`` clears dirty marks.
+flags; only ``ChangeLog`` clears dirty marks (restoring from the store marks nothing dirty).
 """
-
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Iterable
 
@@ -135,8 +133,6 @@ from overlay.peers._types import (
 from overlay.wire._netgroup import ip_key, parse_ip
 
 __all__ = ["MAINTENANCE_INTERVAL", "MAX_CAPABILITY_RECORD_BYTES", "PeerManager"]
-
-_log = logging.getLogger(__name__)
 
 MAINTENANCE_INTERVAL = 60.0
 """Ban expiry, tried-collision resolution and record pruning run this often."""
