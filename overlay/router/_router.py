@@ -19,9 +19,10 @@ Theory of operation
   once, when ``request`` is called (``timeout``, else the caller's cancel scope, else the spec's
   ``request_timeout``), and every attempt, whatever the destination, hands it to the node's timer
   heap and reports its :class:`~overlay.connection._outcome.AttemptOutcome` for that peer to the
-  observer. A destination's ``run_request`` also runs under a cancel scope with the same
-  deadline (a backstop for anything it awaits besides attempts); an attempt cut short by that
-  scope, or by the caller's, at its deadline counts as a ``TIMEOUT`` of that peer.
+  observer. A destination's ``run_request`` also runs under a cancel scope expiring a millisecond
+  later (a backstop for anything it awaits besides attempts, which end by their timer first).
+  When the deadline is the caller's cancel scope, that scope cancels the attempts itself; an
+  attempt cut short at the deadline that way counts as a ``TIMEOUT`` of its peer.
 * Destinations select from the router's :class:`~overlay.router._peertable.PeerTable` (its
   connections; views built only on demand, nothing per message), never from the router itself.
 * Inbound requests run their handler in a task of the connection's task group; the peer's CANCEL
@@ -77,8 +78,9 @@ log = logging.getLogger("overlay.router")
 _NO_FAILURES: Mapping[NodeId, AttemptOutcome] = MappingProxyType({})
 
 _DEADLINE_SLACK = 0.001
-"""Seconds before a request's deadline from which a cancelled attempt counts as timed out (a
-cancel scope's deadline may be delivered a hair early on asyncio)."""
+"""Seconds around a request's deadline: an attempt cancelled from this long before it counts as
+timed out (a cancel scope's deadline may be delivered a hair early on asyncio), and the backstop
+scope of a destination's ``run_request`` expires this long after it."""
 
 @dataclass(frozen=True, slots=True)
 class _Deadline:
@@ -442,7 +444,9 @@ class Router:
 
         if not deadline.own:
             return await to.run_request(self._table, attempt)
-        with anyio.CancelScope(deadline=deadline.at):
+        # The backstop fires just after the attempts' own deadline, so an attempt in flight
+        # always ends by its timer (RequestTimeout, reported for its peer) and never by this.
+        with anyio.CancelScope(deadline=deadline.at + _DEADLINE_SLACK):
             return await to.run_request(self._table, attempt)
         raise RequestTimeout(
             f"no response on {spec.name!r} from {to!r} within {deadline.seconds:g} s"
