@@ -22,7 +22,8 @@
     ├── NetworkError                     the network failed us (also an ``OSError``-like family)
     │   ├── DialError                    could not connect
     │   ├── ConnectionClosed             the connection closed; pending work on it fails
-    │   └── PeerNotConnected             a peer destination that is not connected
+    │   └── NoRoute                      a destination selected nobody (``.reason``: why)
+    │       └── PeerNotConnected         a peer destination that is not connected
     ├── StorageError                     local storage failed us (disk full, I/O error, locked
     │   │                                database): neither the caller's code nor the peer
     │   └── PeerStoreError               reading or writing the peer database failed
@@ -53,6 +54,8 @@ __all__ = [
     "LocalProtocolError",
     "MessageTooLarge",
     "NetworkError",
+    "NoRoute",
+    "NoRouteReason",
     "NodeClosed",
     "OverlayError",
     "OverlayTimeoutError",
@@ -155,8 +158,33 @@ class ConnectionClosed(NetworkError):
     """The connection closed while an operation depended on it."""
 
 
-class PeerNotConnected(NetworkError):
-    """The destination peer is not connected."""
+class NoRouteReason(enum.Enum):
+    """Why a destination reached nobody."""
+
+    NO_PEERS_CONNECTED = "no_peers_connected"
+    """The node has no connected peer at all (e.g. ``BROADCAST`` before the first dial)."""
+    NO_PEER_MATCHES = "no_peer_matches"
+    """Peers are connected, but none is one the destination would pick."""
+    NOT_CONNECTED = "not_connected"
+    """The one peer named (a bare node id) is not connected."""
+
+
+class NoRoute(NetworkError):
+    """A destination selected nobody: nothing was sent. ``reason`` is a :class:`NoRouteReason`.
+
+    Neither the caller's fault (the same call succeeds once a suitable peer connects) nor the
+    peer's: the node simply has no route to the destination right now."""
+
+    def __init__(self, reason: NoRouteReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PeerNotConnected(NoRoute):
+    """The destination peer is not connected (``reason`` is always ``NOT_CONNECTED``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(NoRouteReason.NOT_CONNECTED, message)
 
 
 class StorageError(OverlayError):

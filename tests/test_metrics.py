@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from overlay.address import NodeAddress
 from overlay.cli._testnet import LOOPBACK_NETWORKS
 from overlay.connection._observer import Observer
+from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import (
     AuthenticationError,
     ConfigError,
@@ -280,8 +281,8 @@ def test_observer_forwards_to_metrics() -> None:
     observer = MetricsObserver(metrics)
     observer.on_slow_peer(PEER, "blocks")
     observer.on_invalid_message(PEER, "blocks", "decode")
-    observer.on_request_done(PEER, "blocks", 0.5, "error")
-    observer.on_request_served(PEER, "blocks", 0.1, "ok")
+    observer.on_request_done(PEER, "blocks", 0.5, AttemptOutcome.ERROR)
+    observer.on_request_served(PEER, "blocks", 0.1, AttemptOutcome.OK)
     observer.on_latency(PEER, 0.01)  # not a metric: ignored
     observer.on_handshake_failed(Direction.INBOUND, HandshakeFailureReason.TIMEOUT)
     samples, _ = parse(metrics.render().decode())

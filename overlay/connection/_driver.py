@@ -41,6 +41,7 @@ import anyio.abc
 
 from overlay.connection import _core as core_mod
 from overlay.connection._core import ConnectionCore, ConnectionState
+from overlay.connection._meter import RoundTripMeter
 from overlay.connection._observer import Observer
 from overlay.connection._timers import TimerService
 from overlay.errors import (
@@ -208,6 +209,8 @@ class PeerConnection:
         self._writer_waiting = False
         self._timers = timers
         self.timer_at = math.inf
+        self.meter = RoundTripMeter()
+        """Round-trip EWMA (pings and answered requests) and requests in flight."""
         self._close_error: OverlayError = ConnectionClosed(f"connection to {node_id} closed")
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: _Workers | None = None
@@ -360,15 +363,22 @@ class PeerConnection:
                 return
 
     async def request(
-        self, channel_id: int, payload: bytes, timeout: float | None = None
+        self, channel_id: int, payload: bytes, timeout: float | None = None,
+        *, deadline: float | None = None,
     ) -> bytes:
         """Send a request and wait for the response payload.
 
-        Cancelling the caller cancels the request on the wire, and so does ``timeout`` (seconds;
-        enforced by the node's timer task, so a request costs no cancel scope), which raises
-        :class:`RequestExpired`. An error response raises :class:`RequestError`.
+        Cancelling the caller cancels the request on the wire, and so does the deadline
+        (``timeout`` seconds from now, or ``deadline`` on ``anyio.current_time()``'s clock;
+        the earlier of the two; enforced by the node's timer task, so a request costs no cancel
+        scope), which raises :class:`RequestExpired`. An error response raises
+        :class:`RequestError`. The request counts in :attr:`meter` while it is in flight, and
+        its round trip is sampled when it is answered.
         """
-        deadline = None if timeout is None else anyio.current_time() + timeout
+        started = anyio.current_time()
+        if timeout is not None:
+            until = started + timeout
+            deadline = until if deadline is None else min(deadline, until)
         while True:
             self._check_open()
             try:
@@ -388,17 +398,20 @@ class PeerConnection:
         if deadline is not None:
             self._timers.schedule(waiter, deadline)
         self._kick()
+        self.meter.started(channel_id)
         finished = False
         try:
             await waiter.event.wait()
             finished = True
         finally:
+            self.meter.finished(channel_id)
             if deadline is not None:
                 self._timers.cancel(waiter)
             if not finished:
                 self._abandon(request_id)
         if waiter.error is not None:
             raise waiter.error
+        self.meter.sample(anyio.current_time() - started)
         return waiter.payload
 
     async def respond(self, channel_id: int, request_id: int, payload: bytes) -> None:
@@ -553,6 +566,7 @@ class PeerConnection:
                 log.debug("dropped a message from %s on channel %d: %s",
                           self.node_id, event.channel_id, event.reason)
             elif isinstance(event, core_mod.LatencyMeasured):
+                self.meter.sample(event.rtt)
                 self._observer.on_latency(self.node_id, event.rtt)
             elif isinstance(event, core_mod.DisconnectReceived):
                 self.remote_reason = DisconnectReason.name(event.reason)

@@ -35,6 +35,7 @@ import anyio.abc
 
 from overlay.address import NodeAddress
 from overlay.connection._observer import Observer
+from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import (
     AuthenticationError,
     DialError,
@@ -155,6 +156,7 @@ class Peering(Observer):
         self._tg: anyio.abc.TaskGroup | None = None
         node.gate = self._gate
         node.admission = self._admit
+        node.router.peer_table.set_score_source(self.score_of)
 
     def _now(self) -> float:
         # The manager's times are persisted (bans, scores, last seen), so it runs on wall time.
@@ -365,11 +367,24 @@ class Peering(Observer):
     def on_rate_limited(self, peer: NodeId, channel_id: int) -> None:
         self._penalize(peer, ScoreEvent.RATE_LIMIT_EXCEEDED, wake=False)
 
-    def on_request_done(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
-        if outcome == "ok":
-            self.manager.report(peer, ScoreEvent.USEFUL_RESPONSE, self._now())
-        elif outcome == "timeout":
-            self._penalize(peer, ScoreEvent.TIMEOUT, wake=False)
+    def on_request_done(
+        self, peer: NodeId, channel: str, seconds: float, outcome: AttemptOutcome
+    ) -> None:
+        match outcome:
+            case AttemptOutcome.OK:
+                self.manager.report(peer, ScoreEvent.USEFUL_RESPONSE, self._now())
+            case AttemptOutcome.TIMEOUT:
+                self._penalize(peer, ScoreEvent.TIMEOUT, wake=False)
+            case (AttemptOutcome.WOULD_BLOCK | AttemptOutcome.CANCELLED | AttemptOutcome.REFUSED
+                  | AttemptOutcome.ERROR | AttemptOutcome.NOT_CONNECTED | AttemptOutcome.CLOSED):
+                pass  # refusals and errors are answers; the rest is nobody's fault
+            case unreachable:
+                assert_never(unreachable)
+
+    def score_of(self, peer: NodeId) -> float | None:
+        """The peer manager's current score of ``peer`` (for the router's peer views)."""
+        snapshot = self.manager.peer(peer, self._now())
+        return None if snapshot is None else snapshot.score
 
     def on_latency(self, peer: NodeId, rtt: float) -> None:
         self.manager.record_latency(peer, rtt)
