@@ -88,7 +88,7 @@ async def test_ipv6_and_several_listen_addresses() -> None:
     server = TcpTransport(
         seeded_identity(1),
         [LOOPBACK, ListenAddress.parse("tcp://[::1]:0")],
-        max_pending_handshakes=4,
+        TransportConfig(max_pending_handshakes=4),
     )
     hosts: list[str] = []
 
@@ -121,9 +121,9 @@ def test_configuration_errors() -> None:
         TcpTransport(seeded_identity(1), ListenAddress("memory"))
     assert caught.value.key == "listen"
     with pytest.raises(ConfigError, match="handshake_timeout"):
-        TcpTransport(seeded_identity(1), handshake_timeout=-1)
+        TransportConfig(handshake_timeout=-1)
     with pytest.raises(ConfigError, match="max_pending_handshakes"):
-        TcpTransport(seeded_identity(1), max_pending_handshakes=0)
+        TransportConfig(max_pending_handshakes=0)
     with pytest.raises(ConfigError, match="max_pending_handshakes"):
         TransportConfig(max_pending_handshakes=True)
     with pytest.raises(ConfigError, match="handshake_timeout"):

@@ -32,7 +32,7 @@ import anyio.abc
 
 from overlay._version import __version__
 from overlay.address import NodeAddress, is_unspecified
-from overlay.connection._core import ChannelParams, ConnectionCore, CoreConfig
+from overlay.connection._core import ChannelParams, ConnectionCore
 from overlay.connection._driver import PeerConnection
 from overlay.connection._observer import NullObserver, Observer
 from overlay.connection._timers import TimerService
@@ -205,21 +205,19 @@ class Node:
         conf = self.config.connection
         tcp = [a for a in self.config.listen_addresses() if a.protocol == "tcp"]
         mem = [a for a in self.config.listen_addresses() if a.protocol == "memory"]
-        limits: dict[str, Any] = {
-            "handshake_timeout": conf.handshake_timeout,
-            "max_pending_handshakes": conf.max_pending_handshakes,
-            "max_pending_handshakes_per_ip": conf.max_pending_handshakes_per_ip,
-            "max_pending_handshakes_per_netgroup": conf.max_pending_handshakes_per_netgroup,
-            "exempt_networks": self.config.peers.exempt_networks,
-            "accept_gate": self._accept_gate,
-        }
+        transport_config = conf.transport_config(self.config.peers.exempt_networks)
+        gate = self._accept_gate
         transports: list[Transport] = []
         if tcp:
-            transports.append(TcpTransport(self.identity, tcp, **limits))
+            transports.append(
+                TcpTransport(self.identity, tcp, transport_config, accept_gate=gate)
+            )
         if mem:
             if self._memory_network is None:
                 raise LocalProtocolError("a memory: listen address needs memory_network=...")
-            transports.append(self._memory_network.transport(self.identity, **limits))
+            transports.append(
+                self._memory_network.transport(self.identity, transport_config, accept_gate=gate)
+            )
         return transports
 
     def _accept_gate(self, remote_host: str) -> bool:
@@ -450,20 +448,7 @@ class Node:
             )
             for spec in self.router.channel_specs()
         ]
-        core_config = CoreConfig(
-            max_frame_payload=conf.max_frame_payload,
-            max_write_batch=conf.max_write_batch,
-            send_rate=conf.send_rate,
-            send_burst=conf.send_burst,
-            recv_rate=conf.recv_rate,
-            recv_burst=conf.recv_burst,
-            compression_threshold=conf.compression_threshold,
-            ping_interval=conf.ping_interval,
-            idle_timeout=conf.idle_timeout,
-            close_timeout=conf.close_timeout,
-            max_outbound_requests=conf.max_outbound_requests,
-        )
-        return ConnectionCore(core_config, params, now=anyio.current_time(),
+        return ConnectionCore(conf.core_config(), params, now=anyio.current_time(),
                               compression=compression)
 
     def _admit(self, node_id: NodeId, remote_host: str, outbound: bool) -> tuple[int, str] | None:

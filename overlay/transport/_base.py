@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import math
 import socket
 import struct
 import types
@@ -79,7 +78,6 @@ from anyio import TypedAttributeSet, typed_attribute
 
 from overlay.address import NodeAddress
 from overlay.errors import (
-    ConfigError,
     DialError,
     HandshakeError,
     HandshakeTimeout,
@@ -87,8 +85,9 @@ from overlay.errors import (
     LocalProtocolError,
     OverlayError,
 )
+from overlay.transport._config import TransportConfig
 from overlay.transport._failures import Direction, HandshakeFailureReason, handshake_failure_reason
-from overlay.transport._pending import PendingLimits, PendingOutcome, PendingTable
+from overlay.transport._pending import PendingOutcome, PendingTable
 from overlay.transport._secure import SecureIdentity, SecureStream, secure_handshake
 from overlay.wire._netgroup import in_networks, ip_key, netgroup, parse_networks
 
@@ -160,49 +159,6 @@ async def abort_stream(stream: anyio.abc.AsyncResource) -> None:
     except OSError as exc:  # already reset by the peer: closing is all that is left
         logger.debug("aborting a stream: %r", exc)
     await anyio.aclose_forcefully(stream)
-
-
-@dataclass(frozen=True, slots=True)
-class TransportConfig:
-    """Knobs shared by every transport (validated on construction)."""
-
-    handshake_timeout: float = 10.0
-    """Seconds an inbound handshake may take; also caps the handshake phase of a dial."""
-    max_pending_handshakes: int = 64
-    """Inbound handshakes allowed in progress at once; connections over it are closed at once
-    (or evict another pending handshake: see the module docstring)."""
-    max_pending_handshakes_per_ip: int = 8
-    """Inbound handshakes allowed in progress at once from one IP (an IPv6 /64)."""
-    max_pending_handshakes_per_netgroup: int = 16
-    """Inbound handshakes allowed in progress at once from one netgroup (IPv4 /16, IPv6 /32)."""
-    exempt_networks: tuple[str, ...] = ()
-    """CIDR networks exempt from the per-IP and per-netgroup limits (still bound by
-    ``max_pending_handshakes`` and evictable)."""
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.handshake_timeout, int | float) and self.handshake_timeout > 0):
-            raise ConfigError("handshake_timeout", "must be a positive number of seconds")
-        if not math.isfinite(self.handshake_timeout):
-            raise ConfigError("handshake_timeout", "must be finite")
-        if isinstance(self.max_pending_handshakes, bool) or not isinstance(
-            self.max_pending_handshakes, int
-        ):
-            raise ConfigError("max_pending_handshakes", "must be an integer")
-        if self.max_pending_handshakes < 1:
-            raise ConfigError("max_pending_handshakes", "must be >= 1")
-        self.pending_limits()  # validates the per-IP and per-netgroup limits
-        try:
-            parse_networks(self.exempt_networks)
-        except ValueError as exc:
-            raise ConfigError("exempt_networks", str(exc)) from exc
-
-    def pending_limits(self) -> PendingLimits:
-        """The limits of the transport's :class:`~overlay.transport._pending.PendingTable`."""
-        return PendingLimits(
-            max_total=self.max_pending_handshakes,
-            max_per_ip=self.max_pending_handshakes_per_ip,
-            max_per_netgroup=self.max_pending_handshakes_per_netgroup,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,22 +251,13 @@ class Transport(abc.ABC):
     def __init__(
         self,
         identity: SecureIdentity,
+        config: TransportConfig | None = None,
         *,
-        handshake_timeout: float = 10.0,
-        max_pending_handshakes: int = 64,
         accept_gate: AcceptGate | None = None,
-        max_pending_handshakes_per_ip: int = 8,
-        max_pending_handshakes_per_netgroup: int = 16,
-        exempt_networks: tuple[str, ...] = (),
     ) -> None:
         self.identity = identity
-        self.config = TransportConfig(
-            handshake_timeout=handshake_timeout,
-            max_pending_handshakes=max_pending_handshakes,
-            max_pending_handshakes_per_ip=max_pending_handshakes_per_ip,
-            max_pending_handshakes_per_netgroup=max_pending_handshakes_per_netgroup,
-            exempt_networks=tuple(exempt_networks),
-        )
+        self.config = config if config is not None else TransportConfig()
+        """The transport's settings (one object; see :class:`TransportConfig`)."""
         self._gate: AcceptGate = accept_gate if accept_gate is not None else _admit_all
         self._exempt = parse_networks(self.config.exempt_networks)
         self._pending = PendingTable(self.config.pending_limits())

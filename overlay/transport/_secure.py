@@ -57,6 +57,7 @@ from overlay.errors import (
     OverlayError,
 )
 from overlay.identity import NodeId
+from overlay.transport._config import TransportConfig
 from overlay.wire._handshake import (
     NOISE_PROTOCOL,
     PROLOGUE,
@@ -385,6 +386,8 @@ class SecureStream(anyio.abc.ByteStream):
 
 # -- the async handshake ---------------------------------------------------------------------
 
+_DEFAULTS = TransportConfig()  # the one default of ``handshake_timeout``
+
 
 def _socket_address(stream: anyio.abc.ByteStream) -> tuple[str | None, str | None]:
     raw = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
@@ -436,7 +439,7 @@ async def secure_handshake(
     *,
     initiator: bool,
     expected_id: NodeId | None = None,
-    timeout: float = 10.0,
+    timeout: float = _DEFAULTS.handshake_timeout,
     remote_address: str | None = None,
     remote_host: str | None = None,
     first_data: bytes = b"",

@@ -32,7 +32,7 @@ from anyio.abc import SocketAttribute
 
 from overlay.address import ListenAddress, NodeAddress
 from overlay.errors import ConfigError, DialError
-from overlay.transport import AcceptGate, RawConnection, RawListener, Transport
+from overlay.transport import AcceptGate, RawConnection, RawListener, Transport, TransportConfig
 from overlay.transport._secure import SecureIdentity
 
 __all__ = ["TcpTransport"]
@@ -91,24 +91,12 @@ class TcpTransport(Transport):
         self,
         identity: SecureIdentity,
         listen: ListenAddress | Sequence[ListenAddress] = (),
+        config: TransportConfig | None = None,
         *,
-        handshake_timeout: float = 10.0,
-        max_pending_handshakes: int = 64,
         accept_gate: AcceptGate | None = None,
-        max_pending_handshakes_per_ip: int = 8,
-        max_pending_handshakes_per_netgroup: int = 16,
-        exempt_networks: tuple[str, ...] = (),
         local_host: str | None = None,
     ) -> None:
-        super().__init__(
-            identity,
-            handshake_timeout=handshake_timeout,
-            max_pending_handshakes=max_pending_handshakes,
-            accept_gate=accept_gate,
-            max_pending_handshakes_per_ip=max_pending_handshakes_per_ip,
-            max_pending_handshakes_per_netgroup=max_pending_handshakes_per_netgroup,
-            exempt_networks=exempt_networks,
-        )
+        super().__init__(identity, config, accept_gate=accept_gate)
         self.local_host = local_host
         """Source address of outbound connections (None: the system picks one)."""
         listens = (listen,) if isinstance(listen, ListenAddress) else tuple(listen)
