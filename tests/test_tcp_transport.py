@@ -13,6 +13,7 @@ from anyio.abc import SocketAttribute
 from overlay.address import ListenAddress, NodeAddress
 from overlay.errors import (
     ConfigError,
+    ConnectFailure,
     DialError,
     HandshakeTimeout,
     InvalidAddressError,
@@ -55,7 +56,7 @@ async def test_real_port_is_reported_and_dialable_from_its_string_form() -> None
     assert server.listen_addresses() == []
     with pytest.raises(DialError) as caught:  # the port is closed with serve
         await TcpTransport(seeded_identity(2)).dial(address, timeout=5)
-    assert isinstance(caught.value.__cause__, OSError)
+    assert caught.value.reason is ConnectFailure.REFUSED  # decided at the transport boundary
 
 
 @pytest.mark.anyio

@@ -37,6 +37,7 @@ from overlay.connection._driver import PeerConnection
 from overlay.connection._observer import NullObserver, Observer
 from overlay.connection._timers import TimerService
 from overlay.errors import (
+    ConnectFailure,
     DialError,
     HandshakeTimeout,
     IncompatiblePeerError,
@@ -376,8 +377,9 @@ class Node:
                 await pending.wait()
         if addr.node_id in self._dials:
             raise DialError(
-                f"a dial to {addr} already in progress did not finish within {limit:g} s"
-            ) from TimeoutError()
+                f"a dial to {addr} already in progress did not finish within {limit:g} s",
+                ConnectFailure.TIMEOUT,
+            )
         existing = self.router.get_peer(addr.node_id)
         if existing is not None and existing.is_open:
             return DialOutcome(addr.node_id, new=False)
@@ -388,7 +390,7 @@ class Node:
             hello = hello_frame(encode_node_info(self.local_info()))
             remaining = deadline - anyio.current_time()  # after any wait for another dial
             if remaining <= 0:
-                raise DialError(f"no time left to dial {addr}") from TimeoutError()
+                raise DialError(f"no time left to dial {addr}", ConnectFailure.TIMEOUT)
             stream = await transport.dial(addr, timeout=remaining, first_data=hello)
             hello_limit = deadline - anyio.current_time()  # the caller's budget covers it all
             await self._tg.start(self._run_connection, stream, True, hello_limit)

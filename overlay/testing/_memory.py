@@ -55,7 +55,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from overlay.address import NodeAddress
-from overlay.errors import ConfigError, DialError, LocalProtocolError
+from overlay.errors import ConfigError, ConnectFailure, DialError, LocalProtocolError
 from overlay.identity import NodeId
 from overlay.transport import (
     AcceptGate,
@@ -582,10 +582,12 @@ class MemoryNetwork:
             await anyio.lowlevel.checkpoint()
         listener = self._listeners.get(self._redirects.get(target, target))
         if listener is None:
-            raise DialError(f"no listener at memory:{target}")
+            raise DialError(f"no listener at memory:{target}", ConnectFailure.UNREACHABLE)
         target = listener.address.node_id
         if not self.reachable(source, target):
-            raise DialError(f"memory:{target} is unreachable (network partition)")
+            raise DialError(
+                f"memory:{target} is unreachable (network partition)", ConnectFailure.UNREACHABLE
+            )
         to_target = _Pipe(self.max_chunks, self.max_buffered, self._rng)
         to_source = _Pipe(self.max_chunks, self.max_buffered, self._rng)
         to_target.conditions = to_source.conditions = conditions
@@ -596,7 +598,9 @@ class MemoryNetwork:
         port = 1024 + self._ports % 64512
         inbound = RawConnection(server_end, dialer.host, f"memory:{dialer.host}:{port}")
         if not listener.offer(inbound):
-            raise DialError(f"memory:{target} refused the connection (backlog full)")
+            raise DialError(
+                f"memory:{target} refused the connection (backlog full)", ConnectFailure.REFUSED
+            )
         self._links.setdefault(source, set()).add(link)
         self._links.setdefault(target, set()).add(link)
         return RawConnection(client_end, listener.transport.host, f"memory:{target}")

@@ -28,13 +28,17 @@ A transport knows nothing about messages. It only
 
 Dial errors, by phase:
 
-* the connection cannot be opened (refused, unreachable, unknown memory listener, partitioned,
-  *or the connect phase timed out*) → :class:`~overlay.errors.DialError` (with ``__cause__``);
+* the connection cannot be opened → :class:`~overlay.errors.DialError`, whose ``reason`` (a
+  :class:`~overlay.errors.ConnectFailure`) is set where it is raised: ``REFUSED`` (refused, or a
+  full memory backlog), ``UNREACHABLE`` (no route, unknown memory listener, partitioned),
+  ``TIMEOUT`` (the connect phase timed out);
 * the handshake did not finish in the remaining time (capped by ``handshake_timeout``) →
   :class:`~overlay.errors.HandshakeTimeout`;
 * the peer proved another node id → :class:`~overlay.errors.AuthenticationError`;
-* the peer spoke garbage, or the connection broke during the handshake (e.g. the listener's gate
-  rejected us) → :class:`~overlay.errors.HandshakeError`.
+* the peer spoke garbage → :class:`~overlay.errors.HandshakeError` (``reason`` ``HANDSHAKE``),
+  or the connection broke during the handshake (e.g. the listener's gate rejected us) → a
+  ``HandshakeError`` with ``reason`` ``CONNECTION``: backend errors are mapped once, in
+  ``secure_handshake``, and nothing above reads ``__cause__``.
 
 Handshake failure reasons (keys of ``TransportStatistics.handshake_failures``) are
 :class:`~overlay.transport._failures.HandshakeFailureReason` members, mapped from the exception by
@@ -78,12 +82,11 @@ from anyio import TypedAttributeSet, typed_attribute
 
 from overlay.address import NodeAddress
 from overlay.errors import (
+    ConnectFailure,
     DialError,
-    HandshakeError,
     HandshakeTimeout,
     InvalidAddressError,
     LocalProtocolError,
-    OverlayError,
 )
 from overlay.transport._config import TransportConfig
 from overlay.transport._failures import Direction, HandshakeFailureReason, handshake_failure_reason
@@ -115,14 +118,6 @@ AcceptGate = Callable[[str], bool]
 
 FailureHook = Callable[[Direction, HandshakeFailureReason], None]
 """``on_handshake_failed(direction, reason)``: told of every failed inbound handshake (sync)."""
-
-_STREAM_ERRORS = (
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    OSError,
-)
-
 
 def _admit_all(remote_host: str) -> bool:
     return True
@@ -391,8 +386,8 @@ class Transport(abc.ABC):
         with anyio.move_on_after(limit):
             conn = await self._raw_connect(address)
         if conn is None:
-            raise DialError(f"connecting to {address} timed out after {limit:g} s") from (
-                TimeoutError()
+            raise DialError(
+                f"connecting to {address} timed out after {limit:g} s", ConnectFailure.TIMEOUT
             )
         remaining = min(deadline - anyio.current_time(), self.config.handshake_timeout)
         if remaining <= 0:
@@ -409,16 +404,7 @@ class Transport(abc.ABC):
                 remote_host=conn.remote_host,
                 first_data=first_data,
             )
-        except OverlayError:
-            await anyio.aclose_forcefully(conn.stream)
-            raise
-        except TimeoutError as exc:
-            await anyio.aclose_forcefully(conn.stream)
-            raise HandshakeTimeout(f"handshake with {address} timed out") from exc
-        except _STREAM_ERRORS as exc:
-            await anyio.aclose_forcefully(conn.stream)
-            raise HandshakeError(f"connection to {address} lost during the handshake") from exc
-        except BaseException:
+        except BaseException:  # secure_handshake mapped backend errors (the one boundary)
             await anyio.aclose_forcefully(conn.stream)
             raise
 
