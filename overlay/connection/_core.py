@@ -132,7 +132,13 @@ from overlay.wire._frames import (
     FrameDecoder,
     MessageAssembler,
 )
-from overlay.wire._messages import Disconnect, Ping, encode_control, encode_error
+from overlay.wire._messages import (
+    Disconnect,
+    DisconnectReason,
+    Ping,
+    encode_control,
+    encode_error,
+)
 
 __all__ = [
     "CancelReceived",
@@ -390,12 +396,14 @@ class ConnectionCore(ReceiveSide):
             ch.queue.popleft()
         self._ctrl.append(_pack(8, _CANCEL, 0, ch.id, request_id))
 
-    def send_disconnect(self, reason: int, message: str, *, now: float) -> None:
+    def send_disconnect(self, reason: DisconnectReason, message: str, *, now: float) -> None:
         """Start closing: OPEN becomes CLOSING, a CONTROL disconnect is sent next and nothing
         after it, and the close deadline is ``now + close_timeout`` (idempotent: the first call
         wins; no effect once the connection is no longer OPEN)."""
-        if not -(1 << 31) <= reason < (1 << 31):
-            raise LocalProtocolError(f"disconnect reason out of range: {reason}")
+        try:
+            reason = DisconnectReason(reason)
+        except ValueError:
+            raise LocalProtocolError(f"not a disconnect reason: {reason!r}") from None
         if self._state is not ConnectionState.OPEN:
             return
         payload = encode_control(

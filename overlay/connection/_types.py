@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from overlay.errors import ChannelError, ConfigError, ErrorCode
 from overlay.wire._frames import HEADER_SIZE
+from overlay.wire._messages import DisconnectReason
 
 __all__ = [
     "CancelReceived",
@@ -91,6 +92,11 @@ class ConnectionState(enum.Enum):
     """Done: our Disconnect was written, or the peer's arrived, or the transport ended."""
     ABORTED = "aborted"
     """The close deadline passed with a write still pending: abort the transport."""
+
+    @property
+    def final(self) -> bool:
+        """CLOSED or ABORTED: the driver's tasks stop (or have stopped)."""
+        return self is ConnectionState.CLOSED or self is ConnectionState.ABORTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +262,8 @@ class LatencyMeasured:
 class DisconnectReceived:
     """The peer is closing the connection (later frames from it are ignored)."""
 
-    reason: int
+    reason: DisconnectReason
+    """Why (a value this version does not know arrives as ``UNSPECIFIED``)."""
     message: str
 
 

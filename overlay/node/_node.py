@@ -84,7 +84,7 @@ log = logging.getLogger("overlay.node")
 M = TypeVar("M")
 R = TypeVar("R")
 
-Admission = Callable[[NodeId, str, bool], tuple[int, str] | None]
+Admission = Callable[[NodeId, str, bool], tuple[DisconnectReason, str] | None]
 """``(node_id, remote_host, outbound) -> None`` to admit, or ``(DisconnectReason, message)``."""
 
 
@@ -296,8 +296,8 @@ class Node:
         with anyio.CancelScope(shield=True):
             conns = self.router.peers()
             for conn in conns:
-                conn._close_error = NodeClosed("the node is shutting down")
-                conn.close(DisconnectReason.SHUTDOWN, "node shutting down")
+                conn.close(DisconnectReason.SHUTDOWN, "node shutting down",
+                           error=NodeClosed("the node is shutting down"))
             # Each connection ends within close_timeout on its own (the timer task aborts it);
             # the margin only guards against a driver that could not run its finally block.
             with anyio.move_on_after(self.config.connection.close_timeout + 1.0):
@@ -453,7 +453,9 @@ class Node:
         return ConnectionCore(conf.core_config(), params, now=anyio.current_time(),
                               compression=compression)
 
-    def _admit(self, node_id: NodeId, remote_host: str, outbound: bool) -> tuple[int, str] | None:
+    def _admit(
+        self, node_id: NodeId, remote_host: str, outbound: bool
+    ) -> tuple[DisconnectReason, str] | None:
         if node_id == self.node_id:
             return (DisconnectReason.SELF, "connected to ourselves")
         if self._closing:
@@ -486,14 +488,14 @@ class Node:
                 core.send_disconnect(problem[0], problem[1], now=anyio.current_time())
                 with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
                     await stream.send(core.data_to_send(anyio.current_time()))
-                raise IncompatiblePeerError(DisconnectReason.name(problem[0]), problem[1])
+                raise IncompatiblePeerError(problem[0].label, problem[1])
         else:
             remote = decode_node_info(await receive_hello(stream, buffer))
             problem = check_compatible(local, remote) or self._admit(node_id, remote_host, False)
             if problem is not None:
                 with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
                     await send_hello(stream, encode_hello_reply(problem))
-                raise IncompatiblePeerError(DisconnectReason.name(problem[0]), problem[1])
+                raise IncompatiblePeerError(problem[0].label, problem[1])
             await send_hello(stream, encode_hello_reply(local))
         return remote, bytes(buffer)
 
@@ -581,9 +583,7 @@ class Node:
         finally:
             self.router.remove_peer(conn)
             self._retire(conn)
-            reason = conn.close_reason or conn.remote_reason or (
-                "shutdown" if self._closing else "connection_closed"
-            )
+            reason = conn.end_reason or ("shutdown" if self._closing else "connection_closed")
             if self.router.get_peer(node_id) is None:
                 self.observer.on_peer_disconnected(node_id, reason)
                 log.info("disconnected from %s: %s", node_id, reason)

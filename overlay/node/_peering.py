@@ -265,7 +265,9 @@ class Peering(Observer):
     def _gate(self, remote_host: str) -> bool:
         return self.manager.check_inbound(remote_host, self._now()).accepted
 
-    def _admit(self, node_id: NodeId, remote_host: str, outbound: bool) -> tuple[int, str] | None:
+    def _admit(
+        self, node_id: NodeId, remote_host: str, outbound: bool
+    ) -> tuple[DisconnectReason, str] | None:
         if outbound:
             return None
         decision = self.manager.accept_inbound(node_id, remote_host, self._now())
