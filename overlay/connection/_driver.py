@@ -3,12 +3,13 @@
 Theory of operation
 -------------------
 A :class:`PeerConnection` owns an authenticated :class:`~overlay.transport._secure.SecureStream`
-and a pure
-:class:`~overlay.connection._core.ConnectionCore`. Two tasks run it:
+and a pure :class:`~overlay.connection._core.ConnectionCore`. Two tasks run it:
 
 * the **reader** receives plaintext, feeds ``core.receive_data``, and dispatches the core's
-  events: messages go to the router (awaiting a full inbox: backpressure towards the peer),
-  requests start a handler task, responses wake the waiting requester, cancels cancel handlers;
+  events (one ``match``, closed with ``assert_never``): messages go to the router (awaiting a
+  full inbox: backpressure towards the peer), requests go to the connection's request workers
+  (``overlay.connection._workers``), responses wake the waiting requester, cancels cancel
+  handlers;
 * the **writer** sleeps until woken (something was queued) or the core's timer is due, then
   writes ``core.data_to_send`` (many small frames coalesced into one write).
 
@@ -25,7 +26,10 @@ write never completes: the node's timer task then finds the core ABORTED, cancel
 (interrupting the write) and aborts the stream (:func:`~overlay.transport.abort_stream`: unsent
 data dropped; a TCP reset). So ``close`` / ``aclose`` finish within ``close_timeout`` whatever
 the peer does. Every waiting requester and sender then fails with :class:`ConnectionClosed` (or
-:class:`NodeClosed`).
+the error given to ``close``, e.g. :class:`NodeClosed`).
+
+Callers above (the router, the node) ask the connection, never its core: ``is_open``,
+``is_inbound_active``, ``statistics()``, ``end_reason``, ``close(reason, message, error=...)``.
 """
 
 from __future__ import annotations
@@ -120,6 +124,7 @@ class _Waiter:
 
 _RETRY_DUE_TIMER = 0.001
 """Seconds by which a deadline that is already due on rescheduling is pushed ahead."""
+
 
 class PeerConnection:
     """One live, authenticated connection to a peer."""
