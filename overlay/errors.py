@@ -30,6 +30,11 @@
     ├── RequestError                     the responder answered with a typed error (see codes)
     └── NodeClosed                       the node shut down; pending requests fail with this
 
+Set-up failures carry their reason, decided once where the failure is detected (the transport
+boundary maps backend exceptions there): ``HandshakeError.reason`` and ``HandshakeTimeout.reason``
+are :class:`HandshakeFailureReason` members, ``DialError.reason`` a :class:`ConnectFailure`;
+nothing above the transport inspects ``__cause__``.
+
 ``RequestError.code`` is one of :class:`ErrorCode`; the codes are documented in ``docs/errors.md``
 and travel on the wire as the ``ErrorCode`` enum of ``proto/overlay.proto``.
 """
@@ -42,12 +47,14 @@ __all__ = [
     "AuthenticationError",
     "ChannelError",
     "ConfigError",
+    "ConnectFailure",
     "ConnectionClosed",
     "DecodeError",
     "DialError",
     "ErrorCode",
     "FrameError",
     "HandshakeError",
+    "HandshakeFailureReason",
     "HandshakeTimeout",
     "IncompatiblePeerError",
     "InvalidAddressError",
@@ -68,6 +75,38 @@ __all__ = [
     "StorageError",
     "WouldBlock",
 ]
+
+
+class HandshakeFailureReason(enum.StrEnum):
+    """Why a connection set-up (Noise handshake, then hello) failed. The values are metric
+    labels and the keys shown by ``overlay status`` (see ``overlay.transport._failures``)."""
+
+    TIMEOUT = "timeout"
+    AUTHENTICATION = "authentication"
+    HANDSHAKE = "handshake"
+    PROTOCOL = "protocol"
+    CONNECTION = "connection"
+    WRONG_NETWORK = "wrong_network"
+    INCOMPATIBLE_VERSION = "incompatible_version"
+    NO_COMMON_CHANNEL = "no_common_channel"
+    TOO_MANY_PEERS = "too_many_peers"
+    BANNED = "banned"
+    DUPLICATE = "duplicate"
+    SELF = "self"
+    SHUTDOWN = "shutdown"
+    REFUSED = "refused"
+    INTERNAL = "internal"
+
+
+class ConnectFailure(enum.StrEnum):
+    """Why a connection could not be opened (``DialError.reason``)."""
+
+    REFUSED = "refused"
+    """The remote end refused the connection (nothing listens there, or its backlog is full)."""
+    UNREACHABLE = "unreachable"
+    """Any other failure to connect (no route, name resolution, partition, no transport)."""
+    TIMEOUT = "timeout"
+    """Connecting did not finish in time."""
 
 
 class OverlayError(Exception):
@@ -111,11 +150,21 @@ class FrameError(RemoteProtocolError):
 
 
 class HandshakeError(RemoteProtocolError):
-    """The secure handshake failed (bad message, failed decryption, bad payload)."""
+    """The secure handshake failed (bad message, failed decryption, bad payload), or the
+    connection was lost during it: ``reason`` says which (``HANDSHAKE`` or ``CONNECTION``)."""
+
+    reason: HandshakeFailureReason = HandshakeFailureReason.HANDSHAKE
+
+    def __init__(self, message: str = "", *, reason: HandshakeFailureReason | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class AuthenticationError(HandshakeError):
     """The peer did not prove the identity we expected, or its identity proof is invalid."""
+
+    reason = HandshakeFailureReason.AUTHENTICATION
 
 
 class IncompatiblePeerError(RemoteProtocolError):
@@ -137,6 +186,8 @@ class OverlayTimeoutError(OverlayError, TimeoutError):
 class HandshakeTimeout(OverlayTimeoutError):
     """The handshake (Noise or NodeInfo exchange) did not finish in time."""
 
+    reason = HandshakeFailureReason.TIMEOUT
+
 
 class SendTimeout(OverlayTimeoutError):
     """A send could not get queue space before its deadline (the peer is slow)."""
@@ -151,7 +202,12 @@ class NetworkError(OverlayError):
 
 
 class DialError(NetworkError):
-    """Dialing a peer failed."""
+    """Dialing a peer failed: the connection could not be opened (``reason`` says why)."""
+
+    def __init__(self, message: str = "", reason: ConnectFailure = ConnectFailure.UNREACHABLE
+                 ) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConnectionClosed(NetworkError):

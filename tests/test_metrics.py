@@ -24,7 +24,9 @@ from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import (
     AuthenticationError,
     ConfigError,
+    ConnectFailure,
     DialError,
+    HandshakeError,
     HandshakeTimeout,
     IncompatiblePeerError,
     LocalProtocolError,
@@ -32,7 +34,6 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId, NodeKey
 from overlay.node._config import AdminConfig, MetricsConfig, NodeConfig
-from overlay.node._peering import dial_failure_reason
 from overlay.node._service import NodeControl, run_node
 from overlay.operator._metrics import (
     MAX_LABEL_VALUES,
@@ -43,7 +44,7 @@ from overlay.operator._metrics import (
     serve_metrics,
 )
 from overlay.peers import PeerManagerConfig
-from overlay.transport._failures import Direction, HandshakeFailureReason
+from overlay.transport._failures import Direction, HandshakeFailureReason, dial_failure_reason
 
 PEER = NodeId("3" * 40)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -427,11 +428,10 @@ async def test_dials_failures_evictions_disconnects_and_bans_are_counted(
 
 
 def test_dial_failure_reasons() -> None:
-    refused = DialError("cannot connect")
-    refused.__cause__ = OSError("All connection attempts failed")
-    refused.__cause__.__cause__ = ConnectionRefusedError(111, "refused")
-    timed_out = DialError("cannot connect")
-    timed_out.__cause__ = TimeoutError()
+    """The reason is the one the transport boundary gave the error: no ``__cause__`` is read."""
+    refused = DialError("cannot connect", ConnectFailure.REFUSED)
+    timed_out = DialError("cannot connect", ConnectFailure.TIMEOUT)
+    timed_out.__cause__ = ConnectionRefusedError(111, "ignored: the reason is the error's own")
     assert dial_failure_reason(refused) == "refused"
     assert dial_failure_reason(timed_out) == "timeout"
     assert dial_failure_reason(DialError("no listener")) == "unreachable"
@@ -444,3 +444,6 @@ def test_dial_failure_reasons() -> None:
     assert dial_failure_reason(NodeClosed("closed")) == "node_closed"
     assert dial_failure_reason(LocalProtocolError("ourselves")) == "local"
     assert dial_failure_reason(RuntimeError("bug")) == "internal"
+    assert dial_failure_reason(IncompatiblePeerError("unknown_99", "?")) == "refused"
+    lost = HandshakeError("lost", reason=HandshakeFailureReason.CONNECTION)
+    assert dial_failure_reason(lost) == "connection"

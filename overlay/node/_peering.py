@@ -15,7 +15,8 @@ The :class:`~overlay.peers.PeerManager` decides; this driver acts and reports ba
   (slow peers, invalid messages, protocol violations, rate limits, request outcomes, latency).
 
 Metrics (when the node exports them): the driver counts what it does - every dial it or the
-operator starts (:meth:`Peering.dial`), every failure by :func:`dial_failure_reason`, every
+operator starts (:meth:`Peering.dial`), every failure by
+:func:`~overlay.transport._failures.dial_failure_reason`, every
 connection it closes for the manager by reason - and exports what the manager decides on its
 own (bans, automatic or not, and evictions) by diffing ``PeerManager.counters()`` (O(1)) after
 each poll and after each fact that may ban or evict (:meth:`Peering.sync_metrics`).
@@ -37,17 +38,9 @@ from overlay.address import NodeAddress
 from overlay.connection._observer import Observer
 from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import (
-    AuthenticationError,
-    DialError,
-    HandshakeError,
-    IncompatiblePeerError,
     InvalidAddressError,
-    LocalProtocolError,
-    NetworkError,
-    NodeClosed,
     OverlayError,
     PeerStoreError,
-    RemoteProtocolError,
 )
 from overlay.identity import NodeId
 from overlay.node._node import Node
@@ -63,19 +56,24 @@ from overlay.peers import (
     RefreshAddresses,
     ScoreEvent,
 )
+from overlay.transport._failures import (
+    DialFailureReason,
+    HandshakeFailureReason,
+    dial_failure_reason,
+)
 from overlay.wire._nodeinfo import DisconnectReason
 
 if TYPE_CHECKING:
     from overlay.operator._metrics import NodeMetrics
 
-__all__ = ["Peering", "dial_failure_reason", "wall_clock"]
+__all__ = ["Peering", "wall_clock"]
 
 wall_clock = time.time
 """The peer manager's clock: wall time, because its times outlive the process."""
 
 log = logging.getLogger("overlay.peering")
 
-def _disconnect_code(cause: DisconnectCause) -> int:
+def _disconnect_code(cause: DisconnectCause) -> DisconnectReason:
     """The ``DisconnectReason`` told to a peer the manager asked to disconnect."""
     match cause:
         case DisconnectCause.BANNED | DisconnectCause.IP_BANNED | DisconnectCause.LOW_SCORE:
@@ -86,44 +84,6 @@ def _disconnect_code(cause: DisconnectCause) -> int:
             return DisconnectReason.OPERATOR
         case _:
             assert_never(cause)
-
-
-def dial_failure_reason(exc: BaseException) -> str:
-    """A short machine code for a failed dial: the ``reason`` reported to the peer manager
-    (which forgets an address on ``authentication``) and the label of the dial-failure metric.
-
-    ``refused``, ``unreachable`` (any other connect failure), ``timeout`` (connect or handshake
-    deadline), ``authentication`` (another identity answered), ``handshake``, ``protocol``, the
-    peer's refusal reason (``wrong_network``, ``too_many_peers``, ``banned``, ``duplicate``...),
-    ``connection`` (lost during the hello), ``node_closed``, ``local`` (e.g. dialing ourselves),
-    and ``internal`` for anything else (a bug).
-    """
-    if isinstance(exc, IncompatiblePeerError):
-        return exc.reason
-    if isinstance(exc, AuthenticationError):
-        return "authentication"
-    if isinstance(exc, TimeoutError):  # HandshakeTimeout, or the driver's own deadline
-        return "timeout"
-    if isinstance(exc, HandshakeError):
-        return "handshake"
-    if isinstance(exc, RemoteProtocolError):
-        return "protocol"
-    if isinstance(exc, DialError):
-        cause = exc.__cause__
-        while cause is not None:
-            if isinstance(cause, ConnectionRefusedError):
-                return "refused"
-            if isinstance(cause, TimeoutError):
-                return "timeout"
-            cause = cause.__cause__
-        return "unreachable"
-    if isinstance(exc, NodeClosed):
-        return "node_closed"
-    if isinstance(exc, NetworkError):
-        return "connection"
-    if isinstance(exc, LocalProtocolError):
-        return "local"
-    return "internal"
 
 
 class Peering(Observer):
@@ -274,7 +234,7 @@ class Peering(Observer):
         except Exception:  # task root: a bug in dialing must not take the node down
             log.exception("dialing %s failed unexpectedly", action.address,
                           extra={"peer": action.address.node_id})
-            self._dial_failed(action.address, "internal")
+            self._dial_failed(action.address, HandshakeFailureReason.INTERNAL)
 
     async def dial(self, address: NodeAddress, *, timeout: float | None = None) -> NodeId:
         """Dial ``address`` for the manager (a ``DialPeer``, or an operator dial the manager
@@ -300,7 +260,7 @@ class Peering(Observer):
         self.wake()
         return outcome.node_id
 
-    def _dial_failed(self, address: NodeAddress, reason: str) -> None:
+    def _dial_failed(self, address: NodeAddress, reason: DialFailureReason) -> None:
         if self.metrics is not None:
             self.metrics.dial_failed(reason)
         self.manager.dial_failed(address.node_id, address, self._now(), reason)
@@ -311,7 +271,9 @@ class Peering(Observer):
     def _gate(self, remote_host: str) -> bool:
         return self.manager.check_inbound(remote_host, self._now()).accepted
 
-    def _admit(self, node_id: NodeId, remote_host: str, outbound: bool) -> tuple[int, str] | None:
+    def _admit(
+        self, node_id: NodeId, remote_host: str, outbound: bool
+    ) -> tuple[DisconnectReason, str] | None:
         if outbound:
             return None
         decision = self.manager.accept_inbound(node_id, remote_host, self._now())

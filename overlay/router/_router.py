@@ -537,7 +537,7 @@ class Router:
         self, conn: PeerConnection, state: _ChannelState, request_id: int, payload: bytes
     ) -> None:
         spec = state.spec
-        if not conn.core.is_inbound_active(spec.id, request_id):
+        if not conn.is_inbound_active(spec.id, request_id):
             return  # the peer cancelled it while it waited for a worker: do not run it
         key = (spec.id, request_id)
         started = anyio.current_time()
