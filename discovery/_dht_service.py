@@ -39,12 +39,12 @@ import math
 import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from discovery._dht_answers import Checked, Refused, check_answer
 from discovery._dht_lookup import (
     Lookup,
     LookupConfig,
@@ -65,7 +65,7 @@ from discovery._dht_walk import WalkOutcome, walk
 from discovery._keys import node_id_bytes, node_id_from_bytes, provider_key, valid_capability_name
 from discovery._record import CapabilityRecord, RecordError, RecordRejection, SignedRecord
 from discovery._service_types import (
-    LATENCY_BUCKETS,
+    DhtCounters,
     DhtRpc,
     DhtStatistics,
     LookupReport,
@@ -186,16 +186,7 @@ class DhtService:
         self._wake = anyio.Event()
         self._verifier = RecordVerifier(config.network, cache_size=config.verify_cache)
         self._distrusted: dict[bytes, float] = {}  # node -> until (wall clock), oldest first
-        self._penalties: dict[Penalty, int] = {}
-        self._provides: dict[StoreOutcome, int] = {}
-        self._served = 0
-        self._lookups = 0
-        self._lookups_ok = 0
-        self._rounds = 0
-        self._messages = 0
-        self._latency = [0] * (len(LATENCY_BUCKETS) + 1)
-        self._latency_sum = 0.0
-        self._republished = 0
+        self._counters = DhtCounters()
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -265,21 +256,10 @@ class DhtService:
         self._store.remove(key, self._local)
 
     def statistics(self) -> DhtStatistics:
-        return DhtStatistics(
+        return self._counters.snapshot(
             table_size=len(self._table),
             provider_records=len(self._store),
-            provides=MappingProxyType(dict(self._provides)),
-            requests_served=self._served,
-            records_received=self._verifier.counters.received,
-            records_rejected=self._verifier.counters.snapshot(),
-            penalties=MappingProxyType(dict(self._penalties)),
-            lookups=self._lookups,
-            lookups_succeeded=self._lookups_ok,
-            lookup_rounds=self._rounds,
-            lookup_messages=self._messages,
-            lookup_latency=tuple(self._latency),
-            lookup_latency_sum=self._latency_sum,
-            republished=self._republished,
+            records=self._verifier.counters,
         )
 
     # -- serving ---------------------------------------------------------------------------------
@@ -292,7 +272,7 @@ class DhtService:
         ``sender_record``: the record ``peer`` presented in its handshake (verified by the node
         against the authenticated id). A sender with addresses becomes a verified contact, as
         Kademlia learns of nodes from their queries; one without (a client) does not."""
-        self._served += 1
+        self._counters.served += 1
         now = self._wall()
         if sender_record is not None and sender_record.record.addresses:
             if sender_record.node_id != peer:
@@ -345,7 +325,8 @@ class DhtService:
             source=node_id_bytes(peer),
             now=now,
         )
-        self._provides[outcome] = self._provides.get(outcome, 0) + 1
+        provides = self._counters.provides
+        provides[outcome] = provides.get(outcome, 0) + 1
         if signed.node_id == peer:  # the provider itself: an authenticated, reachable contact
             self.add_contact(signed, verified=True)
         match outcome:
@@ -382,7 +363,8 @@ class DhtService:
             del self._distrusted[next(iter(self._distrusted))]
 
     def _penalise(self, peer: NodeId, reason: Penalty) -> None:
-        self._penalties[reason] = self._penalties.get(reason, 0) + 1
+        penalties = self._counters.penalties
+        penalties[reason] = penalties.get(reason, 0) + 1
         self._penalise_cb(peer, reason)
 
     # -- lookups ---------------------------------------------------------------------------------
@@ -510,56 +492,34 @@ class DhtService:
         now: float,
     ) -> list[LookupEvent[SignedRecord]]:
         """Verify an answer's records and feed it to the core (``WalkHooks.on_answer``)."""
-        match response:
-            case DhtError():
+        verdict = check_answer(
+            response, lookup.mode, capability=hooks.capability, verifier=self._verifier,
+            held_seq=self._held_seq, now=self._wall(),
+        )
+        match verdict:
+            case Refused.REFUSED:
                 self._table.on_failure(peer)
                 return lookup.on_failure(peer, now)
-            case DhtNodes(records) if lookup.mode is LookupMode.FIND_NODE:
-                contact_data: tuple[bytes, ...] = records
-                provider_data: tuple[bytes, ...] = ()
-            case DhtProviders(listed, closer) if lookup.mode is LookupMode.GET_PROVIDERS:
-                contact_data, provider_data = closer, listed
-            case _:
-                return hooks.invalid(lookup, peer, Penalty.MALFORMED_ANSWER, now)
-        wall = self._wall()
-        contacts: list[SignedRecord] = []
-        providers: list[tuple[bytes, SignedRecord]] = []
-        for data, is_provider in [(d, False) for d in contact_data] + [
-            (d, True) for d in provider_data
-        ]:
-            try:
-                signed = self._verifier.verify(data, wall)
-                self._check_not_replayed(signed)
-            except RecordError as exc:
-                penalty = penalty_for_rejection(exc.reason)
-                if penalty is None:
-                    continue  # expired or replayed: dropped without blame
-                return hooks.invalid(lookup, peer, penalty, now)
-            if not is_provider:
-                contacts.append(signed)
-            elif hooks.capability is not None and not signed.record.has(hooks.capability):
-                return hooks.invalid(lookup, peer, Penalty.UNRELATED_PROVIDER, now)
-            else:
-                providers.append((node_id_bytes(signed.node_id), signed))
-        ids: list[bytes] = []
-        for signed in contacts:
-            node = node_id_bytes(signed.node_id)
-            ids.append(node)
-            held = hooks.book.get(node)
-            if held is None or signed.seq > held.seq:
-                hooks.book[node] = signed
-            if node != self._local:
-                self.add_contact(signed, verified=False)
-        responder = hooks.book[peer]  # it answered over an authenticated connection
-        self.add_contact(responder, verified=True)
-        return lookup.on_response(peer, ids, providers, now=now)
+            case Penalty():
+                hooks.blame[peer] = verdict
+                return lookup.on_invalid(peer, verdict.misbehaviour, now)
+            case Checked(contacts, providers):
+                ids = []
+                for signed in contacts:
+                    node = node_id_bytes(signed.node_id)
+                    ids.append(node)
+                    held = hooks.book.get(node)
+                    if held is None or signed.seq > held.seq:
+                        hooks.book[node] = signed
+                    if node != self._local:
+                        self.add_contact(signed, verified=False)
+                self.add_contact(hooks.book[peer], verified=True)  # it answered: it exists
+                found = [(node_id_bytes(p.node_id), p) for p in providers]
+                return lookup.on_response(peer, ids, found, now=now)
 
-    def _check_not_replayed(self, signed: SignedRecord) -> None:
-        """``STALE_SEQ`` for a record older than the one held for its node."""
-        held = self._contacts.get(node_id_bytes(signed.node_id))
-        if held is not None and signed.seq < held.seq:
-            self._verifier.counters.reject(RecordRejection.STALE_SEQ)
-            raise RecordError(RecordRejection.STALE_SEQ, f"record of {signed.node_id}")
+    def _held_seq(self, node_id: NodeId) -> int | None:
+        held = self._contacts.get(node_id_bytes(node_id))
+        return None if held is None else held.seq
 
     def _account(self, outcome: WalkOutcome) -> LookupReport:
         result = outcome.result
@@ -576,16 +536,7 @@ class DhtService:
             first_provider_after=outcome.first_provider_after,
             budget_exhausted=outcome.budget_exhausted,
         )
-        self._lookups += 1
-        self._lookups_ok += report.succeeded
-        self._rounds += result.rounds
-        self._messages += outcome.sent
-        self._latency_sum += outcome.elapsed
-        bucket = next(
-            (i for i, bound in enumerate(LATENCY_BUCKETS) if outcome.elapsed <= bound),
-            len(LATENCY_BUCKETS),
-        )
-        self._latency[bucket] += 1
+        self._counters.lookup(report)
         return report
 
     # -- providing -------------------------------------------------------------------------------
@@ -665,7 +616,7 @@ class DhtService:
                 if capability is not None and self._own.record.has(capability):
                     with contextlib.suppress(LocalProtocolError):  # expired, no renew hook
                         await self.provide(capability)
-                        self._republished += 1
+                        self._counters.republished += 1
                 else:
                     self._schedule.withdraw(key)
             self._store.sweep(self._wall())
@@ -709,12 +660,6 @@ class _Hooks:
         self.capability = capability
         self.found = found
         self.blame: dict[bytes, Penalty] = {}
-
-    def invalid(
-        self, lookup: Lookup[SignedRecord], peer: bytes, penalty: Penalty, now: float
-    ) -> list[LookupEvent[SignedRecord]]:
-        self.blame[peer] = penalty
-        return lookup.on_invalid(peer, penalty.misbehaviour, now)
 
     def on_answer(
         self, lookup: Lookup[SignedRecord], peer: bytes, response: DhtResponse, now: float

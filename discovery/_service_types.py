@@ -22,6 +22,7 @@ from discovery._wire import DhtRequest, DhtResponse
 from overlay.identity import NodeId
 
 __all__ = [
+    "DhtCounters",
     "DhtRpc",
     "DhtStatistics",
     "DiscoveryStatistics",
@@ -232,3 +233,54 @@ class DiscoveryStatistics:
     confirmations: int
     refutations: int
     confirmed_peers: int
+
+
+class DhtCounters:
+    """The DHT service's counters (mutable; ``snapshot`` makes the frozen statistics)."""
+
+    __slots__ = (
+        "latency", "latency_sum", "lookups", "messages", "ok", "penalties", "provides",
+        "republished", "rounds", "served",
+    )
+
+    def __init__(self) -> None:
+        self.penalties: dict[Penalty, int] = {}
+        self.provides: dict[StoreOutcome, int] = {}
+        self.served = 0
+        self.lookups = 0
+        self.ok = 0
+        self.rounds = 0
+        self.messages = 0
+        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.republished = 0
+
+    def lookup(self, report: LookupReport) -> None:
+        self.lookups += 1
+        self.ok += report.succeeded
+        self.rounds += report.rounds
+        self.messages += report.messages
+        self.latency_sum += report.elapsed
+        bounds = LATENCY_BUCKETS
+        index = next((i for i, b in enumerate(bounds) if report.elapsed <= b), len(bounds))
+        self.latency[index] += 1
+
+    def snapshot(
+        self, *, table_size: int, provider_records: int, records: RecordCounters
+    ) -> DhtStatistics:
+        return DhtStatistics(
+            table_size=table_size,
+            provider_records=provider_records,
+            provides=MappingProxyType(dict(self.provides)),
+            requests_served=self.served,
+            records_received=records.received,
+            records_rejected=records.snapshot(),
+            penalties=MappingProxyType(dict(self.penalties)),
+            lookups=self.lookups,
+            lookups_succeeded=self.ok,
+            lookup_rounds=self.rounds,
+            lookup_messages=self.messages,
+            lookup_latency=tuple(self.latency),
+            lookup_latency_sum=self.latency_sum,
+            republished=self.republished,
+        )
