@@ -64,3 +64,23 @@ def test_the_guide_states_the_numbers_the_code_uses() -> None:
         assert f"`{reason.name}`" in guide, reason
     for outcome in discovery.OfferOutcome:
         assert f"`{outcome.name}`" in guide, outcome
+
+
+def test_the_guide_states_the_service_numbers() -> None:
+    guide = (ROOT.parent / "docs" / "discovery.md").read_text()
+    services = guide[guide.index("## Services"):]
+    budget = discovery.Budget()
+    config = discovery.DiscoveryConfig("net")
+    dht = discovery.DhtConfig("net")
+    assert f"`max_messages` ({budget.max_messages}:" in services
+    assert f"`max_time` ({budget.max_time:g} s," in services
+    assert f"`pex_fanout` ({config.pex_fanout})" in services
+    assert f"`pex_max_records` ({config.pex_max_records})" in services
+    assert f"`pex_timeout` ({config.pex_timeout:g} s)" in services
+    assert f"`cooldown`\n({config.confirmations.cooldown / 60:g} min)" in services
+    assert f"`republish_interval` ({dht.republish_interval / 60:g} min" in services
+    assert f"`republish_margin` ({dht.republish_margin / 60:g} min)" in services
+    assert f"`distrust_for` ({dht.distrust_for / 3600:g} h)" in services
+    assert f"`refresh_per_pass` = {dht.refresh_per_pass}" in services
+    for source in discovery.CandidateSource:
+        assert source.name.replace("_", " ").lower() in services.lower(), source
