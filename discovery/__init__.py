@@ -29,7 +29,7 @@ from discovery._dht_providers import (
     RepublishSchedule,
     StoreOutcome,
 )
-from discovery._dht_service import DhtConfig, DhtService, ProviderStream
+from discovery._dht_service import DhtService, ProviderStream
 from discovery._dht_table import (
     AddOutcome,
     ContactInfo,
@@ -82,6 +82,7 @@ from discovery._service import (
 from discovery._service_types import (
     LATENCY_BUCKETS,
     SILENT_REJECTIONS,
+    DhtConfig,
     DhtRpc,
     DhtStatistics,
     DiscoveryStatistics,

@@ -38,16 +38,15 @@ import contextlib
 import math
 import random
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from discovery._dht_answers import Checked, Refused, check_answer
+from discovery._dht_contacts import ContactBook
 from discovery._dht_lookup import (
     Lookup,
-    LookupConfig,
     LookupEvent,
     LookupMode,
     LookupResult,
@@ -56,15 +55,15 @@ from discovery._dht_lookup import (
 )
 from discovery._dht_providers import (
     ProviderStore,
-    ProviderStoreConfig,
     RepublishSchedule,
     StoreOutcome,
 )
-from discovery._dht_table import AddOutcome, RoutingTable, TableConfig
+from discovery._dht_table import AddOutcome, RoutingTable
 from discovery._dht_walk import WalkOutcome, walk
 from discovery._keys import node_id_bytes, node_id_from_bytes, provider_key, valid_capability_name
 from discovery._record import CapabilityRecord, RecordError, RecordRejection, SignedRecord
 from discovery._service_types import (
+    DhtConfig,
     DhtCounters,
     DhtRpc,
     DhtStatistics,
@@ -88,41 +87,10 @@ from discovery._wire import (
     DhtRequest,
     DhtResponse,
 )
-from overlay.errors import ConfigError, LocalProtocolError, OverlayError
+from overlay.errors import LocalProtocolError, OverlayError
 from overlay.identity import NodeId
 
 __all__ = ["DhtConfig", "DhtService", "ProviderStream"]
-
-
-@dataclass(frozen=True, slots=True)
-class DhtConfig:
-    """Configuration of one node's DHT service. Durations are seconds."""
-
-    network: str
-    """Records of other networks are refused."""
-    table: TableConfig = field(default_factory=TableConfig)
-    lookup: LookupConfig = field(default_factory=LookupConfig)
-    providers: ProviderStoreConfig = field(default_factory=ProviderStoreConfig)
-    republish_interval: float = 1800.0
-    """The node's provider records are stored anew this often (libp2p: 22 h of 48 h)."""
-    republish_margin: float = 300.0
-    """...and always at least this long before the stored record expires."""
-    republish_jitter: float = 0.1
-    refresh_per_pass: int = 4
-    """Bucket-refresh lookups run per maintenance pass (the rest wait for the next pass)."""
-    verify_cache: int = 4096
-    """Record signatures remembered as checked (by bytes)."""
-    distrust_for: float = 3600.0
-    """A peer penalised by a lookup stays out of the routing table this long."""
-    max_distrusted: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.table.k != self.lookup.k:
-            raise ConfigError("dht.k", "the table's and the lookup's k must be equal")
-        if self.lookup.k > MAX_RECORDS_PER_MESSAGE:
-            raise ConfigError("dht.k", f"must be at most {MAX_RECORDS_PER_MESSAGE}")
-        if self.refresh_per_pass < 0 or self.verify_cache < 0 or self.max_distrusted < 0:
-            raise ConfigError("dht", "refresh_per_pass, verify_cache, max_distrusted: >= 0")
 
 
 class ProviderStream:
@@ -168,11 +136,14 @@ class DhtService:
         self._rpc = rpc
         self._wall = wall_clock
         self._penalise_cb = penalise
-        self._netgroup = netgroup
         self._renew = renew
         self._rng = rng or random.Random()
         now = wall_clock()
         self._table = RoutingTable(self._local, config.table, now=now)
+        self._contacts = ContactBook(
+            self._table, netgroup=netgroup, distrust_for=config.distrust_for,
+            max_distrusted=config.max_distrusted,
+        )
         self._store: ProviderStore[SignedRecord] = ProviderStore(config.providers)
         self._schedule = RepublishSchedule(
             interval=config.republish_interval,
@@ -180,12 +151,10 @@ class DhtService:
             jitter=config.republish_jitter,
             rng=self._rng,
         )
-        self._contacts: dict[bytes, SignedRecord] = {}  # records of table entries and more
         self._provided: dict[bytes, str] = {}  # key -> capability we provide
         self._due_now: set[bytes] = set()
         self._wake = anyio.Event()
         self._verifier = RecordVerifier(config.network, cache_size=config.verify_cache)
-        self._distrusted: dict[bytes, float] = {}  # node -> until (wall clock), oldest first
         self._counters = DhtCounters()
 
     # -- state -----------------------------------------------------------------------------------
@@ -212,25 +181,11 @@ class DhtService:
         """Offer a verified record's node as a contact: ``verified`` when the node is reached
         over an authenticated connection (a connected peer), else hearsay. None: the node was
         penalised recently (``distrust_for``) and stays out of the table."""
-        node = node_id_bytes(signed.node_id)
-        now = self._wall()
-        until = self._distrusted.get(node)
-        if until is not None:
-            if until > now:
-                return None
-            del self._distrusted[node]
-        outcome = self._table.add(
-            node, self._netgroup(signed.record), verified=verified, now=now
-        )
-        if outcome is not AddOutcome.REJECTED_SELF:
-            self._remember(node, signed)
-        return outcome
+        return self._contacts.add(signed, verified=verified, now=self._wall())
 
     def remove_contact(self, node_id: NodeId) -> None:
         """Forget a contact (banned, or known to be gone)."""
-        node = node_id_bytes(node_id)
-        self._table.remove(node)
-        self._contacts.pop(node, None)
+        self._contacts.remove(node_id_bytes(node_id))
 
     def update_record(self, signed: SignedRecord) -> None:
         """The node re-signed its record (new capabilities, addresses or a later expiry):
@@ -281,11 +236,12 @@ class DhtService:
                 self.add_contact(sender_record, verified=True)
         match request:
             case DhtFindNode(target):
-                return DhtNodes(self._closest_records(target, now))
+                return DhtNodes(self._contacts.closest_records(target, self.config.lookup.k, now))
             case DhtGetProviders(key):
                 entries = self._store.get(key, now, MAX_RECORDS_PER_MESSAGE)
                 return DhtProviders(
-                    tuple(e.payload.data for e in entries), self._closest_records(key, now)
+                    tuple(e.payload.data for e in entries),
+                    self._contacts.closest_records(key, self.config.lookup.k, now),
                 )
             case DhtAddProvider(key, data):
                 return self._add_provider(peer, key, data, now)
@@ -294,14 +250,6 @@ class DhtService:
                 if sender in self._contacts:
                     self._table.on_success(sender, now)
                 return DhtAck()
-
-    def _closest_records(self, target: bytes, now: float) -> tuple[bytes, ...]:
-        out: list[bytes] = []
-        for node in self._table.closest(target, self.config.lookup.k):
-            signed = self._contacts.get(node)
-            if signed is not None and signed.record.expires_at > now:
-                out.append(signed.data)
-        return tuple(out)
 
     def _add_provider(self, peer: NodeId, key: bytes, data: bytes, now: float) -> DhtResponse:
         try:
@@ -342,25 +290,9 @@ class DhtService:
 
     # -- contacts ------------------------------------------------------------------------------
 
-    def _remember(self, node: bytes, signed: SignedRecord) -> None:
-        known = self._contacts.get(node)
-        if known is None or signed.seq > known.seq:
-            self._contacts[node] = signed
-        limit = 2 * len(self._table) + 256
-        if len(self._contacts) > limit:
-            keep = {c.node_id for c in self._table.contacts()}
-            for index in self._table.bucket_sizes():
-                keep.update(self._table.replacements(index))
-            for stale in [n for n in self._contacts if n not in keep]:
-                del self._contacts[stale]
-
     def distrust(self, node: bytes) -> None:
         """Drop a misbehaving contact and keep it out of the table for ``distrust_for``."""
-        self._table.remove(node)
-        self._distrusted.pop(node, None)
-        self._distrusted[node] = self._wall() + self.config.distrust_for
-        while len(self._distrusted) > self.config.max_distrusted:
-            del self._distrusted[next(iter(self._distrusted))]
+        self._contacts.distrust(node, self._wall())
 
     def _penalise(self, peer: NodeId, reason: Penalty) -> None:
         penalties = self._counters.penalties
@@ -457,13 +389,11 @@ class DhtService:
         max_messages: int | None = None,
         report_to: ProviderStream | None = None,
     ) -> tuple[LookupResult, LookupReport]:
-        seeds = [
-            node
-            for node in self._table.closest(target, self.config.lookup.k)
-            if node in self._contacts
-        ]
+        seeds = self._contacts.seeds(target, self.config.lookup.k)
         for node in seeds:
-            book[node] = self._contacts[node]
+            record = self._contacts.record(node)
+            assert record is not None
+            book[node] = record
         lookup: Lookup[SignedRecord] = Lookup(
             target, mode, seeds, local_id=self._local, config=self.config.lookup,
             want=want, paths=paths,
@@ -494,7 +424,7 @@ class DhtService:
         """Verify an answer's records and feed it to the core (``WalkHooks.on_answer``)."""
         verdict = check_answer(
             response, lookup.mode, capability=hooks.capability, verifier=self._verifier,
-            held_seq=self._held_seq, now=self._wall(),
+            held_seq=self._contacts.held_seq, now=self._wall(),
         )
         match verdict:
             case Refused.REFUSED:
@@ -516,10 +446,6 @@ class DhtService:
                 self.add_contact(hooks.book[peer], verified=True)  # it answered: it exists
                 found = [(node_id_bytes(p.node_id), p) for p in providers]
                 return lookup.on_response(peer, ids, found, now=now)
-
-    def _held_seq(self, node_id: NodeId) -> int | None:
-        held = self._contacts.get(node_id_bytes(node_id))
-        return None if held is None else held.seq
 
     def _account(self, outcome: WalkOutcome) -> LookupReport:
         result = outcome.result

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
-from discovery._dht_lookup import LookupOutcome, Misbehaviour
-from discovery._dht_providers import StoreOutcome
+from discovery._dht_lookup import LookupConfig, LookupOutcome, Misbehaviour
+from discovery._dht_providers import ProviderStoreConfig, StoreOutcome
+from discovery._dht_table import TableConfig
 from discovery._record import RecordRejection
-from discovery._wire import DhtRequest, DhtResponse
+from discovery._wire import MAX_RECORDS_PER_MESSAGE, DhtRequest, DhtResponse
+from overlay.errors import ConfigError
 from overlay.identity import NodeId
 
 __all__ = [
+    "DhtConfig",
     "DhtCounters",
     "DhtRpc",
     "DhtStatistics",
@@ -284,3 +287,34 @@ class DhtCounters:
             lookup_latency_sum=self.latency_sum,
             republished=self.republished,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DhtConfig:
+    """Configuration of one node's DHT service. Durations are seconds."""
+
+    network: str
+    """Records of other networks are refused."""
+    table: TableConfig = field(default_factory=TableConfig)
+    lookup: LookupConfig = field(default_factory=LookupConfig)
+    providers: ProviderStoreConfig = field(default_factory=ProviderStoreConfig)
+    republish_interval: float = 1800.0
+    """The node's provider records are stored anew this often (libp2p: 22 h of 48 h)."""
+    republish_margin: float = 300.0
+    """...and always at least this long before the stored record expires."""
+    republish_jitter: float = 0.1
+    refresh_per_pass: int = 4
+    """Bucket-refresh lookups run per maintenance pass (the rest wait for the next pass)."""
+    verify_cache: int = 4096
+    """Record signatures remembered as checked (by bytes)."""
+    distrust_for: float = 3600.0
+    """A peer penalised by a lookup stays out of the routing table this long."""
+    max_distrusted: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.table.k != self.lookup.k:
+            raise ConfigError("dht.k", "the table's and the lookup's k must be equal")
+        if self.lookup.k > MAX_RECORDS_PER_MESSAGE:
+            raise ConfigError("dht.k", f"must be at most {MAX_RECORDS_PER_MESSAGE}")
+        if self.refresh_per_pass < 0 or self.verify_cache < 0 or self.max_distrusted < 0:
+            raise ConfigError("dht", "refresh_per_pass, verify_cache, max_distrusted: >= 0")

@@ -31,8 +31,8 @@ from discovery import (
     node_id_bytes,
     sign_record,
 )
-from discovery._dht_service import DhtConfig, DhtService
-from discovery._service_types import Penalty
+from discovery._dht_service import DhtService
+from discovery._service_types import DhtConfig, Penalty
 from overlay.errors import DialError
 from overlay.identity import NodeId, NodeKey
 
