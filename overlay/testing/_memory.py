@@ -63,6 +63,8 @@ from overlay.transport import (
     RawListener,
     StreamAbortAttribute,
     Transport,
+    TransportBuilder,
+    TransportSetup,
 )
 from overlay.transport._secure import SecureIdentity
 
@@ -487,6 +489,26 @@ class MemoryNetwork:
             max_pending_handshakes_per_netgroup=max_pending_handshakes_per_netgroup,
             exempt_networks=exempt_networks,
         )
+
+    def node_transport(self, *, host: str | None = None) -> TransportBuilder:
+        """A builder for ``Node(config, transports=[network.node_transport()])``: the node's
+        transport on this network (its identity, limits and accept gate), listening on
+        ``memory:<node id>``; ``host`` as in :meth:`transport`."""
+
+        def build(setup: TransportSetup) -> Transport:
+            limits = setup.config
+            return self.transport(
+                setup.identity,
+                host=host,
+                handshake_timeout=limits.handshake_timeout,
+                max_pending_handshakes=limits.max_pending_handshakes,
+                accept_gate=setup.accept_gate,
+                max_pending_handshakes_per_ip=limits.max_pending_handshakes_per_ip,
+                max_pending_handshakes_per_netgroup=limits.max_pending_handshakes_per_netgroup,
+                exempt_networks=limits.exempt_networks,
+            )
+
+        return build
 
     # -- fault injection -----------------------------------------------------------------------
 
