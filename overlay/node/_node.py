@@ -158,15 +158,15 @@ class Node:
         self.observer: Observer = self._multi
         """Every fact about peers goes here: the peer manager, then the ``observer`` given,
         then the metrics."""
+        self._transports: list[Transport] = build_transports(  # before anything needs closing
+            self.config, self.identity, self._accept_gate, transports
+        )
         self.router = Router(self.node_id, self.observer)
         self.channel(PING).handle_requests(_echo)
         self.admission = admission
         self.gate: Callable[[str], bool] | None = None
         """Optional extra pre-handshake check of a remote host (after the peer manager's)."""
         self._services = NodeServices(self, home=self.home, metrics=metrics)
-        self._transports: list[Transport] = build_transports(
-            self.config, self.identity, self._accept_gate, transports
-        )
         self._listen_addresses: list[NodeAddress] = []
         self._advertised: list[NodeAddress] = []
         self._tg: anyio.abc.TaskGroup | None = None

@@ -3,7 +3,10 @@
 Theory of operation
 -------------------
 A :class:`MemoryNetwork` is a registry: node id → listener, plus the set of live connections.
-:meth:`MemoryNetwork.transport` makes a :class:`MemoryTransport` (a full
+:meth:`MemoryNetwork.node_transport` is what a node takes
+(``Node(config, transports=[network.node_transport()])``: the node builds its transport with its
+own identity, limits and accept gate); :meth:`MemoryNetwork.transport` makes a
+:class:`MemoryTransport` directly (a full
 :class:`~overlay.transport.Transport`: gate, handshake bound, Noise handshake, statistics) whose
 listen address is ``memory:<node id>`` and whose *host* is a synthetic IP used as the
 ``remote_host`` its peers see. By default every transport gets a unique host in ``10.0.0.0/8``
