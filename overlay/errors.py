@@ -23,7 +23,8 @@
     │   ├── DialError                    could not connect
     │   ├── ConnectionClosed             the connection closed; pending work on it fails
     │   └── NoRoute                      a destination selected nobody (``.reason``: why)
-    │       └── PeerNotConnected         a peer destination that is not connected
+    │       ├── PeerNotConnected         a peer destination that is not connected
+    │       └── RoleUnavailable          no peer could serve a role request (``.failure``: why)
     ├── StorageError                     local storage failed us (disk full, I/O error, locked
     │   │                                database): neither the caller's code nor the peer
     │   └── PeerStoreError               reading or writing the peer database failed
@@ -71,6 +72,8 @@ __all__ = [
     "RemoteProtocolError",
     "RequestError",
     "RequestTimeout",
+    "RoleFailure",
+    "RoleUnavailable",
     "SendTimeout",
     "StorageError",
     "WouldBlock",
@@ -241,6 +244,48 @@ class PeerNotConnected(NoRoute):
 
     def __init__(self, message: str) -> None:
         super().__init__(NoRouteReason.NOT_CONNECTED, message)
+
+
+class RoleFailure(enum.Enum):
+    """Why a role request (``Role("blocksync")``) found no peer to answer it."""
+
+    NONE_KNOWN = "none_known"
+    """No connected peer has the capability and discovery knows no provider of it."""
+    NONE_REACHABLE = "none_reachable"
+    """Providers are known, but none could be connected within the deadline."""
+    ALL_FAILED = "all_failed"
+    """Every peer asked failed (error, refusal, closed connection, open circuit breaker)."""
+    DEADLINE = "deadline"
+    """The caller's deadline passed before any peer answered."""
+
+
+class RoleUnavailable(NoRoute):
+    """No peer served a role request. ``failure`` (a :class:`RoleFailure`) says why;
+    ``capability`` names the role, ``attempts`` counts the peers asked and ``failures`` holds
+    ``(node_id, outcome)`` pairs of the attempts that failed (outcome: a routing ``Outcome``
+    value such as ``"error"``, ``"timeout"``, ``"refused"``).
+
+    A :class:`NoRoute` (``reason`` ``NO_PEER_MATCHES``, or ``NO_PEERS_CONNECTED`` with no peer
+    at all), so code that handles "nobody to send to" handles it too."""
+
+    def __init__(
+        self,
+        failure: RoleFailure,
+        message: str,
+        *,
+        capability: str = "",
+        attempts: int = 0,
+        failures: tuple[tuple[str, str], ...] = (),
+        no_peers: bool = False,
+    ) -> None:
+        super().__init__(
+            NoRouteReason.NO_PEERS_CONNECTED if no_peers else NoRouteReason.NO_PEER_MATCHES,
+            message,
+        )
+        self.failure = failure
+        self.capability = capability
+        self.attempts = attempts
+        self.failures = failures
 
 
 class StorageError(OverlayError):

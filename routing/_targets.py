@@ -198,6 +198,17 @@ class TargetSet:
     def to_mapping(self) -> dict[str, dict[str, int | float]]:
         return {t.capability: t.to_mapping() for t in self.targets}
 
+    @classmethod
+    def from_toml(cls, table: object) -> TargetSet:
+        """The config loader's hook: a ``[targets]``-style table (:func:`parse_targets`)."""
+        if not isinstance(table, Mapping):
+            raise ConfigError("targets", f"must be a table, got {type(table).__name__}")
+        return parse_targets(table)
+
+    def to_toml(self) -> dict[str, dict[str, int | float]]:
+        """The config renderer's hook (same as :meth:`to_mapping`)."""
+        return self.to_mapping()
+
     def validate(self, limits: ConnectionLimits) -> tuple[str, ...]:
         """Raise :class:`ConfigError` for targets no network could meet within ``limits``;
         return warnings (sentences) for those that need capabilities to overlap on peers."""

@@ -22,6 +22,7 @@ from overlay.node._app import check_app_spec
 from overlay.node._configio import from_mapping, render_toml
 from overlay.peers import PeerManagerConfig
 from overlay.transport import TransportConfig
+from routing import ConnectionLimits, HedgeConfig, PolicyConfig, TargetSet
 
 __all__ = [
     "AdminConfig",
@@ -31,6 +32,7 @@ __all__ = [
     "LogConfig",
     "MetricsConfig",
     "NodeConfig",
+    "RoutingConfig",
     "load_config",
     "render_config",
 ]
@@ -240,6 +242,50 @@ class DiscoveryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutingConfig:
+    """Capability routing (``[routing]``): peer targets per capability, the policy engine's
+    heartbeat and the hedging of role requests (docs/routing.md, operator's guide)."""
+
+    targets: TargetSet = field(default_factory=TargetSet)
+    """Peer targets per capability, one ``[routing.targets.CAP]`` table each with
+    ``min_peers``, ``min_fraction``, ``max_peers`` and ``priority`` (also live:
+    ``overlay targets set CAP key=value``)."""
+    heartbeat: float = 1.0
+    """Seconds between two ticks of the policy engine (dials, protection, prunes, discovery)."""
+    max_dials_per_minute: int = 20
+    """Dials the policy engine may start over any 60 s (bounds the cost of unattainable
+    targets)."""
+    reconnect_backoff: float = 600.0
+    """Seconds a peer the policy pruned is not dialed again (anti-flap)."""
+    hedging: bool = True
+    """Hedge slow role requests by asking the next healthiest peer (false: one at a time)."""
+    hedge_quantile: float = 0.95
+    """The hedge delay is this quantile of the role's recent response times."""
+    hedge_floor: float = 0.05
+    """Shortest hedge delay in seconds."""
+    hedge_cap: float = 2.0
+    """Longest hedge delay in seconds."""
+    hedge_initial_delay: float = 0.25
+    """Hedge delay in seconds before a role has ten recorded responses."""
+    max_in_flight: int = 3
+    """Attempts of one role request in flight at once (the first plus hedges)."""
+
+    def __post_init__(self) -> None:
+        _positive("heartbeat", self.heartbeat)
+        self.policy_config()
+        self.hedge_config()
+
+    def policy_config(self) -> PolicyConfig:
+        return PolicyConfig(max_dials_per_minute=self.max_dials_per_minute,
+                            reconnect_backoff=self.reconnect_backoff)
+
+    def hedge_config(self) -> HedgeConfig:
+        return HedgeConfig(quantile=self.hedge_quantile, floor=self.hedge_floor,
+                           cap=self.hedge_cap, initial_delay=self.hedge_initial_delay,
+                           max_in_flight=self.max_in_flight)
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """Everything a node needs (the top level of ``config.toml``)."""
 
@@ -266,6 +312,7 @@ class NodeConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
 
     def __post_init__(self) -> None:
         if not self.network or len(self.network) > 64:
@@ -284,6 +331,14 @@ class NodeConfig:
                 NodeAddress.parse(text)
             except InvalidAddressError as exc:
                 raise ConfigError(f"external_addresses[{i}]", str(exc)) from None
+        try:
+            self.routing.targets.validate(self.connection_limits())
+        except ConfigError as exc:
+            raise ConfigError(f"routing.{exc.key}", str(exc).split(": ", 1)[-1]) from None
+
+    def connection_limits(self) -> ConnectionLimits:
+        """The ``[peers]`` limits routing targets must fit in."""
+        return ConnectionLimits.from_peer_config(self.peers)
 
     def listen_addresses(self) -> list[ListenAddress]:
         return [ListenAddress.parse(text) for text in self.listen]

@@ -114,8 +114,23 @@ def _mismatch(typ: Any, value: Any, key: str) -> ConfigError:
     return ConfigError(key, f"expected {_expected(typ)}, got {_got(value)}")
 
 
+def _table_type(typ: Any) -> bool:
+    """A config type that parses and renders itself as a free-form table (``from_toml`` /
+    ``to_toml``), e.g. routing's ``TargetSet`` (keys are capability names)."""
+    return isinstance(typ, type) and hasattr(typ, "from_toml") and hasattr(typ, "to_toml")
+
+
 def _coerce(typ: Any, value: Any, key: str) -> Any:
     origin = get_origin(typ)
+    if _table_type(typ):
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"expected a table, got {_got(value)}")
+        try:
+            return typ.from_toml(value)
+        except ConfigError as exc:
+            inner = exc.key.split(".", 1)[1] if "." in exc.key else ""
+            raise ConfigError(f"{key}.{inner}".rstrip("."),
+                              str(exc).split(": ", 1)[-1]) from None
     if dataclasses.is_dataclass(typ) and isinstance(typ, type):
         return from_mapping(typ, value, f"{key}.")
     if origin is Literal:
@@ -193,6 +208,10 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _toml_value(value: Any) -> str:
+    if _table_type(type(value)):
+        value = value.to_toml()
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
@@ -218,7 +237,7 @@ def render_toml(config: Any, *, section: str = "", overrides: Mapping[str, Any] 
         lines.append(f"[{section}]")
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
+        if dataclasses.is_dataclass(value) and not _table_type(type(value)):
             nested.append((f.name, value))
             continue
         for doc_line in docs.get(f.name, "").splitlines():

@@ -62,6 +62,7 @@ from overlay.node._config import NodeConfig
 from overlay.node._control import NodeControl
 from overlay.node._discovery import DiscoveryState
 from overlay.node._peering import DialOutcome, Peering
+from overlay.node._routing import NodeRouting
 from overlay.node._services import NodeServices
 from overlay.node._summary import PeerSummary
 from overlay.node._traffic import TrafficTotals
@@ -170,6 +171,17 @@ class Node:
         """Optional extra pre-handshake check of a remote host (after the peer manager's)."""
         self.discovery = DiscoveryState()
         """Verified capability records and the discovery services' shared state."""
+        self.routing = NodeRouting(
+            node_id=self.node_id, router=self.router, records=self.discovery.records,
+            config=self.config.routing, limits=self.config.connection_limits(),
+            local_capabilities=frozenset(
+                c.partition("=")[0] for c in self.config.discovery.capabilities
+            ),
+            protocols=frozenset(t.protocol for t in self._transports),
+            peering=lambda: self._services.peering if self._services.started else None,
+            metrics=metrics,
+        )
+        """Capability routing: targets, the policy driver, role and group requests."""
         self._services = NodeServices(self, home=self.home, metrics=metrics)
         self._listen_addresses: list[NodeAddress] = []
         self._advertised: list[NodeAddress] = []
@@ -264,7 +276,7 @@ class Node:
                 v4, v6 = await host_addresses()  # before the first hello goes out
             await self._tg.start(self._timers.run)
             peering = self._services.open()  # the store; gates and admits from now on
-            self._multi.set(peering, *self._user_observers)
+            self._multi.set(peering, self.routing, *self._user_observers)
             for transport in self._transports:
                 serve = functools.partial(
                     transport.serve, self._on_inbound, on_handshake_failed=self._record_failure

@@ -32,6 +32,7 @@ from overlay._version import __version__
 from overlay.errors import ConfigError, LocalProtocolError
 from overlay.node._control import ControlledNode, NodeControl
 from overlay.node._peering import Dialer, Peering
+from overlay.node._routing import NodeRouting
 from overlay.node._traffic import TrafficTotals, channel_loads
 from overlay.transport import Transport
 
@@ -57,6 +58,9 @@ class ServedNode(ControlledNode, Protocol):
 
     @property
     def dial_outcome(self) -> Dialer: ...
+
+    @property
+    def routing(self) -> NodeRouting: ...
 
 
 def private_directory(path: Path, key: str = "data_dir") -> None:
@@ -124,6 +128,7 @@ class NodeServices:
         peering, control = self.peering, self.control
         async with anyio.create_task_group() as tg:
             await tg.start(peering.run)
+            await tg.start(self._node.routing.run)
             try:
                 await self._serve_operator(tg, control)
                 task_status.started()
@@ -173,7 +178,7 @@ class NodeServices:
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """Scrape-time values for the metrics collector (totals include closed connections)."""
-        from overlay.operator._metrics import ChannelSnapshot, MetricsSnapshot
+        from overlay.operator._metrics import ChannelSnapshot, MetricsSnapshot, TargetSnapshot
 
         node = self._node
         stats = self.peering.manager.statistics()
@@ -218,4 +223,9 @@ class NodeServices:
             inbound_accepted=sum(t.accepted for t in transports),
             inbound_refused=refused,
             pending_evictions=sum(t.evicted_handshakes for t in transports),
+            targets={
+                s.capability: TargetSnapshot(connected=s.connected, required=s.required,
+                                             deficit=s.deficit, attainable=s.attainable)
+                for s in node.routing.statuses()
+            },
         )

@@ -48,6 +48,12 @@ metric                                                     type       labels
 ``overlay_served_requests_total``                          counter    channel, outcome
 ``overlay_slow_peer_events_total``                         counter    channel
 ``overlay_invalid_messages_total``                         counter    channel
+``overlay_routing_target_peers``                           gauge      capability, kind
+``overlay_routing_target_attainable``                      gauge      capability (1/0)
+``overlay_role_request_duration_seconds``                  histogram  capability
+``overlay_role_requests_total``                            counter    capability, outcome
+``overlay_role_hedges_total``                              counter    capability
+``overlay_role_winner_attempt``                            histogram  capability
 ``overlay_node_info``                                      gauge (1)  node_id, network, version
 =========================================================  =========  ============================
 
@@ -100,6 +106,7 @@ __all__ = [
     "MetricsObserver",
     "MetricsSnapshot",
     "NodeMetrics",
+    "TargetSnapshot",
     "serve_metrics",
 ]
 
@@ -184,6 +191,18 @@ class MetricsSnapshot:
     pending_evictions: int = 0
     """Pending inbound handshakes cut to make room for a newcomer from a less represented
     netgroup since start."""
+    targets: Mapping[str, TargetSnapshot] = field(default_factory=dict)
+    """Routing targets by capability (after the policy engine's last tick)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSnapshot:
+    """One routing target as exported at scrape time."""
+
+    connected: int = 0
+    required: int = 0
+    deficit: int = 0
+    attainable: bool = True
 
 
 SnapshotSource = Callable[[], MetricsSnapshot]
@@ -302,6 +321,24 @@ class _SnapshotCollector(Collector):
             for name in sorted(snap.channels):
                 family.add_metric([name], getter(snap.channels[name]))
             out.append(family)
+        target_peers = GaugeMetricFamily(
+            f"{ns}_routing_target_peers",
+            "Routing targets: connected peers with the capability, the number required and "
+            "the deficit (kind).", labels=["capability", "kind"],
+        )
+        attainable = GaugeMetricFamily(
+            f"{ns}_routing_target_attainable",
+            "1 when enough providers of the capability are known to meet its target.",
+            labels=["capability"],
+        )
+        for cap in sorted(snap.targets):
+            t = snap.targets[cap]
+            target_peers.add_metric([cap, "connected"], t.connected)
+            target_peers.add_metric([cap, "required"], t.required)
+            target_peers.add_metric([cap, "deficit"], t.deficit)
+            attainable.add_metric([cap], 1 if t.attainable else 0)
+        out.append(target_peers)
+        out.append(attainable)
         return out
 
 
@@ -372,6 +409,25 @@ class NodeMetrics:
             "invalid_messages", "Messages from peers that did not decode or validate.",
             ("channel",),
         )
+        self._role_duration = Histogram(
+            "role_request_duration_seconds",
+            "Duration of role requests (all attempts, hedges included) per capability.",
+            ("capability",), namespace=namespace, registry=reg, buckets=latency_buckets,
+        )
+        self._role_requests = counter(
+            "role_requests", "Role requests by capability and outcome (ok, or the failure "
+            "reason: none_known, none_reachable, all_failed, deadline).",
+            ("capability", "outcome"),
+        )
+        self._role_hedges = counter(
+            "role_hedges", "Hedged attempts started by role requests (the extra load).",
+            ("capability",),
+        )
+        self._role_winner = Histogram(
+            "role_winner_attempt",
+            "Attempt number of the peer that answered a role request (1: the first asked).",
+            ("capability",), namespace=namespace, registry=reg, buckets=(1, 2, 3, 4, 5),
+        )
         self._info = Info("node", "Identity of this node.", namespace=namespace, registry=reg)
 
     def _cap(self, metric: str, value: str) -> str:
@@ -440,6 +496,21 @@ class NodeMetrics:
     def invalid_message(self, channel: str) -> None:
         """A peer sent an invalid message on ``channel``."""
         self._invalid.labels(self._cap("channel", channel)).inc()
+
+    def role_request_done(self, capability: str, seconds: float, *,
+                          winner_attempt: int | None, failure: str | None,
+                          hedges: int) -> None:
+        """A role request ended: answered by attempt ``winner_attempt``, or failed with
+        ``failure`` (a ``RoleFailure`` value); ``hedges`` attempts were started by the hedge
+        delay."""
+        cap = self._cap("capability", capability)
+        if math.isfinite(seconds):
+            self._role_duration.labels(cap).observe(max(0.0, seconds))
+        self._role_requests.labels(cap, "ok" if failure is None else failure).inc()
+        if hedges:
+            self._role_hedges.labels(cap).inc(hedges)
+        if winner_attempt is not None:
+            self._role_winner.labels(cap).observe(winner_attempt)
 
     def render(self) -> bytes:
         """The text exposition format of every metric (what ``/metrics`` returns)."""

@@ -25,6 +25,9 @@ Theory of operation
   attempt cut short at the deadline that way counts as a ``TIMEOUT`` of its peer.
 * Destinations select from the router's :class:`~overlay.router._peertable.PeerTable` (its
   connections; views built only on demand, nothing per message), never from the router itself.
+  A higher layer may install a *binder* (:meth:`Router.set_destination_binder`): every
+  destination object passes through it before use, so a value such as ``Role("blocksync")``
+  can be bound to node state (peer health, hedging) the router knows nothing about.
 * Inbound requests run their handler in a task of the connection's task group; the peer's CANCEL
   cancels it, closing the connection cancels all of them.
 """
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -136,6 +139,7 @@ class Router:
         self._peers = self._table.connections
         self._closed = False
         self._local_report = DeliveryReport(delivered=(local_id,), failed=_NO_FAILURES)
+        self._binder: Callable[[Destination], Destination] | None = None
 
     # --------------------------------------------------------------------------- peer table
 
@@ -150,6 +154,16 @@ class Router:
 
     def connected_peers(self) -> Sequence[NodeId]:
         return tuple(self._peers)
+
+    def set_destination_binder(
+        self, binder: Callable[[Destination], Destination] | None
+    ) -> None:
+        """Pass every destination object through ``binder`` before selecting or requesting
+        (the node's routing layer binds roles to its health and hedging state)."""
+        self._binder = binder
+
+    def _bind(self, to: Destination) -> Destination:
+        return to if self._binder is None else self._binder(to)
 
     # ----------------------------------------------------------------------------- channels
 
@@ -270,6 +284,7 @@ class Router:
             return (to,), False
         if not isinstance(to, Destination):
             raise ChannelError(f"not a destination: {to!r}")
+        to = self._bind(to)
         targets = to.select(self._table)
         if not targets:
             raise no_route(self._table, to)
@@ -438,6 +453,7 @@ class Router:
             return await self._attempt(state, self._local_id, message, deadline)
         if not isinstance(to, Destination):
             raise ChannelError(f"not a destination: {to!r}")
+        to = self._bind(to)
 
         async def attempt(target: NodeId) -> Any:
             return await self._attempt(state, target, message, deadline)
