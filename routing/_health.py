@@ -223,6 +223,16 @@ class PeerHealth:
             case other:
                 assert_never(other)
 
+    def censored(self, elapsed: float) -> None:
+        """An attempt we cancelled (a losing hedge) had no answer after ``elapsed`` seconds:
+        a lower bound of its round trip. When it exceeds the EWMA the EWMA moves towards it,
+        so a peer that keeps losing races ranks lower without ever being blamed (the success
+        rate and the breaker are untouched)."""
+        if not (math.isfinite(elapsed) and elapsed > self.expected_rtt()):
+            return
+        a = self._config.rtt_alpha
+        self.rtt_ewma = a * elapsed + (1 - a) * self.expected_rtt()
+
     def success_rate(self, now: float) -> float:
         self._decay(now)
         return (self.successes + 1.0) / (self.attempts + 1.0)
