@@ -103,6 +103,23 @@ class FakeControl:
             raise self.fail
         return {"persistent_removed": node_id}
 
+    def targets(self) -> dict[str, Any]:
+        self.calls.append(("targets", None))
+        return {"targets": [{"capability": "archive", "target": {"min_peers": 2},
+                             "connected": 1, "required": 2, "deficit": 1,
+                             "attainable": True, "state": "filling", "reason": "1 dial"}]}
+
+    async def set_target(self, capability: str, assignments: list[str]) -> dict[str, Any]:
+        self.calls.append(("set_target", (capability, assignments)))
+        from routing import parse_target_assignments
+
+        target = parse_target_assignments(capability, assignments)  # ConfigError -> 400
+        return {"capability": capability, "target": target.to_mapping(), "warnings": []}
+
+    async def remove_target(self, capability: str) -> dict[str, Any]:
+        self.calls.append(("remove_target", capability))
+        return {"removed": capability}
+
     def bans(self) -> dict[str, Any]:
         self.calls.append(("bans", None))
         return {"bans": [{"kind": "ip", "target": t, "until": 1.0e9, "remaining_seconds": 5.0,

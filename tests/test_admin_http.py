@@ -83,6 +83,15 @@ class QuietControl:
     async def remove_persistent(self, node_id: str) -> dict[str, Any]:
         return {}
 
+    def targets(self) -> dict[str, Any]:
+        return {"targets": []}
+
+    async def set_target(self, capability: str, assignments: list[str]) -> dict[str, Any]:
+        return {}
+
+    async def remove_target(self, capability: str) -> dict[str, Any]:
+        return {}
+
     def bans(self) -> dict[str, Any]:
         return {"bans": []}
 

@@ -93,6 +93,23 @@ class FakeControl:
             raise ConflictError(f"{node_id} is persistent because config.toml lists it")
         return {"persistent_removed": node_id}
 
+    def targets(self) -> dict[str, Any]:
+        self.calls.append(("targets", None))
+        return {"targets": [{"capability": "archive", "target": {"min_peers": 2},
+                             "connected": 1, "required": 2, "deficit": 1,
+                             "attainable": True, "state": "filling", "reason": "1 dial"}]}
+
+    async def set_target(self, capability: str, assignments: list[str]) -> dict[str, Any]:
+        self.calls.append(("set_target", (capability, assignments)))
+        from routing import parse_target_assignments
+
+        target = parse_target_assignments(capability, assignments)  # ConfigError -> 400
+        return {"capability": capability, "target": target.to_mapping(), "warnings": []}
+
+    async def remove_target(self, capability: str) -> dict[str, Any]:
+        self.calls.append(("remove_target", capability))
+        return {"removed": capability}
+
     def bans(self) -> dict[str, Any]:
         return {"bans": [
             {"kind": "peer", "target": ID_B, "until": 1_700_003_600.0,
@@ -390,3 +407,24 @@ def test_format_peers_tolerates_sparse_dicts() -> None:
     ])
     assert table.splitlines()[1].split()[3] == f"{ID_A}@[::1]:7"
     assert table.splitlines()[2].split()[3] == f"memory:{ID_B}"
+
+
+@pytest.mark.anyio
+async def test_targets_are_listed_set_and_removed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with node(tmp_path) as n:
+        assert await n.run("targets") == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split()[:5] == ["CAPABILITY", "TARGET", "CONNECTED", "REQUIRED",
+                                        "DEFICIT"]
+        assert lines[1].split()[:6] == ["archive", "min_peers=2", "1", "2", "1", "filling"]
+        assert await n.run("targets", "--json") == 0
+        assert json.loads(capsys.readouterr().out)[0]["attainable"] is True
+        assert await n.run("targets", "set", "blocksync", "min_fraction=30%", "priority=1") == 0
+        assert "target blocksync set" in capsys.readouterr().out
+        assert ("set_target", ("blocksync", ["min_fraction=30%", "priority=1"])) in n.control.calls
+        assert await n.run("targets", "set", "blocksync", "min_peerz=3") == 1
+        assert "min_peerz" in capsys.readouterr().err
+        assert await n.run("targets", "remove", "archive") == 0
+        assert ("remove_target", "archive") in n.control.calls

@@ -44,11 +44,14 @@ class Refusing:
     def persistent(self) -> dict[str, Any]:
         return {"persistent": []}
 
+    def targets(self) -> dict[str, Any]:
+        return {"targets": []}
+
     async def _fail(self, *args: object, **kwargs: object) -> dict[str, Any]:
         raise self.error
 
     dial = disconnect = ban = unban = add_seed = remove_seed = _fail
-    add_persistent = remove_persistent = _fail
+    add_persistent = remove_persistent = set_target = remove_target = _fail
 
 
 async def _call(app: AdminApp, path: str, body: bytes) -> Response:

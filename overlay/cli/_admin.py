@@ -367,6 +367,41 @@ def cmd_persistent_remove(args: argparse.Namespace) -> int:
     return _report(f"{args.id} is no longer persistent", result)
 
 
+def format_targets(targets: Sequence[Mapping[str, Any]]) -> str:
+    """A table of the ``/targets`` answer (``overlay targets``)."""
+    if not targets:
+        return "no targets"
+
+    def fields(t: Mapping[str, Any]) -> str:
+        spec = t.get("target") or {}
+        return " ".join(f"{k}={v}" for k, v in sorted(spec.items())) or "-"
+
+    return _table(("CAPABILITY", "TARGET", "CONNECTED", "REQUIRED", "DEFICIT", "STATE",
+                   "REASON"), [
+        (str(t.get("capability", "?")), fields(t), str(t.get("connected", "-")),
+         str(t.get("required", "-")), str(t.get("deficit", "-")),
+         str(t.get("state", "not ticked yet")), str(t.get("reason", "")))
+        for t in targets
+    ])
+
+
+def cmd_targets_list(args: argparse.Namespace) -> int:
+    targets = _client(args).targets()
+    return _print_list(args, targets, format_targets(targets))
+
+
+def cmd_targets_set(args: argparse.Namespace) -> int:
+    result = _client(args).set_target(args.capability, args.assignments)
+    for warning in result.get("warnings") or ():
+        print(f"warning: {warning}", file=sys.stderr)
+    return _report(f"target {args.capability} set", result)
+
+
+def cmd_targets_remove(args: argparse.Namespace) -> int:
+    return _report(f"target {args.capability} removed",
+                   _client(args).remove_target(args.capability))
+
+
 def _subcommand(group: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     """``overlay GROUP NAME``; ``--home`` may come before or after ``NAME``."""
     q: argparse.ArgumentParser = group.add_parser(name, help=help_text, description=help_text)
@@ -444,3 +479,21 @@ def register(sub: Any, add: AddParser) -> None:
                     "'overlay dial --persistent' (persisted; the connection stays open)")
     q.add_argument("id", type=_node_id, metavar="ID", help="node id")
     q.set_defaults(func=cmd_persistent_remove)
+
+    p = add("targets", "list, set or remove capability peer targets (capability routing)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.set_defaults(func=cmd_targets_list)
+    targets = p.add_subparsers(dest="targets_command", required=False, metavar="SUBCOMMAND")
+    q = _subcommand(targets, "list", "list the targets with connected, required, deficit and "
+                                     "state (the same as plain `overlay targets`)")
+    q.add_argument("--json", action="store_true", help="print the raw JSON")
+    q.set_defaults(func=cmd_targets_list)
+    q = _subcommand(targets, "set", "add or change the target of a capability (live, not "
+                                    "written to config.toml)")
+    q.add_argument("capability", metavar="CAP", help="capability name")
+    q.add_argument("assignments", nargs="+", metavar="KEY=VALUE",
+                   help="min_peers=N, min_fraction=F or P%%, max_peers=N|none, priority=N")
+    q.set_defaults(func=cmd_targets_set)
+    q = _subcommand(targets, "remove", "drop the target of a capability (live)")
+    q.add_argument("capability", metavar="CAP", help="capability name")
+    q.set_defaults(func=cmd_targets_remove)

@@ -221,5 +221,16 @@ class AdminClient:
             raise AdminError(f"the node at {self.address} sent an invalid {key} list")
         return items
 
+    def targets(self) -> list[dict[str, Any]]:
+        return self._list("/targets", "targets")
+
+    def set_target(self, capability: str, assignments: list[str]) -> dict[str, Any]:
+        body = {"capability": capability, "set": assignments}
+        return self._object(self.request("POST", "/targets/set", body))
+
+    def remove_target(self, capability: str) -> dict[str, Any]:
+        body = {"capability": capability}
+        return self._object(self.request("POST", "/targets/remove", body))
+
     def remove_persistent(self, node_id: str) -> dict[str, Any]:
         return self._object(self.request("POST", "/persistent/remove", {"id": node_id}))

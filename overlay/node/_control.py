@@ -22,17 +22,20 @@ from overlay.errors import InvalidAddressError, LocalProtocolError
 from overlay.identity import NodeId, parse_node_id
 from overlay.node._config import NodeConfig
 from overlay.node._peering import Peering, wall_clock
+from overlay.node._routing import NodeRouting
 from overlay.operator._control import (
     MAX_BAN_SECONDS,
     MIN_BAN_SECONDS,
     ConflictError,
     PeerBannedError,
     UnknownPeerError,
+    UnknownTargetError,
     parse_ban_target,
 )
 from overlay.peers import OperatorPeer, PeerFlag, PeerSnapshot
 from overlay.router._router import Router
 from overlay.transport._failures import Direction, HandshakeFailureReason
+from routing import parse_target_assignments
 
 __all__ = ["ControlledNode", "NodeControl", "jsonable"]
 
@@ -59,6 +62,9 @@ class ControlledNode(Protocol):
     def handshake_failures(self) -> Mapping[Direction, Mapping[HandshakeFailureReason, int]]: ...
 
     async def disconnect(self, node_id: NodeId, message: str = "") -> bool: ...
+
+    @property
+    def routing(self) -> NodeRouting: ...
 
 
 def jsonable(value: Any) -> Any:
@@ -97,7 +103,10 @@ class NodeControl:
     def status(self) -> dict[str, Any]:
         stats = self.peering.manager.statistics()
         conns = self.node.router.peers()
+        routing = self.node.routing
         return {
+            "targets": routing.status(),
+            "capabilities": dict(routing.capability_counts()),
             "node_id": self.node.node_id,
             "network": self.node.config.network,
             "moniker": self.node.config.moniker,
@@ -149,7 +158,7 @@ class NodeControl:
                     "software_version": conn.info.software_version,
                     "listen_addrs": list(conn.info.listen_addrs),
                     "channels_advertised": list(conn.info.channels),
-                    "capabilities": {},
+                    "capabilities": self.node.routing.peer_capabilities(conn.node_id),
                     "connection": stats,
                 }
             )
@@ -307,6 +316,24 @@ class NodeControl:
         self.peering.manager.set_flag(peer, PeerFlag.PERSISTENT, False, now)
         self.peering.wake()
         return {"persistent_removed": peer}
+
+    # -- routing targets ------------------------------------------------------------------
+
+    def targets(self) -> dict[str, Any]:
+        routing = self.node.routing
+        return {"targets": routing.status(), "capabilities": dict(routing.capability_counts())}
+
+    async def set_target(self, capability: str, assignments: list[str]) -> dict[str, Any]:
+        routing = self.node.routing
+        target = parse_target_assignments(capability, assignments, routing.targets.get(capability))
+        warnings = routing.set_target(target)
+        return {"capability": capability, "target": target.to_mapping(),
+                "warnings": list(warnings)}
+
+    async def remove_target(self, capability: str) -> dict[str, Any]:
+        if not self.node.routing.remove_target(capability):
+            raise UnknownTargetError(f"no target for {capability!r}")
+        return {"removed": capability}
 
 
 def _refuse(accepted: bool, reason: str, addr: NodeAddress, peering: Peering, now: float) -> None:

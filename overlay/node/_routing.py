@@ -263,7 +263,7 @@ class NodeRouting(Observer):
                 if peering is not None and node_id in self._router.peer_table.connections:
                     peering.manager.report(node_id, ScoreEvent.UNSERVED_CAPABILITY, wall_clock())
             case Outcome.TIMEOUT:
-                self.confirmations.refute(node_id, capability, wall_clock())
+                pass  # slow is not lying: the breaker and the ranking deal with it
             case Outcome.CANCELLED:
                 return
             case other:

@@ -285,6 +285,9 @@ class AdminApp:
             "/persistent": {"GET": self._persistent},
             "/persistent/add": {"POST": self._persistent_add},
             "/persistent/remove": {"POST": self._persistent_remove},
+            "/targets": {"GET": self._targets},
+            "/targets/set": {"POST": self._targets_set},
+            "/targets/remove": {"POST": self._targets_remove},
         }
         """Path -> method -> handler."""
 
@@ -386,6 +389,26 @@ class AdminApp:
         node_id = str(parse_node_id(_string(data, "id")))
         return await _logged(f"remove persistent flag of {node_id}", {"peer": node_id},
                              self._control.remove_persistent(node_id))
+
+
+    async def _targets(self, request: Request) -> object:
+        return self._control.targets()
+
+    async def _targets_set(self, request: Request) -> object:
+        data = _json_body(request, {"capability": True, "set": True})
+        capability = _string(data, "capability")
+        words = data["set"]
+        if (not isinstance(words, list) or not words or len(words) > 8
+                or not all(isinstance(w, str) and len(w) <= 64 for w in words)):
+            raise BadRequestError("field 'set' must be a list of 1 to 8 key=value strings")
+        return await _logged(f"set target {capability} {' '.join(words)}", {},
+                             self._control.set_target(capability, list(words)))
+
+    async def _targets_remove(self, request: Request) -> object:
+        data = _json_body(request, {"capability": True})
+        capability = _string(data, "capability")
+        return await _logged(f"remove target {capability}", {},
+                             self._control.remove_target(capability))
 
 
 async def _logged(action: str, extra: Mapping[str, str], call: Awaitable[object]) -> object:

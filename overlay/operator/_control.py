@@ -34,6 +34,7 @@ __all__ = [
     "MIN_BAN_SECONDS",
     "PeerBannedError",
     "UnknownPeerError",
+    "UnknownTargetError",
     "parse_ban_target",
 ]
 
@@ -51,6 +52,10 @@ class UnknownPeerError(LocalProtocolError):
 class BadRequestError(LocalProtocolError):
     """A request body that is not what the route expects (HTTP 400): not JSON, not an object,
     unknown or missing fields, wrong types."""
+
+
+class UnknownTargetError(UnknownPeerError):
+    """No routing target exists for the capability named (HTTP 404)."""
 
 
 class ConflictError(LocalProtocolError):
@@ -125,6 +130,21 @@ class Control(Protocol):
     async def remove_persistent(self, node_id: str) -> dict[str, Any]:
         """Clear the persistent flag set by ``dial --persistent``; :class:`UnknownPeerError` if
         the peer is not persistent, :class:`ConflictError` if ``persistent_peers`` lists it."""
+        ...
+
+    def targets(self) -> dict[str, Any]:
+        """``{"targets": [...]}``: per capability target its fields, connected, required,
+        deficit, attainable and state (after the policy engine's last tick)."""
+        ...
+
+    async def set_target(self, capability: str, assignments: list[str]) -> dict[str, Any]:
+        """Add or change the target of ``capability`` from ``key=value`` words (the fields not
+        named keep their value); :class:`~overlay.errors.ConfigError` (400) explains targets
+        that cannot fit ``[peers]`` limits. The answer carries validation ``warnings``."""
+        ...
+
+    async def remove_target(self, capability: str) -> dict[str, Any]:
+        """Drop the target of ``capability``; :class:`UnknownPeerError`-like 404 when none."""
         ...
 
 
