@@ -2,7 +2,8 @@
 
 The public surface: :class:`Node` and its config, typed channels (:class:`ChannelSpec`,
 :class:`Channel`, codecs), destinations (a peer id, :data:`LOCAL`, :data:`BROADCAST`, your own
-:class:`Destination` selecting from :class:`PeerView` snapshots) and :class:`AttemptOutcome`, node
+:class:`Destination` selecting from :class:`PeerView` snapshots, roles and groups of peers
+with a capability: :class:`Role`, :class:`Group`) and :class:`AttemptOutcome`, node
 identity and addresses, and the exception tree (``overlay.errors``). Test doubles live in
 ``overlay.testing``.
 """
@@ -28,6 +29,7 @@ from overlay.router._channel import (
 from overlay.router._codec import BytesCodec, Codec, ProtobufCodec
 from overlay.router._destination import BROADCAST, LOCAL, Destination, PeerSet, PeerView, To
 from overlay.transport._failures import Direction, HandshakeFailureReason
+from routing._role import Group, GroupResponse, Role, RoleResponse, RoleResult
 
 __all__ = [
     "AttemptOutcome",
@@ -42,6 +44,8 @@ __all__ = [
     "Direction",
     "Envelope",
     "ErrorCode",
+    "Group",
+    "GroupResponse",
     "HandshakeFailureReason",
     "LOCAL",
     "ListenAddress",
@@ -57,6 +61,9 @@ __all__ = [
     "ProtobufCodec",
     "RequestError",
     "RequestHandler",
+    "Role",
+    "RoleResponse",
+    "RoleResult",
     "To",
     "__version__",
     "load_config",

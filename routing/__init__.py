@@ -1,8 +1,10 @@
 """Capability routing: per-capability peer targets, the policy engine that meets them, peer
 health with circuit breakers, and adaptive hedging for role requests.
 
-Everything here is a pure core (sans-IO): it takes ``now`` and events and returns plans; the
-drivers that wire these into a node live in the assembly. See ``docs/routing.md``.
+The cores are pure (sans-IO): they take ``now`` and events and return plans. ``routing._role``
+is their anyio driver for requests: the ``Role`` and ``Group`` destinations a reactor passes to
+a channel, served with health and hedging by :class:`RoleService` (the node wires it in, see
+``overlay.node._routing``). See ``docs/routing.md``.
 """
 
 from routing._health import (
@@ -41,6 +43,15 @@ from routing._policy_types import (
     PruneReason,
     TargetState,
 )
+from routing._role import (
+    Group,
+    GroupResponse,
+    Role,
+    RoleResponse,
+    RoleResult,
+    RoleService,
+    RoleStatistics,
+)
 from routing._targets import (
     CapabilityTarget,
     ConnectionLimits,
@@ -61,6 +72,8 @@ __all__ = [
     "ConnectionLimits",
     "Dial",
     "Discover",
+    "Group",
+    "GroupResponse",
     "HealthConfig",
     "HealthTable",
     "HedgeAction",
@@ -79,6 +92,11 @@ __all__ = [
     "Protect",
     "Prune",
     "PruneReason",
+    "Role",
+    "RoleResponse",
+    "RoleResult",
+    "RoleService",
+    "RoleStatistics",
     "StartAttempt",
     "TargetSet",
     "TargetState",

@@ -52,6 +52,7 @@ from overlay.errors import (
     ConnectionClosed,
     DecodeError,
     ErrorCode,
+    LocalProtocolError,
     NoRoute,
     OverlayError,
     RequestError,
@@ -286,11 +287,12 @@ async def _grace(receive: MemoryObjectReceiveStream[_Done]) -> _Done | None:
 class _Run:
     """The mutable state of one hedged request (driver side)."""
 
-    __slots__ = ("deadline_hit", "scopes")
+    __slots__ = ("deadline_hit", "local_error", "scopes")
 
     def __init__(self) -> None:
         self.scopes: dict[NodeId, anyio.CancelScope] = {}
         self.deadline_hit = False
+        self.local_error: LocalProtocolError | None = None
 
 
 class _BoundRole(Destination):
@@ -564,6 +566,8 @@ class RoleService:
             case PlanOutcome.DEADLINE:
                 failure, why = RoleFailure.DEADLINE, "no answer before the deadline"
             case PlanOutcome.ALL_FAILED | PlanOutcome.NO_CANDIDATES:
+                if run.local_error is not None:
+                    raise run.local_error  # the caller's mistake, not the peers' failure
                 failure, why = RoleFailure.ALL_FAILED, "every peer asked failed"
             case other:
                 assert_never(other)
@@ -608,6 +612,7 @@ class RoleService:
         admitted = health.start(began)
         outcome = Outcome.CANCELLED
         value: Any = None
+        ours = False
         try:
             with scope:
                 if not admitted:
@@ -615,17 +620,21 @@ class RoleService:
                 else:
                     value = await attempt(node_id)
                     outcome = Outcome.SUCCESS
+        except LocalProtocolError as exc:  # our mistake (a channel the link lacks...)
+            ours, outcome = True, Outcome.ERROR
+            run.local_error = exc
         except OverlayError as exc:
             outcome = _outcome_of(exc)
         finally:
             now = anyio.current_time()
             if outcome is Outcome.CANCELLED and run.deadline_hit:
                 outcome = Outcome.TIMEOUT  # cut at the caller's deadline: it was too slow
+            blamed = Outcome.CANCELLED if ours else outcome  # never the peer's fault
             if admitted:
-                health.finish(outcome, now, now - began if outcome is Outcome.SUCCESS else None)
+                health.finish(blamed, now, now - began if outcome is Outcome.SUCCESS else None)
                 if outcome is Outcome.CANCELLED:
                     health.censored(now - began)
-            if self._listener is not None and outcome is not Outcome.CANCELLED:
+            if self._listener is not None and blamed is not Outcome.CANCELLED:
                 self._listener.on_attempt(node_id, cap, outcome)
         if outcome is not Outcome.CANCELLED and not run.deadline_hit:
             try:
