@@ -85,6 +85,7 @@ from collections.abc import Container, Sequence
 
 import zstandard
 
+from overlay.connection._infosync import InfoSync
 from overlay.connection._ratelimit import TokenBucket
 from overlay.connection._receive import ReceiveSide
 from overlay.connection._types import (
@@ -109,6 +110,7 @@ from overlay.connection._types import (
     LatencyMeasured,
     MessageDropped,
     MessageReceived,
+    PeerInfoReceived,
     RequestReceived,
     RequestRejected,
     ResponseReceived,
@@ -133,6 +135,7 @@ from overlay.wire._frames import (
     MessageAssembler,
 )
 from overlay.wire._messages import Disconnect, Ping, encode_control, encode_error
+from overlay.wire._nodeinfo import NodeInfo
 
 __all__ = [
     "CancelReceived",
@@ -150,6 +153,7 @@ __all__ = [
     "LatencyMeasured",
     "MessageDropped",
     "MessageReceived",
+    "PeerInfoReceived",
     "RequestReceived",
     "RequestRejected",
     "ResponseReceived",
@@ -182,21 +186,25 @@ class ConnectionCore(ReceiveSide):
         *,
         now: float,
         compression: bool = False,
+        peer_info: NodeInfo | None = None,
     ) -> None:
         self._config = config
         self._max_payload = config.max_frame_payload
         self._max_batch = config.max_write_batch
-        by_priority: dict[int, deque[_Channel]] = {}
+        self._by_priority: dict[int, deque[_Channel]] = {}
+        self._levels: list[deque[_Channel]] = []
         self._channels: dict[int, _Channel] = {}
+        self._draining: dict[int, _Channel] = {}  # removed, still finishing a started message
         for params in channels:
             if params.channel_id in self._channels:
                 raise ChannelError(f"duplicate channel id {params.channel_id}")
-            level = by_priority.setdefault(params.priority, deque())
+            level = self._level_for(params.priority)
             self._channels[params.channel_id] = _Channel(params, level)
-        self._levels = [by_priority[p] for p in sorted(by_priority, reverse=True)]
+        # Never lowered (see add_channel): the limit for frames on channels we don't have.
         self._unknown_limit = max(
             [ch.max_size for ch in self._channels.values()] + [DEFAULT_MAX_MESSAGE_SIZE]
         )
+        self._info = InfoSync(now, peer_info)
         self._ctrl: deque[bytes] = deque()
         self._disconnect_frame: bytes | None = None
         self._state = ConnectionState.OPEN
@@ -274,6 +282,120 @@ class ConnectionCore(ReceiveSide):
         """True once the peer's disconnect arrived (later received frames are ignored)."""
         return self._peer_disconnected
 
+    # ------------------------------------------------------------------ channels
+
+    def _level_for(self, priority: int) -> deque[_Channel]:
+        level = self._by_priority.get(priority)
+        if level is None:
+            level = self._by_priority[priority] = deque()
+            self._levels = [self._by_priority[p] for p in sorted(self._by_priority, reverse=True)]
+        return level
+
+    def channel_ids(self) -> list[int]:
+        """The channels this connection carries now, sorted."""
+        return sorted(self._channels)
+
+    def add_channel(self, params: ChannelParams) -> None:
+        """Start carrying a channel (the node opened it while this connection was up).
+
+        If the channel was removed while one of its messages was partly sent, that message is
+        finished first (frames of one channel never interleave), then the new channel's.
+        ChannelError if the connection already carries it."""
+        cid = params.channel_id
+        if cid in self._channels:
+            raise ChannelError(f"duplicate channel id {cid}")
+        level = self._level_for(params.priority)
+        ch = self._draining.pop(cid, None)
+        if ch is not None and ch.queue:
+            ch.params = params
+            ch.queue_size = params.send_queue_size
+            ch.max_size = params.max_message_size
+            ch.max_inbound = params.max_concurrent_inbound
+            if ch.level is not level:
+                if ch.active:
+                    ch.level.remove(ch)
+                    level.append(ch)
+                ch.level = level
+        else:
+            ch = _Channel(params, level)
+        self._channels[cid] = ch
+        if ch.max_size > self._unknown_limit:
+            self._unknown_limit = ch.max_size
+            if self._dctx is not None:
+                window_log = max(10, min(31, math.ceil(math.log2(self._unknown_limit))))
+                self._dctx = zstandard.ZstdDecompressor(max_window_size=1 << window_log)
+
+    def remove_channel(self, channel_id: int) -> list[int]:
+        """Stop carrying a channel (the node closed it); returns the ids of our requests on it
+        that were in flight: they are forgotten (a CANCEL goes out for any already started) and
+        their callers must be failed. The peer's requests on it that still await our answer
+        get ERROR ``NO_HANDLER``, and so do those whose answer was queued but not started; a
+        message already partly sent is finished; other queued messages are dropped. Frames the
+        peer sends on the channel from now on are handled as on any unknown channel.
+        ChannelError if the connection does not carry it."""
+        ch = self._channels.pop(channel_id, None)
+        if ch is None:
+            raise ChannelError(f"channel {channel_id} is not part of this connection")
+        failed = [rid for rid, msg in self._outbound.items() if msg.channel is ch]
+        for rid in failed:
+            self.cancel_request(rid)
+        budget = ch.max_size - 6
+        for rid in [rid for rid, owner in self._inbound.items() if owner is ch]:
+            del self._inbound[rid]
+            ch.inbound_active -= 1
+            self._auto_error(channel_id, rid, ErrorCode.NO_HANDLER, "channel closed", budget)
+        queue = ch.queue
+        head = queue[0] if queue and queue[0].offset else None
+        for msg in queue:
+            if msg is head:
+                continue
+            msg.queued = False
+            if msg.kind == _RESPONSE or msg.kind == _ERROR:
+                self._auto_error(channel_id, msg.request_id, ErrorCode.NO_HANDLER,
+                                 "channel closed", budget)
+        queue.clear()
+        if head is not None:
+            queue.append(head)  # still active, in its ring: data_to_send finishes it
+            self._draining[channel_id] = ch
+        elif ch.active:
+            ch.active = False
+            ch.level.remove(ch)
+        return failed
+
+    # ------------------------------------------------------------------ node-info updates
+
+    @property
+    def peer_info(self) -> NodeInfo | None:
+        """The peer's current NodeInfo: its hello's, then each update it sent (``None`` only
+        for a core built without ``peer_info``, until the first update)."""
+        return self._info.peer_info
+
+    @property
+    def peer_info_seq(self) -> int:
+        """``info_seq`` of the peer's last applied node-info update (0: the hello)."""
+        return self._info.peer_seq
+
+    @property
+    def info_updates_ignored(self) -> int:
+        """Node-info updates from the peer ignored as replays (``info_seq`` not above the
+        last applied one)."""
+        return self._info.ignored
+
+    def send_info_update(self, info_seq: int, payload: bytes, now: float) -> None:
+        """Announce our NodeInfo number ``info_seq`` (``payload`` from
+        ``overlay.wire._nodeinfo.encode_info_update``). It goes out with the control frames,
+        paced by the update rate limit (the core's timer covers the wait); a newer
+        announcement replaces one still waiting. No effect once the connection is closing."""
+        if self._closing:
+            return
+        self._info.queue(info_seq, _pack(len(payload) + 8, _CONTROL, 0, 0, 0) + payload)
+        self._flush_info(now)
+
+    def _flush_info(self, now: float) -> None:
+        frame = self._info.take(now)
+        if frame is not None:
+            self._ctrl.append(frame)
+
     # ------------------------------------------------------------------ outgoing
 
     @property
@@ -287,8 +409,7 @@ class ConnectionCore(ReceiveSide):
         ch = self._channels.get(channel_id)
         if ch is None:
             raise ChannelError(
-                f"channel {channel_id} is not part of this connection (a connection only "
-                "carries the channels this node had open when it was established)"
+                f"channel {channel_id} is not part of this connection (not open on this node)"
             )
         return ch
 
@@ -406,6 +527,7 @@ class ConnectionCore(ReceiveSide):
         self._closing = True
         self._close_deadline = now + self._config.close_timeout
         self._ctrl.clear()
+        self._info.drop_pending()
         self._ping_due = 0
         self._pings.clear()
         for level in self._levels:
@@ -539,7 +661,8 @@ class ConnectionCore(ReceiveSide):
     # ------------------------------------------------------------------ timers
 
     def get_timer(self) -> float | None:
-        """Earliest deadline: next ping, idle timeout, or send-bucket refill when the last
+        """Earliest deadline: next ping, idle timeout, a node-info update waiting for the update
+        rate limit, or send-bucket refill when the last
         ``data_to_send`` was held back by the send rate limit; while CLOSING, the close
         deadline. None when nothing is pending (always in CLOSED and ABORTED)."""
         if self._closing:
@@ -549,6 +672,9 @@ class ConnectionCore(ReceiveSide):
             deadline = min(deadline, self._last_recv + self._config.idle_timeout)
         if self._send_blocked:
             deadline = min(deadline, self._send_bucket.ready_at(self._send_blocked))
+        info_at = self._info.ready_at()
+        if info_at is not None:
+            deadline = min(deadline, info_at)
         return None if deadline == math.inf else deadline
 
     def handle_timer(self, now: float) -> None:
@@ -559,6 +685,7 @@ class ConnectionCore(ReceiveSide):
                 self._finish(ConnectionState.ABORTED)
             return
         config = self._config
+        self._flush_info(now)
         if now >= self._next_ping:
             self._next_ping = now + config.ping_interval
             self._ping_seq += 1

@@ -40,7 +40,7 @@ import anyio
 import anyio.abc
 
 from overlay.connection import _core as core_mod
-from overlay.connection._core import ConnectionCore, ConnectionState
+from overlay.connection._core import ChannelParams, ConnectionCore, ConnectionState
 from overlay.connection._observer import Observer
 from overlay.connection._timers import TimerService
 from overlay.errors import (
@@ -78,6 +78,9 @@ class Delivery(Protocol):
     def on_request(
         self, conn: PeerConnection, channel_id: int, request_id: int, payload: bytes
     ) -> None: ...
+
+    def on_peer_info(self, conn: PeerConnection) -> None:
+        """The peer announced a new NodeInfo; ``conn.info`` already holds it."""
 
 
 class RequestExpired(OverlayError):
@@ -190,6 +193,9 @@ class PeerConnection:
     ) -> None:
         self.node_id = node_id
         self.info = info
+        """The peer's current NodeInfo: from the hello, replaced by each node-info update."""
+        self.channels: frozenset[int] = frozenset(info.channels)
+        """The channels the peer serves now (``info.channels``, as a set)."""
         self.outbound = outbound
         self.remote_address = remote_address
         self.remote_host = remote_host
@@ -320,6 +326,39 @@ class PeerConnection:
     def _check_open(self) -> None:
         if not self.is_open:
             raise self._fresh_close_error()
+
+    # ------------------------------------------------------------------- channels, node info
+
+    def add_channel(self, params: ChannelParams) -> None:
+        """Carry a channel the node opened while this connection was up."""
+        if not self._finished:
+            self.core.add_channel(params)
+
+    def remove_channel(self, channel_id: int, error: Callable[[], OverlayError]) -> None:
+        """Stop carrying a channel the node closed: our requests on it fail with ``error()``,
+        handlers serving the peer's requests on it are cancelled (the core answered them
+        ``NO_HANDLER``), senders waiting for queue space on it wake up."""
+        if self._finished:
+            return
+        for request_id in self.core.remove_channel(channel_id):
+            waiter = self._waiters.pop(request_id, None)
+            if waiter is not None:
+                waiter.error = error()
+                waiter.event.set()
+        for (cid, _rid), scope in self._handlers.items():
+            if cid == channel_id:
+                scope.cancel()
+        self._space.set()  # waiting senders retry, and find the channel gone
+        self._space = anyio.Event()
+        self._kick()
+
+    def send_info_update(self, info_seq: int, payload: bytes) -> None:
+        """Announce our NodeInfo number ``info_seq`` (paced by the core's update rate limit)."""
+        if not self.is_open:
+            return
+        self.core.send_info_update(info_seq, payload, anyio.current_time())
+        self._kick()
+        self._timer_maybe_earlier()
 
     # ------------------------------------------------------------------------------- sending
 
@@ -563,6 +602,12 @@ class PeerConnection:
                 )
                 self._stop()  # the core is CLOSED: the peer said goodbye
                 return
+            elif isinstance(event, core_mod.PeerInfoReceived):
+                self.info = event.info
+                self.channels = frozenset(event.info.channels)
+                log.debug("peer %s announced node info #%d: channels %s", self.node_id,
+                          event.info_seq, sorted(self.channels))
+                self._delivery.on_peer_info(self)
             elif isinstance(event, core_mod.IdleTimeout):
                 pass  # the timer task closes the connection when it fires
 

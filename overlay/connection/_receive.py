@@ -15,7 +15,8 @@ rules, discard mode, the decompression limit, the failed state) are stated in th
 * ``receive_data`` charges the bytes to the receive token bucket, resets the idle timer, then
   drains the :class:`~overlay.wire._frames.FrameDecoder`. A whole uncompressed MESSAGE on a known
   channel with no reassembly in progress is delivered inline (the fast path); every other frame
-  goes to ``_on_control`` (ping: pong queued; pong: RTT sample; disconnect: stop parsing, and
+  goes to ``_on_control`` (ping: pong queued; pong: RTT sample; node-info update: checked by
+  :class:`~overlay.connection._infosync.InfoSync`; disconnect: stop parsing, and
   the connection is CLOSED through ``connection_lost``),
   ``_on_cancel``, or ``_on_data`` (the :class:`~overlay.wire._frames.MessageAssembler`, then
   ``_deliver``).
@@ -36,6 +37,7 @@ from typing import cast
 
 import zstandard
 
+from overlay.connection._infosync import InfoSync
 from overlay.connection._ratelimit import TokenBucket
 from overlay.connection._types import (
     _CANCEL,
@@ -60,6 +62,7 @@ from overlay.connection._types import (
 from overlay.errors import ErrorCode, FrameError, RemoteProtocolError
 from overlay.wire._frames import FLAG_COMPRESSED, HEADER, Discarded, FrameDecoder, MessageAssembler
 from overlay.wire._messages import (
+    InfoUpdate,
     Ping,
     Pong,
     decode_control,
@@ -90,6 +93,7 @@ class ReceiveSide:
     _closing: bool
     _pings: dict[int, float]
     _control_dropped: int
+    _info: InfoSync
     # Receive-side state (also created by ConnectionCore.__init__).
     _decoder: FrameDecoder
     _assembler: MessageAssembler
@@ -177,6 +181,10 @@ class ReceiveSide:
             ewma = self._rtt_ewma
             self._rtt_ewma = rtt if ewma is None else ewma + _RTT_ALPHA * (rtt - ewma)
             self._events.append(LatencyMeasured(rtt))
+        elif isinstance(msg, InfoUpdate):
+            event = self._info.receive(msg, now)  # RemoteProtocolError: flood, bad NodeInfo
+            if event is not None and not self._closing:
+                self._events.append(event)
         else:
             self._peer_disconnected = True
             self.connection_lost()  # nothing more to say to a peer that said goodbye

@@ -29,6 +29,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from overlay.connection._infosync import PeerInfoReceived
 from overlay.errors import ChannelError, ConfigError, ErrorCode
 from overlay.wire._frames import HEADER_SIZE
 
@@ -48,6 +49,7 @@ __all__ = [
     "MAX_WIRE_FRAME_PAYLOAD",
     "MessageDropped",
     "MessageReceived",
+    "PeerInfoReceived",  # defined in overlay.connection._infosync
     "RequestReceived",
     "RequestRejected",
     "ResponseReceived",
@@ -276,6 +278,7 @@ Event = (
     | LatencyMeasured
     | DisconnectReceived
     | IdleTimeout
+    | PeerInfoReceived
 )
 
 
