@@ -138,6 +138,7 @@ class PeerSummary:
             "software_version": conn.info.software_version,
             "listen_addrs": list(conn.info.listen_addrs),
             "channels": list(conn.info.channels),
+            "info_seq": conn.core.peer_info_seq,
             "connected_since": conn.connected_at,
             "statistics": _stats_dict(stats),
         }
