@@ -259,3 +259,20 @@ async def test_a_bad_update_closes_only_that_connection(transport: str, bad: str
         assert b.connected_peers() == [a.node_id]
         assert await b.channel(PING).request(a.node_id, b"alive?", timeout=5) == b"alive?"
 
+
+
+async def test_a_channel_opened_during_the_hello_reaches_the_new_peer(transport: str) -> None:
+    """Both hellos are built before the responder's admission runs; the admission hook opens a
+    channel on each side, so each hello is stale by the time the connection opens."""
+    network = MemoryNetwork() if transport == "memory" else None
+
+    def admit(peer: NodeId, host: str, outbound: bool) -> None:
+        a.channel(LATE)
+        responder.channel(LATE)
+
+    async with Node(config_for(transport), memory_network=network) as a, \
+            Node(config_for(transport), memory_network=network, admission=admit) as responder:
+        await a.dial(responder.address)
+        await wait_until(lambda: sees(a, responder.node_id, LATE.id))
+        await wait_until(lambda: sees(responder, a.node_id, LATE.id))
+        assert a.info_seq == 1 and responder.info_seq == 1

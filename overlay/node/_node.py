@@ -555,7 +555,7 @@ class Node:
         node_id = stream.extra(PeerAttribute.node_id)
         remote_host = stream.extra(PeerAttribute.remote_host, "")
         local = self.local_info()
-        sent_seq: int | None = None
+        local_seq = self._info_seq  # what ``local`` is (admission may open a channel)
         buffer = bytearray()
         if outbound:  # our hello went out with the handshake (Node.dial)
             remote = decode_hello_reply(await receive_hello(stream, buffer))
@@ -573,9 +573,8 @@ class Node:
                 with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
                     await send_hello(stream, encode_hello_reply(problem))
                 raise IncompatiblePeerError(DisconnectReason.name(problem[0]), problem[1])
-            sent_seq = self._info_seq
             await send_hello(stream, encode_hello_reply(local))
-        return remote, bytes(buffer), sent_seq
+        return remote, bytes(buffer), None if outbound else local_seq
 
     def _retire(self, conn: PeerConnection) -> None:
         stats = conn.core.statistics()
