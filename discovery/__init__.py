@@ -46,6 +46,15 @@ from discovery._keys import (
     valid_attribute_value,
     valid_capability_name,
 )
+from discovery._pex import (
+    PexAnswer,
+    PexAsker,
+    PexConfig,
+    PexPlan,
+    PexResponder,
+    PexVerdict,
+    record_netgroup,
+)
 from discovery._record import (
     MAX_ADDRESSES,
     MAX_CAPABILITIES,
@@ -134,8 +143,14 @@ __all__ = [
     "OfferOutcome",
     "OfferResult",
     "PROVIDER_KEY_DOMAIN",
+    "PexAnswer",
+    "PexAsker",
+    "PexConfig",
+    "PexPlan",
     "PexRequest",
+    "PexResponder",
     "PexResponse",
+    "PexVerdict",
     "ProviderEntry",
     "ProviderFound",
     "ProviderStore",
@@ -169,6 +184,7 @@ __all__ = [
     "node_id_from_bytes",
     "parse_record_address",
     "provider_key",
+    "record_netgroup",
     "sign_record",
     "signing_input",
     "valid_attribute_key",

@@ -1,7 +1,8 @@
 """overlay: peer-to-peer networking with capabilities, typed channels and request/response.
 
 The public surface: :class:`Node` and its config, typed channels (:class:`ChannelSpec`,
-:class:`Channel`, codecs), destinations (a peer id, :data:`LOCAL`, :data:`BROADCAST`), node
+:class:`Channel`, codecs), destinations (a peer id, :data:`LOCAL`, :data:`BROADCAST`, your own
+:class:`Destination` selecting from :class:`PeerView` snapshots) and :class:`AttemptOutcome`, node
 identity and addresses, and the exception tree (``overlay.errors``). Test doubles live in
 ``overlay.testing``.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from overlay._version import __version__
 from overlay.address import ListenAddress, NodeAddress
 from overlay.connection._observer import Observer
+from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import ErrorCode, OverlayError, RequestError
 from overlay.identity import NodeId, NodeKey
 from overlay.node import Node
@@ -24,10 +26,11 @@ from overlay.router._channel import (
     RequestHandler,
 )
 from overlay.router._codec import BytesCodec, Codec, ProtobufCodec
-from overlay.router._destination import BROADCAST, LOCAL, Destination, PeerView, To
+from overlay.router._destination import BROADCAST, LOCAL, Destination, PeerSet, PeerView, To
 from overlay.transport._failures import Direction, HandshakeFailureReason
 
 __all__ = [
+    "AttemptOutcome",
     "BROADCAST",
     "BytesCodec",
     "Channel",
@@ -49,6 +52,7 @@ __all__ = [
     "NodeKey",
     "Observer",
     "OverlayError",
+    "PeerSet",
     "PeerView",
     "ProtobufCodec",
     "RequestError",

@@ -23,12 +23,18 @@
     ├── NetworkError                     the network failed us (also an ``OSError``-like family)
     │   ├── DialError                    could not connect
     │   ├── ConnectionClosed             the connection closed; pending work on it fails
-    │   └── PeerNotConnected             a peer destination that is not connected
+    │   └── NoRoute                      a destination selected nobody (``.reason``: why)
+    │       └── PeerNotConnected         a peer destination that is not connected
     ├── StorageError                     local storage failed us (disk full, I/O error, locked
     │   │                                database): neither the caller's code nor the peer
     │   └── PeerStoreError               reading or writing the peer database failed
     ├── RequestError                     the responder answered with a typed error (see codes)
     └── NodeClosed                       the node shut down; pending requests fail with this
+
+Set-up failures carry their reason, decided once where the failure is detected (the transport
+boundary maps backend exceptions there): ``HandshakeError.reason`` and ``HandshakeTimeout.reason``
+are :class:`HandshakeFailureReason` members, ``DialError.reason`` a :class:`ConnectFailure`;
+nothing above the transport inspects ``__cause__``.
 
 ``RequestError.code`` is one of :class:`ErrorCode`; the codes are documented in ``docs/errors.md``
 and travel on the wire as the ``ErrorCode`` enum of ``proto/overlay.proto``.
@@ -43,18 +49,22 @@ __all__ = [
     "ChannelClosed",
     "ChannelError",
     "ConfigError",
+    "ConnectFailure",
     "ConnectionClosed",
     "DecodeError",
     "DialError",
     "ErrorCode",
     "FrameError",
     "HandshakeError",
+    "HandshakeFailureReason",
     "HandshakeTimeout",
     "IncompatiblePeerError",
     "InvalidAddressError",
     "LocalProtocolError",
     "MessageTooLarge",
     "NetworkError",
+    "NoRoute",
+    "NoRouteReason",
     "NodeClosed",
     "OverlayError",
     "OverlayTimeoutError",
@@ -67,6 +77,38 @@ __all__ = [
     "StorageError",
     "WouldBlock",
 ]
+
+
+class HandshakeFailureReason(enum.StrEnum):
+    """Why a connection set-up (Noise handshake, then hello) failed. The values are metric
+    labels and the keys shown by ``overlay status`` (see ``overlay.transport._failures``)."""
+
+    TIMEOUT = "timeout"
+    AUTHENTICATION = "authentication"
+    HANDSHAKE = "handshake"
+    PROTOCOL = "protocol"
+    CONNECTION = "connection"
+    WRONG_NETWORK = "wrong_network"
+    INCOMPATIBLE_VERSION = "incompatible_version"
+    NO_COMMON_CHANNEL = "no_common_channel"
+    TOO_MANY_PEERS = "too_many_peers"
+    BANNED = "banned"
+    DUPLICATE = "duplicate"
+    SELF = "self"
+    SHUTDOWN = "shutdown"
+    REFUSED = "refused"
+    INTERNAL = "internal"
+
+
+class ConnectFailure(enum.StrEnum):
+    """Why a connection could not be opened (``DialError.reason``)."""
+
+    REFUSED = "refused"
+    """The remote end refused the connection (nothing listens there, or its backlog is full)."""
+    UNREACHABLE = "unreachable"
+    """Any other failure to connect (no route, name resolution, partition, no transport)."""
+    TIMEOUT = "timeout"
+    """Connecting did not finish in time."""
 
 
 class OverlayError(Exception):
@@ -115,11 +157,21 @@ class FrameError(RemoteProtocolError):
 
 
 class HandshakeError(RemoteProtocolError):
-    """The secure handshake failed (bad message, failed decryption, bad payload)."""
+    """The secure handshake failed (bad message, failed decryption, bad payload), or the
+    connection was lost during it: ``reason`` says which (``HANDSHAKE`` or ``CONNECTION``)."""
+
+    reason: HandshakeFailureReason = HandshakeFailureReason.HANDSHAKE
+
+    def __init__(self, message: str = "", *, reason: HandshakeFailureReason | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
 
 
 class AuthenticationError(HandshakeError):
     """The peer did not prove the identity we expected, or its identity proof is invalid."""
+
+    reason = HandshakeFailureReason.AUTHENTICATION
 
 
 class IncompatiblePeerError(RemoteProtocolError):
@@ -141,6 +193,8 @@ class OverlayTimeoutError(OverlayError, TimeoutError):
 class HandshakeTimeout(OverlayTimeoutError):
     """The handshake (Noise or NodeInfo exchange) did not finish in time."""
 
+    reason = HandshakeFailureReason.TIMEOUT
+
 
 class SendTimeout(OverlayTimeoutError):
     """A send could not get queue space before its deadline (the peer is slow)."""
@@ -155,15 +209,45 @@ class NetworkError(OverlayError):
 
 
 class DialError(NetworkError):
-    """Dialing a peer failed."""
+    """Dialing a peer failed: the connection could not be opened (``reason`` says why)."""
+
+    def __init__(self, message: str = "", reason: ConnectFailure = ConnectFailure.UNREACHABLE
+                 ) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConnectionClosed(NetworkError):
     """The connection closed while an operation depended on it."""
 
 
-class PeerNotConnected(NetworkError):
-    """The destination peer is not connected."""
+class NoRouteReason(enum.Enum):
+    """Why a destination reached nobody."""
+
+    NO_PEERS_CONNECTED = "no_peers_connected"
+    """The node has no connected peer at all (e.g. ``BROADCAST`` before the first dial)."""
+    NO_PEER_MATCHES = "no_peer_matches"
+    """Peers are connected, but none is one the destination would pick."""
+    NOT_CONNECTED = "not_connected"
+    """The one peer named (a bare node id) is not connected."""
+
+
+class NoRoute(NetworkError):
+    """A destination selected nobody: nothing was sent. ``reason`` is a :class:`NoRouteReason`.
+
+    Neither the caller's fault (the same call succeeds once a suitable peer connects) nor the
+    peer's: the node simply has no route to the destination right now."""
+
+    def __init__(self, reason: NoRouteReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PeerNotConnected(NoRoute):
+    """The destination peer is not connected (``reason`` is always ``NOT_CONNECTED``)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(NoRouteReason.NOT_CONNECTED, message)
 
 
 class StorageError(OverlayError):

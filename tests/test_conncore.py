@@ -827,16 +827,17 @@ def test_disconnect_is_sent_alone_and_last() -> None:
     assert b.peer_disconnected
     b.receive_data(b"\xff" * 100, 0.0)  # ignored after the peer's disconnect
     with pytest.raises(LocalProtocolError):
-        make().send_disconnect(1 << 31, "out of range", now=0.0)
+        make().send_disconnect(1 << 31, "not a reason", now=0.0)  # type: ignore[arg-type]
 
 
 def test_disconnect_fits_a_tiny_frame_limit() -> None:
     config = CoreConfig(max_frame_payload=64, ping_interval=0, idle_timeout=0)
     a, b = make(config), make(config)
-    a.send_disconnect(-1, "z" * 1000, now=0.0)
+    a.send_disconnect(DisconnectReason.IDLE_TIMEOUT, "z" * 1000, now=0.0)
     b.receive_data(a.data_to_send(0.0), 0.0)
     [event] = b.events()
-    assert isinstance(event, DisconnectReceived) and event.reason == -1
+    assert isinstance(event, DisconnectReceived)
+    assert event.reason is DisconnectReason.IDLE_TIMEOUT
 
 
 def test_responses_after_disconnect_return_false() -> None:

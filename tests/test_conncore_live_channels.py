@@ -295,3 +295,21 @@ def test_a_partly_sent_message_is_finished_before_a_reopened_channel_sends() -> 
     assert [e for e in b.events() if isinstance(e, MessageReceived)] == [
         MessageReceived(7, b"x" * 200), MessageReceived(7, b"after"),
     ]
+
+
+
+def test_a_large_message_on_a_just_removed_channel_is_dropped_not_a_violation() -> None:
+    """Messages on channels we do not carry are discarded up to the largest limit we ever had:
+    a peer that has not heard yet that we closed a channel allowing 8 MiB may still send that."""
+    big = 8 * 1024 * 1024
+    a = make((1,))
+    b = make((1,))
+    a.add_channel(ChannelParams(7, max_message_size=big))
+    b.add_channel(ChannelParams(7, max_message_size=big))
+    b.send_message(7, b"m" * (6 * 1024 * 1024))  # above the 4 MiB default limit
+    a.remove_channel(7)
+    pump(a, b)
+    assert a.events() == [MessageDropped(7, "unknown channel")]
+    b.send_message(1, b"still fine")
+    pump(a, b)
+    assert a.events() == [MessageReceived(1, b"still fine")]

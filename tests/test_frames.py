@@ -309,8 +309,8 @@ def test_error_message_truncated_at_char_boundary() -> None:
         Ping(2**64 - 1),
         Pong(12345),
         Disconnect(DisconnectReason.SHUTDOWN, "bye"),
-        Disconnect(999, ""),
-        Disconnect(-3, "negative"),
+        Disconnect(DisconnectReason.UNSPECIFIED, ""),
+        Disconnect(DisconnectReason.SELF, "the last known value"),
     ],
 )
 def test_control_round_trip(msg: Ping | Pong | Disconnect) -> None:
@@ -318,27 +318,37 @@ def test_control_round_trip(msg: Ping | Pong | Disconnect) -> None:
 
 
 def test_disconnect_message_is_bounded() -> None:
-    payload = encode_control(Disconnect(5, "x" * 10_000))
+    payload = encode_control(Disconnect(DisconnectReason.PROTOCOL_VIOLATION, "x" * 10_000))
     msg = decode_control(payload)
     assert isinstance(msg, Disconnect)
     assert len(msg.message) == MAX_DISCONNECT_MESSAGE_BYTES
     assert len(payload) <= MAX_DISCONNECT_MESSAGE_BYTES + 16
-    small = encode_control(Disconnect(-1, "y" * 100), max_message_bytes=10)
+    small = encode_control(Disconnect(DisconnectReason.BANNED, "y" * 100), max_message_bytes=10)
     assert len(small) <= 10 + 16
-    assert decode_control(small) == Disconnect(-1, "y" * 10)
+    assert decode_control(small) == Disconnect(DisconnectReason.BANNED, "y" * 10)
+
+
+@pytest.mark.parametrize("raw", [13, 999, -1, -(1 << 31), (1 << 31) - 1])
+def test_unknown_disconnect_reasons_decode_as_unspecified(raw: int) -> None:
+    """A peer may send a reason this version does not know: it is accepted, never a crash."""
+    pb = overlay_pb2.Control()
+    pb.disconnect.reason = raw  # type: ignore[assignment]
+    pb.disconnect.message = "from the future"
+    decoded = decode_control(pb.SerializeToString())
+    assert decoded == Disconnect(DisconnectReason.UNSPECIFIED, "from the future")
+    assert DisconnectReason.from_wire(raw) is DisconnectReason.UNSPECIFIED
 
 
 def test_disconnect_reasons_match_the_proto_enum() -> None:
-    known = DisconnectReason.values()
+    known = {member.name: int(member) for member in DisconnectReason}
     wire = {
         name.removeprefix("DISCONNECT_REASON_"): int(value)
         for name, value in overlay_pb2.DisconnectReason.items()
     }
     assert known == wire
-    for key, value in known.items():
-        assert getattr(DisconnectReason, key) == value
-        assert DisconnectReason.name(value) == key.lower()
-    assert DisconnectReason.name(999) == "unknown_999"
+    for member in DisconnectReason:
+        assert member.label == member.name.lower()
+        assert DisconnectReason.from_wire(int(member)) is member
 
 
 @pytest.mark.parametrize("data", [b"\xff", b"\x0a\x05", b"\x12\x02\xff\xfe", b"\x08"])
@@ -385,7 +395,7 @@ def test_drain_raw_parses_fed_bytes_in_place_and_views_only_chunks() -> None:
 def test_disconnect_reason_has_one_definition() -> None:
     """The wire codecs and the hello share one DisconnectReason."""
     assert overlay.wire._nodeinfo.DisconnectReason is DisconnectReason
-    assert DisconnectReason.BANNED == 7
-    assert DisconnectReason.name(DisconnectReason.EVICTED) == "evicted"
-    assert DisconnectReason.name(12345) == "unknown_12345"
+    assert int(DisconnectReason.BANNED) == 7
+    assert DisconnectReason.EVICTED.label == "evicted"
+    assert DisconnectReason.from_wire(12345) is DisconnectReason.UNSPECIFIED
     assert "class DisconnectReason" not in Path(overlay.wire._nodeinfo.__file__).read_text()

@@ -33,6 +33,7 @@ from overlay.wire._frames import (
 )
 from overlay.wire._messages import (
     Disconnect,
+    DisconnectReason,
     ErrorPayload,
     Ping,
     Pong,
@@ -117,7 +118,8 @@ def hostile_frames(draw: st.DrawFn) -> bytes:
             st.one_of(
                 st.builds(lambda n: encode_control(Ping(n)), st.integers(0, 2**64 - 1)),
                 st.builds(lambda n: encode_control(Pong(n)), st.integers(0, 5)),
-                st.builds(lambda r: encode_control(Disconnect(r, "bye")), st.integers(-5, 20)),
+                st.builds(lambda r: encode_control(Disconnect(r, "bye")),
+                          st.sampled_from(list(DisconnectReason))),
                 st.binary(max_size=20),
             )
         )

@@ -26,7 +26,12 @@ from overlay.errors import (
 from overlay.identity import NodeKey
 from overlay.node._config import AdminConfig, ConnectionConfig, MetricsConfig, NodeConfig
 from overlay.node._service import NodeControl, run_node
-from overlay.transport._failures import Direction, HandshakeFailureReason, handshake_failure_reason
+from overlay.transport._failures import (
+    Direction,
+    HandshakeFailureReason,
+    handshake_failure_reason,
+    stream_failure,
+)
 from tests.support import both_backends, wait_until
 
 anyio_backend = both_backends()
@@ -156,9 +161,12 @@ async def test_outbound_noise_failure_is_counted_everywhere(tmp_path: Path) -> N
 
 def test_exceptions_map_to_one_reason_each() -> None:
     def lost(exc: BaseException) -> HandshakeError:
-        error = HandshakeError("connection lost during the handshake")
-        error.__cause__ = exc
-        return error
+        """What the transport boundary raises for a stream error during the set-up."""
+        return stream_failure(exc, "the handshake")
+
+    unmarked = HandshakeError("lost?")
+    unmarked.__cause__ = anyio.EndOfStream()  # the cause is never read: the reason is the error's
+    assert handshake_failure_reason(unmarked) is Reason.HANDSHAKE
 
     cases: list[tuple[BaseException, Reason]] = [
         (HandshakeTimeout("slow"), Reason.TIMEOUT),

@@ -29,6 +29,7 @@ from overlay.testing import (
     MemoryTransport,
     memory_stream_pair,
 )
+from overlay.transport import TransportConfig
 from overlay.transport._secure import PeerAttribute, SecureStream
 from tests.support import both_backends, echo_stream, seeded_identity, settle
 
@@ -243,7 +244,7 @@ def test_config_validation() -> None:
     with pytest.raises(ConfigError):
         LinkConditions(loss=1.5)
     with pytest.raises(ConfigError):
-        MemoryNetwork().transport(seeded_identity(1), handshake_timeout=0)
+        MemoryNetwork().transport(seeded_identity(1), TransportConfig(handshake_timeout=0))
 
 
 @pytest.mark.anyio

@@ -20,10 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from overlay.address import NodeAddress
 from overlay.cli._testnet import LOOPBACK_NETWORKS
 from overlay.connection._observer import Observer
+from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import (
     AuthenticationError,
     ConfigError,
+    ConnectFailure,
     DialError,
+    HandshakeError,
     HandshakeTimeout,
     IncompatiblePeerError,
     LocalProtocolError,
@@ -31,7 +34,6 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId, NodeKey
 from overlay.node._config import AdminConfig, MetricsConfig, NodeConfig
-from overlay.node._peering import dial_failure_reason
 from overlay.node._service import NodeControl, run_node
 from overlay.operator._metrics import (
     MAX_LABEL_VALUES,
@@ -42,7 +44,7 @@ from overlay.operator._metrics import (
     serve_metrics,
 )
 from overlay.peers import PeerManagerConfig
-from overlay.transport._failures import Direction, HandshakeFailureReason
+from overlay.transport._failures import Direction, HandshakeFailureReason, dial_failure_reason
 
 PEER = NodeId("3" * 40)
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -280,8 +282,8 @@ def test_observer_forwards_to_metrics() -> None:
     observer = MetricsObserver(metrics)
     observer.on_slow_peer(PEER, "blocks")
     observer.on_invalid_message(PEER, "blocks", "decode")
-    observer.on_request_done(PEER, "blocks", 0.5, "error")
-    observer.on_request_served(PEER, "blocks", 0.1, "ok")
+    observer.on_request_done(PEER, "blocks", 0.5, AttemptOutcome.ERROR)
+    observer.on_request_served(PEER, "blocks", 0.1, AttemptOutcome.OK)
     observer.on_latency(PEER, 0.01)  # not a metric: ignored
     observer.on_handshake_failed(Direction.INBOUND, HandshakeFailureReason.TIMEOUT)
     samples, _ = parse(metrics.render().decode())
@@ -426,11 +428,10 @@ async def test_dials_failures_evictions_disconnects_and_bans_are_counted(
 
 
 def test_dial_failure_reasons() -> None:
-    refused = DialError("cannot connect")
-    refused.__cause__ = OSError("All connection attempts failed")
-    refused.__cause__.__cause__ = ConnectionRefusedError(111, "refused")
-    timed_out = DialError("cannot connect")
-    timed_out.__cause__ = TimeoutError()
+    """The reason is the one the transport boundary gave the error: no ``__cause__`` is read."""
+    refused = DialError("cannot connect", ConnectFailure.REFUSED)
+    timed_out = DialError("cannot connect", ConnectFailure.TIMEOUT)
+    timed_out.__cause__ = ConnectionRefusedError(111, "ignored: the reason is the error's own")
     assert dial_failure_reason(refused) == "refused"
     assert dial_failure_reason(timed_out) == "timeout"
     assert dial_failure_reason(DialError("no listener")) == "unreachable"
@@ -443,3 +444,6 @@ def test_dial_failure_reasons() -> None:
     assert dial_failure_reason(NodeClosed("closed")) == "node_closed"
     assert dial_failure_reason(LocalProtocolError("ourselves")) == "local"
     assert dial_failure_reason(RuntimeError("bug")) == "internal"
+    assert dial_failure_reason(IncompatiblePeerError("unknown_99", "?")) == "refused"
+    lost = HandshakeError("lost", reason=HandshakeFailureReason.CONNECTION)
+    assert dial_failure_reason(lost) == "connection"

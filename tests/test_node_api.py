@@ -83,7 +83,7 @@ async def _silent_after_noise(transport: str) -> AsyncIterator[tuple[Node, NodeA
 
 async def test_dial_timeout_bounds_the_hello_too(transport: str) -> None:
     async with _silent_after_noise(transport) as (node, address):
-        with pytest.raises(HandshakeTimeout):  # not after handshake_timeout (10 s)
+        with pytest.raises(HandshakeTimeout):  # not after handshake_timeout (5 s)
             await node.dial(address, timeout=0.3)
 
 

@@ -18,7 +18,15 @@ import anyio
 import pytest
 
 from overlay.connection._driver import PeerConnection
-from overlay.errors import MessageTooLarge, PeerNotConnected, SendTimeout, WouldBlock
+from overlay.connection._outcome import AttemptOutcome
+from overlay.errors import (
+    MessageTooLarge,
+    NoRoute,
+    NoRouteReason,
+    PeerNotConnected,
+    SendTimeout,
+    WouldBlock,
+)
 from overlay.node import Node
 from overlay.router._channel import Channel, ChannelSpec, DeliveryReport
 from overlay.router._codec import BytesCodec
@@ -127,7 +135,7 @@ async def test_send_nowait_would_block_and_queue_depths_are_observable(transport
         with pytest.raises(SendTimeout):
             await s.hub_chan.send(slow.node_id, CHUNK, timeout=SHORT)
         report = s.hub_chan.send_nowait(BROADCAST, CHUNK)
-        assert report.failed == {slow.node_id: "would_block"}
+        assert report.failed == {slow.node_id: AttemptOutcome.WOULD_BLOCK}
         assert s.hub_chan.statistics().slow_peer_events == 1
         # draining the receiver lets everything flow again (the stall was clean)
         received = 0
@@ -167,7 +175,7 @@ async def _broadcast_past_two_stalled_peers(transport: str) -> float:
         elapsed = anyio.current_time() - started
         (report,) = reports
         assert set(report.delivered) == {n.node_id for n in healthy}
-        assert report.failed == {n.node_id: "timeout" for n in stalled}
+        assert report.failed == {n.node_id: AttemptOutcome.TIMEOUT for n in stalled}
         assert not report.ok
         assert s.hub_chan.statistics().slow_peer_events == 2
         assert all(s.conn(n).is_open for n in stalled)  # slow is not dead: connections stay up
@@ -259,7 +267,8 @@ async def test_send_to_unconnected_peer(transport: str) -> None:
         assert await s.hub.disconnect(gone.node_id)
         with pytest.raises(PeerNotConnected):
             await s.hub_chan.send(gone.node_id, b"x")
-        report = await s.hub_chan.send(BROADCAST, b"x")
-        assert report.delivered == () and report.ok
+        with pytest.raises(NoRoute) as info:  # nobody to broadcast to: never a silent ok
+            await s.hub_chan.send(BROADCAST, b"x")
+        assert info.value.reason is NoRouteReason.NO_PEERS_CONNECTED
         await wait_until(lambda: gone.connected_peers() == [])
 

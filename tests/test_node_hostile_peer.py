@@ -152,7 +152,7 @@ async def test_disconnect_of_a_peer_that_stopped_reading_is_bounded(transport: s
             assert await node.disconnect(conn.node_id)
         assert anyio.current_time() - start >= CLOSE * 0.9  # the Disconnect was attempted
         assert conn.node_id not in node.connected_peers()
-        assert conn.close_reason == "operator"
+        assert conn.close_reason is DisconnectReason.OPERATOR
 
 
 async def test_the_stalled_peer_sees_a_reset(transport: str) -> None:
@@ -170,7 +170,7 @@ async def test_idle_timeout_closes_a_peer_that_neither_reads_nor_sends(transport
                        idle_timeout=0.5) as (node, _stream, conn, _tg):
         with anyio.fail_after(0.5 + CLOSE + SLACK):
             await wait_until(lambda: conn.node_id not in node.connected_peers(), timeout=10)
-        assert conn.close_reason == "idle_timeout"
+        assert conn.close_reason is DisconnectReason.IDLE_TIMEOUT
 
 
 async def test_node_shutdown_with_a_peer_that_stopped_reading_is_bounded(transport: str) -> None:
@@ -195,7 +195,7 @@ async def test_peer_manager_close_ends_a_peer_that_stopped_reading(transport: st
         assert not conn.is_open
         with anyio.fail_after(CLOSE + SLACK):
             await wait_until(lambda: conn.node_id not in node.connected_peers(), timeout=10)
-        assert conn.close_reason == "banned"
+        assert conn.close_reason is DisconnectReason.BANNED
 
 
 # ------------------------------------------------------------- virtual time: the bound itself
@@ -215,5 +215,5 @@ async def test_close_bound_in_virtual_time() -> None:
     async with stalled("memory", ping_interval=1.0, idle_timeout=3.0) as (node, _s, conn, _tg):
         last_byte = conn.connected_at  # the stalled peer never sent anything after its hello
         await _poll_for(lambda: conn.node_id not in node.connected_peers(), steps=10_000)
-        assert conn.close_reason == "idle_timeout"
+        assert conn.close_reason is DisconnectReason.IDLE_TIMEOUT
         assert anyio.current_time() - last_byte == pytest.approx(3.0 + 1.0, abs=0.05)

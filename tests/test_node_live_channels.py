@@ -22,6 +22,7 @@ from overlay.node._node import PING
 from overlay.router._channel import ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.testing import MemoryNetwork
+from overlay.wire._messages import DisconnectReason
 from overlay.wire._nodeinfo import NodeInfo, encode_info_update
 from proto import overlay_pb2 as pb
 from tests.support import (
@@ -255,7 +256,7 @@ async def test_a_bad_update_closes_only_that_connection(transport: str, bad: str
         rogue.send_info_update(7, payload)
         await wait_until(lambda: c.node_id not in b.connected_peers())
         await wait_until(lambda: not c.connected_peers())
-        assert rogue.remote_reason == "protocol_violation"
+        assert rogue.remote_reason is DisconnectReason.PROTOCOL_VIOLATION
         assert b.connected_peers() == [a.node_id]
         assert await b.channel(PING).request(a.node_id, b"alive?", timeout=5) == b"alive?"
 

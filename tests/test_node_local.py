@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 import anyio
 import pytest
 
-from overlay.errors import ErrorCode, RequestError, RequestTimeout, SendTimeout, WouldBlock
+from overlay.errors import (
+    ErrorCode,
+    NoRoute,
+    NoRouteReason,
+    RequestError,
+    RequestTimeout,
+    SendTimeout,
+    WouldBlock,
+)
 from overlay.node import Node
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._destination import BROADCAST, LOCAL
@@ -111,8 +119,9 @@ async def test_request_local_passes_and_returns_the_same_objects() -> None:
 
 async def test_broadcast_does_not_include_local() -> None:
     async with local_node() as (_node, ch):
-        report = await ch.send(BROADCAST, Thing("nobody"))
-        assert report.delivered == () and report.ok
+        with pytest.raises(NoRoute) as info:
+            await ch.send(BROADCAST, Thing("nobody"))
+        assert info.value.reason is NoRouteReason.NO_PEERS_CONNECTED
         with pytest.raises(WouldBlock):
             ch.receive_nowait()
 

@@ -11,6 +11,7 @@ from overlay.address import NodeAddress
 from overlay.identity import NodeId
 from overlay.peers import (
     DialPeer,
+    DisconnectCause,
     DisconnectPeer,
     PeerManager,
     PeerManagerConfig,
@@ -72,6 +73,7 @@ OPS = [
     "latency",
     "useful",
     "advertise",
+    "protect",
 ]
 
 ops = st.lists(
@@ -108,7 +110,7 @@ def check(m: PeerManager, now: float, *, after_poll: bool) -> None:
     assert all(v <= CONFIG.max_outbound_per_netgroup for v in out_group.values())
     if after_poll:
         assert table.outbound_used() <= CONFIG.max_outbound
-    assert len(m._records) <= CONFIG.max_peer_records + 16
+    assert len(m._peers) <= CONFIG.max_peer_records + 16
     stats = m.statistics()
     assert stats.dialing == len(table.dials)
     assert stats.address_book_new + stats.address_book_tried == len(m.address_book)
@@ -122,6 +124,7 @@ def test_random_sequences_keep_the_invariants(sequence: list[tuple[str, int, int
     pending: dict[NodeId, DialPeer] = {}
     closing: set[NodeId] = set()
     connected: set[NodeId] = set()
+    protected: frozenset[NodeId] = frozenset()
     for op, i, k in sequence:
         node = nid(i)
         if op == "add":
@@ -139,6 +142,8 @@ def test_random_sequences_keep_the_invariants(sequence: list[tuple[str, int, int
                     pending[target] = action
                 elif isinstance(action, DisconnectPeer):
                     assert action.node_id in connected and action.node_id not in closing
+                    if action.reason is DisconnectCause.UPGRADE:
+                        assert action.node_id not in protected  # eviction spares them
                     closing.add(action.node_id)
                 else:
                     assert isinstance(action, (Persist, RefreshAddresses))
@@ -163,6 +168,7 @@ def test_random_sequences_keep_the_invariants(sequence: list[tuple[str, int, int
             remote = ip(i + k)
             if m.check_inbound(remote, now).accepted:
                 decision = m.accept_inbound(node, remote, now)
+                assert decision.evict is None or decision.evict not in protected
                 if decision.accepted:
                     assert node not in connected
                     connected.add(node)
@@ -201,6 +207,9 @@ def test_random_sequences_keep_the_invariants(sequence: list[tuple[str, int, int
                 remote_ip=snap.remote_ip,
                 now=now,
             )
+        elif op == "protect":
+            protected = frozenset({node, nid(i + k)}) if k else frozenset()
+            m.set_protected("routing", protected)
         check(m, now, after_poll=False)
         assert {n for n, r in m._table.conns.items()} == connected
         assert set(m._table.dials) <= set(pending)

@@ -25,7 +25,7 @@ from overlay.identity import NodeKey
 from overlay.node import Node
 from overlay.node._config import ConnectionConfig, NodeConfig
 from overlay.peers import PeerManagerConfig
-from overlay.transport import Transport, TransportStatistics
+from overlay.transport import Transport, TransportConfig, TransportStatistics
 from overlay.transport._pending import PendingLimits, PendingOutcome, PendingTable
 from overlay.transport._secure import SecureIdentity
 from overlay.transport._tcp import TcpTransport
@@ -129,7 +129,7 @@ def test_limits_are_validated() -> None:
     with pytest.raises(ConfigError, match="max_pending_handshakes_per_ip"):
         ConnectionConfig(max_pending_handshakes_per_ip=0)
     with pytest.raises(ConfigError, match="exempt_networks"):
-        TcpTransport(SecureIdentity(NodeKey.generate()), exempt_networks=("not-a-net",))
+        TransportConfig(exempt_networks=("not-a-net",))
 
 
 # ------------------------------------------------------------- loopback TCP, a real flood

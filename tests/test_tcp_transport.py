@@ -13,6 +13,7 @@ from anyio.abc import SocketAttribute
 from overlay.address import ListenAddress, NodeAddress
 from overlay.errors import (
     ConfigError,
+    ConnectFailure,
     DialError,
     HandshakeTimeout,
     InvalidAddressError,
@@ -55,7 +56,7 @@ async def test_real_port_is_reported_and_dialable_from_its_string_form() -> None
     assert server.listen_addresses() == []
     with pytest.raises(DialError) as caught:  # the port is closed with serve
         await TcpTransport(seeded_identity(2)).dial(address, timeout=5)
-    assert isinstance(caught.value.__cause__, OSError)
+    assert caught.value.reason is ConnectFailure.REFUSED  # decided at the transport boundary
 
 
 @pytest.mark.anyio
@@ -88,7 +89,7 @@ async def test_ipv6_and_several_listen_addresses() -> None:
     server = TcpTransport(
         seeded_identity(1),
         [LOOPBACK, ListenAddress.parse("tcp://[::1]:0")],
-        max_pending_handshakes=4,
+        TransportConfig(max_pending_handshakes=4),
     )
     hosts: list[str] = []
 
@@ -121,9 +122,9 @@ def test_configuration_errors() -> None:
         TcpTransport(seeded_identity(1), ListenAddress("memory"))
     assert caught.value.key == "listen"
     with pytest.raises(ConfigError, match="handshake_timeout"):
-        TcpTransport(seeded_identity(1), handshake_timeout=-1)
+        TransportConfig(handshake_timeout=-1)
     with pytest.raises(ConfigError, match="max_pending_handshakes"):
-        TcpTransport(seeded_identity(1), max_pending_handshakes=0)
+        TransportConfig(max_pending_handshakes=0)
     with pytest.raises(ConfigError, match="max_pending_handshakes"):
         TransportConfig(max_pending_handshakes=True)
     with pytest.raises(ConfigError, match="handshake_timeout"):

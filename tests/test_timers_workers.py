@@ -10,8 +10,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from overlay.connection._driver import KEEP_IDLE_WORKERS, _Workers
 from overlay.connection._timers import TimerService
+from overlay.connection._workers import KEEP_IDLE_WORKERS, Workers
 from overlay.errors import ConnectionClosed
 from tests.support import virtual_time
 
@@ -191,7 +191,7 @@ async def test_a_burst_of_quick_jobs_needs_few_workers() -> None:
         done.append(i)
 
     async with anyio.create_task_group() as tg:
-        workers = _Workers(tg)
+        workers = Workers(tg)
         for i in range(256):
             workers.submit(job, (i,))
         await anyio.sleep(0.1)
@@ -212,7 +212,7 @@ async def test_a_blocked_job_does_not_hold_up_the_others() -> None:
         done.append(name)
 
     async with anyio.create_task_group() as tg:
-        workers = _Workers(tg)
+        workers = Workers(tg)
         workers.submit(slow, ())
         for name in ("q1", "q2", "q3"):
             workers.submit(quick, (name,))
@@ -234,7 +234,7 @@ async def test_every_blocked_job_gets_its_own_worker() -> None:
         await release.wait()
 
     async with anyio.create_task_group() as tg:
-        workers = _Workers(tg)
+        workers = Workers(tg)
         for i in range(20):
             workers.submit(blocker, (i,))
         await anyio.sleep(0.1)
@@ -263,7 +263,7 @@ async def test_random_bursts_run_every_job_at_once_and_the_pool_shrinks_back(see
             raise ConnectionClosed("gone")
 
     async with anyio.create_task_group() as tg:
-        workers = _Workers(tg)
+        workers = Workers(tg)
         submitted: dict[int, float] = {}
         n = 0
         for _ in range(30):

@@ -7,7 +7,7 @@ import pytest
 
 from overlay.address import ListenAddress
 from overlay.testing import CHECKS, MemoryNetwork, TransportFactory, check_transport_conformance
-from overlay.transport import AcceptGate, Transport
+from overlay.transport import AcceptGate, Transport, TransportConfig
 from overlay.transport._secure import SecureIdentity
 from overlay.transport._tcp import TcpTransport
 from tests.support import both_backends, ipv6_available
@@ -17,18 +17,10 @@ anyio_backend = both_backends()
 
 def _tcp_factory(host: str) -> TransportFactory:
     def make(
-        identity: SecureIdentity,
-        *,
-        handshake_timeout: float,
-        max_pending_handshakes: int,
-        accept_gate: AcceptGate | None,
+        identity: SecureIdentity, config: TransportConfig, *, accept_gate: AcceptGate | None
     ) -> Transport:
         return TcpTransport(
-            identity,
-            ListenAddress("tcp", host, 0),
-            handshake_timeout=handshake_timeout,
-            max_pending_handshakes=max_pending_handshakes,
-            accept_gate=accept_gate,
+            identity, ListenAddress("tcp", host, 0), config, accept_gate=accept_gate
         )
 
     return make

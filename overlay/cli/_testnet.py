@@ -26,7 +26,7 @@ from typing import TextIO
 import anyio
 
 from overlay.connection._observer import MultiObserver
-from overlay.errors import ConfigError, OverlayError
+from overlay.errors import ConfigError, NoRoute, OverlayError
 from overlay.identity import NodeId
 from overlay.node._config import AdminConfig, NodeConfig
 from overlay.node._node import Node
@@ -237,11 +237,16 @@ async def _gossip(node: Node, report: TestnetReport, deadline: float) -> None:
     gossip = node.channel(GOSSIP)
     n = 0
     while anyio.current_time() < deadline:
-        result = await gossip.send(BROADCAST, f"{node.node_id[:8]}:{n}".encode(), timeout=1.0)
-        report.gossip_sent += len(result.delivered)
-        for peer, reason in result.failed.items():
-            report.errors[f"broadcast: {reason}"] += 1
-            del peer
+        try:
+            result = await gossip.send(
+                BROADCAST, f"{node.node_id[:8]}:{n}".encode(), timeout=1.0
+            )
+        except NoRoute:
+            report.errors["broadcast: no peers"] += 1
+        else:
+            report.gossip_sent += len(result.delivered)
+            for outcome in result.failed.values():
+                report.errors[f"broadcast: {outcome.value}"] += 1
         n += 1
         await anyio.sleep(0.05)
 

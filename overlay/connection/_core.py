@@ -68,12 +68,17 @@ Events are produced in arrival order and pulled with ``next_event()`` or ``event
 receive rate limit is advisory: ``receive_data`` always processes what it is given and charges
 it to the bucket; ``receive_paused_until`` tells the driver when to read again.
 
-Layout. The configuration, event and statistics types live in ``overlay/connection/_types.py``; the
-receive path (``receive_data`` and the frame handlers behind it) lives in
-``overlay/connection/_receive.py`` as :class:`~overlay.connection._receive.ReceiveSide`, the base
-class of
-:class:`ConnectionCore`. This module keeps the constructor (which creates all of the state), the
-send side, the timers and the statistics, and re-exports every public type of
+Layout (composed, h11-style: each concept is an object that owns its state). The configuration,
+event and statistics types live in ``overlay/connection/_types.py``, with the small records the
+two halves share (channels, the control queue, the pings awaiting a pong). The receive path
+(parsing, reassembly, decompression, the receive rate limit, the idle clock, the receive
+counters) is a :class:`~overlay.connection._receive.Receiver` that the core creates and owns;
+the lifecycle is :class:`ConnectionState`. The channels and their priority rings are a
+:class:`~overlay.connection._channels.ChannelTable` (channels are added and removed while the
+connection is up: ``add_channel`` / ``remove_channel``), and node-info updates, both directions,
+an :class:`~overlay.connection._infosync.InfoSync` (paced by its own rate limit; a waiting
+update is part of ``get_timer``). This module keeps the send side, the timers, the lifecycle
+transitions and the statistics, and re-exports every public type of
 ``overlay.connection._types``.
 """
 
@@ -85,9 +90,10 @@ from collections.abc import Container, Sequence
 
 import zstandard
 
+from overlay.connection._channels import ChannelTable
 from overlay.connection._infosync import InfoSync
 from overlay.connection._ratelimit import TokenBucket
-from overlay.connection._receive import ReceiveSide
+from overlay.connection._receive import Receiver
 from overlay.connection._types import (
     _CANCEL,
     _CONTROL,
@@ -96,7 +102,6 @@ from overlay.connection._types import (
     _REQUEST,
     _RESPONSE,
     DEFAULT_MAX_MESSAGE_SIZE,
-    MAX_WIRE_FRAME_PAYLOAD,
     CancelReceived,
     ChannelParams,
     ChannelStatistics,
@@ -115,7 +120,9 @@ from overlay.connection._types import (
     RequestRejected,
     ResponseReceived,
     _Channel,
+    _ControlQueue,
     _OutMsg,
+    _Pings,
 )
 from overlay.errors import (
     ChannelError,
@@ -123,7 +130,6 @@ from overlay.errors import (
     ErrorCode,
     LocalProtocolError,
     MessageTooLarge,
-    RemoteProtocolError,
     WouldBlock,
 )
 from overlay.wire._frames import (
@@ -131,10 +137,14 @@ from overlay.wire._frames import (
     FLAG_MORE,
     HEADER,
     HEADER_SIZE,
-    FrameDecoder,
-    MessageAssembler,
 )
-from overlay.wire._messages import Disconnect, Ping, encode_control, encode_error
+from overlay.wire._messages import (
+    Disconnect,
+    DisconnectReason,
+    Ping,
+    encode_control,
+    encode_error,
+)
 from overlay.wire._nodeinfo import NodeInfo
 
 __all__ = [
@@ -176,7 +186,7 @@ _MAX_PINGS = 16  # outstanding pings remembered for RTT matching
 _pack = HEADER.pack
 
 
-class ConnectionCore(ReceiveSide):
+class ConnectionCore:
     """Per-connection protocol state; see the module docstring for the driver contract."""
 
     def __init__(
@@ -191,21 +201,12 @@ class ConnectionCore(ReceiveSide):
         self._config = config
         self._max_payload = config.max_frame_payload
         self._max_batch = config.max_write_batch
-        self._by_priority: dict[int, deque[_Channel]] = {}
-        self._levels: list[deque[_Channel]] = []
-        self._channels: dict[int, _Channel] = {}
-        self._draining: dict[int, _Channel] = {}  # removed, still finishing a started message
-        for params in channels:
-            if params.channel_id in self._channels:
-                raise ChannelError(f"duplicate channel id {params.channel_id}")
-            level = self._level_for(params.priority)
-            self._channels[params.channel_id] = _Channel(params, level)
-        # Never lowered (see add_channel): the limit for frames on channels we don't have.
-        self._unknown_limit = max(
-            [ch.max_size for ch in self._channels.values()] + [DEFAULT_MAX_MESSAGE_SIZE]
-        )
+        self._table = ChannelTable(channels)
+        self._channels = self._table.by_id  # shared with the receiver; mutated in place
+        self._levels = self._table.levels
+        self._control = _ControlQueue(config.max_control_queue)
+        self._ctrl = self._control.frames  # the hot path's alias
         self._info = InfoSync(now, peer_info)
-        self._ctrl: deque[bytes] = deque()
         self._disconnect_frame: bytes | None = None
         self._state = ConnectionState.OPEN
         self._closing = False  # not OPEN: nothing but our Disconnect is sent (hot-path flag)
@@ -213,35 +214,34 @@ class ConnectionCore(ReceiveSide):
         self._outbound: dict[int, _OutMsg] = {}
         self._next_rid = 1
         self._inbound: dict[int, _Channel] = {}
-        self._assembler = MessageAssembler()
         self._events: deque[Event] = deque()
-        self._decoder = FrameDecoder(MAX_WIRE_FRAME_PAYLOAD, compression=compression)
-        self._error: RemoteProtocolError | None = None
-        self._peer_disconnected = False
+        self._pings = _Pings()
+        self._receiver = Receiver(
+            config,
+            channels=self._channels,
+            outbound=self._outbound,
+            inbound=self._inbound,
+            control=self._control,
+            pings=self._pings,
+            info=self._info,
+            events=self._events,
+            on_disconnect=self.connection_lost,
+            now=now,
+            compression=compression,
+        )
         self._send_bucket = TokenBucket(config.send_rate, config.send_burst, now)
-        self._recv_bucket = TokenBucket(config.recv_rate, config.recv_burst, now)
         self._send_blocked = 0  # size of the frame the send bucket could not pay for
         self._compression = compression
         self._cctx: zstandard.ZstdCompressor | None = None
-        self._dctx: zstandard.ZstdDecompressor | None = None
         if compression:
             self._cctx = zstandard.ZstdCompressor(
                 level=config.compression_level, write_content_size=True
             )
-            window_log = max(10, min(31, math.ceil(math.log2(self._unknown_limit))))
-            self._dctx = zstandard.ZstdDecompressor(max_window_size=1 << window_log)
-        self._last_recv = now
-        self._idle_fired = False
         self._next_ping = now + config.ping_interval if config.ping_interval > 0 else math.inf
         self._ping_seq = 0
         self._ping_due = 0  # nonce of a ping to send next (stamped when it is actually sent)
-        self._pings: dict[int, float] = {}  # nonce -> time the ping was handed to the driver
-        self._rtt_last: float | None = None
-        self._rtt_ewma: float | None = None
-        self._bytes_in = self._bytes_out = 0
-        self._frames_in = self._frames_out = 0
-        self._unknown_dropped = 0
-        self._control_dropped = 0
+        self._bytes_out = 0
+        self._frames_out = 0
 
     # ------------------------------------------------------------------ properties
 
@@ -268,28 +268,29 @@ class ConnectionCore(ReceiveSide):
 
     def _finish(self, state: ConnectionState) -> None:
         self._state = state
-        self._closing = True
+        self._stop_sending()
         self._disconnect_frame = None
         self._close_deadline = math.inf
+
+    def _stop_sending(self) -> None:
+        """Leave OPEN: nothing is queued or sent from now on but our Disconnect."""
+        self._closing = True
+        self._control.close()
+        self._info.drop_pending()
+        self._ping_due = 0
+        self._pings.sent.clear()
 
     @property
     def idle_expired(self) -> bool:
         """True from the moment ``handle_timer`` emitted IdleTimeout until data arrives."""
-        return self._idle_fired
+        return self._receiver.idle_fired
 
     @property
     def peer_disconnected(self) -> bool:
         """True once the peer's disconnect arrived (later received frames are ignored)."""
-        return self._peer_disconnected
+        return self._receiver.peer_disconnected
 
     # ------------------------------------------------------------------ channels
-
-    def _level_for(self, priority: int) -> deque[_Channel]:
-        level = self._by_priority.get(priority)
-        if level is None:
-            level = self._by_priority[priority] = deque()
-            self._levels = [self._by_priority[p] for p in sorted(self._by_priority, reverse=True)]
-        return level
 
     def channel_ids(self) -> list[int]:
         """The channels this connection carries now, sorted."""
@@ -301,29 +302,8 @@ class ConnectionCore(ReceiveSide):
         If the channel was removed while one of its messages was partly sent, that message is
         finished first (frames of one channel never interleave), then the new channel's.
         ChannelError if the connection already carries it."""
-        cid = params.channel_id
-        if cid in self._channels:
-            raise ChannelError(f"duplicate channel id {cid}")
-        level = self._level_for(params.priority)
-        ch = self._draining.pop(cid, None)
-        if ch is not None and ch.queue:
-            ch.params = params
-            ch.queue_size = params.send_queue_size
-            ch.max_size = params.max_message_size
-            ch.max_inbound = params.max_concurrent_inbound
-            if ch.level is not level:
-                if ch.active:
-                    ch.level.remove(ch)
-                    level.append(ch)
-                ch.level = level
-        else:
-            ch = _Channel(params, level)
-        self._channels[cid] = ch
-        if ch.max_size > self._unknown_limit:
-            self._unknown_limit = ch.max_size
-            if self._dctx is not None:
-                window_log = max(10, min(31, math.ceil(math.log2(self._unknown_limit))))
-                self._dctx = zstandard.ZstdDecompressor(max_window_size=1 << window_log)
+        ch = self._table.add(params)
+        self._receiver.channel_added(ch)
 
     def remove_channel(self, channel_id: int) -> list[int]:
         """Stop carrying a channel (the node closed it); returns the ids of our requests on it
@@ -333,33 +313,24 @@ class ConnectionCore(ReceiveSide):
         message already partly sent is finished; other queued messages are dropped. Frames the
         peer sends on the channel from now on are handled as on any unknown channel.
         ChannelError if the connection does not carry it."""
-        ch = self._channels.pop(channel_id, None)
+        ch = self._channels.get(channel_id)
         if ch is None:
             raise ChannelError(f"channel {channel_id} is not part of this connection")
         failed = [rid for rid, msg in self._outbound.items() if msg.channel is ch]
         for rid in failed:
-            self.cancel_request(rid)
+            self.cancel_request(rid)  # before the queue is emptied: unsent ones need no CANCEL
+        receiver = self._receiver
         budget = ch.max_size - 6
         for rid in [rid for rid, owner in self._inbound.items() if owner is ch]:
             del self._inbound[rid]
             ch.inbound_active -= 1
-            self._auto_error(channel_id, rid, ErrorCode.NO_HANDLER, "channel closed", budget)
-        queue = ch.queue
-        head = queue[0] if queue and queue[0].offset else None
-        for msg in queue:
-            if msg is head:
-                continue
-            msg.queued = False
-            if msg.kind == _RESPONSE or msg.kind == _ERROR:
-                self._auto_error(channel_id, msg.request_id, ErrorCode.NO_HANDLER,
-                                 "channel closed", budget)
-        queue.clear()
-        if head is not None:
-            queue.append(head)  # still active, in its ring: data_to_send finishes it
-            self._draining[channel_id] = ch
-        elif ch.active:
-            ch.active = False
-            ch.level.remove(ch)
+            receiver.auto_error(channel_id, rid, ErrorCode.NO_HANDLER, "channel closed", budget)
+        _, dropped = self._table.remove(channel_id)
+        for msg in dropped:
+            if msg.kind == _RESPONSE or msg.kind == _ERROR:  # the peer still waits: tell it
+                receiver.auto_error(
+                    channel_id, msg.request_id, ErrorCode.NO_HANDLER, "channel closed", budget
+                )
         return failed
 
     # ------------------------------------------------------------------ node-info updates
@@ -511,12 +482,14 @@ class ConnectionCore(ReceiveSide):
             ch.queue.popleft()
         self._ctrl.append(_pack(8, _CANCEL, 0, ch.id, request_id))
 
-    def send_disconnect(self, reason: int, message: str, *, now: float) -> None:
+    def send_disconnect(self, reason: DisconnectReason, message: str, *, now: float) -> None:
         """Start closing: OPEN becomes CLOSING, a CONTROL disconnect is sent next and nothing
         after it, and the close deadline is ``now + close_timeout`` (idempotent: the first call
         wins; no effect once the connection is no longer OPEN)."""
-        if not -(1 << 31) <= reason < (1 << 31):
-            raise LocalProtocolError(f"disconnect reason out of range: {reason}")
+        try:
+            reason = DisconnectReason(reason)
+        except ValueError:
+            raise LocalProtocolError(f"not a disconnect reason: {reason!r}") from None
         if self._state is not ConnectionState.OPEN:
             return
         payload = encode_control(
@@ -524,20 +497,9 @@ class ConnectionCore(ReceiveSide):
         )
         self._disconnect_frame = _pack(len(payload) + 8, _CONTROL, 0, 0, 0) + payload
         self._state = ConnectionState.CLOSING
-        self._closing = True
+        self._stop_sending()
         self._close_deadline = now + self._config.close_timeout
-        self._ctrl.clear()
-        self._info.drop_pending()
-        self._ping_due = 0
-        self._pings.clear()
-        for level in self._levels:
-            for ch in level:
-                ch.active = False
-            level.clear()
-        for ch in self._channels.values():
-            for msg in ch.queue:
-                msg.queued = False
-            ch.queue.clear()
+        self._table.clear_queues()
 
     def _pick(self) -> _Channel | None:
         for level in self._levels:
@@ -580,9 +542,10 @@ class ConnectionCore(ReceiveSide):
             out.append(_pack(size - 4, _CONTROL, 0, 0, 0) + ping)
             used = size
             frames = 1
-            if len(self._pings) >= _MAX_PINGS:
-                del self._pings[next(iter(self._pings))]
-            self._pings[nonce] = now  # RTT counts from when the ping leaves, not when it is due
+            sent = self._pings.sent
+            if len(sent) >= _MAX_PINGS:
+                del sent[next(iter(sent))]
+            sent[nonce] = now  # RTT counts from when the ping leaves, not when it is due
         while True:
             if ctrl:
                 frame = ctrl[0]
@@ -641,6 +604,12 @@ class ConnectionCore(ReceiveSide):
 
     # ------------------------------------------------------------------ incoming
 
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Parse received plaintext; queue events. Raises FrameError (or another
+        RemoteProtocolError) on a violation; the core then stays failed (the receive path is
+        the :class:`~overlay.connection._receive.Receiver` this core owns)."""
+        self._receiver.receive_data(data, now)
+
     def next_event(self) -> Event | None:
         """The oldest pending event, or None."""
         return self._events.popleft() if self._events else None
@@ -653,7 +622,7 @@ class ConnectionCore(ReceiveSide):
 
     def receive_paused_until(self, now: float) -> float | None:
         """When reading may resume (receive rate limit), or None if it may now."""
-        bucket = self._recv_bucket
+        bucket = self._receiver.bucket
         if bucket.can_consume(1, now):
             return None
         return bucket.ready_at(1)
@@ -668,8 +637,9 @@ class ConnectionCore(ReceiveSide):
         if self._closing:
             return None if self._close_deadline == math.inf else self._close_deadline
         deadline = self._next_ping
-        if self._config.idle_timeout > 0 and not self._idle_fired:
-            deadline = min(deadline, self._last_recv + self._config.idle_timeout)
+        receiver = self._receiver
+        if self._config.idle_timeout > 0 and not receiver.idle_fired:
+            deadline = min(deadline, receiver.last_recv + self._config.idle_timeout)
         if self._send_blocked:
             deadline = min(deadline, self._send_bucket.ready_at(self._send_blocked))
         info_at = self._info.ready_at()
@@ -690,12 +660,13 @@ class ConnectionCore(ReceiveSide):
             self._next_ping = now + config.ping_interval
             self._ping_seq += 1
             self._ping_due = self._ping_seq  # replaces a due ping that could not be sent yet
+        receiver = self._receiver
         if (
             config.idle_timeout > 0
-            and not self._idle_fired
-            and now >= self._last_recv + config.idle_timeout
+            and not receiver.idle_fired
+            and now >= receiver.last_recv + config.idle_timeout
         ):
-            self._idle_fired = True
+            receiver.idle_fired = True
             self._events.append(IdleTimeout())
 
     # ------------------------------------------------------------------ statistics
@@ -717,17 +688,18 @@ class ConnectionCore(ReceiveSide):
             )
             for ch in sorted(self._channels.values(), key=lambda c: c.id)
         )
+        receiver = self._receiver
         return ConnectionStatistics(
             channels=channels,
-            bytes_in=self._bytes_in,
+            bytes_in=receiver.bytes_in,
             bytes_out=self._bytes_out,
-            frames_in=self._frames_in,
+            frames_in=receiver.frames_in,
             frames_out=self._frames_out,
-            rtt_last=self._rtt_last,
-            rtt_ewma=self._rtt_ewma,
+            rtt_last=self._pings.rtt_last,
+            rtt_ewma=self._pings.rtt_ewma,
             control_queue_depth=len(self._ctrl),
-            unknown_channel_dropped=self._unknown_dropped,
-            control_dropped=self._control_dropped,
+            unknown_channel_dropped=receiver.unknown_dropped,
+            control_dropped=self._control.dropped,
             outbound_requests_in_flight=len(self._outbound),
             inbound_requests_active=len(self._inbound),
         )

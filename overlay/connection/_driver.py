@@ -3,12 +3,13 @@
 Theory of operation
 -------------------
 A :class:`PeerConnection` owns an authenticated :class:`~overlay.transport._secure.SecureStream`
-and a pure
-:class:`~overlay.connection._core.ConnectionCore`. Two tasks run it:
+and a pure :class:`~overlay.connection._core.ConnectionCore`. Two tasks run it:
 
 * the **reader** receives plaintext, feeds ``core.receive_data``, and dispatches the core's
-  events: messages go to the router (awaiting a full inbox: backpressure towards the peer),
-  requests start a handler task, responses wake the waiting requester, cancels cancel handlers;
+  events (one ``match``, closed with ``assert_never``): messages go to the router (awaiting a
+  full inbox: backpressure towards the peer), requests go to the connection's request workers
+  (``overlay.connection._workers``), responses wake the waiting requester, cancels cancel
+  handlers;
 * the **writer** sleeps until woken (something was queued) or the core's timer is due, then
   writes ``core.data_to_send`` (many small frames coalesced into one write).
 
@@ -25,24 +26,51 @@ write never completes: the node's timer task then finds the core ABORTED, cancel
 (interrupting the write) and aborts the stream (:func:`~overlay.transport.abort_stream`: unsent
 data dropped; a TCP reset). So ``close`` / ``aclose`` finish within ``close_timeout`` whatever
 the peer does. Every waiting requester and sender then fails with :class:`ConnectionClosed` (or
-:class:`NodeClosed`).
+the error given to ``close``, e.g. :class:`NodeClosed`).
+
+Channels come and go while the connection is up: the router calls ``add_channel`` /
+``remove_channel`` (requests on a removed channel fail with the error it gives; handlers serving
+the peer's requests on it are cancelled) and the node ``send_info_update``. A node-info update
+from the peer replaces :attr:`PeerConnection.info` and :attr:`PeerConnection.channels` and is
+handed to the router (``Delivery.on_peer_info``).
+
+Callers above (the router, the node) ask the connection, never its core: ``is_open``,
+``is_inbound_active``, ``statistics()``, ``end_reason``, ``info``, ``channels``, ``info_seq``,
+``close(reason, message, error=...)``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
-from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, TypeVarTuple, assert_never
 
 import anyio
 import anyio.abc
 
-from overlay.connection import _core as core_mod
-from overlay.connection._core import ChannelParams, ConnectionCore, ConnectionState
+from overlay.connection._core import (
+    CancelReceived,
+    ChannelParams,
+    ConnectionCore,
+    ConnectionState,
+    ConnectionStatistics,
+    DisconnectReceived,
+    ErrorReceived,
+    IdleTimeout,
+    LatencyMeasured,
+    MessageDropped,
+    MessageReceived,
+    PeerInfoReceived,
+    RequestReceived,
+    RequestRejected,
+    ResponseReceived,
+)
+from overlay.connection._meter import RoundTripMeter
 from overlay.connection._observer import Observer
 from overlay.connection._timers import TimerService
+from overlay.connection._workers import Workers
 from overlay.errors import (
     ConnectionClosed,
     ErrorCode,
@@ -57,7 +85,6 @@ from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
 
 __all__ = [
     "Delivery",
-    "KEEP_IDLE_WORKERS",
     "PeerConnection",
     "RequestExpired",
 ]
@@ -111,68 +138,6 @@ class _Waiter:
 _RETRY_DUE_TIMER = 0.001
 """Seconds by which a deadline that is already due on rescheduling is pushed ahead."""
 
-KEEP_IDLE_WORKERS = 1
-"""Request workers a connection keeps parked when it has no work (the rest exit)."""
-
-
-class _Workers:
-    """Runs submitted coroutine functions on a few long-lived tasks, not a task per job.
-
-    Invariant: while jobs are queued, exactly one worker is *waking* (started or woken, not yet
-    running) or every worker is busy. A running worker takes jobs one by one and, before
-    starting one with more still queued, wakes a colleague — so a job that blocks never holds
-    up the ones behind it, while a burst of quick jobs (256 pipelined echo requests) is served
-    by one task in one scheduling step instead of 256 task spawns. The caller bounds how many
-    jobs can exist (the connection core caps concurrent inbound requests per channel), which
-    bounds the workers too.
-    """
-
-    __slots__ = ("_idle", "_queue", "_tg", "_waking", "workers")
-
-    def __init__(self, tg: anyio.abc.TaskGroup) -> None:
-        self._tg = tg
-        self._queue: deque[tuple[Callable[..., Coroutine[Any, Any, Any]], tuple[Any, ...]]] = (
-            deque()
-        )
-        self._idle: list[anyio.Event] = []
-        self._waking = False
-        self.workers = 0
-
-    def submit(self, func: Callable[..., Coroutine[Any, Any, Any]], args: tuple[Any, ...]) -> None:
-        self._queue.append((func, args))
-        self._wake_one()
-
-    def _wake_one(self) -> None:
-        if self._waking or not self._queue:
-            return
-        self._waking = True
-        if self._idle:
-            self._idle.pop().set()
-        else:
-            self.workers += 1
-            self._tg.start_soon(self._run)
-
-    async def _run(self) -> None:
-        queue = self._queue
-        try:
-            while True:
-                self._waking = False
-                while queue:
-                    func, args = queue.popleft()
-                    if queue:
-                        self._wake_one()
-                    try:
-                        await func(*args)
-                    except OverlayError as exc:  # the connection went away under the job
-                        log.debug("request job ended: %s", exc)
-                if len(self._idle) >= KEEP_IDLE_WORKERS:
-                    return
-                event = anyio.Event()
-                self._idle.append(event)
-                await event.wait()
-        finally:
-            self.workers -= 1
-
 
 class PeerConnection:
     """One live, authenticated connection to a peer."""
@@ -201,8 +166,10 @@ class PeerConnection:
         self.remote_host = remote_host
         self.core = core
         self.connected_at = anyio.current_time()
-        self.close_reason: str | None = None
-        self.remote_reason: str | None = None
+        self.close_reason: DisconnectReason | None = None
+        """Why we closed the connection (None if we did not)."""
+        self.remote_reason: DisconnectReason | None = None
+        """Why the peer closed it (None if it did not say)."""
         self._stream = stream
         self._delivery = delivery
         self._observer = observer
@@ -214,9 +181,11 @@ class PeerConnection:
         self._writer_waiting = False
         self._timers = timers
         self.timer_at = math.inf
+        self.meter = RoundTripMeter()
+        """Round-trip EWMA (pings and answered requests) and requests in flight."""
         self._close_error: OverlayError = ConnectionClosed(f"connection to {node_id} closed")
         self._tg: anyio.abc.TaskGroup | None = None
-        self._workers: _Workers | None = None
+        self._workers: Workers | None = None
         self._done = anyio.Event()
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -228,7 +197,7 @@ class PeerConnection:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                self._workers = _Workers(tg)
+                self._workers = Workers(tg)
                 tg.start_soon(self._write_loop)
                 tg.start_soon(self._read_loop)
                 self._reschedule(anyio.current_time())
@@ -251,10 +220,29 @@ class PeerConnection:
         return self.core.state is ConnectionState.OPEN
 
     @property
+    def end_reason(self) -> str | None:
+        """The label of why the connection ended (ours if we closed it, else the peer's), for
+        logs and metrics; None while open or when it just broke."""
+        reason = self.close_reason if self.close_reason is not None else self.remote_reason
+        return None if reason is None else reason.label
+
+    def is_inbound_active(self, channel_id: int, request_id: int) -> bool:
+        """Whether the peer's request still awaits our answer (not answered, not cancelled)."""
+        return self.core.is_inbound_active(channel_id, request_id)
+
+    def statistics(self) -> ConnectionStatistics:
+        """A snapshot of the connection's counters (an immutable record)."""
+        return self.core.statistics()
+
+    @property
+    def info_seq(self) -> int:
+        """``info_seq`` of the peer's NodeInfo in :attr:`info` (0: from the hello)."""
+        return self.core.peer_info_seq
+
+    @property
     def _finished(self) -> bool:
         """The core's state is final (CLOSED or ABORTED): the tasks stop or have stopped."""
-        state = self.core.state
-        return state is ConnectionState.CLOSED or state is ConnectionState.ABORTED
+        return self.core.state.final
 
     def _stop(self) -> None:
         """Cancel the reader, the writer and the request workers (``run`` then closes the
@@ -262,26 +250,27 @@ class PeerConnection:
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
-    def close(self, reason: int = DisconnectReason.SHUTDOWN, message: str = "",
+    def close(self, reason: DisconnectReason = DisconnectReason.SHUTDOWN, message: str = "",
               error: OverlayError | None = None) -> None:
         """Start closing: the core becomes CLOSING, the writer sends a Disconnect, and the
         connection is down within the core's ``close_timeout`` (aborted if the Disconnect could
-        not be written by then). Idempotent; no effect once the connection is not OPEN."""
+        not be written by then). Idempotent; no effect once the connection is not OPEN, except
+        that ``error`` (what pending and later operations fail with) still replaces the default
+        until the connection is down."""
+        if error is not None and not self._finished:
+            self._close_error = error
         if not self.is_open:
             return
-        self.close_reason = DisconnectReason.name(reason)
-        if error is not None:
-            self._close_error = error
+        self.close_reason = reason
         now = anyio.current_time()
-        try:
-            self.core.send_disconnect(reason, message, now=now)
-        except OverlayError:  # a reason out of range: close with SHUTDOWN rather than not at all
-            self.core.send_disconnect(DisconnectReason.SHUTDOWN, message, now=now)
+        self.core.send_disconnect(reason, message, now=now)
         self._reschedule(now)  # the close deadline
         self._kick()
         self._space.set()  # wake senders so they see the connection is closing
 
-    async def aclose(self, reason: int = DisconnectReason.SHUTDOWN, message: str = "") -> None:
+    async def aclose(
+        self, reason: DisconnectReason = DisconnectReason.SHUTDOWN, message: str = ""
+    ) -> None:
         """Close and wait until the connection is fully down."""
         self.close(reason, message)
         await self._done.wait()
@@ -399,15 +388,22 @@ class PeerConnection:
                 return
 
     async def request(
-        self, channel_id: int, payload: bytes, timeout: float | None = None
+        self, channel_id: int, payload: bytes, timeout: float | None = None,
+        *, deadline: float | None = None,
     ) -> bytes:
         """Send a request and wait for the response payload.
 
-        Cancelling the caller cancels the request on the wire, and so does ``timeout`` (seconds;
-        enforced by the node's timer task, so a request costs no cancel scope), which raises
-        :class:`RequestExpired`. An error response raises :class:`RequestError`.
+        Cancelling the caller cancels the request on the wire, and so does the deadline
+        (``timeout`` seconds from now, or ``deadline`` on ``anyio.current_time()``'s clock;
+        the earlier of the two; enforced by the node's timer task, so a request costs no cancel
+        scope), which raises :class:`RequestExpired`. An error response raises
+        :class:`RequestError`. The request counts in :attr:`meter` while it is in flight, and
+        its round trip is sampled when it is answered.
         """
-        deadline = None if timeout is None else anyio.current_time() + timeout
+        started = anyio.current_time()
+        if timeout is not None:
+            until = started + timeout
+            deadline = until if deadline is None else min(deadline, until)
         while True:
             self._check_open()
             try:
@@ -427,35 +423,38 @@ class PeerConnection:
         if deadline is not None:
             self._timers.schedule(waiter, deadline)
         self._kick()
+        self.meter.started(channel_id)
         finished = False
         try:
             await waiter.event.wait()
             finished = True
         finally:
+            self.meter.finished(channel_id)
             if deadline is not None:
                 self._timers.cancel(waiter)
             if not finished:
                 self._abandon(request_id)
         if waiter.error is not None:
             raise waiter.error
+        self.meter.sample(anyio.current_time() - started)
         return waiter.payload
 
     async def respond(self, channel_id: int, request_id: int, payload: bytes) -> None:
-        while self.is_open:
-            try:
-                self.core.send_response(channel_id, request_id, payload)
-            except WouldBlock:
-                await self._wait_space()
-            else:
-                self._kick()
-                return
+        """Answer the peer's request, waiting for queue space (nothing once closing)."""
+        await self._answer(functools.partial(
+            self.core.send_response, channel_id, request_id, payload))
 
     async def respond_error(
         self, channel_id: int, request_id: int, code: ErrorCode, message: str
     ) -> None:
+        """Answer the peer's request with an error, waiting for queue space."""
+        await self._answer(functools.partial(
+            self.core.send_error, channel_id, request_id, code, message))
+
+    async def _answer(self, queue: Callable[[], bool]) -> None:
         while self.is_open:
             try:
-                self.core.send_error(channel_id, request_id, code, message)
+                queue()
             except WouldBlock:
                 await self._wait_space()
             else:
@@ -566,54 +565,58 @@ class PeerConnection:
     async def _dispatch_events(self) -> None:
         core = self.core
         while (event := core.next_event()) is not None:
-            if isinstance(event, core_mod.ResponseReceived):
-                waiter = self._waiters.pop(event.request_id, None)
-                if waiter is not None:
-                    waiter.payload = event.payload
-                    waiter.event.set()
-                self._release_space()
-            elif isinstance(event, core_mod.MessageReceived):
-                await self._delivery.on_message(self, event.channel_id, event.payload)
-            elif isinstance(event, core_mod.RequestReceived):
-                self._delivery.on_request(self, event.channel_id, event.request_id, event.payload)
-            elif isinstance(event, core_mod.ErrorReceived):
-                waiter = self._waiters.pop(event.request_id, None)
-                if waiter is not None:
-                    waiter.error = RequestError(event.code, event.message)
-                    waiter.event.set()
-                self._release_space()
-            elif isinstance(event, core_mod.CancelReceived):
-                scope = self._handlers.get((event.channel_id, event.request_id))
-                if scope is not None:
-                    scope.cancel()
-            elif isinstance(event, core_mod.RequestRejected):
-                self._observer.on_rate_limited(self.node_id, event.channel_id)
-            elif isinstance(event, core_mod.MessageDropped):
-                log.debug("dropped a message from %s on channel %d: %s",
-                          self.node_id, event.channel_id, event.reason)
-            elif isinstance(event, core_mod.LatencyMeasured):
-                self._observer.on_latency(self.node_id, event.rtt)
-            elif isinstance(event, core_mod.DisconnectReceived):
-                self.remote_reason = DisconnectReason.name(event.reason)
-                log.info("peer %s disconnected: %s %s", self.node_id, self.remote_reason,
-                         event.message)
-                self._close_error = ConnectionClosed(
-                    f"peer {self.node_id} disconnected: {self.remote_reason} {event.message}"
-                )
-                self._stop()  # the core is CLOSED: the peer said goodbye
-                return
-            elif isinstance(event, core_mod.PeerInfoReceived):
-                self.info = event.info
-                self.channels = frozenset(event.info.channels)
-                log.debug("peer %s announced node info #%d: channels %s", self.node_id,
-                          event.info_seq, sorted(self.channels))
-                self._delivery.on_peer_info(self)
-            elif isinstance(event, core_mod.IdleTimeout):
-                pass  # the timer task closes the connection when it fires
+            match event:
+                case ResponseReceived(request_id=request_id, payload=payload):
+                    waiter = self._waiters.pop(request_id, None)
+                    if waiter is not None:
+                        waiter.payload = payload
+                        waiter.event.set()
+                    self._release_space()
+                case MessageReceived(channel_id=channel_id, payload=payload):
+                    await self._delivery.on_message(self, channel_id, payload)
+                case RequestReceived(channel_id=channel_id, request_id=request_id,
+                                     payload=payload):
+                    self._delivery.on_request(self, channel_id, request_id, payload)
+                case ErrorReceived(request_id=request_id, code=code, message=message):
+                    waiter = self._waiters.pop(request_id, None)
+                    if waiter is not None:
+                        waiter.error = RequestError(code, message)
+                        waiter.event.set()
+                    self._release_space()
+                case CancelReceived(channel_id=channel_id, request_id=request_id):
+                    scope = self._handlers.get((channel_id, request_id))
+                    if scope is not None:
+                        scope.cancel()
+                case RequestRejected(channel_id=channel_id):
+                    self._observer.on_rate_limited(self.node_id, channel_id)
+                case MessageDropped(channel_id=channel_id, reason=reason):
+                    log.debug("dropped a message from %s on channel %d: %s",
+                              self.node_id, channel_id, reason)
+                case LatencyMeasured(rtt=rtt):
+                    self.meter.sample(rtt)
+                    self._observer.on_latency(self.node_id, rtt)
+                case DisconnectReceived(reason=reason, message=message):
+                    self.remote_reason = reason
+                    log.info("peer %s disconnected: %s %s", self.node_id, reason.label, message)
+                    self._close_error = ConnectionClosed(
+                        f"peer {self.node_id} disconnected: {reason.label} {message}"
+                    )
+                    self._stop()  # the core is CLOSED: the peer said goodbye
+                    return
+                case PeerInfoReceived(info_seq=info_seq, info=info):
+                    self.info = info
+                    self.channels = frozenset(info.channels)
+                    log.debug("peer %s announced node info #%d: channels %s", self.node_id,
+                              info_seq, sorted(self.channels))
+                    self._delivery.on_peer_info(self)
+                case IdleTimeout():
+                    pass  # the timer task closes the connection when it fires
+                case unreachable:
+                    assert_never(unreachable)
 
     # --------------------------------------------------------------------------- observation
 
     def rtt(self) -> float:
-        stats = self.core.statistics()
-        value = getattr(stats, "rtt_ewma", None)
-        return float(value) if value is not None else math.nan
+        """The round-trip time's moving average in seconds (NaN before the first pong)."""
+        value = self.core.statistics().rtt_ewma
+        return value if value is not None else math.nan

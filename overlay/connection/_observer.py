@@ -6,6 +6,7 @@ default :class:`NullObserver` ignores everything. Calls are synchronous and must
 
 from __future__ import annotations
 
+from overlay.connection._outcome import AttemptOutcome
 from overlay.identity import NodeId
 from overlay.transport._failures import Direction, HandshakeFailureReason
 from overlay.wire._nodeinfo import NodeInfo
@@ -28,12 +29,20 @@ class Observer:
     def on_rate_limited(self, peer: NodeId, channel_id: int) -> None:
         """``peer`` exceeded its concurrent-request limit on a channel."""
 
-    def on_request_done(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
-        """An outbound request finished: outcome is ``ok``, ``error``, ``timeout`` or
-        ``cancelled``."""
+    def on_request_done(
+        self, peer: NodeId, channel: str, seconds: float, outcome: AttemptOutcome
+    ) -> None:
+        """One attempt of an outbound request to ``peer`` ended, whatever the destination (a
+        peer id, a custom :class:`~overlay.router._destination.Destination`, each attempt of a
+        fail-over or hedge): ``OK``, ``TIMEOUT`` (its deadline passed), ``REFUSED``, ``ERROR``
+        or ``CLOSED``. Attempts we cancelled early and peers that were not connected are not
+        reported (no fault of the peer, no time spent on the wire)."""
 
-    def on_request_served(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
-        """An inbound request was answered (``ok``/``error``) or cancelled by the peer."""
+    def on_request_served(
+        self, peer: NodeId, channel: str, seconds: float, outcome: AttemptOutcome
+    ) -> None:
+        """An inbound request from ``peer`` was answered (``OK`` / ``ERROR``) or cancelled by the
+        peer (``CANCELLED``)."""
 
     def on_latency(self, peer: NodeId, rtt: float) -> None:
         """A ping round trip to ``peer`` took ``rtt`` seconds."""

@@ -2,29 +2,32 @@
 
 Theory of operation
 -------------------
-:class:`ReceiveSide` is the base class of :class:`~overlay.connection._core.ConnectionCore` that
-holds
-the receive path; it has no constructor and no state of its own. It declares, as class-level
-annotations, the attributes of the core it reads and writes; ``ConnectionCore.__init__`` creates
-all of them. The two halves are one object with one set of state, split across two files only:
-a call into the receive path costs exactly what it did when both halves shared a module (no
-extra call or attribute lookup per frame). The driver contract and the invariants (reassembly
-rules, discard mode, the decompression limit, the failed state) are stated in the docstring of
+A :class:`Receiver` is owned by a :class:`~overlay.connection._core.ConnectionCore` and owns the
+receive path's state: the frame decoder, the reassembly buffers, the decompressor, the receive
+token bucket, the idle clock (time of the last receipt) and the receive counters. What the two
+halves share they are handed at construction as the same objects: the channels, the outbound
+requests in flight (to match responses), the active inbound requests, the control queue
+(:class:`~overlay.connection._types._ControlQueue`, for the replies the core makes by itself),
+the pings awaiting a pong, the node-info sync (:class:`~overlay.connection._infosync.InfoSync`)
+and the event queue. The driver contract and the invariants (reassembly rules, discard mode, the
+decompression limit, the failed state) are stated in the docstring of
 ``overlay/connection/_core.py``; in short:
 
-* ``receive_data`` charges the bytes to the receive token bucket, resets the idle timer, then
+* ``receive_data`` charges the bytes to the receive token bucket, resets the idle clock, then
   drains the :class:`~overlay.wire._frames.FrameDecoder`. A whole uncompressed MESSAGE on a known
   channel with no reassembly in progress is delivered inline (the fast path); every other frame
   goes to ``_on_control`` (ping: pong queued; pong: RTT sample; node-info update: checked by
-  :class:`~overlay.connection._infosync.InfoSync`; disconnect: stop parsing, and
-  the connection is CLOSED through ``connection_lost``),
-  ``_on_cancel``, or ``_on_data`` (the :class:`~overlay.wire._frames.MessageAssembler`, then
-  ``_deliver``).
+  the :class:`~overlay.connection._infosync.InfoSync` shared with the core; disconnect: stop
+  parsing and call ``on_disconnect``, which makes the connection CLOSED), ``_on_cancel``, or
+  ``_on_data`` (the :class:`~overlay.wire._frames.MessageAssembler`, then ``_deliver``).
+* Channels come and go while the connection is up (the shared channel dict is updated in
+  place); ``channel_added`` raises the reassembly limit for unknown channels (never lowered)
+  when a new channel allows larger messages.
 * The first :class:`~overlay.errors.RemoteProtocolError` is kept; every later ``receive_data``
   raises it again. Events of the frames before the violation stay queued.
 * Replies the core makes by itself (pongs; NO_HANDLER and OVERLOADED errors) go to the control
-  queue shared with the send side, bounded by ``max_control_queue`` (beyond it they are dropped
-  and counted); none is queued once ``send_disconnect`` was called.
+  queue, bounded by ``max_control_queue`` (beyond it they are dropped and counted); none is
+  queued once the connection left OPEN (the queue is then ``closed``).
 
 Log records go to the ``overlay.connection._core`` logger, like the rest of the core's.
 """
@@ -32,8 +35,10 @@ Log records go to the ``overlay.connection._core`` logger, like the rest of the 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
-from typing import cast
+from collections.abc import Callable
+from typing import assert_never, cast
 
 import zstandard
 
@@ -45,6 +50,8 @@ from overlay.connection._types import (
     _ERROR,
     _MESSAGE,
     _REQUEST,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_WIRE_FRAME_PAYLOAD,
     CancelReceived,
     CoreConfig,
     DisconnectReceived,
@@ -57,11 +64,14 @@ from overlay.connection._types import (
     RequestRejected,
     ResponseReceived,
     _Channel,
+    _ControlQueue,
     _OutMsg,
+    _Pings,
 )
 from overlay.errors import ErrorCode, FrameError, RemoteProtocolError
 from overlay.wire._frames import FLAG_COMPRESSED, HEADER, Discarded, FrameDecoder, MessageAssembler
 from overlay.wire._messages import (
+    Disconnect,
     InfoUpdate,
     Ping,
     Pong,
@@ -71,7 +81,7 @@ from overlay.wire._messages import (
     encode_error,
 )
 
-__all__ = ["ReceiveSide"]
+__all__ = ["Receiver"]
 
 logger = logging.getLogger("overlay.connection._core")  # one logger for the whole connection core
 
@@ -79,40 +89,88 @@ _RTT_ALPHA = 0.125  # EWMA weight of a new RTT sample (as TCP's SRTT)
 _pack = HEADER.pack
 
 
-class ReceiveSide:
-    """The receive methods of :class:`~overlay.connection._core.ConnectionCore` (no state of its
-    own)."""
+class Receiver:
+    """The receive path of one connection (see the module docstring)."""
 
-    # State shared with the send side (created by ConnectionCore.__init__).
-    _config: CoreConfig
-    _channels: dict[int, _Channel]
-    _outbound: dict[int, _OutMsg]
-    _inbound: dict[int, _Channel]
-    _ctrl: deque[bytes]
-    _events: deque[Event]
-    _closing: bool
-    _pings: dict[int, float]
-    _control_dropped: int
-    _info: InfoSync
-    # Receive-side state (also created by ConnectionCore.__init__).
-    _decoder: FrameDecoder
-    _assembler: MessageAssembler
-    _dctx: zstandard.ZstdDecompressor | None
-    _unknown_limit: int
-    _error: RemoteProtocolError | None
-    _peer_disconnected: bool
-    _recv_bucket: TokenBucket
-    _last_recv: float
-    _idle_fired: bool
-    _rtt_last: float | None
-    _rtt_ewma: float | None
-    _bytes_in: int
-    _frames_in: int
-    _unknown_dropped: int
+    __slots__ = (
+        "_assembler",
+        "_channels",
+        "_control",
+        "_dctx",
+        "_decoder",
+        "_error",
+        "_events",
+        "_inbound",
+        "_info",
+        "_on_disconnect",
+        "_outbound",
+        "_pings",
+        "_unknown_limit",
+        "bucket",
+        "bytes_in",
+        "frames_in",
+        "idle_fired",
+        "last_recv",
+        "peer_disconnected",
+        "unknown_dropped",
+    )
 
-    def connection_lost(self) -> None:
-        """Defined by ConnectionCore, where the connection's lifecycle lives."""
-        raise NotImplementedError
+    def __init__(
+        self,
+        config: CoreConfig,
+        *,
+        channels: dict[int, _Channel],
+        outbound: dict[int, _OutMsg],
+        inbound: dict[int, _Channel],
+        control: _ControlQueue,
+        pings: _Pings,
+        info: InfoSync,
+        events: deque[Event],
+        on_disconnect: Callable[[], None],
+        now: float,
+        compression: bool,
+    ) -> None:
+        self._channels = channels
+        self._outbound = outbound
+        self._inbound = inbound
+        self._control = control
+        self._pings = pings
+        self._info = info
+        self._events = events
+        self._on_disconnect = on_disconnect
+        self._unknown_limit = max(
+            [ch.max_size for ch in channels.values()] + [DEFAULT_MAX_MESSAGE_SIZE]
+        )
+        """Reassembly limit of messages on channels we do not have (discarded, not kept)."""
+        self._decoder = FrameDecoder(MAX_WIRE_FRAME_PAYLOAD, compression=compression)
+        self._assembler = MessageAssembler()
+        self._dctx: zstandard.ZstdDecompressor | None = None
+        if compression:
+            window_log = max(10, min(31, math.ceil(math.log2(self._unknown_limit))))
+            self._dctx = zstandard.ZstdDecompressor(max_window_size=1 << window_log)
+        self._error: RemoteProtocolError | None = None
+        self.peer_disconnected = False
+        """True once the peer's Disconnect arrived (later received bytes are ignored)."""
+        self.bucket = TokenBucket(config.recv_rate, config.recv_burst, now)
+        """The receive rate limit (advisory: see ``ConnectionCore.receive_paused_until``)."""
+        self.last_recv = now
+        """When bytes last arrived (the idle clock)."""
+        self.idle_fired = False
+        """IdleTimeout was reported for the current quiet period (reset by any receipt)."""
+        self.bytes_in = 0
+        self.frames_in = 0
+        self.unknown_dropped = 0
+        """Messages and requests received on channels we do not have."""
+
+    def channel_added(self, ch: _Channel) -> None:
+        """The core started carrying ``ch`` (already in the shared channel dict): frames on
+        channels we do not have may now be as large as its messages."""
+        if ch.max_size <= self._unknown_limit:
+            return
+        self._unknown_limit = ch.max_size
+        if self._dctx is not None:  # the decompressor's window must cover the new limit
+            window_log = max(10, min(31, math.ceil(math.log2(self._unknown_limit))))
+            self._dctx = zstandard.ZstdDecompressor(max_window_size=1 << window_log)
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Parse received plaintext; queue events. Raises FrameError (or another
@@ -122,11 +180,11 @@ class ReceiveSide:
         if not data:
             return
         n = len(data)
-        self._bytes_in += n
-        self._last_recv = now
-        self._idle_fired = False
-        self._recv_bucket.consume(n, now)
-        if self._peer_disconnected:
+        self.bytes_in += n
+        self.last_recv = now
+        self.idle_fired = False
+        self.bucket.consume(n, now)
+        if self.peer_disconnected:
             return
         decoder = self._decoder
         channels = self._channels
@@ -135,7 +193,7 @@ class ReceiveSide:
         try:
             decoder.feed(data)
             while frames := decoder.drain_raw():
-                self._frames_in += len(frames)
+                self.frames_in += len(frames)
                 for kind, flags, channel_id, request_id, payload in frames:
                     if kind == _MESSAGE and not flags:  # fast path: a whole plain message
                         ch = channels.get(channel_id)
@@ -152,7 +210,7 @@ class ReceiveSide:
                             continue
                     if kind == _CONTROL:
                         self._on_control(cast(bytes, payload), now)  # flags 0: bytes
-                        if self._peer_disconnected:
+                        if self.peer_disconnected:
                             return
                     elif kind == _CANCEL:
                         self._on_cancel(channel_id, request_id)
@@ -163,32 +221,42 @@ class ReceiveSide:
             raise
 
     def _on_control(self, payload: bytes, now: float) -> None:
-        msg = decode_control(payload)
-        if isinstance(msg, Ping):
-            if len(self._ctrl) >= self._config.max_control_queue:
-                self._control_dropped += 1
-                logger.debug("control queue full: not answering a ping")
-                return
-            if not self._closing:
-                pong = encode_control(Pong(msg.nonce))
-                self._ctrl.append(_pack(len(pong) + 8, _CONTROL, 0, 0, 0) + pong)
-        elif isinstance(msg, Pong):
-            sent = self._pings.pop(msg.nonce, None)
-            if sent is None:
-                return
-            rtt = max(0.0, now - sent)
-            self._rtt_last = rtt
-            ewma = self._rtt_ewma
-            self._rtt_ewma = rtt if ewma is None else ewma + _RTT_ALPHA * (rtt - ewma)
-            self._events.append(LatencyMeasured(rtt))
-        elif isinstance(msg, InfoUpdate):
-            event = self._info.receive(msg, now)  # RemoteProtocolError: flood, bad NodeInfo
-            if event is not None and not self._closing:
-                self._events.append(event)
-        else:
-            self._peer_disconnected = True
-            self.connection_lost()  # nothing more to say to a peer that said goodbye
-            self._events.append(DisconnectReceived(msg.reason, msg.message))
+        match decode_control(payload):
+            case Ping(nonce=nonce):
+                if self._room_for_reply("a pong"):
+                    pong = encode_control(Pong(nonce))
+                    self._control.frames.append(_pack(len(pong) + 8, _CONTROL, 0, 0, 0) + pong)
+            case Pong(nonce=nonce):
+                pings = self._pings
+                sent = pings.sent.pop(nonce, None)
+                if sent is None:
+                    return
+                rtt = max(0.0, now - sent)
+                pings.rtt_last = rtt
+                ewma = pings.rtt_ewma
+                pings.rtt_ewma = rtt if ewma is None else ewma + _RTT_ALPHA * (rtt - ewma)
+                self._events.append(LatencyMeasured(rtt))
+            case InfoUpdate() as update:
+                event = self._info.receive(update, now)  # RemoteProtocolError: flood, bad info
+                if event is not None and not self._control.closed:
+                    self._events.append(event)
+            case Disconnect(reason=reason, message=message):
+                self.peer_disconnected = True
+                self._on_disconnect()  # nothing more to say to a peer that said goodbye
+                self._events.append(DisconnectReceived(reason, message))
+            case unreachable:
+                assert_never(unreachable)
+
+    def _room_for_reply(self, what: str) -> bool:
+        """Whether the control queue takes one more automatic reply (counted if it is full)."""
+        control = self._control
+        if control.closed:
+            return False
+        if len(control.frames) >= control.limit:
+            control.dropped += 1
+            logger.debug("control queue full: not sending %s", what)
+            return False
+        return True
 
     def _on_cancel(self, channel_id: int, request_id: int) -> None:
         ch = self._inbound.get(request_id)
@@ -247,9 +315,9 @@ class ReceiveSide:
     ) -> None:
         events = self._events
         if ch is None:
-            self._unknown_dropped += 1
+            self.unknown_dropped += 1
             if kind == _REQUEST:  # (no text: the peer's size limit for this channel is unknown)
-                self._auto_error(channel_id, request_id, ErrorCode.NO_HANDLER, "", 0)
+                self.auto_error(channel_id, request_id, ErrorCode.NO_HANDLER, "", 0)
             events.append(MessageDropped(channel_id, "unknown channel"))
             return
         if kind == _MESSAGE or kind == _REQUEST:
@@ -265,7 +333,7 @@ class ReceiveSide:
                 raise FrameError(f"duplicate request id {request_id} still active")
             if ch.inbound_active >= ch.max_inbound:
                 ch.rejected += 1
-                self._auto_error(
+                self.auto_error(
                     channel_id,
                     request_id,
                     ErrorCode.OVERLOADED,
@@ -303,14 +371,13 @@ class ReceiveSide:
         else:
             events.append(ErrorReceived(channel_id, request_id, error.code, error.message))
 
-    def _auto_error(
+    def auto_error(
         self, channel_id: int, request_id: int, code: ErrorCode, text: str, budget: int
     ) -> None:
-        if self._closing:
-            return
-        if len(self._ctrl) >= self._config.max_control_queue:
-            self._control_dropped += 1
-            logger.debug("control queue full: not sending %s for request %d", code.name, request_id)
+        """Queue an ERROR reply the core makes by itself (``text`` cut to ``budget`` bytes);
+        also used by the core for the peer's requests on a channel it stops carrying."""
+        if not self._room_for_reply(f"{code.name} for request {request_id}"):
             return
         payload = encode_error(code, text, max_message_bytes=budget)
-        self._ctrl.append(_pack(len(payload) + 8, _ERROR, 0, channel_id, request_id) + payload)
+        frame = _pack(len(payload) + 8, _ERROR, 0, channel_id, request_id) + payload
+        self._control.frames.append(frame)

@@ -13,13 +13,12 @@ queued in arrival order and pulled by the driver with ``next_event()`` or ``even
 ``ConnectionCore.statistics()`` returns an immutable :class:`ConnectionStatistics` snapshot with
 one :class:`ChannelStatistics` per channel, sorted by channel id.
 
-The private ``_Channel`` and ``_OutMsg`` records are the mutable per-channel and per-message state
-shared by the two halves of the core: the send side (``overlay/connection/_core.py``) and the
-receive
-side (``overlay/connection/_receive.py``). They and the frame-kind constants are not exported. This
-module
-is data only: no I/O, no clock, no zstd. Every public name here is also importable from
-``overlay.connection._core``.
+The private ``_Channel``, ``_OutMsg``, ``_ControlQueue`` and ``_Pings`` records are the mutable
+state shared by the two halves of the core: the send side (``ConnectionCore`` in
+``overlay/connection/_core.py``) and the receive side (the ``Receiver`` it owns, in
+``overlay/connection/_receive.py``), each handed the same objects at construction. They and the
+frame-kind constants are not exported. This module is data only: no I/O, no clock, no zstd.
+Every public name here is also importable from ``overlay.connection._core``.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from overlay.connection._infosync import PeerInfoReceived
 from overlay.errors import ChannelError, ConfigError, ErrorCode
 from overlay.wire._frames import HEADER_SIZE
+from overlay.wire._messages import DisconnectReason
 
 __all__ = [
     "CancelReceived",
@@ -93,6 +93,11 @@ class ConnectionState(enum.Enum):
     """Done: our Disconnect was written, or the peer's arrived, or the transport ended."""
     ABORTED = "aborted"
     """The close deadline passed with a write still pending: abort the transport."""
+
+    @property
+    def final(self) -> bool:
+        """CLOSED or ABORTED: the driver's tasks stop (or have stopped)."""
+        return self is ConnectionState.CLOSED or self is ConnectionState.ABORTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,7 +263,8 @@ class LatencyMeasured:
 class DisconnectReceived:
     """The peer is closing the connection (later frames from it are ignored)."""
 
-    reason: int
+    reason: DisconnectReason
+    """Why (a value this version does not know arrives as ``UNSPECIFIED``)."""
     message: str
 
 
@@ -331,7 +337,42 @@ class ConnectionStatistics:
 
 
 
-# -- per-channel state shared by the send side and the receive side of the core -------------
+# -- state shared by the send side and the receive side of the core -------------------------
+
+
+class _ControlQueue:
+    """CONTROL, CANCEL and automatic ERROR frames waiting to go out ahead of channel data.
+
+    The send side appends CANCEL frames and drains ``frames``; the receive side
+    appends the replies the core makes by itself (pongs, NO_HANDLER / OVERLOADED errors), at
+    most ``limit`` queued (beyond it they are dropped and counted in ``dropped``) and none once
+    ``closed`` (set when the connection leaves OPEN; the queue is then emptied)."""
+
+    __slots__ = ("closed", "dropped", "frames", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.frames: deque[bytes] = deque()
+        self.limit = limit
+        self.dropped = 0
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.frames.clear()
+
+
+class _Pings:
+    """Our pings awaiting their pong (nonce → time sent) and the round-trip times measured:
+    the send side records a ping when it leaves, the receive side matches the pong."""
+
+    __slots__ = ("rtt_ewma", "rtt_last", "sent")
+
+    def __init__(self) -> None:
+        self.sent: dict[int, float] = {}
+        self.rtt_last: float | None = None
+        self.rtt_ewma: float | None = None
+
+
 
 
 class _OutMsg:

@@ -6,17 +6,20 @@ the operator's guide lists them. Paths are relative to the node's home directory
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from overlay.address import ListenAddress, NodeAddress
+from overlay.connection._types import CoreConfig
 from overlay.errors import ConfigError, InvalidAddressError
 from overlay.node._configio import from_mapping, render_toml
 from overlay.peers import PeerManagerConfig
+from overlay.transport import TransportConfig
 
 __all__ = [
     "AdminConfig",
@@ -29,50 +32,64 @@ __all__ = [
 ]
 
 
+C = TypeVar("C")
+
+
 def _positive(key: str, value: float) -> None:
     if not (value > 0 and math.isfinite(value)):
         raise ConfigError(key, f"must be a positive number, got {value!r}")
 
 
-def _non_negative(key: str, value: float) -> None:
-    if not (value >= 0 and math.isfinite(value)):
-        raise ConfigError(key, f"must be zero or positive, got {value!r}")
+_CORE = CoreConfig()
+_TRANSPORT = TransportConfig()
+# ConnectionConfig is the user-facing ``[connection]`` table (flat, documented for operators);
+# the settings it shares with the connection core and the transport take their defaults and
+# their validation from CoreConfig and TransportConfig, and reach them through
+# ``core_config()`` / ``transport_config()``: nothing is copied by hand.
+
+
+def _project(cls: type[C], source: object, **extra: Any) -> C:
+    """``cls`` built from the fields of ``source`` with the same names (plus ``extra``)."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    values = {name: getattr(source, name) for name in names if hasattr(source, name)}
+    values.update(extra)
+    return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionConfig:
     """Per-connection limits and timers (``[connection]``)."""
 
-    max_frame_payload: int = 65_507
+    max_frame_payload: int = _CORE.max_frame_payload
     """Payload bytes per frame this node sends (the chunk size of large messages), 64 to 65507.
     Smaller chunks let urgent messages overtake bulk transfers sooner. Every node accepts frames
     up to 65507 bytes whatever its own setting."""
-    max_write_batch: int = 65_519
+    max_write_batch: int = _CORE.max_write_batch
     """Bytes of frames coalesced into one write (and one AEAD call when ≤ 65519)."""
-    send_rate: float = 0.0
+    send_rate: float = _CORE.send_rate
     """Per-peer send rate limit in bytes/s (0 = unlimited)."""
-    send_burst: int = 1_048_576
+    send_burst: int = _CORE.send_burst
     """Burst allowance of the send rate limit, in bytes."""
-    recv_rate: float = 0.0
+    recv_rate: float = _CORE.recv_rate
     """Per-peer receive rate limit in bytes/s (0 = unlimited); reading pauses when exceeded."""
-    recv_burst: int = 1_048_576
+    recv_burst: int = _CORE.recv_burst
     """Burst allowance of the receive rate limit, in bytes."""
     compression: bool = False
     """Offer zstd compression; used only when both peers offer it."""
-    compression_threshold: int = 1024
+    compression_threshold: int = _CORE.compression_threshold
     """Messages smaller than this are never compressed."""
-    ping_interval: float = 10.0
+    ping_interval: float = _CORE.ping_interval
     """Seconds between keep-alive pings (which also measure latency)."""
-    idle_timeout: float = 30.0
+    idle_timeout: float = _CORE.idle_timeout
     """Close a connection when nothing was received for this many seconds."""
-    close_timeout: float = 1.0
+    close_timeout: float = _CORE.close_timeout
     """Seconds a closing connection may spend writing its final Disconnect (best effort);
     after that the connection is aborted (unsent data dropped, a TCP reset). Bounds how long
     a disconnect, a ban, an eviction, an idle or ping timeout and node shutdown take, whatever
     the peer does (also the time given to writing a refusal during the hello)."""
-    max_outbound_requests: int = 1024
+    max_outbound_requests: int = _CORE.max_outbound_requests
     """Requests in flight per connection before ``request()`` waits."""
-    handshake_timeout: float = 5.0
+    handshake_timeout: float = _TRANSPORT.handshake_timeout
     """Seconds allowed for the Noise handshake, and as much again for the NodeInfo exchange
     that follows it (each phase has its own deadline; on a dial both are also cut short by the
     dial's remaining time)."""
@@ -81,36 +98,38 @@ class ConnectionConfig:
     dials, ``overlay dial``): connecting, the Noise handshake and the NodeInfo exchange together
     must finish within ``dial_timeout + handshake_timeout``. The peer manager's own dials use
     ``[peers] dial_timeout`` instead."""
-    max_pending_handshakes: int = 64
+    max_pending_handshakes: int = _TRANSPORT.max_pending_handshakes
     """Inbound connections allowed to be mid-handshake at once; more are closed at once, unless
     the newcomer's netgroup is under-represented among them: then the oldest pending handshake
     of the most represented netgroup is cut to make room."""
-    max_pending_handshakes_per_ip: int = 8
+    max_pending_handshakes_per_ip: int = _TRANSPORT.max_pending_handshakes_per_ip
     """Inbound connections from one IP (an IPv6 /64) allowed to be mid-handshake at once; more
     are closed at once. ``[peers] exempt_networks`` are exempt."""
-    max_pending_handshakes_per_netgroup: int = 16
+    max_pending_handshakes_per_netgroup: int = _TRANSPORT.max_pending_handshakes_per_netgroup
     """Inbound connections from one netgroup (an IPv4 /16, an IPv6 /32) allowed to be
     mid-handshake at once; more are closed at once. ``[peers] exempt_networks`` are exempt."""
 
     def __post_init__(self) -> None:
-        if not 64 <= self.max_frame_payload <= 65_507:
-            raise ConfigError("max_frame_payload", "must be between 64 and 65507 (the wire limit)")
+        # What the core and the transport check, they check once (same key names):
+        self.core_config()
+        self.transport_config()
+        # Stricter here than in the core, which also serves tests and embedders:
         if self.max_write_batch < 64:
             raise ConfigError("max_write_batch", "must be at least 64")
-        for key in ("send_rate", "recv_rate"):
-            _non_negative(key, getattr(self, key))
         for key in ("send_burst", "recv_burst", "compression_threshold"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, "must be at least 1")
-        for key in ("ping_interval", "idle_timeout", "close_timeout", "handshake_timeout",
-                    "dial_timeout"):
+        for key in ("ping_interval", "idle_timeout", "dial_timeout"):
             _positive(key, getattr(self, key))
-        if self.idle_timeout <= self.ping_interval:
-            raise ConfigError("idle_timeout", "must be longer than ping_interval")
-        for key in ("max_outbound_requests", "max_pending_handshakes",
-                    "max_pending_handshakes_per_ip", "max_pending_handshakes_per_netgroup"):
-            if getattr(self, key) < 1:
-                raise ConfigError(key, "must be at least 1")
+
+    def core_config(self) -> CoreConfig:
+        """The settings of each connection's sans-IO core (the fields of the same names)."""
+        return _project(CoreConfig, self)
+
+    def transport_config(self, exempt_networks: tuple[str, ...] = ()) -> TransportConfig:
+        """The settings of the node's transports (the fields of the same names);
+        ``exempt_networks`` comes from ``[peers]``."""
+        return _project(TransportConfig, self, exempt_networks=tuple(exempt_networks))
 
 
 @dataclass(frozen=True, slots=True)

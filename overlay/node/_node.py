@@ -38,12 +38,13 @@ import anyio.abc
 
 from overlay._version import __version__
 from overlay.address import NodeAddress, is_unspecified
-from overlay.connection._core import ConnectionCore, CoreConfig
+from overlay.connection._core import ConnectionCore
 from overlay.connection._driver import PeerConnection
 from overlay.connection._observer import NullObserver, Observer
 from overlay.connection._timers import TimerService
 from overlay.errors import (
     ChannelError,
+    ConnectFailure,
     DialError,
     HandshakeTimeout,
     IncompatiblePeerError,
@@ -91,7 +92,7 @@ log = logging.getLogger("overlay.node")
 M = TypeVar("M")
 R = TypeVar("R")
 
-Admission = Callable[[NodeId, str, bool], tuple[int, str] | None]
+Admission = Callable[[NodeId, str, bool], tuple[DisconnectReason, str] | None]
 """``(node_id, remote_host, outbound) -> None`` to admit, or ``(DisconnectReason, message)``."""
 
 
@@ -138,7 +139,7 @@ class PeerSummary:
             "software_version": conn.info.software_version,
             "listen_addrs": list(conn.info.listen_addrs),
             "channels": list(conn.info.channels),
-            "info_seq": conn.core.peer_info_seq,
+            "info_seq": conn.info_seq,
             "connected_since": conn.connected_at,
             "statistics": _stats_dict(stats),
         }
@@ -217,21 +218,19 @@ class Node:
         conf = self.config.connection
         tcp = [a for a in self.config.listen_addresses() if a.protocol == "tcp"]
         mem = [a for a in self.config.listen_addresses() if a.protocol == "memory"]
-        limits: dict[str, Any] = {
-            "handshake_timeout": conf.handshake_timeout,
-            "max_pending_handshakes": conf.max_pending_handshakes,
-            "max_pending_handshakes_per_ip": conf.max_pending_handshakes_per_ip,
-            "max_pending_handshakes_per_netgroup": conf.max_pending_handshakes_per_netgroup,
-            "exempt_networks": self.config.peers.exempt_networks,
-            "accept_gate": self._accept_gate,
-        }
+        transport_config = conf.transport_config(self.config.peers.exempt_networks)
+        gate = self._accept_gate
         transports: list[Transport] = []
         if tcp:
-            transports.append(TcpTransport(self.identity, tcp, **limits))
+            transports.append(
+                TcpTransport(self.identity, tcp, transport_config, accept_gate=gate)
+            )
         if mem:
             if self._memory_network is None:
                 raise LocalProtocolError("a memory: listen address needs memory_network=...")
-            transports.append(self._memory_network.transport(self.identity, **limits))
+            transports.append(
+                self._memory_network.transport(self.identity, transport_config, accept_gate=gate)
+            )
         return transports
 
     def _accept_gate(self, remote_host: str) -> bool:
@@ -309,8 +308,8 @@ class Node:
         with anyio.CancelScope(shield=True):
             conns = self.router.peers()
             for conn in conns:
-                conn._close_error = NodeClosed("the node is shutting down")
-                conn.close(DisconnectReason.SHUTDOWN, "node shutting down")
+                conn.close(DisconnectReason.SHUTDOWN, "node shutting down",
+                           error=NodeClosed("the node is shutting down"))
             # Each connection ends within close_timeout on its own (the timer task aborts it);
             # the margin only guards against a driver that could not run its finally block.
             with anyio.move_on_after(self.config.connection.close_timeout + 1.0):
@@ -448,8 +447,9 @@ class Node:
                 await pending.wait()
         if addr.node_id in self._dials:
             raise DialError(
-                f"a dial to {addr} already in progress did not finish within {limit:g} s"
-            ) from TimeoutError()
+                f"a dial to {addr} already in progress did not finish within {limit:g} s",
+                ConnectFailure.TIMEOUT,
+            )
         existing = self.router.get_peer(addr.node_id)
         if existing is not None and existing.is_open:
             return DialOutcome(addr.node_id, new=False)
@@ -461,7 +461,7 @@ class Node:
             hello_seq = self._info_seq
             remaining = deadline - anyio.current_time()  # after any wait for another dial
             if remaining <= 0:
-                raise DialError(f"no time left to dial {addr}") from TimeoutError()
+                raise DialError(f"no time left to dial {addr}", ConnectFailure.TIMEOUT)
             stream = await transport.dial(addr, timeout=remaining, first_data=hello)
             hello_limit = deadline - anyio.current_time()  # the caller's budget covers it all
             await self._tg.start(self._run_connection, stream, True, hello_limit, hello_seq)
@@ -512,23 +512,12 @@ class Node:
         conf = self.config.connection
         compression = conf.compression and "zstd" in remote.compression
         params = [channel_params(spec) for spec in self.router.channel_specs()]
-        core_config = CoreConfig(
-            max_frame_payload=conf.max_frame_payload,
-            max_write_batch=conf.max_write_batch,
-            send_rate=conf.send_rate,
-            send_burst=conf.send_burst,
-            recv_rate=conf.recv_rate,
-            recv_burst=conf.recv_burst,
-            compression_threshold=conf.compression_threshold,
-            ping_interval=conf.ping_interval,
-            idle_timeout=conf.idle_timeout,
-            close_timeout=conf.close_timeout,
-            max_outbound_requests=conf.max_outbound_requests,
-        )
-        return ConnectionCore(core_config, params, now=anyio.current_time(),
+        return ConnectionCore(conf.core_config(), params, now=anyio.current_time(),
                               compression=compression, peer_info=remote)
 
-    def _admit(self, node_id: NodeId, remote_host: str, outbound: bool) -> tuple[int, str] | None:
+    def _admit(
+        self, node_id: NodeId, remote_host: str, outbound: bool
+    ) -> tuple[DisconnectReason, str] | None:
         if node_id == self.node_id:
             return (DisconnectReason.SELF, "connected to ourselves")
         if self._closing:
@@ -565,14 +554,14 @@ class Node:
                 core.send_disconnect(problem[0], problem[1], now=anyio.current_time())
                 with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
                     await stream.send(core.data_to_send(anyio.current_time()))
-                raise IncompatiblePeerError(DisconnectReason.name(problem[0]), problem[1])
+                raise IncompatiblePeerError(problem[0].label, problem[1])
         else:
             remote = decode_node_info(await receive_hello(stream, buffer))
             problem = check_compatible(local, remote) or self._admit(node_id, remote_host, False)
             if problem is not None:
                 with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
                     await send_hello(stream, encode_hello_reply(problem))
-                raise IncompatiblePeerError(DisconnectReason.name(problem[0]), problem[1])
+                raise IncompatiblePeerError(problem[0].label, problem[1])
             await send_hello(stream, encode_hello_reply(local))
         return remote, bytes(buffer), None if outbound else local_seq
 
@@ -667,9 +656,7 @@ class Node:
         finally:
             self.router.remove_peer(conn)
             self._retire(conn)
-            reason = conn.close_reason or conn.remote_reason or (
-                "shutdown" if self._closing else "connection_closed"
-            )
+            reason = conn.end_reason or ("shutdown" if self._closing else "connection_closed")
             if self.router.get_peer(node_id) is None:
                 self.observer.on_peer_disconnected(node_id, reason)
                 log.info("disconnected from %s: %s", node_id, reason)

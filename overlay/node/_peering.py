@@ -15,7 +15,8 @@ The :class:`~overlay.peers.PeerManager` decides; this driver acts and reports ba
   (slow peers, invalid messages, protocol violations, rate limits, request outcomes, latency).
 
 Metrics (when the node exports them): the driver counts what it does - every dial it or the
-operator starts (:meth:`Peering.dial`), every failure by :func:`dial_failure_reason`, every
+operator starts (:meth:`Peering.dial`), every failure by
+:func:`~overlay.transport._failures.dial_failure_reason`, every
 connection it closes for the manager by reason - and exports what the manager decides on its
 own (bans, automatic or not, and evictions) by diffing ``PeerManager.counters()`` (O(1)) after
 each poll and after each fact that may ban or evict (:meth:`Peering.sync_metrics`).
@@ -28,30 +29,25 @@ import random
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 
 import anyio
 import anyio.abc
 
 from overlay.address import NodeAddress
 from overlay.connection._observer import Observer
+from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import (
-    AuthenticationError,
-    DialError,
-    HandshakeError,
-    IncompatiblePeerError,
     InvalidAddressError,
-    LocalProtocolError,
-    NetworkError,
-    NodeClosed,
     OverlayError,
     PeerStoreError,
-    RemoteProtocolError,
 )
 from overlay.identity import NodeId
 from overlay.node._node import Node
 from overlay.peers import (
+    Action,
     DialPeer,
+    DisconnectCause,
     DisconnectPeer,
     PeerManager,
     PeerManagerCounters,
@@ -60,67 +56,34 @@ from overlay.peers import (
     RefreshAddresses,
     ScoreEvent,
 )
+from overlay.transport._failures import (
+    DialFailureReason,
+    HandshakeFailureReason,
+    dial_failure_reason,
+)
 from overlay.wire._nodeinfo import DisconnectReason
 
 if TYPE_CHECKING:
     from overlay.operator._metrics import NodeMetrics
 
-__all__ = ["Peering", "dial_failure_reason", "wall_clock"]
+__all__ = ["Peering", "wall_clock"]
 
 wall_clock = time.time
 """The peer manager's clock: wall time, because its times outlive the process."""
 
 log = logging.getLogger("overlay.peering")
 
-_REASONS = {
-    "banned": DisconnectReason.BANNED,
-    "ip_banned": DisconnectReason.BANNED,
-    "evicted": DisconnectReason.EVICTED,
-    "upgrade": DisconnectReason.EVICTED,
-    "feeler": DisconnectReason.OPERATOR,
-    "operator": DisconnectReason.OPERATOR,
-    "self": DisconnectReason.SELF,
-    "duplicate": DisconnectReason.DUPLICATE,
-    "low_score": DisconnectReason.BANNED,
-}
-
-
-def dial_failure_reason(exc: BaseException) -> str:
-    """A short machine code for a failed dial: the ``reason`` reported to the peer manager
-    (which forgets an address on ``authentication``) and the label of the dial-failure metric.
-
-    ``refused``, ``unreachable`` (any other connect failure), ``timeout`` (connect or handshake
-    deadline), ``authentication`` (another identity answered), ``handshake``, ``protocol``, the
-    peer's refusal reason (``wrong_network``, ``too_many_peers``, ``banned``, ``duplicate``...),
-    ``connection`` (lost during the hello), ``node_closed``, ``local`` (e.g. dialing ourselves),
-    and ``internal`` for anything else (a bug).
-    """
-    if isinstance(exc, IncompatiblePeerError):
-        return exc.reason
-    if isinstance(exc, AuthenticationError):
-        return "authentication"
-    if isinstance(exc, TimeoutError):  # HandshakeTimeout, or the driver's own deadline
-        return "timeout"
-    if isinstance(exc, HandshakeError):
-        return "handshake"
-    if isinstance(exc, RemoteProtocolError):
-        return "protocol"
-    if isinstance(exc, DialError):
-        cause = exc.__cause__
-        while cause is not None:
-            if isinstance(cause, ConnectionRefusedError):
-                return "refused"
-            if isinstance(cause, TimeoutError):
-                return "timeout"
-            cause = cause.__cause__
-        return "unreachable"
-    if isinstance(exc, NodeClosed):
-        return "node_closed"
-    if isinstance(exc, NetworkError):
-        return "connection"
-    if isinstance(exc, LocalProtocolError):
-        return "local"
-    return "internal"
+def _disconnect_code(cause: DisconnectCause) -> DisconnectReason:
+    """The ``DisconnectReason`` told to a peer the manager asked to disconnect."""
+    match cause:
+        case DisconnectCause.BANNED | DisconnectCause.IP_BANNED | DisconnectCause.LOW_SCORE:
+            return DisconnectReason.BANNED
+        case DisconnectCause.EVICTED | DisconnectCause.UPGRADE:
+            return DisconnectReason.EVICTED
+        case DisconnectCause.FEELER | DisconnectCause.OPERATOR:
+            return DisconnectReason.OPERATOR
+        case _:
+            assert_never(cause)
 
 
 class Peering(Observer):
@@ -153,6 +116,7 @@ class Peering(Observer):
         self._tg: anyio.abc.TaskGroup | None = None
         node.gate = self._gate
         node.admission = self._admit
+        node.router.peer_table.set_score_source(self.score_of)
 
     def _now(self) -> float:
         # The manager's times are persisted (bans, scores, last seen), so it runs on wall time.
@@ -229,25 +193,27 @@ class Peering(Observer):
                 await self._persist(action)
         await anyio.to_thread.run_sync(self.store.close)
 
-    async def _execute(self, action: object) -> None:
-        if isinstance(action, DialPeer):
-            assert self._tg is not None
-            self._tg.start_soon(self._dial, action)
-        elif isinstance(action, DisconnectPeer):
-            conn = self.node.router.get_peer(action.node_id)
-            if conn is not None and conn.is_open:
-                code = _REASONS.get(action.reason, DisconnectReason.EVICTED if action.evict
-                                    else DisconnectReason.OPERATOR)
-                level = logging.DEBUG if action.reason == "feeler" else logging.INFO
-                log.log(level, "disconnecting %s: %s", action.node_id, action.reason,
-                        extra={"peer": action.node_id})
-                conn.close(code, action.reason)
-                if self.metrics is not None:
-                    self.metrics.peer_disconnected(action.reason)
-        elif isinstance(action, Persist):
-            await self._persist(action)
-        elif isinstance(action, RefreshAddresses):
-            log.debug("address book has no usable candidate (%s)", action.reason)
+    async def _execute(self, action: Action) -> None:
+        match action:
+            case DialPeer():
+                assert self._tg is not None
+                self._tg.start_soon(self._dial, action)
+            case DisconnectPeer():
+                conn = self.node.router.get_peer(action.node_id)
+                if conn is not None and conn.is_open:
+                    feeler = action.reason is DisconnectCause.FEELER
+                    level = logging.DEBUG if feeler else logging.INFO
+                    log.log(level, "disconnecting %s: %s", action.node_id, action.reason,
+                            extra={"peer": action.node_id})
+                    conn.close(_disconnect_code(action.reason), action.reason)
+                    if self.metrics is not None:
+                        self.metrics.peer_disconnected(action.reason)
+            case Persist():
+                await self._persist(action)
+            case RefreshAddresses():
+                log.debug("address book has no usable candidate (%s)", action.reason)
+            case _:
+                assert_never(action)
 
     async def _persist(self, action: Persist) -> None:
         if self.store is None:
@@ -268,7 +234,7 @@ class Peering(Observer):
         except Exception:  # task root: a bug in dialing must not take the node down
             log.exception("dialing %s failed unexpectedly", action.address,
                           extra={"peer": action.address.node_id})
-            self._dial_failed(action.address, "internal")
+            self._dial_failed(action.address, HandshakeFailureReason.INTERNAL)
 
     async def dial(self, address: NodeAddress, *, timeout: float | None = None) -> NodeId:
         """Dial ``address`` for the manager (a ``DialPeer``, or an operator dial the manager
@@ -294,7 +260,7 @@ class Peering(Observer):
         self.wake()
         return outcome.node_id
 
-    def _dial_failed(self, address: NodeAddress, reason: str) -> None:
+    def _dial_failed(self, address: NodeAddress, reason: DialFailureReason) -> None:
         if self.metrics is not None:
             self.metrics.dial_failed(reason)
         self.manager.dial_failed(address.node_id, address, self._now(), reason)
@@ -305,7 +271,9 @@ class Peering(Observer):
     def _gate(self, remote_host: str) -> bool:
         return self.manager.check_inbound(remote_host, self._now()).accepted
 
-    def _admit(self, node_id: NodeId, remote_host: str, outbound: bool) -> tuple[int, str] | None:
+    def _admit(
+        self, node_id: NodeId, remote_host: str, outbound: bool
+    ) -> tuple[DisconnectReason, str] | None:
         if outbound:
             return None
         decision = self.manager.accept_inbound(node_id, remote_host, self._now())
@@ -361,11 +329,24 @@ class Peering(Observer):
     def on_rate_limited(self, peer: NodeId, channel_id: int) -> None:
         self._penalize(peer, ScoreEvent.RATE_LIMIT_EXCEEDED, wake=False)
 
-    def on_request_done(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
-        if outcome == "ok":
-            self.manager.report(peer, ScoreEvent.USEFUL_RESPONSE, self._now())
-        elif outcome == "timeout":
-            self._penalize(peer, ScoreEvent.TIMEOUT, wake=False)
+    def on_request_done(
+        self, peer: NodeId, channel: str, seconds: float, outcome: AttemptOutcome
+    ) -> None:
+        match outcome:
+            case AttemptOutcome.OK:
+                self.manager.report(peer, ScoreEvent.USEFUL_RESPONSE, self._now())
+            case AttemptOutcome.TIMEOUT:
+                self._penalize(peer, ScoreEvent.TIMEOUT, wake=False)
+            case (AttemptOutcome.WOULD_BLOCK | AttemptOutcome.CANCELLED | AttemptOutcome.REFUSED
+                  | AttemptOutcome.ERROR | AttemptOutcome.NOT_CONNECTED | AttemptOutcome.CLOSED):
+                pass  # refusals and errors are answers; the rest is nobody's fault
+            case unreachable:
+                assert_never(unreachable)
+
+    def score_of(self, peer: NodeId) -> float | None:
+        """The peer manager's current score of ``peer`` (for the router's peer views)."""
+        snapshot = self.manager.peer(peer, self._now())
+        return None if snapshot is None else snapshot.score
 
     def on_latency(self, peer: NodeId, rtt: float) -> None:
         self.manager.record_latency(peer, rtt)

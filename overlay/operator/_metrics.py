@@ -81,6 +81,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from overlay.connection._observer import Observer
+from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import ConfigError
 from overlay.identity import NodeId
 from overlay.operator._http import (
@@ -417,8 +418,9 @@ class NodeMetrics:
         self._bans.labels(self._cap("bans", kind)).inc()
 
     def request_observed(self, channel: str, seconds: float, outcome: str) -> None:
-        """An outbound request finished after ``seconds`` with ``outcome`` (``ok``, ``error``,
-        ``timeout``, ``cancelled``)."""
+        """An attempt of an outbound request finished after ``seconds`` with ``outcome`` (an
+        :class:`~overlay.connection._outcome.AttemptOutcome` value: ``ok``, ``timeout``,
+        ``refused``, ``error``, ``closed``)."""
         channel = self._cap("channel", channel)
         if math.isfinite(seconds):
             self._request_duration.labels(channel).observe(max(0.0, seconds))
@@ -456,11 +458,15 @@ class MetricsObserver(Observer):
     def on_invalid_message(self, peer: NodeId, channel: str, reason: str) -> None:
         self.metrics.invalid_message(channel)
 
-    def on_request_done(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
-        self.metrics.request_observed(channel, seconds, outcome)
+    def on_request_done(
+        self, peer: NodeId, channel: str, seconds: float, outcome: AttemptOutcome
+    ) -> None:
+        self.metrics.request_observed(channel, seconds, outcome.value)
 
-    def on_request_served(self, peer: NodeId, channel: str, seconds: float, outcome: str) -> None:
-        self.metrics.request_served(channel, seconds, outcome)
+    def on_request_served(
+        self, peer: NodeId, channel: str, seconds: float, outcome: AttemptOutcome
+    ) -> None:
+        self.metrics.request_served(channel, seconds, outcome.value)
 
     def on_handshake_failed(self, direction: Direction, reason: HandshakeFailureReason) -> None:
         self.metrics.handshake_failed(direction, reason)

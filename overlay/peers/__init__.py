@@ -2,8 +2,11 @@
 SQLite peer store.
 
 The manager (:class:`PeerManager`) is sans-IO: feed it facts with the current wall-clock time,
-execute the actions ``poll`` returns (:class:`DialPeer`, :class:`DisconnectPeer`,
-:class:`Persist`, :class:`RefreshAddresses`), and sleep until ``next_deadline``. The store
+execute the actions ``poll`` returns (the closed union :data:`Action` of :class:`DialPeer`,
+:class:`DisconnectPeer`, :class:`Persist`, :class:`RefreshAddresses`: dispatch with ``match``
+and ``assert_never``), and sleep until ``next_deadline``. It is a facade over concept objects
+that own their state; its module docstring (``overlay.peers._manager``) is the theory of
+operation. The store
 (:class:`PeerStore`) is synchronous; run it in a worker thread.
 """
 
@@ -29,7 +32,9 @@ from overlay.peers._types import (
     Decision,
     DialPeer,
     DialPreference,
+    DialReason,
     Direction,
+    DisconnectCause,
     DisconnectPeer,
     OperatorPeer,
     PeerFlag,
@@ -55,7 +60,9 @@ __all__ = [
     "Decision",
     "DialPeer",
     "DialPreference",
+    "DialReason",
     "Direction",
+    "DisconnectCause",
     "DisconnectPeer",
     "LoadedState",
     "OperatorPeer",

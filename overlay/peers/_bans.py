@@ -11,15 +11,33 @@ Every automatic peer ban adds a *strike* to the IP the peer connected from; ``th
 strikes within ``window`` seconds ban the IP itself. The strike table is bounded
 (``MAX_STRIKE_KEYS``, oldest key dropped first) so a flood of distinct IPs cannot grow it, and
 so is the ban table (``MAX_IP_BANS``: the ban ending soonest is dropped first).
+
+:class:`BanList` is the manager's one place for bans of both kinds. A peer ban lives on the
+peer's record (``ban_until``, ``ban_reason``: persisted with it); an IP ban in :class:`IpBans`.
+Imposing a ban disconnects the peer (or every peer connected from the IP) through the agenda
+and asks for an urgent persist; an automatic peer ban also strikes the peer's IP (unless that
+IP is inside ``exempt_networks``). The list never decides *whether* to ban: the score does
+(``PeerManager.report``), or the operator.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from overlay.address import NodeAddress
+from overlay.identity import NodeId
+from overlay.peers._agenda import Agenda
+from overlay.peers._config import PeerManagerConfig
+from overlay.peers._conntable import ConnTable
+from overlay.peers._counters import Counters
+from overlay.peers._directory import PeerDirectory
+from overlay.peers._records import PeerRecord
 from overlay.peers._state import StoredIpBan
+from overlay.peers._types import BanEntry, BanKind, DisconnectCause
+from overlay.wire._netgroup import address_ip_key, ip_key
 
 __all__ = [
+    "BanList",
     "IpBan",
     "IpBans",
     "MAX_IP_BANS",
@@ -117,3 +135,89 @@ class IpBans:
         del self._bans[key]
         self.dirty.discard(key)
         self.deleted.add(key)
+
+
+class BanList:
+    """Peer bans (on the records) and IP bans (:class:`IpBans`), imposed and lifted."""
+
+    def __init__(
+        self,
+        config: PeerManagerConfig,
+        *,
+        directory: PeerDirectory,
+        table: ConnTable,
+        agenda: Agenda,
+        counters: Counters,
+    ) -> None:
+        self._config = config
+        self._directory = directory
+        self._table = table
+        self._agenda = agenda
+        self._counters = counters
+        self.ips = IpBans(threshold=config.ip_ban_threshold, window=config.ip_ban_window)
+
+    def ip_banned(self, ip: str, now: float) -> bool:
+        return self.ips.is_banned(ip_key(ip), now)
+
+    def address_banned(self, address: NodeAddress, now: float) -> bool:
+        return self.ips.is_banned(address_ip_key(address), now)
+
+    def ban_peer(
+        self, rec: PeerRecord, until: float, reason: str, now: float, *, automatic: bool
+    ) -> None:
+        rec.ban_until, rec.ban_reason = until, reason
+        self._counters.bans += 1
+        self._directory.touch(rec.node_id)
+        self._agenda.urgent = self._agenda.wake = True
+        self._agenda.disconnect(rec, DisconnectCause.BANNED)
+        ip = rec.conn.remote_ip if rec.conn is not None and rec.conn.remote_ip else rec.last_ip
+        if automatic and ip and not self._table.exempt_ip(ip):
+            key = ip_key(ip)
+            if self.ips.strike(key, now):
+                self.ban_ip_key(key, now + self._config.ban_duration, "repeated peer bans")
+
+    def ban_ip_key(self, key: str, until: float, reason: str) -> None:
+        self.ips.ban(key, until, reason)
+        self._counters.ip_bans += 1
+        self._agenda.urgent = self._agenda.wake = True
+        for rec in list(self._table.conns.values()):
+            if rec.conn is not None and rec.conn.remote_ip and ip_key(rec.conn.remote_ip) == key:
+                self._agenda.disconnect(rec, DisconnectCause.IP_BANNED)
+
+    def unban_peer(self, node_id: NodeId, now: float) -> bool:
+        """Lift a peer ban; True when an active ban was lifted."""
+        rec = self._directory.get(node_id)
+        if rec is None or rec.ban_until is None:
+            return False
+        active = rec.banned(now)
+        rec.ban_until, rec.ban_reason = None, ""
+        self._directory.touch(node_id)
+        self._agenda.urgent = self._agenda.wake = True
+        return active
+
+    def unban_ip(self, ip: str) -> bool:
+        removed = self.ips.unban(ip_key(ip))
+        self._agenda.urgent = self._agenda.urgent or removed
+        return removed
+
+    def expire(self, now: float) -> None:
+        """Forget ended peer bans, ended IP bans and stale strikes."""
+        for rec in self._directory:
+            if rec.ban_until is not None and rec.ban_until <= now:
+                rec.ban_until, rec.ban_reason = None, ""
+                self._directory.touch(rec.node_id)
+        self.ips.expire(now)
+
+    def entries(self, now: float) -> list[BanEntry]:
+        """Every active ban, peers and IPs, ending soonest first."""
+        out = [
+            BanEntry(BanKind.PEER, rec.node_id, rec.ban_until, rec.ban_reason)
+            for rec in self._directory
+            if rec.ban_until is not None and rec.banned(now)
+        ]
+        out.extend(
+            BanEntry(BanKind.IP, ban.ip, ban.until, ban.reason)
+            for ban in self.ips.bans()
+            if ban.until > now
+        )
+        return sorted(out, key=lambda b: (b.until, b.kind, b.target))

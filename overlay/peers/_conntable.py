@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from overlay.address import NodeAddress
 from overlay.identity import NodeId
 from overlay.peers._records import Conn, PeerRecord, PendingDial
-from overlay.peers._types import Direction, PeerFlag
+from overlay.peers._types import DialReason, Direction, PeerFlag
 from overlay.wire._netgroup import IpNetworks, address_netgroup, in_networks, ip_key, netgroup
 
 __all__ = ["ConnTable"]
@@ -96,7 +96,7 @@ class ConnTable:
             1
             for rec in self.dials.values()
             if rec.dial is not None
-            and rec.dial.reason not in ("feeler", "upgrade")
+            and rec.dial.reason not in (DialReason.FEELER, DialReason.UPGRADE)
             and not rec.has(PeerFlag.UNCONDITIONAL)
         )
 
@@ -104,15 +104,17 @@ class ConnTable:
         return sum(
             1
             for rec in self.dials.values()
-            if rec.dial is not None and rec.dial.reason == "upgrade"
+            if rec.dial is not None and rec.dial.reason is DialReason.UPGRADE
         )
 
     # -- changes --------------------------------------------------------------------------------
 
-    def start_dial(self, rec: PeerRecord, address: NodeAddress, reason: str, now: float) -> None:
+    def start_dial(
+        self, rec: PeerRecord, address: NodeAddress, reason: DialReason, now: float
+    ) -> None:
         group: str | None = None
         if (
-            reason != "feeler"
+            reason is not DialReason.FEELER
             and not rec.has(PeerFlag.UNCONDITIONAL)
             and not self.exempt_address(address)
         ):

@@ -7,8 +7,9 @@ Bitcoin Core's ``SelectNodeToEvict``. An attacker can make many connections, but
 at once in many netgroups, fast, useful and long-connected, so peers that excel at any of those
 are shielded, in this order:
 
-1. peers flagged persistent or unconditional, and every peer an outside
-   :class:`~overlay.peers.ProtectionHook` names (e.g. the carriers of a scarce capability);
+1. protected peers (:mod:`overlay.peers._protection`): flagged persistent or unconditional,
+   named by an outside policy (``set_protected`` / ``protect``: e.g. the routing policy
+   engine's keepers of a scarce capability), or by a :class:`~overlay.peers.ProtectionHook`;
 2. netgroup diversity: one peer (the longest-connected) from each of ``protect_netgroups`` (4)
    netgroups, the netgroups chosen by a keyed hash so an attacker cannot aim for them;
 3. the ``protect_low_latency`` (8) peers with the lowest measured latency;
@@ -23,6 +24,11 @@ members it protects.
 
 **Outbound eviction** (an upgrade dial succeeded and the outbound slots overflow) drops the
 lowest-ranked unprotected outbound peer (ties: the highest latency, then the youngest).
+
+The :class:`Evictor` describes the live connections of the connection table as candidates
+(scores from the scorer, netgroup order from the address book's secret key, protection from
+:class:`~overlay.peers._protection.Protection`) and asks the pure functions above; it decides,
+it does not disconnect (the manager does, through its agenda).
 """
 
 from __future__ import annotations
@@ -32,8 +38,15 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from overlay.identity import NodeId
+from overlay.peers._addrbook import AddressBook
+from overlay.peers._config import PeerManagerConfig
+from overlay.peers._conntable import ConnTable
+from overlay.peers._protection import Protection
+from overlay.peers._records import PeerRecord
+from overlay.peers._scoring import Scorer
+from overlay.wire._netgroup import netgroup
 
-__all__ = ["EvictionCandidate", "select_inbound_victim", "select_outbound_victim"]
+__all__ = ["EvictionCandidate", "Evictor", "select_inbound_victim", "select_outbound_victim"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +134,65 @@ def select_outbound_victim(
         key=lambda c: (rank.get(c.node_id, c.score), -_latency(c), -c.connected_since, c.node_id),
     )
     return victim.node_id
+
+
+class Evictor:
+    """Chooses the inbound or outbound peer to evict among the table's live connections."""
+
+    def __init__(
+        self,
+        config: PeerManagerConfig,
+        *,
+        table: ConnTable,
+        book: AddressBook,
+        scorer: Scorer,
+        protection: Protection,
+    ) -> None:
+        self._config = config
+        self._table = table
+        self._book = book
+        self._scorer = scorer
+        self._protection = protection
+
+    def _candidate(self, rec: PeerRecord, now: float) -> EvictionCandidate:
+        conn = rec.conn
+        assert conn is not None
+        group = conn.in_group or conn.out_group
+        if group is None:
+            group = netgroup(conn.remote_ip) if conn.remote_ip else f"peer:{rec.node_id}"
+        return EvictionCandidate(
+            node_id=rec.node_id,
+            netgroup=group,
+            group_key=self._book.keyed_group_hash(group),
+            connected_since=conn.since,
+            latency=rec.latency,
+            last_useful=rec.last_useful,
+            score=self._scorer.score(rec, now),
+        )
+
+    def _protected(self, recs: list[PeerRecord], now: float) -> set[NodeId]:
+        return self._protection.shielded(recs, lambda r: self._scorer.snapshot(r, now))
+
+    def inbound_victim(self, now: float) -> NodeId | None:
+        recs = list(self._table.live("inbound"))
+        c = self._config
+        return select_inbound_victim(
+            [self._candidate(r, now) for r in recs],
+            protected=self._protected(recs, now),
+            protect_netgroups=c.protect_netgroups,
+            protect_low_latency=c.protect_low_latency,
+            protect_recently_useful=c.protect_recently_useful,
+            protect_longest_connected=c.protect_longest_connected,
+        )
+
+    def outbound_victim(self, now: float, *, keep_upgrades: bool) -> NodeId | None:
+        recs = [
+            r
+            for r in self._table.live("outbound")
+            if not (keep_upgrades and r.conn is not None and r.conn.upgrade)
+        ]
+        return select_outbound_victim(
+            [self._candidate(r, now) for r in recs],
+            protected=self._protected(recs, now),
+            rank={r.node_id: self._scorer.rank(r, now) for r in recs},
+        )

@@ -52,59 +52,220 @@ Invariants (checked by the tests after random event sequences):
 * all state is bounded: the address book by its buckets, peer records by
   ``max_peer_records``, IP bans and strikes by fixed caps; ``check_inbound`` allocates nothing.
 
+* peers protected by name (``set_protected`` / ``protect``), by a ``ProtectionHook`` or by the
+  persistent / unconditional flags are never chosen for eviction, and their records are never
+  pruned; protection does not stop bans, score disconnects or operator disconnects.
+
 Persistence: changed records are marked dirty; ``poll`` emits one ``Persist`` with the batch at
 most every ``persist_interval`` seconds, and at the next poll after a ban or operator action.
+
+Composition
+-----------
+:class:`PeerManager` is a thin facade over concept objects, each owning its state (one object
+per concept, wired here and nowhere else; none of them knows the facade)::
+
+    PeerManager ── PeerDirectory   records by node id, the dirty set, bounded growth (_directory)
+               ├── AddressBook     new/tried buckets, anti-eclipse placement (_addrbook)
+               ├── ConnTable       live connections, dials in flight, limit counters (_conntable)
+               ├── BanList         peer bans (on records) and IP bans + strikes (_bans)
+               ├── Scorer          score decay/events, latency, the outside ranking (_scoring)
+               ├── Protection      named protected sets and protection hooks (_protection)
+               ├── Evictor         inbound / outbound victim choice (_eviction)
+               ├── Admission       pre-/post-handshake inbound decisions (_admission)
+               ├── AddressIntake   which addresses are stored and which shared (_intake)
+               ├── Lifecycle       dial outcomes, connections up and gone (_lifecycle)
+               ├── OperatorSurface seeds, persistent peers, dial_now queue (_operator)
+               ├── DialPlanner     dial priorities, feeler/upgrade schedule, backoff (_planner)
+               ├── ChangeLog       Persist batches from the three stored concepts (_persistence)
+               ├── Agenda          disconnects decided between polls; wake/urgent (_agenda)
+               └── Counters        cumulative counters (_counters)
+
+The facade turns facts into calls on those objects, keeps the clock it was last given
+(``_now``, ``_last_poll``) and the maintenance schedule, and assembles ``poll``'s actions in a
+fixed order: queued disconnects (still connected), dials, ``RefreshAddresses``, ``Persist``.
+Cross-object invariants: a record's ``conn`` / ``dial`` is set only through the ``ConnTable``
+(so its counters match the records); every decided disconnect goes through the ``Agenda`` (so a
+connection is asked to close at most once); the ``OperatorSurface`` lists mirror the records'
+flags; only ``ChangeLog`` clears dirty marks (restoring from the store marks nothing dirty).
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from collections import deque
+import random
+from collections.abc import Iterable
 
 from overlay.address import NodeAddress
-from overlay.errors import InvalidAddressError, LocalProtocolError
+from overlay.errors import ConfigError, InvalidAddressError, LocalProtocolError
 from overlay.identity import NodeId, parse_node_id
 from overlay.peers._addrbook import AddressBook
-from overlay.peers._core import DIAL_GRACE
-from overlay.peers._planner import ManagerPlanner
-from overlay.peers._scoring import apply_event
+from overlay.peers._admission import Admission
+from overlay.peers._agenda import Agenda
+from overlay.peers._bans import BanList
+from overlay.peers._config import PeerManagerConfig
+from overlay.peers._conntable import ConnTable
+from overlay.peers._counters import Counters
+from overlay.peers._directory import MAX_CAPABILITY_RECORD_BYTES, PeerDirectory
+from overlay.peers._eviction import Evictor
+from overlay.peers._intake import AddressIntake
+from overlay.peers._lifecycle import Lifecycle
+from overlay.peers._operator import OperatorSurface
+from overlay.peers._persistence import ChangeLog
+from overlay.peers._planner import DIAL_TICK, DialPlanner
+from overlay.peers._protection import Protection
+from overlay.peers._records import PeerRecord
+from overlay.peers._scoring import Scorer
+from overlay.peers._state import LoadedState, StoreChanges
 from overlay.peers._types import (
     Action,
     BanEntry,
-    BanKind,
     Decision,
     DialPreference,
-    DisconnectPeer,
+    DisconnectCause,
     OperatorPeer,
     PeerFlag,
+    PeerManagerCounters,
+    PeerManagerStatistics,
     PeerSnapshot,
     ProtectionHook,
-    RefreshAddresses,
     ScoreEvent,
-    ScoreRecord,
     Source,
 )
-from overlay.wire._netgroup import address_ip_key, ip_key, parse_ip
+from overlay.wire._netgroup import ip_key, parse_ip
 
-__all__ = ["MAX_CAPABILITY_RECORD_BYTES", "PeerManager"]
+__all__ = ["MAINTENANCE_INTERVAL", "MAX_CAPABILITY_RECORD_BYTES", "PeerManager"]
 
-_log = logging.getLogger(__name__)
-
-_DIAL_TICK = 1.0  # retry filling free outbound slots this often
-_STARVED_TICK = 5.0  # ...or this often when the address book had no candidate
-_LATENCY_ALPHA = 0.25  # EWMA weight of a new RTT sample
-_RUNTIME_FLAGS = frozenset({PeerFlag.PERSISTENT, PeerFlag.PRIVATE})
-MAX_CAPABILITY_RECORD_BYTES = 4096
-"""Largest opaque capability record the manager keeps per peer."""
+MAINTENANCE_INTERVAL = 60.0
+"""Ban expiry, tried-collision resolution and record pruning run this often."""
 
 
-class PeerManager(ManagerPlanner):
+class PeerManager:
     """Holds every known peer and decides, given facts and the time, what the driver does.
 
     Construct with ``PeerManager(config, self_id, now=..., rng=..., secret=...,
-    store_state=...)``; see the module docstring for the protocol.
+    store_state=...)``; see the module docstring for the protocol and the composition.
     """
+
+    def __init__(
+        self,
+        config: PeerManagerConfig,
+        self_id: NodeId,
+        *,
+        now: float,
+        rng: random.Random,
+        secret: bytes,
+        store_state: LoadedState | None = None,
+    ) -> None:
+        if len(secret) < 16:
+            raise ConfigError("secret", "the address-book secret must be at least 16 bytes")
+        if store_state is not None and store_state.secret != secret:
+            raise ConfigError("secret", "differs from the store's secret; pass its .secret")
+        self._config = config
+        self._self_id = self_id
+        self._now = self._last_poll = now
+        self._next_maintenance = now + MAINTENANCE_INTERVAL
+        self._counters = Counters()
+        self._agenda = Agenda()
+        self._protection = Protection(max_per_source=config.max_peer_records)
+        self._book = AddressBook(config, secret, rng)
+        self._peers = PeerDirectory(config, self_id, pinned=self._pinned)
+        self._table = ConnTable(config.exempt())
+        self._scorer = Scorer(config)
+        self._bans = BanList(
+            config, directory=self._peers, table=self._table, agenda=self._agenda,
+            counters=self._counters,
+        )
+        self._operator = OperatorSurface(
+            config, directory=self._peers, table=self._table, bans=self._bans,
+            agenda=self._agenda, counters=self._counters,
+        )
+        self._evictor = Evictor(
+            config, table=self._table, book=self._book, scorer=self._scorer,
+            protection=self._protection,
+        )
+        self._planner = DialPlanner(
+            config, rng=rng, now=now, directory=self._peers, book=self._book,
+            table=self._table, bans=self._bans, scorer=self._scorer, evictor=self._evictor,
+            operator=self._operator, agenda=self._agenda, counters=self._counters,
+        )
+        self._intake = AddressIntake(
+            config, rng=rng, directory=self._peers, book=self._book, bans=self._bans,
+            scorer=self._scorer, agenda=self._agenda,
+        )
+        self._admission = Admission(
+            config, directory=self._peers, table=self._table, bans=self._bans,
+            scorer=self._scorer, evictor=self._evictor, agenda=self._agenda,
+            counters=self._counters,
+        )
+        self._lifecycle = Lifecycle(
+            config, directory=self._peers, book=self._book, table=self._table,
+            bans=self._bans, intake=self._intake, planner=self._planner, agenda=self._agenda,
+            counters=self._counters,
+        )
+        self._changes = ChangeLog(
+            config, directory=self._peers, book=self._book, ip_bans=self._bans.ips,
+            agenda=self._agenda, counters=self._counters, now=now,
+        )
+        if store_state is not None:
+            self._restore(store_state)
+        self._apply_config(now)
+
+    # -- wiring -----------------------------------------------------------------------------------
+
+    def _pinned(self) -> set[NodeId]:
+        """Records the directory must keep: in the address book, an operator dial, protected."""
+        pinned = {entry.address.node_id for entry in self._book.entries()}
+        pinned |= self._operator.pinned()
+        pinned |= self._protection.pinned
+        return pinned
+
+    def _restore(self, state: LoadedState) -> None:
+        for rec in self._peers.restore(state.peers):
+            self._operator.restore(rec)
+        self._book.restore(state.addresses)
+        for entry in self._book.entries():
+            node_id = entry.address.node_id
+            if node_id == self._self_id:
+                self._book.remove(entry.address)
+            elif node_id not in self._peers:
+                rec = self._peers.ensure(node_id, entry.source, entry.added)
+                rec.last_seen = entry.last_seen
+                rec.remember_address(entry.address, self._config.max_addresses_per_peer)
+        self._bans.ips.restore(state.ip_bans)
+        self._peers.dirty.clear()
+
+    def _apply_config(self, now: float) -> None:
+        for address in self._config.persistent_addresses():
+            if address.node_id == self._self_id:
+                continue
+            self._book.add(
+                address, source="config", source_group="local:config", now=now,
+                limit_source=False,
+            )
+            self._operator.configure_persistent(address, now)
+        for node_id in self._peers.unconditional | self._peers.private:
+            if node_id != self._self_id:
+                self._peers.ensure(node_id, "config", now)
+        for address in self._config.seed_addresses():
+            if self._intake.learn(address, "seed", now):
+                self._operator.configure_seed(address.node_id)
+
+    # -- internals shared by several facts -----------------------------------------------------
+
+    def _ban(self, rec: PeerRecord, until: float, reason: str, now: float, *,
+             automatic: bool) -> None:
+        self._operator.take_dial(rec.node_id)
+        self._bans.ban_peer(rec, until, reason, now, automatic=automatic)
+
+    def _maintenance(self, now: float) -> None:
+        self._next_maintenance = now + MAINTENANCE_INTERVAL
+        self._bans.expire(now)
+        for rec in self._table.conns.values():
+            conn = rec.conn
+            if conn is not None and conn.address is not None and not conn.feeler:
+                self._book.good(conn.address, now)
+        self._book.resolve_collisions(now)
+        if len(self._peers) > self._config.max_peer_records:
+            self._peers.prune(now)
 
     # -- facts: addresses -------------------------------------------------------------------
 
@@ -116,102 +277,32 @@ class PeerManager(ManagerPlanner):
         peer record, and seeds are dialed from there when the address book has no candidate.
         """
         self._now = now
-        return self._learn(address, source, now)
+        return self._intake.learn(address, source, now)
 
     # -- facts: inbound -----------------------------------------------------------------------
 
     def check_inbound(self, remote_ip: str, now: float) -> Decision:
         """Before the handshake: IP bans and per-IP / per-netgroup limits. O(1), no state."""
-        reason = self._ip_rejection(remote_ip, now)
-        if reason is not None:
-            return self._reject(reason)
-        return Decision(True, "ok")
+        return self._admission.check(remote_ip, now)
 
     def accept_inbound(self, node_id: NodeId, remote_ip: str, now: float) -> Decision:
         """After the handshake: bans, duplicates, capacity (maybe evicting a peer)."""
         self._now = now
-        if node_id == self._self_id:
-            return self._reject("self")
-        rec = self._records.get(node_id)
-        unconditional = node_id in self._unconditional
-        if rec is not None and rec.banned(now):
-            return self._reject("banned")
-        if not unconditional:
-            reason = self._ip_rejection(remote_ip, now)
-            if reason is not None:
-                return self._reject(reason)
-        if rec is not None and rec.conn is not None:
-            return self._reject("duplicate")
-        if (
-            rec is not None
-            and not unconditional
-            and self._score(rec, now) <= self._config.disconnect_score
-        ):
-            return self._reject("low_score")
-        victim: NodeId | None = None
-        if not unconditional and self._table.inbound_used() >= self._config.max_inbound:
-            victim = self._inbound_victim(now)
-            if victim is None:
-                return self._reject("full")
-            self._disconnect(self._records[victim], "evicted", evict=True)
-            self._stats.evictions += 1
-        rec = self._ensure(node_id, "inbound", now)
-        self._table.attach(rec, "inbound", remote_ip=remote_ip, address=None, now=now)
-        rec.last_seen = max(rec.last_seen, now)
-        self._dirty.add(node_id)
-        self._stats.inbound_accepted += 1
-        return Decision(True, "ok", victim)
+        return self._admission.accept(node_id, remote_ip, now)
 
     # -- facts: dials and connections ------------------------------------------------------------
 
     def dial_succeeded(self, node_id: NodeId, address: NodeAddress, now: float) -> None:
         """The dial to ``address`` completed its handshake: the peer is connected outbound."""
         self._now = now
-        if address.node_id != node_id:
-            raise LocalProtocolError(f"dial_succeeded: {address} is not an address of {node_id}")
-        rec = self._ensure(node_id, "outbound", now)
-        dial = self._table.finish_dial(rec)
-        feeler = dial is not None and dial.reason == "feeler"
-        upgrade = dial is not None and dial.reason == "upgrade"
-        if dial is not None:
-            self._stats.dials_succeeded += 1
-        rec.failures = 0
-        rec.next_dial = min(rec.next_dial, now)
-        rec.last_seen = max(rec.last_seen, now)
-        self._store_verified(rec, address, now)
-        if feeler:
-            self._book.resolve_collisions(now)
-        self._dirty.add(node_id)
-        self._wake = True
-        if rec.conn is not None:
-            return
-        self._table.attach(
-            rec,
-            "outbound",
-            remote_ip=None,
-            address=address,
-            now=now,
-            feeler=feeler,
-            upgrade=upgrade,
-            planned=dial is not None,
-        )
-        if rec.banned(now):
-            self._disconnect(rec, "banned")
-        elif feeler:
-            self._disconnect(rec, "feeler")
+        self._lifecycle.dial_succeeded(node_id, address, now)
 
     def dial_failed(self, node_id: NodeId, address: NodeAddress, now: float, reason: str) -> None:
         """The dial to ``address`` failed (``reason``: e.g. ``refused``, ``timeout``; a reason
         mentioning ``auth`` - the peer there proved another identity - also forgets the
         address, unless it is the configured address of a persistent/operator peer)."""
         self._now = now
-        rec = self._records.get(node_id)
-        if rec is None or rec.dial is None or rec.dial.address != address:
-            return
-        dial = self._table.finish_dial(rec)
-        self._dial_failure(
-            rec, address, now, reason, feeler=dial is not None and dial.reason == "feeler"
-        )
+        self._lifecycle.dial_failed(node_id, address, now, reason)
 
     def connected(
         self,
@@ -229,99 +320,40 @@ class PeerManager(ManagerPlanner):
         dialed (if a dial is pending) is what counts as the successful one.
         """
         self._now = now
-        rec = self._records.get(node_id)
-        if outbound and (rec is None or rec.conn is None):
-            # Only the address of our pending dial proves anything; the peer's advertised
-            # ``address`` is learned below as its own claim, never stored as verified.
-            dialed = rec.dial.address if rec is not None and rec.dial is not None else None
-            if dialed is not None and dialed.node_id == node_id:
-                self.dial_succeeded(node_id, dialed, now)
-            else:
-                rec = self._ensure(node_id, "outbound", now)
-                self._table.attach(
-                    rec, "outbound", remote_ip=None, address=None, now=now, planned=False
-                )
-        elif rec is None or rec.conn is None:
-            rec = self._ensure(node_id, "inbound", now)
-            self._table.attach(rec, "inbound", remote_ip=remote_ip, address=None, now=now)
-        rec = self._records[node_id]
-        conn = rec.conn
-        assert conn is not None
-        if remote_ip:
-            if conn.remote_ip is None:
-                conn.remote_ip = remote_ip
-            rec.last_ip = remote_ip
-            if self._bans.is_banned(ip_key(remote_ip), now):
-                self._disconnect(rec, "ip_banned")
-        rec.last_seen = max(rec.last_seen, now)
-        self._dirty.add(node_id)
-        if address is not None and address.node_id == node_id:
-            # Its own listen address: gossip from itself, attributed to its netgroup.
-            self._learn(address, node_id, now)
+        self._lifecycle.connected(
+            node_id, outbound=outbound, address=address, remote_ip=remote_ip, now=now
+        )
 
     def disconnected(self, node_id: NodeId, now: float, *, reason: str) -> None:
         """The connection to ``node_id`` is gone (``reason`` is informational)."""
         self._now = now
-        rec = self._records.get(node_id)
-        if rec is None or rec.conn is None:
-            return
-        self._table.detach(rec)
-        self._queued = [
-            a for a in self._queued if not (isinstance(a, DisconnectPeer) and a.node_id == node_id)
-        ]
-        rec.last_seen = max(rec.last_seen, now)
-        rec.next_dial = max(rec.next_dial, now + self._config.disconnect_cooldown)
-        self._dirty.add(node_id)
-        self._wake = True
-        _log.debug("peer %s disconnected: %s", node_id, reason)
+        self._lifecycle.disconnected(node_id, now, reason=reason)
 
     # -- facts: behaviour -------------------------------------------------------------------------
 
     def report(self, node_id: NodeId, event: ScoreEvent, now: float) -> None:
         """Apply a score event; may disconnect or ban the peer. Unknown peers are ignored."""
         self._now = now
-        rec = self._records.get(node_id)
+        rec = self._peers.get(node_id)
         if rec is None:
             return
         c = self._config
-        score, delta = apply_event(
-            rec.score,
-            rec.score_time,
-            now,
-            event,
-            half_life=c.score_half_life,
-            min_score=c.min_score,
-            max_score=c.max_score,
-        )
-        rec.score, rec.score_time = score, now
-        if rec.events is None:
-            rec.events = deque(maxlen=c.score_events_kept)
-        rec.events.append(ScoreRecord(now, event, delta, score))
-        if event is ScoreEvent.USEFUL_RESPONSE:
-            rec.last_useful = now
-        self._dirty.add(node_id)
+        score = self._scorer.apply(rec, event, now)
+        self._peers.touch(node_id)
         trusted = rec.has(PeerFlag.PERSISTENT) or rec.has(PeerFlag.UNCONDITIONAL)
         if score <= c.ban_score and not trusted and not rec.banned(now):
             self._ban(rec, now + c.ban_duration, f"score:{event.value}", now, automatic=True)
         elif score <= c.disconnect_score and rec.conn is not None:
-            if self._disconnect(rec, "low_score"):
-                self._stats.score_disconnects += 1
+            if self._agenda.disconnect(rec, DisconnectCause.LOW_SCORE):
+                self._counters.score_disconnects += 1
 
     def record_latency(self, node_id: NodeId, rtt: float) -> None:
         """A round-trip-time sample (seconds) for ``node_id``; smoothed (EWMA)."""
-        if not math.isfinite(rtt) or rtt < 0:
-            raise LocalProtocolError(f"rtt must be a finite non-negative number, got {rtt!r}")
-        rec = self._records.get(node_id)
-        if rec is None:
-            return
-        if rec.latency is None:
-            rec.latency = rtt
-        else:
-            rec.latency += _LATENCY_ALPHA * (rtt - rec.latency)
+        self._scorer.record_latency(self._peers.get(node_id), rtt)
 
     def mark_useful(self, node_id: NodeId, now: float) -> None:
         """The peer just did something useful (protects it from inbound eviction)."""
-        rec = self._records.get(node_id)
+        rec = self._peers.get(node_id)
         if rec is not None:
             rec.last_useful = now
 
@@ -347,37 +379,7 @@ class PeerManager(ManagerPlanner):
         typed address is dropped; a persistent peer then keeps the address it was reached at.
         """
         self._now = now
-        node_id = address.node_id
-        if node_id == self._self_id:
-            return Decision(False, "self")
-        if address.unspecified:
-            return Decision(False, "unspecified")
-        rec = self._records.get(node_id)
-        if rec is not None and rec.banned(now):
-            return Decision(False, "banned")
-        if self._bans.is_banned(address_ip_key(address), now):
-            return Decision(False, "ip_banned")
-        rec = self._ensure(node_id, "operator", now)
-        if persistent:
-            rec.saved_flags.add(PeerFlag.PERSISTENT)
-            self._persistent[node_id] = None
-        self._mark_urgent(node_id)
-        if rec.conn is not None:
-            if persistent and rec.dial_address is None:
-                live = rec.conn.address or (rec.addresses[0] if rec.addresses else None)
-                rec.dial_address = live
-            return Decision(True, "connected")
-        if persistent:
-            rec.remember_address(address, self._config.max_addresses_per_peer)
-            rec.dial_address = address
-        rec.next_dial = now
-        if not execute:
-            if rec.dial is None:
-                self._table.start_dial(rec, address, "operator", now)
-                self._stats.dials_started += 1
-        elif not persistent and rec.dial is None:
-            self._operator_dials[node_id] = address
-        return Decision(True, "ok")
+        return self._operator.dial_now(address, persistent=persistent, now=now, execute=execute)
 
     def ban_peer(self, node_id: NodeId, until: float, reason: str, now: float) -> None:
         """Ban ``node_id`` until ``until`` (disconnecting it); persisted at the next poll."""
@@ -387,18 +389,13 @@ class PeerManager(ManagerPlanner):
         if not until > now:
             raise LocalProtocolError("a ban must end in the future")
         self._now = now
-        self._ban(self._ensure(node_id, "operator", now), until, reason, now, automatic=False)
+        self._ban(self._peers.ensure(node_id, "operator", now), until, reason, now,
+                  automatic=False)
 
     def unban_peer(self, node_id: NodeId, now: float) -> bool:
         """Lift a peer ban; True when an active ban was lifted."""
         self._now = now
-        rec = self._records.get(node_id)
-        if rec is None or rec.ban_until is None:
-            return False
-        active = rec.banned(now)
-        rec.ban_until, rec.ban_reason = None, ""
-        self._mark_urgent(node_id)
-        return active
+        return self._bans.unban_peer(node_id, now)
 
     def ban_ip(self, ip: str, until: float, reason: str, now: float) -> None:
         """Ban an IPv4 address or the /64 of an IPv6 address; disconnects its peers."""
@@ -407,23 +404,18 @@ class PeerManager(ManagerPlanner):
         if not until > now:
             raise LocalProtocolError("a ban must end in the future")
         self._now = now
-        self._ban_ip_key(ip_key(ip), until, reason)
+        self._bans.ban_ip_key(ip_key(ip), until, reason)
 
     def unban_ip(self, ip: str, now: float) -> bool:
         """Lift an IP ban (the /64 for IPv6); True when one was lifted."""
         self._now = now
-        removed = self._bans.unban(ip_key(ip))
-        self._urgent = self._urgent or removed
-        return removed
+        return self._bans.unban_ip(ip)
 
     def add_seed(self, address: NodeAddress, now: float) -> bool:
         """Add a bootstrap address (source ``seed``)."""
         kept = self.add_address(address, source="seed", now=now)
-        rec = self._records.get(address.node_id)
-        if kept and rec is not None:
-            rec.saved_flags.add(PeerFlag.SEED)
-            self._seeds[address.node_id] = None
-            self._mark_urgent(address.node_id)
+        if kept:
+            self._operator.add_seed(address.node_id)
         return kept
 
     def remove_seed(self, node_id: NodeId, now: float) -> bool:
@@ -431,43 +423,16 @@ class PeerManager(ManagerPlanner):
         as a fallback seed, unless the configuration names it too. The address stays in the
         address book. False when no operator-set seed flag was there."""
         self._now = now
-        rec = self._records.get(node_id)
-        if rec is None or PeerFlag.SEED not in rec.saved_flags:
-            return False
-        rec.saved_flags.discard(PeerFlag.SEED)
-        if PeerFlag.SEED not in rec.config_flags:
-            self._seeds.pop(node_id, None)
-        self._mark_urgent(node_id)
-        return True
+        return self._operator.remove_seed(node_id)
 
     def disconnect_peer(self, node_id: NodeId, now: float) -> bool:
         """Operator disconnect: the peer is not redialed before ``disconnect_cooldown``."""
         self._now = now
-        rec = self._records.get(node_id)
-        if rec is None or rec.conn is None:
-            return False
-        rec.next_dial = max(rec.next_dial, now + self._config.disconnect_cooldown)
-        return self._disconnect(rec, "operator")
+        return self._operator.disconnect(node_id, now)
 
     def set_flag(self, node_id: NodeId, flag: PeerFlag, enabled: bool, now: float) -> None:
         """Set or clear an operator flag (``persistent`` or ``private``) on a known peer."""
-        if flag not in _RUNTIME_FLAGS:
-            raise LocalProtocolError(f"flag {flag.value!r} can only be set in the configuration")
-        rec = self._records.get(node_id)
-        if rec is None:
-            raise LocalProtocolError(f"unknown peer {node_id}")
-        if enabled:
-            rec.saved_flags.add(flag)
-        else:
-            rec.saved_flags.discard(flag)
-        if flag is PeerFlag.PERSISTENT:
-            if rec.has(PeerFlag.PERSISTENT):
-                self._persistent[node_id] = None
-                if rec.dial_address is None and rec.addresses:
-                    rec.dial_address = rec.addresses[0]
-            else:
-                self._persistent.pop(node_id, None)
-        self._mark_urgent(node_id)
+        self._operator.set_flag(node_id, flag, enabled)
 
     def set_capability_record(self, node_id: NodeId, record: bytes | None, now: float) -> bool:
         """Attach a peer's signed capability record (opaque bytes, persisted with the peer).
@@ -475,46 +440,51 @@ class PeerManager(ManagerPlanner):
         The caller (discovery) verifies records; the manager only stores the newest one it is
         given and hands it back after a restart. ``None`` clears it. False for an unknown peer.
         """
-        if record is not None and len(record) > MAX_CAPABILITY_RECORD_BYTES:
-            raise LocalProtocolError(
-                f"capability record of {len(record)} bytes (max {MAX_CAPABILITY_RECORD_BYTES})"
-            )
+        changed = self._peers.set_capability_record(node_id, record)
         self._now = now
-        rec = self._records.get(node_id)
-        if rec is None:
-            return False
-        value = None if record is None else bytes(record)
-        if rec.capability_record != value:
-            rec.capability_record = value
-            self._dirty.add(node_id)
-            self._wake = True
-        return True
+        if changed:
+            self._agenda.wake = True
+        return changed is not None
 
     def capability_record(self, node_id: NodeId) -> bytes | None:
         """The record stored by ``set_capability_record`` (or restored from the store)."""
-        rec = self._records.get(node_id)
+        rec = self._peers.get(node_id)
         return None if rec is None else rec.capability_record
 
     def capability_records(self) -> dict[NodeId, bytes]:
         """Every peer's stored capability record (to re-verify and index after a restart)."""
-        return {
-            n: rec.capability_record
-            for n, rec in self._records.items()
-            if rec.capability_record is not None
-        }
+        return self._peers.capability_records()
 
     # -- outside policy hooks ---------------------------------------------------------------------
 
+    def protect(self, node_ids: Iterable[NodeId], reason: str) -> None:
+        """Shield ``node_ids`` from eviction and record pruning, adding them to the protected
+        set named ``reason`` (never from bans or score disconnects; see the module docstring).
+        Unknown peers may be named: they are shielded once known."""
+        self._protection.protect(node_ids, reason)
+
+    def set_protected(self, source: str, node_ids: Iterable[NodeId]) -> None:
+        """Replace the protected set of ``source`` with ``node_ids`` (empty: clear it).
+
+        The routing policy engine's ``Protect`` action maps here:
+        ``set_protected("routing", action.node_ids)``.
+        """
+        self._protection.set_protected(source, node_ids)
+
+    def protected_sets(self) -> dict[str, frozenset[NodeId]]:
+        """The named protected sets, by source (``protect`` / ``set_protected``)."""
+        return self._protection.sets()
+
     def add_protection(self, hook: ProtectionHook) -> None:
         """Add an eviction-protection category (see ``ProtectionHook``)."""
-        self._hooks.append(hook)
+        self._protection.add_hook(hook)
 
     def remove_protection(self, name: str) -> None:
-        self._hooks = [h for h in self._hooks if h.name != name]
+        self._protection.remove_hook(name)
 
     def set_dial_preference(self, preference: DialPreference | None) -> None:
         """Rank dial candidates and outbound peers with ``preference`` (None: by score)."""
-        self._preference = preference
+        self._scorer.preference = preference
 
     # -- decisions ---------------------------------------------------------------------------
 
@@ -523,103 +493,94 @@ class PeerManager(ManagerPlanner):
         self._now = self._last_poll = now
         if now >= self._next_maintenance:
             self._maintenance(now)
-        self._expire_dials(now)
-        self._enforce_outbound_limit(now)
-        actions: list[Action] = [a for a in self._queued if self._still_relevant(a)]
-        self._queued.clear()
-        self._plan_dials(now, actions)
-        if self._starved and now - self._last_refresh >= self._config.refresh_interval:
-            self._last_refresh = now
-            self._stats.refreshes += 1
-            actions.append(RefreshAddresses())
-        self._maybe_persist(now, actions)
-        self._wake = False
+        self._planner.expire_dials(now)
+        self._planner.enforce_outbound_limit(now)
+        actions: list[Action] = []
+        actions.extend(self._agenda.take(self._still_connected))
+        self._planner.plan(now, actions)
+        refresh = self._planner.refresh(now)
+        if refresh is not None:
+            actions.append(refresh)
+        persist = self._changes.poll(now)
+        if persist is not None:
+            actions.append(persist)
+        self._agenda.wake = False
         return actions
 
-    def _still_relevant(self, action: Action) -> bool:
-        if not isinstance(action, DisconnectPeer):
-            return True
-        rec = self._records.get(action.node_id)
+    def _still_connected(self, node_id: NodeId) -> bool:
+        rec = self._peers.get(node_id)
         return rec is not None and rec.conn is not None  # it may have gone meanwhile
 
     def next_deadline(self) -> float | None:
         """When ``poll`` has something to do if no new fact arrives."""
         now = self._now
-        if self._queued or self._wake:
+        if self._agenda or self._agenda.wake:
             return now
         budget = self._config.max_concurrent_dials - len(self._table.dials)
-        if self._operator_dials and budget > 0:
+        if self._operator.dials() and budget > 0:
             return now
-        times = [self._next_maintenance]
-        grace = self._config.dial_timeout + DIAL_GRACE
-        times.extend(rec.dial.started + grace for rec in self._table.dials.values() if rec.dial)
-        for node_id in self._persistent:
-            rec = self._records[node_id]
-            if rec.conn is None and rec.dial is None:
-                times.append(max(rec.next_dial, rec.ban_until or 0.0))
-        if self._outbound_full():
-            times.append(self._next_feeler)
-            if self._config.upgrade_slots:
-                times.append(self._next_upgrade)
-        else:
-            times.append(self._last_poll + (_STARVED_TICK if self._starved else _DIAL_TICK))
-        if self._has_changes():
-            times.append(
-                now if self._urgent else self._last_persist + self._config.persist_interval
-            )
+        times = [self._next_maintenance, *self._planner.deadlines(self._last_poll)]
+        persist = self._changes.deadline(now)
+        if persist is not None:
+            times.append(persist)
         deadline = min(times)
         # A timer already due at the last poll is blocked (no dial budget, banned address...):
         # look again a little later instead of spinning.
-        return deadline if deadline > self._last_poll else self._last_poll + _DIAL_TICK
+        return deadline if deadline > self._last_poll else self._last_poll + DIAL_TICK
+
+    def persist_failed(self, changes: StoreChanges) -> None:
+        """The driver could not write ``changes``: keep them for the next ``Persist``."""
+        self._changes.failed(changes)
 
     # -- views ------------------------------------------------------------------------------------
 
     def snapshot(self, now: float) -> list[PeerSnapshot]:
         """Every known peer."""
-        return [self._snapshot(rec, now) for rec in self._records.values()]
+        return [self._scorer.snapshot(rec, now) for rec in self._peers]
 
     def peer(self, node_id: NodeId, now: float) -> PeerSnapshot | None:
-        rec = self._records.get(node_id)
-        return None if rec is None else self._snapshot(rec, now)
+        rec = self._peers.get(node_id)
+        return None if rec is None else self._scorer.snapshot(rec, now)
 
     def bans(self, now: float) -> list[BanEntry]:
         """Every active ban, peers and IPs, ending soonest first (``overlay bans``)."""
-        out = [
-            BanEntry(BanKind.PEER, rec.node_id, rec.ban_until, rec.ban_reason)
-            for rec in self._records.values()
-            if rec.ban_until is not None and rec.banned(now)
-        ]
-        out.extend(
-            BanEntry(BanKind.IP, ban.ip, ban.until, ban.reason)
-            for ban in self._bans.bans()
-            if ban.until > now
-        )
-        return sorted(out, key=lambda b: (b.until, b.kind, b.target))
+        return self._bans.entries(now)
 
     def seeds(self, now: float) -> list[OperatorPeer]:
         """The seeds, from ``config.toml`` and ``add_seed`` (``overlay seeds list``)."""
-        return self._operator_peers(PeerFlag.SEED, now)
+        return self._operator.listing(PeerFlag.SEED, now)
 
     def persistent_peers(self, now: float) -> list[OperatorPeer]:
         """The persistent peers, from ``config.toml`` and the operator
         (``overlay persistent list``)."""
-        return self._operator_peers(PeerFlag.PERSISTENT, now)
+        return self._operator.listing(PeerFlag.PERSISTENT, now)
 
-    def _operator_peers(self, flag: PeerFlag, now: float) -> list[OperatorPeer]:
-        out = []
-        for node_id in sorted(n for n, rec in self._records.items() if rec.has(flag)):
-            rec = self._records[node_id]
-            addresses = list(rec.addresses)
-            if flag is PeerFlag.PERSISTENT and rec.dial_address is not None:
-                addresses = [rec.dial_address, *(a for a in addresses if a != rec.dial_address)]
-            out.append(OperatorPeer(
-                node_id=node_id,
-                addresses=tuple(addresses),
-                in_config=flag in rec.config_flags,
-                by_operator=flag in rec.saved_flags,
-                state=rec.state(now),
-            ))
-        return out
+    def gossip_addresses(
+        self, now: float, *, limit: int = 1000, exclude: NodeId | None = None
+    ) -> list[NodeAddress]:
+        """Up to ``limit`` random addresses fit to share (never private, banned or terrible)."""
+        return self._intake.gossip(now, limit=limit, exclude=exclude)
+
+    def counters(self) -> PeerManagerCounters:
+        """The cumulative counters alone, in O(1) (``statistics`` walks every record)."""
+        return self._counters.frozen()
+
+    def statistics(self) -> PeerManagerStatistics:
+        """Gauges (counts by state and direction) and cumulative counters, for metrics."""
+        now = self._now
+        live = [rec for rec in self._table.conns.values() if rec.conn is not None]
+        counted = [rec.conn for rec in live if rec.conn is not None and rec.conn.counted]
+        return self._counters.statistics(
+            known_peers=len(self._peers),
+            connected_inbound=sum(1 for conn in counted if conn.direction == "inbound"),
+            connected_outbound=sum(1 for conn in counted if conn.direction == "outbound"),
+            connected_unconditional=sum(1 for r in live if r.has(PeerFlag.UNCONDITIONAL)),
+            dialing=len(self._table.dials),
+            banned_peers=sum(1 for r in self._peers if r.banned(now)),
+            banned_ips=self._bans.ips.active_count(now),
+            address_book_new=self._book.new_count,
+            address_book_tried=self._book.tried_count,
+        )
 
     @property
     def address_book(self) -> AddressBook:

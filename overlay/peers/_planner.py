@@ -1,141 +1,168 @@
-"""Decisions of the peer manager: which addresses to dial, which peers to evict.
+"""The dial planner: which addresses to dial, when, and which outbound peer an upgrade replaces.
 
 Theory of operation
 -------------------
 Dial planning runs in ``poll`` in a fixed priority order, stopping when
 ``max_concurrent_dials`` dials are in flight: persistent peers whose backoff has passed;
 operator ``dial_now`` requests; automatic outbound dials (address-book candidates that pass
-bans, backoff, score and the one-outbound-per-netgroup rule) until ``max_outbound``; then, only
-when the outbound slots are full, at most one upgrade dial per ``upgrade_interval`` (when the
-best candidate out-ranks the worst outbound peer by ``upgrade_margin``) and one feeler per
-exponentially distributed ``feeler_interval`` (a tried-table collision first, else a random new
-address). See ``overlay.peers._manager`` for the invariants.
+bans, backoff, score and the one-outbound-per-netgroup rule; a fallback seed when the book has
+none) until ``max_outbound``; then, only when the outbound slots are full, at most one upgrade
+dial per ``upgrade_interval`` (when the best candidate out-ranks the worst outbound peer by
+``upgrade_margin``) and one feeler per exponentially distributed ``feeler_interval`` (a
+tried-table collision first, else a random new address).
+
+The planner owns its schedule (next feeler, next upgrade, last exhaustive scan, last refresh
+request, whether the last pass was starved of candidates) and the dial bookkeeping around the
+connection table: starting a dial, expiring an unreported one ``dial_timeout + DIAL_GRACE``
+after it started, and the backoff after a failure. It reads records, scores, bans and the
+operator's lists, and evicts (through the evictor and the agenda) only to bring the outbound
+count back to ``max_outbound``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import random
 
 from overlay.address import NodeAddress
-from overlay.identity import NodeId
-from overlay.peers._addrbook import AddrEntry, TableName
-from overlay.peers._core import DIAL_GRACE, MAINTENANCE_INTERVAL, ManagerCore
-from overlay.peers._eviction import (
-    EvictionCandidate,
-    select_inbound_victim,
-    select_outbound_victim,
-)
-from overlay.peers._records import PeerRecord
+from overlay.peers._addrbook import AddrEntry, AddressBook, TableName
+from overlay.peers._agenda import Agenda
+from overlay.peers._bans import BanList
+from overlay.peers._config import PeerManagerConfig
+from overlay.peers._conntable import ConnTable
+from overlay.peers._counters import Counters
+from overlay.peers._directory import PeerDirectory
+from overlay.peers._eviction import Evictor
+from overlay.peers._operator import OperatorSurface
+from overlay.peers._records import PeerRecord, backoff_delay
+from overlay.peers._scoring import Scorer
 from overlay.peers._types import (
     Action,
     DialPeer,
+    DialReason,
+    DisconnectCause,
     PeerFlag,
+    RefreshAddresses,
 )
-from overlay.wire._netgroup import address_ip_key, address_netgroup, netgroup
+from overlay.wire._netgroup import address_netgroup
 
-__all__ = ["ManagerPlanner"]
+__all__ = ["DIAL_GRACE", "DIAL_TICK", "DialPlanner"]
 
 _log = logging.getLogger(__name__)
 
+DIAL_GRACE = 1.0
+"""An unreported dial is given up this long after its timeout."""
+DIAL_TICK = 1.0
+"""Retry filling free outbound slots this often."""
+_STARVED_TICK = 5.0  # ...or this often when the address book had no candidate
 _CANDIDATE_SAMPLES = 4  # candidates ranked by a DialPreference per dial
 _SCAN_INTERVAL = 5.0  # seconds between exhaustive address-book scans when starved
 
 
-class ManagerPlanner(ManagerCore):
-    """Dial planning and eviction choices (see the module docstring)."""
+class DialPlanner:
+    """Plans dials in priority order and keeps the dial schedule (see the module docstring)."""
 
-    # -- internals: planning ----------------------------------------------------------------------
+    def __init__(
+        self,
+        config: PeerManagerConfig,
+        *,
+        rng: random.Random,
+        now: float,
+        directory: PeerDirectory,
+        book: AddressBook,
+        table: ConnTable,
+        bans: BanList,
+        scorer: Scorer,
+        evictor: Evictor,
+        operator: OperatorSurface,
+        agenda: Agenda,
+        counters: Counters,
+    ) -> None:
+        self._config = config
+        self._rng = rng
+        self._directory = directory
+        self._book = book
+        self._table = table
+        self._bans = bans
+        self._scorer = scorer
+        self._evictor = evictor
+        self._operator = operator
+        self._agenda = agenda
+        self._counters = counters
+        self._starved = False
+        self._last_scan = -math.inf
+        self._last_refresh = -math.inf
+        self._next_feeler = now + self._feeler_delay()
+        self._next_upgrade = now + config.upgrade_interval
 
-    def _maintenance(self, now: float) -> None:
-        self._next_maintenance = now + MAINTENANCE_INTERVAL
-        for rec in self._records.values():
-            if rec.ban_until is not None and rec.ban_until <= now:
-                rec.ban_until, rec.ban_reason = None, ""
-                self._dirty.add(rec.node_id)
-        self._bans.expire(now)
-        for rec in self._table.conns.values():
-            conn = rec.conn
-            if conn is not None and conn.address is not None and not conn.feeler:
-                self._book.good(conn.address, now)
-        self._book.resolve_collisions(now)
-        if len(self._records) > self._config.max_peer_records:
-            self._prune(now)
+    # -- dial bookkeeping -------------------------------------------------------------------------
 
-    def _expire_dials(self, now: float) -> None:
+    def start_dial(
+        self,
+        rec: PeerRecord,
+        address: NodeAddress,
+        reason: DialReason,
+        now: float,
+        out: list[Action],
+    ) -> None:
+        self._table.start_dial(rec, address, reason, now)
+        self._book.attempt(address, now, failed=False)
+        self._counters.dials_started += 1
+        if reason is DialReason.FEELER:
+            self._counters.feelers_started += 1
+        elif reason is DialReason.UPGRADE:
+            self._counters.upgrades_started += 1
+        out.append(DialPeer(address, reason is DialReason.FEELER,
+                            timeout=self._config.dial_timeout, reason=reason))
+
+    def dial_failed(
+        self, rec: PeerRecord, address: NodeAddress, now: float, reason: str, *, feeler: bool
+    ) -> None:
+        """Back off after a failed dial (the table entry is already finished)."""
+        c = self._config
+        self._book.attempt(address, now, failed=True)
+        self._counters.dials_failed += 1
+        rec.failures += 1
+        cap = c.persistent_backoff_cap if rec.has(PeerFlag.PERSISTENT) else c.backoff_cap
+        delay = backoff_delay(rec.failures, base=c.backoff_base, cap=cap, rng=self._rng)
+        rec.next_dial = max(rec.next_dial, now + delay)
+        if "auth" in reason.lower() and address != rec.dial_address:
+            self._book.remove(address)
+            if address in rec.addresses:
+                rec.addresses.remove(address)
+        self._directory.touch(rec.node_id)
+        self._agenda.wake = True
+        _log.debug("dial %s failed (%s), feeler=%s", address, reason, feeler)
+
+    def expire_dials(self, now: float) -> None:
         limit = self._config.dial_timeout + DIAL_GRACE
         for rec in list(self._table.dials.values()):
             dial = rec.dial
             if dial is not None and now >= dial.started + limit:
                 self._table.finish_dial(rec)
-                self._stats.dial_timeouts += 1
-                self._dial_failure(
-                    rec, dial.address, now, "timeout", feeler=dial.reason == "feeler"
+                self._counters.dial_timeouts += 1
+                self.dial_failed(
+                    rec, dial.address, now, "timeout", feeler=dial.reason is DialReason.FEELER
                 )
 
-    def _outbound_full(self) -> bool:
+    def outbound_full(self) -> bool:
         used = self._table.outbound_used() + self._table.regular_dials()
         return used >= self._config.max_outbound
 
-    def _enforce_outbound_limit(self, now: float) -> None:
+    def enforce_outbound_limit(self, now: float) -> None:
+        """Evict outbound peers over ``max_outbound`` (after upgrades, persistent dials)."""
         while self._table.outbound_used() > self._config.max_outbound:
-            victim = self._outbound_victim(now, keep_upgrades=True)
+            victim = self._evictor.outbound_victim(now, keep_upgrades=True)
             if victim is None:
                 break
-            self._disconnect(self._records[victim], "upgrade", evict=True)
-            self._stats.evictions += 1
+            self._agenda.disconnect(self._directory[victim], DisconnectCause.UPGRADE, evict=True)
+            self._counters.evictions += 1
         for rec in self._table.conns.values():
             if rec.conn is not None:
                 rec.conn.upgrade = False
 
-    def _protected(self, recs: list[PeerRecord], now: float) -> set[NodeId]:
-        protected = {
-            r.node_id for r in recs if r.has(PeerFlag.PERSISTENT) or r.has(PeerFlag.UNCONDITIONAL)
-        }
-        if self._hooks:
-            snapshots = [self._snapshot(r, now) for r in recs]
-            for hook in self._hooks:
-                protected |= hook.protected(snapshots)
-        return protected
-
-    def _candidate(self, rec: PeerRecord, now: float) -> EvictionCandidate:
-        conn = rec.conn
-        assert conn is not None
-        group = conn.in_group or conn.out_group
-        if group is None:
-            group = netgroup(conn.remote_ip) if conn.remote_ip else f"peer:{rec.node_id}"
-        return EvictionCandidate(
-            node_id=rec.node_id,
-            netgroup=group,
-            group_key=self._book.keyed_group_hash(group),
-            connected_since=conn.since,
-            latency=rec.latency,
-            last_useful=rec.last_useful,
-            score=self._score(rec, now),
-        )
-
-    def _inbound_victim(self, now: float) -> NodeId | None:
-        recs = list(self._table.live("inbound"))
-        c = self._config
-        return select_inbound_victim(
-            [self._candidate(r, now) for r in recs],
-            protected=self._protected(recs, now),
-            protect_netgroups=c.protect_netgroups,
-            protect_low_latency=c.protect_low_latency,
-            protect_recently_useful=c.protect_recently_useful,
-            protect_longest_connected=c.protect_longest_connected,
-        )
-
-    def _outbound_victim(self, now: float, *, keep_upgrades: bool) -> NodeId | None:
-        recs = [
-            r
-            for r in self._table.live("outbound")
-            if not (keep_upgrades and r.conn is not None and r.conn.upgrade)
-        ]
-        return select_outbound_victim(
-            [self._candidate(r, now) for r in recs],
-            protected=self._protected(recs, now),
-            rank={r.node_id: self._rank(r, now) for r in recs},
-        )
+    # -- candidates -------------------------------------------------------------------------------
 
     def _dialable(self, rec: PeerRecord, now: float) -> bool:
         return (
@@ -143,16 +170,16 @@ class ManagerPlanner(ManagerCore):
             and rec.dial is None
             and not rec.banned(now)
             and now >= rec.next_dial
-            and rec.node_id != self._self_id
+            and rec.node_id != self._directory.self_id
         )
 
     def _auto_ok(self, entry: AddrEntry, now: float, *, diversity: bool = True) -> bool:
-        rec = self._records.get(entry.address.node_id)
+        rec = self._directory.get(entry.address.node_id)
         if rec is None or not self._dialable(rec, now):
             return False
-        if self._score(rec, now) <= self._config.disconnect_score:
+        if not self._scorer.acceptable(rec, now):
             return False
-        if self._bans.is_banned(address_ip_key(entry.address), now):
+        if self._bans.address_banned(entry.address, now):
             return False
         return not (
             diversity
@@ -170,7 +197,7 @@ class ManagerPlanner(ManagerCore):
         # The exhaustive fallback scan is O(address book): at most once per _SCAN_INTERVAL.
         exhaustive = now - self._last_scan >= _SCAN_INTERVAL or now < self._last_scan
         sampled: list[AddrEntry] = []
-        for _ in range(1 if self._preference is None else _CANDIDATE_SAMPLES):
+        for _ in range(1 if self._scorer.preference is None else _CANDIDATE_SAMPLES):
             entry = self._book.select(now, accept, table=table, exhaustive=exhaustive)
             if entry is None:
                 if exhaustive and not sampled:
@@ -180,14 +207,17 @@ class ManagerPlanner(ManagerCore):
             seen.add(entry.address)
         if not sampled:
             return None
-        return max(sampled, key=lambda e: self._rank(self._records[e.address.node_id], now))
+        return max(
+            sampled,
+            key=lambda e: self._scorer.rank(self._directory[e.address.node_id], now),
+        )
 
     def _seed_candidate(self, now: float) -> tuple[PeerRecord, NodeAddress] | None:
         """A dialable seed not in the address book (its slot was taken): the fallback."""
-        seeds = list(self._seeds)
+        seeds = self._operator.seeds()
         self._rng.shuffle(seeds)
         for node_id in seeds:
-            rec = self._records.get(node_id)
+            rec = self._directory.get(node_id)
             if rec is None:
                 continue
             for address in rec.addresses:
@@ -198,56 +228,44 @@ class ManagerPlanner(ManagerCore):
                     return rec, address
         return None
 
-    def _start_dial(
-        self, rec: PeerRecord, address: NodeAddress, reason: str, now: float, out: list[Action]
-    ) -> None:
-        self._table.start_dial(rec, address, reason, now)
-        self._book.attempt(address, now, failed=False)
-        self._stats.dials_started += 1
-        if reason == "feeler":
-            self._stats.feelers_started += 1
-        elif reason == "upgrade":
-            self._stats.upgrades_started += 1
-        out.append(
-            DialPeer(address, reason == "feeler", timeout=self._config.dial_timeout, reason=reason)
-        )
+    # -- planning ---------------------------------------------------------------------------------
 
-    def _plan_dials(self, now: float, out: list[Action]) -> None:
+    def plan(self, now: float, out: list[Action]) -> None:
+        """Append this poll's dials to ``out`` (see the module docstring for the order)."""
         c = self._config
         budget = c.max_concurrent_dials - len(self._table.dials)
-        for node_id in self._persistent:
-            rec = self._records[node_id]
+        for rec in self._operator.persistent():
             address = rec.dial_address or (rec.addresses[0] if rec.addresses else None)
             if budget <= 0:
                 break
             if (
                 address is not None
                 and self._dialable(rec, now)
-                and not self._bans.is_banned(address_ip_key(address), now)
+                and not self._bans.address_banned(address, now)
             ):
-                self._start_dial(rec, address, "persistent", now, out)
+                self.start_dial(rec, address, DialReason.PERSISTENT, now, out)
                 budget -= 1
-        for node_id, address in list(self._operator_dials.items()):
+        for node_id, address in self._operator.dials():
             if budget <= 0:
                 break
-            del self._operator_dials[node_id]
-            rec = self._records[node_id]
+            self._operator.take_dial(node_id)
+            rec = self._directory[node_id]
             if rec.conn is None and rec.dial is None and not rec.banned(now):
-                self._start_dial(rec, address, "operator", now, out)
+                self.start_dial(rec, address, DialReason.OPERATOR, now, out)
                 budget -= 1
         free = c.max_outbound - self._table.outbound_used() - self._table.regular_dials()
         self._starved = False
         while budget > 0 and free > 0:
             entry = self._choose(now)
             if entry is not None:
-                rec, address = self._records[entry.address.node_id], entry.address
+                rec, address = self._directory[entry.address.node_id], entry.address
             else:
                 seed = self._seed_candidate(now)
                 if seed is None:
                     self._starved = True
                     break
                 rec, address = seed
-            self._start_dial(rec, address, "outbound", now, out)
+            self.start_dial(rec, address, DialReason.OUTBOUND, now, out)
             budget -= 1
             free -= 1
         full = free <= 0
@@ -269,17 +287,44 @@ class ManagerPlanner(ManagerCore):
                 if target is None or not self._auto_ok(target, now, diversity=False):
                     target = self._choose(now, diversity=False, table="new")
                 if target is not None:
-                    rec = self._records[target.address.node_id]
-                    self._start_dial(rec, target.address, "feeler", now, out)
+                    rec = self._directory[target.address.node_id]
+                    self.start_dial(rec, target.address, DialReason.FEELER, now, out)
 
     def _plan_upgrade(self, now: float, out: list[Action]) -> None:
-        victim = self._outbound_victim(now, keep_upgrades=False)
+        victim = self._evictor.outbound_victim(now, keep_upgrades=False)
         if victim is None:
             return
-        worst = self._rank(self._records[victim], now)
+        worst = self._scorer.rank(self._directory[victim], now)
         entry = self._choose(now)
         if entry is None:
             return
-        rec = self._records[entry.address.node_id]
-        if self._rank(rec, now) >= worst + self._config.upgrade_margin:
-            self._start_dial(rec, entry.address, "upgrade", now, out)
+        rec = self._directory[entry.address.node_id]
+        if self._scorer.rank(rec, now) >= worst + self._config.upgrade_margin:
+            self.start_dial(rec, entry.address, DialReason.UPGRADE, now, out)
+
+    def refresh(self, now: float) -> RefreshAddresses | None:
+        """Ask for addresses when the last pass found no candidate (``refresh_interval``)."""
+        if not self._starved or now - self._last_refresh < self._config.refresh_interval:
+            return None
+        self._last_refresh = now
+        self._counters.refreshes += 1
+        return RefreshAddresses()
+
+    def deadlines(self, last_poll: float) -> list[float]:
+        """When the planner has something to do: dial expiries, persistent redials, and the
+        next feeler / upgrade (slots full) or fill attempt (slots free)."""
+        grace = self._config.dial_timeout + DIAL_GRACE
+        times = [rec.dial.started + grace for rec in self._table.dials.values() if rec.dial]
+        for rec in self._operator.persistent():
+            if rec.conn is None and rec.dial is None:
+                times.append(max(rec.next_dial, rec.ban_until or 0.0))
+        if self.outbound_full():
+            times.append(self._next_feeler)
+            if self._config.upgrade_slots:
+                times.append(self._next_upgrade)
+        else:
+            times.append(last_poll + (_STARVED_TICK if self._starved else DIAL_TICK))
+        return times
+
+    def _feeler_delay(self) -> float:
+        return self._rng.expovariate(1.0 / self._config.feeler_interval)

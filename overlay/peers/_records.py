@@ -23,7 +23,14 @@ from overlay.address import NodeAddress
 from overlay.errors import InvalidAddressError
 from overlay.identity import NodeId, parse_node_id
 from overlay.peers._state import StoredPeer
-from overlay.peers._types import Direction, PeerFlag, PeerSnapshot, PeerState, ScoreRecord
+from overlay.peers._types import (
+    DialReason,
+    Direction,
+    PeerFlag,
+    PeerSnapshot,
+    PeerState,
+    ScoreRecord,
+)
 from overlay.wire._netgroup import address_netgroup, netgroup
 
 __all__ = ["Conn", "PeerRecord", "PendingDial", "backoff_delay", "record_from_stored"]
@@ -68,7 +75,7 @@ class PendingDial:
 
     address: NodeAddress
     started: float
-    reason: str
+    reason: DialReason
     out_group: str | None
 
 

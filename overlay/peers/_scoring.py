@@ -33,12 +33,16 @@ PROTOCOL_VIOLATION     -100    a ban from neutral; from the best score (25) stil
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from overlay.peers._types import ScoreEvent
+from overlay.errors import LocalProtocolError
+from overlay.peers._config import PeerManagerConfig
+from overlay.peers._records import PeerRecord
+from overlay.peers._types import DialPreference, PeerSnapshot, ScoreEvent, ScoreRecord
 
-__all__ = ["SCORE_DELTAS", "apply_event", "decayed"]
+__all__ = ["SCORE_DELTAS", "Scorer", "apply_event", "decayed"]
 
 SCORE_DELTAS: Mapping[ScoreEvent, float] = MappingProxyType(
     {
@@ -52,6 +56,7 @@ SCORE_DELTAS: Mapping[ScoreEvent, float] = MappingProxyType(
 )
 
 _NEGLIGIBLE = 1e-3
+_LATENCY_ALPHA = 0.25  # EWMA weight of a new RTT sample
 
 
 def decayed(value: float, since: float, now: float, half_life: float) -> float:
@@ -77,3 +82,62 @@ def apply_event(
     delta = SCORE_DELTAS[event]
     current = decayed(value, since, now, half_life)
     return min(max_score, max(min_score, current + delta)), delta
+
+
+class Scorer:
+    """Reads and moves scores and latencies on peer records; owns the outside ranking.
+
+    The ranking (a :class:`~overlay.peers.DialPreference`, default: the score) orders dial
+    candidates and outbound peers for eviction; the score alone decides disconnects and bans.
+    """
+
+    def __init__(self, config: PeerManagerConfig) -> None:
+        self._config = config
+        self.preference: DialPreference | None = None
+
+    def score(self, rec: PeerRecord, now: float) -> float:
+        return decayed(rec.score, rec.score_time, now, self._config.score_half_life)
+
+    def acceptable(self, rec: PeerRecord, now: float) -> bool:
+        """Above ``disconnect_score``: may be dialed, accepted and gossiped."""
+        return self.score(rec, now) > self._config.disconnect_score
+
+    def snapshot(self, rec: PeerRecord, now: float) -> PeerSnapshot:
+        return rec.snapshot(now, self.score(rec, now))
+
+    def rank(self, rec: PeerRecord, now: float) -> float:
+        if self.preference is None:
+            return self.score(rec, now)
+        return self.preference.rank(self.snapshot(rec, now))
+
+    def apply(self, rec: PeerRecord, event: ScoreEvent, now: float) -> float:
+        """Apply ``event`` to ``rec`` (decay, delta, clamp, recent-events ring); the new score."""
+        c = self._config
+        score, delta = apply_event(
+            rec.score,
+            rec.score_time,
+            now,
+            event,
+            half_life=c.score_half_life,
+            min_score=c.min_score,
+            max_score=c.max_score,
+        )
+        rec.score, rec.score_time = score, now
+        if rec.events is None:
+            rec.events = deque(maxlen=c.score_events_kept)
+        rec.events.append(ScoreRecord(now, event, delta, score))
+        if event is ScoreEvent.USEFUL_RESPONSE:
+            rec.last_useful = now
+        return score
+
+    @staticmethod
+    def record_latency(rec: PeerRecord | None, rtt: float) -> None:
+        """Fold a round-trip-time sample into ``rec``'s EWMA (validated even without a rec)."""
+        if not math.isfinite(rtt) or rtt < 0:
+            raise LocalProtocolError(f"rtt must be a finite non-negative number, got {rtt!r}")
+        if rec is None:
+            return
+        if rec.latency is None:
+            rec.latency = rtt
+        else:
+            rec.latency += _LATENCY_ALPHA * (rtt - rec.latency)

@@ -18,7 +18,9 @@ __all__ = [
     "Decision",
     "DialPeer",
     "DialPreference",
+    "DialReason",
     "Direction",
+    "DisconnectCause",
     "DisconnectPeer",
     "OperatorPeer",
     "PeerFlag",
@@ -62,6 +64,40 @@ class ScoreEvent(enum.StrEnum):
     """It sent a message that did not decode or failed validation (-25)."""
     PROTOCOL_VIOLATION = "protocol_violation"
     """It broke the protocol (bad frame, bad signature...): -100, a ban from neutral."""
+
+
+class DialReason(enum.StrEnum):
+    """Why the manager asks for a dial (``DialPeer.reason``)."""
+
+    OUTBOUND = "outbound"
+    """Filling a free automatic outbound slot from the address book (or a fallback seed)."""
+    PERSISTENT = "persistent"
+    """Redialing a persistent peer."""
+    OPERATOR = "operator"
+    """An operator's ``dial_now``."""
+    FEELER = "feeler"
+    """A test connection to an address-book entry, closed as soon as it succeeds."""
+    UPGRADE = "upgrade"
+    """A better candidate than the worst outbound peer, which it will replace."""
+
+
+class DisconnectCause(enum.StrEnum):
+    """Why the manager asks for a disconnect (``DisconnectPeer.reason``)."""
+
+    BANNED = "banned"
+    """The peer is banned (by the operator, or automatically for its score)."""
+    IP_BANNED = "ip_banned"
+    """The peer's IP (or IPv6 /64) is banned."""
+    LOW_SCORE = "low_score"
+    """The peer's score fell to ``disconnect_score``."""
+    EVICTED = "evicted"
+    """Its inbound slot went to a newcomer (it did nothing wrong)."""
+    UPGRADE = "upgrade"
+    """Its outbound slot went to a better peer (it did nothing wrong)."""
+    FEELER = "feeler"
+    """A feeler connection did its job."""
+    OPERATOR = "operator"
+    """The operator asked for it."""
 
 
 class PeerState(enum.StrEnum):
@@ -126,8 +162,8 @@ class DialPeer:
     """A test connection: the manager asks to disconnect it as soon as it is connected."""
     timeout: float = 5.0
     """Connect + handshake deadline (``config.dial_timeout``)."""
-    reason: str = "outbound"
-    """Why: ``outbound``, ``persistent``, ``operator``, ``feeler`` or ``upgrade``."""
+    reason: DialReason = DialReason.OUTBOUND
+    """Why the manager dials."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +172,8 @@ class DisconnectPeer:
 
     node_id: NodeId
     """The peer to disconnect."""
-    reason: str
-    """``banned``, ``low_score``, ``evicted``, ``upgrade``, ``feeler``, ``operator``..."""
+    reason: DisconnectCause
+    """Why the manager disconnects."""
     evict: bool = False
     """True when the peer did nothing wrong but its slot is wanted (send a polite reason)."""
 
@@ -158,6 +194,9 @@ class RefreshAddresses:
 
 
 Action = DialPeer | DisconnectPeer | Persist | RefreshAddresses
+"""Everything ``PeerManager.poll`` returns: a closed union of frozen dataclasses, so a driver
+dispatches with ``match action: case DialPeer(): ...`` closed by ``case _:
+typing.assert_never(action)`` and the type checker reports a new action it does not handle."""
 
 
 @dataclass(frozen=True, slots=True)

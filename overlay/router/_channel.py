@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import ChannelClosed, ConfigError, NodeClosed
 from overlay.identity import NodeId
 from overlay.router._codec import Codec
@@ -94,14 +95,21 @@ class Envelope(Generic[M]):
 
 @dataclass(frozen=True, slots=True)
 class DeliveryReport:
-    """What happened to one ``send()``: who got it queued, and who did not and why."""
+    """What happened to one ``send()``: who got it queued, and who did not and why.
+
+    A send that reaches nobody never returns a report: it raises
+    :class:`~overlay.errors.NoRoute`. So ``delivered`` or ``failed`` is never empty for both.
+    """
 
     delivered: tuple[NodeId, ...] = ()
-    failed: Mapping[NodeId, str] = field(default_factory=dict)
-    """Reasons: ``timeout`` (slow peer), ``would_block``, ``not_connected``, ``closed``."""
+    failed: Mapping[NodeId, AttemptOutcome] = field(default_factory=dict)
+    """Why each of the others did not get it: ``TIMEOUT`` (a slow peer's queue stayed full),
+    ``WOULD_BLOCK`` (``send_nowait`` found it full), ``NOT_CONNECTED``, ``CLOSED`` (the
+    connection closed during the send)."""
 
     @property
     def ok(self) -> bool:
+        """True when every target got the message queued."""
         return not self.failed
 
 
@@ -163,7 +171,9 @@ class Channel(Generic[M, R]):
         Waits while the peer's queue is full, at most ``timeout`` (default: the spec's
         ``send_timeout``) per peer. A single peer that stays full raises
         :class:`~overlay.errors.SendTimeout`; for fan-out destinations slow peers are reported
-        in the returned :class:`DeliveryReport` and never delay the others.
+        in the returned :class:`DeliveryReport` and never delay the others. A destination that
+        selects nobody (``BROADCAST`` with no peer connected, say) raises
+        :class:`~overlay.errors.NoRoute`.
         """
         return await self._backend.send(self.spec, to, message, timeout)
 
@@ -176,7 +186,8 @@ class Channel(Generic[M, R]):
 
         The deadline is ``timeout`` if given, else the caller's cancel scope, else the spec's
         ``request_timeout``. Cancelling the caller cancels the request on the wire. Raises
-        :class:`~overlay.errors.RequestError` if the responder answered with an error.
+        :class:`~overlay.errors.RequestError` if the responder answered with an error, and
+        :class:`~overlay.errors.NoRoute` if the destination selects nobody.
         """
         result: R = await self._backend.request(self.spec, to, message, timeout)
         return result

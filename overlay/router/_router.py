@@ -11,9 +11,20 @@ Theory of operation
   destination waits (up to the send timeout) for space; a fan-out destination queues without
   waiting where it can and gives each full peer its own timeout in parallel, so one slow peer
   never delays the others; slow peers are reported to the observer and in the result.
+* A destination that selects nobody raises :class:`~overlay.errors.NoRoute` from ``send``,
+  ``send_nowait`` and ``request`` alike (``BROADCAST`` with no peer connected included).
 * Requests go through the destination's ``run_request`` (so new destination kinds control retries
   and hedging) and end in :meth:`Router._attempt`: LOCAL calls the handler directly with the
-  same objects, a peer goes over the wire with a request id.
+  same objects, a peer goes over the wire with a request id. The request's deadline is fixed
+  once, when ``request`` is called (``timeout``, else the caller's cancel scope, else the spec's
+  ``request_timeout``), and every attempt, whatever the destination, hands it to the node's timer
+  heap and reports its :class:`~overlay.connection._outcome.AttemptOutcome` for that peer to the
+  observer. A destination's ``run_request`` also runs under a cancel scope expiring a millisecond
+  later (a backstop for anything it awaits besides attempts, which end by their timer first).
+  When the deadline is the caller's cancel scope, that scope cancels the attempts itself; an
+  attempt cut short at the deadline that way counts as a ``TIMEOUT`` of its peer.
+* Destinations select from the router's :class:`~overlay.router._peertable.PeerTable` (its
+  connections; views built only on demand, nothing per message), never from the router itself.
 * Inbound requests run their handler in a task of the connection's task group; the peer's CANCEL
   cancels it, closing the connection cancels all of them.
 * Channels open and close at any time. Opening one adds it to every live connection; closing one
@@ -29,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -42,6 +52,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from overlay.connection._core import ChannelParams
 from overlay.connection._driver import PeerConnection, RequestExpired
 from overlay.connection._observer import Observer
+from overlay.connection._outcome import AttemptOutcome, outcome_of_error_code
 from overlay.errors import (
     ChannelClosed,
     ChannelError,
@@ -66,7 +77,8 @@ from overlay.router._channel import (
     Envelope,
     RequestHandler,
 )
-from overlay.router._destination import LOCAL, Destination, To
+from overlay.router._destination import LOCAL, Destination, To, no_route
+from overlay.router._peertable import PeerTable
 from overlay.wire._nodeinfo import NodeInfo
 
 __all__ = ["PeerInfoListener", "Router", "channel_params"]
@@ -76,7 +88,24 @@ PeerInfoListener = Callable[[NodeId, NodeInfo], None]
 
 log = logging.getLogger("overlay.router")
 
-_NO_FAILURES: Mapping[NodeId, str] = MappingProxyType({})
+_NO_FAILURES: Mapping[NodeId, AttemptOutcome] = MappingProxyType({})
+
+_DEADLINE_SLACK = 0.001
+"""Seconds around a request's deadline: an attempt cancelled from this long before it counts as
+timed out (a cancel scope's deadline may be delivered a hair early on asyncio), and the backstop
+scope of a destination's ``run_request`` expires this long after it."""
+
+@dataclass(frozen=True, slots=True)
+class _Deadline:
+    """A request's deadline, fixed when ``request`` is called."""
+
+    at: float
+    """On ``anyio.current_time()``'s clock."""
+    seconds: float
+    """The budget it was computed from (for messages)."""
+    own: bool
+    """True when the router enforces it (``timeout`` or the spec's default); False when it is
+    the caller's cancel scope, which then cancels the request itself."""
 
 
 @dataclass(slots=True, eq=False)
@@ -132,18 +161,24 @@ class Router:
         self._local_id = local_id
         self._observer = observer
         self._channels: dict[int, _ChannelState] = {}
-        self._peers: dict[NodeId, PeerConnection] = {}
+        self._table = PeerTable(local_id)
+        self._peers = self._table.connections
         self._closed = False
         self._local_report = DeliveryReport(delivered=(local_id,), failed=_NO_FAILURES)
         self.on_channels_changed: Callable[[], None] | None = None
         """Called after a channel was opened or closed (the node announces its NodeInfo)."""
         self._info_listeners: list[PeerInfoListener] = []
 
-    # ------------------------------------------------------------------ PeerView protocol
+    # --------------------------------------------------------------------------- peer table
 
     @property
     def local_id(self) -> NodeId:
         return self._local_id
+
+    @property
+    def peer_table(self) -> PeerTable:
+        """The connected peers as destinations see them (views, scores, capabilities)."""
+        return self._table
 
     def connected_peers(self) -> Sequence[NodeId]:
         return tuple(self._peers)
@@ -262,11 +297,10 @@ class Router:
         return list(self._peers.values())
 
     def add_peer(self, conn: PeerConnection) -> None:
-        self._peers[conn.node_id] = conn
+        self._table.add(conn)
 
     def remove_peer(self, conn: PeerConnection) -> None:
-        if self._peers.get(conn.node_id) is conn:
-            del self._peers[conn.node_id]
+        self._table.remove(conn)
 
     def close(self) -> None:
         """Stop accepting work: inboxes end (receivers see NodeClosed)."""
@@ -325,8 +359,10 @@ class Router:
             return (to,), False
         if not isinstance(to, Destination):
             raise ChannelError(f"not a destination: {to!r}")
-        targets = to.select(self)
-        return targets, to.fanout or len(targets) != 1
+        targets = to.select(self._table)
+        if not targets:
+            raise no_route(self._table, to)
+        return targets, to.fanout or len(targets) > 1
 
     def _encode(self, spec: ChannelSpec[Any, Any], message: Any) -> bytes:
         payload = spec.codec.encode(message)
@@ -356,7 +392,7 @@ class Router:
             return DeliveryReport(delivered=(target,), failed=_NO_FAILURES)
         payload: bytes | None = None
         delivered: list[NodeId] = []
-        failed: dict[NodeId, str] = {}
+        failed: dict[NodeId, AttemptOutcome] = {}
         slow: list[tuple[NodeId, PeerConnection]] = []
         for target in targets:
             if target == self._local_id:
@@ -364,11 +400,11 @@ class Router:
                     state.inbox_send.send_nowait(Envelope(self._local_id, message, spec.id))
                     delivered.append(target)
                 except anyio.WouldBlock:
-                    failed[target] = "would_block"
+                    failed[target] = AttemptOutcome.WOULD_BLOCK
                 continue
             conn = self._peers.get(target)
             if conn is None or not conn.is_open:
-                failed[target] = "not_connected"
+                failed[target] = AttemptOutcome.NOT_CONNECTED
                 continue
             if payload is None:
                 payload = self._encode(spec, message)
@@ -378,7 +414,7 @@ class Router:
             except WouldBlock:
                 slow.append((target, conn))
             except ConnectionClosed:
-                failed[target] = "closed"
+                failed[target] = AttemptOutcome.CLOSED
         if slow:
             assert payload is not None
             data = payload
@@ -388,9 +424,9 @@ class Router:
                     await self._send_one(state, target, data, wait, conn)
                     delivered.append(target)
                 except SendTimeout:
-                    failed[target] = "timeout"
+                    failed[target] = AttemptOutcome.TIMEOUT
                 except (ConnectionClosed, PeerNotConnected):
-                    failed[target] = "closed"
+                    failed[target] = AttemptOutcome.CLOSED
 
             async with anyio.create_task_group() as tg:
                 for target, conn in slow:
@@ -401,7 +437,7 @@ class Router:
         state = self._state(spec)
         targets, fanout = self._targets(to)
         delivered: list[NodeId] = []
-        failed: dict[NodeId, str] = {}
+        failed: dict[NodeId, AttemptOutcome] = {}
         payload: bytes | None = None
         for target in targets:
             try:
@@ -421,11 +457,15 @@ class Router:
             except WouldBlock:
                 if not fanout:
                     raise
-                failed[target] = "would_block"
-            except (PeerNotConnected, ConnectionClosed):
+                failed[target] = AttemptOutcome.WOULD_BLOCK
+            except PeerNotConnected:
                 if not fanout:
                     raise
-                failed[target] = "not_connected"
+                failed[target] = AttemptOutcome.NOT_CONNECTED
+            except ConnectionClosed:
+                if not fanout:
+                    raise
+                failed[target] = AttemptOutcome.CLOSED
         return DeliveryReport(delivered=tuple(delivered), failed=failed)
 
     async def _send_local(self, state: _ChannelState, message: Any, wait: float) -> None:
@@ -479,81 +519,88 @@ class Router:
     ) -> Any:
         state = self._state(spec)
         _check_timeout(timeout)
-        deadline = timeout
-        if deadline is None and anyio.current_effective_deadline() == math.inf:
-            deadline = spec.request_timeout
-        if isinstance(to, str) and to != self._local_id:
-            # One peer: the connection enforces the deadline with the node's timer task.
-            try:
-                return await self._attempt(state, to, message, deadline)
-            except RequestExpired:
-                assert deadline is not None
-                self._observer.on_request_done(to, spec.name, deadline, "timeout")
-                raise RequestTimeout(
-                    f"no response on {spec.name!r} from {to} within {deadline:g} s"
-                ) from None
+        now = anyio.current_time()
+        if timeout is not None:
+            deadline = _Deadline(now + timeout, timeout, own=True)
+        elif (scope_at := anyio.current_effective_deadline()) != math.inf:
+            deadline = _Deadline(scope_at, scope_at - now, own=False)
+        else:
+            deadline = _Deadline(now + spec.request_timeout, spec.request_timeout, own=True)
+        if isinstance(to, str):
+            return await self._attempt(state, to, message, deadline)
+        if to is LOCAL:
+            return await self._attempt(state, self._local_id, message, deadline)
+        if not isinstance(to, Destination):
+            raise ChannelError(f"not a destination: {to!r}")
 
         async def attempt(target: NodeId) -> Any:
-            return await self._attempt(state, target, message)
+            return await self._attempt(state, target, message, deadline)
 
-        if isinstance(to, str):
-            run = attempt(to)
-        elif isinstance(to, Destination):
-            run = to.run_request(self, attempt)
-        else:
-            raise ChannelError(f"not a destination: {to!r}")
-        if deadline is None:
-            return await run
-        with anyio.move_on_after(deadline):
-            return await run
-        if isinstance(to, str):
-            self._observer.on_request_done(to, spec.name, deadline, "timeout")
-        raise RequestTimeout(f"no response on {spec.name!r} from {to} within {deadline:g} s")
+        if not deadline.own:
+            return await to.run_request(self._table, attempt)
+        # The backstop fires just after the attempts' own deadline, so an attempt in flight
+        # always ends by its timer (RequestTimeout, reported for its peer) and never by this.
+        with anyio.CancelScope(deadline=deadline.at + _DEADLINE_SLACK):
+            return await to.run_request(self._table, attempt)
+        raise RequestTimeout(
+            f"no response on {spec.name!r} from {to!r} within {deadline.seconds:g} s"
+        )
 
     async def _attempt(
-        self, state: _ChannelState, target: NodeId, message: Any, timeout: float | None = None
+        self, state: _ChannelState, target: NodeId, message: Any, deadline: _Deadline
     ) -> Any:
+        """One attempt at one target, under the request's deadline; reports its outcome."""
         spec = state.spec
         if target == self._local_id:
-            return await self._request_local(state, message)
+            if not deadline.own:
+                return await self._request_local(state, message)
+            with anyio.CancelScope(deadline=deadline.at):
+                return await self._request_local(state, message)
+            raise RequestTimeout(
+                f"LOCAL handler of {spec.name!r} did not answer within {deadline.seconds:g} s"
+            )
         conn = self._peers.get(target)
         if conn is None:
             raise PeerNotConnected(f"peer {target} is not connected")
-        if spec.id not in conn.channels:
-            # What the peer would answer, without the round trip: its NodeInfo (hello or
-            # latest update) does not list the channel.
-            raise RequestError(
-                ErrorCode.NO_HANDLER, f"peer {target} does not serve channel {spec.name!r}"
-            )
         payload = self._encode(spec, message)
-        started = time.perf_counter()
-        outcome = "cancelled"
+        started = anyio.current_time()
+        outcome = AttemptOutcome.CANCELLED
         try:
             try:
-                data = await conn.request(spec.id, payload, timeout)
-            except ChannelError:
-                if state.closed:  # closed while we waited for an in-flight slot
-                    raise _closed_error(spec)() from None
+                if spec.id not in conn.channels:
+                    # What the peer would answer (and counted as its refusal), without the
+                    # round trip: its NodeInfo (hello or latest update) does not list the channel.
+                    raise RequestError(
+                        ErrorCode.NO_HANDLER, f"peer {target} does not serve channel {spec.name!r}"
+                    )
+                data = await conn.request(
+                    spec.id, payload, deadline=deadline.at if deadline.own else None
+                )
+            except RequestExpired:
+                outcome = AttemptOutcome.TIMEOUT
+                raise RequestTimeout(
+                    f"no response on {spec.name!r} from {target} within {deadline.seconds:g} s"
+                ) from None
+            except RequestError as exc:
+                outcome = outcome_of_error_code(exc.code)
+                raise
+            except ConnectionClosed:
+                outcome = AttemptOutcome.CLOSED
                 raise
             try:
                 result = spec.response_codec.decode(data)
             except DecodeError as exc:
                 self._observer.on_invalid_message(target, spec.name, str(exc))
-                outcome = "error"
+                outcome = AttemptOutcome.ERROR
                 raise
-            outcome = "ok"
+            outcome = AttemptOutcome.OK
             return result
-        except RequestError:
-            outcome = "error"
-            raise
-        except ConnectionClosed:
-            outcome = "error"
-            raise
         finally:
-            if outcome != "cancelled":
-                self._observer.on_request_done(
-                    target, spec.name, time.perf_counter() - started, outcome
-                )
+            ended = anyio.current_time()
+            if outcome is AttemptOutcome.CANCELLED and ended >= deadline.at - _DEADLINE_SLACK:
+                outcome = AttemptOutcome.TIMEOUT  # cut short by a scope at the deadline
+            if outcome is not AttemptOutcome.CANCELLED:
+                self._observer.on_request_done(target, spec.name, ended - started, outcome)
 
     async def _request_local(self, state: _ChannelState, message: Any) -> Any:
         handler = state.handler
@@ -590,11 +637,11 @@ class Router:
         self, conn: PeerConnection, state: _ChannelState, request_id: int, payload: bytes
     ) -> None:
         spec = state.spec
-        if not conn.core.is_inbound_active(spec.id, request_id):
+        if not conn.is_inbound_active(spec.id, request_id):
             return  # the peer cancelled it while it waited for a worker: do not run it
         key = (spec.id, request_id)
-        started = time.perf_counter()
-        outcome = "cancelled"
+        started = anyio.current_time()
+        outcome = AttemptOutcome.CANCELLED
         with anyio.CancelScope() as scope:
             conn.register_handler(key, scope)
             try:
@@ -602,45 +649,45 @@ class Router:
             finally:
                 conn.unregister_handler(key)
         self._observer.on_request_served(
-            conn.node_id, spec.name, time.perf_counter() - started, outcome
+            conn.node_id, spec.name, anyio.current_time() - started, outcome
         )
 
     async def _serve_one(
         self, conn: PeerConnection, state: _ChannelState, request_id: int, payload: bytes
-    ) -> str:
+    ) -> AttemptOutcome:
         spec = state.spec
         if state.handler is None:
             await conn.respond_error(spec.id, request_id, ErrorCode.NO_HANDLER,
                                      f"no handler on {spec.name!r}")
-            return "error"
+            return AttemptOutcome.ERROR
         try:
             message = spec.codec.decode(payload)
         except DecodeError as exc:
             self._observer.on_invalid_message(conn.node_id, spec.name, str(exc))
             await conn.respond_error(spec.id, request_id, ErrorCode.DECODE, str(exc)[:200])
-            return "error"
+            return AttemptOutcome.ERROR
         try:
             result = await state.handler(Envelope(conn.node_id, message, spec.id))
             data = spec.response_codec.encode(result)
         except RequestError as exc:
             state.failed += 1
             await conn.respond_error(spec.id, request_id, exc.code, exc.message)
-            return "error"
+            return AttemptOutcome.ERROR
         except LocalProtocolError as exc:
             state.failed += 1
             log.error("handler of %s returned an unencodable response: %s", spec.name, exc)
             await conn.respond_error(spec.id, request_id, ErrorCode.INTERNAL, "bad response")
-            return "error"
+            return AttemptOutcome.ERROR
         except Exception:  # task root: a handler bug must not take the connection down
             state.failed += 1
             log.exception("handler of %s failed on a request from %s", spec.name, conn.node_id)
             await conn.respond_error(spec.id, request_id, ErrorCode.INTERNAL, "internal error")
-            return "error"
+            return AttemptOutcome.ERROR
         if len(data) > spec.max_message_size:
             state.failed += 1
             await conn.respond_error(spec.id, request_id, ErrorCode.TOO_LARGE,
                                      f"response of {len(data)} bytes exceeds the limit")
-            return "error"
+            return AttemptOutcome.ERROR
         await conn.respond(spec.id, request_id, data)
         state.served += 1
-        return "ok"
+        return AttemptOutcome.OK

@@ -62,9 +62,8 @@ class TransportFactory(Protocol):
     def __call__(
         self,
         identity: SecureIdentity,
+        config: TransportConfig,
         *,
-        handshake_timeout: float,
-        max_pending_handshakes: int,
         accept_gate: AcceptGate | None,
     ) -> Transport: ...
 
@@ -86,18 +85,12 @@ class _Suite:
     step_timeout: float
 
     def transport(
-        self,
-        *,
-        max_pending_handshakes: int = 64,
-        accept_gate: AcceptGate | None = None,
-        handshake_timeout: float | None = None,
+        self, config: TransportConfig | None = None, *, accept_gate: AcceptGate | None = None
     ) -> Transport:
-        return self.make(
-            SecureIdentity(NodeKey.generate()),
-            handshake_timeout=handshake_timeout or self.handshake_timeout,
-            max_pending_handshakes=max_pending_handshakes,
-            accept_gate=accept_gate,
-        )
+        """A new transport; ``config`` defaults to the suite's (short) ``handshake_timeout``."""
+        if config is None:
+            config = TransportConfig(handshake_timeout=self.handshake_timeout)
+        return self.make(SecureIdentity(NodeKey.generate()), config, accept_gate=accept_gate)
 
     @asynccontextmanager
     async def serving(
@@ -453,7 +446,9 @@ async def _gate(suite: _Suite) -> None:
         hosts.append(host)
         return False
 
-    transport = suite.transport(accept_gate=refuse, handshake_timeout=suite.step_timeout)
+    transport = suite.transport(
+        TransportConfig(handshake_timeout=suite.step_timeout), accept_gate=refuse
+    )
     async with suite.serving(_idle, transport) as (listener, address):
         dialer = suite.transport()
         try:
@@ -477,7 +472,9 @@ async def _gate(suite: _Suite) -> None:
 
 async def _overload(suite: _Suite) -> None:
     # a long handshake timeout, so the first connection stays pending while the second arrives
-    transport = suite.transport(max_pending_handshakes=1, handshake_timeout=suite.step_timeout)
+    transport = suite.transport(
+        TransportConfig(handshake_timeout=suite.step_timeout, max_pending_handshakes=1)
+    )
     async with suite.serving(_idle, transport) as (listener, address):
         dialer = suite.transport()
         with anyio.fail_after(suite.step_timeout):
@@ -523,8 +520,9 @@ async def check_transport_conformance(
 ) -> None:
     """Run the conformance checks (all, or the named ``checks``) against a transport.
 
-    ``make_transport(identity, *, handshake_timeout, max_pending_handshakes, accept_gate)``
-    builds a transport listening somewhere fresh (e.g. ``127.0.0.1`` port 0).
+    ``make_transport(identity, config, *, accept_gate)`` builds a transport configured by
+    ``config`` (a :class:`~overlay.transport.TransportConfig`) listening somewhere fresh
+    (e.g. ``127.0.0.1`` port 0).
     ``misdirect(address, wrong_id)`` returns an address that reaches ``address``'s listener but
     expects ``wrong_id`` (default: the same address with the node id replaced; the memory
     network needs :meth:`MemoryNetwork.misdirect`). ``handshake_timeout`` is what the

@@ -55,7 +55,7 @@ import anyio.abc
 import anyio.lowlevel
 
 from overlay.address import NodeAddress
-from overlay.errors import ConfigError, DialError, LocalProtocolError
+from overlay.errors import ConfigError, ConnectFailure, DialError, LocalProtocolError
 from overlay.identity import NodeId
 from overlay.transport import (
     AcceptGate,
@@ -63,6 +63,7 @@ from overlay.transport import (
     RawListener,
     StreamAbortAttribute,
     Transport,
+    TransportConfig,
 )
 from overlay.transport._secure import SecureIdentity
 
@@ -388,23 +389,11 @@ class MemoryTransport(Transport):
         network: MemoryNetwork,
         identity: SecureIdentity,
         host: str,
+        config: TransportConfig | None = None,
         *,
-        handshake_timeout: float = 10.0,
-        max_pending_handshakes: int = 64,
         accept_gate: AcceptGate | None = None,
-        max_pending_handshakes_per_ip: int = 8,
-        max_pending_handshakes_per_netgroup: int = 16,
-        exempt_networks: tuple[str, ...] = (),
     ) -> None:
-        super().__init__(
-            identity,
-            handshake_timeout=handshake_timeout,
-            max_pending_handshakes=max_pending_handshakes,
-            accept_gate=accept_gate,
-            max_pending_handshakes_per_ip=max_pending_handshakes_per_ip,
-            max_pending_handshakes_per_netgroup=max_pending_handshakes_per_netgroup,
-            exempt_networks=exempt_networks,
-        )
+        super().__init__(identity, config, accept_gate=accept_gate)
         self.network = network
         self.host = host
         """The synthetic IP that peers see as our ``remote_host``."""
@@ -462,31 +451,18 @@ class MemoryNetwork:
     def transport(
         self,
         identity: SecureIdentity,
+        config: TransportConfig | None = None,
         *,
         host: str | None = None,
-        handshake_timeout: float = 10.0,
-        max_pending_handshakes: int = 64,
         accept_gate: AcceptGate | None = None,
-        max_pending_handshakes_per_ip: int = 8,
-        max_pending_handshakes_per_netgroup: int = 16,
-        exempt_networks: tuple[str, ...] = (),
     ) -> MemoryTransport:
-        """A new transport for ``identity``; ``host`` defaults to a unique synthetic IP."""
+        """A new transport for ``identity`` configured by ``config`` (defaults when None);
+        ``host`` defaults to a unique synthetic IP."""
         self._transports += 1
         if host is None:
             n = self._transports
             host = f"10.{n % 256}.{n // 256 % 256}.1"
-        return MemoryTransport(
-            self,
-            identity,
-            host,
-            handshake_timeout=handshake_timeout,
-            max_pending_handshakes=max_pending_handshakes,
-            accept_gate=accept_gate,
-            max_pending_handshakes_per_ip=max_pending_handshakes_per_ip,
-            max_pending_handshakes_per_netgroup=max_pending_handshakes_per_netgroup,
-            exempt_networks=exempt_networks,
-        )
+        return MemoryTransport(self, identity, host, config, accept_gate=accept_gate)
 
     # -- fault injection -----------------------------------------------------------------------
 
@@ -606,10 +582,12 @@ class MemoryNetwork:
             await anyio.lowlevel.checkpoint()
         listener = self._listeners.get(self._redirects.get(target, target))
         if listener is None:
-            raise DialError(f"no listener at memory:{target}")
+            raise DialError(f"no listener at memory:{target}", ConnectFailure.UNREACHABLE)
         target = listener.address.node_id
         if not self.reachable(source, target):
-            raise DialError(f"memory:{target} is unreachable (network partition)")
+            raise DialError(
+                f"memory:{target} is unreachable (network partition)", ConnectFailure.UNREACHABLE
+            )
         to_target = _Pipe(self.max_chunks, self.max_buffered, self._rng)
         to_source = _Pipe(self.max_chunks, self.max_buffered, self._rng)
         to_target.conditions = to_source.conditions = conditions
@@ -620,7 +598,9 @@ class MemoryNetwork:
         port = 1024 + self._ports % 64512
         inbound = RawConnection(server_end, dialer.host, f"memory:{dialer.host}:{port}")
         if not listener.offer(inbound):
-            raise DialError(f"memory:{target} refused the connection (backlog full)")
+            raise DialError(
+                f"memory:{target} refused the connection (backlog full)", ConnectFailure.REFUSED
+            )
         self._links.setdefault(source, set()).add(link)
         self._links.setdefault(target, set()).add(link)
         return RawConnection(client_end, listener.transport.host, f"memory:{target}")

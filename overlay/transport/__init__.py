@@ -12,10 +12,10 @@ from overlay.transport._base import (
     RawListener,
     StreamAbortAttribute,
     Transport,
-    TransportConfig,
     TransportStatistics,
     abort_stream,
 )
+from overlay.transport._config import TransportConfig
 
 __all__ = [
     "AcceptGate",

@@ -28,13 +28,17 @@ A transport knows nothing about messages. It only
 
 Dial errors, by phase:
 
-* the connection cannot be opened (refused, unreachable, unknown memory listener, partitioned,
-  *or the connect phase timed out*) → :class:`~overlay.errors.DialError` (with ``__cause__``);
+* the connection cannot be opened → :class:`~overlay.errors.DialError`, whose ``reason`` (a
+  :class:`~overlay.errors.ConnectFailure`) is set where it is raised: ``REFUSED`` (refused, or a
+  full memory backlog), ``UNREACHABLE`` (no route, unknown memory listener, partitioned),
+  ``TIMEOUT`` (the connect phase timed out);
 * the handshake did not finish in the remaining time (capped by ``handshake_timeout``) →
   :class:`~overlay.errors.HandshakeTimeout`;
 * the peer proved another node id → :class:`~overlay.errors.AuthenticationError`;
-* the peer spoke garbage, or the connection broke during the handshake (e.g. the listener's gate
-  rejected us) → :class:`~overlay.errors.HandshakeError`.
+* the peer spoke garbage → :class:`~overlay.errors.HandshakeError` (``reason`` ``HANDSHAKE``),
+  or the connection broke during the handshake (e.g. the listener's gate rejected us) → a
+  ``HandshakeError`` with ``reason`` ``CONNECTION``: backend errors are mapped once, in
+  ``secure_handshake``, and nothing above reads ``__cause__``.
 
 Handshake failure reasons (keys of ``TransportStatistics.handshake_failures``) are
 :class:`~overlay.transport._failures.HandshakeFailureReason` members, mapped from the exception by
@@ -65,7 +69,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import math
 import socket
 import struct
 import types
@@ -79,16 +82,15 @@ from anyio import TypedAttributeSet, typed_attribute
 
 from overlay.address import NodeAddress
 from overlay.errors import (
-    ConfigError,
+    ConnectFailure,
     DialError,
-    HandshakeError,
     HandshakeTimeout,
     InvalidAddressError,
     LocalProtocolError,
-    OverlayError,
 )
+from overlay.transport._config import TransportConfig
 from overlay.transport._failures import Direction, HandshakeFailureReason, handshake_failure_reason
-from overlay.transport._pending import PendingLimits, PendingOutcome, PendingTable
+from overlay.transport._pending import PendingOutcome, PendingTable
 from overlay.transport._secure import SecureIdentity, SecureStream, secure_handshake
 from overlay.wire._netgroup import in_networks, ip_key, netgroup, parse_networks
 
@@ -116,14 +118,6 @@ AcceptGate = Callable[[str], bool]
 
 FailureHook = Callable[[Direction, HandshakeFailureReason], None]
 """``on_handshake_failed(direction, reason)``: told of every failed inbound handshake (sync)."""
-
-_STREAM_ERRORS = (
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    OSError,
-)
-
 
 def _admit_all(remote_host: str) -> bool:
     return True
@@ -160,49 +154,6 @@ async def abort_stream(stream: anyio.abc.AsyncResource) -> None:
     except OSError as exc:  # already reset by the peer: closing is all that is left
         logger.debug("aborting a stream: %r", exc)
     await anyio.aclose_forcefully(stream)
-
-
-@dataclass(frozen=True, slots=True)
-class TransportConfig:
-    """Knobs shared by every transport (validated on construction)."""
-
-    handshake_timeout: float = 10.0
-    """Seconds an inbound handshake may take; also caps the handshake phase of a dial."""
-    max_pending_handshakes: int = 64
-    """Inbound handshakes allowed in progress at once; connections over it are closed at once
-    (or evict another pending handshake: see the module docstring)."""
-    max_pending_handshakes_per_ip: int = 8
-    """Inbound handshakes allowed in progress at once from one IP (an IPv6 /64)."""
-    max_pending_handshakes_per_netgroup: int = 16
-    """Inbound handshakes allowed in progress at once from one netgroup (IPv4 /16, IPv6 /32)."""
-    exempt_networks: tuple[str, ...] = ()
-    """CIDR networks exempt from the per-IP and per-netgroup limits (still bound by
-    ``max_pending_handshakes`` and evictable)."""
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.handshake_timeout, int | float) and self.handshake_timeout > 0):
-            raise ConfigError("handshake_timeout", "must be a positive number of seconds")
-        if not math.isfinite(self.handshake_timeout):
-            raise ConfigError("handshake_timeout", "must be finite")
-        if isinstance(self.max_pending_handshakes, bool) or not isinstance(
-            self.max_pending_handshakes, int
-        ):
-            raise ConfigError("max_pending_handshakes", "must be an integer")
-        if self.max_pending_handshakes < 1:
-            raise ConfigError("max_pending_handshakes", "must be >= 1")
-        self.pending_limits()  # validates the per-IP and per-netgroup limits
-        try:
-            parse_networks(self.exempt_networks)
-        except ValueError as exc:
-            raise ConfigError("exempt_networks", str(exc)) from exc
-
-    def pending_limits(self) -> PendingLimits:
-        """The limits of the transport's :class:`~overlay.transport._pending.PendingTable`."""
-        return PendingLimits(
-            max_total=self.max_pending_handshakes,
-            max_per_ip=self.max_pending_handshakes_per_ip,
-            max_per_netgroup=self.max_pending_handshakes_per_netgroup,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,22 +246,13 @@ class Transport(abc.ABC):
     def __init__(
         self,
         identity: SecureIdentity,
+        config: TransportConfig | None = None,
         *,
-        handshake_timeout: float = 10.0,
-        max_pending_handshakes: int = 64,
         accept_gate: AcceptGate | None = None,
-        max_pending_handshakes_per_ip: int = 8,
-        max_pending_handshakes_per_netgroup: int = 16,
-        exempt_networks: tuple[str, ...] = (),
     ) -> None:
         self.identity = identity
-        self.config = TransportConfig(
-            handshake_timeout=handshake_timeout,
-            max_pending_handshakes=max_pending_handshakes,
-            max_pending_handshakes_per_ip=max_pending_handshakes_per_ip,
-            max_pending_handshakes_per_netgroup=max_pending_handshakes_per_netgroup,
-            exempt_networks=tuple(exempt_networks),
-        )
+        self.config = config if config is not None else TransportConfig()
+        """The transport's settings (one object; see :class:`TransportConfig`)."""
         self._gate: AcceptGate = accept_gate if accept_gate is not None else _admit_all
         self._exempt = parse_networks(self.config.exempt_networks)
         self._pending = PendingTable(self.config.pending_limits())
@@ -444,8 +386,8 @@ class Transport(abc.ABC):
         with anyio.move_on_after(limit):
             conn = await self._raw_connect(address)
         if conn is None:
-            raise DialError(f"connecting to {address} timed out after {limit:g} s") from (
-                TimeoutError()
+            raise DialError(
+                f"connecting to {address} timed out after {limit:g} s", ConnectFailure.TIMEOUT
             )
         remaining = min(deadline - anyio.current_time(), self.config.handshake_timeout)
         if remaining <= 0:
@@ -462,16 +404,7 @@ class Transport(abc.ABC):
                 remote_host=conn.remote_host,
                 first_data=first_data,
             )
-        except OverlayError:
-            await anyio.aclose_forcefully(conn.stream)
-            raise
-        except TimeoutError as exc:
-            await anyio.aclose_forcefully(conn.stream)
-            raise HandshakeTimeout(f"handshake with {address} timed out") from exc
-        except _STREAM_ERRORS as exc:
-            await anyio.aclose_forcefully(conn.stream)
-            raise HandshakeError(f"connection to {address} lost during the handshake") from exc
-        except BaseException:
+        except BaseException:  # secure_handshake mapped backend errors (the one boundary)
             await anyio.aclose_forcefully(conn.stream)
             raise
 

@@ -6,9 +6,13 @@ exchange (run by the node). Either may fail in either direction; every failure i
 Noise only), the node's ``handshake_failures`` (``overlay status``), the
 ``overlay_handshake_failures_total`` counter and ``Observer.on_handshake_failed``.
 
-:func:`handshake_failure_reason` is the only place where exceptions (overlay's own, anyio's
-stream errors, ``OSError``) become reasons; every layer that catches a set-up failure calls it
-and passes the enum on, so no layer compares exception names or reason strings.
+:func:`handshake_failure_reason` is the only place where exceptions become reasons. The
+transport boundary decides the reason once, when it raises: a backend stream error during the
+set-up becomes a :class:`~overlay.errors.HandshakeError` with ``reason`` ``CONNECTION``
+(:func:`stream_failure`), a connect failure a :class:`~overlay.errors.DialError` whose ``reason``
+is a :class:`~overlay.errors.ConnectFailure`; so the mapping reads the error's own ``reason``
+and never walks ``__cause__``. :func:`dial_failure_reason` extends it to dials (the dial-failure
+metric and the peer manager's ``dial_failed``).
 
 Reasons (the enum's values are the metric labels and the keys shown by ``overlay status``):
 
@@ -33,14 +37,26 @@ import enum
 import anyio
 
 from overlay.errors import (
-    AuthenticationError,
+    ConnectFailure,
+    DialError,
     HandshakeError,
+    HandshakeFailureReason,
     IncompatiblePeerError,
+    LocalProtocolError,
     NetworkError,
+    NodeClosed,
     RemoteProtocolError,
 )
 
-__all__ = ["Direction", "HandshakeFailureReason", "handshake_failure_reason"]
+__all__ = [
+    "DialAbandoned",
+    "DialFailureReason",
+    "Direction",
+    "HandshakeFailureReason",
+    "dial_failure_reason",
+    "handshake_failure_reason",
+    "stream_failure",
+]
 
 
 class Direction(enum.StrEnum):
@@ -50,24 +66,18 @@ class Direction(enum.StrEnum):
     OUTBOUND = "outbound"
 
 
-class HandshakeFailureReason(enum.StrEnum):
-    """Why a connection set-up failed (see the module docstring)."""
+class DialAbandoned(enum.StrEnum):
+    """A dial that failed on our side, before or instead of reaching the network."""
 
-    TIMEOUT = "timeout"
-    AUTHENTICATION = "authentication"
-    HANDSHAKE = "handshake"
-    PROTOCOL = "protocol"
-    CONNECTION = "connection"
-    WRONG_NETWORK = "wrong_network"
-    INCOMPATIBLE_VERSION = "incompatible_version"
-    NO_COMMON_CHANNEL = "no_common_channel"
-    TOO_MANY_PEERS = "too_many_peers"
-    BANNED = "banned"
-    DUPLICATE = "duplicate"
-    SELF = "self"
-    SHUTDOWN = "shutdown"
-    REFUSED = "refused"
-    INTERNAL = "internal"
+    NODE_CLOSED = "node_closed"
+    """The node was shutting down."""
+    LOCAL = "local"
+    """The dial itself was a mistake (e.g. dialing ourselves)."""
+
+
+DialFailureReason = ConnectFailure | HandshakeFailureReason | DialAbandoned
+"""Why a dial failed: the label of the dial-failure metric and the reason the peer manager is
+told (see :func:`dial_failure_reason`)."""
 
 
 _REFUSALS: dict[str, HandshakeFailureReason] = {
@@ -84,38 +94,55 @@ _REFUSALS: dict[str, HandshakeFailureReason] = {
     )
 }
 
-_STREAM_ERRORS = (
+STREAM_ERRORS = (
     anyio.EndOfStream,
     anyio.BrokenResourceError,
     anyio.ClosedResourceError,
     OSError,
 )
+"""What a backend stream raises when the connection ends or breaks (the transport boundary
+turns these into :func:`stream_failure`)."""
 
 
-def _connection_lost(exc: BaseException) -> bool:
-    """The exception is, or was caused by, a stream error (EOF, reset, closed)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, _STREAM_ERRORS) and not isinstance(seen, TimeoutError):
-            return True
-        seen = seen.__cause__
-    return False
+def stream_failure(exc: BaseException, during: str) -> HandshakeError:
+    """The one translation of a stream error met during the set-up (``during`` says which
+    phase) into a :class:`HandshakeError` whose ``reason`` is ``CONNECTION``."""
+    if isinstance(exc, anyio.EndOfStream):
+        text = f"peer closed the connection during {during}"
+    else:
+        text = f"connection lost during {during}: {exc!r}"
+    return HandshakeError(text, reason=HandshakeFailureReason.CONNECTION)
 
 
 def handshake_failure_reason(exc: BaseException) -> HandshakeFailureReason:
-    """The reason a connection set-up failed with ``exc`` (total: any exception maps)."""
-    if isinstance(exc, IncompatiblePeerError):
-        return _REFUSALS.get(exc.reason, HandshakeFailureReason.REFUSED)
-    if isinstance(exc, AuthenticationError):
-        return HandshakeFailureReason.AUTHENTICATION
-    if isinstance(exc, TimeoutError):  # HandshakeTimeout included
-        return HandshakeFailureReason.TIMEOUT
-    if _connection_lost(exc):  # HandshakeError("connection lost ...") from a stream error
-        return HandshakeFailureReason.CONNECTION
-    if isinstance(exc, HandshakeError):
-        return HandshakeFailureReason.HANDSHAKE
-    if isinstance(exc, RemoteProtocolError):
-        return HandshakeFailureReason.PROTOCOL
-    if isinstance(exc, NetworkError):
-        return HandshakeFailureReason.CONNECTION
-    return HandshakeFailureReason.INTERNAL
+    """The reason a connection set-up failed with ``exc`` (total: any exception maps). The
+    reason of overlay's set-up errors is their own ``reason``, set where they were raised."""
+    match exc:
+        case IncompatiblePeerError():
+            return _REFUSALS.get(exc.reason, HandshakeFailureReason.REFUSED)
+        case HandshakeError():  # AuthenticationError included
+            return exc.reason
+        case TimeoutError():  # HandshakeTimeout, or a caller's own deadline
+            return HandshakeFailureReason.TIMEOUT
+        case RemoteProtocolError():
+            return HandshakeFailureReason.PROTOCOL
+        case NetworkError() | anyio.EndOfStream() | anyio.BrokenResourceError() \
+                | anyio.ClosedResourceError() | OSError():
+            return HandshakeFailureReason.CONNECTION
+        case _:
+            return HandshakeFailureReason.INTERNAL
+
+
+def dial_failure_reason(exc: BaseException) -> DialFailureReason:
+    """Why a dial failed with ``exc``: ``DialError.reason`` when the connection could not be
+    opened (``refused``, ``unreachable``, ``timeout``), :class:`DialAbandoned` when the dial
+    failed on our side, else the set-up failure reason (:func:`handshake_failure_reason`)."""
+    match exc:
+        case DialError():
+            return exc.reason
+        case NodeClosed():
+            return DialAbandoned.NODE_CLOSED
+        case LocalProtocolError():
+            return DialAbandoned.LOCAL
+        case _:
+            return handshake_failure_reason(exc)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import anyio
 import anyio.abc
 
-from overlay.errors import FrameError, HandshakeError
+from overlay.errors import FrameError
+from overlay.transport._failures import STREAM_ERRORS, stream_failure
 from overlay.wire._nodeinfo import MAX_HELLO_SIZE, hello_frame, hello_length
 
 __all__ = ["receive_hello", "send_hello"]
@@ -23,7 +24,8 @@ async def send_hello(stream: anyio.abc.ByteSendStream, payload: bytes) -> None:
 async def receive_hello(stream: anyio.abc.ByteReceiveStream, buffer: bytearray) -> bytes:
     """Read one length-prefixed hello message; leftover bytes stay in ``buffer``.
 
-    The length is validated before the body is read. EOF raises :class:`HandshakeError`.
+    The length is validated before the body is read. EOF or a broken stream raises
+    :class:`~overlay.errors.HandshakeError` with ``reason`` ``CONNECTION``.
     """
     while len(buffer) < 4:
         await _fill(stream, buffer)
@@ -40,5 +42,5 @@ async def receive_hello(stream: anyio.abc.ByteReceiveStream, buffer: bytearray) 
 async def _fill(stream: anyio.abc.ByteReceiveStream, buffer: bytearray) -> None:
     try:
         buffer += await stream.receive()
-    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
-        raise HandshakeError("connection closed during the hello exchange") from exc
+    except STREAM_ERRORS as exc:
+        raise stream_failure(exc, "the hello exchange") from exc

@@ -57,6 +57,8 @@ from overlay.errors import (
     OverlayError,
 )
 from overlay.identity import NodeId
+from overlay.transport._config import TransportConfig
+from overlay.transport._failures import STREAM_ERRORS, stream_failure
 from overlay.wire._handshake import (
     NOISE_PROTOCOL,
     PROLOGUE,
@@ -385,6 +387,8 @@ class SecureStream(anyio.abc.ByteStream):
 
 # -- the async handshake ---------------------------------------------------------------------
 
+_DEFAULTS = TransportConfig()  # the one default of ``handshake_timeout``
+
 
 def _socket_address(stream: anyio.abc.ByteStream) -> tuple[str | None, str | None]:
     raw = stream.extra(anyio.abc.SocketAttribute.remote_address, None)
@@ -408,26 +412,28 @@ async def _close_quietly(stream: anyio.abc.ByteStream) -> None:
 async def _pump(stream: anyio.abc.ByteStream, handshake: SecureHandshake, hold_last: bool) -> bytes:
     """Run the handshake. With ``hold_last`` the initiator's last message is returned unsent,
     to be written together with its first application data (one write, one read fewer)."""
-    try:
+    out = handshake.data_to_send()
+    if out:
+        await stream.send(out)
+    while not handshake.is_complete:
+        handshake.receive_data(await stream.receive(_READ_SIZE))
         out = handshake.data_to_send()
         if out:
+            if hold_last and handshake.is_complete:
+                return out
             await stream.send(out)
-        while not handshake.is_complete:
-            try:
-                data = await stream.receive(_READ_SIZE)
-            except anyio.EndOfStream as exc:
-                raise HandshakeError("peer closed the connection during the handshake") from exc
-            handshake.receive_data(data)
-            out = handshake.data_to_send()
-            if out:
-                if hold_last and handshake.is_complete:
-                    return out
-                await stream.send(out)
-        return b""
-    except (anyio.BrokenResourceError, OSError) as exc:
-        if isinstance(exc, TimeoutError):
-            raise HandshakeTimeout(f"network timeout during the handshake: {exc}") from exc
-        raise HandshakeError(f"connection lost during the handshake: {exc!r}") from exc
+    return b""
+
+
+def _failure(exc: BaseException, timeout: float) -> BaseException:
+    """The one mapping of what the handshake's I/O raised into overlay's errors (the transport
+    boundary): a deadline → HandshakeTimeout; a backend stream error → HandshakeError with
+    reason CONNECTION; anything else (overlay's own errors, cancellation) unchanged."""
+    if isinstance(exc, TimeoutError) and not isinstance(exc, OverlayError):
+        return HandshakeTimeout(f"secure handshake did not finish within {timeout:g} s")
+    if isinstance(exc, STREAM_ERRORS):
+        return stream_failure(exc, "the handshake")
+    return exc
 
 
 async def secure_handshake(
@@ -436,7 +442,7 @@ async def secure_handshake(
     *,
     initiator: bool,
     expected_id: NodeId | None = None,
-    timeout: float = 10.0,
+    timeout: float = _DEFAULTS.handshake_timeout,
     remote_address: str | None = None,
     remote_host: str | None = None,
     first_data: bytes = b"",
@@ -451,32 +457,21 @@ async def secure_handshake(
     if not timeout > 0:  # also refuses NaN
         raise LocalProtocolError(f"handshake timeout must be positive, got {timeout!r}")
     handshake = SecureHandshake(identity, initiator=initiator, expected_id=expected_id)
-    deadline = anyio.current_time() + timeout
     try:
         with anyio.fail_after(timeout):
             pending = await _pump(stream, handshake, bool(first_data) and initiator)
+            send_cipher, receive_cipher = handshake.transport_ciphers()
+            if first_data:  # with the handshake's held last message (initiator), in one write
+                await stream.send(pending + encrypt_frames(send_cipher, first_data))
     except BaseException as exc:
         await _close_quietly(stream)
-        if isinstance(exc, TimeoutError) and not isinstance(exc, OverlayError):
-            raise HandshakeTimeout(f"secure handshake did not finish within {timeout} s") from None
-        raise
+        mapped = _failure(exc, timeout)
+        if mapped is exc:
+            raise
+        raise mapped from exc
     socket_address, socket_host = _socket_address(stream)
     node_id, public_key = handshake.remote_node_id, handshake.remote_public_key
     assert node_id is not None and public_key is not None
-    send_cipher, receive_cipher = handshake.transport_ciphers()
-    if first_data:  # with the handshake's held last message (initiator), in one write
-        try:
-            with anyio.fail_after(max(0.0, deadline - anyio.current_time())):
-                await stream.send(pending + encrypt_frames(send_cipher, first_data))
-        except BaseException as exc:
-            await _close_quietly(stream)
-            if isinstance(exc, TimeoutError) and not isinstance(exc, OverlayError):
-                raise HandshakeTimeout(
-                    f"secure handshake did not finish within {timeout} s"
-                ) from None
-            if isinstance(exc, anyio.BrokenResourceError | OSError):
-                raise HandshakeError(f"connection lost during the handshake: {exc!r}") from exc
-            raise
     secure = SecureStream(
         stream,
         send_cipher,

@@ -15,8 +15,9 @@ only binds sockets and opens connections:
 * ``remote_host`` is the peer's IP as the socket sees it (IPv4-mapped IPv6 addresses are
   unmapped, so per-IP limits see one form), ``remote_address`` is ``HOST:PORT`` (``[v6]:PORT``).
 
-Connect failures (refused, unreachable, name resolution) raise
-:class:`~overlay.errors.DialError` with the ``OSError`` as ``__cause__``.
+Connect failures raise :class:`~overlay.errors.DialError` whose ``reason`` is decided here, once:
+``REFUSED`` (every address refused), ``TIMEOUT``, or ``UNREACHABLE`` (anything else: no route,
+name resolution); the ``OSError`` stays as ``__cause__`` for logs only.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ import anyio.abc
 from anyio.abc import SocketAttribute
 
 from overlay.address import ListenAddress, NodeAddress
-from overlay.errors import ConfigError, DialError
-from overlay.transport import AcceptGate, RawConnection, RawListener, Transport
+from overlay.errors import ConfigError, ConnectFailure, DialError
+from overlay.transport import AcceptGate, RawConnection, RawListener, Transport, TransportConfig
 from overlay.transport._secure import SecureIdentity
 
 __all__ = ["TcpTransport"]
@@ -46,6 +47,20 @@ def _unmap(host: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return host
+
+
+def _refused(exc: OSError) -> bool:
+    """Whether every attempt of ``anyio.connect_tcp`` was refused (it raises one ``OSError``
+    for all the addresses it tried, the attempts' errors as its ``__cause__`` or in an
+    exception group)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return True
+    cause = exc.__cause__
+    if isinstance(cause, ConnectionRefusedError):
+        return True
+    if isinstance(cause, BaseExceptionGroup):
+        return all(isinstance(e, ConnectionRefusedError) for e in cause.exceptions)
+    return False
 
 
 def _format(host: str, port: int) -> str:
@@ -91,24 +106,12 @@ class TcpTransport(Transport):
         self,
         identity: SecureIdentity,
         listen: ListenAddress | Sequence[ListenAddress] = (),
+        config: TransportConfig | None = None,
         *,
-        handshake_timeout: float = 10.0,
-        max_pending_handshakes: int = 64,
         accept_gate: AcceptGate | None = None,
-        max_pending_handshakes_per_ip: int = 8,
-        max_pending_handshakes_per_netgroup: int = 16,
-        exempt_networks: tuple[str, ...] = (),
         local_host: str | None = None,
     ) -> None:
-        super().__init__(
-            identity,
-            handshake_timeout=handshake_timeout,
-            max_pending_handshakes=max_pending_handshakes,
-            accept_gate=accept_gate,
-            max_pending_handshakes_per_ip=max_pending_handshakes_per_ip,
-            max_pending_handshakes_per_netgroup=max_pending_handshakes_per_netgroup,
-            exempt_networks=exempt_networks,
-        )
+        super().__init__(identity, config, accept_gate=accept_gate)
         self.local_host = local_host
         """Source address of outbound connections (None: the system picks one)."""
         listens = (listen,) if isinstance(listen, ListenAddress) else tuple(listen)
@@ -144,6 +147,11 @@ class TcpTransport(Transport):
             stream = await anyio.connect_tcp(
                 address.host, address.port, local_host=self.local_host
             )
-        except OSError as exc:
-            raise DialError(f"cannot connect to {address}: {exc}") from exc
+        except OSError as exc:  # the transport boundary: the reason is decided here, once
+            reason = (
+                ConnectFailure.REFUSED if _refused(exc)
+                else ConnectFailure.TIMEOUT if isinstance(exc, TimeoutError)
+                else ConnectFailure.UNREACHABLE
+            )
+            raise DialError(f"cannot connect to {address}: {exc}", reason) from exc
         return _prepare(stream)

@@ -10,14 +10,13 @@ dataclasses: text is truncated at a UTF-8 character boundary to a fixed byte bud
 error or disconnect payload always fits in one small frame.
 
 Forward compatibility: an error code this version does not know decodes as
-``ErrorCode.UNKNOWN``; a disconnect reason is kept as a raw ``int`` (see
-:class:`DisconnectReason` for the known values).
+``ErrorCode.UNKNOWN``, a disconnect reason as ``DisconnectReason.UNSPECIFIED``.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import Final
 
 from google.protobuf.message import DecodeError as _PbDecodeError
 
@@ -55,47 +54,41 @@ _U64 = (1 << 64) - 1
 _I32_MAX = (1 << 31) - 1
 
 
-class DisconnectReason:
+class DisconnectReason(enum.IntEnum):
     """Why a connection is closed: the values of the ``DisconnectReason`` enum of
-    proto/overlay.proto (a test checks they match), with the short names used in logs and
-    metrics.
+    proto/overlay.proto (wire values, stable; a test checks they match).
 
-    This is the only definition (``overlay.wire._nodeinfo`` re-exports it). The values are plain
-    ``int`` constants rather than an ``IntEnum`` because a Disconnect may carry a value this
-    version does not know; :meth:`name` names any value.
+    This is the only definition (``overlay.wire._nodeinfo`` re-exports it). A value this version
+    does not know decodes as ``UNSPECIFIED`` (:meth:`from_wire`), as an unknown error code
+    decodes as ``ErrorCode.UNKNOWN``. :attr:`label` is the short name used in logs and metrics.
     """
 
-    UNSPECIFIED: Final = 0
-    SHUTDOWN: Final = 1
-    WRONG_NETWORK: Final = 2
-    INCOMPATIBLE_VERSION: Final = 3
-    NO_COMMON_CHANNEL: Final = 4
-    PROTOCOL_VIOLATION: Final = 5
-    TOO_MANY_PEERS: Final = 6
-    BANNED: Final = 7
-    DUPLICATE: Final = 8
-    EVICTED: Final = 9
-    OPERATOR: Final = 10
-    IDLE_TIMEOUT: Final = 11
-    SELF: Final = 12
+    UNSPECIFIED = 0
+    SHUTDOWN = 1
+    WRONG_NETWORK = 2
+    INCOMPATIBLE_VERSION = 3
+    NO_COMMON_CHANNEL = 4
+    PROTOCOL_VIOLATION = 5
+    TOO_MANY_PEERS = 6
+    BANNED = 7
+    DUPLICATE = 8
+    EVICTED = 9
+    OPERATOR = 10
+    IDLE_TIMEOUT = 11
+    SELF = 12
 
-    @staticmethod
-    def name(value: int) -> str:
-        """Short lowercase name, e.g. ``wrong_network``; ``unknown_<n>`` for unknown values."""
-        return _REASON_NAMES.get(value, f"unknown_{value}")
+    @classmethod
+    def from_wire(cls, value: int) -> DisconnectReason:
+        """The member for a received value; ``UNSPECIFIED`` for one this version does not know."""
+        try:
+            return cls(value)
+        except ValueError:
+            return cls.UNSPECIFIED
 
-    @staticmethod
-    def values() -> dict[str, int]:
-        """Every known reason by its upper-case constant name, in wire-value order."""
-        return dict(sorted(_REASON_VALUES.items(), key=lambda item: item[1]))
-
-
-_REASON_VALUES: dict[str, int] = {
-    key: value
-    for key, value in vars(DisconnectReason).items()
-    if key.isupper() and isinstance(value, int)
-}
-_REASON_NAMES: dict[int, str] = {value: key.lower() for key, value in _REASON_VALUES.items()}
+    @property
+    def label(self) -> str:
+        """Short lowercase name for logs and metrics, e.g. ``wrong_network``."""
+        return self.name.lower()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +121,8 @@ class Pong:
 class Disconnect:
     """Control: the sender is closing the connection; nothing follows it."""
 
-    reason: int
-    """A :class:`DisconnectReason` value (kept as ``int``: unknown values are allowed)."""
+    reason: DisconnectReason
+    """Why (an unknown received value decodes as ``UNSPECIFIED``)."""
     message: str
     """Human-readable detail (may be empty)."""
 
@@ -217,8 +210,8 @@ def encode_control(
             )
         return data
     else:
-        reason = message.reason if -_I32_MAX - 1 <= message.reason <= _I32_MAX else 0
-        pb.disconnect.reason = reason  # type: ignore[assignment]
+        reason = int(message.reason)
+        pb.disconnect.reason = reason if -_I32_MAX - 1 <= reason <= _I32_MAX else 0  # type: ignore[assignment]
         budget = max(0, min(max_message_bytes, MAX_DISCONNECT_MESSAGE_BYTES))
         pb.disconnect.message = _text(message.message, budget)
     return pb.SerializeToString()
@@ -237,7 +230,7 @@ def decode_control(data: bytes) -> ControlMessage:
     if which == "pong":
         return Pong(pb.pong.nonce)
     if which == "disconnect":
-        return Disconnect(int(pb.disconnect.reason), pb.disconnect.message)
+        return Disconnect(DisconnectReason.from_wire(pb.disconnect.reason), pb.disconnect.message)
     if which == "node_info_update":
         if len(data) > MAX_INFO_UPDATE_BYTES:
             raise FrameError(

@@ -119,12 +119,12 @@ def decode_node_info(data: bytes) -> NodeInfo:
     return _from_pb(msg)
 
 
-def encode_hello_reply(reply: NodeInfo | tuple[int, str]) -> bytes:
+def encode_hello_reply(reply: NodeInfo | tuple[DisconnectReason, str]) -> bytes:
     """Encode an acceptance (our NodeInfo) or a refusal ``(reason, message)``."""
     if isinstance(reply, NodeInfo):
         return pb.HelloReply(node_info=_to_pb(reply)).SerializeToString()
     reason, message = reply
-    refused = pb.Disconnect(reason=reason, message=message)  # type: ignore[arg-type]
+    refused = pb.Disconnect(reason=int(reason), message=message)  # type: ignore[arg-type]
     return pb.HelloReply(refused=refused).SerializeToString()
 
 
@@ -139,12 +139,12 @@ def decode_hello_reply(data: bytes) -> NodeInfo:
     if which == "node_info":
         return _from_pb(msg.node_info)
     if which == "refused":
-        reason = DisconnectReason.name(msg.refused.reason)
-        raise IncompatiblePeerError(reason, f"peer refused us: {msg.refused.message}")
+        reason = DisconnectReason.from_wire(msg.refused.reason)
+        raise IncompatiblePeerError(reason.label, f"peer refused us: {msg.refused.message}")
     raise FrameError("HelloReply carries neither node_info nor refused")
 
 
-def check_compatible(local: NodeInfo, remote: NodeInfo) -> tuple[int, str] | None:
+def check_compatible(local: NodeInfo, remote: NodeInfo) -> tuple[DisconnectReason, str] | None:
     """``None`` when compatible, else ``(DisconnectReason, human message)``."""
     if remote.network != local.network:
         return (

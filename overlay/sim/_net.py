@@ -1,0 +1,242 @@
+"""The simulated network: node ids, the latency model, bootstrapped routing tables, and a driver
+that runs one real ``discovery.Lookup`` to its end on virtual time.
+
+Nodes are indices ``0..n-1`` (ids are random 20-byte strings, sorted, so index order is id
+order). A link's round-trip time is ``rtt_min + (rtt_max - rtt_min) * (c[a] + c[b]) / 2`` with
+one random coordinate ``c`` per node: fixed per link, spread over [rtt_min, rtt_max], and free
+to compute. A lookup is computed when it starts, against the network as it is at that instant
+(tables, provider stores, who is online); its answers arrive at virtual times drawn from the
+latency model, and the caller delivers its result at ``start + elapsed``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from discovery import (
+    Lookup,
+    LookupConfig,
+    LookupDone,
+    LookupMode,
+    LookupResult,
+    Misbehaved,
+    ProviderFound,
+    ProviderStore,
+    Query,
+    RoutingTable,
+    TableConfig,
+)
+
+__all__ = ["Answer", "LookupRun", "SimNetwork", "nearest"]
+
+ID_BYTES = 20
+ID_BITS = 160
+
+
+def nearest(nums: Sequence[int], target: int, k: int) -> list[int]:
+    """Indices into the sorted ``nums`` of the ``k`` nearest to ``target`` by XOR, nearest first.
+
+    Every value within XOR distance ``< 2**j`` of the target lies in one aligned block of
+    ``2**j`` values, which is a contiguous slice of ``nums``: find the smallest block holding at
+    least ``k`` values and sort only that slice."""
+    n = len(nums)
+    if k <= 0 or n == 0:
+        return []
+    if n <= k:
+        return sorted(range(n), key=lambda i: nums[i] ^ target)
+    lo, hi = 0, ID_BITS  # smallest j with >= k values in the block of size 2**j
+    while lo < hi:
+        j = (lo + hi) // 2
+        base = (target >> j) << j
+        count = bisect.bisect_left(nums, base + (1 << j)) - bisect.bisect_left(nums, base)
+        if count >= k:
+            hi = j
+        else:
+            lo = j + 1
+    base = (target >> lo) << lo
+    a = bisect.bisect_left(nums, base)
+    b = bisect.bisect_left(nums, base + (1 << lo))
+    return sorted(range(a, b), key=lambda i: nums[i] ^ target)[:k]
+
+
+@dataclass(slots=True)
+class Answer:
+    """What a queried node answers: contact ids and (provider index, payload) pairs."""
+
+    contacts: list[bytes]
+    providers: list[tuple[bytes, int]]
+
+
+@dataclass(slots=True)
+class LookupRun:
+    result: LookupResult
+    elapsed: float
+    first_provider_at: float | None
+    """Seconds from start to the first provider, if any."""
+    providers: list[int]
+    """Provider node indices, in the order found."""
+    replicas: list[bytes]
+    """Where to store a record for the target: the ``k`` nearest peers that answered *on each
+    path* (S/Kademlia stores through every disjoint path, so one path's liars, however near
+    they claim to be, cannot take every replica). With one path: ``result.closest``."""
+
+
+Responder = Callable[[bytes, bytes, LookupMode], Answer | None]
+"""``(responder id, target, mode) -> Answer``, or None when it does not answer."""
+
+
+class SimNetwork:
+    """``n`` nodes with Kademlia tables as a bootstrapped network has them: every bucket holds
+    up to ``k`` random nodes of its range (verified contacts; netgroup limits not applied)."""
+
+    def __init__(
+        self, n: int, rng: random.Random, *, k: int, rtt: tuple[float, float], now: float
+    ) -> None:
+        ids: set[bytes] = set()
+        while len(ids) < n:
+            ids.add(rng.randbytes(ID_BYTES))
+        self.ids = sorted(ids)
+        self.nums = [int.from_bytes(i, "big") for i in self.ids]
+        self.index = {node_id: i for i, node_id in enumerate(self.ids)}
+        self.coord = [rng.random() for _ in range(n)]
+        self._rtt_min = rtt[0]
+        self._rtt_span = rtt[1] - rtt[0]
+        self.k = k
+        config = TableConfig(k=k)
+        self.tables: list[RoutingTable] = []
+        nums = self.nums
+        for num, node_id in zip(nums, self.ids, strict=True):
+            table = RoutingTable(node_id, config, now=now)
+            for i in range(ID_BITS - 1, -1, -1):
+                low = ((num ^ (1 << i)) >> i) << i
+                lo = bisect.bisect_left(nums, low)
+                hi = bisect.bisect_left(nums, low + (1 << i), lo)
+                if hi <= lo:
+                    continue
+                picks = range(lo, hi) if hi - lo <= k else rng.sample(range(lo, hi), k)
+                for j in picks:
+                    table.add(self.ids[j], None, verified=True, now=now)
+            self.tables.append(table)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rtt(self, a: int, b: int) -> float:
+        return self._rtt_min + self._rtt_span * 0.5 * (self.coord[a] + self.coord[b])
+
+    def closest_true(
+        self, target: bytes, k: int, members: Sequence[int] | None = None
+    ) -> list[int]:
+        """The ``k`` node indices nearest ``target`` (among ``members``, sorted, if given)."""
+        t = int.from_bytes(target, "big")
+        if members is None:
+            return nearest(self.nums, t, k)
+        sub = [self.nums[i] for i in members]
+        return [members[i] for i in nearest(sub, t, k)]
+
+    def run_lookup(
+        self,
+        origin: int,
+        target: bytes,
+        mode: LookupMode,
+        responder: Responder,
+        config: LookupConfig,
+        rng: random.Random,
+        *,
+        now: float,
+        loss: float,
+        paths: int,
+        want: int | None = None,
+        give_up_after: float = 60.0,
+    ) -> LookupRun:
+        """Drive one lookup from ``origin`` to its end (or cancel it after ``give_up_after``)."""
+        local = self.ids[origin]
+        lookup: Lookup[int] = Lookup(
+            target, mode, self.tables[origin].closest(target, self.k), local_id=local,
+            config=config, want=want, paths=paths,
+        )
+        index = self.index
+        coord = self.coord
+        c0 = coord[origin]
+        start = now
+        inflight: list[tuple[float, int, bytes, Answer]] = []
+        seq = 0
+        providers: list[int] = []
+        first_at: float | None = None
+        events = lookup.start(now)
+        span = self._rtt_span * 0.5
+        path_of: dict[bytes, int] = {}
+        answered: set[bytes] = set()
+        t = int.from_bytes(target, "big")
+        while True:
+            for event in events:
+                if isinstance(event, Query):
+                    peer = event.peer
+                    answer = responder(peer, target, mode)
+                    if answer is None or (loss and rng.random() < loss):
+                        continue
+                    j = index.get(peer)
+                    rtt = self._rtt_min + span * (c0 + (coord[j] if j is not None else 0.5))
+                    seq += 1
+                    path_of[peer] = event.path
+                    heapq.heappush(inflight, (now + rtt, seq, peer, answer))
+                elif isinstance(event, ProviderFound):
+                    providers.append(event.payload)
+                    if first_at is None:
+                        first_at = now - start
+                elif isinstance(event, Misbehaved):
+                    answered.discard(event.peer)
+                elif isinstance(event, LookupDone):
+                    replicas: dict[bytes, None] = {}
+                    for p in range(paths):
+                        mine = sorted(
+                            (c for c in answered if path_of[c] == p),
+                            key=lambda c: int.from_bytes(c, "big") ^ t,
+                        )
+                        replicas.update(dict.fromkeys(mine[: self.k]))
+                    return LookupRun(
+                        event.result, now - start, first_at, providers, list(replicas)
+                    )
+            deadline = lookup.next_deadline()
+            if now - start >= give_up_after:
+                events = lookup.cancel()
+            elif inflight and (deadline is None or inflight[0][0] <= deadline):
+                now, _, peer, answer = heapq.heappop(inflight)
+                answered.add(peer)
+                events = lookup.on_response(peer, answer.contacts, answer.providers, now=now)
+            elif deadline is not None:
+                now = max(now, deadline)
+                events = lookup.on_timer(now)
+            else:  # pragma: no cover - the lookup core always has a deadline or is done
+                raise AssertionError("lookup stalled")
+
+
+def honest_responder(
+    net: SimNetwork,
+    stores: dict[int, ProviderStore[int]],
+    online: Callable[[int], bool],
+    now: Callable[[], float],
+) -> Responder:
+    """Answers as an honest node does: its ``k`` nearest table contacts and, for GET_PROVIDERS,
+    the providers it stores (offline nodes do not answer)."""
+    k = net.k
+    tables = net.tables
+    index = net.index
+
+    def answer(peer: bytes, target: bytes, mode: LookupMode) -> Answer | None:
+        i = index.get(peer)
+        if i is None or not online(i):
+            return None
+        contacts = tables[i].closest(target, k)
+        provided: list[tuple[bytes, int]] = []
+        if mode is LookupMode.GET_PROVIDERS:
+            store = stores.get(i)
+            if store is not None:
+                provided = [(e.provider_id, e.payload) for e in store.get(target, now())]
+        return Answer(contacts, provided)
+
+    return answer

@@ -1,0 +1,429 @@
+"""The main run: N nodes on a discrete-event scheduler, driving the real pure cores.
+
+What each node runs (theory of operation)
+-----------------------------------------
+* **Start** (staggered over the first 5 s): dial ``bootstrap_peers`` random nodes (its seeds);
+  providers publish each capability they hold through the DHT (a FIND_NODE lookup for the
+  provider key, then a store on the nodes it returned, one RTT later); every node schedules
+  its first PEX round; seekers schedule their first policy tick.
+* **Connections** are a simplified connection set: a dial completes one RTT later when the
+  remote is online and below ``max_connections`` (else it fails); both sides then hold the
+  other's record in their ``RecordStore`` (the handshake carries it). A connected peer's
+  advertised capabilities count as confirmed.
+* **PEX** (``discovery.PexAsker`` / ``PexResponder``): each round the asker picks a connected
+  peer and names its deficits; the responder's answer (computed when the request is sent) is
+  rate limited and selected by the real core; the records land in the asker's store one RTT
+  later with the responder as their source.
+* **Policy** (``routing.PolicyEngine``), seekers only: every ``heartbeat`` (and at once when
+  discovery or PEX brings records of a short capability) a snapshot of connections and stored
+  candidates goes in; ``Dial`` opens a connection, ``Prune`` closes one, ``Discover`` runs a
+  provider lookup (2 disjoint paths) whose providers enter the store when it ends.
+* **Churn**: nodes leave at random times (``churn_per_hour``), dropping their connections and
+  answering nothing, and return after an exponential downtime to start again.
+
+A lookup is computed when it starts, against the network state at that instant (see
+``overlay.sim._net``); its result is delivered at ``start + elapsed``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass, field
+
+from discovery import (
+    CapabilityInfo,
+    CapabilityRecord,
+    LookupConfig,
+    LookupMode,
+    PexAsker,
+    PexConfig,
+    PexResponder,
+    PexVerdict,
+    ProviderStore,
+    RecordStore,
+    RecordStoreConfig,
+    SignedRecord,
+    node_id_from_bytes,
+    provider_key,
+    record_netgroup,
+)
+from overlay.identity import NodeId
+from overlay.sim._config import SimConfig
+from overlay.sim._net import LookupRun, SimNetwork, honest_responder
+from routing import (
+    Candidate,
+    ConnectedPeer,
+    ConnectionLimits,
+    Dial,
+    Discover,
+    PolicyEngine,
+    PolicySnapshot,
+    Prune,
+)
+
+__all__ = ["NETWORK", "T0", "World"]
+
+T0 = 1_700_000_000.0
+NETWORK = "sim"
+_START_SPREAD = 5.0
+
+# event kinds
+_START, _CONNECT, _PEX, _PEX_ANSWER, _TICK, _DISCOVERED, _STORE, _LEAVE = range(8)
+
+
+@dataclass(slots=True)
+class _Node:
+    idx: int
+    node_id: NodeId
+    record: SignedRecord
+    caps: frozenset[str]
+    store: RecordStore
+    asker: PexAsker
+    responder: PexResponder
+    engine: PolicyEngine | None = None
+    online: bool = False
+    started_at: float = 0.0
+    conns: dict[int, bool] = field(default_factory=dict)  # peer -> outbound
+    since: dict[int, float] = field(default_factory=dict)
+    dialing: set[int] = field(default_factory=set)
+    next_tick: float = float("inf")
+    met_at: dict[str, float] = field(default_factory=dict)
+    messages: int = 0
+    epoch: int = 0
+    fill_budget: int = 0
+
+
+@dataclass(slots=True)
+class Counters:
+    dials: int = 0
+    dial_failures: int = 0
+    pex_requests: int = 0
+    pex_rate_limited: int = 0
+    pex_records: int = 0
+    dht_lookups: int = 0
+    dht_messages: int = 0
+    policy_ticks: int = 0
+    prunes: int = 0
+    discoveries: int = 0
+    leaves: int = 0
+    events: int = 0
+
+
+class World:
+    """Everything of one main run (see the module docstring)."""
+
+    def __init__(self, config: SimConfig, net: SimNetwork, rng: random.Random) -> None:
+        self.config = config
+        self.net = net
+        self.rng = random.Random(rng.getrandbits(64))
+        self.dht_rng = random.Random(rng.getrandbits(64))
+        n = len(net)
+        self.now = T0
+        self.counters = Counters()
+        self.lookup_config = LookupConfig(
+            k=config.k, alpha=config.alpha, query_timeout=config.query_timeout
+        )
+        self.limits = ConnectionLimits(
+            max_connections=config.max_connections, max_outbound=config.max_outbound,
+            min_outbound=(3 * config.max_outbound + 9) // 10,
+        )
+        holders: dict[str, list[int]] = {}
+        caps_of: list[set[str]] = [set() for _ in range(n)]
+        for name, share in config.capabilities:
+            count = max(1, round(share * n))
+            chosen = sorted(self.rng.sample(range(n), count))
+            holders[name] = chosen
+            for i in chosen:
+                caps_of[i].add(name)
+        self.holders = holders
+        seekers = max(1, round(config.seekers * n))
+        self.seekers = sorted(self.rng.sample(range(n), seekers))
+        pex = PexConfig()
+        groups: dict[NodeId, str] = {}
+        self.nodes: list[_Node] = []
+        expires = int(T0 + 10 * config.duration + 86_400)
+        for i in range(n):
+            node_id = node_id_from_bytes(net.ids[i])
+            record = CapabilityRecord(
+                node_id=node_id, public_key=b"", seq=1, network=NETWORK,
+                addresses=(f"{1 + (i * 7919) % 223}.{(i // 223) % 256}.{i % 256}.1:26656",),
+                capabilities={c: CapabilityInfo(1) for c in sorted(caps_of[i])},
+                issued_at=int(T0), expires_at=expires,
+            )
+            groups[node_id] = record_netgroup(record)
+            node_rng = random.Random(self.rng.getrandbits(64))
+            self.nodes.append(_Node(
+                idx=i, node_id=node_id, record=SignedRecord(b"", record),
+                caps=frozenset(caps_of[i]),
+                store=RecordStore(RecordStoreConfig(max_records=256, max_per_source=64)),
+                asker=PexAsker(pex, rng=node_rng),
+                responder=PexResponder(pex, rng=node_rng, netgroup=lambda r: groups[r.node_id]),
+            ))
+        self.by_id = {node.node_id: node.idx for node in self.nodes}
+        for i in self.seekers:
+            self.nodes[i].engine = PolicyEngine(self.nodes[i].node_id)
+        self.provider_stores: dict[int, ProviderStore[int]] = {}
+        self.responder = honest_responder(
+            net, self.provider_stores, lambda i: self.nodes[i].online, lambda: self.now
+        )
+        self._heap: list[tuple[float, int, int, int, int, object]] = []
+        self._seq = 0
+        self.provider_lookups: list[tuple[int, int]] = []  # (rounds, messages) of Discover
+        for i in range(n):
+            self._push(T0 + self.rng.uniform(0, _START_SPREAD), _START, i)
+        leaves = round(config.churn_per_hour * n * config.duration / 3600)
+        for i in self.rng.sample(range(n), min(n, leaves)):
+            self._push(T0 + self.rng.uniform(_START_SPREAD, config.duration), _LEAVE, i)
+
+    # -- scheduler -------------------------------------------------------------------------------
+
+    def _push(self, at: float, kind: int, a: int, b: int = -1, payload: object = None) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, kind, a, b, payload))
+
+    def run(self) -> None:
+        end = T0 + self.config.duration
+        heap = self._heap
+        nodes = self.nodes
+        while heap and heap[0][0] <= end:
+            at, _, kind, a, b, payload = heapq.heappop(heap)
+            self.now = at
+            self.counters.events += 1
+            node = nodes[a]
+            if kind == _START:
+                self._start(node)
+            elif not node.online:
+                continue
+            elif kind == _CONNECT:
+                self._connected(node, b, payload)
+            elif kind == _PEX:
+                if payload == node.epoch:
+                    self._pex(node)
+            elif kind == _PEX_ANSWER:
+                self._pex_answer(node, b, payload)
+            elif kind == _TICK:
+                if at == node.next_tick:
+                    self._tick(node)
+            elif kind == _DISCOVERED:
+                self._discovered(node, payload)
+            elif kind == _STORE:
+                self._store(node, payload)
+            elif kind == _LEAVE:
+                self._leave(node)
+
+    # -- handlers --------------------------------------------------------------------------------
+
+    def _start(self, node: _Node) -> None:
+        if node.online:
+            return
+        node.online = True
+        node.epoch += 1
+        node.started_at = self.now
+        node.fill_budget = 3 * self.config.bootstrap_peers
+        n = len(self.nodes)
+        for j in self.rng.sample(range(n), min(n - 1, self.config.bootstrap_peers + 1)):
+            if j != node.idx and len(node.dialing) < self.config.bootstrap_peers:
+                self._dial(node, j)
+        for cap in sorted(node.caps):
+            self._publish(node, cap)
+        self._push(self.now + self.rng.uniform(0.5, 1.5), _PEX, node.idx, payload=node.epoch)
+        if node.engine is not None:
+            self._schedule_tick(node, self.now + 1.0)
+
+    def _fill(self, node: _Node) -> None:
+        """The peer manager's outbound fill, simplified: keep ``bootstrap_peers`` outbound
+        connections (dials in flight included) by dialing random nodes, a bounded number of
+        times per start."""
+        if not node.online or node.fill_budget <= 0:
+            return
+        outbound = sum(1 for out in node.conns.values() if out) + len(node.dialing)
+        if outbound < self.config.bootstrap_peers:
+            node.fill_budget -= 1
+            self._dial(node, self.rng.randrange(len(self.nodes)))
+
+    def _dial(self, node: _Node, j: int) -> None:
+        if j in node.conns or j in node.dialing or j == node.idx:
+            return
+        node.dialing.add(j)
+        node.messages += 1
+        self.counters.dials += 1
+        self._push(self.now + self.net.rtt(node.idx, j), _CONNECT, node.idx, j, node.epoch)
+
+    def _connected(self, node: _Node, j: int, epoch: object) -> None:
+        node.dialing.discard(j)
+        other = self.nodes[j]
+        if (
+            epoch != node.epoch
+            or not other.online
+            or len(other.conns) >= self.config.max_connections
+            or len(node.conns) >= self.config.max_connections
+        ):
+            self.counters.dial_failures += 1
+            self._fill(node)
+            return
+        node.conns[j] = True
+        other.conns[node.idx] = False
+        node.since[j] = other.since[node.idx] = self.now
+        node.store.offer(other.record, self.now, other.node_id)
+        other.store.offer(node.record, self.now, node.node_id)
+        self._check_met(node)
+        self._check_met(other)
+
+    def _disconnect(self, a: _Node, b: _Node) -> None:
+        for x, y in ((a, b), (b, a)):
+            x.conns.pop(y.idx, None)
+            x.since.pop(y.idx, None)
+            x.asker.forget(y.node_id)
+            x.responder.forget(y.node_id)
+
+    def _leave(self, node: _Node) -> None:
+        self.counters.leaves += 1
+        for j in list(node.conns):
+            self._disconnect(node, self.nodes[j])
+        node.online = False
+        node.dialing.clear()
+        node.next_tick = float("inf")
+        self._push(self.now + self.rng.expovariate(1 / self.config.downtime), _START, node.idx)
+
+    def _deficits(self, node: _Node) -> dict[str, int]:
+        if node.engine is None:
+            return {}
+        n = len(node.conns)
+        out: dict[str, int] = {}
+        for target in self.config.targets:
+            have = sum(1 for j in node.conns if target.capability in self.nodes[j].caps)
+            out[target.capability] = max(0, target.required(n) - have)
+        return out
+
+    def _pex(self, node: _Node) -> None:
+        peers = [self.nodes[j].node_id for j in node.conns]
+        plan = node.asker.plan(
+            self.now, peers, known=len(node.store), deficits=self._deficits(node)
+        )
+        self._push(plan.next_at, _PEX, node.idx, payload=node.epoch)
+        if plan.peer is None:
+            return
+        j = self.by_id[plan.peer]
+        other = self.nodes[j]
+        node.messages += 1
+        self.counters.pex_requests += 1
+        answer = other.responder.handle(node.node_id, plan.request, other.store, now=self.now)
+        if answer.verdict is PexVerdict.RATE_LIMITED:
+            self.counters.pex_rate_limited += 1
+            return
+        self._push(self.now + self.net.rtt(node.idx, j), _PEX_ANSWER, node.idx, j, answer.records)
+
+    def _pex_answer(self, node: _Node, j: int, records: object) -> None:
+        assert isinstance(records, tuple)
+        source = self.nodes[j].node_id
+        wanted = {c for c, d in self._deficits(node).items() if d > 0}
+        useful = False
+        for signed in records:
+            self.counters.pex_records += 1
+            if signed.node_id != node.node_id and node.store.offer(signed, self.now, source).stored:
+                useful = useful or bool(wanted & signed.record.capabilities.keys())
+        if useful:
+            self._kick(node)
+
+    def _publish(self, node: _Node, cap: str) -> None:
+        key = provider_key(NETWORK, cap)
+        run = self._lookup(node, key, LookupMode.FIND_NODE, paths=2)
+        holders = [self.net.index[c] for c in run.replicas]
+        self._push(self.now + run.elapsed + 0.15, _STORE, node.idx, payload=(key, holders))
+
+    def _store(self, node: _Node, payload: object) -> None:
+        assert isinstance(payload, tuple)
+        key, holders = payload
+        for h in holders:
+            if not self.nodes[h].online:
+                continue
+            store = self.provider_stores.get(h)
+            if store is None:
+                store = self.provider_stores[h] = ProviderStore()
+            store.put(
+                key, self.net.ids[node.idx], node.idx, seq=1,
+                expires_at=self.now + self.config.provider_ttl, source=self.net.ids[node.idx],
+                now=self.now,
+            )
+
+    def _lookup(self, node: _Node, key: bytes, mode: LookupMode, *, paths: int,
+                want: int | None = None) -> LookupRun:
+        run = self.net.run_lookup(
+            node.idx, key, mode, self.responder, self.lookup_config, self.dht_rng,
+            now=self.now, loss=self.config.loss, paths=paths, want=want,
+        )
+        node.messages += run.result.messages
+        self.counters.dht_lookups += 1
+        self.counters.dht_messages += run.result.messages
+        return run
+
+    # -- policy ----------------------------------------------------------------------------------
+
+    def _schedule_tick(self, node: _Node, at: float) -> None:
+        if at < node.next_tick:
+            node.next_tick = at
+            self._push(at, _TICK, node.idx)
+
+    def _kick(self, node: _Node) -> None:
+        if node.engine is not None and node.next_tick > self.now + 0.5:
+            self._schedule_tick(node, self.now + 0.01)
+
+    def _tick(self, node: _Node) -> None:
+        engine = node.engine
+        assert engine is not None
+        node.next_tick = float("inf")
+        self.counters.policy_ticks += 1
+        nodes = self.nodes
+        peers = tuple(
+            ConnectedPeer(nodes[j].node_id, nodes[j].caps, out, 0.0, False, node.since[j])
+            for j, out in node.conns.items()
+        )
+        seen: dict[NodeId, Candidate] = {}
+        for target in self.config.targets:
+            for signed in node.store.candidates(target.capability, self.now):
+                nid = signed.node_id
+                if nid not in seen:
+                    seen[nid] = Candidate(nid, frozenset(signed.record.capabilities))
+        dialing = frozenset(nodes[j].node_id for j in node.dialing)
+        plan = engine.tick(PolicySnapshot(
+            self.now, peers, tuple(seen.values()), self.config.targets, self.limits, dialing
+        ))
+        for action in plan.actions:
+            if isinstance(action, Dial):
+                self._dial(node, self.by_id[action.node_id])
+            elif isinstance(action, Prune):
+                self.counters.prunes += 1
+                self._disconnect(node, nodes[self.by_id[action.node_id]])
+            elif isinstance(action, Discover):
+                self._discover(node, action.capability)
+        self._schedule_tick(node, self.now + self.config.heartbeat)
+
+    def _discover(self, node: _Node, cap: str) -> None:
+        self.counters.discoveries += 1
+        target = self.config.targets.get(cap)
+        want = max(3, target.required(len(node.conns))) if target is not None else 3
+        run = self._lookup(
+            node, provider_key(NETWORK, cap), LookupMode.GET_PROVIDERS, paths=2, want=want
+        )
+        self.provider_lookups.append((run.result.rounds, run.result.messages))
+        self._push(self.now + run.elapsed, _DISCOVERED, node.idx, payload=tuple(run.providers))
+
+    def _discovered(self, node: _Node, providers: object) -> None:
+        assert isinstance(providers, tuple)
+        for p in providers:
+            node.store.offer(self.nodes[p].record, self.now, "dht")
+        if providers:
+            self._kick(node)
+
+    def _check_met(self, node: _Node) -> None:
+        if node.engine is None:
+            return
+        n = len(node.conns)
+        for target in self.config.targets:
+            cap = target.capability
+            if cap in node.met_at:
+                continue
+            have = sum(1 for j in node.conns if cap in self.nodes[j].caps)
+            if have >= target.required(n) and have > 0:
+                node.met_at[cap] = self.now - node.started_at
