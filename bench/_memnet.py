@@ -50,7 +50,7 @@ async def _build(nodes: int, fanout: int, seed: int, stack: AsyncExitStack) -> t
     network = MemoryNetwork()
     members: list[Node] = []
     for _ in range(nodes):
-        node = Node(_CONFIG, memory_network=network)
+        node = Node(_CONFIG, transports=[network.node_transport()])
         node.channel(ECHO)
         members.append(await stack.enter_async_context(node))
     rng = random.Random(seed)

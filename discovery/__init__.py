@@ -1,11 +1,14 @@
 """Discovery: signed capability records, PEX and the DHT (see docs/discovery.md).
 
-This layer sits above overlay's core (identity, addresses, errors) and below routing. Everything
-exported so far is a pure core: no I/O, no clock reads (``now`` is an argument). The DHT cores
-(routing table, lookup state machine, provider store) take ``now`` and return events; the driver
-does the I/O and verifies every record it feeds them.
+This layer sits above overlay's core (identity, addresses, errors) and below routing. Most of it
+is pure cores: no I/O, no clock reads (``now`` is an argument). The DHT cores (routing table,
+lookup state machine, provider store) take ``now`` and return events. The services are the
+anyio drivers over them (``DhtService``, ``CapabilityView``; ``DRIVER_MODULES`` lists their
+modules): they do the I/O through small injected protocols (``DhtRpc``, ``PexClient``) and
+verify every record before it reaches a core.
 """
 
+from discovery._confirm import Confirmations, ConfirmationsConfig
 from discovery._dht_lookup import (
     Lookup,
     LookupConfig,
@@ -26,6 +29,7 @@ from discovery._dht_providers import (
     RepublishSchedule,
     StoreOutcome,
 )
+from discovery._dht_service import DhtService, ProviderStream
 from discovery._dht_table import (
     AddOutcome,
     ContactInfo,
@@ -76,6 +80,28 @@ from discovery._record import (
     verify_signed_record,
 )
 from discovery._recordstore import OfferOutcome, OfferResult, RecordStore, RecordStoreConfig
+from discovery._service import (
+    Budget,
+    Candidate,
+    CandidateSource,
+    CandidateStream,
+    CapabilityView,
+    DiscoveryConfig,
+)
+from discovery._service_types import (
+    LATENCY_BUCKETS,
+    SILENT_REJECTIONS,
+    DhtConfig,
+    DhtRpc,
+    DhtStatistics,
+    DiscoveryStatistics,
+    LookupReport,
+    Penalty,
+    PexClient,
+    ProvideReport,
+    penalty_for_rejection,
+)
+from discovery._verify import RecordVerifier
 from discovery._wire import (
     MAX_RECORDS_PER_MESSAGE,
     MAX_WANTED_CAPABILITIES,
@@ -105,13 +131,25 @@ from discovery._wire import (
     encode_record_update,
 )
 
+DRIVER_MODULES = ("discovery._dht_service", "discovery._dht_walk", "discovery._service")
+"""Modules that run I/O (anyio); every other module of the package is a pure core."""
+
 __all__ = [
     "AddOutcome",
+    "Budget",
+    "Candidate",
+    "CandidateSource",
+    "CandidateStream",
     "CapabilityInfo",
     "CapabilityRecord",
+    "CapabilityView",
+    "Confirmations",
+    "ConfirmationsConfig",
     "ContactInfo",
+    "DRIVER_MODULES",
     "DhtAck",
     "DhtAddProvider",
+    "DhtConfig",
     "DhtError",
     "DhtErrorCode",
     "DhtFindNode",
@@ -121,12 +159,19 @@ __all__ = [
     "DhtProviders",
     "DhtRequest",
     "DhtResponse",
+    "DhtRpc",
+    "DhtService",
+    "DhtStatistics",
+    "DiscoveryConfig",
+    "DiscoveryStatistics",
+    "LATENCY_BUCKETS",
     "Lookup",
     "LookupConfig",
     "LookupDone",
     "LookupEvent",
     "LookupMode",
     "LookupOutcome",
+    "LookupReport",
     "LookupResult",
     "MAX_ADDRESSES",
     "MAX_ATTRIBUTES",
@@ -143,18 +188,22 @@ __all__ = [
     "OfferOutcome",
     "OfferResult",
     "PROVIDER_KEY_DOMAIN",
+    "Penalty",
     "PexAnswer",
     "PexAsker",
+    "PexClient",
     "PexConfig",
     "PexPlan",
     "PexRequest",
     "PexResponder",
     "PexResponse",
     "PexVerdict",
+    "ProvideReport",
     "ProviderEntry",
     "ProviderFound",
     "ProviderStore",
     "ProviderStoreConfig",
+    "ProviderStream",
     "Query",
     "RECORD_DOMAIN",
     "RecordError",
@@ -162,8 +211,10 @@ __all__ = [
     "RecordStore",
     "RecordStoreConfig",
     "RecordUpdate",
+    "RecordVerifier",
     "RepublishSchedule",
     "RoutingTable",
+    "SILENT_REJECTIONS",
     "SignedRecord",
     "StoreOutcome",
     "TableConfig",
@@ -183,6 +234,7 @@ __all__ = [
     "node_id_bytes",
     "node_id_from_bytes",
     "parse_record_address",
+    "penalty_for_rejection",
     "provider_key",
     "record_netgroup",
     "sign_record",

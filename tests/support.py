@@ -140,6 +140,16 @@ def config_for(transport: str, **overrides: Any) -> NodeConfig:
     return NodeConfig(listen=listen, **overrides)
 
 
+def make_node(config: NodeConfig, network: MemoryNetwork | None = None, **kwargs: Any) -> Node:
+    """A node for ``config``: on ``network`` when ``config`` listens on ``memory:`` (its
+    transport passed in, as an application would), else on the default TCP transport."""
+    if any(a.protocol == "memory" for a in config.listen_addresses()):
+        if network is None:
+            network = MemoryNetwork()
+        kwargs["transports"] = [network.node_transport()]
+    return Node(config, **kwargs)
+
+
 @contextlib.asynccontextmanager
 async def node_pair(
     transport: str,
@@ -153,8 +163,7 @@ async def node_pair(
     if network is None and transport == "memory":
         network = MemoryNetwork()
     config = config_for(transport, **overrides)
-    async with Node(config, memory_network=network) as a, \
-            Node(config, memory_network=network) as b:
+    async with make_node(config, network) as a, make_node(config, network) as b:
         for spec in specs:
             a.channel(spec)
             b.channel(spec)

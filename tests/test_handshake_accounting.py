@@ -24,8 +24,9 @@ from overlay.errors import (
     IncompatiblePeerError,
 )
 from overlay.identity import NodeKey
+from overlay.node import Node
 from overlay.node._config import AdminConfig, ConnectionConfig, MetricsConfig, NodeConfig
-from overlay.node._service import NodeControl, run_node
+from overlay.node._service import run_node
 from overlay.transport._failures import (
     Direction,
     HandshakeFailureReason,
@@ -51,9 +52,9 @@ class Recorder(Observer):
         self.failures.append((direction, reason))
 
 
-async def scrape(control: NodeControl, direction: Direction, reason: Reason) -> float:
-    assert control.metrics_url is not None
-    url = f"{control.metrics_url}/metrics"
+async def scrape(node: Node, direction: Direction, reason: Reason) -> float:
+    assert node.metrics_url is not None
+    url = f"{node.metrics_url}/metrics"
 
     def get() -> str:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -88,16 +89,16 @@ async def expect_closed(stream: anyio.abc.ByteStream) -> None:
 
 
 async def assert_counted_once(
-    control: NodeControl, recorder: Recorder, direction: Direction, reason: Reason
+    node: Node, recorder: Recorder, direction: Direction, reason: Reason
 ) -> None:
-    node = control.node
+    control = node.control
     await wait_until(lambda: node.handshake_failures[direction].get(reason, 0) == 1)
     assert recorder.failures == [(direction, reason)]
     assert control.status()["handshake_failures"] == {
         "inbound": {reason.value: 1} if direction is INBOUND else {},
         "outbound": {reason.value: 1} if direction is OUTBOUND else {},
     }
-    assert await scrape(control, direction, reason) == 1
+    assert await scrape(node, direction, reason) == 1
 
 
 # A message 1 is a 2-byte length and exactly 32 bytes (an X25519 key, empty payload).
@@ -116,11 +117,11 @@ async def test_inbound_noise_failure_is_counted_everywhere(tmp_path: Path, case:
     recorder = Recorder()
     NodeKey.generate().save(tmp_path / "home" / "node_key")  # what `overlay init` writes
     async with anyio.create_task_group() as tg:
-        control: NodeControl = await tg.start(
+        control: Node = await tg.start(
             lambda task_status: run_node(config(), tmp_path / "home", observers=(recorder,),
                                          task_status=task_status)
         )
-        address = control.node.address
+        address = control.address
         async with await anyio.connect_tcp(address.host, address.port) as raw:
             if data:
                 await raw.send(data)
@@ -128,7 +129,7 @@ async def test_inbound_noise_failure_is_counted_everywhere(tmp_path: Path, case:
                 await raw.send_eof()
             await expect_closed(raw)
         await assert_counted_once(control, recorder, INBOUND, reason)
-        (transport,) = control.node.transports
+        (transport,) = control.transports
         assert dict(transport.statistics().handshake_failures) == {reason: 1}
         tg.cancel_scope.cancel()
 
@@ -148,13 +149,13 @@ async def test_outbound_noise_failure_is_counted_everywhere(tmp_path: Path) -> N
     async with listener, anyio.create_task_group() as tg:
         port = listener.extra(anyio.abc.SocketAttribute.local_port)
         tg.start_soon(listener.serve, garbage_listener)
-        control: NodeControl = await tg.start(
+        control: Node = await tg.start(
             lambda task_status: run_node(config(), tmp_path / "home", observers=(recorder,),
                                          task_status=task_status)
         )
         target = NodeAddress.parse(f"{'ab' * 20}@127.0.0.1:{port}")
         with pytest.raises(HandshakeError):
-            await control.node.dial(target, timeout=5)
+            await control.dial(target, timeout=5)
         await assert_counted_once(control, recorder, OUTBOUND, Reason.HANDSHAKE)
         tg.cancel_scope.cancel()
 

@@ -16,7 +16,7 @@ import overlay
 from overlay.identity import NodeKey
 from overlay.node import Node
 from overlay.node._config import AdminConfig, ConnectionConfig, NodeConfig
-from overlay.node._service import NodeControl, run_node
+from overlay.node._service import run_node
 from overlay.router._channel import ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.transport import TransportStatistics
@@ -48,8 +48,8 @@ async def test_thousand_connection_flood_from_one_ip(tmp_path: Path) -> None:
     )
     NodeKey.generate().save(tmp_path / "home" / config.node_key_file)  # what `init` writes
     async with anyio.create_task_group() as tg:
-        control: NodeControl = await tg.start(run_node, config, tmp_path / "home")
-        node = control.node
+        control: Node = await tg.start(run_node, config, tmp_path / "home")
+        node = control
         node.channel(ECHO).handle_requests(_echo)
         (transport,) = node.transports
         address = node.address

@@ -33,8 +33,10 @@ from overlay.errors import (
     NodeClosed,
 )
 from overlay.identity import NodeId, NodeKey
+from overlay.node import Node
 from overlay.node._config import AdminConfig, MetricsConfig, NodeConfig
-from overlay.node._service import NodeControl, run_node
+from overlay.node._control import NodeControl
+from overlay.node._service import run_node
 from overlay.operator._metrics import (
     MAX_LABEL_VALUES,
     ChannelSnapshot,
@@ -372,14 +374,15 @@ async def test_dials_failures_evictions_disconnects_and_bans_are_counted(
     for name in "abc":  # what `overlay init` writes
         NodeKey.generate().save(tmp_path / name / "node_key")
     async with anyio.create_task_group() as tg:
-        a: NodeControl = await tg.start(
+        node_a: Node = await tg.start(
             lambda task_status: run_node(config(base), tmp_path / "a", observers=(watch_a,),
                                          task_status=task_status)
         )
-        b: NodeControl = await tg.start(run_node, config(base), tmp_path / "b")
-        c: NodeControl = await tg.start(run_node, config(small), tmp_path / "c")
-        id_b, id_c = b.node.node_id, c.node.node_id
-        addr_b, addr_c = b.node.address, c.node.address
+        node_b: Node = await tg.start(run_node, config(base), tmp_path / "b")
+        node_c: Node = await tg.start(run_node, config(small), tmp_path / "c")
+        a, b, c = node_a.control, node_b.control, node_c.control
+        id_b, id_c = node_b.node_id, node_c.node_id
+        addr_b, addr_c = node_b.address, node_c.address
 
         with anyio.fail_after(10):
             # 1. A successful operator dial.

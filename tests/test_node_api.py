@@ -25,6 +25,7 @@ from tests.support import (
     both_transports,
     config_for,
     connected_pair,
+    make_node,
     virtual_time,
     wait_until,
 )
@@ -73,7 +74,7 @@ async def _silent_after_noise(transport: str) -> AsyncIterator[tuple[Node, NodeA
         await anyio.sleep_forever()
 
     async with (
-        Node(config_for(transport), memory_network=net) as node,
+        make_node(config_for(transport), net) as node,
         anyio.create_task_group() as tg,
     ):
         addresses = await tg.start(listener.serve, never_hello)

@@ -50,7 +50,14 @@ from overlay.wire._nodeinfo import (
     decode_hello_reply,
     encode_node_info,
 )
-from tests.support import both_backends, both_transports, config_for, virtual_time, wait_until
+from tests.support import (
+    both_backends,
+    both_transports,
+    config_for,
+    make_node,
+    virtual_time,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -245,9 +252,9 @@ async def setup(
     net = MemoryNetwork()
     observer = RecordingObserver()
     async with (
-        Node(config_for(transport, connection=connection or ConnectionConfig()),
-             memory_network=net, observer=observer) as node,
-        Node(config_for(transport), memory_network=net) as healthy,
+        make_node(config_for(transport, connection=connection or ConnectionConfig()), net,
+                  observer=observer) as node,
+        make_node(config_for(transport), net) as healthy,
     ):
         echo, docs = node.channel(ECHO), node.channel(DOCS)
         echo.handle_requests(_echo)

@@ -9,7 +9,6 @@ memory network, where they are exact; everything else runs on both backends and 
 from __future__ import annotations
 
 import contextlib
-import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -17,7 +16,7 @@ from typing import TypeVar
 import anyio
 import pytest
 
-from overlay.connection._observer import MultiObserver, Observer
+from overlay.connection._observer import Observer
 from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import (
     ChannelError,
@@ -31,7 +30,7 @@ from overlay.errors import (
 from overlay.identity import NodeId, NodeKey
 from overlay.node import Node
 from overlay.node._config import ConnectionConfig
-from overlay.node._peering import Peering, wall_clock
+from overlay.node._peering import wall_clock
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.router._destination import BROADCAST, Destination, PeerSet, PeerView
@@ -43,6 +42,7 @@ from tests.support import (
     both_backends,
     both_transports,
     config_for,
+    make_node,
     virtual_time,
     wait_until,
 )
@@ -96,8 +96,8 @@ async def observed_pair(
     network = MemoryNetwork() if transport == "memory" else None
     recorder = Recorder()
     config = config_for(transport, **overrides)
-    async with Node(config, memory_network=network, observer=recorder) as a, \
-            Node(config, memory_network=network) as b:
+    async with make_node(config, network, observer=recorder) as a, \
+            make_node(config, network) as b:
         ca, cb = a.channel(ECHO), b.channel(ECHO)
         a.channel(ONLY_A)
         if connect:
@@ -179,7 +179,7 @@ async def test_views_describe_each_connected_peer(transport: str) -> None:
         assert ONLY_A.id in _view(p.b, p.a.node_id).channels
         assert view.connected_since <= anyio.current_time()
         assert view.requests_in_flight == 0 and dict(view.requests_in_flight_by_channel) == {}
-        assert view.score is None  # a node without a peer manager
+        assert view.score is not None  # every node runs a peer manager
         assert view.advertised == frozenset() and view.confirmed == frozenset()
         assert table.peer(NodeKey.generate().node_id) is None
 
@@ -202,23 +202,17 @@ async def test_capabilities_fill_the_slot_and_are_forgotten_on_disconnect(
 
 
 async def test_score_comes_from_the_peer_manager(transport: str) -> None:
+    """Every node runs a peer manager: a peer's view carries the manager's score of it."""
     network = MemoryNetwork() if transport == "memory" else None
     config = config_for(transport)
-    observer = MultiObserver()
-    async with anyio.create_task_group() as tg:
-        async with Node(config, memory_network=network, observer=observer) as a, \
-                Node(config, memory_network=network) as b:
-            peering = Peering(a, rng=random.Random(1))
-            observer.set(peering)
-            await tg.start(peering.run)
-            assert await a.dial(b.address) == b.node_id
-            await wait_until(lambda: b.node_id in a.connected_peers())
-            score = _view(a, b.node_id).score
-            assert score is not None
-            snapshot = peering.manager.peer(b.node_id, wall_clock())
-            assert snapshot is not None and score == pytest.approx(snapshot.score)
-            assert _view(b, a.node_id).score is None  # b has no peer manager
-        tg.cancel_scope.cancel()
+    async with make_node(config, network) as a, make_node(config, network) as b:
+        assert await a.dial(b.address) == b.node_id
+        await wait_until(lambda: b.node_id in a.connected_peers())
+        await wait_until(lambda: a.peering.manager.peer(b.node_id, wall_clock()) is not None)
+        score = _view(a, b.node_id).score
+        assert score is not None
+        snapshot = a.peering.manager.peer(b.node_id, wall_clock())
+        assert snapshot is not None and score == pytest.approx(snapshot.score)
 
 
 async def test_views_count_requests_in_flight(transport: str) -> None:

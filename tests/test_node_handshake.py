@@ -44,6 +44,7 @@ from tests.support import (
     both_transports,
     config_for,
     connected_pair,
+    make_node,
     node_pair,
     settle,
     virtual_time,
@@ -76,8 +77,8 @@ async def test_wrong_network_is_refused_with_reason_on_both_sides(
     caplog.set_level(logging.INFO, logger="overlay.node")
     net = MemoryNetwork()
     async with (
-        Node(config_for(transport, network="net-a"), memory_network=net) as a,
-        Node(config_for(transport, network="net-b"), memory_network=net) as b,
+        make_node(config_for(transport, network="net-a"), net) as a,
+        make_node(config_for(transport, network="net-b"), net) as b,
     ):
         a.channel(ECHO)
         b.channel(ECHO)
@@ -96,7 +97,7 @@ async def test_no_common_channel_refused_by_the_listener(transport: str) -> None
     """Every node has the built-in ping channel, so a peer without any channel in common is
     played by hand: it offers only channel 999 in its hello."""
     net = MemoryNetwork()
-    async with Node(config_for(transport), memory_network=net) as b:
+    async with make_node(config_for(transport), net) as b:
         b.channel(ECHO)
         identity = SecureIdentity(NodeKey.generate())
         stream = await _dialer(transport, net, identity).dial(b.address, timeout=5)
@@ -137,7 +138,7 @@ async def test_no_common_channel_refused_by_the_dialer(transport: str) -> None:
         done.set()
 
     async with (
-        Node(config_for(transport), memory_network=net) as a,
+        make_node(config_for(transport), net) as a,
         anyio.create_task_group() as tg,
     ):
         a.channel(ECHO)
@@ -174,7 +175,7 @@ async def test_dialing_an_address_where_another_node_answers(transport: str) -> 
 
 
 async def test_self_dial_is_refused(transport: str) -> None:
-    async with Node(config_for(transport), memory_network=MemoryNetwork()) as a:
+    async with make_node(config_for(transport), MemoryNetwork()) as a:
         a.channel(ECHO)
         with pytest.raises(LocalProtocolError):
             await a.dial(a.address)
@@ -193,9 +194,9 @@ async def test_dial_when_connected_returns_the_existing_connection(transport: st
 
 async def test_dial_after_close_raises_node_closed(transport: str) -> None:
     net = MemoryNetwork()
-    async with Node(config_for(transport), memory_network=net) as b:
+    async with make_node(config_for(transport), net) as b:
         b.channel(ECHO)
-        a = Node(config_for(transport), memory_network=net)
+        a = make_node(config_for(transport), net)
         async with a:
             a.channel(ECHO)
         with pytest.raises(NodeClosed):
@@ -266,8 +267,8 @@ async def test_replaced_connection_leaves_the_observer_connected() -> None:
     network = MemoryNetwork()
     seen = Recorder()
     config = config_for("memory")
-    async with Node(config, memory_network=network) as a, \
-            Node(config, memory_network=network, observer=seen) as b:
+    async with make_node(config, network) as a, \
+            make_node(config, network, observer=seen) as b:
         await a.dial(b.address)
         await wait_until(lambda: a.node_id in b.connected_peers())
         old = b.router.get_peer(a.node_id)
@@ -317,7 +318,7 @@ async def test_two_concurrent_dials_to_one_peer_leave_one_connection() -> None:
     key_a = NodeKey.generate()
     held = HeldDials(network, SecureIdentity(key_a))
     async with Node(config, key=key_a, transports=[held]) as a, \
-            Node(config, memory_network=network) as b:
+            make_node(config, network) as b:
         # B registers the two inbound connections in some order and keeps the later one; A
         # is made to read its two hello replies in the opposite order (the order two sockets
         # become readable in is arbitrary, so this interleaving can happen unforced).

@@ -44,7 +44,7 @@ from overlay.wire._nodeinfo import (
     decode_hello_reply,
     encode_node_info,
 )
-from tests.support import both_backends, both_transports, config_for, wait_until
+from tests.support import both_backends, both_transports, config_for, make_node, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -130,7 +130,7 @@ async def stalled(
     """A node, a stalled peer connected to it, and the node's writer blocked on it."""
     net = MemoryNetwork()
     conf = config_for(transport, connection=ConnectionConfig(**connection))
-    async with Node(conf, memory_network=net) as node:
+    async with make_node(conf, net) as node:
         node.channel(BULK)
         stream, conn = await stalled_peer(node, net)
         try:
@@ -177,7 +177,7 @@ async def test_node_shutdown_with_a_peer_that_stopped_reading_is_bounded(transpo
     net = MemoryNetwork()
     conf = config_for(transport, connection=ConnectionConfig(close_timeout=CLOSE))
     async with anyio.create_task_group() as tg:
-        async with Node(conf, memory_network=net) as node:
+        async with make_node(conf, net) as node:
             node.channel(BULK)
             stream, conn = await stalled_peer(node, net)
             await block_writer(tg, conn)

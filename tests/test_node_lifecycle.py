@@ -14,7 +14,6 @@ from overlay.errors import (
     PeerNotConnected,
     WouldBlock,
 )
-from overlay.node import Node
 from overlay.router._channel import ChannelSpec
 from overlay.router._codec import BytesCodec
 from overlay.testing import MemoryNetwork
@@ -24,6 +23,7 @@ from tests.support import (
     both_transports,
     config_for,
     connected_pair,
+    make_node,
     virtual_time,
     wait_until,
 )
@@ -44,12 +44,12 @@ async def _leave_with_a_pending_request(transport: str) -> float:
     """The requester's node leaves while a request is pending; returns the seconds from leaving
     to the request's NodeClosed."""
     net = MemoryNetwork()
-    async with Node(config_for(transport), memory_network=net) as b:
+    async with make_node(config_for(transport), net) as b:
         parked = Parked()
         b.channel(ECHO).handle_requests(parked)
         errors: list[BaseException] = []
         async with anyio.create_task_group() as tg:
-            async with Node(config_for(transport), memory_network=net) as a:
+            async with make_node(config_for(transport), net) as a:
                 ca = a.channel(ECHO)
                 await a.dial(b.address)
 
@@ -78,11 +78,11 @@ async def _peer_leaves_with_a_pending_request(transport: str) -> float:
     """The responder's node leaves while a request is pending; returns the seconds from its
     leaving to the request's ConnectionClosed."""
     net = MemoryNetwork()
-    async with Node(config_for(transport), memory_network=net) as a:
+    async with make_node(config_for(transport), net) as a:
         ca = a.channel(ECHO)
         errors: list[BaseException] = []
         async with anyio.create_task_group() as tg:
-            async with Node(config_for(transport), memory_network=net) as b:
+            async with make_node(config_for(transport), net) as b:
                 parked = Parked()
                 b.channel(ECHO).handle_requests(parked)
                 await a.dial(b.address)
@@ -178,7 +178,7 @@ async def test_receive_after_close_raises_node_closed_and_iteration_ends(transpo
     received: list[bytes] = []
     ended = anyio.Event()
     async with anyio.create_task_group() as tg:
-        async with Node(config_for(transport), memory_network=net) as a:
+        async with make_node(config_for(transport), net) as a:
             ca = a.channel(ECHO)
 
             async def reactor() -> None:
@@ -202,7 +202,7 @@ async def test_receive_after_close_raises_node_closed_and_iteration_ends(transpo
 
 
 async def test_a_node_starts_only_once(transport: str) -> None:
-    node = Node(config_for(transport), memory_network=MemoryNetwork())
+    node = make_node(config_for(transport), MemoryNetwork())
     async with node:
         pass
     with pytest.raises(LocalProtocolError):

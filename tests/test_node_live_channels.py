@@ -31,6 +31,7 @@ from tests.support import (
     both_transports,
     config_for,
     connected_pair,
+    make_node,
     node_pair,
     wait_until,
 )
@@ -58,7 +59,7 @@ async def three_nodes(
     """``a`` dialed ``b``; ``c`` (with ``observer``) running on the same network, not connected."""
     network = MemoryNetwork() if transport == "memory" else None
     async with node_pair(transport, network=network) as (a, b), \
-            Node(config_for(transport), memory_network=network, observer=observer) as c:
+            make_node(config_for(transport), network, observer=observer) as c:
         await a.dial(b.address)
         await wait_until(lambda: a.node_id in b.connected_peers())
         yield a, b, c
@@ -271,8 +272,8 @@ async def test_a_channel_opened_during_the_hello_reaches_the_new_peer(transport:
         a.channel(LATE)
         responder.channel(LATE)
 
-    async with Node(config_for(transport), memory_network=network) as a, \
-            Node(config_for(transport), memory_network=network, admission=admit) as responder:
+    async with make_node(config_for(transport), network) as a, \
+            make_node(config_for(transport), network, admission=admit) as responder:
         await a.dial(responder.address)
         await wait_until(lambda: sees(a, responder.node_id, LATE.id))
         await wait_until(lambda: sees(responder, a.node_id, LATE.id))

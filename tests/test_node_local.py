@@ -28,7 +28,7 @@ from overlay.node import Node
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._destination import BROADCAST, LOCAL
 from overlay.testing import MemoryNetwork
-from tests.support import Holding, Parked, both_backends, config_for
+from tests.support import Holding, Parked, both_backends, config_for, make_node
 
 pytestmark = pytest.mark.anyio
 
@@ -75,7 +75,7 @@ def _spec(**overrides: int) -> tuple[ChannelSpec[Thing, Thing], ExplodingCodec, 
 @asynccontextmanager
 async def local_node(**overrides: int) -> AsyncIterator[tuple[Node, Channel[Thing, Thing]]]:
     spec, codec, response_codec = _spec(**overrides)
-    async with Node(config_for("memory"), memory_network=MemoryNetwork()) as node:
+    async with make_node(config_for("memory"), MemoryNetwork()) as node:
         yield node, node.channel(spec)
     assert codec.calls == 0
     assert response_codec.calls == 0

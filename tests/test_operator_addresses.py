@@ -44,7 +44,7 @@ async def test_dialing_a_connected_peer_stores_nothing_and_says_via_what(
     async with services() as (tg, _):
         a = await start(tg, config_a, tmp_path / "a")
         b = await start(tg, config_b, tmp_path / "b")
-        addr_b = b.control.node.address
+        addr_b = b.node.address
         id_b = addr_b.node_id
         await a.control.dial(str(addr_b), persistent=False)
         manager = a.control.peering.manager
@@ -86,9 +86,9 @@ async def test_a_failed_dial_stores_nothing_and_a_successful_one_stores_its_addr
     async with services() as (tg, _):
         a = await start(tg, config_a, tmp_path / "a")
         b = await start(tg, config_b, tmp_path / "b")
-        addr_b = b.control.node.address
+        addr_b = b.node.address
         manager = a.control.peering.manager
-        wrong = NodeAddress(addr_b.node_id, "tcp", "127.0.0.1", a.control.node.address.port)
+        wrong = NodeAddress(addr_b.node_id, "tcp", "127.0.0.1", a.node.address.port)
         with pytest.raises(AuthenticationError, match="peer proved"):
             await a.control.dial(str(wrong), persistent=False)  # node a answers there
         assert _stored(manager, addr_b.node_id) == (set(), set())
@@ -131,7 +131,7 @@ async def test_a_node_listening_on_every_interface_advertises_concrete_addresses
     async with services() as (tg, _):
         a = await start(tg, config_a, tmp_path / "a")
         b = await start(tg, config_b, tmp_path / "b")
-        node_b = b.control.node
+        node_b = b.node
         port = node_b.listen_addresses[0].port
         assert node_b.listen_addresses[0].host == "0.0.0.0"
         advertised = node_b.advertised_addresses

@@ -12,8 +12,9 @@ import anyio
 import pytest
 
 from overlay import cli
+from overlay.node import Node
 from overlay.node._config import load_config
-from overlay.node._service import LOCK_FILE, NodeControl, run_node
+from overlay.node._service import LOCK_FILE, run_node
 from overlay.peers import PeerStore, StoreChanges
 
 
@@ -75,8 +76,8 @@ async def test_a_running_node_keeps_its_data_directory_private(
     os.chmod(home / "data", 0o755)
     config = load_config(home / "config.toml")
     async with anyio.create_task_group() as tg:
-        control: NodeControl = await tg.start(run_node, config, home)
-        assert control.node.listen_addresses
+        control: Node = await tg.start(run_node, config, home)
+        assert control.listen_addresses
         assert _mode(home / "data") == 0o700
         assert _mode(home / "data" / "peers.sqlite") == 0o600
         lock = home / "data" / LOCK_FILE

@@ -54,7 +54,7 @@ async def test_bans_seeds_and_persistent_peers_are_listed(
         b = await start(tg, config_b, tmp_path / "b")
         seen = Connects()
         a = await start(tg, config_a, home_a, seen)
-        addr_b, id_b = str(b.control.node.address), b.control.node.node_id
+        addr_b, id_b = str(b.node.address), b.node.node_id
         assert await _cli(capsys, home_a, "bans") == ["no bans"]
         assert await _cli(capsys, home_a, "persistent", "list") == ["no persistent peers"]
 

@@ -21,8 +21,9 @@ from overlay.cli._admin_client import AdminClient, AdminError
 from overlay.connection._observer import Observer
 from overlay.errors import InvalidAddressError, LocalProtocolError
 from overlay.identity import NodeId
+from overlay.node import Node
 from overlay.node._config import NodeConfig, load_config
-from overlay.node._service import HomeLockedError, NodeControl, metrics_snapshot, run_node
+from overlay.node._service import HomeLockedError, run_node
 from overlay.operator._control import (
     MAX_BAN_SECONDS,
     ConflictError,
@@ -57,8 +58,9 @@ def _init(home: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> NodeCo
 class Running:
     """A node run by ``run_node`` that a test can stop on its own."""
 
-    def __init__(self, control: NodeControl, scope: anyio.CancelScope, done: anyio.Event):
-        self.control = control
+    def __init__(self, node: Node, scope: anyio.CancelScope, done: anyio.Event):
+        self.node = node
+        self.control = node.control
         self.scope = scope
         self.done = done
 
@@ -83,15 +85,15 @@ async def start(tg: anyio.abc.TaskGroup, config: NodeConfig, home: Path,
     scope = anyio.CancelScope()
     done = anyio.Event()
 
-    async def run(*, task_status: TaskStatus[NodeControl]) -> None:
+    async def run(*, task_status: TaskStatus[Node]) -> None:
         try:
             with scope:
                 await run_node(config, home, observers=observers, task_status=task_status)
         finally:
             done.set()
 
-    control: NodeControl = await tg.start(run)
-    return Running(control, scope, done)
+    node: Node = await tg.start(run)
+    return Running(node, scope, done)
 
 
 async def _client_call(home: Path, method: str, *args: object) -> object:
@@ -111,7 +113,7 @@ async def test_uptime_is_the_connection_age_and_channels_are_named(
     async with services() as (tg, _):
         a = await start(tg, config_a, tmp_path / "a")
         b = await start(tg, config_b, tmp_path / "b")
-        peer = await a.control.dial(str(b.control.node.address), persistent=False)
+        peer = await a.control.dial(str(b.node.address), persistent=False)
         entry = next(p for p in a.control.peers() if p["id"] == peer["connected"])
         # Measured on the clock the connection was stamped with: seconds, not ~56 years.
         assert 0.0 <= entry["uptime_seconds"] < 60.0
@@ -123,7 +125,7 @@ async def test_uptime_is_the_connection_age_and_channels_are_named(
         assert isinstance(peers, list)
         assert peers[0]["uptime_seconds"] < 60.0
         # The transports' inbound counters reach the metrics snapshot.
-        snap = metrics_snapshot(b.control.node, b.control.peering)
+        snap = b.node.metrics_snapshot()
         assert (snap.inbound_accepted, snap.pending_handshakes) == (1, 0)
         assert snap.inbound_refused == {"gate": 0, "per_ip": 0, "per_netgroup": 0, "overload": 0}
         assert snap.pending_evictions == 0
@@ -139,8 +141,8 @@ async def test_stopping_a_node_tells_its_peers_shutdown(
     async with services() as (tg, _):
         a = await start(tg, config_a, tmp_path / "a")
         b = await start(tg, config_b, tmp_path / "b", seen_by_b)
-        id_a = a.control.node.node_id
-        await a.control.dial(str(b.control.node.address), persistent=True)
+        id_a = a.node.node_id
+        await a.control.dial(str(b.node.address), persistent=True)
         await a.stop()  # what SIGINT / SIGTERM do: cancel run_node
         with anyio.fail_after(5):
             while id_a not in seen_by_b.reasons:
@@ -150,7 +152,7 @@ async def test_stopping_a_node_tells_its_peers_shutdown(
     # The store was flushed and closed: the persistent flag survived.
     async with services() as (tg, _):
         a = await start(tg, config_a, tmp_path / "a")
-        snap = a.control.peering.manager.peer(b.control.node.node_id, 0.0)
+        snap = a.control.peering.manager.peer(b.node.node_id, 0.0)
         assert snap is not None and "persistent" in {f.value for f in snap.flags}
 
 
@@ -163,8 +165,8 @@ async def test_dialing_a_banned_peer_is_a_409_conflict(
     async with services() as (tg, _):
         a = await start(tg, config_a, tmp_path / "a")
         b = await start(tg, config_b, tmp_path / "b")
-        addr_b = str(b.control.node.address)
-        id_b = b.control.node.node_id
+        addr_b = str(b.node.address)
+        id_b = b.node.node_id
         await a.control.ban(id_b, duration=600)
         with pytest.raises(PeerBannedError, match="is banned"):
             await a.control.dial(addr_b, persistent=False)
@@ -200,7 +202,7 @@ async def test_operator_input_is_normalised_and_bounded(
         assert capped["seconds"] == MAX_BAN_SECONDS == 10 * 365 * 86400 and capped["capped"]
         assert (await a.control.ban("127.0.0.6", duration=5))["capped"] is False
         # The node's own id is refused as a seed, as `dial` refuses it.
-        own = str(a.control.node.address)
+        own = str(a.node.address)
         with pytest.raises(InvalidAddressError, match="this node's own id"):
             await a.control.add_seed(own)
         with pytest.raises(AdminError) as info:
@@ -220,8 +222,8 @@ async def test_seeds_and_the_persistent_flag_can_be_removed_and_it_is_stored(
     home_a = tmp_path / "a"
     async with services() as (tg, _):
         b = await start(tg, config_b, tmp_path / "b")
-        addr_b = str(b.control.node.address)
-        id_b = b.control.node.node_id
+        addr_b = str(b.node.address)
+        id_b = b.node.node_id
         seed = f"{'5' * 40}@127.0.0.1:9"
         a = await start(tg, config_a, home_a)
         await _client_call(home_a, "add_seed", seed)
@@ -233,7 +235,7 @@ async def test_seeds_and_the_persistent_flag_can_be_removed_and_it_is_stored(
         }
         flags = {p["id"]: p["flags"] for p in a.control.peers()}
         assert flags["5" * 40] == [] and flags[id_b] == []
-        assert a.control.node.router.get_peer(id_b) is not None  # still connected
+        assert a.node.router.get_peer(id_b) is not None  # still connected
         with pytest.raises(AdminError) as info:
             await _client_call(home_a, "remove_seed", seed)
         assert info.value.status == 404 and "is not a seed" in str(info.value)
@@ -279,7 +281,7 @@ async def test_two_nodes_cannot_run_on_one_home(
         err = result.stderr.decode()
         assert result.returncode == 1, err
         assert err.splitlines() == [f"error: {message}"]
-        assert a.control.node.listen_addresses  # the first node is unharmed
+        assert a.node.listen_addresses  # the first node is unharmed
         await a.stop()
         # Released when the node stops.
         a = await start(tg, config, home)
@@ -297,8 +299,8 @@ async def test_peering_and_admin_records_about_a_peer_carry_its_id(
     async with services() as (tg, _):
         a = await start(tg, config_a, tmp_path / "a", seen_by_a)
         b = await start(tg, config_b, tmp_path / "b")
-        id_b = b.control.node.node_id
-        await _client_call(tmp_path / "a", "dial", str(b.control.node.address))
+        id_b = b.node.node_id
+        await _client_call(tmp_path / "a", "dial", str(b.node.address))
         await _client_call(tmp_path / "a", "ban", "127.0.0.9")
         await a.control.ban(id_b, duration=60)  # the driver disconnects it
         with anyio.fail_after(5):

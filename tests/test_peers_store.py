@@ -388,7 +388,8 @@ def test_a_failed_write_raises_peer_store_error(tmp_path: Path) -> None:
 async def test_the_driver_keeps_a_batch_that_failed_to_persist(tmp_path: Path) -> None:
     path = tmp_path / "peers.sqlite"
     async with Node(NodeConfig(listen=("tcp://127.0.0.1:0",))) as node:
-        peering = Peering(node, store_path=path)
+        peering = Peering(node.config.peers, node.node_id, router=node.router,
+                          dial=node.dial_outcome, store_path=path)
         victim = NodeId("2" * 40)
         now = wall_clock()
         peering.manager.ban_peer(victim, now + 60.0, "operator", now)

@@ -10,8 +10,9 @@ import anyio
 import pytest
 
 from overlay import cli
+from overlay.node import Node
 from overlay.node._config import NodeConfig, load_config
-from overlay.node._service import NodeControl, run_node
+from overlay.node._service import run_node
 from tests.support import wait_until
 
 
@@ -43,9 +44,9 @@ async def test_cli_drives_a_running_node(tmp_path: Path,
     config_a: NodeConfig = load_config(home_a / "config.toml")
     config_b: NodeConfig = load_config(home_b / "config.toml")
     async with anyio.create_task_group() as tg:
-        control_a: NodeControl = await tg.start(run_node, config_a, home_a)
-        control_b: NodeControl = await tg.start(run_node, config_b, home_b)
-        addr_b = str(control_b.node.address)
+        control_a: Node = await tg.start(run_node, config_a, home_a)
+        control_b: Node = await tg.start(run_node, config_b, home_b)
+        addr_b = str(control_b.address)
 
         assert await _cli(["status", "--home", str(home_a)]) == 0
         status = capsys.readouterr().out
@@ -53,7 +54,7 @@ async def test_cli_drives_a_running_node(tmp_path: Path,
 
         assert await _cli(["dial", addr_b, "--persistent", "--home", str(home_a)]) == 0
         capsys.readouterr()
-        assert control_a.node.connected_peers() == [id_b]
+        assert control_a.connected_peers() == [id_b]
 
         assert await _cli(["peers", "--json", "--home", str(home_a)]) == 0
         peers = json.loads(capsys.readouterr().out)
@@ -69,7 +70,7 @@ async def test_cli_drives_a_running_node(tmp_path: Path,
 
         # Ban the peer: it is disconnected and the ban is listed.
         assert await _cli(["ban", id_b, "--for", "1h", "--home", str(home_a)]) == 0
-        await wait_until(lambda: not control_a.node.connected_peers())
+        await wait_until(lambda: not control_a.connected_peers())
         assert await _cli(["unban", id_b, "--home", str(home_a)]) == 0
         assert await _cli(["seeds", "add", addr_b, "--home", str(home_a)]) == 0
         tg.cancel_scope.cancel()

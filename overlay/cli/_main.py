@@ -21,6 +21,7 @@ standard output (``overlay peers | head -1``); 2 bad usage (argparse) or a confi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import logging
 import math
@@ -130,6 +131,10 @@ def cmd_start(args: argparse.Namespace) -> int:
     home = _home(args)
     config = _load(home)
     _check_servable(config)
+    if args.app is not None:
+        config = dataclasses.replace(config, app=args.app)
+    if config.app and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would: the app may live right here
     setup_logging(config.log.level, config.log.format)
     from overlay.node._service import run_node
 
@@ -288,6 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("start", "run the node until SIGINT/SIGTERM")
     p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio",
                    help=_BACKEND_HELP)
+    p.add_argument("--app", metavar="MODULE:FUNCTION", default=None,
+                   help="load an application into the node: FUNCTION(node) opens its channels "
+                        "and starts its tasks (overrides the app key of config.toml; MODULE is "
+                        "imported from the working directory or the installed packages)")
     p.set_defaults(func=cmd_start)
 
     testnet_help = "run a local multi-node testnet and print a summary"

@@ -25,7 +25,6 @@ from typing import TextIO
 
 import anyio
 
-from overlay.connection._observer import MultiObserver
 from overlay.errors import ConfigError, NoRoute, OverlayError
 from overlay.identity import NodeId
 from overlay.node._config import AdminConfig, NodeConfig
@@ -153,22 +152,16 @@ async def run_testnet(
     config = testnet_config(nodes, network)
     if peers is not None:
         config = dataclasses.replace(config, peers=peers)
-    async with anyio.create_task_group() as drivers, AsyncExitStack() as stack:
-        # Nodes close (exit stack) before their drivers are cancelled (end of this block).
-        stack.callback(drivers.cancel_scope.cancel)
+    async with AsyncExitStack() as stack:
         members: list[Node] = []
         peerings: list[Peering] = []
         for i in range(nodes):
-            observer = MultiObserver()
-            node = Node(config, observer=observer)
-            peering = Peering(node, rng=random.Random(rng.random()))
-            observer.set(peering)
+            node = Node(config)  # each with its peer manager (in memory: no home)
             echo = node.channel(ECHO)
             echo.handle_requests(_echo)
             node.channel(GOSSIP)
             members.append(await stack.enter_async_context(node))
-            await drivers.start(peering.run)
-            peerings.append(peering)
+            peerings.append(node.peering)
             if out:
                 print(f"node {i}: {node.address}", file=out)
         started = anyio.current_time()

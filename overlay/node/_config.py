@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar
 from overlay.address import ListenAddress, NodeAddress
 from overlay.connection._types import CoreConfig
 from overlay.errors import ConfigError, InvalidAddressError
+from overlay.node._app import check_app_spec
 from overlay.node._configio import from_mapping, render_toml
 from overlay.peers import PeerManagerConfig
 from overlay.transport import TransportConfig
@@ -188,7 +189,12 @@ class NodeConfig:
     node_key_file: str = "node_key"
     """ed25519 node key (hex seed, mode 0600)."""
     data_dir: str = "data"
-    """Directory of the peer store (SQLite)."""
+    """Directory of the peer store (SQLite) and the lock file; a node without a home directory
+    (an embedded ``Node(config)``) keeps its peers in memory and writes no files."""
+    app: str = ""
+    """Application to load into the node at start, as ``package.module:setup``: ``setup(node)``
+    (plain or ``async``) opens the application's channels and starts its tasks
+    (``overlay start --app`` overrides it; empty: none)."""
     connection: ConnectionConfig = field(default_factory=ConnectionConfig)
     peers: PeerManagerConfig = field(default_factory=PeerManagerConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
@@ -205,6 +211,8 @@ class NodeConfig:
                 ListenAddress.parse(text)
             except InvalidAddressError as exc:
                 raise ConfigError(f"listen[{i}]", str(exc)) from None
+        if self.app:
+            check_app_spec(self.app)
         for i, text in enumerate(self.external_addresses):
             try:
                 NodeAddress.parse(text)

@@ -1,8 +1,17 @@
-"""The node: the assembly that wires transports, connections, the router and the peer manager.
+"""The node: the assembly that wires transports, connections, the router, the peer manager
+(with its SQLite store), the admin API and the metrics endpoint. ``overlay start`` runs this
+same object (``overlay.node._service`` adds the home's lock, key loading and signals).
 
-``async with Node(config) as node:`` returns once every listener is bound; leaving the block
-closes every connection (peers get a ``shutdown`` Disconnect) and fails pending requests with
-:class:`~overlay.errors.NodeClosed`.
+``async with Node(config) as node:`` returns once every listener is bound, the application
+(``config.app``) is set up and the services run (:mod:`overlay.node._services`: the peering
+driver, the admin API for a node with a home, metrics when enabled); leaving the block closes
+every connection (peers get a ``shutdown`` Disconnect), fails pending requests with
+:class:`~overlay.errors.NodeClosed`, then stops the services (the store is flushed and closed)
+and every task started with :meth:`Node.start_soon` / :meth:`Node.start`.
+
+Transports are passed in as builders (``transports=[...]``, see
+:mod:`overlay.transport._setup`); the default serves the configured ``tcp://`` listen addresses.
+A node without a home has an ephemeral key and writes no files.
 
 Connection setup (both directions):
 
@@ -27,11 +36,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 import anyio
 import anyio.abc
@@ -40,7 +48,7 @@ from overlay._version import __version__
 from overlay.address import NodeAddress, is_unspecified
 from overlay.connection._core import ConnectionCore
 from overlay.connection._driver import PeerConnection
-from overlay.connection._observer import NullObserver, Observer
+from overlay.connection._observer import MultiObserver, Observer
 from overlay.connection._timers import TimerService
 from overlay.errors import (
     ChannelError,
@@ -49,21 +57,28 @@ from overlay.errors import (
     HandshakeTimeout,
     IncompatiblePeerError,
     LocalProtocolError,
+    NetworkError,
     NodeClosed,
     OverlayError,
     RemoteProtocolError,
 )
 from overlay.identity import NodeId, NodeKey
 from overlay.node._advertise import advertised_addresses, check_external_addresses, host_addresses
+from overlay.node._app import run_app
 from overlay.node._config import NodeConfig
+from overlay.node._control import NodeControl
+from overlay.node._peering import DialOutcome, Peering
+from overlay.node._services import NodeServices
+from overlay.node._summary import PeerSummary
+from overlay.node._traffic import TrafficTotals
+from overlay.node._transports import build_transports
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.router._router import PeerInfoListener, Router, channel_params
-from overlay.transport import Transport
+from overlay.transport import Transport, TransportBuilder
 from overlay.transport._failures import Direction, HandshakeFailureReason, handshake_failure_reason
 from overlay.transport._hello import receive_hello, send_hello
 from overlay.transport._secure import PeerAttribute, SecureIdentity, SecureStream
-from overlay.transport._tcp import TcpTransport
 from overlay.wire._nodeinfo import (
     DisconnectReason,
     NodeInfo,
@@ -77,7 +92,7 @@ from overlay.wire._nodeinfo import (
 )
 
 if TYPE_CHECKING:
-    from overlay.testing import MemoryNetwork
+    from overlay.operator._metrics import MetricsSnapshot
 
 __all__ = [
     "Admission",
@@ -91,6 +106,7 @@ log = logging.getLogger("overlay.node")
 
 M = TypeVar("M")
 R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 Admission = Callable[[NodeId, str, bool], tuple[DisconnectReason, str] | None]
 """``(node_id, remote_host, outbound) -> None`` to admit, or ``(DisconnectReason, message)``."""
@@ -107,52 +123,6 @@ async def _echo(env: Envelope[bytes]) -> bytes:
     return env.message
 
 
-@dataclass(frozen=True, slots=True)
-class DialOutcome:
-    """What :meth:`Node.dial_outcome` did."""
-
-    node_id: NodeId
-    """The peer (authenticated)."""
-    new: bool
-    """True when a connection to the dialed address was opened and authenticated; False when
-    the peer was already connected and nothing was dialed."""
-
-
-class PeerSummary:
-    """A read-only view of one connected peer (see :meth:`Node.peer_summaries`)."""
-
-    __slots__ = ("conn",)
-
-    def __init__(self, conn: PeerConnection) -> None:
-        self.conn = conn
-
-    def as_dict(self) -> dict[str, Any]:
-        conn = self.conn
-        stats = conn.core.statistics()
-        return {
-            "id": conn.node_id,
-            "direction": "outbound" if conn.outbound else "inbound",
-            "remote_address": conn.remote_address,
-            "remote_host": conn.remote_host,
-            "network": conn.info.network,
-            "moniker": conn.info.moniker,
-            "software_version": conn.info.software_version,
-            "listen_addrs": list(conn.info.listen_addrs),
-            "channels": list(conn.info.channels),
-            "info_seq": conn.info_seq,
-            "connected_since": conn.connected_at,
-            "statistics": _stats_dict(stats),
-        }
-
-
-def _stats_dict(stats: Any) -> dict[str, Any]:
-    import dataclasses
-
-    if dataclasses.is_dataclass(stats) and not isinstance(stats, type):
-        return dataclasses.asdict(stats)
-    return {}
-
-
 class Node:
     """A peer-to-peer node. Use as ``async with Node(config) as node: ...``."""
 
@@ -162,11 +132,18 @@ class Node:
         *,
         key: NodeKey | None = None,
         home: str | Path | None = None,
-        transports: Sequence[Transport] | None = None,
-        memory_network: MemoryNetwork | None = None,
+        transports: Sequence[Transport | TransportBuilder] | None = None,
         observer: Observer | None = None,
         admission: Admission | None = None,
     ) -> None:
+        """``config``: the same :class:`NodeConfig` ``overlay start`` loads from
+        ``config.toml`` (default: all defaults). ``key``: the node's identity (default: loaded
+        from, or created in, ``home``; without a home, a new ephemeral key). ``home``: the
+        directory ``config``'s paths are relative to (peer store, admin token); without one the
+        node writes no files. ``transports``: builders (or ready transports for this key) that
+        replace the default, TCP on the ``tcp://`` listen addresses. ``observer``: told every
+        fact about peers, after the node's peer manager. ``admission``: an extra check of each
+        inbound peer after the peer manager admitted it."""
         self.config = config or NodeConfig()
         self.home = Path(home) if home is not None else None
         if key is None:
@@ -178,7 +155,21 @@ class Node:
         self.node_id: NodeId = key.node_id
         check_external_addresses(self.config.external_addresses, self.node_id)
         self.identity = SecureIdentity(key)
-        self.observer: Observer = observer or NullObserver()
+        metrics = None
+        if self.config.metrics.enabled:
+            from overlay.operator._metrics import MetricsObserver, NodeMetrics
+
+            metrics = NodeMetrics(namespace=self.config.metrics.namespace)
+        self._user_observers: tuple[Observer, ...] = (observer,) if observer is not None else ()
+        if metrics is not None:
+            self._user_observers += (MetricsObserver(metrics),)
+        self._multi = MultiObserver(*self._user_observers)
+        self.observer: Observer = self._multi
+        """Every fact about peers goes here: the peer manager, then the ``observer`` given,
+        then the metrics."""
+        self._transports: list[Transport] = build_transports(  # before anything needs closing
+            self.config, self.identity, self._accept_gate, transports
+        )
         self.router = Router(self.node_id, self.observer)
         self._info_seq = 0
         self._capability_record = b""
@@ -186,11 +177,8 @@ class Node:
         self.router.on_channels_changed = self._announce
         self.admission = admission
         self.gate: Callable[[str], bool] | None = None
-        """Optional cheap pre-handshake check of a remote host (set by the peering driver)."""
-        self._memory_network = memory_network
-        self._transports: list[Transport] = (
-            list(transports) if transports is not None else self._make_transports()
-        )
+        """Optional extra pre-handshake check of a remote host (after the peer manager's)."""
+        self._services = NodeServices(self, home=self.home, metrics=metrics)
         self._listen_addresses: list[NodeAddress] = []
         self._advertised: list[NodeAddress] = []
         self._tg: anyio.abc.TaskGroup | None = None
@@ -202,9 +190,54 @@ class Node:
             Direction.INBOUND: {}, Direction.OUTBOUND: {},
         }
         """Failed connection set-ups (Noise handshake or hello) by direction and reason."""
-        self.retired_totals: dict[int, list[int]] = {}
-        """Per-channel traffic counters of closed connections (metrics stay monotonic)."""
-        self.retired_wire = [0, 0]
+        self._retired = TrafficTotals()
+
+    @property
+    def retired_traffic(self) -> TrafficTotals:
+        """Traffic counters of closed connections (so exported totals never decrease)."""
+        return self._retired
+
+    @property
+    def peering(self) -> Peering:
+        """The peering driver (the peer manager, ``peering.manager``, and its store); exists
+        while the node runs."""
+        return self._services.peering
+
+    @property
+    def control(self) -> NodeControl:
+        """What the admin API calls (status, peers, dial, ban...); exists while the node runs."""
+        return self._services.control
+
+    @property
+    def admin_url(self) -> str | None:
+        """Where the admin API listens (``http://HOST:PORT`` / ``unix:PATH``), if it does."""
+        return self._services.control.admin_url if self._services.started else None
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://HOST:PORT`` of the Prometheus endpoint (``/metrics``), if served."""
+        return self._services.control.metrics_url if self._services.started else None
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """What the metrics endpoint exports at scrape time (works with metrics disabled too):
+        peer counts, traffic totals including closed connections, transport counters."""
+        return self._services.metrics_snapshot()
+
+    def start_soon(self, fn: Callable[[*Ts], Coroutine[Any, Any, Any]], *args: *Ts,
+                   name: object = None) -> None:
+        """Run ``fn(*args)`` in the node's task group: it is cancelled when the node stops,
+        and an exception it raises stops the node (and is raised from ``async with``)."""
+        if self._tg is None or self._closing:
+            raise NodeClosed("the node is not running")
+        self._tg.start_soon(fn, *args, name=name)
+
+    async def start(self, fn: Callable[..., Coroutine[Any, Any, Any]], *args: object,
+                    name: object = None) -> Any:
+        """Like :meth:`start_soon`, but wait until ``fn`` calls ``task_status.started(value)``
+        (anyio's protocol) and return ``value``."""
+        if self._tg is None or self._closing:
+            raise NodeClosed("the node is not running")
+        return await self._tg.start(fn, *args, name=name)
 
     @property
     def transports(self) -> tuple[Transport, ...]:
@@ -214,28 +247,11 @@ class Node:
 
     # ------------------------------------------------------------------------------ set-up
 
-    def _make_transports(self) -> list[Transport]:
-        conf = self.config.connection
-        tcp = [a for a in self.config.listen_addresses() if a.protocol == "tcp"]
-        mem = [a for a in self.config.listen_addresses() if a.protocol == "memory"]
-        transport_config = conf.transport_config(self.config.peers.exempt_networks)
-        gate = self._accept_gate
-        transports: list[Transport] = []
-        if tcp:
-            transports.append(
-                TcpTransport(self.identity, tcp, transport_config, accept_gate=gate)
-            )
-        if mem:
-            if self._memory_network is None:
-                raise LocalProtocolError("a memory: listen address needs memory_network=...")
-            transports.append(
-                self._memory_network.transport(self.identity, transport_config, accept_gate=gate)
-            )
-        return transports
-
     def _accept_gate(self, remote_host: str) -> bool:
         """Cheap check before any handshake work (bans, per-IP limits)."""
-        if self._closing:
+        if self._closing or not self._services.started:
+            return False
+        if not self._services.peering.check_inbound(remote_host):
             return False
         return self.gate is None or self.gate(remote_host)
 
@@ -255,16 +271,32 @@ class Node:
             ):
                 v4, v6 = await host_addresses()  # before the first hello goes out
             await self._tg.start(self._timers.run)
+            peering = self._services.open()  # the store; gates and admits from now on
+            self._multi.set(peering, *self._user_observers)
             for transport in self._transports:
                 serve = functools.partial(
                     transport.serve, self._on_inbound, on_handshake_failed=self._record_failure
                 )
-                addresses = await self._tg.start(serve)
+                try:
+                    addresses = await self._tg.start(serve)
+                except OSError as exc:
+                    where = ", ".join(self.config.listen)
+                    raise NetworkError(
+                        f"cannot listen on {where}: {exc.strerror or exc}"
+                    ) from exc
                 self._listen_addresses.extend(addresses)
                 self._choose_advertised(v4, v6)
+            if self.config.app:
+                await run_app(self.config.app, self)
+            await self._tg.start(self._services.run)
         except BaseException:
+            self._closing = True
+            self._services.close_store()
             self._tg.cancel_scope.cancel()
-            await self._tg.__aexit__(None, None, None)
+            try:
+                await self._tg.__aexit__(None, None, None)
+            finally:
+                self.router.close()  # ends the channels' inboxes (an app may have opened some)
             raise
         log.info("node %s listening on %s", self.node_id,
                  ", ".join(str(a) for a in self._listen_addresses))
@@ -306,6 +338,7 @@ class Node:
             return
         self._closing = True
         with anyio.CancelScope(shield=True):
+            self._services.withdraw()  # first: the CLI no longer finds a stopping node
             conns = self.router.peers()
             for conn in conns:
                 conn.close(DisconnectReason.SHUTDOWN, "node shutting down",
@@ -523,6 +556,7 @@ class Node:
         if self._closing:
             return (DisconnectReason.SHUTDOWN, "node shutting down")
         existing = self.router.get_peer(node_id)
+        replacing = False
         if existing is not None and existing.is_open:
             # Simultaneous dials: keep the connection initiated by the smaller node id (the
             # same verdict on both ends). A new connection from the *same* initiator replaces
@@ -532,6 +566,12 @@ class Node:
             old_initiator = self.node_id if existing.outbound else node_id
             if old_initiator != new_initiator and old_initiator < new_initiator:
                 return (DisconnectReason.DUPLICATE, "already connected")
+            replacing = old_initiator == new_initiator
+        if self._services.started:
+            verdict = self._services.peering.admit(node_id, remote_host, outbound)
+            # The peer manager still sees the old connection; the rule above replaces it.
+            if verdict is not None and not (replacing and verdict[0] == DisconnectReason.DUPLICATE):
+                return verdict
         if self.admission is not None:
             return self.admission(node_id, remote_host, outbound)
         return None
@@ -566,13 +606,7 @@ class Node:
         return remote, bytes(buffer), None if outbound else local_seq
 
     def _retire(self, conn: PeerConnection) -> None:
-        stats = conn.core.statistics()
-        self.retired_wire[0] += stats.bytes_out
-        self.retired_wire[1] += stats.bytes_in
-        for ch in stats.channels:
-            totals = self.retired_totals.setdefault(ch.channel_id, [0] * 9)
-            for i, value in enumerate(_retire_values(ch)):
-                totals[i] += value
+        self._retired = self._retired.plus(conn.core.statistics())
 
     async def _run_connection(
         self,
@@ -662,11 +696,6 @@ class Node:
                 log.info("disconnected from %s: %s", node_id, reason)
             else:  # replaced by a newer connection, already announced: the peer is still here
                 log.info("closed an older connection to %s: %s", node_id, reason)
-
-
-def _retire_values(ch: Any) -> tuple[int, ...]:
-    return (ch.bytes_sent, ch.bytes_received, ch.messages_sent, ch.messages_received,
-            ch.messages_dropped)
 
 
 def _peer_gone_ok() -> contextlib.suppress:

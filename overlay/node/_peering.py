@@ -28,6 +28,8 @@ import logging
 import random
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, assert_never
 
@@ -43,19 +45,20 @@ from overlay.errors import (
     PeerStoreError,
 )
 from overlay.identity import NodeId
-from overlay.node._node import Node
 from overlay.peers import (
     Action,
     DialPeer,
     DisconnectCause,
     DisconnectPeer,
     PeerManager,
+    PeerManagerConfig,
     PeerManagerCounters,
     PeerStore,
     Persist,
     RefreshAddresses,
     ScoreEvent,
 )
+from overlay.router._router import Router
 from overlay.transport._failures import (
     DialFailureReason,
     HandshakeFailureReason,
@@ -66,7 +69,7 @@ from overlay.wire._nodeinfo import DisconnectReason
 if TYPE_CHECKING:
     from overlay.operator._metrics import NodeMetrics
 
-__all__ = ["Peering", "wall_clock"]
+__all__ = ["DialOutcome", "Dialer", "Peering", "wall_clock"]
 
 wall_clock = time.time
 """The peer manager's clock: wall time, because its times outlive the process."""
@@ -86,26 +89,54 @@ def _disconnect_code(cause: DisconnectCause) -> DisconnectReason:
             assert_never(cause)
 
 
+@dataclass(frozen=True, slots=True)
+class DialOutcome:
+    """What :meth:`Node.dial_outcome <overlay.Node.dial_outcome>` did."""
+
+    node_id: NodeId
+    """The peer (authenticated)."""
+    new: bool
+    """True when a connection to the dialed address was opened and authenticated; False when
+    the peer was already connected and nothing was dialed."""
+
+
+Dialer = Callable[[NodeAddress], Awaitable[DialOutcome]]
+"""How the driver dials: the node's ``dial_outcome``."""
+
+
 class Peering(Observer):
     """Connects a :class:`PeerManager` (and optionally a :class:`PeerStore` and the node's
     :class:`~overlay.operator._metrics.NodeMetrics`) to a node."""
 
-    def __init__(self, node: Node, *, store_path: Path | None = None,
-                 rng: random.Random | None = None,
-                 metrics: NodeMetrics | None = None) -> None:
-        self.node = node
+    def __init__(
+        self,
+        config: PeerManagerConfig,
+        node_id: NodeId,
+        *,
+        router: Router,
+        dial: Dialer,
+        store_path: Path | None = None,
+        rng: random.Random | None = None,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
+        self.router = router
+        self._dial_outcome = dial
         self.metrics = metrics
         self.store: PeerStore | None = None
         state = None
         if store_path is not None:
             self.store = PeerStore(store_path)
-            state = self.store.load()
+            try:
+                state = self.store.load()
+            except BaseException:
+                self.store.close()
+                raise
         secret = state.secret if state is not None else secrets.token_bytes(32)
         if self.store is not None and state is not None and not state.secret:
             secret = secrets.token_bytes(32)
         self.manager = PeerManager(
-            node.config.peers,
-            node.node_id,
+            config,
+            node_id,
             now=wall_clock(),
             rng=rng or random.Random(),
             secret=secret,
@@ -114,9 +145,7 @@ class Peering(Observer):
         self._counted: PeerManagerCounters = self.manager.counters()
         self._wake = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
-        node.gate = self._gate
-        node.admission = self._admit
-        node.router.peer_table.set_score_source(self.score_of)
+        router.peer_table.set_score_source(self.score_of)
 
     def _now(self) -> float:
         # The manager's times are persisted (bans, scores, last seen), so it runs on wall time.
@@ -199,7 +228,7 @@ class Peering(Observer):
                 assert self._tg is not None
                 self._tg.start_soon(self._dial, action)
             case DisconnectPeer():
-                conn = self.node.router.get_peer(action.node_id)
+                conn = self.router.get_peer(action.node_id)
                 if conn is not None and conn.is_open:
                     feeler = action.reason is DisconnectCause.FEELER
                     level = logging.DEBUG if feeler else logging.INFO
@@ -245,10 +274,10 @@ class Peering(Observer):
             self.metrics.dial_attempted()
         try:
             if timeout is None:
-                outcome = await self.node.dial_outcome(address)
+                outcome = await self._dial_outcome(address)
             else:
                 with anyio.fail_after(timeout):
-                    outcome = await self.node.dial_outcome(address)
+                    outcome = await self._dial_outcome(address)
         except (OverlayError, TimeoutError) as exc:
             reason = dial_failure_reason(exc)
             log.debug("dial %s failed (%s): %s", address, reason, exc,
@@ -268,12 +297,14 @@ class Peering(Observer):
 
     # ------------------------------------------------------------------------ node hooks
 
-    def _gate(self, remote_host: str) -> bool:
+    def check_inbound(self, remote_host: str) -> bool:
+        """The cheap pre-handshake gate: False refuses ``remote_host`` (banned, over limits)."""
         return self.manager.check_inbound(remote_host, self._now()).accepted
 
-    def _admit(
+    def admit(
         self, node_id: NodeId, remote_host: str, outbound: bool
     ) -> tuple[DisconnectReason, str] | None:
+        """Admission after the hello: None admits, else ``(DisconnectReason, message)``."""
         if outbound:
             return None
         decision = self.manager.accept_inbound(node_id, remote_host, self._now())

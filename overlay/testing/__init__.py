@@ -1,7 +1,8 @@
 """Test helpers for users of overlay: an in-process network and the transport conformance suite.
 
 * :class:`MemoryNetwork` / :class:`MemoryTransport`: many nodes in one process, no sockets, with
-  synthetic remote hosts, backpressure, link latency/loss and partitions.
+  synthetic remote hosts, backpressure, link latency/loss and partitions; a node joins with
+  ``Node(config, transports=[network.node_transport()])``.
 * :func:`check_transport_conformance`: the checks every transport must pass.
 """
 

@@ -3,7 +3,10 @@
 Theory of operation
 -------------------
 A :class:`MemoryNetwork` is a registry: node id → listener, plus the set of live connections.
-:meth:`MemoryNetwork.transport` makes a :class:`MemoryTransport` (a full
+:meth:`MemoryNetwork.node_transport` is what a node takes
+(``Node(config, transports=[network.node_transport()])``: the node builds its transport with its
+own identity, limits and accept gate); :meth:`MemoryNetwork.transport` makes a
+:class:`MemoryTransport` directly (a full
 :class:`~overlay.transport.Transport`: gate, handshake bound, Noise handshake, statistics) whose
 listen address is ``memory:<node id>`` and whose *host* is a synthetic IP used as the
 ``remote_host`` its peers see. By default every transport gets a unique host in ``10.0.0.0/8``
@@ -63,7 +66,9 @@ from overlay.transport import (
     RawListener,
     StreamAbortAttribute,
     Transport,
+    TransportBuilder,
     TransportConfig,
+    TransportSetup,
 )
 from overlay.transport._secure import SecureIdentity
 
@@ -463,6 +468,18 @@ class MemoryNetwork:
             n = self._transports
             host = f"10.{n % 256}.{n // 256 % 256}.1"
         return MemoryTransport(self, identity, host, config, accept_gate=accept_gate)
+
+    def node_transport(self, *, host: str | None = None) -> TransportBuilder:
+        """A builder for ``Node(config, transports=[network.node_transport()])``: the node's
+        transport on this network (its identity, limits and accept gate), listening on
+        ``memory:<node id>``; ``host`` as in :meth:`transport`."""
+
+        def build(setup: TransportSetup) -> Transport:
+            return self.transport(
+                setup.identity, setup.config, host=host, accept_gate=setup.accept_gate
+            )
+
+        return build
 
     # -- fault injection -----------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from overlay.transport._base import (
     abort_stream,
 )
 from overlay.transport._config import TransportConfig
+from overlay.transport._setup import TransportBuilder, TransportSetup
 
 __all__ = [
     "AcceptGate",
@@ -24,7 +25,9 @@ __all__ = [
     "RawListener",
     "StreamAbortAttribute",
     "Transport",
+    "TransportBuilder",
     "TransportConfig",
+    "TransportSetup",
     "TransportStatistics",
     "abort_stream",
 ]

@@ -1,0 +1,221 @@
+"""The node's services besides its connections: the peering driver (the peer manager and its
+SQLite store), the admin API and the Prometheus endpoint.
+
+Theory of operation
+-------------------
+A :class:`NodeServices` belongs to one :class:`~overlay.Node`, which drives it:
+
+1. :meth:`NodeServices.open`, as the node starts and before any listener is bound: opens the
+   peer store (``HOME/data_dir/peers.sqlite``, the directory created with mode 0700; a node
+   without a home keeps its peers in memory) and builds the :class:`Peering` driver, which
+   from then on gates and admits inbound connections and observes every peer.
+2. :meth:`NodeServices.run`, once the listeners are bound: runs the driver, the admin API (a
+   node with a home only: its token and ``admin.json`` are files there) and the metrics
+   endpoint (when ``[metrics] enabled``) in its own task group, and reports ready.
+3. :meth:`NodeServices.withdraw`, first thing at shutdown: removes ``admin.json`` so the CLI no
+   longer finds a stopping node. The node then closes its connections (peers are told
+   ``shutdown`` while the driver still observes them) and only then cancels :meth:`run`: the
+   driver writes its last changes to the store and closes it; admin and metrics stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+import anyio.abc
+
+from overlay._version import __version__
+from overlay.errors import ConfigError, LocalProtocolError
+from overlay.node._control import ControlledNode, NodeControl
+from overlay.node._peering import Dialer, Peering
+from overlay.node._traffic import TrafficTotals, channel_loads
+from overlay.transport import Transport
+
+if TYPE_CHECKING:
+    from overlay.operator._metrics import MetricsSnapshot, NodeMetrics
+
+__all__ = ["NodeServices", "PEER_STORE_FILE", "ServedNode", "private_directory"]
+
+log = logging.getLogger("overlay.service")
+
+PEER_STORE_FILE = "peers.sqlite"
+"""The peer store's file name in ``data_dir``."""
+
+
+class ServedNode(ControlledNode, Protocol):
+    """What the services need of the node (the :class:`~overlay.Node` provides it)."""
+
+    @property
+    def transports(self) -> tuple[Transport, ...]: ...
+
+    @property
+    def retired_traffic(self) -> TrafficTotals: ...
+
+    @property
+    def dial_outcome(self) -> Dialer: ...
+
+
+def private_directory(path: Path, key: str = "data_dir") -> None:
+    """Create ``path`` with mode 0700, or tighten an existing one readable by others."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning("directory %s had mode %o; setting 0700", path, mode)
+            path.chmod(0o700)
+    except OSError as exc:
+        raise ConfigError(key, f"cannot create {path}: {exc}") from exc
+
+
+class NodeServices:
+    """The peering driver, admin API and metrics endpoint of one node (module docstring)."""
+
+    def __init__(self, node: ServedNode, *, home: Path | None,
+                 metrics: NodeMetrics | None) -> None:
+        self._node = node
+        self._home = home
+        self.metrics = metrics
+        self._peering: Peering | None = None
+        self._control: NodeControl | None = None
+        self._admin_serving = False
+
+    @property
+    def peering(self) -> Peering:
+        if self._peering is None:
+            raise LocalProtocolError("the node is not running (its peer manager starts with it)")
+        return self._peering
+
+    @property
+    def control(self) -> NodeControl:
+        if self._control is None:
+            raise LocalProtocolError("the node is not running (its control starts with it)")
+        return self._control
+
+    @property
+    def started(self) -> bool:
+        return self._peering is not None
+
+    def open(self) -> Peering:
+        """Open the store (if the node has a home) and build the peering driver."""
+        node, config = self._node, self._node.config
+        store_path: Path | None = None
+        if self._home is not None:
+            data_dir = self._home / config.data_dir
+            private_directory(data_dir)
+            store_path = data_dir / PEER_STORE_FILE
+        peering = Peering(config.peers, node.node_id, router=node.router,
+                          dial=node.dial_outcome, store_path=store_path, metrics=self.metrics)
+        self._peering = peering
+        self._control = NodeControl(node, peering)
+        return peering
+
+    def close_store(self) -> None:
+        """Close the store when :meth:`run` never ran (a failed start)."""
+        if self._peering is not None:
+            self._peering.close_store()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Run the driver, admin API and metrics endpoint until cancelled."""
+        peering, control = self.peering, self.control
+        async with anyio.create_task_group() as tg:
+            await tg.start(peering.run)
+            try:
+                await self._serve_operator(tg, control)
+                task_status.started()
+                await anyio.sleep_forever()
+            finally:
+                self.withdraw()  # also when a later step (the metrics endpoint) failed
+
+    async def _serve_operator(self, tg: anyio.abc.TaskGroup, control: NodeControl) -> None:
+        """Start the admin API (a node with a home) and the metrics endpoint, if enabled."""
+        config, home = self._node.config, self._home
+        if config.admin.enabled and home is not None:
+            from overlay.operator._admin import load_or_create_token, serve_admin, write_admin_info
+
+            token = load_or_create_token(home / config.admin.token_file)
+            unix = home / config.admin.unix_socket if config.admin.unix_socket else None
+            where = await tg.start(
+                lambda task_status: serve_admin(
+                    control, listen=config.admin.listen, unix_socket=unix, token=token,
+                    task_status=task_status,
+                )
+            )
+            self._admin_serving = True
+            write_admin_info(home, where, token_file=home / config.admin.token_file)
+            control.admin_url = where
+            log.info("admin API on %s", where)
+        metrics = self.metrics
+        if metrics is not None:
+            from overlay.operator._metrics import serve_metrics
+
+            metrics.set_node_info(node_id=self._node.node_id, network=config.network,
+                                  version=__version__)
+            metrics.set_snapshot_source(self.metrics_snapshot)
+            control.metrics_url = await tg.start(
+                lambda task_status: serve_metrics(
+                    metrics, listen=config.metrics.listen, task_status=task_status
+                )
+            )
+            log.info("metrics on %s/metrics", control.metrics_url)
+
+    def withdraw(self) -> None:
+        """Remove ``admin.json`` (idempotent): the CLI no longer finds this node."""
+        if self._admin_serving and self._home is not None:
+            from overlay.operator._admin import remove_admin_info
+
+            remove_admin_info(self._home)
+            self._admin_serving = False
+
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """Scrape-time values for the metrics collector (totals include closed connections)."""
+        from overlay.operator._metrics import ChannelSnapshot, MetricsSnapshot
+
+        node = self._node
+        stats = self.peering.manager.statistics()
+        transports = [t.statistics() for t in node.transports]
+        names = {s.id: s.name for s in node.router.channel_specs()}
+        live = [conn.core.statistics() for conn in node.router.peers()]
+        totals = node.retired_traffic.plus_all(live)
+        loads = channel_loads(live)
+        channels: dict[str, ChannelSnapshot] = {}
+        for cid, traffic in totals.channels.items():
+            load = loads.get(cid)
+            channels[names.get(cid, str(cid))] = ChannelSnapshot(
+                bytes_sent=traffic.bytes_sent,
+                bytes_received=traffic.bytes_received,
+                messages_sent=traffic.messages_sent,
+                messages_received=traffic.messages_received,
+                messages_dropped=traffic.messages_dropped,
+                queue_depth_sum=load.queue_depth_sum if load else 0,
+                queue_depth_max=load.queue_depth_max if load else 0,
+                outbound_requests_in_flight=load.outbound_requests_in_flight if load else 0,
+                inbound_requests_in_flight=load.inbound_requests_in_flight if load else 0,
+            )
+        refused: dict[str, Any] = {
+            "gate": sum(t.rejected_by_gate for t in transports),
+            "per_ip": sum(t.rejected_per_ip for t in transports),
+            "per_netgroup": sum(t.rejected_per_netgroup for t in transports),
+            "overload": sum(t.rejected_overload for t in transports),
+        }
+        return MetricsSnapshot(
+            peers_inbound=stats.connected_inbound,
+            peers_outbound=stats.connected_outbound,
+            known_peers=stats.known_peers,
+            dialing_peers=stats.dialing,
+            banned_peers=stats.banned_peers,
+            banned_ips=stats.banned_ips,
+            address_book_new=stats.address_book_new,
+            address_book_tried=stats.address_book_tried,
+            wire_bytes_sent=totals.wire_bytes_sent,
+            wire_bytes_received=totals.wire_bytes_received,
+            channels=channels,
+            pending_handshakes=sum(t.pending_handshakes for t in transports),
+            inbound_accepted=sum(t.accepted for t in transports),
+            inbound_refused=refused,
+            pending_evictions=sum(t.evicted_handshakes for t in transports),
+        )
