@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from discovery import PexConfig, valid_capability_name
 from overlay.address import ListenAddress, NodeAddress
 from overlay.connection._types import CoreConfig
 from overlay.errors import ConfigError, InvalidAddressError
@@ -25,6 +26,8 @@ from overlay.transport import TransportConfig
 __all__ = [
     "AdminConfig",
     "ConnectionConfig",
+    "DhtSettings",
+    "DiscoveryConfig",
     "LogConfig",
     "MetricsConfig",
     "NodeConfig",
@@ -175,6 +178,68 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DhtSettings:
+    """The node's Kademlia DHT (``[discovery.dht]``); see docs/discovery.md for the numbers."""
+
+    enabled: bool = True
+    """Serve and use the DHT (provider records for capabilities, peer lookups)."""
+    k: int = 20
+    """Bucket size and replication factor: provider records are stored on the k closest nodes."""
+    alpha: int = 3
+    """Queries in flight per lookup path."""
+    disjoint_paths: int = 2
+    """Disjoint lookup paths for provider lookups (S/Kademlia); 1 turns the defence off."""
+    query_timeout: float = 2.0
+    """Seconds one DHT query may take before the lookup moves on."""
+    max_transient_connections: int = 16
+    """Connections opened only for DHT queries at once; they never take peer slots."""
+    transient_idle: float = 10.0
+    """Seconds an unused transient connection stays open for reuse."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.k <= 64:
+            raise ConfigError("k", "must be between 1 and 64")
+        if not 1 <= self.alpha <= self.k:
+            raise ConfigError("alpha", "must be between 1 and k")
+        if not 1 <= self.disjoint_paths <= 8:
+            raise ConfigError("disjoint_paths", "must be between 1 and 8")
+        _positive("query_timeout", self.query_timeout)
+        _positive("transient_idle", self.transient_idle)
+        if self.max_transient_connections < 1:
+            raise ConfigError("max_transient_connections", "must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    """What this node advertises and how it finds peers (``[discovery]``)."""
+
+    capabilities: tuple[str, ...] = ()
+    """Capabilities this node serves, as ``NAME`` or ``NAME=VERSION`` (``blocksync=2``); they go
+    into the node's signed capability record (also settable live: ``overlay capabilities``)."""
+    record_ttl: float = 3600.0
+    """Seconds a signed capability record is valid; the node re-signs it well before expiry."""
+    seed_mode: bool = False
+    """Crawl the network, answer PEX requests with records, and hang up quickly (a seed node)."""
+    pex: PexConfig = field(default_factory=PexConfig)
+    dht: DhtSettings = field(default_factory=DhtSettings)
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, text in enumerate(self.capabilities):
+            name, _, version = text.partition("=")
+            if not valid_capability_name(name):
+                raise ConfigError(f"capabilities[{i}]",
+                                  f"{name!r} is not a capability name (a-z, 0-9, _.-; 1-32)")
+            if version and not (version.isdigit() and int(version) < 2**32):
+                raise ConfigError(f"capabilities[{i}]", f"version {version!r} is not a uint32")
+            if name in seen:
+                raise ConfigError(f"capabilities[{i}]", f"{name!r} is listed twice")
+            seen.add(name)
+        if not 60.0 <= self.record_ttl <= 7 * 86400.0:
+            raise ConfigError("record_ttl", "must be between 60 s and 7 days")
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """Everything a node needs (the top level of ``config.toml``)."""
 
@@ -200,6 +265,7 @@ class NodeConfig:
     admin: AdminConfig = field(default_factory=AdminConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     def __post_init__(self) -> None:
         if not self.network or len(self.network) > 64:

@@ -67,6 +67,7 @@ from overlay.node._advertise import advertised_addresses, check_external_address
 from overlay.node._app import run_app
 from overlay.node._config import NodeConfig
 from overlay.node._control import NodeControl
+from overlay.node._discovery import DiscoveryState
 from overlay.node._peering import DialOutcome, Peering
 from overlay.node._services import NodeServices
 from overlay.node._summary import PeerSummary
@@ -178,6 +179,8 @@ class Node:
         self.admission = admission
         self.gate: Callable[[str], bool] | None = None
         """Optional extra pre-handshake check of a remote host (after the peer manager's)."""
+        self.discovery = DiscoveryState()
+        """Verified capability records and the discovery services' shared state."""
         self._services = NodeServices(self, home=self.home, metrics=metrics)
         self._listen_addresses: list[NodeAddress] = []
         self._advertised: list[NodeAddress] = []
