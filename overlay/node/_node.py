@@ -69,6 +69,7 @@ from overlay.node._config import NodeConfig
 from overlay.node._control import NodeControl
 from overlay.node._discovery import DiscoveryState
 from overlay.node._peering import DialOutcome, Peering
+from overlay.node._records import CAPABILITIES_FILE, NodeCapabilities
 from overlay.node._services import NodeServices
 from overlay.node._summary import PeerSummary
 from overlay.node._traffic import TrafficTotals
@@ -179,8 +180,16 @@ class Node:
         self.admission = admission
         self.gate: Callable[[str], bool] | None = None
         """Optional extra pre-handshake check of a remote host (after the peer manager's)."""
-        self.discovery = DiscoveryState()
+        self.discovery = DiscoveryState(network=self.config.network, router=self.router)
         """Verified capability records and the discovery services' shared state."""
+        disco = self.config.discovery
+        self.capabilities = NodeCapabilities(
+            key, network=self.config.network, ttl=disco.record_ttl, configured=disco.capabilities,
+            state_file=(self.home / self.config.data_dir / CAPABILITIES_FILE
+                        if self.home is not None else None),
+        )
+        """What this node advertises in its signed capability record (a read-only mapping
+        with ``set`` / ``remove`` / ``replace``; see ``overlay.node._records``)."""
         self._services = NodeServices(self, home=self.home, metrics=metrics)
         self._listen_addresses: list[NodeAddress] = []
         self._advertised: list[NodeAddress] = []
@@ -252,8 +261,8 @@ class Node:
 
     def _accept_gate(self, remote_host: str) -> bool:
         """Cheap check before any handshake work (bans, per-IP limits)."""
-        if self._closing or not self._services.started:
-            return False
+        if self._closing or not self._services.started or self.capabilities.record is None:
+            return False  # not ready: every hello carries our signed record
         if not self._services.peering.check_inbound(remote_host):
             return False
         return self.gate is None or self.gate(remote_host)
@@ -275,7 +284,8 @@ class Node:
                 v4, v6 = await host_addresses()  # before the first hello goes out
             await self._tg.start(self._timers.run)
             peering = self._services.open()  # the store; gates and admits from now on
-            self._multi.set(peering, *self._user_observers)
+            self._multi.set(peering, self.discovery.peers, *self._user_observers)
+            self.discovery.peers.start(peering, self._services.metrics)
             for transport in self._transports:
                 serve = functools.partial(
                     transport.serve, self._on_inbound, on_handshake_failed=self._record_failure
@@ -289,6 +299,9 @@ class Node:
                     ) from exc
                 self._listen_addresses.extend(addresses)
                 self._choose_advertised(v4, v6)
+            # Our signed record, in every hello from now on (see overlay.node._records).
+            self.capabilities.start(lambda: self._advertised, self._publish_record)
+            self._tg.start_soon(self.capabilities.run)
             if self.config.app:
                 await run_app(self.config.app, self)
             await self._tg.start(self._services.run)
@@ -412,6 +425,15 @@ class Node:
             self._capability_record = previous
             raise
         self._announce()
+
+    def _publish_record(self, record: bytes) -> None:
+        """A new signed record of ours (``overlay.node._records``): the first one is part of
+        the NodeInfo as at start (``info_seq`` 0; no hello went out before it, see
+        ``_accept_gate``), later ones are announced."""
+        if not self._capability_record:
+            self._capability_record = record
+            return
+        self.update_local_info(capability_record=record)
 
     def subscribe_peer_info(self, listener: PeerInfoListener) -> Callable[[], None]:
         """Call ``listener(peer_id, info)`` each time a connected peer announces a new NodeInfo
