@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 from dataclasses import dataclass, field
 
 import anyio
@@ -21,7 +22,10 @@ from tests.routing_network import SERVE, Plan, routing_network
 from tests.support import wait_until
 
 PEERS = PeerManagerConfig(max_connections=24, max_outbound=16)
-"""Room for the client's dials to every server (outbound above ``max_outbound`` is trimmed)."""
+"""The client: room for its dials to every server (outbound above ``max_outbound`` is
+trimmed)."""
+SERVERS = PeerManagerConfig(max_connections=40, max_outbound=2)
+"""Servers keep inbound room for the client whatever their own peer managers dial."""
 
 
 @dataclass(slots=True)
@@ -56,18 +60,25 @@ class Workload:
 async def run_workload(
     *, servers: int = 10, slow: int = 3, slow_delay: float = 1.0, hedging: bool = True,
     latency: float = 0.05, requests: int = 400, warmup: int = 40, concurrency: int = 8,
+    rotate_every: int | None = None, seed: int = 1,
 ) -> Workload:
     """``requests`` role requests (after ``warmup``) from one client, ``concurrency`` at a
-    time, to ``servers`` peers of which the first ``slow`` answer after ``slow_delay``."""
+    time, to ``servers`` peers of which ``slow`` answer after ``slow_delay``. Every
+    ``rotate_every`` requests another ``slow`` of them become the slow ones (slowness comes
+    and goes, so the ranking cannot simply learn it away; None: always the first ``slow``)."""
     served = Served()
     made = 0
+    rng = random.Random(seed)
+    slow_now: set[int] = set(range(slow))
+    sent = 0
 
     def handler(node: Node) -> RequestHandler[bytes, bytes]:
         nonlocal made
-        is_slow = made < slow
+        index = made
         made += 1
 
         async def answer(env: Envelope[bytes]) -> bytes:
+            is_slow = index in slow_now
             served.started += 1
             served.slow_started += is_slow
             try:
@@ -86,7 +97,8 @@ async def run_workload(
     network = MemoryNetwork(default_link=LinkConditions(latency=latency))
     config = RoutingConfig(hedging=hedging)
     async with routing_network(plan, targets=TargetSet(), routing=config, network=network,
-                               handler=handler, peers=PEERS) as nodes:
+                               handler=handler, peers=PEERS,
+                               server_peers={"blocksync": SERVERS}) as nodes:
         client = nodes[-1]
         for server in nodes[:-1]:
             with contextlib.suppress(IncompatiblePeerError):  # its peer manager was faster
@@ -97,7 +109,11 @@ async def run_workload(
         limiter = anyio.Semaphore(concurrency)
 
         async def one(measure: bool) -> None:
+            nonlocal sent, slow_now
             async with limiter:
+                sent += 1
+                if rotate_every is not None and sent % rotate_every == 0:
+                    slow_now = set(rng.sample(range(servers), slow))
                 started = anyio.current_time()
                 response = await client.routing.request(ch, Role("blocksync"), b"q", timeout=5)
                 if measure:

@@ -102,12 +102,12 @@ async def test_killing_the_only_archive_peer_gets_it_replaced_by_a_new_dial() ->
     fast = RoutingConfig(reconnect_backoff=5.0)
     async with routing_network(spread(10, {"archive": 0.3}), targets=targets,
                                routing=fast) as nodes:
-        node = next(n for n in nodes if "archive" not in n.routing.local_capabilities)
+        node = next(n for n in nodes if "archive" not in n.routing.local_capabilities())
         by_id = {n.node_id: n for n in nodes}
 
         def archive_peers() -> list[NodeId]:
             return [p for p in node.connected_peers()
-                    if "archive" in by_id[p].routing.local_capabilities]
+                    if "archive" in by_id[p].routing.local_capabilities()]
 
         await wait_until(lambda: met(node) and len(archive_peers()) == 1, timeout=60)
         (only,) = archive_peers()

@@ -28,6 +28,7 @@ from overlay.operator._control import UnknownTargetError
 from overlay.router._channel import Envelope, RequestHandler
 from routing import TargetSet
 from routing._role import Group, Role
+from tests.routing_hedging import PEERS, SERVERS
 from tests.routing_network import SERVE, Plan, record_for, routing_network
 from tests.support import virtual_time, wait_until
 
@@ -67,7 +68,8 @@ async def star(caps: list[frozenset[str]], behaviour: dict[int, str] | None = No
     BEHAVIOUR.clear()
     BEHAVIOUR.update(behaviour or {})
     plan = Plan([*caps, client_caps])
-    async with routing_network(plan, targets=TargetSet(), handler=behaving) as nodes:
+    async with routing_network(plan, targets=TargetSet(), handler=behaving, peers=PEERS,
+                               server_peers={"blocksync": SERVERS}) as nodes:
         client = nodes[-1]
         for server in nodes[:-1]:
             with contextlib.suppress(IncompatiblePeerError):
@@ -178,7 +180,7 @@ async def test_targets_change_live_and_impossible_ones_are_explained() -> None:
         assert listed["capability"] == "blocksync" and listed["state"] == "met"
         assert control.status()["targets"] == control.targets()["targets"]
         peers = [p for p in control.peers() if p.get("connected")]
-        assert peers[0]["capabilities"]["blocksync"]["advertised"] is True
+        assert [c["name"] for c in peers[0]["capabilities"]["advertised"]] == ["blocksync"]
         assert (await control.remove_target("blocksync")) == {"removed": "blocksync"}
         with pytest.raises(UnknownTargetError):
             await control.remove_target("blocksync")

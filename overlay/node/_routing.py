@@ -17,13 +17,13 @@
 Which capabilities count
 ------------------------
 A connected peer *has* a capability for routing when it is **confirmed** (it served a role
-request for it) or **advertised** in its verified signed record (``node.discovery.records``,
-else the peer table's ``advertised`` slot) and not **suspect** (a request for it failed or was
-refused within ``discovery.Confirmations``' cool-down). Counting advertised claims is what lets
-a node meet its targets at first contact, before any request was made; a peer that lies stops
-counting after its first failed request, loses score (``unserved_capability``) and is pruned
-like any peer no target needs. Confirmed and advertised sets are written to the router's peer
-table (``PeerView.confirmed`` / ``advertised``) on every tick and on every outcome.
+request for it) or **advertised** in its verified signed record (from its hello and updates,
+``node.discovery.peers``; else ``node.discovery.records``) and not **suspect** (a request for
+it failed or was refused within the cool-down). Counting advertised claims is what lets a node
+meet its targets at first contact, before any request was made; a peer that lies stops counting
+after its first failed request, loses score (``node.discovery.refute``) and is pruned like any
+peer no target needs. Every role attempt's outcome confirms or refutes through
+``node.discovery``, which keeps ``PeerView.confirmed`` current.
 
 Clocks: the engine's ``now`` is the anyio clock (virtual in tests); the peer manager and the
 records run on wall time, converted where they meet.
@@ -40,7 +40,6 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from discovery import Confirmations
 from overlay.address import NodeAddress
 from overlay.connection._observer import Observer
 from overlay.errors import (
@@ -52,7 +51,6 @@ from overlay.errors import (
 from overlay.identity import NodeId
 from overlay.node._config import RoutingConfig
 from overlay.node._peering import Peering, wall_clock
-from overlay.peers import ScoreEvent
 from overlay.router._channel import Channel
 from overlay.router._destination import PeerView
 from overlay.router._router import Router
@@ -84,7 +82,7 @@ from routing._role import (
 )
 
 if TYPE_CHECKING:
-    from discovery import RecordStore
+    from overlay.node._discovery import DiscoveryState
     from overlay.operator._metrics import NodeMetrics
 
 __all__ = ["NodeRouting", "ROUTING_PROTECTION"]
@@ -108,10 +106,10 @@ class NodeRouting(Observer):
         *,
         node_id: NodeId,
         router: Router,
-        records: RecordStore,
+        discovery: DiscoveryState,
         config: RoutingConfig,
         limits: ConnectionLimits,
-        local_capabilities: frozenset[str] = frozenset(),
+        local_capabilities: Callable[[], frozenset[str]] = frozenset,
         protocols: frozenset[str] = frozenset({"tcp"}),
         peering: Callable[[], Peering | None],
         metrics: NodeMetrics | None = None,
@@ -120,24 +118,23 @@ class NodeRouting(Observer):
         self.config = config
         self.limits = limits
         self._router = router
-        self._records = records
+        self._discovery = discovery
+        self._records = discovery.records
         self._peering = peering
         self.metrics = metrics
         self.targets: TargetSet = config.targets
-        self.local_capabilities = local_capabilities
+        self._local_capabilities = local_capabilities
         self.protocols = protocols
         """Address protocols this node can dial (its transports')."""
-        """Capabilities this node serves itself (``Role(..., allow_local=True)``)."""
         self.engine = PolicyEngine(node_id, config.policy_config())
-        self.confirmations = Confirmations()
         self.roles = RoleService(
             capabilities_of=self._usable,
-            local_capabilities=lambda: self.local_capabilities,
+            local_capabilities=self.local_capabilities,
             acquire=self._acquire,
             listener=self,
             hedge=config.hedge_config(),
             hedging=config.hedging,
-            is_suspect=lambda n, c: self.confirmations.is_suspect(n, c, wall_clock()),
+            is_suspect=discovery.peers.is_suspect,
         )
         router.set_destination_binder(self.roles.bind)
         self.discover: Callable[[str], Awaitable[None]] | None = None
@@ -153,6 +150,10 @@ class NodeRouting(Observer):
         self._unattainable: set[str] = set()
         self._wake = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
+
+    def local_capabilities(self) -> frozenset[str]:
+        """Capabilities this node serves itself (``Role(..., allow_local=True)``)."""
+        return frozenset(self._local_capabilities())
 
     # ----------------------------------------------------------------------- targets
 
@@ -219,24 +220,22 @@ class NodeRouting(Observer):
     # ----------------------------------------------------------------------- capabilities
 
     def _advertised(self, node_id: NodeId, view: PeerView | None, now: float) -> frozenset[str]:
+        """The peer's record from its hello/updates, else from the record store (PEX, DHT),
+        else what its view says."""
+        advertised = self._discovery.peers.advertised(node_id)
+        if advertised:
+            return advertised
         signed = self._records.get(node_id, now)
         if signed is not None:
             return frozenset(signed.record.capabilities)
         return view.advertised if view is not None else frozenset()
 
     def _usable(self, view: PeerView) -> frozenset[str]:
-        now = wall_clock()
-        confirmed = self.confirmations.confirmed(view.node_id)
-        advertised = self._advertised(view.node_id, view, now)
-        return confirmed | frozenset(
-            c for c in advertised
-            if not self.confirmations.is_suspect(view.node_id, c, now)
-        )
-
-    def _publish(self, node_id: NodeId, view: PeerView | None = None) -> None:
-        self._router.peer_table.set_capabilities(
-            node_id, advertised=self._advertised(node_id, view, wall_clock()),
-            confirmed=self.confirmations.confirmed(node_id),
+        peers = self._discovery.peers
+        node_id = view.node_id
+        advertised = self._advertised(node_id, view, wall_clock())
+        return peers.confirmed(node_id) | frozenset(
+            c for c in advertised if not peers.is_suspect(node_id, c)
         )
 
     # ----------------------------------------------------------------------- observer
@@ -251,24 +250,21 @@ class NodeRouting(Observer):
         self.wake()
 
     def on_attempt(self, node_id: NodeId, capability: str, outcome: Outcome) -> None:
-        """A role attempt ended: confirm or refute the capability, score the peer."""
-        peering = self._peering()
+        """A role attempt ended: confirm or refute the capability (``node.discovery``; a
+        refute also costs the peer score), mark a useful peer."""
         match outcome:
             case Outcome.SUCCESS:
-                self.confirmations.confirm(node_id, capability)
+                self._discovery.confirm(node_id, capability)
+                peering = self._peering()
                 if peering is not None:
                     peering.manager.mark_useful(node_id, wall_clock())
             case Outcome.ERROR | Outcome.REFUSED:
-                self.confirmations.refute(node_id, capability, wall_clock())
-                if peering is not None and node_id in self._router.peer_table.connections:
-                    peering.manager.report(node_id, ScoreEvent.UNSERVED_CAPABILITY, wall_clock())
-            case Outcome.TIMEOUT:
+                if node_id in self._router.peer_table.connections:
+                    self._discovery.refute(node_id, capability)
+            case Outcome.TIMEOUT | Outcome.CANCELLED:
                 pass  # slow is not lying: the breaker and the ranking deal with it
-            case Outcome.CANCELLED:
-                return
             case other:
                 assert_never(other)
-        self._publish(node_id)
 
     def on_role_done(self, capability: str, seconds: float, result: RoleResult | None,
                      failure: RoleFailure | None, hedges: int) -> None:
@@ -309,7 +305,6 @@ class NodeRouting(Observer):
         peering = self._peering()
         peers = []
         for view in table.peers():
-            self._publish(view.node_id, view)
             peers.append(ConnectedPeer(
                 node_id=view.node_id, capabilities=self._usable(view),
                 outbound=view.direction is Direction.OUTBOUND,
@@ -509,7 +504,7 @@ class NodeRouting(Observer):
         return [
             s.node_id for s in self._records.candidates(capability, now)
             if s.node_id not in connected and s.node_id != self.node_id
-            and not self.confirmations.is_suspect(s.node_id, capability, now)
+            and not self._discovery.peers.is_suspect(s.node_id, capability)
         ]
 
     @staticmethod
@@ -527,18 +522,17 @@ class NodeRouting(Observer):
         return dict(sorted(counts.items()))
 
     def peer_capabilities(self, node_id: NodeId) -> dict[str, Any]:
-        """One connected peer's capabilities as ``overlay peers --json`` shows them."""
+        """One connected peer's capabilities as routing sees them."""
         view = self._router.peer_table.peer(node_id)
-        now = wall_clock()
-        advertised = self._advertised(node_id, view, now)
-        confirmed = self.confirmations.confirmed(node_id)
+        peers = self._discovery.peers
+        advertised = self._advertised(node_id, view, wall_clock())
+        confirmed = peers.confirmed(node_id)
         return {
             cap: {
                 "advertised": cap in advertised,
                 "confirmed": cap in confirmed,
-                "suspect": self.confirmations.is_suspect(node_id, cap, now),
+                "suspect": peers.is_suspect(node_id, cap),
                 "target": self.targets.get(cap) is not None,
             }
             for cap in sorted(advertised | confirmed)
         }
-

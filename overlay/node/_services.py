@@ -228,4 +228,6 @@ class NodeServices:
                                              deficit=s.deficit, attainable=s.attainable)
                 for s in node.routing.statuses()
             },
+            record_seq=node.capabilities.record.seq if node.capabilities.record else 0,
+            capability_peers=node.discovery.peers.capability_counts(),
         )

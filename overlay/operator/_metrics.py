@@ -55,6 +55,10 @@ metric                                                     type       labels
 ``overlay_role_hedges_total``                              counter    capability
 ``overlay_role_winner_attempt``                            histogram  capability
 ``overlay_node_info``                                      gauge (1)  node_id, network, version
+``overlay_records_received_total``                         counter    entry (handshake/update)
+``overlay_records_rejected_total``                         counter    entry, reason
+``overlay_record_seq``                                     gauge      (our record's seq)
+``overlay_capability_peers``                               gauge      capability, kind
 =========================================================  =========  ============================
 
 The peering driver (``overlay.node._peering``) feeds the dial, eviction, disconnect and ban
@@ -193,6 +197,11 @@ class MetricsSnapshot:
     netgroup since start."""
     targets: Mapping[str, TargetSnapshot] = field(default_factory=dict)
     """Routing targets by capability (after the policy engine's last tick)."""
+    record_seq: int = 0
+    """The seq of this node's signed capability record (0 before the first is signed)."""
+    capability_peers: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """Per capability: connected peers whose record advertises it, and those of them that
+    confirmed it by serving a request."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +348,19 @@ class _SnapshotCollector(Collector):
             attainable.add_metric([cap], 1 if t.attainable else 0)
         out.append(target_peers)
         out.append(attainable)
+        gauge("record_seq", "Sequence number of this node's signed capability record.",
+              snap.record_seq)
+        caps = GaugeMetricFamily(
+            f"{ns}_capability_peers",
+            "Connected peers per capability: kind=advertised (their record lists it) or "
+            "confirmed (they also served a request for it).",
+            labels=["capability", "kind"],
+        )
+        busiest = sorted(snap.capability_peers.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        for name, (advertised, confirmed) in sorted(busiest[:MAX_LABEL_VALUES]):
+            caps.add_metric([name, "advertised"], advertised)
+            caps.add_metric([name, "confirmed"], confirmed)
+        out.append(caps)
         return out
 
 
@@ -428,6 +450,14 @@ class NodeMetrics:
             "Attempt number of the peer that answered a role request (1: the first asked).",
             ("capability",), namespace=namespace, registry=reg, buckets=(1, 2, 3, 4, 5),
         )
+        self._records_received = counter(
+            "records_received", "Peers' capability records received, by entry point.",
+            ("entry",),
+        )
+        self._records_rejected = counter(
+            "records_rejected", "Peers' capability records refused, by entry point and reason.",
+            ("entry", "reason"),
+        )
         self._info = Info("node", "Identity of this node.", namespace=namespace, registry=reg)
 
     def _cap(self, metric: str, value: str) -> str:
@@ -511,6 +541,16 @@ class NodeMetrics:
             self._role_hedges.labels(cap).inc(hedges)
         if winner_attempt is not None:
             self._role_winner.labels(cap).observe(winner_attempt)
+    def record_received(self, entry: str) -> None:
+        """A peer presented a new capability record at ``entry`` (``handshake``, ``update``)."""
+        self._records_received.labels(self._cap("records_received", entry)).inc()
+
+    def record_rejected(self, entry: str, reason: str) -> None:
+        """A peer's record was refused at ``entry`` for ``reason`` (a ``RecordRejection``
+        value: ``bad_signature``, ``expired``, ``stale_seq``...)."""
+        self._records_rejected.labels(
+            self._cap("records_rejected", entry), self._cap("records_rejected_reason", reason)
+        ).inc()
 
     def render(self) -> bytes:
         """The text exposition format of every metric (what ``/metrics`` returns)."""

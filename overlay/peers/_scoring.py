@@ -52,7 +52,6 @@ SCORE_DELTAS: Mapping[ScoreEvent, float] = MappingProxyType(
         ScoreEvent.RATE_LIMIT_EXCEEDED: -10.0,
         ScoreEvent.INVALID_MESSAGE: -25.0,
         ScoreEvent.PROTOCOL_VIOLATION: -100.0,
-        ScoreEvent.UNSERVED_CAPABILITY: -5.0,
     }
 )
 

@@ -64,8 +64,6 @@ class ScoreEvent(enum.StrEnum):
     """It sent a message that did not decode or failed validation (-25)."""
     PROTOCOL_VIOLATION = "protocol_violation"
     """It broke the protocol (bad frame, bad signature...): -100, a ban from neutral."""
-    UNSERVED_CAPABILITY = "unserved_capability"
-    """It advertises a capability but failed or refused a role request for it (-5)."""
 
 
 class DialReason(enum.StrEnum):

@@ -1,0 +1,124 @@
+"""Capability routing benchmarks (issue 10): role requests with healthy and 30 % slow peers,
+hedging on and off, and the time full in-process nodes take to meet their targets versus N.
+Results and commands in docs/benchmarks.md ("Capability routing").
+
+    .venv/bin/python bench/routing.py roles
+    .venv/bin/python bench/routing.py targets --nodes 50 200
+
+Everything runs real nodes (Noise, framing, router, peer manager, policy engine) over the
+in-process memory network on trio's mock clock: latencies and times to targets are *virtual*
+seconds (exact, link latency included), requests/s is wall-clock throughput of the whole
+process (one core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import anyio
+import trio
+import trio.testing
+
+import overlay  # noqa: F401  (before discovery: see docs/benchmarks.md)
+from overlay.node import Node
+from overlay.peers import PeerManagerConfig
+from overlay.testing import LinkConditions, MemoryNetwork
+from routing import CapabilityTarget, TargetSet, TargetState
+from tests.routing_hedging import run_workload
+from tests.routing_network import routing_network, spread
+
+TARGETS = TargetSet.of(
+    CapabilityTarget("blocksync", min_fraction=0.3),
+    CapabilityTarget("archive", min_peers=2),
+)
+
+
+def _virtual(main: object) -> None:
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))  # type: ignore[arg-type]
+
+
+def roles(requests: int) -> None:
+    print("| peers slow | hedging | p50 (s) | p99 (s) | extra requests | hedges "
+          "| requests/s (wall) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+
+    async def main() -> None:
+        for slow, hedging in ((0, True), (0, False), (3, True), (3, False)):
+            started = time.perf_counter()
+            work = await run_workload(slow=slow, hedging=hedging, requests=requests, warmup=0)
+            wall = time.perf_counter() - started
+            print(f"| {slow * 10} % | {'on' if hedging else 'off'} | "
+                  f"{work.quantile(0.5):.3f} | {work.quantile(0.99):.3f} | {work.extra:.1%} | "
+                  f"{work.hedges} | {work.requests / wall:.0f} |", flush=True)
+
+    _virtual(main)
+
+
+def _met(node: Node) -> bool:
+    statuses = node.routing.statuses()
+    return len(statuses) == len(node.routing.targets) and all(
+        s.state is TargetState.MET for s in statuses
+    )
+
+
+def targets(sizes: list[int], timeout: float) -> None:
+    print("| nodes | met | p50 (s) | p95 (s) | max (s) | start-up (wall s) | run (wall s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+
+    async def one(n: int) -> None:
+        plan = spread(n, {"blocksync": 0.3, "archive": 0.03})
+        archive_nodes = sum("archive" in c for c in plan.capabilities)
+        wanted = 2 * n // max(1, archive_nodes) + 16
+        server = {"archive": PeerManagerConfig(max_connections=wanted, max_outbound=4)}
+        network = MemoryNetwork(default_link=LinkConditions(latency=0.02))
+        began = time.perf_counter()
+        async with routing_network(plan, targets=TARGETS, server_peers=server,
+                                   network=network) as nodes:
+            up = time.perf_counter() - began
+            start = anyio.current_time()
+            times: dict[int, float] = {}
+            with anyio.move_on_after(timeout):
+                while len(times) < n:
+                    for i, node in enumerate(nodes):
+                        if i not in times and _met(node):
+                            times[i] = anyio.current_time() - start
+                    await anyio.sleep(0.05)
+            run = time.perf_counter() - began - up
+        got = sorted(times.values()) or [float("nan")]
+        print(f"| {n} | {len(times)}/{n} | {statistics.median(got):.2f} | "
+              f"{got[int(0.95 * (len(got) - 1))]:.2f} | {got[-1]:.2f} | {up:.1f} | {run:.1f} |",
+              flush=True)
+
+    async def main() -> None:
+        for n in sizes:
+            await one(n)
+
+    _virtual(main)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("roles", help="role requests: healthy vs 30 %% slow, hedging on/off")
+    p.add_argument("--requests", type=int, default=2000)
+    p = sub.add_parser("targets", help="time for every node to meet its targets vs N")
+    p.add_argument("--nodes", type=int, nargs="+", default=[50, 200])
+    p.add_argument("--timeout", type=float, default=120.0, help="virtual seconds")
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    if args.what == "roles":
+        roles(args.requests)
+    else:
+        targets(args.nodes, args.timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
