@@ -45,18 +45,24 @@ def _virtual(main: object) -> None:
 
 
 def roles(requests: int) -> None:
-    print("| peers slow | hedging | p50 (s) | p99 (s) | extra requests | hedges "
+    print("| slow peers | hedging | p50 (s) | p99 (s) | p99.9 (s) | max (s) | extra requests "
           "| requests/s (wall) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    cases = [
+        ("none", 0, None), ("30 %, fixed", 3, None), ("30 %, moving every 200", 3, 200),
+    ]
 
     async def main() -> None:
-        for slow, hedging in ((0, True), (0, False), (3, True), (3, False)):
-            started = time.perf_counter()
-            work = await run_workload(slow=slow, hedging=hedging, requests=requests, warmup=0)
-            wall = time.perf_counter() - started
-            print(f"| {slow * 10} % | {'on' if hedging else 'off'} | "
-                  f"{work.quantile(0.5):.3f} | {work.quantile(0.99):.3f} | {work.extra:.1%} | "
-                  f"{work.hedges} | {work.requests / wall:.0f} |", flush=True)
+        for label, slow, rotate in cases:
+            for hedging in (True, False):
+                started = time.perf_counter()
+                work = await run_workload(slow=slow, hedging=hedging, requests=requests,
+                                          warmup=0, rotate_every=rotate)
+                wall = time.perf_counter() - started
+                print(f"| {label} | {'on' if hedging else 'off'} | {work.quantile(0.5):.3f} | "
+                      f"{work.quantile(0.99):.3f} | {work.quantile(0.999):.3f} | "
+                      f"{max(work.latencies):.3f} | {work.extra:.1%} | "
+                      f"{work.requests / wall:.0f} |", flush=True)
 
     _virtual(main)
 
