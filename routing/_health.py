@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import assert_never
@@ -116,6 +117,7 @@ class PeerHealth:
     __slots__ = (
         "_config",
         "_probe_in_flight",
+        "_starts",
         "_state",
         "_updated",
         "attempts",
@@ -137,6 +139,7 @@ class PeerHealth:
         self.consecutive_failures = 0
         self.in_flight = 0
         self.opened_at = 0.0
+        self._starts: deque[float] = deque()
 
     def _transition(self, event: BreakerEvent) -> None:
         key = (self._state, event)
@@ -180,6 +183,7 @@ class PeerHealth:
         if self._state is BreakerState.HALF_OPEN:
             self._probe_in_flight = True
         self.in_flight += 1
+        self._starts.append(now)
         return True
 
     def finish(self, outcome: Outcome, now: float, rtt: float | None = None) -> None:
@@ -187,6 +191,8 @@ class PeerHealth:
         if self.in_flight <= 0:
             raise LocalProtocolError("finish() without a matching start()")
         self.in_flight -= 1
+        if self._starts:
+            self._starts.popleft()  # attempts are interchangeable: the oldest start goes
         self._advance(now)
         probing = self._state is BreakerState.HALF_OPEN and self._probe_in_flight
         match outcome:
@@ -240,6 +246,16 @@ class PeerHealth:
     def expected_rtt(self) -> float:
         return self.rtt_ewma if self.rtt_ewma is not None else self._config.initial_rtt
 
+    def pending_age(self, now: float) -> float:
+        """How long the oldest attempt in flight has waited (0 with none): a lower bound of
+        the peer's round trip right now."""
+        return max(0.0, now - self._starts[0]) if self._starts else 0.0
+
+    def expected_wait(self, now: float) -> float:
+        """``max(rtt_ewma, pending_age) * (1 + in_flight)``: a peer stalling on an attempt
+        looks at least as slow as the stall, at once."""
+        return max(self.expected_rtt(), self.pending_age(now)) * (1 + self.in_flight)
+
 
 _BREAKER_RANK = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -249,8 +265,9 @@ def rank(candidates: Iterable[tuple[NodeId, PeerHealth]], now: float) -> list[No
 
     Order: breaker state (CLOSED, then a HALF_OPEN breaker with its probe slot free, then busy
     probes and OPEN breakers last); success rate in steps of 5 % (so noise in the third digit
-    does not beat a much faster peer); expected wait ``rtt_ewma * (1 + in_flight)``; in-flight
-    count; node id bytes.
+    does not beat a much faster peer); expected wait
+    ``max(rtt_ewma, age of the oldest attempt in flight) * (1 + in_flight)``; in-flight count;
+    node id bytes.
     """
 
     def key(item: tuple[NodeId, PeerHealth]) -> tuple[int, int, float, int, bytes]:
@@ -260,7 +277,7 @@ def rank(candidates: Iterable[tuple[NodeId, PeerHealth]], now: float) -> list[No
         if state is BreakerState.HALF_OPEN and not h.available(now):
             breaker = 2
         bucket = math.floor(h.success_rate(now) * 20 + 1e-9)
-        wait = h.expected_rtt() * (1 + h.in_flight)
+        wait = h.expected_wait(now)
         return (breaker, -bucket, wait, h.in_flight, bytes.fromhex(node_id))
 
     return [node_id for node_id, _ in sorted(candidates, key=key)]

@@ -202,6 +202,15 @@ class HedgePlan:
             times.append(self._deadline)
         return min(times) if times else None
 
+    def rerank(self, order: Sequence[NodeId]) -> None:
+        """Reorder the candidates not asked yet by ``order`` (the current health ranking;
+        ids it omits keep their place after those it names). A hedge then goes to the peer
+        that is best *now*, not to the one that looked second best when the request began."""
+        waiting = self._queue[self._next:]
+        position = {node_id: i for i, node_id in enumerate(order)}
+        waiting.sort(key=lambda n: position.get(n, len(position)))
+        self._queue[self._next:] = waiting
+
     def _can_start(self) -> bool:
         return self._next < len(self._queue) and len(self._in_flight) < self._max_in_flight
 

@@ -23,12 +23,15 @@ Theory of operation (one role request)
    role's adaptive delay (:class:`~routing._hedge.HedgeDelay`) while fewer than
    ``max_in_flight`` run, the next candidate at once after a failure, every other attempt
    cancelled (on the wire: cancelling an attempt sends the peer a CANCEL) when one wins, all of
-   them at the deadline. This driver only starts tasks, cancels their scopes and feeds
-   outcomes back.
+   them at the deadline. Before a hedge or a retry the peers not asked yet are re-ranked
+   (:meth:`~routing._hedge.HedgePlan.rerank`), so it goes to the best peer *now*. This
+   driver only starts tasks, cancels their scopes and feeds outcomes back.
 4. Every attempt's :class:`~routing._health.Outcome` goes to the health table and to the
    ``listener`` (the node turns it into confirmed/refuted capabilities, scores and metrics).
-   A losing hedge is ``CANCELLED`` (never a penalty); an attempt cut at the deadline is a
-   ``TIMEOUT``.
+   A losing hedge is ``CANCELLED`` (never a penalty for the peer's score or claims); one that
+   had already outlived the hedge delay counts as a ``TIMEOUT`` for the peer's *health* only
+   (breaker, success rate: a consistently slow peer sinks in the ranking and its breaker
+   opens); an attempt cut at the deadline is a ``TIMEOUT``.
 5. The result says which peer answered, its attempt number (1 = the first peer asked) and
    how many attempts started; failures raise :class:`~overlay.errors.RoleUnavailable` with a
    :class:`~overlay.errors.RoleFailure`.
@@ -287,11 +290,12 @@ async def _grace(receive: MemoryObjectReceiveStream[_Done]) -> _Done | None:
 class _Run:
     """The mutable state of one hedged request (driver side)."""
 
-    __slots__ = ("deadline_hit", "local_error", "scopes")
+    __slots__ = ("deadline_hit", "hedge_delay", "local_error", "scopes")
 
-    def __init__(self) -> None:
+    def __init__(self, hedge_delay: float) -> None:
         self.scopes: dict[NodeId, anyio.CancelScope] = {}
         self.deadline_hit = False
+        self.hedge_delay = hedge_delay
         self.local_error: LocalProtocolError | None = None
 
 
@@ -502,12 +506,12 @@ class RoleService:
         if not candidates:
             candidates = await self._acquire_one(view, role, deadline, started)
         delay = self.delay(cap)
+        hedge_delay = delay.delay() if self.hedging else self.hedge.cap
         plan = HedgePlan(
-            candidates, now=started, deadline=deadline,
-            hedge_delay=delay.delay() if self.hedging else self.hedge.cap,
+            candidates, now=started, deadline=deadline, hedge_delay=hedge_delay,
             max_in_flight=self.hedge.max_in_flight if self.hedging else 1,
         )
-        run = _Run()
+        run = _Run(hedge_delay)
         hedges = 0
         value: Any = None
         send, receive = anyio.create_memory_object_stream[_Done](len(candidates))
@@ -523,8 +527,11 @@ class RoleService:
                                 if number > 1 and not by_failure:
                                     hedges += 1
                                 scope = run.scopes[node_id] = anyio.CancelScope()
+                                # counted in flight now, so concurrent requests rank around it
+                                admitted = self.health.get(node_id, cap).start(
+                                    anyio.current_time())
                                 tg.start_soon(self._attempt, cap, node_id, scope, attempt,
-                                              send, run)
+                                              send, run, admitted)
                             case CancelAttempt(node_id=node_id):
                                 run.scopes[node_id].cancel()
                             case other:
@@ -543,12 +550,14 @@ class RoleService:
                     if done is None:
                         if deadline is not None and now >= deadline:
                             run.deadline_hit = True
+                        plan.rerank(self.ranked(view, cap))
                         act(plan.poll(now), False)
                     elif done.outcome is Outcome.SUCCESS:
                         value = done.value
                         delay.observe(done.elapsed)  # the attempt's own response time
                         act(plan.succeeded(done.node_id, now), False)
                     else:
+                        plan.rerank(self.ranked(view, cap))
                         act(plan.failed(done.node_id, done.outcome, now), True)
                         if not plan.done:
                             act(plan.poll(now), False)
@@ -606,10 +615,10 @@ class RoleService:
         attempt: Callable[[NodeId], Awaitable[Any]],
         send: MemoryObjectSendStream[_Done],
         run: _Run,
+        admitted: bool,
     ) -> None:
         health = self.health.get(node_id, cap)
         began = anyio.current_time()
-        admitted = health.start(began)
         outcome = Outcome.CANCELLED
         value: Any = None
         ours = False
@@ -630,8 +639,14 @@ class RoleService:
             if outcome is Outcome.CANCELLED and run.deadline_hit:
                 outcome = Outcome.TIMEOUT  # cut at the caller's deadline: it was too slow
             blamed = Outcome.CANCELLED if ours else outcome  # never the peer's fault
+            health_outcome = blamed
+            if blamed is Outcome.CANCELLED and not ours and now - began >= run.hedge_delay:
+                # it lost a race it had already run past the hedge delay on: slow, for this
+                # peer's health only (breaker, success rate; not its score nor its claim)
+                health_outcome = Outcome.TIMEOUT
             if admitted:
-                health.finish(blamed, now, now - began if outcome is Outcome.SUCCESS else None)
+                health.finish(health_outcome, now,
+                              now - began if outcome is Outcome.SUCCESS else None)
                 if outcome is Outcome.CANCELLED:
                     health.censored(now - began)
             if self._listener is not None and blamed is not Outcome.CANCELLED:

@@ -21,11 +21,12 @@ from routing._role import Role
 from tests.routing_network import SERVE, Plan, routing_network
 from tests.support import wait_until
 
-PEERS = PeerManagerConfig(max_connections=24, max_outbound=16)
+PEERS = PeerManagerConfig(max_connections=24, max_outbound=16, feeler_interval=1e9)
 """The client: room for its dials to every server (outbound above ``max_outbound`` is
-trimmed)."""
-SERVERS = PeerManagerConfig(max_connections=40, max_outbound=2)
-"""Servers keep inbound room for the client whatever their own peer managers dial."""
+trimmed), no feeler connections."""
+SERVERS = PeerManagerConfig(max_connections=40, max_outbound=0, feeler_interval=1e9)
+"""Servers only accept: no automatic dials or feelers of their own that could replace or
+close their link to the client while a test measures."""
 
 
 @dataclass(slots=True)
@@ -98,7 +99,7 @@ async def run_workload(
     config = RoutingConfig(hedging=hedging)
     async with routing_network(plan, targets=TargetSet(), routing=config, network=network,
                                handler=handler, peers=PEERS,
-                               server_peers={"blocksync": SERVERS}) as nodes:
+                               server_peers={"blocksync": SERVERS}, last_peers=PEERS) as nodes:
         client = nodes[-1]
         for server in nodes[:-1]:
             with contextlib.suppress(IncompatiblePeerError):  # its peer manager was faster

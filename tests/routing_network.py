@@ -97,25 +97,29 @@ async def routing_network(
     network: MemoryNetwork | None = None,
     handler: Handler = answer_with_id,
     server_peers: Mapping[str, PeerManagerConfig] | None = None,
+    last_peers: PeerManagerConfig | None = None,
 ) -> AsyncIterator[list[Node]]:
     """Run ``len(plan.capabilities)`` nodes, each with ``targets`` and ``SERVE`` answered by
     ``handler(node)``; every node knows every record and address. Nodes start unconnected.
 
     ``server_peers`` gives nodes serving a capability other limits (a scarce capability's
     few providers must accept many more peers than the rest: with 3 % archive nodes and every
-    node wanting two of them, each archive node holds about 65 connections)."""
+    node wanting two of them, each archive node holds about 65 connections); ``last_peers``
+    the last node (a client), whatever it serves."""
     net = network if network is not None else MemoryNetwork()
     peer_config = peers or PeerManagerConfig(max_connections=24, max_outbound=4)
     base = routing or RoutingConfig()
     nodes: list[Node] = []
     records: list[SignedRecord] = []
     async with contextlib.AsyncExitStack() as stack:
-        for caps in plan.capabilities:
+        for index, caps in enumerate(plan.capabilities):
             key = NodeKey.generate()
             limits = peer_config
             for cap, special in sorted((server_peers or {}).items()):
                 if cap in caps:
                     limits = special
+            if last_peers is not None and index == len(plan.capabilities) - 1:
+                limits = last_peers
             config = NodeConfig(
                 listen=("memory:",), peers=limits, connection=QUIET,
                 routing=dataclasses.replace(base, targets=targets),

@@ -139,3 +139,21 @@ def test_rank_is_deterministic_by_node_id_on_ties() -> None:
     table = HealthTable(CFG)
     ids = [nid(i) for i in (9, 3, 7)]
     assert table.rank("x", ids, 0.0) == sorted(ids)
+
+
+def test_a_stalling_attempt_makes_its_peer_look_slow_at_once() -> None:
+    table = HealthTable()
+    fast, stalled = f"{1:040x}", f"{2:040x}"
+    for node_id in (fast, stalled):
+        h = table.get(node_id, "cap")
+        h.start(0.0)
+        h.finish(Outcome.SUCCESS, 0.05, 0.05)
+    table.get(stalled, "cap").start(1.0)  # one in flight that does not answer
+    busy = table.get(fast, "cap")
+    busy.start(1.99)
+    busy.start(1.99)  # two in flight, just sent
+    assert table.rank("cap", [fast, stalled], 1.0)[0] == stalled  # less loaded looks better
+    assert table.get(stalled, "cap").pending_age(2.0) == 1.0
+    assert table.rank("cap", [fast, stalled], 2.0)[0] == fast  # a 1 s stall outweighs load
+    table.get(stalled, "cap").finish(Outcome.CANCELLED, 2.0)
+    assert table.get(stalled, "cap").pending_age(2.0) == 0.0

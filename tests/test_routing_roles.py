@@ -69,7 +69,7 @@ async def star(caps: list[frozenset[str]], behaviour: dict[int, str] | None = No
     BEHAVIOUR.update(behaviour or {})
     plan = Plan([*caps, client_caps])
     async with routing_network(plan, targets=TargetSet(), handler=behaving, peers=PEERS,
-                               server_peers={"blocksync": SERVERS}) as nodes:
+                               server_peers={"blocksync": SERVERS}, last_peers=PEERS) as nodes:
         client = nodes[-1]
         for server in nodes[:-1]:
             with contextlib.suppress(IncompatiblePeerError):
