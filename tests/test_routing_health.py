@@ -143,7 +143,7 @@ def test_rank_is_deterministic_by_node_id_on_ties() -> None:
 
 def test_a_stalling_attempt_makes_its_peer_look_slow_at_once() -> None:
     table = HealthTable()
-    fast, stalled = f"{1:040x}", f"{2:040x}"
+    fast, stalled = nid(1), nid(2)
     for node_id in (fast, stalled):
         h = table.get(node_id, "cap")
         h.start(0.0)

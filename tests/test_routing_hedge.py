@@ -139,7 +139,7 @@ def test_the_plan_never_exceeds_max_in_flight_nor_asks_a_peer_twice(
 
 
 def test_rerank_reorders_only_the_candidates_not_asked_yet() -> None:
-    a, b, c, d = (f"{i:040x}" for i in range(1, 5))
+    a, b, c, d = (nid(i) for i in range(1, 5))
     plan = HedgePlan([a, b, c, d], now=0.0, hedge_delay=0.1, max_in_flight=3)
     assert plan.poll(0.0) == [StartAttempt(a, 1)]
     plan.rerank([d, a, c])  # a is in flight already; b is not named: it goes last
