@@ -195,6 +195,8 @@ class DhtSettings:
     """Connections opened only for DHT queries at once; they never take peer slots."""
     transient_idle: float = 10.0
     """Seconds an unused transient connection stays open for reuse."""
+    max_transient_per_ip: int = 4
+    """Inbound transient connections accepted at once from one remote host."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 64:
@@ -207,6 +209,8 @@ class DhtSettings:
         _positive("transient_idle", self.transient_idle)
         if self.max_transient_connections < 1:
             raise ConfigError("max_transient_connections", "must be at least 1")
+        if self.max_transient_per_ip < 1:
+            raise ConfigError("max_transient_per_ip", "must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)

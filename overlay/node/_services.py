@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import stat
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -82,6 +83,12 @@ class NodeServices:
         self._peering: Peering | None = None
         self._control: NodeControl | None = None
         self._admin_serving = False
+        self._extra: list[Callable[..., Coroutine[Any, Any, Any]]] = []
+
+    def add(self, service: Callable[..., Coroutine[Any, Any, Any]]) -> None:
+        """Run ``service(task_status=...)`` with the others (before the peering driver, so it
+        is ready when the first peers connect)."""
+        self._extra.append(service)
 
     @property
     def peering(self) -> Peering:
@@ -123,6 +130,8 @@ class NodeServices:
         """Run the driver, admin API and metrics endpoint until cancelled."""
         peering, control = self.peering, self.control
         async with anyio.create_task_group() as tg:
+            for service in self._extra:
+                await tg.start(service)
             await tg.start(peering.run)
             try:
                 await self._serve_operator(tg, control)
