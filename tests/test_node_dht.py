@@ -157,6 +157,9 @@ async def test_transient_connections_are_never_peers_and_close_when_idle() -> No
         assert run.found == [c.node_id]
         # a reached c over a transient connection: not a peer on either side
         assert a.dht.transient.statistics().outbound >= 1
+        snapshot = a.metrics_snapshot()
+        assert snapshot.dht.transient_outbound >= 1 and snapshot.dht.lookups_succeeded >= 1
+        assert snapshot.peers_inbound + snapshot.peers_outbound == 1
         assert c.dht.transient.statistics().inbound >= 1
         assert c.node_id not in a.connected_peers() and a.node_id not in c.connected_peers()
         for node in (a, c):

@@ -47,7 +47,7 @@ class Refusing:
     async def _fail(self, *args: object, **kwargs: object) -> dict[str, Any]:
         raise self.error
 
-    dial = disconnect = ban = unban = add_seed = remove_seed = _fail
+    dial = disconnect = ban = unban = add_seed = remove_seed = providers = _fail
     add_persistent = remove_persistent = _fail
 
 

@@ -21,6 +21,7 @@ from overlay.address import NodeAddress
 from overlay.errors import InvalidAddressError, LocalProtocolError
 from overlay.identity import NodeId, parse_node_id
 from overlay.node._config import NodeConfig
+from overlay.node._dht import NodeDht
 from overlay.node._peering import Peering, wall_clock
 from overlay.operator._control import (
     MAX_BAN_SECONDS,
@@ -59,6 +60,9 @@ class ControlledNode(Protocol):
     def handshake_failures(self) -> Mapping[Direction, Mapping[HandshakeFailureReason, int]]: ...
 
     async def disconnect(self, node_id: NodeId, message: str = "") -> bool: ...
+
+    @property
+    def dht(self) -> NodeDht | None: ...
 
 
 def jsonable(value: Any) -> Any:
@@ -154,6 +158,11 @@ class NodeControl:
                 }
             )
         return sorted(result.values(), key=lambda p: (not p.get("connected", False), p["id"]))
+
+    async def providers(self, capability: str) -> dict[str, Any]:
+        if self.node.dht is None:
+            raise LocalProtocolError("the DHT is disabled ([discovery.dht] enabled = false)")
+        return await self.node.dht.lookup_report(capability)
 
     async def dial(self, address: str, *, persistent: bool) -> dict[str, Any]:
         addr = NodeAddress.parse(address)

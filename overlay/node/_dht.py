@@ -545,6 +545,39 @@ class NodeDht:
             reports.append(report)
         return reports
 
+    async def lookup_report(self, capability: str) -> dict[str, Any]:
+        """Run one provider lookup and describe it as JSON-able data (``overlay providers``,
+        admin ``POST /providers``): the providers found (id, addresses, version of the
+        capability) and the lookup's rounds, messages, outcome and times."""
+        started = anyio.current_time()
+        found: list[dict[str, Any]] = []
+        async with self.find_providers(capability) as stream:
+            async for signed in stream:
+                info = signed.record.capabilities[capability]
+                found.append({
+                    "id": signed.node_id,
+                    "addresses": list(signed.record.addresses),
+                    "version": info.version,
+                    "attributes": dict(info.attributes),
+                    "seq": signed.seq,
+                    "expires_at": signed.record.expires_at,
+                    "after": anyio.current_time() - started,
+                })
+        report = stream.report
+        assert report is not None
+        return {
+            "capability": capability,
+            "providers": found,
+            "outcome": report.outcome.value,
+            "rounds": report.rounds,
+            "messages": report.messages,
+            "responses": report.responses,
+            "timeouts": report.timeouts,
+            "misbehaved": report.misbehaved,
+            "elapsed": report.elapsed,
+            "first_provider_after": report.first_provider_after,
+        }
+
     @contextlib.asynccontextmanager
     async def find_providers(
         self,

@@ -37,7 +37,7 @@ from overlay.node._traffic import TrafficTotals, channel_loads
 from overlay.transport import Transport
 
 if TYPE_CHECKING:
-    from overlay.operator._metrics import MetricsSnapshot, NodeMetrics
+    from overlay.operator._metrics import DhtSnapshot, MetricsSnapshot, NodeMetrics
 
 __all__ = ["NodeServices", "PEER_STORE_FILE", "ServedNode", "private_directory"]
 
@@ -227,4 +227,32 @@ class NodeServices:
             inbound_accepted=sum(t.accepted for t in transports),
             inbound_refused=refused,
             pending_evictions=sum(t.evicted_handshakes for t in transports),
+            dht=self._dht_snapshot(),
+        )
+
+    def _dht_snapshot(self) -> DhtSnapshot:
+        from discovery import LATENCY_BUCKETS
+        from overlay.operator._metrics import DhtSnapshot
+
+        dht = self._node.dht
+        if dht is None or not dht.running:
+            return DhtSnapshot()
+        stats = dht.statistics()
+        transient = dht.transient.statistics()
+        return DhtSnapshot(
+            lookups_succeeded=stats.lookups_succeeded,
+            lookups_failed=stats.lookups - stats.lookups_succeeded,
+            lookup_rounds=stats.lookup_rounds,
+            lookup_messages=stats.lookup_messages,
+            latency_buckets=LATENCY_BUCKETS,
+            latency_counts=stats.lookup_latency,
+            latency_sum=stats.lookup_latency_sum,
+            provider_records=stats.provider_records,
+            routing_table=stats.table_size,
+            requests_served=stats.requests_served,
+            rate_limited=dht.rate_limited,
+            penalties={p.value: n for p, n in stats.penalties.items()},
+            transient_outbound=transient.outbound,
+            transient_inbound=transient.inbound,
+            transient_idle_closed=transient.idle_closed,
         )

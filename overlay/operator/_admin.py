@@ -285,6 +285,7 @@ class AdminApp:
             "/persistent": {"GET": self._persistent},
             "/persistent/add": {"POST": self._persistent_add},
             "/persistent/remove": {"POST": self._persistent_remove},
+            "/providers": {"POST": self._providers},
         }
         """Path -> method -> handler."""
 
@@ -322,6 +323,10 @@ class AdminApp:
 
     async def _peers(self, request: Request) -> object:
         return {"peers": self._control.peers()}
+
+    async def _providers(self, request: Request) -> object:
+        data = _json_body(request, {"capability": True})
+        return await self._control.providers(_string(data, "capability"))
 
     async def _dial(self, request: Request) -> object:
         data = _json_body(request, {"address": True, "persistent": False})
