@@ -20,7 +20,9 @@ false) and runs as one of its services (``NodeServices``):
   authenticated id).
 * **Contacts**: each connected peer whose record is known becomes a *verified* contact; the
   first ones trigger the bootstrap lookup (the node's own id), and a thin table (fewer than
-  ``k`` contacts) bootstraps again when more peers connect (at most every
+  ``k`` contacts) bootstraps again when more peers connect (peers are looked at
+  :data:`SETTLE_DELAY` after they connect, so a starting node's first peers make one bootstrap;
+  at most every
   :data:`BOOTSTRAP_INTERVAL` seconds). Seeds and persistent peers arrive this way: the peer
   manager dials them as peers.
 * **Providing**: every capability of the node's record is provided (``provide``) once the table
@@ -105,6 +107,7 @@ __all__ = [
     "REQUEST_BURST",
     "REQUEST_RATE",
     "Responder",
+    "SETTLE_DELAY",
     "dht_config",
     "score_event_of",
 ]
@@ -117,6 +120,9 @@ REQUEST_BURST = 60
 """...and at once."""
 BOOTSTRAP_INTERVAL = 10.0
 """Seconds between bootstrap lookups while the routing table is thin."""
+SETTLE_DELAY = 1.0
+"""Seconds the DHT waits after a peer connects before looking at the peers: the peers of a
+starting node arrive together and make one bootstrap, after their connections settled."""
 _MAX_BUCKETS = 4096
 """Peers whose request rate is remembered (least recently seen forgotten first)."""
 
@@ -476,6 +482,7 @@ class NodeDht:
 
     async def _maintain(self) -> None:
         while True:
+            await anyio.sleep(SETTLE_DELAY)
             self._changed = anyio.Event()
             added = self._absorb_peers()
             service = self.service
