@@ -26,10 +26,10 @@ false) and runs as one of its services (``NodeServices``):
   :data:`BOOTSTRAP_INTERVAL` seconds). Seeds and persistent peers arrive this way: the peer
   manager dials them as peers.
 * **Providing**: every capability of the node's record is provided (``provide``) once the table
-  has contacts, retried while nobody stored it; :meth:`NodeDht.set_record` takes a re-signed
-  record (new capabilities are provided, dropped ones withdrawn, kept ones republished). Until
-  the records service hands one over, the DHT signs a record itself from ``[discovery]
-  capabilities`` and the TCP addresses the node advertises, and renews it before expiry.
+  has contacts, retried while nobody stored it. The record is the node's own
+  (``node.capabilities``, :mod:`overlay.node._records`): each re-signed record reaches
+  :meth:`NodeDht.set_record` through ``node.capabilities.subscribe`` (new capabilities are
+  provided, dropped ones withdrawn, kept ones republished with the longer expiry).
 * **Penalties** from the service map to peer-manager score events: a forged, spoofed or
   foreign-network record is a protocol violation, any other bad answer an invalid message.
 
@@ -72,10 +72,8 @@ from discovery import (
     decode_dht_response,
     encode_dht_request,
     encode_dht_response,
-    next_seq,
     parse_record_address,
     record_netgroup,
-    sign_record,
 )
 from discovery._record import CapabilityRecord
 from overlay.address import NodeAddress
@@ -90,9 +88,10 @@ from overlay.errors import (
     RequestError,
     RequestTimeout,
 )
-from overlay.identity import NodeId, NodeKey
+from overlay.identity import NodeId
 from overlay.node._config import NodeConfig
 from overlay.node._discovery import DHT_CHANNEL_ID
+from overlay.node._records import NodeCapabilities
 from overlay.node._transient import TransientConnections
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._router import Router
@@ -173,9 +172,6 @@ class DhtHost(Protocol):
     def node_id(self) -> NodeId: ...
 
     @property
-    def key(self) -> NodeKey: ...
-
-    @property
     def config(self) -> NodeConfig: ...
 
     @property
@@ -188,11 +184,9 @@ class DhtHost(Protocol):
     def transports(self) -> tuple[Transport, ...]: ...
 
     @property
-    def advertised_addresses(self) -> list[NodeAddress]: ...
+    def capabilities(self) -> NodeCapabilities: ...
 
     def channel(self, spec: ChannelSpec[Any, Any]) -> Channel[Any, Any]: ...
-
-    def use_capability_record(self, data: bytes) -> None: ...
 
 
 def score_event_of(penalty: Penalty) -> str:
@@ -293,7 +287,6 @@ class NodeDht:
         self._verifier = RecordVerifier(host.config.network)
         self._buckets: OrderedDict[NodeId, TokenBucket] = OrderedDict()
         self._record: SignedRecord | None = None
-        self._own_signed = False  # the record is ours to renew (no records service)
         self._service: DhtService | None = None
         self._responder: Responder | None = None
         self._by_id = any(t.protocol == "memory" for t in host.transports)
@@ -354,38 +347,11 @@ class NodeDht:
         capabilities it lost withdrawn, the others republished at once."""
         if signed.node_id != self.host.node_id:
             raise LocalProtocolError("set_record takes this node's own record")
-        self._own_signed = False
         self._record = signed
-        if self._service is not None:
+        if self._service is not None and signed.seq > self._service.record.seq:
             self._service.update_record(signed)
             self._provided &= set(signed.record.capabilities)
             self._changed.set()
-
-    def _sign_own(self, previous: SignedRecord | None = None) -> SignedRecord:
-        config = self.host.config
-        now = self.wall_clock()
-        capabilities: dict[str, int] = {}
-        for text in config.discovery.capabilities:
-            name, _, version = text.partition("=")
-            capabilities[name] = int(version or 0)
-        addresses = []
-        for address in self.host.advertised_addresses:
-            if address.protocol == "tcp":
-                text = str(address).partition("@")[2]
-                with contextlib.suppress(RecordError):
-                    parse_record_address(text, self.host.node_id)
-                    addresses.append(text)
-        return sign_record(
-            self.host.key, network=config.network,
-            seq=next_seq(previous.seq if previous is not None else None, now),
-            issued_at=int(now), expires_at=int(now + config.discovery.record_ttl),
-            addresses=tuple(addresses[:8]), capabilities=capabilities,
-        )
-
-    def _renew(self) -> SignedRecord:
-        renewed = self._sign_own(self.service.record)
-        self.host.use_capability_record(renewed.data)
-        return renewed
 
     # -------------------------------------------------------------------------- serving
 
@@ -458,15 +424,15 @@ class NodeDht:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
         """Run the service, the transient pool and the contact/provide loop until cancelled."""
-        own = self._record
+        own = self.host.capabilities.record or self._record
         if own is None:
-            own = self._sign_own()
-            self._own_signed = True
-            self.host.use_capability_record(own.data)
+            raise LocalProtocolError("the node's record is signed when it listens: start it")
+        self._record = own
         self._service = DhtService(
             own, _Rpc(self), self.config, wall_clock=self.wall_clock, penalise=self._penalise,
-            netgroup=_netgroup, renew=self._renew if self._own_signed else None, rng=self._rng,
+            netgroup=_netgroup, rng=self._rng,
         )
+        unsubscribe = self.host.capabilities.subscribe(lambda event: self.set_record(event.record))
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(self.transient.run)
@@ -474,6 +440,7 @@ class NodeDht:
                 tg.start_soon(self._maintain)
                 task_status.started()
         finally:
+            unsubscribe()
             self._service = None
 
     def peer_connected(self) -> None:

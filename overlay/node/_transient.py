@@ -409,6 +409,10 @@ class TransientConnections:
 
     # -- Delivery ------------------------------------------------------------------------
 
+    def on_peer_info(self, conn: PeerConnection) -> None:
+        """A transient peer's new NodeInfo (its record) needs nothing here: the DHT reads
+        ``conn.info`` when it serves a request."""
+
     async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None:
         log.debug("dropped a message on channel %d from transient peer %s",
                   channel_id, conn.node_id)
