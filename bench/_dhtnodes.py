@@ -124,13 +124,13 @@ async def dht_network(
 
 
 async def run_lookup(
-    node: Node, capability: str, *, paths: int | None = None
+    node: Node, capability: str, *, paths: int | None = None, want: int | None = None
 ) -> LookupRun:
     assert node.dht is not None
     started = anyio.current_time()
     first: float | None = None
     found: list[NodeId] = []
-    async with node.dht.find_providers(capability, paths=paths) as stream:
+    async with node.dht.find_providers(capability, paths=paths, want=want) as stream:
         async for signed in stream:
             if first is None:
                 first = anyio.current_time() - started

@@ -179,6 +179,8 @@ class Node:
         self._info_seq = 0
         self._capability_record = b""
         self.channel(PING).handle_requests(_echo)
+        if self.config.discovery.dht.enabled:  # part of the NodeInfo as at start
+            self.router.open_channel(DHT)
         self.router.on_channels_changed = self._announce
         self.admission = admission
         self.gate: Callable[[str], bool] | None = None
