@@ -62,6 +62,7 @@ from overlay.node._config import NodeConfig
 from overlay.node._control import NodeControl
 from overlay.node._discovery import DiscoveryState
 from overlay.node._peering import DialOutcome, Peering
+from overlay.node._pex import Pex
 from overlay.node._services import NodeServices
 from overlay.node._summary import PeerSummary
 from overlay.node._traffic import TrafficTotals
@@ -194,6 +195,12 @@ class Node:
         """The peering driver (the peer manager, ``peering.manager``, and its store); exists
         while the node runs."""
         return self._services.peering
+
+    @property
+    def pex(self) -> Pex:
+        """The PEX driver (``overlay.node._pex``): signed records exchanged on channel 2, the
+        ``wanted`` capabilities, ``statistics()``; exists while the node runs."""
+        return self._services.pex
 
     @property
     def control(self) -> NodeControl:
