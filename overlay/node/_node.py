@@ -271,7 +271,7 @@ class Node:
                 v4, v6 = await host_addresses()  # before the first hello goes out
             await self._tg.start(self._timers.run)
             peering = self._services.open()  # the store; gates and admits from now on
-            self._multi.set(peering, *self._user_observers)
+            self._multi.set(peering, self._services.pex, *self._user_observers)
             for transport in self._transports:
                 serve = functools.partial(
                     transport.serve, self._on_inbound, on_handshake_failed=self._record_failure

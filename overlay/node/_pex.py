@@ -18,7 +18,8 @@ towards nodes the peer manager saw being useful and towards the capabilities the
 asked least recently (:class:`PexAsker`), naming the capabilities :attr:`Pex.wanted` says are
 short; the next round comes ``min_interval`` later while the record store is thin, up to
 ``max_interval`` once it is full. While the store is thin a newly connected peer is asked at
-the next tick (:data:`TICK`) rather than at the next round. A peer that refused us is not asked
+once (the driver observes connections) rather than at the next round; the loop also looks
+every :data:`TICK`. A peer that refused us is not asked
 again for ``1 / rate`` seconds.
 
 **Receiving** (:meth:`Pex.accept`, also used for :meth:`request_records`' callers' sake by the
@@ -69,6 +70,7 @@ from discovery import (
 from discovery._service_types import Penalty, penalty_for_rejection
 from discovery._verify import RecordVerifier
 from discovery._wire import MAX_RECORDS_PER_MESSAGE
+from overlay.connection._observer import Observer
 from overlay.errors import ErrorCode, LocalProtocolError, OverlayError, RequestError
 from overlay.identity import NodeId
 from overlay.node._config import NodeConfig
@@ -96,7 +98,7 @@ log = logging.getLogger("overlay.pex")
 ASK_TIMEOUT = 10.0
 """Seconds a PEX request may take before the asker gives up on it."""
 TICK = 1.0
-"""How often the asker looks for newly connected peers while the store is thin."""
+"""How often the asker loop looks at its peers when nothing wakes it."""
 REFUSALS_PER_PENALTY = 3
 """Refusals in a row (rate limit) that cost the asker one ``RATE_LIMIT_EXCEEDED`` event."""
 _MAX_RESPONSE_BYTES = MAX_RECORDS_PER_MESSAGE * 1040 + 1024
@@ -189,8 +191,9 @@ class _Counters:
         self.crawls = 0
 
 
-class Pex:
-    """The PEX driver of one node (see the module docstring)."""
+class Pex(Observer):
+    """The PEX driver of one node (see the module docstring). It observes the node's peers:
+    a new connection wakes the asker at once."""
 
     def __init__(
         self,
@@ -219,6 +222,7 @@ class Pex:
         self._backoff: dict[NodeId, float] = {}
         self._asked: set[NodeId] = set()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._wake = anyio.Event()
         node.router.open_channel(PEX)
         self.channel: Channel[PexRequest, PexResponse] = Channel(PEX, node.router)
         self.channel.handle_requests(self._serve)
@@ -309,7 +313,20 @@ class Pex:
             self._peering.wake()
         return stored
 
+    # ----------------------------------------------------------------------------- observer
+
+    def on_peer_connected(
+        self, peer: NodeId, *, outbound: bool, remote_host: str, listen_addrs: tuple[str, ...]
+    ) -> None:
+        self._wake.set()
+
     # ------------------------------------------------------------------------------ running
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if a peer connects meanwhile."""
+        self._wake = anyio.Event()
+        with anyio.move_on_after(seconds):
+            await self._wake.wait()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
                   ) -> None:
@@ -339,7 +356,7 @@ class Pex:
                     self._start_ask(plan.peer, plan.request)
                 if now >= next_at:
                     next_at = plan.next_at
-            await anyio.sleep(max(0.0, min(next_at - now, TICK)))
+            await self._sleep(max(0.0, min(next_at - now, TICK)))
 
     async def _seed_loop(self, seed: SeedKeeper) -> None:
         node = self._node
@@ -361,7 +378,7 @@ class Pex:
             records = {s.node_id: s for s in node.discovery.records.records(wall)}
             for node_id in seed.crawl(records, now, self_id=node.node_id):
                 self._spawn(self._crawl, seed, records[node_id])
-            await anyio.sleep(seed.config.tick)
+            await self._sleep(seed.config.tick)
 
     # -------------------------------------------------------------------------------- asking
 
