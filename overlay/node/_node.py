@@ -199,7 +199,8 @@ class Node:
     @property
     def pex(self) -> Pex:
         """The PEX driver (``overlay.node._pex``): signed records exchanged on channel 2, the
-        ``wanted`` capabilities, ``statistics()``; exists while the node runs."""
+        ``wanted`` capabilities, ``statistics()``; exists while the node runs (unless
+        ``[discovery] pex_enabled = false``)."""
         return self._services.pex
 
     @property
@@ -270,8 +271,8 @@ class Node:
             ):
                 v4, v6 = await host_addresses()  # before the first hello goes out
             await self._tg.start(self._timers.run)
-            peering = self._services.open()  # the store; gates and admits from now on
-            self._multi.set(peering, self._services.pex, *self._user_observers)
+            self._services.open()  # the store; gates and admits from now on
+            self._multi.set(*self._services.observers, *self._user_observers)
             for transport in self._transports:
                 serve = functools.partial(
                     transport.serve, self._on_inbound, on_handshake_failed=self._record_failure

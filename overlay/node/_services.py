@@ -30,6 +30,7 @@ import anyio
 import anyio.abc
 
 from overlay._version import __version__
+from overlay.connection._observer import Observer
 from overlay.errors import ConfigError, LocalProtocolError
 from overlay.node._control import ControlledNode, NodeControl
 from overlay.node._discovery import DiscoveryState
@@ -105,8 +106,15 @@ class NodeServices:
     @property
     def pex(self) -> Pex:
         if self._pex is None:
-            raise LocalProtocolError("the node is not running (PEX starts with it)")
+            raise LocalProtocolError(
+                "PEX is not running (it starts with the node; [discovery] pex_enabled)"
+            )
         return self._pex
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        """The services that observe the node's peers (after :meth:`open`)."""
+        return tuple(o for o in (self._peering, self._pex) if o is not None)
 
     @property
     def started(self) -> bool:
@@ -124,7 +132,8 @@ class NodeServices:
                           dial=node.dial_outcome, store_path=store_path, metrics=self.metrics)
         self._peering = peering
         self._control = NodeControl(node, peering)
-        self._pex = Pex(node, peering)  # opens the PEX channel before the first hello
+        if config.discovery.pex_enabled:
+            self._pex = Pex(node, peering)  # opens the PEX channel before the first hello
         return peering
 
     def close_store(self) -> None:
@@ -138,7 +147,8 @@ class NodeServices:
         peering, control = self.peering, self.control
         async with anyio.create_task_group() as tg:
             await tg.start(peering.run)
-            await tg.start(self.pex.run)
+            if self._pex is not None:
+                await tg.start(self._pex.run)
             try:
                 await self._serve_operator(tg, control)
                 task_status.started()
