@@ -149,6 +149,7 @@ class NodeControl:
                     "software_version": conn.info.software_version,
                     "listen_addrs": list(conn.info.listen_addrs),
                     "channels_advertised": list(conn.info.channels),
+                    "info_seq": conn.info_seq,
                     "capabilities": {},
                     "connection": stats,
                 }
