@@ -15,10 +15,23 @@ from typing import Any
 
 from overlay.testnet._report import RunResult, percentile, targets_status
 
-__all__ = ["plot_run"]
+__all__ = ["figure", "plot_run"]
 
 
 def plot_run(result: RunResult, path: Path) -> None:
+    """Draw ``result`` (see the module docstring) into the PNG file ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(result)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def figure(result: RunResult) -> Any:
+    """The picture as a matplotlib figure (two titled panels; the timeline's latency axis is
+    a twin of its panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,5 +112,4 @@ def plot_run(result: RunResult, path: Path) -> None:
     timeline.legend(lines[0] + extra[0], lines[1] + extra[1], loc="lower right", fontsize=7)
     timeline.set_title("targets met and request latency (perturbations in red)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig

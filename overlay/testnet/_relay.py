@@ -131,34 +131,38 @@ class Relay:
                 item.scope.cancel()
 
     async def _relay(self, inbound: anyio.abc.SocketStream, target: int) -> None:
-        host = str(inbound.extra(SocketAttribute.remote_address)[0])
-        source = self._by_host.get(host, -1)
-        backend = self.backend_ports[target]
-        if backend is None or self.links.cut(source, target):
-            self.refused += 1
-            await inbound.aclose()
-            return
+        outbound: anyio.abc.SocketStream | None = None
         try:
-            outbound = await anyio.connect_tcp(
-                node_host(target), backend, local_host=host if source >= 0 else None
-            )
-        except OSError:
-            self.refused += 1
-            await inbound.aclose()
-            return
-        self.relayed += 1
-        item = _Relayed(source, target, anyio.CancelScope())
-        self._open.add(item)
-        try:
-            with item.scope:
-                async with inbound, outbound, anyio.create_task_group() as tg:
-                    tg.start_soon(self._pump, inbound, outbound, source, target, tg.cancel_scope)
-                    tg.start_soon(self._pump, outbound, inbound, source, target, tg.cancel_scope)
+            host = str(inbound.extra(SocketAttribute.remote_address)[0])
+            source = self._by_host.get(host, -1)
+            backend = self.backend_ports[target]
+            if backend is None or self.links.cut(source, target):
+                self.refused += 1
+                return
+            try:
+                outbound = await anyio.connect_tcp(
+                    node_host(target), backend, local_host=host if source >= 0 else None
+                )
+            except OSError:
+                self.refused += 1
+                return
+            self.relayed += 1
+            item = _Relayed(source, target, anyio.CancelScope())
+            self._open.add(item)
+            try:
+                with item.scope:
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._pump, inbound, outbound, source, target,
+                                      tg.cancel_scope)
+                        tg.start_soon(self._pump, outbound, inbound, source, target,
+                                      tg.cancel_scope)
+            finally:
+                self._open.discard(item)
         finally:
-            self._open.discard(item)
             with anyio.CancelScope(shield=True):
-                for stream in (inbound, outbound):
-                    await _abort(stream)
+                await _abort(inbound)
+                if outbound is not None:
+                    await _abort(outbound)
 
     async def _pump(self, src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream, a: int,
                     b: int, scope: anyio.CancelScope) -> None:

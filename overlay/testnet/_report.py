@@ -9,7 +9,7 @@ and collects every role request (:class:`~overlay.testnet._app.RequestRecord`). 
   by the harness from the connections it sees, whatever the node's own routing believes.
 * **converged**: every up node meets every target and has at least one peer.
 * **time to targets** per capability: for each targeted node, the first tick it met the
-  target; p50/p95/max over the nodes (nodes that never did are counted as ``never``).
+  target in full (not capped by absent providers); p50/p95/max over the nodes (nodes that never did are counted as ``never``).
 * **re-convergence** after a perturbation: from its end (or its start, when it is never
   undone) to the first tick where every up node has a peer and the share of targets met is
   back to at least its value just before the perturbation.
@@ -105,9 +105,9 @@ def _first_met(manifest: Manifest, ticks: Sequence[Tick]) -> dict[str, list[floa
                 if key in firsts or not target.wanted:
                     continue
                 providers = set(manifest.providers(target.capability)) & up - {spec.index}
-                need = min(target.required(len(sample.peers)), len(providers))
-                if len(sample.peers & providers) >= need:
-                    firsts[key] = tick.t
+                need = target.required(len(sample.peers))
+                if need <= len(providers) and len(sample.peers & providers) >= need:
+                    firsts[key] = tick.t  # really met, not capped by absent providers
     out: dict[str, list[float | None]] = {}
     for spec in manifest.nodes:
         for target in spec.targets:
