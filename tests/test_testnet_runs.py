@@ -111,7 +111,7 @@ async def test_the_network_reconverges_after_a_partition_heals(mode: Mode) -> No
     log = result.perturbations[0]
     assert log.ended is not None
     # While partitioned no connection crosses the groups.
-    during = [t for t in result.ticks if log.started + 0.3 < t.t < log.ended - 0.1]
+    during = [t for t in result.ticks if log.started + 0.6 < t.t < log.ended - 0.1]
     assert during
     for tick in during:
         for i in (0, 1, 2):

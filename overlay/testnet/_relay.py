@@ -149,6 +149,8 @@ class Relay:
             self.relayed += 1
             item = _Relayed(source, target, anyio.CancelScope())
             self._open.add(item)
+            if self.links.cut(source, target):  # cut while we were connecting
+                item.scope.cancel()
             try:
                 with item.scope:
                     async with anyio.create_task_group() as tg:

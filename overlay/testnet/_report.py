@@ -9,7 +9,8 @@ and collects every role request (:class:`~overlay.testnet._app.RequestRecord`). 
   by the harness from the connections it sees, whatever the node's own routing believes.
 * **converged**: every up node meets every target and has at least one peer.
 * **time to targets** per capability: for each targeted node, the first tick it met the
-  target in full (not capped by absent providers); p50/p95/max over the nodes (nodes that never did are counted as ``never``).
+  target in full (not capped by absent providers); p50/p95/max over the nodes (nodes that
+  never did are counted as ``never``).
 * **re-convergence** after a perturbation: from its end (or its start, when it is never
   undone) to the first tick where every up node has a peer and the share of targets met is
   back to at least its value just before the perturbation.
