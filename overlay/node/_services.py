@@ -218,4 +218,6 @@ class NodeServices:
             inbound_accepted=sum(t.accepted for t in transports),
             inbound_refused=refused,
             pending_evictions=sum(t.evicted_handshakes for t in transports),
+            record_seq=node.capabilities.record.seq if node.capabilities.record else 0,
+            capability_peers=node.discovery.peers.capability_counts(),
         )

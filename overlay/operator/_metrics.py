@@ -49,6 +49,10 @@ metric                                                     type       labels
 ``overlay_slow_peer_events_total``                         counter    channel
 ``overlay_invalid_messages_total``                         counter    channel
 ``overlay_node_info``                                      gauge (1)  node_id, network, version
+``overlay_records_received_total``                         counter    entry (handshake/update)
+``overlay_records_rejected_total``                         counter    entry, reason
+``overlay_record_seq``                                     gauge      (our record's seq)
+``overlay_capability_peers``                               gauge      capability, kind
 =========================================================  =========  ============================
 
 The peering driver (``overlay.node._peering``) feeds the dial, eviction, disconnect and ban
@@ -184,6 +188,11 @@ class MetricsSnapshot:
     pending_evictions: int = 0
     """Pending inbound handshakes cut to make room for a newcomer from a less represented
     netgroup since start."""
+    record_seq: int = 0
+    """The seq of this node's signed capability record (0 before the first is signed)."""
+    capability_peers: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """Per capability: connected peers whose record advertises it, and those of them that
+    confirmed it by serving a request."""
 
 
 SnapshotSource = Callable[[], MetricsSnapshot]
@@ -302,6 +311,19 @@ class _SnapshotCollector(Collector):
             for name in sorted(snap.channels):
                 family.add_metric([name], getter(snap.channels[name]))
             out.append(family)
+        gauge("record_seq", "Sequence number of this node's signed capability record.",
+              snap.record_seq)
+        caps = GaugeMetricFamily(
+            f"{ns}_capability_peers",
+            "Connected peers per capability: kind=advertised (their record lists it) or "
+            "confirmed (they also served a request for it).",
+            labels=["capability", "kind"],
+        )
+        busiest = sorted(snap.capability_peers.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        for name, (advertised, confirmed) in sorted(busiest[:MAX_LABEL_VALUES]):
+            caps.add_metric([name, "advertised"], advertised)
+            caps.add_metric([name, "confirmed"], confirmed)
+        out.append(caps)
         return out
 
 
@@ -372,6 +394,14 @@ class NodeMetrics:
             "invalid_messages", "Messages from peers that did not decode or validate.",
             ("channel",),
         )
+        self._records_received = counter(
+            "records_received", "Peers' capability records received, by entry point.",
+            ("entry",),
+        )
+        self._records_rejected = counter(
+            "records_rejected", "Peers' capability records refused, by entry point and reason.",
+            ("entry", "reason"),
+        )
         self._info = Info("node", "Identity of this node.", namespace=namespace, registry=reg)
 
     def _cap(self, metric: str, value: str) -> str:
@@ -440,6 +470,17 @@ class NodeMetrics:
     def invalid_message(self, channel: str) -> None:
         """A peer sent an invalid message on ``channel``."""
         self._invalid.labels(self._cap("channel", channel)).inc()
+
+    def record_received(self, entry: str) -> None:
+        """A peer presented a new capability record at ``entry`` (``handshake``, ``update``)."""
+        self._records_received.labels(self._cap("records_received", entry)).inc()
+
+    def record_rejected(self, entry: str, reason: str) -> None:
+        """A peer's record was refused at ``entry`` for ``reason`` (a ``RecordRejection``
+        value: ``bad_signature``, ``expired``, ``stale_seq``...)."""
+        self._records_rejected.labels(
+            self._cap("records_rejected", entry), self._cap("records_rejected_reason", reason)
+        ).inc()
 
     def render(self) -> bytes:
         """The text exposition format of every metric (what ``/metrics`` returns)."""
