@@ -1,8 +1,9 @@
 """Run a testnet: start the nodes of a manifest in its mode, apply its perturbations on time,
 sample every node twice a second, and return what happened (:class:`RunResult`).
 
-Seeds start first, then every other node at once; from then on the nodes find each other
-themselves (seeds, then PEX/DHT; see :mod:`overlay.testnet._plan`). The perturbation schedule
+Seeds start first, then every other node at once; the run's clock (``duration``, every
+``at``, every time in the report) starts once they all listen. From then on the nodes find each
+other themselves (seeds, then PEX/DHT; see :mod:`overlay.testnet._plan`). The perturbation schedule
 runs beside the sampler: each perturbation is applied at ``at`` seconds, logged with its time,
 and undone after ``duration`` (restart, SIGCONT, heal, links restored).
 """
@@ -96,7 +97,7 @@ async def run_manifest(manifest: Manifest, *, workdir: Path | None = None,
                 stack.push_async_callback(procs.aclose)
                 cluster = procs
                 result.meta["homes"] = str(root)
-        result.t0 = time.monotonic()
+        begun = time.monotonic()
         async with anyio.create_task_group() as starting:
             for i in manifest.seeds:
                 starting.start_soon(cluster.start, i)
@@ -104,7 +105,8 @@ async def run_manifest(manifest: Manifest, *, workdir: Path | None = None,
             for spec in manifest.nodes:
                 if not spec.seed:
                     starting.start_soon(cluster.start, spec.index)
-        result.meta["startup_s"] = round(time.monotonic() - result.t0, 3)
+        result.t0 = time.monotonic()  # the run's clock starts once every node listens
+        result.meta["startup_s"] = round(result.t0 - begun, 3)
         async with anyio.create_task_group() as run:
             run.start_soon(_schedule, cluster, result, notify)
             await _sample(cluster, result, notify)
