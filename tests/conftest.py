@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import pytest
 
-# ``import discovery`` before ``overlay`` would run into the cycle discovery -> overlay.errors ->
-# overlay/__init__ (which imports the Node) -> discovery: load overlay first for every module.
-import overlay  # noqa: F401
-
 
 @pytest.fixture
 def anyio_backend() -> str:
