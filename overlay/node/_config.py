@@ -102,6 +102,11 @@ class ConnectionConfig:
     dials, ``overlay dial``): connecting, the Noise handshake and the NodeInfo exchange together
     must finish within ``dial_timeout + handshake_timeout``. The peer manager's own dials use
     ``[peers] dial_timeout`` instead."""
+    dial_from_listen_host: bool = False
+    """Dial out from the host of the first ``tcp://`` listen address that names one (not
+    ``0.0.0.0`` / ``::``), so peers see connections come from the address they would dial back.
+    A loopback testnet gives every node its own ``127.A.B.1`` and sets this, so per-IP and
+    netgroup limits act as on a real network (off: the system picks the source address)."""
     max_pending_handshakes: int = _TRANSPORT.max_pending_handshakes
     """Inbound connections allowed to be mid-handshake at once; more are closed at once, unless
     the newcomer's netgroup is under-represented among them: then the oldest pending handshake
