@@ -102,6 +102,11 @@ class ConnectionConfig:
     dials, ``overlay dial``): connecting, the Noise handshake and the NodeInfo exchange together
     must finish within ``dial_timeout + handshake_timeout``. The peer manager's own dials use
     ``[peers] dial_timeout`` instead."""
+    dial_from_listen_host: bool = False
+    """Dial out from the host of the first ``tcp://`` listen address that names one (not
+    ``0.0.0.0`` / ``::``), so peers see connections come from the address they would dial back.
+    A loopback testnet gives every node its own ``127.A.B.1`` and sets this, so per-IP and
+    netgroup limits act as on a real network (off: the system picks the source address)."""
     max_pending_handshakes: int = _TRANSPORT.max_pending_handshakes
     """Inbound connections allowed to be mid-handshake at once; more are closed at once, unless
     the newcomer's netgroup is under-represented among them: then the oldest pending handshake
@@ -224,6 +229,9 @@ class DiscoveryConfig:
     """Seconds a signed capability record is valid; the node re-signs it well before expiry."""
     seed_mode: bool = False
     """Crawl the network, answer PEX requests with records, and hang up quickly (a seed node)."""
+    pex_enabled: bool = True
+    """Exchange signed records with peers on the PEX channel (ask and answer). Off: the node
+    neither opens the channel nor asks; it learns records from handshakes and the DHT only."""
     pex: PexConfig = field(default_factory=PexConfig)
     dht: DhtSettings = field(default_factory=DhtSettings)
 

@@ -71,6 +71,7 @@ from overlay.node._control import NodeControl
 from overlay.node._dht import DHT, NodeDht
 from overlay.node._discovery import DiscoveryState
 from overlay.node._peering import DialOutcome, Peering
+from overlay.node._pex import Pex
 from overlay.node._records import CAPABILITIES_FILE, NodeCapabilities
 from overlay.node._services import NodeServices
 from overlay.node._summary import PeerSummary
@@ -177,6 +178,7 @@ class Node:
         )
         self.router = Router(self.node_id, self.observer)
         self._info_seq = 0
+        self._listening = False
         self._capability_record = b""
         self.channel(PING).handle_requests(_echo)
         if self.config.discovery.dht.enabled:  # part of the NodeInfo as at start
@@ -230,6 +232,13 @@ class Node:
         """The peering driver (the peer manager, ``peering.manager``, and its store); exists
         while the node runs."""
         return self._services.peering
+
+    @property
+    def pex(self) -> Pex:
+        """The PEX driver (``overlay.node._pex``): signed records exchanged on channel 2, the
+        ``wanted`` capabilities, ``statistics()``; exists while the node runs (unless
+        ``[discovery] pex_enabled = false``)."""
+        return self._services.pex
 
     @property
     def control(self) -> NodeControl:
@@ -301,8 +310,10 @@ class Node:
             await self._tg.start(self._timers.run)
             peering = self._services.open()  # the store; gates and admits from now on
             watchers = (self.dht.watcher,) if self.dht is not None else ()
-            self._multi.set(peering, self.discovery.peers, *watchers, *self._user_observers)
+            self._multi.set(*self._services.observers, self.discovery.peers, *watchers,
+                            *self._user_observers)
             self.discovery.peers.start(peering, self._services.metrics)
+            self._listening = True
             for transport in self._transports:
                 serve = functools.partial(
                     transport.serve, self._on_inbound, on_handshake_failed=self._record_failure
@@ -461,7 +472,11 @@ class Node:
         return self.router.add_peer_info_listener(listener)
 
     def _announce(self) -> None:
-        """Our NodeInfo changed: a new ``info_seq``, sent to every connected peer."""
+        """Our NodeInfo changed: a new ``info_seq``, sent to every connected peer. Before the
+        node listens no hello can have gone out, so a change then (a service opening its
+        channel at start) is part of the NodeInfo every hello carries, at ``info_seq`` 0."""
+        if not self._listening:
+            return
         self._info_seq += 1
         peers = [conn for conn in self.router.peers() if conn.is_open]
         if not peers:
