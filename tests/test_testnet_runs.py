@@ -92,7 +92,7 @@ async def test_the_network_reconverges_after_kill_and_restart() -> None:
     ])
     result = await run_manifest(manifest)
     kill = result.perturbations[0]
-    assert kill.ended is not None and kill.ended - kill.started >= 1.5
+    assert kill.ended is not None and kill.ended - kill.started >= 1.5 - 0.05  # sleep granularity
     during = [t for t in result.ticks if kill.started + 0.3 < t.t < kill.ended - 0.3]
     assert during and all(not t.nodes[2].up and not t.nodes[3].up for t in during)
     report = build_report(result)
