@@ -53,9 +53,9 @@ class Refusing:
     def capabilities(self) -> dict[str, Any]:
         return {}
 
-    dial = disconnect = ban = unban = add_seed = remove_seed = _fail
-    add_persistent = remove_persistent = set_target = remove_target = _fail
+    dial = disconnect = ban = unban = add_seed = remove_seed = providers = _fail
     add_persistent = remove_persistent = set_capabilities = remove_capability = _fail
+    set_target = remove_target = _fail
 
 
 async def _call(app: AdminApp, path: str, body: bytes) -> Response:

@@ -36,7 +36,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 import anyio
 import anyio.abc
 
+from discovery import ProviderStream
 from overlay._version import __version__
 from overlay.address import NodeAddress, is_unspecified
 from overlay.connection._core import ConnectionCore
@@ -67,13 +69,16 @@ from overlay.node._advertise import advertised_addresses, check_external_address
 from overlay.node._app import run_app
 from overlay.node._config import NodeConfig
 from overlay.node._control import NodeControl
+from overlay.node._dht import DHT, NodeDht
 from overlay.node._discovery import DiscoveryState
 from overlay.node._peering import DialOutcome, Peering
+from overlay.node._pex import Pex
 from overlay.node._records import CAPABILITIES_FILE, NodeCapabilities
 from overlay.node._routing import NodeRouting
 from overlay.node._services import NodeServices
 from overlay.node._summary import PeerSummary
 from overlay.node._traffic import TrafficTotals
+from overlay.node._transient import TransientConnections, is_transient_hello
 from overlay.node._transports import build_transports
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
@@ -110,6 +115,9 @@ log = logging.getLogger("overlay.node")
 M = TypeVar("M")
 R = TypeVar("R")
 Ts = TypeVarTuple("Ts")
+
+_DISCOVER_WANT = 8
+"""Providers one routing-driven DHT lookup stops at."""
 
 Admission = Callable[[NodeId, str, bool], tuple[DisconnectReason, str] | None]
 """``(node_id, remote_host, outbound) -> None`` to admit, or ``(DisconnectReason, message)``."""
@@ -175,8 +183,11 @@ class Node:
         )
         self.router = Router(self.node_id, self.observer)
         self._info_seq = 0
+        self._listening = False
         self._capability_record = b""
         self.channel(PING).handle_requests(_echo)
+        if self.config.discovery.dht.enabled:  # part of the NodeInfo as at start
+            self.router.open_channel(DHT)
         self.router.on_channels_changed = self._announce
         self.admission = admission
         self.gate: Callable[[str], bool] | None = None
@@ -201,10 +212,22 @@ class Node:
         """What this node advertises in its signed capability record (a read-only mapping
         with ``set`` / ``remove`` / ``replace``; see ``overlay.node._records``)."""
         self._services = NodeServices(self, home=self.home, metrics=metrics)
+        self.dht: NodeDht | None = None
+        """The node's DHT (``[discovery.dht] enabled``): ``find_providers``, statistics."""
+        self._transient: TransientConnections | None = None
+        self._timers = TimerService()
+        if self.config.discovery.dht.enabled:
+            self._transient = TransientConnections(
+                self.config.discovery.dht, spec=DHT, connection=self.config.connection,
+                timers=self._timers, observer=self.observer, dial=self._dial_stream,
+                local_info=self.local_info,
+            )
+            self.dht = NodeDht(self, self._transient, records=self.discovery.records)
+            self._services.add(self.dht.run)
+            self.routing.discover = self._discover_providers  # Discover actions: DHT lookups
         self._listen_addresses: list[NodeAddress] = []
         self._advertised: list[NodeAddress] = []
         self._tg: anyio.abc.TaskGroup | None = None
-        self._timers = TimerService()
         self._started = False
         self._closing = False
         self._dials: dict[NodeId, anyio.Event] = {}  # dials in progress, by peer
@@ -224,6 +247,13 @@ class Node:
         """The peering driver (the peer manager, ``peering.manager``, and its store); exists
         while the node runs."""
         return self._services.peering
+
+    @property
+    def pex(self) -> Pex:
+        """The PEX driver (``overlay.node._pex``): signed records exchanged on channel 2, the
+        ``wanted`` capabilities, ``statistics()``; exists while the node runs (unless
+        ``[discovery] pex_enabled = false``)."""
+        return self._services.pex
 
     @property
     def control(self) -> NodeControl:
@@ -294,8 +324,11 @@ class Node:
                 v4, v6 = await host_addresses()  # before the first hello goes out
             await self._tg.start(self._timers.run)
             peering = self._services.open()  # the store; gates and admits from now on
-            self._multi.set(peering, self.discovery.peers, self.routing, *self._user_observers)
+            watchers = (self.dht.watcher,) if self.dht is not None else ()
+            self._multi.set(*self._services.observers, self.discovery.peers, *watchers,
+                            self.routing, *self._user_observers)
             self.discovery.peers.start(peering, self._services.metrics)
+            self._listening = True
             for transport in self._transports:
                 serve = functools.partial(
                     transport.serve, self._on_inbound, on_handshake_failed=self._record_failure
@@ -369,6 +402,8 @@ class Node:
             for conn in conns:
                 conn.close(DisconnectReason.SHUTDOWN, "node shutting down",
                            error=NodeClosed("the node is shutting down"))
+            if self._transient is not None:
+                self._transient.close_all()
             # Each connection ends within close_timeout on its own (the timer task aborts it);
             # the margin only guards against a driver that could not run its finally block.
             with anyio.move_on_after(self.config.connection.close_timeout + 1.0):
@@ -452,7 +487,11 @@ class Node:
         return self.router.add_peer_info_listener(listener)
 
     def _announce(self) -> None:
-        """Our NodeInfo changed: a new ``info_seq``, sent to every connected peer."""
+        """Our NodeInfo changed: a new ``info_seq``, sent to every connected peer. Before the
+        node listens no hello can have gone out, so a change then (a service opening its
+        channel at start) is part of the NodeInfo every hello carries, at ``info_seq`` 0."""
+        if not self._listening:
+            return
         self._info_seq += 1
         peers = [conn for conn in self.router.peers() if conn.is_open]
         if not peers:
@@ -541,6 +580,37 @@ class Node:
             del self._dials[addr.node_id]
             done.set()
         return DialOutcome(addr.node_id, new=True)
+
+
+    async def _discover_providers(self, capability: str) -> None:
+        """Routing's ``discover`` hook: a DHT provider lookup whose verified records go to
+        ``node.discovery.records`` (where the policy engine finds candidates)."""
+        async with self.find_providers(capability, want=_DISCOVER_WANT) as found:
+            async for signed in found:
+                self.discovery.records.offer(signed, time.time(), "dht")
+
+    @contextlib.asynccontextmanager
+    async def find_providers(
+        self, capability: str, *, want: int | None = None, max_messages: int | None = None
+    ) -> AsyncIterator[ProviderStream]:
+        """Look up the nodes providing ``capability`` in the DHT: ``async with
+        node.find_providers("blocksync") as found: async for record in found: ...`` yields
+        each verified provider record as it arrives (the first before the lookup ends);
+        ``found.report`` holds rounds, messages and latency once it ended. Stops after
+        ``want`` providers or ``max_messages`` queries, or when the block is left.
+        LocalProtocolError when the DHT is disabled; NodeClosed when the node is not running.
+        """
+        if self.dht is None:
+            raise LocalProtocolError("the DHT is disabled ([discovery.dht] enabled = false)")
+        async with self.dht.find_providers(
+            capability, want=want, max_messages=max_messages
+        ) as stream:
+            yield stream
+
+    async def _dial_stream(self, addr: NodeAddress, first_data: bytes,
+                           timeout: float) -> SecureStream:
+        """Connect and authenticate only (transient connections run their own hello)."""
+        return await self._transport_for(addr).dial(addr, timeout=timeout, first_data=first_data)
 
     def _transport_for(self, addr: NodeAddress) -> Transport:
         for transport in self._transports:
@@ -632,7 +702,15 @@ class Node:
                 raise IncompatiblePeerError(problem[0].label, problem[1])
         else:
             remote = decode_node_info(await receive_hello(stream, buffer))
-            problem = check_compatible(local, remote) or self._admit(node_id, remote_host, False)
+            if self._transient is not None and is_transient_hello(remote):
+                # DHT-only: the transient budget admits it, never the peer manager.
+                problem = check_compatible(local, remote) or (
+                    (DisconnectReason.SELF, "connected to ourselves") if node_id == self.node_id
+                    else self._transient.admit(remote_host)
+                )
+            else:
+                problem = check_compatible(local, remote) or self._admit(
+                    node_id, remote_host, False)
             if problem is not None:
                 with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
                     await send_hello(stream, encode_hello_reply(problem))
@@ -672,6 +750,9 @@ class Node:
         except BaseException:
             await _close_quietly(stream)
             raise
+        if not outbound and self._transient is not None and is_transient_hello(remote):
+            await self._transient.run_inbound(stream, remote, leftover)
+            return
         existing = self.router.get_peer(node_id)
         if existing is not None and existing.is_open and not outbound:
             # Simultaneous dial: our outbound connection registered while we answered this
