@@ -72,6 +72,7 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId
 from overlay.transport import abort_stream
+from overlay.transport._asyncio import current_clock
 from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
 
 __all__ = [
@@ -150,7 +151,9 @@ class PeerConnection:
         self.remote_address = remote_address
         self.remote_host = remote_host
         self.core = core
-        self.connected_at = anyio.current_time()
+        self.clock = current_clock()
+        """``anyio.current_time`` bound once (see :func:`current_clock`)."""
+        self.connected_at = self.clock()
         self.close_reason: DisconnectReason | None = None
         """Why we closed the connection (None if we did not)."""
         self.remote_reason: DisconnectReason | None = None
@@ -347,7 +350,8 @@ class PeerConnection:
         :class:`RequestError`. The request counts in :attr:`meter` while it is in flight, and
         its round trip is sampled when it is answered.
         """
-        started = anyio.current_time()
+        clock = self.clock
+        started = clock()
         if timeout is not None:
             until = started + timeout
             deadline = until if deadline is None else min(deadline, until)
@@ -359,7 +363,7 @@ class PeerConnection:
                 if deadline is None:
                     await self._wait_space()
                     continue
-                with anyio.move_on_after(deadline - anyio.current_time()):
+                with anyio.move_on_after(deadline - clock()):
                     await self._wait_space()
                     continue
                 raise RequestExpired("no room for the request before its deadline") from None
@@ -383,7 +387,7 @@ class PeerConnection:
                 self._abandon(request_id)
         if waiter.error is not None:
             raise waiter.error
-        self.meter.sample(anyio.current_time() - started)
+        self.meter.sample(clock() - started)
         return waiter.payload
 
     async def respond(self, channel_id: int, request_id: int, payload: bytes) -> None:
@@ -419,10 +423,11 @@ class PeerConnection:
     async def _write_loop(self) -> None:
         core = self.core
         stream = self._stream
+        clock = self.clock
         try:
             while True:
                 if core.wants_write:
-                    data = core.data_to_send(anyio.current_time())
+                    data = core.data_to_send(clock())
                     if data:
                         # Unbounded here: when closing, the node's timer task aborts a write
                         # the peer does not take by the close deadline (see the docstring).
@@ -484,13 +489,19 @@ class PeerConnection:
     async def _read_loop(self) -> None:
         core = self.core
         stream = self._stream
+        clock = self.clock
+        now = clock()
         try:
             await self._dispatch_events()  # bytes that arrived with the hello exchange
             while self.is_open:
-                now = anyio.current_time()  # fresh: delivering may have waited for inbox space
-                paused = core.receive_paused_until(now)
-                if paused is not None:
-                    await anyio.sleep(max(0.0, paused - now))
+                # ``now`` is from the last receive: a bucket that could pay then can pay now
+                # (it only refills); if it could not, read the clock afresh (delivering may have
+                # waited for inbox space) before sleeping.
+                if core.receive_paused_until(now) is not None:
+                    now = clock()
+                    paused = core.receive_paused_until(now)
+                    if paused is not None:
+                        await anyio.sleep(max(0.0, paused - now))
                 try:
                     data = await stream.receive()
                 except _STREAM_CLOSED:
@@ -498,7 +509,8 @@ class PeerConnection:
                     core.connection_lost()
                     self._stop()
                     return
-                core.receive_data(data, anyio.current_time())
+                now = clock()
+                core.receive_data(data, now)
                 await self._dispatch_events()
                 if core.wants_write:  # a pong or a CANCEL answer to send
                     self._kick()

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -70,6 +70,7 @@ from overlay.router._channel import (
 )
 from overlay.router._destination import LOCAL, Destination, To, no_route
 from overlay.router._peertable import PeerTable
+from overlay.transport._asyncio import current_clock
 
 __all__ = ["Router"]
 
@@ -131,6 +132,8 @@ class Router:
     def __init__(self, local_id: NodeId, observer: Observer) -> None:
         self._local_id = local_id
         self._observer = observer
+        self._clock: Callable[[], float] | None = None
+        """``anyio.current_time`` bound on first use (see ``current_clock``)."""
         self._channels: dict[int, _ChannelState] = {}
         self._table = PeerTable(local_id)
         self._peers = self._table.connections
@@ -425,7 +428,10 @@ class Router:
     ) -> Any:
         state = self._state(spec)
         _check_timeout(timeout)
-        now = anyio.current_time()
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = current_clock()
+        now = clock()
         if timeout is not None:
             deadline = _Deadline(now + timeout, timeout, own=True)
         elif (scope_at := anyio.current_effective_deadline()) != math.inf:
@@ -469,7 +475,8 @@ class Router:
         if conn is None:
             raise PeerNotConnected(f"peer {target} is not connected")
         payload = self._encode(spec, message)
-        started = anyio.current_time()
+        clock = conn.clock
+        started = clock()
         outcome = AttemptOutcome.CANCELLED
         try:
             try:
@@ -496,7 +503,7 @@ class Router:
             outcome = AttemptOutcome.OK
             return result
         finally:
-            ended = anyio.current_time()
+            ended = clock()
             if outcome is AttemptOutcome.CANCELLED and ended >= deadline.at - _DEADLINE_SLACK:
                 outcome = AttemptOutcome.TIMEOUT  # cut short by a scope at the deadline
             if outcome is not AttemptOutcome.CANCELLED:
@@ -540,7 +547,8 @@ class Router:
         if not conn.is_inbound_active(spec.id, request_id):
             return  # the peer cancelled it while it waited for a worker: do not run it
         key = (spec.id, request_id)
-        started = anyio.current_time()
+        clock = conn.clock
+        started = clock()
         outcome = AttemptOutcome.CANCELLED
         with anyio.CancelScope() as scope:
             conn.register_handler(key, scope)
@@ -549,7 +557,7 @@ class Router:
             finally:
                 conn.unregister_handler(key)
         self._observer.on_request_served(
-            conn.node_id, spec.name, anyio.current_time() - started, outcome
+            conn.node_id, spec.name, clock() - started, outcome
         )
 
     async def _serve_one(

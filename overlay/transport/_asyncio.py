@@ -67,6 +67,7 @@ __all__ = [
     "AsyncioTcpListener",
     "asyncio_running",
     "connect_tcp",
+    "current_clock",
 ]
 
 _BUFFER_SIZE = 65536
@@ -96,6 +97,15 @@ def asyncio_running() -> bool:
         return sniffio.current_async_library() == "asyncio"
     except sniffio.AsyncLibraryNotFoundError:
         return False
+
+
+def current_clock() -> Callable[[], float]:
+    """A function returning ``anyio.current_time()``'s value, bound once: on asyncio the running
+    loop's ``time`` (what anyio reads, without its per-call backend lookup), else
+    ``anyio.current_time`` itself (trio, with its ``MockClock`` in tests)."""
+    if asyncio_running():
+        return asyncio.get_running_loop().time
+    return anyio.current_time
 
 
 def _loop_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
