@@ -72,7 +72,8 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId
 from overlay.transport import abort_stream
-from overlay.transport._asyncio import current_clock
+from overlay.transport._asyncio import current_clock, flush_soon
+from overlay.transport._secure import SecureStream
 from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
 
 __all__ = [
@@ -167,6 +168,13 @@ class PeerConnection:
         self._space_waiters = 0
         self._wake = anyio.Event()
         self._writer_waiting = False
+        self._direct: SecureStream | None = (
+            stream if isinstance(stream, SecureStream) and stream.supports_send_nowait else None
+        )
+        """The stream, when it can take data synchronously: an idle writer is then not woken;
+        queued frames are written by one deferred flush callback (see :meth:`_flush`)."""
+        self._flush_soon = flush_soon() if self._direct is not None else None
+        self._flush_pending = False
         self._timers = timers
         self.timer_at = math.inf
         self.meter = RoundTripMeter()
@@ -309,8 +317,48 @@ class PeerConnection:
 
     def _kick(self) -> None:
         if self._writer_waiting:
+            flush_soon = self._flush_soon
+            if flush_soon is not None:
+                if not self._flush_pending:
+                    self._flush_pending = True
+                    flush_soon(self._flush)
+                return
             self._writer_waiting = False
             self._wake.set()
+
+    def _wake_writer(self) -> None:
+        if self._writer_waiting:
+            self._writer_waiting = False
+            self._wake.set()
+
+    def _flush(self) -> None:
+        """Write what is queued, synchronously, while the writer sleeps (a loop callback run
+        after the step that queued it, so frames queued in one step still leave in one write;
+        the connections of one broadcast share the callback). Anything that needs waiting
+        (a paused transport, a send in progress, the Disconnect written, a broken stream) is
+        left to the writer task, woken for it."""
+        self._flush_pending = False
+        stream = self._direct
+        if not self._writer_waiting or stream is None or self._finished:
+            return
+        core = self.core
+        while core.wants_write:
+            if not stream.send_ready():
+                self._wake_writer()
+                return
+            data = core.data_to_send(self.clock())
+            if not data:
+                self._timer_maybe_earlier()  # held back by the send rate limit
+                break
+            try:
+                stream.send_nowait(data)
+            except _STREAM_CLOSED:
+                core.connection_lost()
+                self._stop()
+                return
+            self._release_space()
+        if not self.is_open:
+            self._wake_writer()  # CLOSING with the Disconnect written: the writer finishes
 
     async def _wait_space(self) -> None:
         self._space_waiters += 1

@@ -47,6 +47,7 @@ with ``anyio.create_tcp_listener`` (the caller's) and accepts with ``loop.sock_a
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 import weakref
@@ -68,6 +69,7 @@ __all__ = [
     "asyncio_running",
     "connect_tcp",
     "current_clock",
+    "flush_soon",
 ]
 
 _BUFFER_SIZE = 65536
@@ -76,6 +78,8 @@ _HIGH_WATER = _BUFFER_SIZE
 """Unread bytes queued before reading pauses (one full read)."""
 _HAPPY_EYEBALLS_DELAY = 0.25
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+logger = logging.getLogger(__name__)
 
 _buffers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, memoryview] = (
     weakref.WeakKeyDictionary()
@@ -106,6 +110,50 @@ def current_clock() -> Callable[[], float]:
     if asyncio_running():
         return asyncio.get_running_loop().time
     return anyio.current_time
+
+
+class _FlushQueue:
+    """Callbacks run together by one ``loop.call_soon`` (after the callers' current step): many
+    connections queued to in one step (a broadcast) share one event-loop callback."""
+
+    __slots__ = ("loop", "pending", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[Callable[[], None]] = []
+        self.scheduled = False
+
+    def add(self, callback: Callable[[], None]) -> None:
+        self.pending.append(callback)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        self.scheduled = False
+        pending, self.pending = self.pending, []
+        for callback in pending:
+            try:
+                callback()
+            except Exception:  # the root of a loop callback: log, and run the others
+                logger.exception("deferred flush %r failed", callback)
+
+
+_flushers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _FlushQueue] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def flush_soon() -> Callable[[Callable[[], None]], None] | None:
+    """On asyncio, a function scheduling a synchronous callback to run soon (with the others
+    scheduled in the same step, in one event-loop callback); None elsewhere (trio)."""
+    if not asyncio_running():
+        return None
+    loop = asyncio.get_running_loop()
+    queue = _flushers.get(loop)
+    if queue is None:
+        queue = _flushers[loop] = _FlushQueue(loop)
+    return queue.add
 
 
 def _loop_buffer(loop: asyncio.AbstractEventLoop) -> memoryview:
@@ -309,6 +357,24 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
         broken = anyio.BrokenResourceError()
         broken.__cause__ = self._protocol.error
         return broken
+
+    @property
+    def write_ready(self) -> bool:
+        """Whether :meth:`write_nowait` may be called: no ``send`` in progress, the transport
+        not paused for writing, the connection neither closed nor lost."""
+        return (not self._sending and self._protocol.writable is None and not self._closed
+                and not self._protocol.lost)
+
+    def write_nowait(self, data: bytes | bytearray) -> None:
+        """Hand ``data`` to the transport now (only when :attr:`write_ready`): what does not fit
+        in the kernel stays in the transport's buffer and pauses writing, so the next ``send``
+        waits for it to drain (the backpressure of ``send``)."""
+        try:
+            self._transport.write(data)
+        except RuntimeError as exc:
+            if self._transport.is_closing():
+                raise anyio.BrokenResourceError from exc
+            raise
 
     async def send_eof(self) -> None:
         try:
