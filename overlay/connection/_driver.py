@@ -368,6 +368,17 @@ class PeerConnection:
             self._space_waiters -= 1
         self._check_open()
 
+    def offer_message(self, channel_id: int, payload: bytes) -> bool:
+        """Queue a message without waiting: False when the connection is not open (nothing
+        queued); ``WouldBlock`` when the channel's queue is full. The fan-out path."""
+        core = self.core
+        if core.state is not ConnectionState.OPEN:
+            return False
+        core.send_message(channel_id, payload)
+        if self._writer_waiting:
+            self._kick()
+        return True
+
     def send_message_nowait(self, channel_id: int, payload: bytes) -> None:
         self._check_open()
         self.core.send_message(channel_id, payload)

@@ -304,31 +304,36 @@ class Router:
                 return self._local_report
             await self._send_one(state, target, self._encode(spec, message), wait)
             return DeliveryReport(delivered=(target,), failed=_NO_FAILURES)
+        # Encoded once; each connection gets the same payload object, queued without waiting
+        # (its writer is flushed by the one deferred callback all of them share on asyncio).
         payload: bytes | None = None
         delivered: list[NodeId] = []
         failed: dict[NodeId, AttemptOutcome] = {}
         slow: list[tuple[NodeId, PeerConnection]] = []
+        local_id = self._local_id
+        peers = self._peers
+        channel_id = spec.id
         for target in targets:
-            if target == self._local_id:
+            if target == local_id:
                 try:
-                    state.inbox_send.send_nowait(Envelope(self._local_id, message, spec.id))
+                    state.inbox_send.send_nowait(Envelope(local_id, message, channel_id))
                     delivered.append(target)
                 except anyio.WouldBlock:
                     failed[target] = AttemptOutcome.WOULD_BLOCK
                 continue
-            conn = self._peers.get(target)
-            if conn is None or not conn.is_open:
+            conn = peers.get(target)
+            if conn is None:
                 failed[target] = AttemptOutcome.NOT_CONNECTED
                 continue
             if payload is None:
                 payload = self._encode(spec, message)
             try:
-                conn.send_message_nowait(spec.id, payload)
-                delivered.append(target)
+                if conn.offer_message(channel_id, payload):
+                    delivered.append(target)
+                else:
+                    failed[target] = AttemptOutcome.NOT_CONNECTED
             except WouldBlock:
                 slow.append((target, conn))
-            except ConnectionClosed:
-                failed[target] = AttemptOutcome.CLOSED
         if slow:
             assert payload is not None
             data = payload
