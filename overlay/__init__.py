@@ -9,14 +9,14 @@ identity and addresses, and the exception tree (``overlay.errors``). Test double
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from overlay._version import __version__
 from overlay.address import ListenAddress, NodeAddress
 from overlay.connection._observer import Observer
 from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import ErrorCode, OverlayError, RequestError
 from overlay.identity import NodeId, NodeKey
-from overlay.node import Node
-from overlay.node._config import NodeConfig, load_config
 from overlay.router._channel import (
     Channel,
     ChannelSpec,
@@ -28,6 +28,27 @@ from overlay.router._channel import (
 from overlay.router._codec import BytesCodec, Codec, ProtobufCodec
 from overlay.router._destination import BROADCAST, LOCAL, Destination, PeerSet, PeerView, To
 from overlay.transport._failures import Direction, HandshakeFailureReason
+
+if TYPE_CHECKING:
+    from overlay.node import Node
+    from overlay.node._config import NodeConfig, load_config
+
+# The assembly (``Node`` and its config) sits above ``discovery`` and ``routing``, which import
+# this package's lower layers (``overlay.errors``...): importing it lazily keeps
+# ``import discovery`` (or ``routing``) first in a program free of an import cycle.
+_ASSEMBLY = {"Node": "overlay.node", "NodeConfig": "overlay.node._config",
+             "load_config": "overlay.node._config"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _ASSEMBLY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'overlay' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AttemptOutcome",

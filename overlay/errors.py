@@ -7,6 +7,7 @@
     │   ├── ConfigError                  bad configuration; names the key
     │   ├── InvalidAddressError          an address string that does not parse
     │   ├── ChannelError                 unknown/duplicate channel, wrong destination kind
+    │   │   └── ChannelClosed            the channel was closed on this node while in use
     │   ├── MessageTooLarge              a message larger than its channel allows
     │   └── WouldBlock                   an ``*_nowait`` call would have to wait
     ├── RemoteProtocolError              the peer misbehaved (its fault, not yours)
@@ -45,6 +46,7 @@ import enum
 
 __all__ = [
     "AuthenticationError",
+    "ChannelClosed",
     "ChannelError",
     "ConfigError",
     "ConnectFailure",
@@ -131,6 +133,11 @@ class InvalidAddressError(LocalProtocolError, ValueError):
 
 class ChannelError(LocalProtocolError):
     """A channel was misused: unknown id, duplicate id, or an unsupported destination."""
+
+
+class ChannelClosed(ChannelError):
+    """The channel was closed on this node (``node.close_channel``) while an operation used it:
+    its pending requests, waiting sends and receivers fail with this."""
 
 
 class MessageTooLarge(LocalProtocolError):

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/overlay.proto\x12\noverlay.v1\">\n\x10HandshakePayload\x12\x14\n\x0cidentity_key\x18\x01 \x01(\x0c\x12\x14\n\x0cidentity_sig\x18\x02 \x01(\x0c\"\xb8\x01\n\x08NodeInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x03(\r\x12\x14\n\x0clisten_addrs\x18\x04 \x03(\t\x12\x18\n\x10software_version\x18\x05 \x01(\t\x12\x19\n\x11\x63\x61pability_record\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63ompression\x18\x07 \x03(\t\x12\x0f\n\x07moniker\x18\x08 \x01(\t\"l\n\nHelloReply\x12)\n\tnode_info\x18\x01 \x01(\x0b\x32\x14.overlay.v1.NodeInfoH\x00\x12)\n\x07refused\x18\x02 \x01(\x0b\x32\x16.overlay.v1.DisconnectH\x00\x42\x08\n\x06result\"E\n\rErrorResponse\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.overlay.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"K\n\nDisconnect\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.overlay.v1.DisconnectReason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x83\x01\n\x07\x43ontrol\x12 \n\x04ping\x18\x01 \x01(\x0b\x32\x10.overlay.v1.PingH\x00\x12 \n\x04pong\x18\x02 \x01(\x0b\x32\x10.overlay.v1.PongH\x00\x12,\n\ndisconnect\x18\x03 \x01(\x0b\x32\x16.overlay.v1.DisconnectH\x00\x42\x06\n\x04kind*\xb5\x01\n\tFrameKind\x12\x1a\n\x16\x46RAME_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46RAME_KIND_MESSAGE\x10\x01\x12\x16\n\x12\x46RAME_KIND_REQUEST\x10\x02\x12\x17\n\x13\x46RAME_KIND_RESPONSE\x10\x03\x12\x14\n\x10\x46RAME_KIND_ERROR\x10\x04\x12\x15\n\x11\x46RAME_KIND_CANCEL\x10\x05\x12\x16\n\x12\x46RAME_KIND_CONTROL\x10\x06*\x8f\x02\n\tErrorCode\x12\x16\n\x12\x45RROR_CODE_UNKNOWN\x10\x00\x12\x1a\n\x16\x45RROR_CODE_BAD_REQUEST\x10\x01\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x02\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x03\x12\x19\n\x15\x45RROR_CODE_OVERLOADED\x10\x04\x12\x19\n\x15\x45RROR_CODE_NO_HANDLER\x10\x05\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x06\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x07\x12\x15\n\x11\x45RROR_CODE_DECODE\x10\x08\x12\x18\n\x14\x45RROR_CODE_TOO_LARGE\x10\t*\xdd\x03\n\x10\x44isconnectReason\x12!\n\x1d\x44ISCONNECT_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44ISCONNECT_REASON_SHUTDOWN\x10\x01\x12#\n\x1f\x44ISCONNECT_REASON_WRONG_NETWORK\x10\x02\x12*\n&DISCONNECT_REASON_INCOMPATIBLE_VERSION\x10\x03\x12\'\n#DISCONNECT_REASON_NO_COMMON_CHANNEL\x10\x04\x12(\n$DISCONNECT_REASON_PROTOCOL_VIOLATION\x10\x05\x12$\n DISCONNECT_REASON_TOO_MANY_PEERS\x10\x06\x12\x1c\n\x18\x44ISCONNECT_REASON_BANNED\x10\x07\x12\x1f\n\x1b\x44ISCONNECT_REASON_DUPLICATE\x10\x08\x12\x1d\n\x19\x44ISCONNECT_REASON_EVICTED\x10\t\x12\x1e\n\x1a\x44ISCONNECT_REASON_OPERATOR\x10\n\x12\"\n\x1e\x44ISCONNECT_REASON_IDLE_TIMEOUT\x10\x0b\x12\x1a\n\x16\x44ISCONNECT_REASON_SELF\x10\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13proto/overlay.proto\x12\noverlay.v1\">\n\x10HandshakePayload\x12\x14\n\x0cidentity_key\x18\x01 \x01(\x0c\x12\x14\n\x0cidentity_sig\x18\x02 \x01(\x0c\"\xb8\x01\n\x08NodeInfo\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x10\n\x08\x63hannels\x18\x03 \x03(\r\x12\x14\n\x0clisten_addrs\x18\x04 \x03(\t\x12\x18\n\x10software_version\x18\x05 \x01(\t\x12\x19\n\x11\x63\x61pability_record\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63ompression\x18\x07 \x03(\t\x12\x0f\n\x07moniker\x18\x08 \x01(\t\"l\n\nHelloReply\x12)\n\tnode_info\x18\x01 \x01(\x0b\x32\x14.overlay.v1.NodeInfoH\x00\x12)\n\x07refused\x18\x02 \x01(\x0b\x32\x16.overlay.v1.DisconnectH\x00\x42\x08\n\x06result\"E\n\rErrorResponse\x12#\n\x04\x63ode\x18\x01 \x01(\x0e\x32\x15.overlay.v1.ErrorCode\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x15\n\x04Ping\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x15\n\x04Pong\x12\r\n\x05nonce\x18\x01 \x01(\x04\"K\n\nDisconnect\x12,\n\x06reason\x18\x01 \x01(\x0e\x32\x1c.overlay.v1.DisconnectReason\x12\x0f\n\x07message\x18\x02 \x01(\t\"K\n\x0eNodeInfoUpdate\x12\x10\n\x08info_seq\x18\x01 \x01(\x04\x12\'\n\tnode_info\x18\x02 \x01(\x0b\x32\x14.overlay.v1.NodeInfo\"\xbb\x01\n\x07\x43ontrol\x12 \n\x04ping\x18\x01 \x01(\x0b\x32\x10.overlay.v1.PingH\x00\x12 \n\x04pong\x18\x02 \x01(\x0b\x32\x10.overlay.v1.PongH\x00\x12,\n\ndisconnect\x18\x03 \x01(\x0b\x32\x16.overlay.v1.DisconnectH\x00\x12\x36\n\x10node_info_update\x18\x04 \x01(\x0b\x32\x1a.overlay.v1.NodeInfoUpdateH\x00\x42\x06\n\x04kind*\xb5\x01\n\tFrameKind\x12\x1a\n\x16\x46RAME_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46RAME_KIND_MESSAGE\x10\x01\x12\x16\n\x12\x46RAME_KIND_REQUEST\x10\x02\x12\x17\n\x13\x46RAME_KIND_RESPONSE\x10\x03\x12\x14\n\x10\x46RAME_KIND_ERROR\x10\x04\x12\x15\n\x11\x46RAME_KIND_CANCEL\x10\x05\x12\x16\n\x12\x46RAME_KIND_CONTROL\x10\x06*\x8f\x02\n\tErrorCode\x12\x16\n\x12\x45RROR_CODE_UNKNOWN\x10\x00\x12\x1a\n\x16\x45RROR_CODE_BAD_REQUEST\x10\x01\x12\x18\n\x14\x45RROR_CODE_NOT_FOUND\x10\x02\x12\x1a\n\x16\x45RROR_CODE_UNAVAILABLE\x10\x03\x12\x19\n\x15\x45RROR_CODE_OVERLOADED\x10\x04\x12\x19\n\x15\x45RROR_CODE_NO_HANDLER\x10\x05\x12\x17\n\x13\x45RROR_CODE_INTERNAL\x10\x06\x12\x18\n\x14\x45RROR_CODE_CANCELLED\x10\x07\x12\x15\n\x11\x45RROR_CODE_DECODE\x10\x08\x12\x18\n\x14\x45RROR_CODE_TOO_LARGE\x10\t*\xdd\x03\n\x10\x44isconnectReason\x12!\n\x1d\x44ISCONNECT_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44ISCONNECT_REASON_SHUTDOWN\x10\x01\x12#\n\x1f\x44ISCONNECT_REASON_WRONG_NETWORK\x10\x02\x12*\n&DISCONNECT_REASON_INCOMPATIBLE_VERSION\x10\x03\x12\'\n#DISCONNECT_REASON_NO_COMMON_CHANNEL\x10\x04\x12(\n$DISCONNECT_REASON_PROTOCOL_VIOLATION\x10\x05\x12$\n DISCONNECT_REASON_TOO_MANY_PEERS\x10\x06\x12\x1c\n\x18\x44ISCONNECT_REASON_BANNED\x10\x07\x12\x1f\n\x1b\x44ISCONNECT_REASON_DUPLICATE\x10\x08\x12\x1d\n\x19\x44ISCONNECT_REASON_EVICTED\x10\t\x12\x1e\n\x1a\x44ISCONNECT_REASON_OPERATOR\x10\n\x12\"\n\x1e\x44ISCONNECT_REASON_IDLE_TIMEOUT\x10\x0b\x12\x1a\n\x16\x44ISCONNECT_REASON_SELF\x10\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.overlay_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FRAMEKIND']._serialized_start=725
-  _globals['_FRAMEKIND']._serialized_end=906
-  _globals['_ERRORCODE']._serialized_start=909
-  _globals['_ERRORCODE']._serialized_end=1180
-  _globals['_DISCONNECTREASON']._serialized_start=1183
-  _globals['_DISCONNECTREASON']._serialized_end=1660
+  _globals['_FRAMEKIND']._serialized_start=858
+  _globals['_FRAMEKIND']._serialized_end=1039
+  _globals['_ERRORCODE']._serialized_start=1042
+  _globals['_ERRORCODE']._serialized_end=1313
+  _globals['_DISCONNECTREASON']._serialized_start=1316
+  _globals['_DISCONNECTREASON']._serialized_end=1793
   _globals['_HANDSHAKEPAYLOAD']._serialized_start=35
   _globals['_HANDSHAKEPAYLOAD']._serialized_end=97
   _globals['_NODEINFO']._serialized_start=100
@@ -51,6 +51,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PONG']._serialized_end=511
   _globals['_DISCONNECT']._serialized_start=513
   _globals['_DISCONNECT']._serialized_end=588
-  _globals['_CONTROL']._serialized_start=591
-  _globals['_CONTROL']._serialized_end=722
+  _globals['_NODEINFOUPDATE']._serialized_start=590
+  _globals['_NODEINFOUPDATE']._serialized_end=665
+  _globals['_CONTROL']._serialized_start=668
+  _globals['_CONTROL']._serialized_end=855
 # @@protoc_insertion_point(module_scope)

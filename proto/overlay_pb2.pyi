@@ -346,6 +346,35 @@ class Disconnect(_message.Message):
 Global___Disconnect: _TypeAlias = Disconnect  # noqa: Y015
 
 @_typing.final
+class NodeInfoUpdate(_message.Message):
+    """Control: the sender's NodeInfo changed (a channel opened or closed, a new capability record).
+    Carries the sender's whole current NodeInfo, which replaces the one from the hello (or the last
+    applied update). info_seq increases strictly; the hello counts as 0. See docs/protocol.md,
+    "Node-info updates", for the sequence rules, the rate limit and what is a violation.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_SEQ_FIELD_NUMBER: _builtins.int
+    NODE_INFO_FIELD_NUMBER: _builtins.int
+    info_seq: _builtins.int
+    @_builtins.property
+    def node_info(self) -> Global___NodeInfo: ...
+    def __init__(
+        self,
+        *,
+        info_seq: _builtins.int = ...,
+        node_info: Global___NodeInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["node_info", b"node_info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info_seq", b"info_seq", "node_info", b"node_info"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeInfoUpdate: _TypeAlias = NodeInfoUpdate  # noqa: Y015
+
+@_typing.final
 class Control(_message.Message):
     """Payload of a CONTROL frame."""
 
@@ -354,24 +383,28 @@ class Control(_message.Message):
     PING_FIELD_NUMBER: _builtins.int
     PONG_FIELD_NUMBER: _builtins.int
     DISCONNECT_FIELD_NUMBER: _builtins.int
+    NODE_INFO_UPDATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ping(self) -> Global___Ping: ...
     @_builtins.property
     def pong(self) -> Global___Pong: ...
     @_builtins.property
     def disconnect(self) -> Global___Disconnect: ...
+    @_builtins.property
+    def node_info_update(self) -> Global___NodeInfoUpdate: ...
     def __init__(
         self,
         *,
         ping: Global___Ping | None = ...,
         pong: Global___Pong | None = ...,
         disconnect: Global___Disconnect | None = ...,
+        node_info_update: Global___NodeInfoUpdate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["disconnect", b"disconnect", "kind", b"kind", "ping", b"ping", "pong", b"pong"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["disconnect", b"disconnect", "kind", b"kind", "node_info_update", b"node_info_update", "ping", b"ping", "pong", b"pong"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["disconnect", b"disconnect", "kind", b"kind", "ping", b"ping", "pong", b"pong"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disconnect", b"disconnect", "kind", b"kind", "node_info_update", b"node_info_update", "ping", b"ping", "pong", b"pong"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ping", "pong", "disconnect"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["ping", "pong", "disconnect", "node_info_update"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 

@@ -23,7 +23,7 @@ import trio.testing
 
 from overlay.identity import NodeKey
 from overlay.node import Node
-from overlay.node._config import NodeConfig
+from overlay.node._config import DiscoveryConfig, NodeConfig
 from overlay.router._channel import ChannelSpec, Envelope
 from overlay.testing import MemoryNetwork
 from overlay.transport._secure import SecureIdentity, SecureStream
@@ -135,8 +135,11 @@ async def settle(rounds: int = 1) -> None:
 
 
 def config_for(transport: str, **overrides: Any) -> NodeConfig:
-    """A node config listening on loopback TCP (free port) or on the memory network."""
+    """A node config listening on loopback TCP (free port) or on the memory network. PEX is
+    off unless ``discovery`` is given: tests of connections and channels count every request,
+    and PEX would add its own (its tests use tests/pex_support.py)."""
     listen = ("tcp://127.0.0.1:0",) if transport == "tcp" else ("memory:",)
+    overrides.setdefault("discovery", DiscoveryConfig(pex_enabled=False))
     return NodeConfig(listen=listen, **overrides)
 
 

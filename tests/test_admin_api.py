@@ -121,6 +121,18 @@ class FakeControl:
         self.calls.append(("add_persistent", address))
         return {"persistent": address[:40], "address": address}
 
+    def capabilities(self) -> dict[str, Any]:
+        self.calls.append(("capabilities", None))
+        return {"seq": 1, "capabilities": []}
+
+    async def set_capabilities(self, items: list[str]) -> dict[str, Any]:
+        self.calls.append(("set_capabilities", items))
+        return {"seq": 2, "capabilities": []}
+
+    async def remove_capability(self, name: str) -> dict[str, Any]:
+        self.calls.append(("remove_capability", name))
+        return {"seq": 3, "capabilities": []}
+
 
 @dataclass
 class Reply:

@@ -95,6 +95,15 @@ class QuietControl:
     async def add_persistent(self, address: str) -> dict[str, Any]:
         return {}
 
+    def capabilities(self) -> dict[str, Any]:
+        return {}
+
+    async def set_capabilities(self, items: list[str]) -> dict[str, Any]:
+        return {}
+
+    async def remove_capability(self, name: str) -> dict[str, Any]:
+        return {}
+
 
 APP = AdminApp(QuietControl(), TOKEN)
 CONFIG = HttpServerConfig(max_body=2048, max_header_bytes=1024)

@@ -113,6 +113,17 @@ class FakeControl:
         return {"connected": address[:40], "already_connected": True,
                 "via": "127.0.0.1:40000", "direction": "inbound", "persistent": True}
 
+    def capabilities(self) -> dict[str, Any]:
+        return {"seq": 1, "origin": "config", "capabilities": []}
+
+    async def set_capabilities(self, items: list[str]) -> dict[str, Any]:
+        self.calls.append(("set_capabilities", items))
+        return {"seq": 2, "origin": "operator", "capabilities": []}
+
+    async def remove_capability(self, name: str) -> dict[str, Any]:
+        self.calls.append(("remove_capability", name))
+        return {"seq": 3, "origin": "operator", "capabilities": []}
+
 
 @dataclass
 class Node:

@@ -34,7 +34,7 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId, NodeKey
 from overlay.node import Node
-from overlay.node._config import AdminConfig, MetricsConfig, NodeConfig
+from overlay.node._config import AdminConfig, DiscoveryConfig, MetricsConfig, NodeConfig
 from overlay.node._control import NodeControl
 from overlay.node._service import run_node
 from overlay.operator._metrics import (
@@ -328,6 +328,7 @@ def config(peers: PeerManagerConfig) -> NodeConfig:
         admin=AdminConfig(enabled=False),
         metrics=MetricsConfig(enabled=True, listen="127.0.0.1:0"),
         peers=peers,
+        discovery=DiscoveryConfig(pex_enabled=False),  # its requests would move the scores
     )
 
 

@@ -287,6 +287,34 @@ async def test_a_destination_selects_by_views(transport: str) -> None:
         assert info.value.reason is NoRouteReason.NO_PEER_MATCHES
 
 
+async def test_views_follow_the_channels_a_peer_opens_and_closes(transport: str) -> None:
+    """``PeerView.channels`` is the peer's live set (its node-info updates), not its hello's."""
+    async with observed_pair(transport) as p:
+        b_id = p.b.node_id
+        only_a = p.a.channel(ONLY_A)
+        assert ONLY_A.id not in _view(p.a, b_id).channels
+        p.b.channel(ONLY_A).handle_requests(_echo)  # b opens it while connected
+        await wait_until(lambda: ONLY_A.id in _view(p.a, b_id).channels)
+        assert await only_a.request(WithChannel(ONLY_A.id), b"now", timeout=5) == b"now"
+
+        p.b.close_channel(ONLY_A)
+        await wait_until(lambda: ONLY_A.id not in _view(p.a, b_id).channels)
+        assert ECHO.id in _view(p.a, b_id).channels
+        with pytest.raises(NoRoute):  # a selector by views no longer picks b
+            await only_a.request(WithChannel(ONLY_A.id), b"gone", timeout=5)
+        conn = p.a.router.get_peer(b_id)
+        assert conn is not None
+        sent = conn.statistics().frames_out
+        with pytest.raises(RequestError) as info:  # a destination naming b fails fast ...
+            await only_a.request(Pick(b_id), b"gone", timeout=5)
+        assert info.value.code is ErrorCode.NO_HANDLER
+        assert conn.statistics().frames_out == sent  # ... without a round trip
+        assert p.recorder.outcomes() == [  # ... and counts as b's refusal, like its answer
+            (b_id, AttemptOutcome.OK),
+            (b_id, AttemptOutcome.REFUSED),
+        ]
+
+
 # ------------------------------------------------------------- deadlines and outcomes
 
 

@@ -198,6 +198,18 @@ async def test_peer_manager_close_ends_a_peer_that_stopped_reading(transport: st
         assert conn.close_reason is DisconnectReason.BANNED
 
 
+async def test_operator_ban_ends_a_peer_that_stopped_reading(transport: str) -> None:
+    """``overlay ban`` (the admin API's ``ban``, through the node's peer manager) of a peer
+    that stopped reading: the connection is gone within the close bound, and stays gone."""
+    async with stalled(transport, close_timeout=CLOSE) as (node, _stream, conn, _tg):
+        result = await node.control.ban(conn.node_id, duration=60)
+        assert result["banned"] == conn.node_id and result["kind"] == "peer"
+        with anyio.fail_after(CLOSE + SLACK):
+            await wait_until(lambda: conn.node_id not in node.connected_peers(), timeout=10)
+        assert not conn.is_open
+        assert conn.close_reason is DisconnectReason.BANNED
+
+
 # ------------------------------------------------------------- virtual time: the bound itself
 
 

@@ -47,8 +47,11 @@ class Refusing:
     async def _fail(self, *args: object, **kwargs: object) -> dict[str, Any]:
         raise self.error
 
+    def capabilities(self) -> dict[str, Any]:
+        return {}
+
     dial = disconnect = ban = unban = add_seed = remove_seed = _fail
-    add_persistent = remove_persistent = _fail
+    add_persistent = remove_persistent = set_capabilities = remove_capability = _fail
 
 
 async def _call(app: AdminApp, path: str, body: bytes) -> Response:
@@ -112,6 +115,7 @@ class Accepting(Refusing):
         return {}
 
     dial = disconnect = ban = unban = add_seed = remove_seed = remove_persistent = _ok
+    set_capabilities = remove_capability = _ok
 
 
 @pytest.mark.anyio

@@ -118,7 +118,7 @@ async def test_uptime_is_the_connection_age_and_channels_are_named(
         # Measured on the clock the connection was stamped with: seconds, not ~56 years.
         assert 0.0 <= entry["uptime_seconds"] < 60.0
         channels = entry["connection"]["channels"]
-        assert [c["name"] for c in channels] == ["overlay.ping"]
+        assert [c["name"] for c in channels] == ["overlay.ping", "overlay.pex"]
         assert channels[0]["channel_id"] == 1
         # What the CLI prints goes through the same code.
         peers = await _client_call(tmp_path / "a", "peers")

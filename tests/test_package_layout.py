@@ -59,3 +59,16 @@ def test_architecture_picture_lists_the_contract_layers() -> None:
     for layer in layers:
         for module in layer.replace("|", " ").replace(":", " ").split():
             assert f"`{module}`" in picture, f"docs/architecture.md does not show layer {module}"
+
+
+@pytest.mark.parametrize("first", ["discovery", "routing", "overlay.errors", "overlay.node"])
+def test_any_package_can_be_imported_first(first: str) -> None:
+    """No import cycle through the package root: each layer imports cleanly in a fresh
+    interpreter, whichever package a program imports first."""
+    import subprocess
+    import sys
+
+    code = f"import {first}; import overlay; overlay.Node; overlay.NodeConfig"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stderr

@@ -23,7 +23,16 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from overlay import BytesCodec, ChannelSpec, Envelope, Node, NodeConfig, NodeId
+from overlay import (
+    BytesCodec,
+    ChannelSpec,
+    Envelope,
+    ErrorCode,
+    Node,
+    NodeConfig,
+    NodeId,
+    RequestError,
+)
 from proto import overlay_pb2 as pb
 
 pytestmark = pytest.mark.anyio
@@ -462,3 +471,103 @@ async def test_node_dials_us() -> None:
                             + frame(REQUEST, 1, 1, b"ping"))
             assert await conn.read_frame() == (RESPONSE, 0, 1, 1, b"ping")
         await conn.stream.aclose()
+
+
+# -- node-info updates (section "Node-info updates") ---------------------------------------------
+
+LATE = ChannelSpec(id=0x30, name="late", codec=BytesCodec(), response_codec=BytesCodec())
+
+
+def info_update(seq: int, **overrides: object) -> bytes:
+    info = pb.NodeInfo.FromString(node_info(**overrides))
+    return control(pb.Control(node_info_update=pb.NodeInfoUpdate(info_seq=seq, node_info=info)))
+
+
+async def next_update(conn: Conn) -> pb.NodeInfoUpdate:
+    while True:
+        kind, _, channel, rid, payload = await next_frame(conn)
+        if kind == CONTROL:
+            msg = pb.Control.FromString(payload)
+            if msg.WhichOneof("kind") == "node_info_update":
+                return msg.node_info_update
+
+
+async def test_node_announces_channels_it_opens_and_closes() -> None:
+    async with running_node() as node:
+        conn = await connect(node, Identity())
+        node.channel(LATE).handle_requests(_whoami)
+        first = await next_update(conn)
+        assert first.info_seq >= 1 and LATE.id in first.node_info.channels
+        assert first.node_info.network == NETWORK
+        await conn.send(frame(REQUEST, LATE.id, 1, b"now"))
+        kind, _, channel, rid, payload = await next_frame(conn)
+        assert (kind, channel, rid) == (RESPONSE, LATE.id, 1) and payload.endswith(b"|NOW")
+
+        node.close_channel(LATE)
+        second = await next_update(conn)
+        assert second.info_seq > first.info_seq and LATE.id not in second.node_info.channels
+        await conn.send(frame(REQUEST, LATE.id, 2, b"gone?"))
+        kind, _, channel, rid, payload = await next_frame(conn)
+        assert (kind, channel, rid) == (ERROR, LATE.id, 2)
+        assert pb.ErrorResponse.FromString(payload).code == pb.ERROR_CODE_NO_HANDLER
+        await conn.stream.aclose()
+
+
+async def test_our_updates_change_the_nodes_view_and_replays_are_ignored() -> None:
+    async with running_node() as node:
+        me = Identity()
+        conn = await connect(node, me)
+        peer = NodeId(me.node_id)
+
+        def channels() -> set[int]:
+            return set(node.router.peer_channels(peer))
+
+        await conn.send(info_update(5, channels=[1, ECHO.id, 0x40], capability_record=b"rec"))
+        await conn.send(frame(REQUEST, 1, 1, b"sync"))  # the echo proves the update was read
+        assert await next_frame(conn) == (RESPONSE, 0, 1, 1, b"sync")
+        assert channels() == {1, ECHO.id, 0x40}
+        assert node.router.get_peer(peer).info.capability_record == b"rec"  # type: ignore[union-attr]
+
+        await conn.send(info_update(5, channels=[1]) + info_update(4, channels=[1]))  # replays
+        await conn.send(frame(REQUEST, 1, 2, b"sync"))
+        assert await next_frame(conn) == (RESPONSE, 0, 1, 2, b"sync")
+        assert channels() == {1, ECHO.id, 0x40}
+
+        await conn.send(info_update(9, channels=[1]))
+        await conn.send(frame(REQUEST, 1, 3, b"sync"))
+        assert await next_frame(conn) == (RESPONSE, 0, 1, 3, b"sync")
+        assert channels() == {1}
+        with pytest.raises(RequestError) as info:  # the node fails fast: we no longer serve it
+            await node.channel(ECHO).request(peer, b"?", timeout=5)
+        assert info.value.code == ErrorCode.NO_HANDLER
+        await conn.stream.aclose()
+
+
+BAD_UPDATES = {
+    "network change": info_update(1, network="elsewhere"),
+    "version change": info_update(1, protocol_version=1001),
+    "seq 0": info_update(0),
+    "no node_info": control(pb.Control(node_info_update=pb.NodeInfoUpdate(info_seq=1))),
+    "channel 0": info_update(1, channels=[0, 1]),
+    "oversized": info_update(1, software_version="x" * 40000),
+    "flood": b"".join(info_update(seq) for seq in range(1, 18)),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_UPDATES.values(), ids=BAD_UPDATES.keys())
+async def test_bad_update_closes_only_that_connection(bad: bytes) -> None:
+    async with running_node() as node:
+        conn = await connect(node, Identity())
+        await conn.send(bad)
+        while True:  # skip a pong or an update the node may have queued first
+            got = await next_frame(conn)
+            msg = pb.Control.FromString(got[4]) if got[0] == CONTROL else None
+            if msg is not None and msg.WhichOneof("kind") == "disconnect":
+                break
+        assert msg.disconnect.reason == pb.DISCONNECT_REASON_PROTOCOL_VIOLATION
+        assert await conn.read_frame() is None
+        await conn.stream.aclose()
+        other = await connect(node, Identity())
+        await other.send(frame(REQUEST, 1, 1, b"still there?"))
+        assert await other.read_frame() == (RESPONSE, 0, 1, 1, b"still there?")
+        await other.stream.aclose()

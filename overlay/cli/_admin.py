@@ -15,6 +15,9 @@
     overlay persistent list [--json]
     overlay persistent add ADDR               like ``dial --persistent``, without waiting
     overlay persistent remove ID              clears the flag set by ``dial --persistent``
+    overlay capabilities [list] [--json]      this node's signed record and capabilities
+    overlay capabilities set NAME[=VERSION] ...   advertise (live, persisted)
+    overlay capabilities remove NAME          stop advertising (live, persisted)
 
 Every command takes ``--home DIR`` to find the node (``admin.json`` and the token file there).
 Exit status: 0 success, 1 an error from (or reaching) the node, 2 bad usage (argparse).
@@ -40,11 +43,23 @@ from typing import Any
 
 from overlay.address import NodeAddress
 from overlay.cli._admin_client import AdminClient
-from overlay.errors import InvalidAddressError
+from overlay.errors import InvalidAddressError, LocalProtocolError
 from overlay.identity import parse_node_id
-from overlay.operator._control import MAX_BAN_SECONDS, MIN_BAN_SECONDS, parse_ban_target
+from overlay.operator._control import (
+    MAX_BAN_SECONDS,
+    MIN_BAN_SECONDS,
+    parse_ban_target,
+    parse_capability,
+)
 
-__all__ = ["format_bans", "format_operator_peers", "format_peers", "parse_duration", "register"]
+__all__ = [
+    "format_bans",
+    "format_capabilities",
+    "format_operator_peers",
+    "format_peers",
+    "parse_duration",
+    "register",
+]
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -104,6 +119,25 @@ def _seed(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"invalid seed {text!r}: expected ID@HOST:PORT, memory:ID or a node id"
         ) from None
+
+
+def _capability(text: str) -> str:
+    """``NAME`` or ``NAME=VERSION``, normalised to ``NAME=VERSION``."""
+    try:
+        name, version = parse_capability(text)
+    except LocalProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return f"{name}={version}"
+
+
+def _capability_name(text: str) -> str:
+    try:
+        name, version = parse_capability(text)
+    except LocalProtocolError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if "=" in text:
+        raise argparse.ArgumentTypeError(f"give the name only: {name}")
+    return name
 
 
 def _target(text: str) -> str:
@@ -331,6 +365,46 @@ def cmd_persistent_add(args: argparse.Namespace) -> int:
     return _report(f"{args.address} is persistent (dialing it in the background)", result)
 
 
+def format_capabilities(record: Mapping[str, Any]) -> str:
+    """The ``/capabilities`` answer as text (``overlay capabilities``)."""
+    caps = record.get("capabilities") or []
+    lines = [
+        f"record seq {record.get('seq')}, expires {_utc(record.get('expires_at'))}, "
+        f"from {record.get('origin', '?')}",
+    ]
+    if not caps:
+        lines.append("no capabilities")
+        return "\n".join(lines)
+    rows = []
+    for cap in caps:
+        attributes = cap.get("attributes") or {}
+        rows.append((str(cap.get("name", "?")), str(cap.get("version", "-")),
+                     ",".join(f"{k}={v}" for k, v in sorted(attributes.items())) or "-"))
+    lines.append(_table(("NAME", "VERSION", "ATTRIBUTES"), rows))
+    return "\n".join(lines)
+
+
+def cmd_capabilities(args: argparse.Namespace) -> int:
+    record = _client(args).capabilities()
+    print(json.dumps(record, indent=2, sort_keys=True) if args.json
+          else format_capabilities(record))
+    return 0
+
+
+def cmd_capabilities_set(args: argparse.Namespace) -> int:
+    record = _client(args).set_capabilities(args.capabilities)
+    print(f"advertising {' '.join(args.capabilities)} (pushed to connected peers)")
+    print(format_capabilities(record))
+    return 0
+
+
+def cmd_capabilities_remove(args: argparse.Namespace) -> int:
+    record = _client(args).remove_capability(args.name)
+    print(f"no longer advertising {args.name} (pushed to connected peers)")
+    print(format_capabilities(record))
+    return 0
+
+
 def cmd_disconnect(args: argparse.Namespace) -> int:
     return _report(f"disconnected {args.id}", _client(args).disconnect(args.id))
 
@@ -444,3 +518,21 @@ def register(sub: Any, add: AddParser) -> None:
                     "'overlay dial --persistent' (persisted; the connection stays open)")
     q.add_argument("id", type=_node_id, metavar="ID", help="node id")
     q.set_defaults(func=cmd_persistent_remove)
+
+    p = add("capabilities", "show or change the capabilities this node advertises (live)")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.set_defaults(func=cmd_capabilities)
+    caps = p.add_subparsers(dest="capabilities_command", required=False, metavar="SUBCOMMAND")
+    q = _subcommand(caps, "list", "show this node's record: seq, expiry, capabilities")
+    q.add_argument("--json", action="store_true", help="print the raw JSON")
+    q.set_defaults(func=cmd_capabilities)
+    q = _subcommand(caps, "set",
+                    "advertise capabilities (added or changed; re-signed, pushed to connected "
+                    "peers and persisted)")
+    q.add_argument("capabilities", type=_capability, nargs="+", metavar="NAME[=VERSION]",
+                   help="a capability name, optionally with a version (default 0)")
+    q.set_defaults(func=cmd_capabilities_set)
+    q = _subcommand(caps, "remove",
+                    "stop advertising a capability (re-signed, pushed and persisted)")
+    q.add_argument("name", type=_capability_name, metavar="NAME", help="the capability name")
+    q.set_defaults(func=cmd_capabilities_remove)

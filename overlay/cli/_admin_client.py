@@ -223,3 +223,12 @@ class AdminClient:
 
     def remove_persistent(self, node_id: str) -> dict[str, Any]:
         return self._object(self.request("POST", "/persistent/remove", {"id": node_id}))
+
+    def capabilities(self) -> dict[str, Any]:
+        return self._object(self.request("GET", "/capabilities"))
+
+    def set_capabilities(self, items: list[str]) -> dict[str, Any]:
+        return self._object(self.request("POST", "/capabilities/set", {"capabilities": items}))
+
+    def remove_capability(self, name: str) -> dict[str, Any]:
+        return self._object(self.request("POST", "/capabilities/remove", {"name": name}))

@@ -73,8 +73,12 @@ event and statistics types live in ``overlay/connection/_types.py``, with the sm
 two halves share (channels, the control queue, the pings awaiting a pong). The receive path
 (parsing, reassembly, decompression, the receive rate limit, the idle clock, the receive
 counters) is a :class:`~overlay.connection._receive.Receiver` that the core creates and owns;
-the lifecycle is :class:`ConnectionState`. This module keeps the send side, the timers, the
-lifecycle transitions and the statistics, and re-exports every public type of
+the lifecycle is :class:`ConnectionState`. The channels and their priority rings are a
+:class:`~overlay.connection._channels.ChannelTable` (channels are added and removed while the
+connection is up: ``add_channel`` / ``remove_channel``), and node-info updates, both directions,
+an :class:`~overlay.connection._infosync.InfoSync` (paced by its own rate limit; a waiting
+update is part of ``get_timer``). This module keeps the send side, the timers, the lifecycle
+transitions and the statistics, and re-exports every public type of
 ``overlay.connection._types``.
 """
 
@@ -86,6 +90,8 @@ from collections.abc import Container, Sequence
 
 import zstandard
 
+from overlay.connection._channels import ChannelTable
+from overlay.connection._infosync import InfoSync
 from overlay.connection._ratelimit import TokenBucket
 from overlay.connection._receive import Receiver
 from overlay.connection._types import (
@@ -109,6 +115,7 @@ from overlay.connection._types import (
     LatencyMeasured,
     MessageDropped,
     MessageReceived,
+    PeerInfoReceived,
     RequestReceived,
     RequestRejected,
     ResponseReceived,
@@ -138,6 +145,7 @@ from overlay.wire._messages import (
     encode_control,
     encode_error,
 )
+from overlay.wire._nodeinfo import NodeInfo
 
 __all__ = [
     "CancelReceived",
@@ -155,6 +163,7 @@ __all__ = [
     "LatencyMeasured",
     "MessageDropped",
     "MessageReceived",
+    "PeerInfoReceived",
     "RequestReceived",
     "RequestRejected",
     "ResponseReceived",
@@ -187,20 +196,17 @@ class ConnectionCore:
         *,
         now: float,
         compression: bool = False,
+        peer_info: NodeInfo | None = None,
     ) -> None:
         self._config = config
         self._max_payload = config.max_frame_payload
         self._max_batch = config.max_write_batch
-        by_priority: dict[int, deque[_Channel]] = {}
-        self._channels: dict[int, _Channel] = {}
-        for params in channels:
-            if params.channel_id in self._channels:
-                raise ChannelError(f"duplicate channel id {params.channel_id}")
-            level = by_priority.setdefault(params.priority, deque())
-            self._channels[params.channel_id] = _Channel(params, level)
-        self._levels = [by_priority[p] for p in sorted(by_priority, reverse=True)]
+        self._table = ChannelTable(channels)
+        self._channels = self._table.by_id  # shared with the receiver; mutated in place
+        self._levels = self._table.levels
         self._control = _ControlQueue(config.max_control_queue)
         self._ctrl = self._control.frames  # the hot path's alias
+        self._info = InfoSync(now, peer_info)
         self._disconnect_frame: bytes | None = None
         self._state = ConnectionState.OPEN
         self._closing = False  # not OPEN: nothing but our Disconnect is sent (hot-path flag)
@@ -217,6 +223,7 @@ class ConnectionCore:
             inbound=self._inbound,
             control=self._control,
             pings=self._pings,
+            info=self._info,
             events=self._events,
             on_disconnect=self.connection_lost,
             now=now,
@@ -269,6 +276,7 @@ class ConnectionCore:
         """Leave OPEN: nothing is queued or sent from now on but our Disconnect."""
         self._closing = True
         self._control.close()
+        self._info.drop_pending()
         self._ping_due = 0
         self._pings.sent.clear()
 
@@ -281,6 +289,83 @@ class ConnectionCore:
     def peer_disconnected(self) -> bool:
         """True once the peer's disconnect arrived (later received frames are ignored)."""
         return self._receiver.peer_disconnected
+
+    # ------------------------------------------------------------------ channels
+
+    def channel_ids(self) -> list[int]:
+        """The channels this connection carries now, sorted."""
+        return sorted(self._channels)
+
+    def add_channel(self, params: ChannelParams) -> None:
+        """Start carrying a channel (the node opened it while this connection was up).
+
+        If the channel was removed while one of its messages was partly sent, that message is
+        finished first (frames of one channel never interleave), then the new channel's.
+        ChannelError if the connection already carries it."""
+        ch = self._table.add(params)
+        self._receiver.channel_added(ch)
+
+    def remove_channel(self, channel_id: int) -> list[int]:
+        """Stop carrying a channel (the node closed it); returns the ids of our requests on it
+        that were in flight: they are forgotten (a CANCEL goes out for any already started) and
+        their callers must be failed. The peer's requests on it that still await our answer
+        get ERROR ``NO_HANDLER``, and so do those whose answer was queued but not started; a
+        message already partly sent is finished; other queued messages are dropped. Frames the
+        peer sends on the channel from now on are handled as on any unknown channel.
+        ChannelError if the connection does not carry it."""
+        ch = self._channels.get(channel_id)
+        if ch is None:
+            raise ChannelError(f"channel {channel_id} is not part of this connection")
+        failed = [rid for rid, msg in self._outbound.items() if msg.channel is ch]
+        for rid in failed:
+            self.cancel_request(rid)  # before the queue is emptied: unsent ones need no CANCEL
+        receiver = self._receiver
+        budget = ch.max_size - 6
+        for rid in [rid for rid, owner in self._inbound.items() if owner is ch]:
+            del self._inbound[rid]
+            ch.inbound_active -= 1
+            receiver.auto_error(channel_id, rid, ErrorCode.NO_HANDLER, "channel closed", budget)
+        _, dropped = self._table.remove(channel_id)
+        for msg in dropped:
+            if msg.kind == _RESPONSE or msg.kind == _ERROR:  # the peer still waits: tell it
+                receiver.auto_error(
+                    channel_id, msg.request_id, ErrorCode.NO_HANDLER, "channel closed", budget
+                )
+        return failed
+
+    # ------------------------------------------------------------------ node-info updates
+
+    @property
+    def peer_info(self) -> NodeInfo | None:
+        """The peer's current NodeInfo: its hello's, then each update it sent (``None`` only
+        for a core built without ``peer_info``, until the first update)."""
+        return self._info.peer_info
+
+    @property
+    def peer_info_seq(self) -> int:
+        """``info_seq`` of the peer's last applied node-info update (0: the hello)."""
+        return self._info.peer_seq
+
+    @property
+    def info_updates_ignored(self) -> int:
+        """Node-info updates from the peer ignored as replays (``info_seq`` not above the
+        last applied one)."""
+        return self._info.ignored
+
+    def send_info_update(self, info_seq: int, payload: bytes, now: float) -> None:
+        """Announce our NodeInfo number ``info_seq`` (``payload`` from
+        ``overlay.wire._nodeinfo.encode_info_update``). It goes out with the control frames,
+        paced by the update rate limit (the core's timer covers the wait); a newer
+        announcement replaces one still waiting. No effect once the connection is closing."""
+        if self._closing:
+            return
+        self._info.queue(info_seq, _pack(len(payload) + 8, _CONTROL, 0, 0, 0) + payload)
+        self._flush_info(now)
+
+    def _flush_info(self, now: float) -> None:
+        frame = self._info.take(now)
+        if frame is not None:
+            self._ctrl.append(frame)
 
     # ------------------------------------------------------------------ outgoing
 
@@ -295,8 +380,7 @@ class ConnectionCore:
         ch = self._channels.get(channel_id)
         if ch is None:
             raise ChannelError(
-                f"channel {channel_id} is not part of this connection (a connection only "
-                "carries the channels this node had open when it was established)"
+                f"channel {channel_id} is not part of this connection (not open on this node)"
             )
         return ch
 
@@ -415,14 +499,7 @@ class ConnectionCore:
         self._state = ConnectionState.CLOSING
         self._stop_sending()
         self._close_deadline = now + self._config.close_timeout
-        for level in self._levels:
-            for ch in level:
-                ch.active = False
-            level.clear()
-        for ch in self._channels.values():
-            for msg in ch.queue:
-                msg.queued = False
-            ch.queue.clear()
+        self._table.clear_queues()
 
     def _pick(self) -> _Channel | None:
         for level in self._levels:
@@ -553,7 +630,8 @@ class ConnectionCore:
     # ------------------------------------------------------------------ timers
 
     def get_timer(self) -> float | None:
-        """Earliest deadline: next ping, idle timeout, or send-bucket refill when the last
+        """Earliest deadline: next ping, idle timeout, a node-info update waiting for the update
+        rate limit, or send-bucket refill when the last
         ``data_to_send`` was held back by the send rate limit; while CLOSING, the close
         deadline. None when nothing is pending (always in CLOSED and ABORTED)."""
         if self._closing:
@@ -564,6 +642,9 @@ class ConnectionCore:
             deadline = min(deadline, receiver.last_recv + self._config.idle_timeout)
         if self._send_blocked:
             deadline = min(deadline, self._send_bucket.ready_at(self._send_blocked))
+        info_at = self._info.ready_at()
+        if info_at is not None:
+            deadline = min(deadline, info_at)
         return None if deadline == math.inf else deadline
 
     def handle_timer(self, now: float) -> None:
@@ -574,6 +655,7 @@ class ConnectionCore:
                 self._finish(ConnectionState.ABORTED)
             return
         config = self._config
+        self._flush_info(now)
         if now >= self._next_ping:
             self._next_ping = now + config.ping_interval
             self._ping_seq += 1

@@ -28,8 +28,15 @@ data dropped; a TCP reset). So ``close`` / ``aclose`` finish within ``close_time
 the peer does. Every waiting requester and sender then fails with :class:`ConnectionClosed` (or
 the error given to ``close``, e.g. :class:`NodeClosed`).
 
+Channels come and go while the connection is up: the router calls ``add_channel`` /
+``remove_channel`` (requests on a removed channel fail with the error it gives; handlers serving
+the peer's requests on it are cancelled) and the node ``send_info_update``. A node-info update
+from the peer replaces :attr:`PeerConnection.info` and :attr:`PeerConnection.channels` and is
+handed to the router (``Delivery.on_peer_info``).
+
 Callers above (the router, the node) ask the connection, never its core: ``is_open``,
-``is_inbound_active``, ``statistics()``, ``end_reason``, ``close(reason, message, error=...)``.
+``is_inbound_active``, ``statistics()``, ``end_reason``, ``info``, ``channels``, ``info_seq``,
+``close(reason, message, error=...)``.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import anyio.abc
 
 from overlay.connection._core import (
     CancelReceived,
+    ChannelParams,
     ConnectionCore,
     ConnectionState,
     ConnectionStatistics,
@@ -54,6 +62,7 @@ from overlay.connection._core import (
     LatencyMeasured,
     MessageDropped,
     MessageReceived,
+    PeerInfoReceived,
     RequestReceived,
     RequestRejected,
     ResponseReceived,
@@ -98,6 +107,9 @@ class Delivery(Protocol):
     def on_request(
         self, conn: PeerConnection, channel_id: int, request_id: int, payload: bytes
     ) -> None: ...
+
+    def on_peer_info(self, conn: PeerConnection) -> None:
+        """The peer announced a new NodeInfo; ``conn.info`` already holds it."""
 
 
 class RequestExpired(OverlayError):
@@ -148,6 +160,9 @@ class PeerConnection:
     ) -> None:
         self.node_id = node_id
         self.info = info
+        """The peer's current NodeInfo: from the hello, replaced by each node-info update."""
+        self.channels: frozenset[int] = frozenset(info.channels)
+        """The channels the peer serves now (``info.channels``, as a set)."""
         self.outbound = outbound
         self.remote_address = remote_address
         self.remote_host = remote_host
@@ -231,6 +246,11 @@ class PeerConnection:
         return self.core.statistics()
 
     @property
+    def info_seq(self) -> int:
+        """``info_seq`` of the peer's NodeInfo in :attr:`info` (0: from the hello)."""
+        return self.core.peer_info_seq
+
+    @property
     def _finished(self) -> bool:
         """The core's state is final (CLOSED or ABORTED): the tasks stop or have stopped."""
         return self.core.state.final
@@ -306,6 +326,39 @@ class PeerConnection:
     def _check_open(self) -> None:
         if not self.is_open:
             raise self._fresh_close_error()
+
+    # ------------------------------------------------------------------- channels, node info
+
+    def add_channel(self, params: ChannelParams) -> None:
+        """Carry a channel the node opened while this connection was up."""
+        if not self._finished:
+            self.core.add_channel(params)
+
+    def remove_channel(self, channel_id: int, error: Callable[[], OverlayError]) -> None:
+        """Stop carrying a channel the node closed: our requests on it fail with ``error()``,
+        handlers serving the peer's requests on it are cancelled (the core answered them
+        ``NO_HANDLER``), senders waiting for queue space on it wake up."""
+        if self._finished:
+            return
+        for request_id in self.core.remove_channel(channel_id):
+            waiter = self._waiters.pop(request_id, None)
+            if waiter is not None:
+                waiter.error = error()
+                waiter.event.set()
+        for (cid, _rid), scope in self._handlers.items():
+            if cid == channel_id:
+                scope.cancel()
+        self._space.set()  # waiting senders retry, and find the channel gone
+        self._space = anyio.Event()
+        self._kick()
+
+    def send_info_update(self, info_seq: int, payload: bytes) -> None:
+        """Announce our NodeInfo number ``info_seq`` (paced by the core's update rate limit)."""
+        if not self.is_open:
+            return
+        self.core.send_info_update(info_seq, payload, anyio.current_time())
+        self._kick()
+        self._timer_maybe_earlier()
 
     # ------------------------------------------------------------------------------- sending
 
@@ -621,6 +674,12 @@ class PeerConnection:
                     )
                     self._stop()  # the core is CLOSED: the peer said goodbye
                     return
+                case PeerInfoReceived(info_seq=info_seq, info=info):
+                    self.info = info
+                    self.channels = frozenset(info.channels)
+                    log.debug("peer %s announced node info #%d: channels %s", self.node_id,
+                              info_seq, sorted(self.channels))
+                    self._delivery.on_peer_info(self)
                 case IdleTimeout():
                     pass  # the timer task closes the connection when it fires
                 case unreachable:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from overlay.connection._outcome import AttemptOutcome
 from overlay.identity import NodeId
 from overlay.transport._failures import Direction, HandshakeFailureReason
+from overlay.wire._nodeinfo import NodeInfo
 
 __all__ = ["MultiObserver", "NullObserver", "Observer"]
 
@@ -51,6 +52,10 @@ class Observer:
         self, peer: NodeId, *, outbound: bool, remote_host: str, listen_addrs: tuple[str, ...]
     ) -> None:
         """A connection to ``peer`` passed the hello exchange and is now registered."""
+
+    def on_peer_info_updated(self, peer: NodeId, info: NodeInfo) -> None:
+        """A connected ``peer`` announced a new NodeInfo (a channel opened or closed, a new
+        capability record, ...); ``info`` replaces the one from its hello or last update."""
 
     def on_peer_disconnected(self, peer: NodeId, reason: str) -> None:
         """The connection to ``peer`` ended (``reason`` is a short code)."""

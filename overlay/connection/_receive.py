@@ -8,16 +8,21 @@ token bucket, the idle clock (time of the last receipt) and the receive counters
 halves share they are handed at construction as the same objects: the channels, the outbound
 requests in flight (to match responses), the active inbound requests, the control queue
 (:class:`~overlay.connection._types._ControlQueue`, for the replies the core makes by itself),
-the pings awaiting a pong and the event queue. The driver contract and the invariants
-(reassembly rules, discard mode, the decompression limit, the failed state) are stated in the
-docstring of ``overlay/connection/_core.py``; in short:
+the pings awaiting a pong, the node-info sync (:class:`~overlay.connection._infosync.InfoSync`)
+and the event queue. The driver contract and the invariants (reassembly rules, discard mode, the
+decompression limit, the failed state) are stated in the docstring of
+``overlay/connection/_core.py``; in short:
 
 * ``receive_data`` charges the bytes to the receive token bucket, resets the idle clock, then
   drains the :class:`~overlay.wire._frames.FrameDecoder`. A whole uncompressed MESSAGE on a known
   channel with no reassembly in progress is delivered inline (the fast path); every other frame
-  goes to ``_on_control`` (ping: pong queued; pong: RTT sample; disconnect: stop parsing and
-  call ``on_disconnect``, which makes the connection CLOSED), ``_on_cancel``, or ``_on_data``
-  (the :class:`~overlay.wire._frames.MessageAssembler`, then ``_deliver``).
+  goes to ``_on_control`` (ping: pong queued; pong: RTT sample; node-info update: checked by
+  the :class:`~overlay.connection._infosync.InfoSync` shared with the core; disconnect: stop
+  parsing and call ``on_disconnect``, which makes the connection CLOSED), ``_on_cancel``, or
+  ``_on_data`` (the :class:`~overlay.wire._frames.MessageAssembler`, then ``_deliver``).
+* Channels come and go while the connection is up (the shared channel dict is updated in
+  place); ``channel_added`` raises the reassembly limit for unknown channels (never lowered)
+  when a new channel allows larger messages.
 * The first :class:`~overlay.errors.RemoteProtocolError` is kept; every later ``receive_data``
   raises it again. Events of the frames before the violation stay queued.
 * Replies the core makes by itself (pongs; NO_HANDLER and OVERLOADED errors) go to the control
@@ -37,6 +42,7 @@ from typing import assert_never, cast
 
 import zstandard
 
+from overlay.connection._infosync import InfoSync
 from overlay.connection._ratelimit import TokenBucket
 from overlay.connection._types import (
     _CANCEL,
@@ -66,6 +72,7 @@ from overlay.errors import ErrorCode, FrameError, RemoteProtocolError
 from overlay.wire._frames import FLAG_COMPRESSED, HEADER, Discarded, FrameDecoder, MessageAssembler
 from overlay.wire._messages import (
     Disconnect,
+    InfoUpdate,
     Ping,
     Pong,
     decode_control,
@@ -94,6 +101,7 @@ class Receiver:
         "_error",
         "_events",
         "_inbound",
+        "_info",
         "_on_disconnect",
         "_outbound",
         "_pings",
@@ -116,6 +124,7 @@ class Receiver:
         inbound: dict[int, _Channel],
         control: _ControlQueue,
         pings: _Pings,
+        info: InfoSync,
         events: deque[Event],
         on_disconnect: Callable[[], None],
         now: float,
@@ -126,6 +135,7 @@ class Receiver:
         self._inbound = inbound
         self._control = control
         self._pings = pings
+        self._info = info
         self._events = events
         self._on_disconnect = on_disconnect
         self._unknown_limit = max(
@@ -151,6 +161,16 @@ class Receiver:
         self.frames_in = 0
         self.unknown_dropped = 0
         """Messages and requests received on channels we do not have."""
+
+    def channel_added(self, ch: _Channel) -> None:
+        """The core started carrying ``ch`` (already in the shared channel dict): frames on
+        channels we do not have may now be as large as its messages."""
+        if ch.max_size <= self._unknown_limit:
+            return
+        self._unknown_limit = ch.max_size
+        if self._dctx is not None:  # the decompressor's window must cover the new limit
+            window_log = max(10, min(31, math.ceil(math.log2(self._unknown_limit))))
+            self._dctx = zstandard.ZstdDecompressor(max_window_size=1 << window_log)
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Parse received plaintext; queue events. Raises FrameError (or another
@@ -216,6 +236,10 @@ class Receiver:
                 ewma = pings.rtt_ewma
                 pings.rtt_ewma = rtt if ewma is None else ewma + _RTT_ALPHA * (rtt - ewma)
                 self._events.append(LatencyMeasured(rtt))
+            case InfoUpdate() as update:
+                event = self._info.receive(update, now)  # RemoteProtocolError: flood, bad info
+                if event is not None and not self._control.closed:
+                    self._events.append(event)
             case Disconnect(reason=reason, message=message):
                 self.peer_disconnected = True
                 self._on_disconnect()  # nothing more to say to a peer that said goodbye
@@ -293,7 +317,7 @@ class Receiver:
         if ch is None:
             self.unknown_dropped += 1
             if kind == _REQUEST:  # (no text: the peer's size limit for this channel is unknown)
-                self._auto_error(channel_id, request_id, ErrorCode.NO_HANDLER, "", 0)
+                self.auto_error(channel_id, request_id, ErrorCode.NO_HANDLER, "", 0)
             events.append(MessageDropped(channel_id, "unknown channel"))
             return
         if kind == _MESSAGE or kind == _REQUEST:
@@ -309,7 +333,7 @@ class Receiver:
                 raise FrameError(f"duplicate request id {request_id} still active")
             if ch.inbound_active >= ch.max_inbound:
                 ch.rejected += 1
-                self._auto_error(
+                self.auto_error(
                     channel_id,
                     request_id,
                     ErrorCode.OVERLOADED,
@@ -347,9 +371,11 @@ class Receiver:
         else:
             events.append(ErrorReceived(channel_id, request_id, error.code, error.message))
 
-    def _auto_error(
+    def auto_error(
         self, channel_id: int, request_id: int, code: ErrorCode, text: str, budget: int
     ) -> None:
+        """Queue an ERROR reply the core makes by itself (``text`` cut to ``budget`` bytes);
+        also used by the core for the peer's requests on a channel it stops carrying."""
         if not self._room_for_reply(f"{code.name} for request {request_id}"):
             return
         payload = encode_error(code, text, max_message_bytes=budget)

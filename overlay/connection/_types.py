@@ -28,6 +28,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from overlay.connection._infosync import PeerInfoReceived
 from overlay.errors import ChannelError, ConfigError, ErrorCode
 from overlay.wire._frames import HEADER_SIZE
 from overlay.wire._messages import DisconnectReason
@@ -48,6 +49,7 @@ __all__ = [
     "MAX_WIRE_FRAME_PAYLOAD",
     "MessageDropped",
     "MessageReceived",
+    "PeerInfoReceived",  # defined in overlay.connection._infosync
     "RequestReceived",
     "RequestRejected",
     "ResponseReceived",
@@ -282,6 +284,7 @@ Event = (
     | LatencyMeasured
     | DisconnectReceived
     | IdleTimeout
+    | PeerInfoReceived
 )
 
 

@@ -220,6 +220,9 @@ class DiscoveryConfig:
     """Seconds a signed capability record is valid; the node re-signs it well before expiry."""
     seed_mode: bool = False
     """Crawl the network, answer PEX requests with records, and hang up quickly (a seed node)."""
+    pex_enabled: bool = True
+    """Exchange signed records with peers on the PEX channel (ask and answer). Off: the node
+    neither opens the channel nor asks; it learns records from handshakes and the DHT only."""
     pex: PexConfig = field(default_factory=PexConfig)
     dht: DhtSettings = field(default_factory=DhtSettings)
 

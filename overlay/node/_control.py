@@ -16,19 +16,24 @@ from typing import Any, Protocol
 
 import anyio
 
+from discovery import CapabilityInfo
 from overlay._version import __version__
 from overlay.address import NodeAddress
 from overlay.errors import InvalidAddressError, LocalProtocolError
 from overlay.identity import NodeId, parse_node_id
 from overlay.node._config import NodeConfig
+from overlay.node._discovery import DiscoveryState
 from overlay.node._peering import Peering, wall_clock
+from overlay.node._records import NodeCapabilities
 from overlay.operator._control import (
     MAX_BAN_SECONDS,
     MIN_BAN_SECONDS,
     ConflictError,
     PeerBannedError,
+    UnknownCapabilityError,
     UnknownPeerError,
     parse_ban_target,
+    parse_capability,
 )
 from overlay.peers import OperatorPeer, PeerFlag, PeerSnapshot
 from overlay.router._router import Router
@@ -57,6 +62,12 @@ class ControlledNode(Protocol):
 
     @property
     def handshake_failures(self) -> Mapping[Direction, Mapping[HandshakeFailureReason, int]]: ...
+
+    @property
+    def capabilities(self) -> NodeCapabilities: ...
+
+    @property
+    def discovery(self) -> DiscoveryState: ...
 
     async def disconnect(self, node_id: NodeId, message: str = "") -> bool: ...
 
@@ -121,7 +132,43 @@ class NodeControl:
                 direction.value: {reason.value: n for reason, n in counts.items()}
                 for direction, counts in self.node.handshake_failures.items()
             },
+            "record": self._record(),
         }
+
+    def _record(self) -> dict[str, Any]:
+        """Our signed capability record, as ``status`` and ``capabilities`` show it."""
+        caps = self.node.capabilities
+        signed = caps.record
+        return {
+            "seq": signed.seq if signed is not None else None,
+            "issued_at": signed.record.issued_at if signed is not None else None,
+            "expires_at": signed.record.expires_at if signed is not None else None,
+            "addresses": list(signed.record.addresses) if signed is not None else [],
+            "origin": caps.origin.value,
+            "capabilities": _capability_list(caps.current()),
+        }
+
+    def capabilities(self) -> dict[str, Any]:
+        """Our record: seq, lifetime, addresses, where the set comes from, the capabilities."""
+        return self._record()
+
+    async def set_capabilities(self, items: list[str]) -> dict[str, Any]:
+        """Advertise each ``NAME`` or ``NAME=VERSION`` (added or changed; persisted)."""
+        parsed = [parse_capability(text) for text in items]
+        caps = self.node.capabilities
+        merged = dict(caps.current())
+        for name, version in parsed:
+            previous = merged.get(name)
+            attributes = dict(previous.attributes) if previous is not None else {}
+            merged[name] = CapabilityInfo(version, attributes)
+        caps.replace(merged)  # one new record for the whole command
+        return self._record()
+
+    async def remove_capability(self, name: str) -> dict[str, Any]:
+        """Stop advertising ``name``; :class:`UnknownCapabilityError` if it was not."""
+        if not self.node.capabilities.remove(name):
+            raise UnknownCapabilityError(f"capability {name!r} is not advertised")
+        return self._record()
 
     def peers(self) -> list[dict[str, Any]]:
         """Every peer the manager knows, merged with the live connections (call it from the
@@ -149,11 +196,25 @@ class NodeControl:
                     "software_version": conn.info.software_version,
                     "listen_addrs": list(conn.info.listen_addrs),
                     "channels_advertised": list(conn.info.channels),
-                    "capabilities": {},
+                    "info_seq": conn.info_seq,
+                    "capabilities": self._peer_capabilities(conn.node_id),
                     "connection": stats,
                 }
             )
         return sorted(result.values(), key=lambda p: (not p.get("connected", False), p["id"]))
+
+    def _peer_capabilities(self, peer: NodeId) -> dict[str, Any]:
+        peers = self.node.discovery.peers
+        signed = peers.record_of(peer)
+        if signed is None:
+            return {"advertised": [], "confirmed": [], "record_seq": None,
+                    "record_expires_at": None}
+        return {
+            "advertised": _capability_list(signed.record.capabilities),
+            "confirmed": sorted(peers.confirmed(peer)),
+            "record_seq": signed.seq,
+            "record_expires_at": signed.record.expires_at,
+        }
 
     async def dial(self, address: str, *, persistent: bool) -> dict[str, Any]:
         addr = NodeAddress.parse(address)
@@ -307,6 +368,11 @@ class NodeControl:
         self.peering.manager.set_flag(peer, PeerFlag.PERSISTENT, False, now)
         self.peering.wake()
         return {"persistent_removed": peer}
+
+
+def _capability_list(caps: Mapping[str, CapabilityInfo]) -> list[dict[str, Any]]:
+    return [{"name": name, "version": info.version, "attributes": dict(info.attributes)}
+            for name, info in sorted(caps.items())]
 
 
 def _refuse(accepted: bool, reason: str, addr: NodeAddress, peering: Peering, now: float) -> None:

@@ -13,6 +13,9 @@ Reserved channel ids: the node's own protocols use ids below :data:`FIRST_APP_CH
 from __future__ import annotations
 
 from discovery import RecordStore, RecordStoreConfig
+from overlay.identity import NodeId
+from overlay.node._peer_records import PeerRecords
+from overlay.router._router import Router
 
 __all__ = [
     "DHT_CHANNEL_ID",
@@ -30,10 +33,30 @@ FIRST_APP_CHANNEL = 0x10
 
 
 class DiscoveryState:
-    """Verified capability records known to this node (from handshakes, PEX and the DHT)."""
+    """Verified capability records known to this node (from handshakes, PEX and the DHT) and
+    the connected peers' records and confirmed capabilities."""
 
-    __slots__ = ("records",)
+    __slots__ = ("peers", "records")
 
-    def __init__(self, records: RecordStoreConfig | None = None) -> None:
+    def __init__(
+        self, records: RecordStoreConfig | None = None, *, network: str, router: Router
+    ) -> None:
         self.records = RecordStore(records)
         """Newest verified record per node; every entry point verifies before offering."""
+        self.peers = PeerRecords(network=network, router=router, store=self.records)
+        """Connected peers' records from their hello and updates (``overlay.node._peer_records``)
+        and which of their capabilities are confirmed."""
+
+    def confirm(self, peer: NodeId, capability: str) -> None:
+        """``peer`` served a request for ``capability``: it counts as confirmed
+        (``PeerView.confirmed``) until a request for it fails."""
+        self.peers.confirm(peer, capability)
+
+    def refute(self, peer: NodeId, capability: str) -> None:
+        """A request to ``peer`` for ``capability`` failed or was refused: no longer confirmed,
+        suspect for a while, and the peer loses score."""
+        self.peers.refute(peer, capability)
+
+    def confirmed(self, peer: NodeId) -> frozenset[str]:
+        """The capabilities ``peer`` advertises and proved by serving a request."""
+        return self.peers.confirmed(peer)

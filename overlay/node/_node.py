@@ -23,6 +23,12 @@ until closed.
 
 Duplicate connections (both nodes dialing each other at once) are resolved the same way on both
 sides: the connection initiated by the node with the smaller id survives.
+
+Channels open and close at any time (:meth:`Node.channel`, :meth:`Node.close_channel`). Each
+change, and each :meth:`Node.update_local_info`, bumps the node's ``info_seq`` and announces the
+whole new NodeInfo to every connected peer in a CONTROL node-info update (see
+``overlay.connection._infosync`` and docs/protocol.md). A connection whose hello went out before
+the latest change gets the update as soon as it is registered.
 """
 
 from __future__ import annotations
@@ -40,11 +46,12 @@ import anyio.abc
 
 from overlay._version import __version__
 from overlay.address import NodeAddress, is_unspecified
-from overlay.connection._core import ChannelParams, ConnectionCore
+from overlay.connection._core import ConnectionCore
 from overlay.connection._driver import PeerConnection
 from overlay.connection._observer import MultiObserver, Observer
 from overlay.connection._timers import TimerService
 from overlay.errors import (
+    ChannelError,
     ConnectFailure,
     DialError,
     HandshakeTimeout,
@@ -62,13 +69,15 @@ from overlay.node._config import NodeConfig
 from overlay.node._control import NodeControl
 from overlay.node._discovery import DiscoveryState
 from overlay.node._peering import DialOutcome, Peering
+from overlay.node._pex import Pex
+from overlay.node._records import CAPABILITIES_FILE, NodeCapabilities
 from overlay.node._services import NodeServices
 from overlay.node._summary import PeerSummary
 from overlay.node._traffic import TrafficTotals
 from overlay.node._transports import build_transports
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
-from overlay.router._router import Router
+from overlay.router._router import PeerInfoListener, Router, channel_params
 from overlay.transport import Transport, TransportBuilder
 from overlay.transport._failures import Direction, HandshakeFailureReason, handshake_failure_reason
 from overlay.transport._hello import receive_hello, send_hello
@@ -80,6 +89,7 @@ from overlay.wire._nodeinfo import (
     decode_hello_reply,
     decode_node_info,
     encode_hello_reply,
+    encode_info_update,
     encode_node_info,
     hello_frame,
 )
@@ -164,12 +174,24 @@ class Node:
             self.config, self.identity, self._accept_gate, transports
         )
         self.router = Router(self.node_id, self.observer)
+        self._info_seq = 0
+        self._listening = False
+        self._capability_record = b""
         self.channel(PING).handle_requests(_echo)
+        self.router.on_channels_changed = self._announce
         self.admission = admission
         self.gate: Callable[[str], bool] | None = None
         """Optional extra pre-handshake check of a remote host (after the peer manager's)."""
-        self.discovery = DiscoveryState()
+        self.discovery = DiscoveryState(network=self.config.network, router=self.router)
         """Verified capability records and the discovery services' shared state."""
+        disco = self.config.discovery
+        self.capabilities = NodeCapabilities(
+            key, network=self.config.network, ttl=disco.record_ttl, configured=disco.capabilities,
+            state_file=(self.home / self.config.data_dir / CAPABILITIES_FILE
+                        if self.home is not None else None),
+        )
+        """What this node advertises in its signed capability record (a read-only mapping
+        with ``set`` / ``remove`` / ``replace``; see ``overlay.node._records``)."""
         self._services = NodeServices(self, home=self.home, metrics=metrics)
         self._listen_addresses: list[NodeAddress] = []
         self._advertised: list[NodeAddress] = []
@@ -194,6 +216,13 @@ class Node:
         """The peering driver (the peer manager, ``peering.manager``, and its store); exists
         while the node runs."""
         return self._services.peering
+
+    @property
+    def pex(self) -> Pex:
+        """The PEX driver (``overlay.node._pex``): signed records exchanged on channel 2, the
+        ``wanted`` capabilities, ``statistics()``; exists while the node runs (unless
+        ``[discovery] pex_enabled = false``)."""
+        return self._services.pex
 
     @property
     def control(self) -> NodeControl:
@@ -241,8 +270,8 @@ class Node:
 
     def _accept_gate(self, remote_host: str) -> bool:
         """Cheap check before any handshake work (bans, per-IP limits)."""
-        if self._closing or not self._services.started:
-            return False
+        if self._closing or not self._services.started or self.capabilities.record is None:
+            return False  # not ready: every hello carries our signed record
         if not self._services.peering.check_inbound(remote_host):
             return False
         return self.gate is None or self.gate(remote_host)
@@ -264,7 +293,10 @@ class Node:
                 v4, v6 = await host_addresses()  # before the first hello goes out
             await self._tg.start(self._timers.run)
             peering = self._services.open()  # the store; gates and admits from now on
-            self._multi.set(peering, *self._user_observers)
+            self._multi.set(*self._services.observers, self.discovery.peers,
+                            *self._user_observers)
+            self.discovery.peers.start(peering, self._services.metrics)
+            self._listening = True
             for transport in self._transports:
                 serve = functools.partial(
                     transport.serve, self._on_inbound, on_handshake_failed=self._record_failure
@@ -278,6 +310,9 @@ class Node:
                     ) from exc
                 self._listen_addresses.extend(addresses)
                 self._choose_advertised(v4, v6)
+            # Our signed record, in every hello from now on (see overlay.node._records).
+            self.capabilities.start(lambda: self._advertised, self._publish_record)
+            self._tg.start_soon(self.capabilities.run)
             if self.config.app:
                 await run_app(self.config.app, self)
             await self._tg.start(self._services.run)
@@ -357,9 +392,79 @@ class Node:
         return self._listen_addresses[0]
 
     def channel(self, spec: ChannelSpec[M, R]) -> Channel[M, R]:
-        """Open (or get) the channel described by ``spec``, typed by its message classes."""
-        self.router.open_channel(spec)
+        """Open (or get) the channel described by ``spec``, typed by its message classes.
+
+        Works before and after the node started: connected peers learn of a new channel from a
+        node-info update and can use it at once, without reconnecting."""
+        known = any(s.id == spec.id for s in self.router.channel_specs())
+        try:
+            self.router.open_channel(spec)
+        except LocalProtocolError as exc:
+            if not known and not isinstance(exc, ChannelError):  # too big to announce
+                self.router.close_channel(spec)
+            raise
         return Channel(spec, self.router)
+
+    def close_channel(self, channel: ChannelSpec[Any, Any] | int) -> None:
+        """Close a channel (by spec or id) and announce it to connected peers.
+
+        Our pending requests on it, sends waiting for queue space on it and receivers waiting
+        on it fail with :class:`~overlay.errors.ChannelClosed`; requests the peers sent on it
+        are answered ``NO_HANDLER``, and peers' new requests to it fail at once once they
+        heard of it. Opening it again later works. The built-in ping channel stays open
+        (ChannelError)."""
+        if (channel if isinstance(channel, int) else channel.id) == PING.id:
+            raise ChannelError("the built-in overlay.ping channel cannot be closed")
+        self.router.close_channel(channel)
+
+    @property
+    def info_seq(self) -> int:
+        """The sequence number of this node's current NodeInfo (0: as at start; every channel
+        opened or closed and every :meth:`update_local_info` adds one)."""
+        return self._info_seq
+
+    def update_local_info(self, *, capability_record: bytes) -> None:
+        """Replace what this node's NodeInfo carries beyond its channels and addresses (today:
+        the opaque signed ``capability_record`` that discovery fills) and announce it to the
+        connected peers with a node-info update. LocalProtocolError if the NodeInfo would then
+        exceed the update size limit (``MAX_INFO_UPDATE_BYTES``)."""
+        previous = self._capability_record
+        self._capability_record = bytes(capability_record)
+        try:
+            encode_info_update(self._info_seq + 1, self.local_info())
+        except LocalProtocolError:
+            self._capability_record = previous
+            raise
+        self._announce()
+
+    def _publish_record(self, record: bytes) -> None:
+        """A new signed record of ours (``overlay.node._records``): the first one is part of
+        the NodeInfo as at start (``info_seq`` 0; no hello went out before it, see
+        ``_accept_gate``), later ones are announced."""
+        if not self._capability_record:
+            self._capability_record = record
+            return
+        self.update_local_info(capability_record=record)
+
+    def subscribe_peer_info(self, listener: PeerInfoListener) -> Callable[[], None]:
+        """Call ``listener(peer_id, info)`` each time a connected peer announces a new NodeInfo
+        (synchronously, from that peer's reader: do not block). Returns the unsubscribe
+        function. The observer's ``on_peer_info_updated`` hears the same."""
+        return self.router.add_peer_info_listener(listener)
+
+    def _announce(self) -> None:
+        """Our NodeInfo changed: a new ``info_seq``, sent to every connected peer. Before the
+        node listens no hello can have gone out, so a change then (a service opening its
+        channel at start) is part of the NodeInfo every hello carries, at ``info_seq`` 0."""
+        if not self._listening:
+            return
+        self._info_seq += 1
+        peers = [conn for conn in self.router.peers() if conn.is_open]
+        if not peers:
+            return
+        payload = encode_info_update(self._info_seq, self.local_info())
+        for conn in peers:
+            conn.send_info_update(self._info_seq, payload)
 
     def connected_peers(self) -> list[NodeId]:
         return list(self.router.connected_peers())
@@ -381,6 +486,7 @@ class Node:
             channels=tuple(sorted(s.id for s in self.router.channel_specs())),
             listen_addrs=tuple(str(a) for a in self._advertised),
             software_version=f"overlay/{__version__}",
+            capability_record=self._capability_record,
             compression=("zstd",) if conf.connection.compression else (),
             moniker=conf.moniker,
         )
@@ -425,12 +531,13 @@ class Node:
         try:
             # Our hello rides with the handshake's last message (one write, one read fewer).
             hello = hello_frame(encode_node_info(self.local_info()))
+            hello_seq = self._info_seq
             remaining = deadline - anyio.current_time()  # after any wait for another dial
             if remaining <= 0:
                 raise DialError(f"no time left to dial {addr}", ConnectFailure.TIMEOUT)
             stream = await transport.dial(addr, timeout=remaining, first_data=hello)
             hello_limit = deadline - anyio.current_time()  # the caller's budget covers it all
-            await self._tg.start(self._run_connection, stream, True, hello_limit)
+            await self._tg.start(self._run_connection, stream, True, hello_limit, hello_seq)
         except OverlayError as exc:
             if not isinstance(exc, DialError):  # could not connect: a dial failure, not this
                 self._count_failure(exc, Direction.OUTBOUND)
@@ -477,18 +584,9 @@ class Node:
     def _core_for(self, remote: NodeInfo) -> ConnectionCore:
         conf = self.config.connection
         compression = conf.compression and "zstd" in remote.compression
-        params = [
-            ChannelParams(
-                channel_id=spec.id,
-                priority=spec.priority,
-                send_queue_size=spec.send_queue_size,
-                max_message_size=spec.max_message_size,
-                max_concurrent_inbound=spec.max_concurrent_requests,
-            )
-            for spec in self.router.channel_specs()
-        ]
+        params = [channel_params(spec) for spec in self.router.channel_specs()]
         return ConnectionCore(conf.core_config(), params, now=anyio.current_time(),
-                              compression=compression)
+                              compression=compression, peer_info=remote)
 
     def _admit(
         self, node_id: NodeId, remote_host: str, outbound: bool
@@ -518,11 +616,15 @@ class Node:
             return self.admission(node_id, remote_host, outbound)
         return None
 
-    async def _hello(self, stream: SecureStream, outbound: bool) -> tuple[NodeInfo, bytes]:
-        """Exchange NodeInfo (see ``overlay.wire._nodeinfo``); returns it and leftover bytes."""
+    async def _hello(
+        self, stream: SecureStream, outbound: bool
+    ) -> tuple[NodeInfo, bytes, int | None]:
+        """Exchange NodeInfo (see ``overlay.wire._nodeinfo``); returns it, leftover bytes and,
+        for an inbound connection, the ``info_seq`` of the NodeInfo we answered with."""
         node_id = stream.extra(PeerAttribute.node_id)
         remote_host = stream.extra(PeerAttribute.remote_host, "")
         local = self.local_info()
+        local_seq = self._info_seq  # what ``local`` is (admission may open a channel)
         buffer = bytearray()
         if outbound:  # our hello went out with the handshake (Node.dial)
             remote = decode_hello_reply(await receive_hello(stream, buffer))
@@ -541,7 +643,7 @@ class Node:
                     await send_hello(stream, encode_hello_reply(problem))
                 raise IncompatiblePeerError(problem[0].label, problem[1])
             await send_hello(stream, encode_hello_reply(local))
-        return remote, bytes(buffer)
+        return remote, bytes(buffer), None if outbound else local_seq
 
     def _retire(self, conn: PeerConnection) -> None:
         self._retired = self._retired.plus(conn.core.statistics())
@@ -551,6 +653,7 @@ class Node:
         stream: SecureStream,
         outbound: bool,
         hello_limit: float | None = None,
+        hello_seq: int = 0,
         *,
         task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -560,7 +663,9 @@ class Node:
             timeout = max(0.0, min(timeout, hello_limit))
         try:
             with anyio.fail_after(timeout):
-                remote, leftover = await self._hello(stream, outbound)
+                remote, leftover, sent_seq = await self._hello(stream, outbound)
+            if sent_seq is not None:
+                hello_seq = sent_seq
         except TimeoutError:
             await _close_quietly(stream)
             raise HandshakeTimeout(f"hello with {node_id} took over {timeout:g} s") from None
@@ -603,6 +708,10 @@ class Node:
             timers=self._timers,
         )
         self.router.add_peer(conn)
+        if hello_seq != self._info_seq:  # our NodeInfo changed since the hello went out
+            conn.send_info_update(
+                self._info_seq, encode_info_update(self._info_seq, self.local_info())
+            )
         self.observer.on_peer_connected(
             node_id, outbound=outbound, remote_host=conn.remote_host,
             listen_addrs=remote.listen_addrs,

@@ -217,9 +217,10 @@ class Peering(Observer):
         """Persist what is still dirty (on shutdown)."""
         if self.store is None:
             return
-        for action in self.manager.poll(self._now()):
-            if isinstance(action, Persist):
-                await self._persist(action)
+        # Not poll(): it holds back changes younger than persist_interval.
+        action = self.manager.flush(self._now())
+        if action is not None:
+            await self._persist(action)
         await anyio.to_thread.run_sync(self.store.close)
 
     async def _execute(self, action: Action) -> None:

@@ -1,5 +1,5 @@
 """The node's services besides its connections: the peering driver (the peer manager and its
-SQLite store), the admin API and the Prometheus endpoint.
+SQLite store), PEX (``overlay.node._pex``), the admin API and the Prometheus endpoint.
 
 Theory of operation
 -------------------
@@ -8,8 +8,9 @@ A :class:`NodeServices` belongs to one :class:`~overlay.Node`, which drives it:
 1. :meth:`NodeServices.open`, as the node starts and before any listener is bound: opens the
    peer store (``HOME/data_dir/peers.sqlite``, the directory created with mode 0700; a node
    without a home keeps its peers in memory) and builds the :class:`Peering` driver, which
-   from then on gates and admits inbound connections and observes every peer.
-2. :meth:`NodeServices.run`, once the listeners are bound: runs the driver, the admin API (a
+   from then on gates and admits inbound connections and observes every peer, and the
+   :class:`~overlay.node._pex.Pex` driver (it opens the PEX channel, so every hello lists it).
+2. :meth:`NodeServices.run`, once the listeners are bound: runs the driver, PEX, the admin API (a
    node with a home only: its token and ``admin.json`` are files there) and the metrics
    endpoint (when ``[metrics] enabled``) in its own task group, and reports ready.
 3. :meth:`NodeServices.withdraw`, first thing at shutdown: removes ``admin.json`` so the CLI no
@@ -29,9 +30,12 @@ import anyio
 import anyio.abc
 
 from overlay._version import __version__
+from overlay.connection._observer import Observer
 from overlay.errors import ConfigError, LocalProtocolError
 from overlay.node._control import ControlledNode, NodeControl
+from overlay.node._discovery import DiscoveryState
 from overlay.node._peering import Dialer, Peering
+from overlay.node._pex import Pex
 from overlay.node._traffic import TrafficTotals, channel_loads
 from overlay.transport import Transport
 
@@ -58,6 +62,9 @@ class ServedNode(ControlledNode, Protocol):
     @property
     def dial_outcome(self) -> Dialer: ...
 
+    @property
+    def discovery(self) -> DiscoveryState: ...
+
 
 def private_directory(path: Path, key: str = "data_dir") -> None:
     """Create ``path`` with mode 0700, or tighten an existing one readable by others."""
@@ -81,6 +88,7 @@ class NodeServices:
         self.metrics = metrics
         self._peering: Peering | None = None
         self._control: NodeControl | None = None
+        self._pex: Pex | None = None
         self._admin_serving = False
 
     @property
@@ -94,6 +102,19 @@ class NodeServices:
         if self._control is None:
             raise LocalProtocolError("the node is not running (its control starts with it)")
         return self._control
+
+    @property
+    def pex(self) -> Pex:
+        if self._pex is None:
+            raise LocalProtocolError(
+                "PEX is not running (it starts with the node; [discovery] pex_enabled)"
+            )
+        return self._pex
+
+    @property
+    def observers(self) -> tuple[Observer, ...]:
+        """The services that observe the node's peers (after :meth:`open`)."""
+        return tuple(o for o in (self._peering, self._pex) if o is not None)
 
     @property
     def started(self) -> bool:
@@ -111,6 +132,8 @@ class NodeServices:
                           dial=node.dial_outcome, store_path=store_path, metrics=self.metrics)
         self._peering = peering
         self._control = NodeControl(node, peering)
+        if config.discovery.pex_enabled:
+            self._pex = Pex(node, peering)  # opens the PEX channel before the first hello
         return peering
 
     def close_store(self) -> None:
@@ -124,6 +147,8 @@ class NodeServices:
         peering, control = self.peering, self.control
         async with anyio.create_task_group() as tg:
             await tg.start(peering.run)
+            if self._pex is not None:
+                await tg.start(self._pex.run)
             try:
                 await self._serve_operator(tg, control)
                 task_status.started()
@@ -218,4 +243,6 @@ class NodeServices:
             inbound_accepted=sum(t.accepted for t in transports),
             inbound_refused=refused,
             pending_evictions=sum(t.evicted_handshakes for t in transports),
+            record_seq=node.capabilities.record.seq if node.capabilities.record else 0,
+            capability_peers=node.discovery.peers.capability_counts(),
         )

@@ -31,6 +31,7 @@ class PeerSummary:
             "software_version": conn.info.software_version,
             "listen_addrs": list(conn.info.listen_addrs),
             "channels": list(conn.info.channels),
+            "info_seq": conn.info_seq,
             "connected_since": conn.connected_at,
             "statistics": _stats_dict(stats),
         }

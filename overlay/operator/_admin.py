@@ -26,6 +26,9 @@ Routes (JSON in, JSON out)::
     GET  /persistent                                     Control.persistent()
     POST /persistent/add     {"address": str}            mark persistent (stored), dial it
     POST /persistent/remove  {"id": str}                 clear the operator's persistent flag
+    GET  /capabilities                                   Control.capabilities() (our record)
+    POST /capabilities/set     {"capabilities": [str]}   advertise NAME / NAME=VERSION (live)
+    POST /capabilities/remove  {"name": str}             stop advertising NAME (live)
 
 Input is validated here before :class:`~overlay.operator._control.Control` sees it (JSON object,
 known
@@ -72,8 +75,10 @@ from overlay.operator._control import (
     ConflictError,
     Control,
     PeerBannedError,
+    UnknownCapabilityError,
     UnknownPeerError,
     parse_ban_target,
+    parse_capability,
 )
 from overlay.operator._http import (
     HttpServerConfig,
@@ -103,6 +108,8 @@ ADMIN_INFO_FILE = "admin.json"
 """Name of the file in the node home that tells the CLI where the admin API listens."""
 
 _TOKEN_BYTES = 32
+_MAX_CAPABILITY_ITEMS = 32
+"""Capabilities one ``/capabilities/set`` may name (a record holds at most 32)."""
 
 
 # -- token and admin.json --------------------------------------------------------------------
@@ -285,6 +292,9 @@ class AdminApp:
             "/persistent": {"GET": self._persistent},
             "/persistent/add": {"POST": self._persistent_add},
             "/persistent/remove": {"POST": self._persistent_remove},
+            "/capabilities": {"GET": self._capabilities},
+            "/capabilities/set": {"POST": self._capabilities_set},
+            "/capabilities/remove": {"POST": self._capabilities_remove},
         }
         """Path -> method -> handler."""
 
@@ -307,7 +317,7 @@ class AdminApp:
             return _error(405, f"{request.path} takes {allow}", Allow=allow)
         try:
             result = await handler(request)
-        except UnknownPeerError as exc:
+        except (UnknownPeerError, UnknownCapabilityError) as exc:
             return _error(404, exc)
         except ConflictError as exc:
             return _error(409, exc)
@@ -386,6 +396,28 @@ class AdminApp:
         node_id = str(parse_node_id(_string(data, "id")))
         return await _logged(f"remove persistent flag of {node_id}", {"peer": node_id},
                              self._control.remove_persistent(node_id))
+
+    async def _capabilities(self, request: Request) -> object:
+        return self._control.capabilities()
+
+    async def _capabilities_set(self, request: Request) -> object:
+        data = _json_body(request, {"capabilities": True})
+        items = data["capabilities"]
+        if (not isinstance(items, list) or not items or len(items) > _MAX_CAPABILITY_ITEMS
+                or not all(isinstance(i, str) for i in items)):
+            raise BadRequestError(
+                f"field 'capabilities' must be a list of 1 to {_MAX_CAPABILITY_ITEMS} strings"
+            )
+        parsed = [parse_capability(text) for text in items]  # LocalProtocolError -> 400
+        texts = [f"{name}={version}" for name, version in parsed]
+        return await _logged(f"set capabilities {' '.join(texts)}", {},
+                             self._control.set_capabilities(texts))
+
+    async def _capabilities_remove(self, request: Request) -> object:
+        data = _json_body(request, {"name": True})
+        name, _ = parse_capability(_string(data, "name"))
+        return await _logged(f"remove capability {name}", {},
+                             self._control.remove_capability(name))
 
 
 async def _logged(action: str, extra: Mapping[str, str], call: Awaitable[object]) -> object:

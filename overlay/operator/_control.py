@@ -23,6 +23,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Protocol
 
+from discovery import valid_capability_name
 from overlay.errors import InvalidAddressError, LocalProtocolError
 from overlay.identity import parse_node_id
 
@@ -33,8 +34,10 @@ __all__ = [
     "MAX_BAN_SECONDS",
     "MIN_BAN_SECONDS",
     "PeerBannedError",
+    "UnknownCapabilityError",
     "UnknownPeerError",
     "parse_ban_target",
+    "parse_capability",
 ]
 
 
@@ -46,6 +49,10 @@ MAX_BAN_SECONDS = 10 * 365 * 86400.0
 
 class UnknownPeerError(LocalProtocolError):
     """The node id (or IP) named by the operator is not known to the node."""
+
+
+class UnknownCapabilityError(LocalProtocolError):
+    """The capability named by the operator is not advertised by the node (HTTP 404)."""
 
 
 class BadRequestError(LocalProtocolError):
@@ -126,6 +133,37 @@ class Control(Protocol):
         """Clear the persistent flag set by ``dial --persistent``; :class:`UnknownPeerError` if
         the peer is not persistent, :class:`ConflictError` if ``persistent_peers`` lists it."""
         ...
+
+    def capabilities(self) -> dict[str, Any]:
+        """The node's signed record: ``{"seq", "issued_at", "expires_at", "addresses",
+        "origin": "config" | "operator", "capabilities": [{"name", "version",
+        "attributes"}]}``."""
+        ...
+
+    async def set_capabilities(self, items: list[str]) -> dict[str, Any]:
+        """Advertise each ``NAME`` / ``NAME=VERSION`` (one new record; persisted); the answer
+        is :meth:`capabilities` after the change."""
+        ...
+
+    async def remove_capability(self, name: str) -> dict[str, Any]:
+        """Stop advertising ``name`` (persisted); :class:`UnknownCapabilityError` if it was
+        not advertised."""
+        ...
+
+
+def parse_capability(text: str) -> tuple[str, int]:
+    """``NAME`` or ``NAME=VERSION`` -> ``(name, version)`` (version 0 when omitted);
+    :class:`LocalProtocolError` when the name or the version (a uint32) is malformed."""
+    name, sep, version = text.strip().partition("=")
+    if not valid_capability_name(name):
+        raise LocalProtocolError(
+            f"{name!r} is not a capability name (a lower-case letter, then a-z 0-9 _ . -; 1-32)"
+        )
+    if not sep:
+        return name, 0
+    if not (version.isascii() and version.isdigit() and int(version) < 2**32):
+        raise LocalProtocolError(f"version {version!r} of {name!r} is not a uint32")
+    return name, int(version)
 
 
 def parse_ban_target(text: str) -> str:

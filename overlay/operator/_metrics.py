@@ -49,7 +49,22 @@ metric                                                     type       labels
 ``overlay_slow_peer_events_total``                         counter    channel
 ``overlay_invalid_messages_total``                         counter    channel
 ``overlay_node_info``                                      gauge (1)  node_id, network, version
+``overlay_records_received_total``                         counter    entry (handshake/update)
+``overlay_records_rejected_total``                         counter    entry, reason
+``overlay_record_seq``                                     gauge      (our record's seq)
+``overlay_capability_peers``                               gauge      capability, kind
+``overlay_pex_requests_sent_total``                        counter    outcome
+``overlay_pex_requests_served_total``                      counter    verdict (served/rate_limited)
+``overlay_pex_records_received_total``                     counter
+``overlay_pex_records_accepted_total``                     counter
+``overlay_pex_records_rejected_total``                     counter    reason
+``overlay_pex_penalties_total``                            counter    reason
 =========================================================  =========  ============================
+
+The PEX driver (``overlay.node._pex``) feeds the ``pex`` family: requests it sent by outcome
+(``answered``, ``refused``, ``failed``), requests it served or refused by rate limit, records
+received, stored, and rejected by reason (a ``RecordRejection`` value, or ``stale`` /
+``source_limit`` / ``expired`` from the record store), and penalties by ``Penalty`` value.
 
 The peering driver (``overlay.node._peering``) feeds the dial, eviction, disconnect and ban
 counters:
@@ -184,6 +199,11 @@ class MetricsSnapshot:
     pending_evictions: int = 0
     """Pending inbound handshakes cut to make room for a newcomer from a less represented
     netgroup since start."""
+    record_seq: int = 0
+    """The seq of this node's signed capability record (0 before the first is signed)."""
+    capability_peers: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """Per capability: connected peers whose record advertises it, and those of them that
+    confirmed it by serving a request."""
 
 
 SnapshotSource = Callable[[], MetricsSnapshot]
@@ -302,6 +322,19 @@ class _SnapshotCollector(Collector):
             for name in sorted(snap.channels):
                 family.add_metric([name], getter(snap.channels[name]))
             out.append(family)
+        gauge("record_seq", "Sequence number of this node's signed capability record.",
+              snap.record_seq)
+        caps = GaugeMetricFamily(
+            f"{ns}_capability_peers",
+            "Connected peers per capability: kind=advertised (their record lists it) or "
+            "confirmed (they also served a request for it).",
+            labels=["capability", "kind"],
+        )
+        busiest = sorted(snap.capability_peers.items(), key=lambda kv: (-kv[1][0], kv[0]))
+        for name, (advertised, confirmed) in sorted(busiest[:MAX_LABEL_VALUES]):
+            caps.add_metric([name, "advertised"], advertised)
+            caps.add_metric([name, "confirmed"], confirmed)
+        out.append(caps)
         return out
 
 
@@ -372,7 +405,35 @@ class NodeMetrics:
             "invalid_messages", "Messages from peers that did not decode or validate.",
             ("channel",),
         )
+        self._records_received = counter(
+            "records_received", "Peers' capability records received, by entry point.",
+            ("entry",),
+        )
+        self._records_rejected = counter(
+            "records_rejected", "Peers' capability records refused, by entry point and reason.",
+            ("entry", "reason"),
+        )
         self._info = Info("node", "Identity of this node.", namespace=namespace, registry=reg)
+        self._pex_sent = counter(
+            "pex_requests_sent", "PEX requests this node sent, by outcome.", ("outcome",)
+        )
+        self._pex_served = counter(
+            "pex_requests_served", "PEX requests from peers, served or refused by rate limit.",
+            ("verdict",),
+        )
+        for verdict in ("served", "rate_limited"):
+            self._pex_served.labels(verdict)
+        self._pex_received = counter("pex_records_received", "Records received in PEX answers.")
+        self._pex_accepted = counter(
+            "pex_records_accepted", "PEX records verified and stored in the record store."
+        )
+        self._pex_rejected = counter(
+            "pex_records_rejected", "PEX records not stored, by reason.", ("reason",)
+        )
+        self._pex_penalties = counter(
+            "pex_penalties", "Peers penalised for the records they handed over, by reason.",
+            ("reason",),
+        )
 
     def _cap(self, metric: str, value: str) -> str:
         cap = self._caps.get(metric)
@@ -440,6 +501,37 @@ class NodeMetrics:
     def invalid_message(self, channel: str) -> None:
         """A peer sent an invalid message on ``channel``."""
         self._invalid.labels(self._cap("channel", channel)).inc()
+
+    def record_received(self, entry: str) -> None:
+        """A peer presented a new capability record at ``entry`` (``handshake``, ``update``)."""
+        self._records_received.labels(self._cap("records_received", entry)).inc()
+
+    def record_rejected(self, entry: str, reason: str) -> None:
+        """A peer's record was refused at ``entry`` for ``reason`` (a ``RecordRejection``
+        value: ``bad_signature``, ``expired``, ``stale_seq``...)."""
+        self._records_rejected.labels(
+            self._cap("records_rejected", entry), self._cap("records_rejected_reason", reason)
+        ).inc()
+    def pex_request_sent(self, outcome: str) -> None:
+        """A PEX request this node sent ended: ``answered``, ``refused`` or ``failed``."""
+        self._pex_sent.labels(self._cap("pex_requests_sent", outcome)).inc()
+
+    def pex_request_served(self, verdict: str) -> None:
+        """A peer's PEX request was ``served`` or refused (``rate_limited``)."""
+        self._pex_served.labels(self._cap("pex_requests_served", verdict)).inc()
+
+    def pex_records(self, *, received: int, accepted: int) -> None:
+        """One PEX answer was taken in: ``received`` records, ``accepted`` of them stored."""
+        self._pex_received.inc(received)
+        self._pex_accepted.inc(accepted)
+
+    def pex_record_rejected(self, reason: str) -> None:
+        """A PEX record was not stored (a verification or record-store reason)."""
+        self._pex_rejected.labels(self._cap("pex_records_rejected", reason)).inc()
+
+    def pex_penalty(self, reason: str) -> None:
+        """A peer was penalised for the records it handed over (a ``Penalty`` value)."""
+        self._pex_penalties.labels(self._cap("pex_penalties", reason)).inc()
 
     def render(self) -> bytes:
         """The text exposition format of every metric (what ``/metrics`` returns)."""

@@ -126,6 +126,7 @@ from overlay.peers._types import (
     PeerManagerCounters,
     PeerManagerStatistics,
     PeerSnapshot,
+    Persist,
     ProtectionHook,
     ScoreEvent,
     Source,
@@ -506,6 +507,13 @@ class PeerManager:
             actions.append(persist)
         self._agenda.wake = False
         return actions
+
+    def flush(self, now: float) -> Persist | None:
+        """Every change not yet persisted, whatever ``persist_interval`` says (the driver's
+        last write at shutdown); None when there is none."""
+        self._now = now
+        self._agenda.urgent = True
+        return self._changes.poll(now)
 
     def _still_connected(self, node_id: NodeId) -> bool:
         rec = self._peers.get(node_id)

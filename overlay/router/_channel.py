@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from overlay.connection._outcome import AttemptOutcome
-from overlay.errors import ConfigError, NodeClosed
+from overlay.errors import ChannelClosed, ConfigError, NodeClosed
 from overlay.identity import NodeId
 from overlay.router._codec import Codec
 from overlay.router._destination import To
@@ -197,7 +197,8 @@ class Channel(Generic[M, R]):
         self._backend.set_handler(self.spec, handler)
 
     async def receive(self) -> Envelope[M]:
-        """Wait for the next inbound fire-and-forget message."""
+        """Wait for the next inbound fire-and-forget message (``ChannelClosed`` if the channel is
+        closed meanwhile; ``async for`` over the channel then simply ends)."""
         env: Envelope[M] = await self._backend.receive(self.spec)
         return env
 
@@ -212,7 +213,7 @@ class Channel(Generic[M, R]):
         while True:
             try:
                 env = await self.receive()
-            except NodeClosed:
+            except (NodeClosed, ChannelClosed):
                 return
             yield env
 

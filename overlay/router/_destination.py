@@ -66,7 +66,9 @@ class PeerView:
     requests_in_flight: int
     """Our requests to this peer waiting for an answer, all channels together."""
     channels: frozenset[int] = frozenset()
-    """Channel ids the peer has open (requests on other channels fail fast)."""
+    """Channel ids the peer has open now: from its hello, then from each node-info update it
+    sends when it opens or closes a channel (requests on other channels fail fast, with
+    ``RequestError(NO_HANDLER)``)."""
     requests_in_flight_by_channel: Mapping[int, int] = field(default_factory=lambda: _NO_REQUESTS)
     """Channel id to our requests in flight on it (channels with none are left out)."""
     score: float | None = None

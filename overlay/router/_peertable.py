@@ -3,8 +3,9 @@
 A :class:`PeerTable` holds the router's live connections by node id and is the
 :class:`~overlay.router._destination.PeerSet` every destination selects from. Ids come straight
 from the table; a :class:`~overlay.router._destination.PeerView` is built only when a destination
-asks for one (from the connection's round-trip meter, its hello, the node's score source and the
-capabilities discovery recorded), so sending to ``BROADCAST`` or a peer id allocates no views.
+asks for one (from the connection's round-trip meter, the peer's current NodeInfo, that is its
+hello or its latest node-info update, the node's score source and the capabilities discovery
+recorded), so sending to ``BROADCAST`` or a peer id allocates no views.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class PeerTable:
             connected_since=conn.connected_at,
             rtt=meter.rtt,
             requests_in_flight=meter.in_flight,
-            channels=frozenset(conn.info.channels),
+            channels=conn.channels,  # live: updated by the peer's node-info updates
             requests_in_flight_by_channel=meter.in_flight_by_channel(),
             score=None if source is None else source(conn.node_id),
             advertised=_NONE if caps is None else caps.advertised,

@@ -27,6 +27,13 @@ Theory of operation
   connections; views built only on demand, nothing per message), never from the router itself.
 * Inbound requests run their handler in a task of the connection's task group; the peer's CANCEL
   cancels it, closing the connection cancels all of them.
+* Channels open and close at any time. Opening one adds it to every live connection; closing one
+  removes it from them (our requests on it fail with :class:`~overlay.errors.ChannelClosed`, the
+  peer's get ``NO_HANDLER``) and ends its inbox. Either way ``on_channels_changed`` (set by the
+  node) is called so the node can announce its new NodeInfo. What each peer serves is
+  ``conn.channels``, kept current by the peer's node-info updates: a request to a peer that does
+  not serve the channel fails at once with ``RequestError(NO_HANDLER)``, the error the peer
+  itself would answer, without a round trip.
 """
 
 from __future__ import annotations
@@ -42,10 +49,12 @@ import anyio
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from overlay.connection._core import ChannelParams
 from overlay.connection._driver import PeerConnection, RequestExpired
 from overlay.connection._observer import Observer
 from overlay.connection._outcome import AttemptOutcome, outcome_of_error_code
 from overlay.errors import (
+    ChannelClosed,
     ChannelError,
     ConnectionClosed,
     DecodeError,
@@ -71,8 +80,12 @@ from overlay.router._channel import (
 from overlay.router._destination import LOCAL, Destination, To, no_route
 from overlay.router._peertable import PeerTable
 from overlay.transport._asyncio import current_clock
+from overlay.wire._nodeinfo import NodeInfo
 
-__all__ = ["Router"]
+__all__ = ["PeerInfoListener", "Router", "channel_params"]
+
+PeerInfoListener = Callable[[NodeId, NodeInfo], None]
+"""Called with a connected peer's id and its new NodeInfo after it announced a change."""
 
 log = logging.getLogger("overlay.router")
 
@@ -108,6 +121,22 @@ class _ChannelState:
     served: int = 0
     failed: int = 0
     slow: int = 0
+    closed: bool = False
+
+
+def channel_params(spec: ChannelSpec[Any, Any]) -> ChannelParams:
+    """What a connection needs to know about a channel."""
+    return ChannelParams(
+        channel_id=spec.id,
+        priority=spec.priority,
+        send_queue_size=spec.send_queue_size,
+        max_message_size=spec.max_message_size,
+        max_concurrent_inbound=spec.max_concurrent_requests,
+    )
+
+
+def _closed_error(spec: ChannelSpec[Any, Any]) -> Callable[[], ChannelClosed]:
+    return lambda: ChannelClosed(f"channel {spec.name!r} ({spec.id}) was closed on this node")
 
 
 def _check_timeout(timeout: float | None) -> None:
@@ -139,6 +168,9 @@ class Router:
         self._peers = self._table.connections
         self._closed = False
         self._local_report = DeliveryReport(delivered=(local_id,), failed=_NO_FAILURES)
+        self.on_channels_changed: Callable[[], None] | None = None
+        """Called after a channel was opened or closed (the node announces its NodeInfo)."""
+        self._info_listeners: list[PeerInfoListener] = []
 
     # --------------------------------------------------------------------------- peer table
 
@@ -169,7 +201,35 @@ class Router:
         send, recv = anyio.create_memory_object_stream[Envelope[Any]](spec.recv_queue_size)
         state = _ChannelState(spec, send, recv)
         self._channels[spec.id] = state
+        if self._peers:
+            params = channel_params(spec)
+            for conn in self._peers.values():
+                conn.add_channel(params)
+        if self.on_channels_changed is not None:
+            self.on_channels_changed()
         return state
+
+    def close_channel(self, channel: ChannelSpec[Any, Any] | int) -> None:
+        """Close a channel: live connections stop carrying it, our pending requests on it and
+        its waiting senders and receivers fail with ChannelClosed, messages still in its inbox
+        are dropped. ChannelError if it is not open (or is another channel with that id)."""
+        if self._closed:
+            raise NodeClosed("the node is closed")
+        cid = channel if isinstance(channel, int) else channel.id
+        state = self._channels.get(cid)
+        if state is None or not (
+            isinstance(channel, int) or state.spec is channel or state.spec == channel
+        ):
+            raise ChannelError(f"channel {channel!r} is not open on this node")
+        del self._channels[cid]
+        state.closed = True
+        error = _closed_error(state.spec)
+        for conn in list(self._peers.values()):
+            conn.remove_channel(cid, error)
+        state.inbox_send.close()
+        state.inbox_recv.close()
+        if self.on_channels_changed is not None:
+            self.on_channels_changed()
 
     def channel(self, spec: ChannelSpec[Any, Any]) -> Channel[Any, Any]:
         self.open_channel(spec)
@@ -211,6 +271,31 @@ class Router:
     def get_peer(self, node_id: NodeId) -> PeerConnection | None:
         return self._peers.get(node_id)
 
+    def peer_channels(self, node_id: NodeId) -> frozenset[int]:
+        """The channel ids a connected peer serves now (empty when it is not connected)."""
+        conn = self._peers.get(node_id)
+        return frozenset() if conn is None else conn.channels
+
+    def add_peer_info_listener(self, listener: PeerInfoListener) -> Callable[[], None]:
+        """Call ``listener(peer, info)`` whenever a connected peer announces a new NodeInfo
+        (synchronously, from the peer's reader: it must not block). Returns a function that
+        removes it."""
+        self._info_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._info_listeners:
+                self._info_listeners.remove(listener)
+
+        return remove
+
+    def on_peer_info(self, conn: PeerConnection) -> None:
+        self._observer.on_peer_info_updated(conn.node_id, conn.info)
+        for listener in list(self._info_listeners):
+            try:
+                listener(conn.node_id, conn.info)
+            except Exception:  # a listener bug must not take the connection down
+                log.exception("peer-info listener %r failed", listener)
+
     def peers(self) -> list[PeerConnection]:
         return list(self._peers.values())
 
@@ -234,6 +319,8 @@ class Router:
         try:
             return await state.inbox_recv.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if state.closed:
+                raise _closed_error(spec)() from None
             raise NodeClosed("the node is closed") from None
 
     def receive_nowait(self, spec: ChannelSpec[Any, Any]) -> Envelope[Any]:
@@ -243,6 +330,8 @@ class Router:
         except anyio.WouldBlock:
             raise WouldBlock(f"no message waiting on channel {spec.name!r}") from None
         except (anyio.EndOfStream, anyio.ClosedResourceError):
+            if state.closed:
+                raise _closed_error(spec)() from None
             raise NodeClosed("the node is closed") from None
 
     async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None:
@@ -418,7 +507,12 @@ class Router:
         except WouldBlock:
             pass
         with anyio.move_on_after(wait):
-            await conn.send_message(state.spec.id, payload)
+            try:
+                await conn.send_message(state.spec.id, payload)
+            except ChannelError:
+                if state.closed:  # closed while we waited for queue space
+                    raise _closed_error(state.spec)() from None
+                raise
             return
         state.slow += 1
         self._observer.on_slow_peer(target, state.spec.name)
@@ -485,6 +579,12 @@ class Router:
         outcome = AttemptOutcome.CANCELLED
         try:
             try:
+                if spec.id not in conn.channels:
+                    # What the peer would answer (and counted as its refusal), without the
+                    # round trip: its NodeInfo (hello or latest update) does not list the channel.
+                    raise RequestError(
+                        ErrorCode.NO_HANDLER, f"peer {target} does not serve channel {spec.name!r}"
+                    )
                 data = await conn.request(
                     spec.id, payload, deadline=deadline.at if deadline.own else None
                 )

@@ -3,8 +3,8 @@
 Theory of operation
 -------------------
 The generated ``proto.overlay_pb2`` classes never leave this module: callers get frozen
-dataclasses (:class:`ErrorPayload`, :class:`Ping`, :class:`Pong`, :class:`Disconnect`) and
-``IntEnum`` codes. Every decoder turns *any* malformed input into
+dataclasses (:class:`ErrorPayload`, :class:`Ping`, :class:`Pong`, :class:`Disconnect`,
+:class:`InfoUpdate`) and ``IntEnum`` codes. Every decoder turns *any* malformed input into
 :class:`~overlay.errors.FrameError` (the bytes came from the peer). Encoders are total on valid
 dataclasses: text is truncated at a UTF-8 character boundary to a fixed byte budget so that an
 error or disconnect payload always fits in one small frame.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError as _PbDecodeError
 
-from overlay.errors import ErrorCode, FrameError
+from overlay.errors import ErrorCode, FrameError, LocalProtocolError
 from proto import overlay_pb2 as _pb
 
 __all__ = [
@@ -28,8 +28,10 @@ __all__ = [
     "Disconnect",
     "DisconnectReason",
     "ErrorPayload",
+    "InfoUpdate",
     "MAX_DISCONNECT_MESSAGE_BYTES",
     "MAX_ERROR_MESSAGE_BYTES",
+    "MAX_INFO_UPDATE_BYTES",
     "Ping",
     "Pong",
     "decode_control",
@@ -43,6 +45,10 @@ MAX_ERROR_MESSAGE_BYTES = 1024
 """ERROR messages are truncated to this many UTF-8 bytes when encoded."""
 MAX_DISCONNECT_MESSAGE_BYTES = 256
 """Disconnect messages are truncated to this many UTF-8 bytes when encoded."""
+
+MAX_INFO_UPDATE_BYTES = 32768
+"""Largest CONTROL payload carrying a node-info update; a larger one is a protocol violation
+(and :func:`encode_control` refuses to make one)."""
 
 _U64 = (1 << 64) - 1
 _I32_MAX = (1 << 31) - 1
@@ -121,7 +127,20 @@ class Disconnect:
     """Human-readable detail (may be empty)."""
 
 
-ControlMessage = Ping | Pong | Disconnect
+@dataclass(frozen=True, slots=True)
+class InfoUpdate:
+    """Control: the sender's NodeInfo changed; ``node_info`` replaces the one it sent before.
+
+    ``node_info`` is the encoded ``NodeInfo`` protobuf, kept opaque at this level (decode it
+    with ``overlay.wire._nodeinfo.decode_node_info``)."""
+
+    info_seq: int
+    """u64, strictly increasing per sender; the hello counts as 0."""
+    node_info: bytes
+    """The encoded NodeInfo."""
+
+
+ControlMessage = Ping | Pong | Disconnect | InfoUpdate
 
 
 def truncate_utf8(text: str, max_bytes: int) -> bytes:
@@ -168,12 +187,28 @@ def encode_control(
     message: ControlMessage, *, max_message_bytes: int = MAX_DISCONNECT_MESSAGE_BYTES
 ) -> bytes:
     """Encode a CONTROL payload (a disconnect message is truncated to ``max_message_bytes``,
-    at most :data:`MAX_DISCONNECT_MESSAGE_BYTES`; the rest of the payload takes ≤ 16 bytes)."""
+    at most :data:`MAX_DISCONNECT_MESSAGE_BYTES`; the rest of the payload takes ≤ 16 bytes).
+    An :class:`InfoUpdate` larger than :data:`MAX_INFO_UPDATE_BYTES` raises
+    :class:`~overlay.errors.LocalProtocolError`."""
     pb = _pb.Control()
     if isinstance(message, Ping):
         pb.ping.nonce = message.nonce & _U64
     elif isinstance(message, Pong):
         pb.pong.nonce = message.nonce & _U64
+    elif isinstance(message, InfoUpdate):
+        if not 0 < message.info_seq <= _U64:
+            raise LocalProtocolError(f"info_seq must be in 1..2**64-1, not {message.info_seq}")
+        pb.node_info_update.info_seq = message.info_seq
+        try:
+            pb.node_info_update.node_info.MergeFromString(message.node_info)
+        except (_PbDecodeError, ValueError) as exc:
+            raise LocalProtocolError(f"not an encoded NodeInfo: {exc}") from None
+        data = pb.SerializeToString()
+        if len(data) > MAX_INFO_UPDATE_BYTES:
+            raise LocalProtocolError(
+                f"node-info update of {len(data)} bytes exceeds {MAX_INFO_UPDATE_BYTES}"
+            )
+        return data
     else:
         reason = int(message.reason)
         pb.disconnect.reason = reason if -_I32_MAX - 1 <= reason <= _I32_MAX else 0  # type: ignore[assignment]
@@ -196,4 +231,15 @@ def decode_control(data: bytes) -> ControlMessage:
         return Pong(pb.pong.nonce)
     if which == "disconnect":
         return Disconnect(DisconnectReason.from_wire(pb.disconnect.reason), pb.disconnect.message)
+    if which == "node_info_update":
+        if len(data) > MAX_INFO_UPDATE_BYTES:
+            raise FrameError(
+                f"node-info update of {len(data)} bytes exceeds {MAX_INFO_UPDATE_BYTES}"
+            )
+        update = pb.node_info_update
+        if update.info_seq == 0:
+            raise FrameError("node-info update with info_seq 0 (the hello is 0)")
+        if not update.HasField("node_info"):
+            raise FrameError("node-info update without a NodeInfo")
+        return InfoUpdate(int(update.info_seq), update.node_info.SerializeToString())
     raise FrameError("CONTROL payload carries no known message")

@@ -15,6 +15,14 @@ Each message is a 4-byte big-endian length followed by the protobuf bytes; the l
 against :data:`MAX_HELLO_SIZE` before the body is read. Compatibility is symmetric, so both sides
 reach the same verdict: same network, same protocol major version, and at least one common
 channel.
+
+After the hello, a node whose NodeInfo changes (a channel opened or closed, a new capability
+record) sends it again in a CONTROL ``NodeInfoUpdate`` with a strictly increasing ``info_seq``
+(the hello counts as 0; see ``overlay.connection._infosync`` and docs/protocol.md).
+:func:`check_info_update` is the update's counterpart of :func:`check_compatible`: the network and
+the protocol version are fixed for the life of a connection, so a change is a protocol violation;
+the channels may change freely (no common channel left is not a violation: either side may
+open one again).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError as _PbDecodeError
 
 from overlay.errors import FrameError, HandshakeTimeout, IncompatiblePeerError
-from overlay.wire._messages import DisconnectReason
+from overlay.wire._messages import DisconnectReason, InfoUpdate, encode_control
 from proto import overlay_pb2 as pb
 
 __all__ = [
@@ -34,9 +42,11 @@ __all__ = [
     "NodeInfo",
     "PROTOCOL_VERSION",
     "check_compatible",
+    "check_info_update",
     "decode_hello_reply",
     "decode_node_info",
     "encode_hello_reply",
+    "encode_info_update",
     "encode_node_info",
     "hello_frame",
     "hello_length",
@@ -150,6 +160,28 @@ def check_compatible(local: NodeInfo, remote: NodeInfo) -> tuple[DisconnectReaso
     if not set(remote.channels) & set(local.channels):
         return (DisconnectReason.NO_COMMON_CHANNEL, "no channel in common")
     return None
+
+
+def check_info_update(current: NodeInfo, update: NodeInfo) -> str | None:
+    """``None`` when ``update`` may replace ``current`` (the peer's NodeInfo from its hello or
+    its last applied update), else why it is a protocol violation."""
+    if update.network != current.network:
+        return (
+            f"node-info update changes the network from {current.network!r} "
+            f"to {update.network!r}"
+        )
+    if update.protocol_version != current.protocol_version:
+        return (
+            f"node-info update changes the protocol version from {current.protocol_version} "
+            f"to {update.protocol_version}"
+        )
+    return None
+
+
+def encode_info_update(info_seq: int, info: NodeInfo) -> bytes:
+    """The CONTROL payload announcing ``info`` as this node's NodeInfo number ``info_seq``
+    (LocalProtocolError when it exceeds ``MAX_INFO_UPDATE_BYTES``)."""
+    return encode_control(InfoUpdate(info_seq, encode_node_info(info)))
 
 
 def hello_frame(payload: bytes) -> bytes:
