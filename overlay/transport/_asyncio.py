@@ -54,7 +54,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from ipaddress import IPv6Address, ip_address
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -184,9 +184,9 @@ class _Protocol(asyncio.BufferedProtocol):
         self.error: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(0)
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(0)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.buffer
@@ -395,7 +395,6 @@ async def _connect_one(
     transport, protocol = await loop.create_connection(
         lambda: _Protocol(loop), host, port, local_addr=local_address
     )
-    assert isinstance(transport, asyncio.Transport) and isinstance(protocol, _Protocol)
     return AsyncioSocketStream(transport, protocol)
 
 
@@ -524,7 +523,6 @@ class AsyncioTcpListener:
         transport, protocol = await loop.connect_accepted_socket(
             lambda: _Protocol(loop), client
         )
-        assert isinstance(transport, asyncio.Transport) and isinstance(protocol, _Protocol)
         return AsyncioSocketStream(transport, protocol)
 
     async def aclose(self) -> None:
