@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-NODES ?= 4
+TESTNET ?= testnets/default.toml
 
 .PHONY: testnet test pytest lint typecheck imports proto bench bench-quick clean
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 testnet: $(STAMP)
-	$(BIN)/overlay testnet --nodes $(NODES)
+	$(BIN)/overlay testnet --manifest $(TESTNET) --report testnet-report.json --plot testnet.png
 
 test: lint typecheck imports pytest
 

@@ -31,9 +31,9 @@ from overlay.transport import RawListener, Transport, TransportBuilder
 from overlay.transport._setup import TransportSetup
 
 __all__ = [
+    "IpMemoryTransport",
     "NETWORK",
     "PORT",
-    "IpMemoryTransport",
     "PexTestNode",
     "QUIET_PEX",
     "host_of",

@@ -68,6 +68,12 @@ class FakeControl:
             raise self.fail
         return {"address": address, "persistent": persistent, "node_id": address[:40]}
 
+    async def providers(self, capability: str) -> dict[str, Any]:
+        self.calls.append(("providers", capability))
+        return {"capability": capability, "providers": [{"id": ID_A, "addresses": [],
+                "version": 1, "after": 0.01}], "rounds": 2, "messages": 9,
+                "outcome": "exhausted", "elapsed": 0.02, "first_provider_after": 0.01}
+
     async def disconnect(self, node_id: str) -> dict[str, Any]:
         self.calls.append(("disconnect", node_id))
         if node_id not in self.connected:

@@ -63,6 +63,9 @@ class QuietControl:
     async def dial(self, address: str, *, persistent: bool) -> dict[str, Any]:
         return {"address": address}
 
+    async def providers(self, capability: str) -> dict[str, Any]:
+        return {"capability": capability, "providers": []}
+
     async def disconnect(self, node_id: str) -> dict[str, Any]:
         if node_id != ID_A:
             raise UnknownPeerError(node_id)

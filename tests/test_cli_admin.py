@@ -61,6 +61,12 @@ class FakeControl:
             raise self.dial_error
         return {"node_id": address[:40], "state": "connected"}
 
+    async def providers(self, capability: str) -> dict[str, Any]:
+        self.calls.append(("providers", capability))
+        return {"capability": capability, "providers": [{"id": ID_A, "addresses": [],
+                "version": 1, "after": 0.01}], "rounds": 2, "messages": 9,
+                "outcome": "exhausted", "elapsed": 0.02, "first_provider_after": 0.01}
+
     async def disconnect(self, node_id: str) -> dict[str, Any]:
         self.calls.append(("disconnect", node_id))
         if node_id != ID_A:
@@ -401,3 +407,19 @@ def test_format_peers_tolerates_sparse_dicts() -> None:
     ])
     assert table.splitlines()[1].split()[3] == f"{ID_A}@[::1]:7"
     assert table.splitlines()[2].split()[3] == f"memory:{ID_B}"
+
+
+@pytest.mark.anyio
+async def test_providers_runs_a_lookup_and_prints_its_cost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async with node(tmp_path) as n:
+        assert await n.run("providers", "archive") == 0
+        out = capsys.readouterr().out
+        assert "1 provider(s) of archive: 2 rounds, 9 messages" in out
+        assert ID_A in out
+        assert await n.run("providers", "archive", "--json") == 0
+        assert json.loads(capsys.readouterr().out)["messages"] == 9
+        assert ("providers", "archive") in n.control.calls
+    with pytest.raises(SystemExit):
+        run_sync(["providers", "Not A Cap", "--home", str(tmp_path)])

@@ -18,7 +18,6 @@ from anyio.abc import TaskStatus
 from prometheus_client.parser import text_string_to_metric_families
 
 from overlay.address import NodeAddress
-from overlay.cli._testnet import LOOPBACK_NETWORKS
 from overlay.connection._observer import Observer
 from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import (
@@ -365,7 +364,7 @@ async def test_dials_failures_evictions_disconnects_and_bans_are_counted(
     tmp_path: Path,
 ) -> None:
     # No automatic redial of a failed address within the test (backoff_base), loopback exempt.
-    base = PeerManagerConfig(exempt_networks=LOOPBACK_NETWORKS, backoff_base=60.0,
+    base = PeerManagerConfig(exempt_networks=("127.0.0.0/8", "::1/128"), backoff_base=60.0,
                              persistent_backoff_cap=60.0)
     # C has one inbound slot and protects nobody: a second inbound peer evicts the first.
     small = replace(base, max_connections=2, max_outbound=1, protect_netgroups=0,

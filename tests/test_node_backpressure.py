@@ -8,6 +8,7 @@ and finally the sender's bounded per-peer channel queue is full. Every step is o
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from overlay.errors import (
     WouldBlock,
 )
 from overlay.node import Node
+from overlay.node._config import DhtSettings
 from overlay.peers import PeerManagerConfig
 from overlay.router._channel import Channel, ChannelSpec, DeliveryReport
 from overlay.router._codec import BytesCodec
@@ -89,7 +91,10 @@ peer manager's scoring (a stalled peer is reported slow on every timed-out send)
 async def star(transport: str, spokes: int, spec: ChannelSpec[bytes, bytes] = BULK
                ) -> AsyncIterator[Star]:
     net = MemoryNetwork()
+    # No DHT: these tests measure the send path, without background lookups on the side.
     config = config_for(transport, peers=TOLERANT)
+    config = dataclasses.replace(config, discovery=dataclasses.replace(
+        config.discovery, dht=DhtSettings(enabled=False)))
     async with AsyncExitStack() as stack:
         hub = await stack.enter_async_context(make_node(config, net))
         nodes = [await stack.enter_async_context(make_node(config, net))

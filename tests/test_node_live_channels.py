@@ -18,6 +18,7 @@ from overlay.connection._observer import Observer
 from overlay.errors import ChannelClosed, ChannelError, ErrorCode, RequestError
 from overlay.identity import NodeId
 from overlay.node import Node
+from overlay.node._discovery import DHT_CHANNEL_ID
 from overlay.node._node import PING
 from overlay.router._channel import ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
@@ -200,6 +201,10 @@ async def test_async_iteration_ends_when_the_channel_closes(transport: str) -> N
             b.close_channel(LATE)
 
 
+BUILT_IN = (PING.id, DHT_CHANNEL_ID)
+"""The channels every node opens (the DHT's is on by default)."""
+
+
 class Recorder(Observer):
     def __init__(self) -> None:
         self.updates: list[tuple[NodeId, tuple[int, ...]]] = []
@@ -215,7 +220,7 @@ async def test_peer_info_listeners_and_capability_record_updates(transport: str)
             lambda peer, info: heard.append((peer, info.capability_record, info.channels)))
         b.update_local_info(capability_record=b"signed record v1")
         await wait_until(lambda: len(heard) == 1)
-        assert heard == [(b.node_id, b"signed record v1", (1,))]
+        assert heard == [(b.node_id, b"signed record v1", BUILT_IN)]
         conn = a.router.get_peer(b.node_id)
         assert conn is not None and conn.info.capability_record == b"signed record v1"
         assert conn.core.peer_info_seq == b.info_seq
@@ -238,7 +243,7 @@ async def test_observer_hears_updates_and_every_peer_is_told(transport: str) -> 
         b.close_channel(LATE)
         await wait_until(lambda: not sees(c, b.node_id, LATE.id))
         await wait_until(lambda: not sees(a, b.node_id, LATE.id))
-        assert recorder.updates == [(b.node_id, (1,))]
+        assert recorder.updates == [(b.node_id, BUILT_IN)]
 
 
 @pytest.mark.parametrize("bad", ["network", "malformed"])

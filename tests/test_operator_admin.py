@@ -50,7 +50,7 @@ class Refusing:
     def capabilities(self) -> dict[str, Any]:
         return {}
 
-    dial = disconnect = ban = unban = add_seed = remove_seed = _fail
+    dial = disconnect = ban = unban = add_seed = remove_seed = providers = _fail
     add_persistent = remove_persistent = set_capabilities = remove_capability = _fail
 
 

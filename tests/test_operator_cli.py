@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 
 from overlay import cli
-from overlay.cli import _testnet
-from overlay.errors import ConfigError
 from overlay.node._config import load_config
 
 OVERLAY = [sys.executable, "-m", "overlay.cli"]
@@ -128,7 +126,7 @@ def test_help_is_plain_text_and_shows_the_defaults(capsys: pytest.CaptureFixture
     testnet = _help(capsys, "testnet")
     assert "--seed SEED seed of the random choices" in testnet
     assert "--backend {asyncio,trio} async backend" in testnet
-    for default in ("(default: 4)", "(default: 3.0)", "(default: 1)", "(default: asyncio)"):
+    for default in ("(default: 8)", "(default: 15.0)", "(default: 1)", "(default: asyncio)"):
         assert default in testnet
     assert "(default: None)" not in testnet + init and "(default: False)" not in init
 
@@ -147,7 +145,7 @@ def test_help_of_init_explains_force_and_new_key(capsys: pytest.CaptureFixture[s
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["testnet", "--nodes", "1"], "argument --nodes: must be at least 2, got 1"),
+        (["testnet", "--nodes", "2"], "argument --nodes: must be at least 3, got 2"),
         (["testnet", "--nodes", "x"], "argument --nodes: invalid integer 'x'"),
         (["testnet", "--duration", "-1"],
          "argument --duration: must be a positive number of seconds, got -1"),
@@ -156,7 +154,8 @@ def test_help_of_init_explains_force_and_new_key(capsys: pytest.CaptureFixture[s
          "argument --duration: must be a positive number of seconds, got 0"),
         (["testnet", "--duration", "inf"],
          "argument --duration: must be a positive number of seconds, got inf"),
-        (["testnet", "--concurrency", "0"], "argument --concurrency: must be at least 1"),
+        (["testnet", "--seeds", "0"], "argument --seeds: must be at least 1"),
+        (["testnet", "--mode", "docker"], "argument --mode: invalid choice: 'docker'"),
     ],
 )
 def test_testnet_arguments_are_checked_by_argparse(
@@ -168,24 +167,6 @@ def test_testnet_arguments_are_checked_by_argparse(
     err = capsys.readouterr().err
     assert err.startswith("usage: overlay testnet")
     assert f"overlay testnet: error: {message}" in err
-
-
-def test_a_failed_testnet_says_why_and_shows_no_nan() -> None:
-    report = _testnet.TestnetReport(nodes=3, duration=1.0, connections=4)
-    report.errors["dial: DialError"] += 2
-    text = report.render()
-    assert "nan" not in text and "p50 -" in text
-    assert text.endswith(
-        "result:                 FAILED: 4 of 6 peer links connected; 2 errors; "
-        "no request completed"
-    )
-    assert not report.ok
-
-
-@pytest.mark.anyio
-async def test_run_testnet_refuses_a_duration_without_traffic() -> None:
-    with pytest.raises(ConfigError, match="'duration': must be a positive number of seconds"):
-        await _testnet.run_testnet(2, 0.0, out=None)
 
 
 def test_start_refuses_a_memory_listen_address(

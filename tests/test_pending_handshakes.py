@@ -19,7 +19,6 @@ import anyio.abc
 import pytest
 
 from overlay.address import ListenAddress, NodeAddress
-from overlay.cli._testnet import LOOPBACK_NETWORKS
 from overlay.errors import ConfigError
 from overlay.identity import NodeKey
 from overlay.node import Node
@@ -34,6 +33,9 @@ from tests.support import both_backends, wait_until
 anyio_backend = both_backends()
 
 ADMITTED = PendingOutcome.ADMITTED
+
+LOOPBACK_NETWORKS = ("127.0.0.0/8", "::1/128")
+"""Every node of a loopback test is on 127.0.0.1: exempt from per-IP / netgroup limits."""
 
 
 # ------------------------------------------------------------------------------ the table

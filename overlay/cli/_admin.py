@@ -5,6 +5,7 @@
     overlay status [--json]
     overlay peers [--json]
     overlay dial ADDR [--persistent]
+    overlay providers CAP [--json]            DHT lookup: providers, rounds, messages
     overlay disconnect ID
     overlay ban ID|IP [--for DURATION]        DURATION: 90, 30s, 10m, 2h, 7d, 1w, 1h30m
     overlay unban ID|IP
@@ -289,6 +290,31 @@ def cmd_dial(args: argparse.Namespace) -> int:
     return _report(f"dialed {kind} {args.address}", result)
 
 
+def format_providers(result: Mapping[str, Any]) -> str:
+    """The ``/providers`` answer as text (``overlay providers``)."""
+    providers = result.get("providers") or []
+    lines = [f"{len(providers)} provider(s) of {result.get('capability')}: "
+             f"{result.get('rounds')} rounds, {result.get('messages')} messages, "
+             f"{_ms(result.get('elapsed'))} ({result.get('outcome')}); first after "
+             f"{_ms(result.get('first_provider_after'))}"]
+    if providers:
+        lines.append(_table(
+            ("ID", "VERSION", "ADDRESSES", "AFTER"),
+            [(str(p.get("id")), str(p.get("version")), ", ".join(p.get("addresses") or ()) or "-",
+              _ms(p.get("after"))) for p in providers],
+        ))
+    return "\n".join(lines)
+
+
+def cmd_providers(args: argparse.Namespace) -> int:
+    result = _client(args).providers(args.capability)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print(format_providers(result))
+    return 0 if result.get("providers") else 1
+
+
 def format_bans(bans: Sequence[Mapping[str, Any]]) -> str:
     """A table of the ``/bans`` answer (``overlay bans``)."""
     if not bans:
@@ -466,6 +492,12 @@ def register(sub: Any, add: AddParser) -> None:
     p.add_argument("--persistent", action="store_true",
                    help="keep redialing it forever (persisted)")
     p.set_defaults(func=cmd_dial)
+
+    p = add("providers", "look up the providers of a capability in the DHT (rounds, messages)")
+    p.add_argument("capability", type=_capability_name, metavar="CAP",
+                   help="capability name")
+    p.add_argument("--json", action="store_true", help="print the raw JSON")
+    p.set_defaults(func=cmd_providers)
 
     p = add("disconnect", "close the connection to a peer")
     p.add_argument("id", type=_node_id, metavar="ID", help="node id")

@@ -187,6 +187,9 @@ class AdminClient:
         return self._object(self.request("POST", "/dial",
                                  {"address": address, "persistent": persistent}))
 
+    def providers(self, capability: str) -> dict[str, Any]:
+        return self._object(self.request("POST", "/providers", {"capability": capability}))
+
     def disconnect(self, node_id: str) -> dict[str, Any]:
         return self._object(self.request("POST", "/disconnect", {"id": node_id}))
 

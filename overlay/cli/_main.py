@@ -5,7 +5,9 @@
     overlay init --home DIR [--network NAME] [--listen ADDR] [--force] [--new-key]
     overlay id --home DIR
     overlay start --home DIR
-    overlay testnet --nodes N [--duration S]
+    overlay testnet [--nodes N --cap NAME=SHARE --target CAP:K=V | --manifest FILE]
+                    [--mode inproc|tcp|procs] [--report FILE.json] [--plot FILE.png]
+    overlay testnet init --nodes N --out DIR [--compose]
     overlay simulate --nodes N --seed S [--manifest FILE] --report FILE.json
 
 ``overlay --help`` and every ``overlay COMMAND --help`` show each option's default.
@@ -192,19 +194,9 @@ def _backend_options(backend: str) -> dict[str, Any] | None:
 
 
 def cmd_testnet(args: argparse.Namespace) -> int:
-    from overlay.cli._testnet import run_testnet
+    from overlay.cli._testnet import cmd_testnet as run
 
-    setup_logging("warning", "text")
-
-    async def main() -> bool:
-        report = await run_testnet(args.nodes, args.duration, concurrency=args.concurrency,
-                                   seed=args.seed)
-        print(report.render())
-        return report.ok
-
-    ok = anyio.run(main, backend=args.backend,
-              backend_options=_backend_options(args.backend))
-    return 0 if ok else 1
+    return run(args, _backend_options)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -299,19 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "imported from the working directory or the installed packages)")
     p.set_defaults(func=cmd_start)
 
-    testnet_help = "run a local multi-node testnet and print a summary"
-    p = sub.add_parser("testnet", help=testnet_help, description=testnet_help,
+    from overlay.cli._testnet import TESTNET_HELP, add_testnet_parser
+
+    p = sub.add_parser("testnet", help=TESTNET_HELP, description=TESTNET_HELP,
                        formatter_class=HelpFormatter)
-    p.add_argument("--nodes", type=_at_least(2), default=4, help="number of nodes, at least 2")
-    p.add_argument("--duration", type=_positive_seconds, default=3.0,
-                   help="seconds of traffic (more than 0)")
-    p.add_argument("--concurrency", type=_at_least(1), default=4,
-                   help="request loops per node (at least 1)")
-    p.add_argument("--seed", type=int, default=1,
-                   help="seed of the random choices (payloads, which peer each request goes to): "
-                        "the same seed makes the same traffic")
-    p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio",
-                   help=_BACKEND_HELP)
+    add_testnet_parser(p, at_least=_at_least, seconds=_positive_seconds,
+                       backend_help=_BACKEND_HELP)
     p.set_defaults(func=cmd_testnet)
 
     simulate_help = "simulate N nodes' discovery and routing cores on virtual time (seeded)"

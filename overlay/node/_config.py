@@ -102,6 +102,11 @@ class ConnectionConfig:
     dials, ``overlay dial``): connecting, the Noise handshake and the NodeInfo exchange together
     must finish within ``dial_timeout + handshake_timeout``. The peer manager's own dials use
     ``[peers] dial_timeout`` instead."""
+    dial_from_listen_host: bool = False
+    """Dial out from the host of the first ``tcp://`` listen address that names one (not
+    ``0.0.0.0`` / ``::``), so peers see connections come from the address they would dial back.
+    A loopback testnet gives every node its own ``127.A.B.1`` and sets this, so per-IP and
+    netgroup limits act as on a real network (off: the system picks the source address)."""
     max_pending_handshakes: int = _TRANSPORT.max_pending_handshakes
     """Inbound connections allowed to be mid-handshake at once; more are closed at once, unless
     the newcomer's netgroup is under-represented among them: then the oldest pending handshake
@@ -195,6 +200,8 @@ class DhtSettings:
     """Connections opened only for DHT queries at once; they never take peer slots."""
     transient_idle: float = 10.0
     """Seconds an unused transient connection stays open for reuse."""
+    max_transient_per_ip: int = 4
+    """Inbound transient connections accepted at once from one remote host."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 64:
@@ -207,6 +214,8 @@ class DhtSettings:
         _positive("transient_idle", self.transient_idle)
         if self.max_transient_connections < 1:
             raise ConfigError("max_transient_connections", "must be at least 1")
+        if self.max_transient_per_ip < 1:
+            raise ConfigError("max_transient_per_ip", "must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from overlay.address import NodeAddress
 from overlay.errors import InvalidAddressError, LocalProtocolError
 from overlay.identity import NodeId, parse_node_id
 from overlay.node._config import NodeConfig
+from overlay.node._dht import NodeDht
 from overlay.node._discovery import DiscoveryState
 from overlay.node._peering import Peering, wall_clock
 from overlay.node._records import NodeCapabilities
@@ -70,6 +71,9 @@ class ControlledNode(Protocol):
     def discovery(self) -> DiscoveryState: ...
 
     async def disconnect(self, node_id: NodeId, message: str = "") -> bool: ...
+
+    @property
+    def dht(self) -> NodeDht | None: ...
 
 
 def jsonable(value: Any) -> Any:
@@ -202,6 +206,11 @@ class NodeControl:
                 }
             )
         return sorted(result.values(), key=lambda p: (not p.get("connected", False), p["id"]))
+
+    async def providers(self, capability: str) -> dict[str, Any]:
+        if self.node.dht is None:
+            raise LocalProtocolError("the DHT is disabled ([discovery.dht] enabled = false)")
+        return await self.node.dht.lookup_report(capability)
 
     def _peer_capabilities(self, peer: NodeId) -> dict[str, Any]:
         peers = self.node.discovery.peers

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 import anyio
 import anyio.abc
 
+from discovery import ProviderStream
 from overlay._version import __version__
 from overlay.address import NodeAddress, is_unspecified
 from overlay.connection._core import ConnectionCore
@@ -67,6 +68,7 @@ from overlay.node._advertise import advertised_addresses, check_external_address
 from overlay.node._app import run_app
 from overlay.node._config import NodeConfig
 from overlay.node._control import NodeControl
+from overlay.node._dht import DHT, NodeDht
 from overlay.node._discovery import DiscoveryState
 from overlay.node._peering import DialOutcome, Peering
 from overlay.node._pex import Pex
@@ -74,6 +76,7 @@ from overlay.node._records import CAPABILITIES_FILE, NodeCapabilities
 from overlay.node._services import NodeServices
 from overlay.node._summary import PeerSummary
 from overlay.node._traffic import TrafficTotals
+from overlay.node._transient import TransientConnections, is_transient_hello
 from overlay.node._transports import build_transports
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
@@ -178,6 +181,8 @@ class Node:
         self._listening = False
         self._capability_record = b""
         self.channel(PING).handle_requests(_echo)
+        if self.config.discovery.dht.enabled:  # part of the NodeInfo as at start
+            self.router.open_channel(DHT)
         self.router.on_channels_changed = self._announce
         self.admission = admission
         self.gate: Callable[[str], bool] | None = None
@@ -193,10 +198,21 @@ class Node:
         """What this node advertises in its signed capability record (a read-only mapping
         with ``set`` / ``remove`` / ``replace``; see ``overlay.node._records``)."""
         self._services = NodeServices(self, home=self.home, metrics=metrics)
+        self.dht: NodeDht | None = None
+        """The node's DHT (``[discovery.dht] enabled``): ``find_providers``, statistics."""
+        self._transient: TransientConnections | None = None
+        self._timers = TimerService()
+        if self.config.discovery.dht.enabled:
+            self._transient = TransientConnections(
+                self.config.discovery.dht, spec=DHT, connection=self.config.connection,
+                timers=self._timers, observer=self.observer, dial=self._dial_stream,
+                local_info=self.local_info,
+            )
+            self.dht = NodeDht(self, self._transient, records=self.discovery.records)
+            self._services.add(self.dht.run)
         self._listen_addresses: list[NodeAddress] = []
         self._advertised: list[NodeAddress] = []
         self._tg: anyio.abc.TaskGroup | None = None
-        self._timers = TimerService()
         self._started = False
         self._closing = False
         self._dials: dict[NodeId, anyio.Event] = {}  # dials in progress, by peer
@@ -293,7 +309,8 @@ class Node:
                 v4, v6 = await host_addresses()  # before the first hello goes out
             await self._tg.start(self._timers.run)
             peering = self._services.open()  # the store; gates and admits from now on
-            self._multi.set(*self._services.observers, self.discovery.peers,
+            watchers = (self.dht.watcher,) if self.dht is not None else ()
+            self._multi.set(*self._services.observers, self.discovery.peers, *watchers,
                             *self._user_observers)
             self.discovery.peers.start(peering, self._services.metrics)
             self._listening = True
@@ -370,6 +387,8 @@ class Node:
             for conn in conns:
                 conn.close(DisconnectReason.SHUTDOWN, "node shutting down",
                            error=NodeClosed("the node is shutting down"))
+            if self._transient is not None:
+                self._transient.close_all()
             # Each connection ends within close_timeout on its own (the timer task aborts it);
             # the margin only guards against a driver that could not run its finally block.
             with anyio.move_on_after(self.config.connection.close_timeout + 1.0):
@@ -547,6 +566,29 @@ class Node:
             done.set()
         return DialOutcome(addr.node_id, new=True)
 
+    @contextlib.asynccontextmanager
+    async def find_providers(
+        self, capability: str, *, want: int | None = None, max_messages: int | None = None
+    ) -> AsyncIterator[ProviderStream]:
+        """Look up the nodes providing ``capability`` in the DHT: ``async with
+        node.find_providers("blocksync") as found: async for record in found: ...`` yields
+        each verified provider record as it arrives (the first before the lookup ends);
+        ``found.report`` holds rounds, messages and latency once it ended. Stops after
+        ``want`` providers or ``max_messages`` queries, or when the block is left.
+        LocalProtocolError when the DHT is disabled; NodeClosed when the node is not running.
+        """
+        if self.dht is None:
+            raise LocalProtocolError("the DHT is disabled ([discovery.dht] enabled = false)")
+        async with self.dht.find_providers(
+            capability, want=want, max_messages=max_messages
+        ) as stream:
+            yield stream
+
+    async def _dial_stream(self, addr: NodeAddress, first_data: bytes,
+                           timeout: float) -> SecureStream:
+        """Connect and authenticate only (transient connections run their own hello)."""
+        return await self._transport_for(addr).dial(addr, timeout=timeout, first_data=first_data)
+
     def _transport_for(self, addr: NodeAddress) -> Transport:
         for transport in self._transports:
             if transport.protocol == addr.protocol:
@@ -637,7 +679,15 @@ class Node:
                 raise IncompatiblePeerError(problem[0].label, problem[1])
         else:
             remote = decode_node_info(await receive_hello(stream, buffer))
-            problem = check_compatible(local, remote) or self._admit(node_id, remote_host, False)
+            if self._transient is not None and is_transient_hello(remote):
+                # DHT-only: the transient budget admits it, never the peer manager.
+                problem = check_compatible(local, remote) or (
+                    (DisconnectReason.SELF, "connected to ourselves") if node_id == self.node_id
+                    else self._transient.admit(remote_host)
+                )
+            else:
+                problem = check_compatible(local, remote) or self._admit(
+                    node_id, remote_host, False)
             if problem is not None:
                 with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
                     await send_hello(stream, encode_hello_reply(problem))
@@ -677,6 +727,9 @@ class Node:
         except BaseException:
             await _close_quietly(stream)
             raise
+        if not outbound and self._transient is not None and is_transient_hello(remote):
+            await self._transient.run_inbound(stream, remote, leftover)
+            return
         existing = self.router.get_peer(node_id)
         if existing is not None and existing.is_open and not outbound:
             # Simultaneous dial: our outbound connection registered while we answered this

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import stat
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,7 +41,7 @@ from overlay.node._traffic import TrafficTotals, channel_loads
 from overlay.transport import Transport
 
 if TYPE_CHECKING:
-    from overlay.operator._metrics import MetricsSnapshot, NodeMetrics
+    from overlay.operator._metrics import DhtSnapshot, MetricsSnapshot, NodeMetrics
 
 __all__ = ["NodeServices", "PEER_STORE_FILE", "ServedNode", "private_directory"]
 
@@ -90,6 +91,12 @@ class NodeServices:
         self._control: NodeControl | None = None
         self._pex: Pex | None = None
         self._admin_serving = False
+        self._extra: list[Callable[..., Coroutine[Any, Any, Any]]] = []
+
+    def add(self, service: Callable[..., Coroutine[Any, Any, Any]]) -> None:
+        """Run ``service(task_status=...)`` with the others (before the peering driver, so it
+        is ready when the first peers connect)."""
+        self._extra.append(service)
 
     @property
     def peering(self) -> Peering:
@@ -146,6 +153,8 @@ class NodeServices:
         """Run the driver, admin API and metrics endpoint until cancelled."""
         peering, control = self.peering, self.control
         async with anyio.create_task_group() as tg:
+            for service in self._extra:
+                await tg.start(service)
             await tg.start(peering.run)
             if self._pex is not None:
                 await tg.start(self._pex.run)
@@ -245,4 +254,32 @@ class NodeServices:
             pending_evictions=sum(t.evicted_handshakes for t in transports),
             record_seq=node.capabilities.record.seq if node.capabilities.record else 0,
             capability_peers=node.discovery.peers.capability_counts(),
+            dht=self._dht_snapshot(),
+        )
+
+    def _dht_snapshot(self) -> DhtSnapshot:
+        from discovery import LATENCY_BUCKETS
+        from overlay.operator._metrics import DhtSnapshot
+
+        dht = self._node.dht
+        if dht is None or not dht.running:
+            return DhtSnapshot()
+        stats = dht.statistics()
+        transient = dht.transient.statistics()
+        return DhtSnapshot(
+            lookups_succeeded=stats.lookups_succeeded,
+            lookups_failed=stats.lookups - stats.lookups_succeeded,
+            lookup_rounds=stats.lookup_rounds,
+            lookup_messages=stats.lookup_messages,
+            latency_buckets=LATENCY_BUCKETS,
+            latency_counts=stats.lookup_latency,
+            latency_sum=stats.lookup_latency_sum,
+            provider_records=stats.provider_records,
+            routing_table=stats.table_size,
+            requests_served=stats.requests_served,
+            rate_limited=dht.rate_limited,
+            penalties={p.value: n for p, n in stats.penalties.items()},
+            transient_outbound=transient.outbound,
+            transient_inbound=transient.inbound,
+            transient_idle_closed=transient.idle_closed,
         )

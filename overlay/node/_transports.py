@@ -8,8 +8,10 @@ key, and keeps its own accept gate).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
+from overlay.address import is_unspecified
 from overlay.errors import ConfigError, LocalProtocolError
 from overlay.node._config import NodeConfig
 from overlay.transport import AcceptGate, Transport, TransportBuilder, TransportConfig
@@ -17,7 +19,7 @@ from overlay.transport._secure import SecureIdentity
 from overlay.transport._setup import TransportSetup
 from overlay.transport._tcp import TcpTransport
 
-__all__ = ["build_transports", "tcp_transport", "transport_config"]
+__all__ = ["build_transports", "dial_source", "tcp_transport", "transport_config"]
 
 
 def transport_config(config: NodeConfig) -> TransportConfig:
@@ -25,13 +27,27 @@ def transport_config(config: NodeConfig) -> TransportConfig:
     return config.connection.transport_config(config.peers.exempt_networks)
 
 
-def tcp_transport(setup: TransportSetup) -> Transport:
-    """The default builder: TCP on the setup's ``tcp://`` listen addresses."""
+def dial_source(config: NodeConfig) -> str | None:
+    """The source host of outbound TCP connections: with ``[connection]
+    dial_from_listen_host``, the host of the first ``tcp://`` listen address naming one; else
+    None (the system picks)."""
+    if not config.connection.dial_from_listen_host:
+        return None
+    for address in config.listen_addresses():
+        if address.protocol == "tcp" and address.host and not is_unspecified(address.host):
+            return address.host
+    return None
+
+
+def tcp_transport(setup: TransportSetup, *, local_host: str | None = None) -> Transport:
+    """The default builder: TCP on the setup's ``tcp://`` listen addresses, dialing from
+    ``local_host`` when given."""
     return TcpTransport(
         setup.identity,
         [a for a in setup.listen if a.protocol == "tcp"],
         setup.config,
         accept_gate=setup.accept_gate,
+        local_host=local_host,
     )
 
 
@@ -51,7 +67,7 @@ def build_transports(
                 "Node(config, transports=[...]) (in tests: overlay.testing's "
                 "MemoryNetwork.node_transport())"
             )
-        given = [tcp_transport]
+        given = [functools.partial(tcp_transport, local_host=dial_source(config))]
     setup = TransportSetup(identity=identity, config=transport_config(config),
                            accept_gate=gate, listen=listen)
     transports: list[Transport] = []

@@ -295,6 +295,7 @@ class AdminApp:
             "/capabilities": {"GET": self._capabilities},
             "/capabilities/set": {"POST": self._capabilities_set},
             "/capabilities/remove": {"POST": self._capabilities_remove},
+            "/providers": {"POST": self._providers},
         }
         """Path -> method -> handler."""
 
@@ -332,6 +333,10 @@ class AdminApp:
 
     async def _peers(self, request: Request) -> object:
         return {"peers": self._control.peers()}
+
+    async def _providers(self, request: Request) -> object:
+        data = _json_body(request, {"capability": True})
+        return await self._control.providers(_string(data, "capability"))
 
     async def _dial(self, request: Request) -> object:
         data = _json_body(request, {"address": True, "persistent": False})

@@ -87,6 +87,14 @@ class Control(Protocol):
         address is not stored: only an address a connection authenticated is)."""
         ...
 
+    async def providers(self, capability: str) -> dict[str, Any]:
+        """Run a DHT lookup for the providers of ``capability``: what it found (``providers``:
+        id, addresses, version, attributes, ``after`` seconds) and what it cost (``rounds``,
+        ``messages``, ``responses``, ``timeouts``, ``misbehaved``, ``outcome``, ``elapsed``,
+        ``first_provider_after``). ``LocalProtocolError`` when the DHT is disabled or the name
+        is not a capability name."""
+        ...
+
     async def disconnect(self, node_id: str) -> dict[str, Any]:
         """Close the connection to ``node_id``; :class:`UnknownPeerError` if not connected."""
         ...

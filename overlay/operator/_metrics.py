@@ -92,7 +92,12 @@ import anyio
 from anyio.abc import TaskStatus
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from overlay.connection._observer import Observer
@@ -111,6 +116,7 @@ from overlay.transport._failures import Direction, HandshakeFailureReason
 __all__ = [
     "ChannelSnapshot",
     "DEFAULT_LATENCY_BUCKETS",
+    "DhtSnapshot",
     "MAX_LABEL_VALUES",
     "MetricsObserver",
     "MetricsSnapshot",
@@ -204,6 +210,35 @@ class MetricsSnapshot:
     capability_peers: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """Per capability: connected peers whose record advertises it, and those of them that
     confirmed it by serving a request."""
+    dht: DhtSnapshot = field(default_factory=lambda: DhtSnapshot())
+    """The DHT's counters (all zero when the DHT is disabled or not running)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DhtSnapshot:
+    """The DHT's values at scrape time."""
+
+    lookups_succeeded: int = 0
+    lookups_failed: int = 0
+    lookup_rounds: int = 0
+    """Sum of the rounds of every lookup."""
+    lookup_messages: int = 0
+    """Sum of the queries sent by every lookup."""
+    latency_buckets: tuple[float, ...] = ()
+    """Upper bounds of the lookup latency histogram (seconds)."""
+    latency_counts: tuple[int, ...] = ()
+    """Lookups per bucket, then one count for longer lookups."""
+    latency_sum: float = 0.0
+    provider_records: int = 0
+    """Provider records held for other nodes."""
+    routing_table: int = 0
+    requests_served: int = 0
+    rate_limited: int = 0
+    penalties: Mapping[str, int] = field(default_factory=dict)
+    """Penalties given to peers for bad DHT answers or stores, by reason."""
+    transient_outbound: int = 0
+    transient_inbound: int = 0
+    transient_idle_closed: int = 0
 
 
 SnapshotSource = Callable[[], MetricsSnapshot]
@@ -335,7 +370,56 @@ class _SnapshotCollector(Collector):
             caps.add_metric([name, "advertised"], advertised)
             caps.add_metric([name, "confirmed"], confirmed)
         out.append(caps)
+        self._dht_families(snap.dht, out)
         return out
+
+    def _dht_families(self, dht: DhtSnapshot, out: list[Metric]) -> None:
+        ns = self._ns
+        lookups = CounterMetricFamily(f"{ns}_dht_lookups_total",
+                                      "DHT lookups by result.", labels=["result"])
+        lookups.add_metric(["succeeded"], dht.lookups_succeeded)
+        lookups.add_metric(["failed"], dht.lookups_failed)
+        out.append(lookups)
+        out.append(CounterMetricFamily(f"{ns}_dht_lookup_rounds_total",
+                                       "Rounds of all DHT lookups.", value=dht.lookup_rounds))
+        out.append(CounterMetricFamily(f"{ns}_dht_lookup_messages_total",
+                                       "Queries sent by all DHT lookups.",
+                                       value=dht.lookup_messages))
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip(dht.latency_buckets, dht.latency_counts, strict=False):
+            running += count
+            buckets.append((repr(float(bound)), running))
+        buckets.append(("+Inf", sum(dht.latency_counts)))
+        out.append(HistogramMetricFamily(f"{ns}_dht_lookup_seconds",
+                                         "Duration of DHT lookups.", buckets=buckets,
+                                         sum_value=dht.latency_sum))
+        out.append(GaugeMetricFamily(f"{ns}_dht_provider_records",
+                                     "Provider records held for other nodes.",
+                                     value=dht.provider_records))
+        out.append(GaugeMetricFamily(f"{ns}_dht_routing_table_contacts",
+                                     "Contacts in the DHT routing table.",
+                                     value=dht.routing_table))
+        out.append(CounterMetricFamily(f"{ns}_dht_requests_served_total",
+                                       "DHT requests answered.", value=dht.requests_served))
+        out.append(CounterMetricFamily(f"{ns}_dht_rate_limited_total",
+                                       "DHT requests refused by the per-peer rate limit.",
+                                       value=dht.rate_limited))
+        penalties = CounterMetricFamily(f"{ns}_dht_penalties_total",
+                                        "Peers penalised for bad DHT answers, by reason.",
+                                        labels=["reason"])
+        for reason in sorted(dht.penalties):
+            penalties.add_metric([reason], dht.penalties[reason])
+        out.append(penalties)
+        transient = GaugeMetricFamily(f"{ns}_dht_transient_connections",
+                                      "Open transient (DHT-only) connections by direction.",
+                                      labels=["direction"])
+        transient.add_metric(["outbound"], dht.transient_outbound)
+        transient.add_metric(["inbound"], dht.transient_inbound)
+        out.append(transient)
+        out.append(CounterMetricFamily(f"{ns}_dht_transient_idle_closed_total",
+                                       "Transient connections closed after their idle grace.",
+                                       value=dht.transient_idle_closed))
 
 
 class NodeMetrics:

@@ -13,6 +13,7 @@ from overlay.testing._conformance import (
     check_transport_conformance,
 )
 from overlay.testing._memory import (
+    IpMemoryTransport,
     LinkConditions,
     MemoryByteStream,
     MemoryNetwork,
@@ -24,6 +25,7 @@ from overlay.testing._memory import (
 __all__ = [
     "CHECKS",
     "ConformanceError",
+    "IpMemoryTransport",
     "LinkConditions",
     "MemoryByteStream",
     "MemoryNetwork",

@@ -73,6 +73,7 @@ from overlay.transport import (
 from overlay.transport._secure import SecureIdentity
 
 __all__ = [
+    "IpMemoryTransport",
     "LinkConditions",
     "MemoryByteStream",
     "MemoryNetwork",
@@ -419,6 +420,31 @@ class MemoryTransport(Transport):
         return await self.network._connect(self, address.node_id)
 
 
+class IpMemoryTransport(MemoryTransport):
+    """A memory transport that poses as TCP: it serves ``ID@HOST:PORT`` addresses on the
+    synthetic ``host`` and dials ``tcp`` addresses through the memory network (by node id).
+
+    For in-process networks whose nodes must look like TCP nodes: signed capability records
+    carry IP-literal addresses only, so PEX and the DHT can spread the addresses of such nodes
+    (and netgroup rules see one synthetic IP per node). Make it with
+    :meth:`MemoryNetwork.node_transport` and ``port=``.
+    """
+
+    protocol: ClassVar[str] = "tcp"
+
+    def __init__(self, network: MemoryNetwork, identity: SecureIdentity, host: str, port: int,
+                 config: TransportConfig | None = None, *,
+                 accept_gate: AcceptGate | None = None) -> None:
+        super().__init__(network, identity, host, config, accept_gate=accept_gate)
+        self.port = port
+
+    async def _listen(self) -> list[RawListener]:
+        listeners = await super()._listen()
+        for listener in listeners:
+            listener.address = NodeAddress(self.node_id, "tcp", self.host, self.port)
+        return listeners
+
+
 class MemoryNetwork:
     """An in-process network of :class:`MemoryTransport` objects (see the module docstring)."""
 
@@ -469,12 +495,21 @@ class MemoryNetwork:
             host = f"10.{n % 256}.{n // 256 % 256}.1"
         return MemoryTransport(self, identity, host, config, accept_gate=accept_gate)
 
-    def node_transport(self, *, host: str | None = None) -> TransportBuilder:
+    def node_transport(self, *, host: str | None = None,
+                       port: int | None = None) -> TransportBuilder:
         """A builder for ``Node(config, transports=[network.node_transport()])``: the node's
         transport on this network (its identity, limits and accept gate), listening on
-        ``memory:<node id>``; ``host`` as in :meth:`transport`."""
+        ``memory:<node id>``; ``host`` as in :meth:`transport`. With ``port`` (and ``host``)
+        the node looks like a TCP node instead: it serves ``ID@HOST:PORT`` (an
+        :class:`IpMemoryTransport`), so its signed record can carry its address."""
 
         def build(setup: TransportSetup) -> Transport:
+            if port is not None:
+                if host is None:
+                    raise ConfigError("port", "a TCP-looking memory transport needs a host")
+                self._transports += 1
+                return IpMemoryTransport(self, setup.identity, host, port, setup.config,
+                                         accept_gate=setup.accept_gate)
             return self.transport(
                 setup.identity, setup.config, host=host, accept_gate=setup.accept_gate
             )
