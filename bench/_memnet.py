@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import gc
 import random
+import time
 import tracemalloc
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import anyio
 
@@ -23,9 +24,10 @@ from bench._ours import ECHO
 from overlay.errors import OverlayError
 from overlay.node import Node
 from overlay.node._config import AdminConfig, NodeConfig
+from overlay.peers._config import PeerManagerConfig
 from overlay.testing import MemoryNetwork
 
-__all__ = ["MemoryFigures", "measure_memory"]
+__all__ = ["MemoryFigures", "MeshFigures", "measure_memory", "measure_mesh"]
 
 _CONFIG = NodeConfig(network="overlay-bench", listen=("memory:",),
                      admin=AdminConfig(enabled=False))
@@ -105,3 +107,62 @@ async def measure_memory(nodes: int, fanout: int, seed: int = 7) -> MemoryFigure
         traced_kib_per_node=traced / 1024 / nodes,
         build_seconds=build_seconds,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class MeshFigures:
+    """A full mesh of ``nodes`` built one dial at a time."""
+
+    nodes: int
+    dials: int
+    failures: int
+    seconds: float
+    """Wall-clock seconds of all the dials."""
+    last_dial_ms: float
+    """Mean milliseconds per dial of the last node's dials (the mesh nearly complete)."""
+    connections: int
+    """Distinct connections once every dial finished (``dials`` when the mesh is full)."""
+    complete: bool
+    """False when the time budget ran out before the mesh was full."""
+
+    @property
+    def ms_per_dial(self) -> float:
+        return self.seconds / max(1, self.dials) * 1000.0
+
+
+async def measure_mesh(nodes: int, budget: float = 300.0) -> MeshFigures:
+    """Start ``nodes`` nodes on a ``MemoryNetwork`` (the peer manager's limits raised so that
+    every node keeps every peer), then node i dials every node before it, one dial at a time,
+    until the mesh is full (``nodes * (nodes - 1) / 2`` dials) or ``budget`` seconds passed
+    (then ``complete`` is False and the figures cover the dials done)."""
+    network = MemoryNetwork()
+    limits = PeerManagerConfig(max_connections=2 * nodes + 8, max_outbound=nodes,
+                               max_inbound_per_ip=nodes, max_inbound_per_netgroup=nodes,
+                               max_outbound_per_netgroup=nodes)
+    config = replace(_CONFIG, peers=limits)
+    dials = failures = 0
+    last = 0.0
+    async with AsyncExitStack() as stack:
+        members: list[Node] = []
+        for _ in range(nodes):
+            node = Node(config, transports=[network.node_transport()])
+            node.channel(ECHO)
+            members.append(await stack.enter_async_context(node))
+        started = time.perf_counter()
+        complete = True
+        for i, node in enumerate(members):
+            node_started = time.perf_counter()
+            if node_started - started > budget:
+                complete = False
+                break
+            for other in members[:i]:
+                dials += 1
+                try:
+                    await node.dial(other.address)
+                except OverlayError:
+                    failures += 1
+            if i == nodes - 1 and i:
+                last = (time.perf_counter() - node_started) / i * 1000.0
+        seconds = time.perf_counter() - started
+        connections = sum(len(n.connected_peers()) for n in members) // 2
+    return MeshFigures(nodes, dials, failures, seconds, last, connections, complete)

@@ -19,6 +19,7 @@ from bench._common import Counter, Rate, measure_rate
 from overlay.identity import NodeId
 from overlay.node import Node
 from overlay.node._config import AdminConfig, NodeConfig
+from overlay.peers._config import PeerManagerConfig
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.router._destination import LOCAL
@@ -27,19 +28,33 @@ __all__ = [
     "BULK",
     "ECHO",
     "ECHO_PIPELINED",
+    "FANOUT",
     "LOCAL_SPEC",
     "TCP_CONFIG",
     "node_pair",
     "overlay_bulk",
     "overlay_dial_times",
+    "overlay_fanout_costs",
     "overlay_local_rate",
     "overlay_pipelined",
     "overlay_round_trips",
+    "many_peers_config",
 ]
 
 TCP_CONFIG = NodeConfig(network="overlay-bench", listen=("tcp://127.0.0.1:0",),
                         admin=AdminConfig(enabled=False))
 """Loopback TCP on a free port; everything else at its default."""
+
+
+def many_peers_config(peers: int) -> NodeConfig:
+    """Loopback TCP, the peer manager's limits raised for ``peers`` connections (loopback exempt
+    from the per-IP and diversity limits, as on a local testnet)."""
+    limits = PeerManagerConfig(max_connections=2 * peers + 8, max_outbound=peers,
+                               max_inbound_per_ip=peers, max_inbound_per_netgroup=peers,
+                               max_outbound_per_netgroup=peers,
+                               exempt_networks=("127.0.0.0/8", "::1/128"))
+    return NodeConfig(network="overlay-bench", listen=("tcp://127.0.0.1:0",),
+                      admin=AdminConfig(enabled=False), peers=limits)
 
 ECHO = ChannelSpec(id=0x40, name="bench-echo", codec=BytesCodec(), response_codec=BytesCodec())
 """Round trips: the channel defaults."""
@@ -168,3 +183,66 @@ async def overlay_local_rate(item: Any, warmup: float, duration: float) -> Rate:
             tg.start_soon(consume, counter)
 
         return await measure_rate(start, warmup, duration)
+
+
+FANOUT = ChannelSpec(id=0x44, name="bench-fanout", codec=BytesCodec(),
+                     response_codec=BytesCodec())
+"""Broadcast vs single sends (default queue sizes: every timed burst fits in them)."""
+
+
+async def overlay_fanout_costs(payload: bytes, peers: int, rounds: int
+                               ) -> tuple[list[float], list[float]]:
+    """Sender-side CPU seconds per delivery (``time.process_time``: the machine's load does not
+    inflate it): ``peers`` single ``send(peer, payload)`` calls vs one
+    ``send(BROADCAST, payload)`` reaching the same ``peers``, alternated ``rounds`` times.
+
+    One hub dials ``peers`` nodes over loopback TCP; every spoke drains its channel. Only the
+    ``send`` calls are timed (neither yields while the queues have room, so nothing else runs
+    inside a timed burst); between bursts, untimed, every task runs until the writers, the
+    sockets and the spokes are idle again."""
+    from overlay.router._destination import BROADCAST
+
+    singles: list[float] = []
+    broadcasts: list[float] = []
+    async with contextlib.AsyncExitStack() as stack:
+        config = many_peers_config(peers)
+        hub = await stack.enter_async_context(Node(config))
+        hub_ch = hub.channel(FANOUT)
+        spokes = [await stack.enter_async_context(Node(config)) for _ in range(peers)]
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        received = Counter()
+
+        async def drain(ch: Channel[bytes, bytes]) -> None:
+            while True:
+                await ch.receive()
+                received.n += 1
+
+        for spoke in spokes:
+            tg.start_soon(drain, spoke.channel(FANOUT))
+        for spoke in spokes:
+            await hub.dial(spoke.address)
+        ids = [spoke.node_id for spoke in spokes]
+
+        async def settle(expected: int) -> None:
+            with anyio.fail_after(10):
+                while received.n < expected:
+                    await anyio.sleep(0.0005)
+
+        for _ in range(3):  # warm-up
+            await hub_ch.send(BROADCAST, payload)
+            for peer in ids:
+                await hub_ch.send(peer, payload)
+        await settle(6 * peers)
+        for _ in range(rounds):
+            started = time.process_time()
+            for peer in ids:
+                await hub_ch.send(peer, payload)
+            singles.append((time.process_time() - started) / peers)
+            await settle(received.n + peers)
+            started = time.process_time()
+            report = await hub_ch.send(BROADCAST, payload)
+            broadcasts.append((time.process_time() - started) / peers)
+            assert len(report.delivered) == peers, report
+            await settle(received.n + peers)
+        tg.cancel_scope.cancel()
+    return singles, broadcasts

@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench._ours import ECHO, node_pair
+import anyio
+
+from bench._ours import ECHO, ECHO_PIPELINED, node_pair
 from overlay.connection._core import ChannelParams, ConnectionCore, CoreConfig, RequestReceived
 from overlay.transport._secure import TransportReader, encrypt_frames
 from overlay.wire._noise import CipherState
@@ -70,6 +72,15 @@ _WATCHED: tuple[tuple[str, str, str], ...] = (
     ("anyio cancel scopes entered", "anyio/_backends/_asyncio.py", "__enter__"),
     ("anyio.current_time()", "anyio/_core/_eventloop.py", "current_time"),
     ("anyio tasks spawned", "anyio/_backends/_asyncio.py", "_spawn"),
+    ("loop.time() (ours + the loop's own)", "asyncio/base_events.py", "time"),
+    ("anyio cancel checks (checkpoint_if_cancelled)", "anyio/lowlevel.py",
+     "checkpoint_if_cancelled"),
+    ("anyio backend lookups", "anyio/_core/_eventloop.py", "get_async_backend"),
+    ("anyio sync primitives created (Event, Lock)", "anyio/_core/_synchronization.py",
+     "__new__"),
+    ("asyncio futures created", "asyncio/base_events.py", "create_future"),
+    ("transport pause_reading", "asyncio/selector_events.py", "pause_reading"),
+    ("transport resume_reading", "asyncio/selector_events.py", "resume_reading"),
 )
 
 
@@ -143,6 +154,8 @@ class ProfileReport:
     """encrypt_frames + TransportReader of the 2 messages each way (AEAD included)."""
     aead_us: float
     """The 4 AEAD calls alone."""
+    calls_per_pipelined: dict[str, float]
+    """The watched call counts per request with 256 requests in flight (case 2)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +169,7 @@ class ProfileReport:
             "core_us_per_rt": self.core_us,
             "secure_us_per_rt": self.secure_us,
             "aead_us_per_rt": self.aead_us,
+            "calls_per_pipelined_request": self.calls_per_pipelined,
         }
 
 
@@ -202,6 +216,35 @@ def _key_name(key: tuple[str, int, str]) -> str:
     return f"{_relative(filename)}:{line}({name})"
 
 
+async def _pipelined_calls(requests: int, in_flight: int = 256,
+                           payload: bytes = b"x" * 64) -> dict[str, float]:
+    """Watched call counts per request of ``requests`` echo requests, ``in_flight`` at once."""
+    async with node_pair(ECHO_PIPELINED) as (ca, _cb, peer):
+        per_task = max(1, requests // in_flight)
+
+        async def client(rounds: int) -> None:
+            for _ in range(rounds):
+                await ca.request(peer, payload)
+
+        async with anyio.create_task_group() as tg:  # warm-up
+            for _ in range(in_flight):
+                tg.start_soon(client, 4)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        async with anyio.create_task_group() as tg:
+            for _ in range(in_flight):
+                tg.start_soon(client, per_task)
+        profiler.disable()
+    done = per_task * in_flight
+    calls: dict[str, float] = defaultdict(float)
+    stats: dict[tuple[str, int, str], tuple[int, int, float, float, Any]]
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    for (filename, _line, name), (_cc, ncalls, _t, _c, _callers) in stats.items():
+        for label in _watched(filename, name):
+            calls[label] += ncalls / done
+    return {label: calls.get(label, 0.0) for label, _m, _f in _WATCHED}
+
+
 async def profile_round_trips(requests: int, payload: bytes = b"x" * 64) -> ProfileReport:
     """Run the round-trip case unprofiled, then under cProfile; add the micro-timings."""
     async with node_pair(ECHO) as (ca, _cb, peer):
@@ -235,6 +278,7 @@ async def profile_round_trips(requests: int, payload: bytes = b"x" * 64) -> Prof
     secure = [_secure_round_trip_us(frame, 10000) for _ in range(3)]
     secure_us = min(s for s, _a in secure)
     aead_us = min(a for _s, a in secure)
+    pipelined = await _pipelined_calls(requests)
     return ProfileReport(
         requests=requests,
         us_per_rt=us_per_rt,
@@ -245,6 +289,7 @@ async def profile_round_trips(requests: int, payload: bytes = b"x" * 64) -> Prof
         core_us=core_us,
         secure_us=secure_us,
         aead_us=aead_us,
+        calls_per_pipelined=pipelined,
     )
 
 
@@ -259,11 +304,13 @@ def render_profile(report: ProfileReport) -> str:
     ]
     for layer, us in report.layers.items():
         lines.append(f"    {layer:<38} {us:8.1f}  {us / total * 100:5.1f} %")
-    lines += ["", "  calls per round trip:"]
-    hidden = [label for label, count in report.calls_per_rt.items() if not count]
+    lines += ["", "  calls per round trip (and per request with 256 in flight):"]
+    hidden = [label for label, count in report.calls_per_rt.items()
+              if not count and not report.calls_per_pipelined.get(label)]
     for label, count in report.calls_per_rt.items():
-        if count:
-            lines.append(f"    {label:<38} {count:8.2f}")
+        piped = report.calls_per_pipelined.get(label, 0.0)
+        if count or piped:
+            lines.append(f"    {label:<46} {count:8.2f}  {piped:8.2f}")
     if hidden:
         lines.append(f"    (not visible to cProfile on this loop: {', '.join(hidden)})")
     lines += ["", "  heaviest functions (self µs per round trip, calls per round trip):"]

@@ -13,7 +13,11 @@ Cases (ours / baseline; the table prints the ratio next to the target):
 4. ``dial()`` = TCP connect + Noise + NodeInfo exchange, median and p90 (plain TCP connect for
    reference);
 5. LOCAL delivery (``send(LOCAL, x)`` + ``receive()``) vs a bare anyio memory object stream;
-6. memory of an idle connected node in a 100-node ``MemoryNetwork`` (KiB per node).
+6. memory of an idle connected node in a 100-node ``MemoryNetwork`` (KiB per node);
+7. fan-out: sender CPU per delivery of ``send(BROADCAST, 64 B)`` to 50 TCP peers vs one
+   ``send(peer, 64 B)`` (target: at most half);
+8. a full mesh on a ``MemoryNetwork``: time per dial at N = 200 vs N = 50 (``--quick``: 50 vs
+   20; target: at most 2x).
 
 ``--quick`` runs everything in well under 30 s, the full run in under 3 minutes. ``--profile``
 adds a cProfile breakdown of the round-trip case. py-libp2p is a second baseline for round trips
@@ -43,13 +47,14 @@ from bench import _baseline as base
 from bench import _ours as ours
 from bench._common import Figure, Rate, Settings, Target, best, machine_facts, percentile
 from bench._libp2p import Libp2pResult, libp2p_available, libp2p_baseline, libp2p_notes
-from bench._memnet import measure_memory
+from bench._memnet import measure_memory, measure_mesh
 from bench._profile import ProfileReport, profile_round_trips, render_profile
 
 PAYLOAD = b"\x5a" * 64
 IN_FLIGHT = 256
 CHUNK = b"\xa5" * (1 << 20)
 MIB = float(1 << 20)
+FANOUT_PEERS = 50
 
 
 _STARTED = time.perf_counter()
@@ -102,7 +107,7 @@ async def run_cases(s: Settings) -> list[Figure]:
     figures: list[Figure] = []
     w, d = s.warmup, s.duration
 
-    _progress(f"[1/6] memory: {s.nodes} nodes in a MemoryNetwork, {s.fanout} dials each ...")
+    _progress(f"[1/8] memory: {s.nodes} nodes in a MemoryNetwork, {s.fanout} dials each ...")
     mem = await measure_memory(s.nodes, s.fanout)
     memory_figure = Figure(
         key="memory",
@@ -122,7 +127,7 @@ async def run_cases(s: Settings) -> list[Figure]:
         },
     )
 
-    _progress("[2/6] round trips (64 B, one caller) ...")
+    _progress("[2/8] round trips (64 B, one caller) ...")
     runs = await _alternate(lambda: base.asyncio_round_trips(PAYLOAD, w, d),
                             lambda: ours.overlay_round_trips(PAYLOAD, w, d), s.rounds)
     round_trips = _throughput("round_trip", "64 B request/response, 1 caller (TCP+Noise)",
@@ -132,20 +137,20 @@ async def run_cases(s: Settings) -> list[Figure]:
     round_trips.extra["anyio_echo_per_cpu_second"] = anyio_echo.per_cpu_second
     figures.append(round_trips)
 
-    _progress(f"[3/6] pipelined requests ({IN_FLIGHT} in flight) ...")
+    _progress(f"[3/8] pipelined requests ({IN_FLIGHT} in flight) ...")
     runs = await _alternate(lambda: base.asyncio_pipelined(PAYLOAD, IN_FLIGHT, w, d),
                             lambda: ours.overlay_pipelined(PAYLOAD, IN_FLIGHT, w, d), s.rounds)
     figures.append(_throughput("pipelined", f"64 B requests, {IN_FLIGHT} in flight, 1 connection",
                                "req/s", runs, "asyncio length-prefixed pipeline",
                                Target("ratio_min", 1.0)))
 
-    _progress("[4/6] bulk 1 MiB messages ...")
+    _progress("[4/8] bulk 1 MiB messages ...")
     runs = await _alternate(lambda: base.asyncio_bulk(CHUNK, w, d),
                             lambda: ours.overlay_bulk(CHUNK, w, d), s.rounds)
     figures.append(_throughput("bulk", "bulk one-way, 1 MiB messages", "MiB/s", runs,
                                "asyncio streams, 1 MiB writes", Target("ratio_min", 0.3), MIB))
 
-    _progress(f"[5/6] dial + disconnect x {s.dials} ...")
+    _progress(f"[5/8] dial + disconnect x {s.dials} ...")
     tcp_times = await base.asyncio_connect_times(s.dials, warm=3)
     dial_times = await ours.overlay_dial_times(s.dials, warm=3)
     ms = 1000.0
@@ -162,7 +167,7 @@ async def run_cases(s: Settings) -> list[Figure]:
         },
     ))
 
-    _progress("[6/6] LOCAL delivery ...")
+    _progress("[6/8] LOCAL delivery ...")
     item = object()
     size = ours.LOCAL_SPEC.recv_queue_size
     runs = await _alternate(lambda: base.memory_stream_rate(size, item, w, d),
@@ -170,13 +175,37 @@ async def run_cases(s: Settings) -> list[Figure]:
     figures.append(_throughput("local", "LOCAL send + receive", "msg/s", runs,
                                f"anyio memory stream ({size} buffered)", Target("ratio_min", 0.5)))
     figures.append(memory_figure)
+
+    _progress(f"[7/8] fan-out: BROADCAST to {FANOUT_PEERS} TCP peers vs single sends ...")
+    singles, broadcasts = await ours.overlay_fanout_costs(PAYLOAD, FANOUT_PEERS, s.fanout_rounds)
+    us = 1e6
+    figures.append(Figure(
+        "fanout", f"BROADCAST 64 B to {FANOUT_PEERS} peers, CPU per delivery (median)", "us",
+        statistics.median(broadcasts) * us, statistics.median(singles) * us,
+        "one send(peer) (CPU per call)", Target("ratio_max", 0.5),
+        {"broadcast_min_us": min(broadcasts) * us, "single_min_us": min(singles) * us,
+         "rounds": float(len(singles))},
+    ))
+
+    small, large = s.mesh_sizes
+    _progress(f"[8/8] full mesh: {small} nodes, then {large} nodes, one dial at a time ...")
+    meshes = [await measure_mesh(n) for n in (small, large)]
+    figures.append(Figure(
+        "mesh", f"full mesh: time per dial at N = {large} vs N = {small}", "ms",
+        meshes[1].ms_per_dial, meshes[0].ms_per_dial, f"time per dial at N = {small}",
+        Target("ratio_max", 2.0),
+        {f"n{m.nodes}_{key}": float(value) for m in meshes
+         for key, value in (("dials", m.dials), ("failures", m.failures),
+                            ("seconds", m.seconds), ("last_dial_ms", m.last_dial_ms),
+                            ("connections", m.connections), ("complete", m.complete))},
+    ))
     return figures
 
 
 def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    if unit in ("ms", "KiB/node"):
+    if unit in ("ms", "KiB/node", "us"):
         return f"{value:,.2f} {unit}"
     if unit == "MiB/s":
         return f"{value:,.0f} {unit}"
@@ -188,8 +217,8 @@ def render_table(figures: list[Figure]) -> str:
     rows: list[tuple[str, ...]] = [header]
     for i, f in enumerate(figures, 1):
         ratio = f.ratio
-        if f.target is not None and f.target.kind == "max":
-            ratio_text = f"{ratio:.1f}x" if ratio is not None else "-"
+        if f.target is not None and f.target.kind in ("max", "ratio_max"):
+            ratio_text = f"{ratio:.2f}x" if ratio is not None else "-"
         else:
             ratio_text = f"{ratio * 100:.1f} %" if ratio is not None else "-"
         cpu = f.extra.get("cpu_ratio")
@@ -217,6 +246,22 @@ def render_details(figures: list[Figure]) -> str:
             lines.append(f"dial: p90 {e['ours_p90_ms']:.2f} ms, min {e['ours_min_ms']:.2f} ms, "
                          f"max {e['ours_max_ms']:.2f} ms over {e['cycles']:.0f} cycles; plain "
                          f"TCP connect p90 {e['baseline_p90_ms']:.3f} ms")
+        elif f.key == "fanout":
+            e = f.extra
+            lines.append(f"fanout: {e['rounds']:.0f} alternated bursts; min per delivery: "
+                         f"broadcast {e['broadcast_min_us']:.2f} us, single send "
+                         f"{e['single_min_us']:.2f} us")
+        elif f.key == "mesh":
+            parts = []
+            for key in sorted(k for k in f.extra if k.endswith("_dials")):
+                n = key.split("_")[0]
+                e = f.extra
+                parts.append(f"{n[1:]} nodes: {e[key]:.0f} dials ({e[n + '_failures']:.0f} "
+                             f"failed, {e[n + '_connections']:.0f} connections) in "
+                             f"{e[n + '_seconds']:.1f} s, last node "
+                             f"{e[n + '_last_dial_ms']:.2f} ms/dial"
+                             + ("" if e[n + "_complete"] else ", NOT FINISHED (time budget)"))
+            lines.append("mesh: " + "; ".join(parts))
         elif f.key == "memory":
             e = f.extra
             lines.append(f"memory: {e['nodes']:.0f} nodes, {e['connections']:.0f} connections "

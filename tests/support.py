@@ -9,6 +9,7 @@ so each module says which backends and transports it runs on.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import socket
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
@@ -68,6 +69,19 @@ def both_backends() -> object:
     """The ``anyio_backend`` fixture of a module whose async tests run on asyncio and trio:
     ``anyio_backend = both_backends()`` at module level."""
     return _param_fixture("anyio_backend", ("asyncio", "trio"))
+
+
+def every_loop() -> object:
+    """The ``anyio_backend`` fixture of a module that must pass on every data path: asyncio,
+    trio, and asyncio on uvloop when uvloop is installed (``anyio_backend = every_loop()``)."""
+    params: list[Any] = [pytest.param("asyncio", id="asyncio"), pytest.param("trio", id="trio")]
+    if importlib.util.find_spec("uvloop") is not None:
+        params.append(pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"))
+
+    def fixture(request: pytest.FixtureRequest) -> Any:
+        return request.param
+
+    return pytest.fixture(name="anyio_backend", params=params)(fixture)
 
 
 def both_transports() -> object:

@@ -51,9 +51,9 @@ from overlay.wire._nodeinfo import (
     encode_node_info,
 )
 from tests.support import (
-    both_backends,
     both_transports,
     config_for,
+    every_loop,
     make_node,
     virtual_time,
     wait_until,
@@ -88,7 +88,7 @@ ECHO = ChannelSpec(id=5, name="echo", codec=BytesCodec(), response_codec=BytesCo
 DOCS = ChannelSpec(id=6, name="docs", codec=JsonCodec(), response_codec=JsonCodec())
 UNKNOWN_CHANNEL = 999
 
-anyio_backend = both_backends()
+anyio_backend = every_loop()
 transport = both_transports()
 
 

@@ -44,11 +44,11 @@ from overlay.wire._nodeinfo import (
     decode_hello_reply,
     encode_node_info,
 )
-from tests.support import both_backends, both_transports, config_for, make_node, wait_until
+from tests.support import both_transports, config_for, every_loop, make_node, wait_until
 
 pytestmark = pytest.mark.anyio
 
-anyio_backend = both_backends()
+anyio_backend = every_loop()
 transport = both_transports()
 
 BULK = ChannelSpec(id=11, name="bulk", codec=BytesCodec(), response_codec=BytesCodec(),

@@ -10,9 +10,9 @@ from overlay.testing import CHECKS, MemoryNetwork, TransportFactory, check_trans
 from overlay.transport import AcceptGate, Transport, TransportConfig
 from overlay.transport._secure import SecureIdentity
 from overlay.transport._tcp import TcpTransport
-from tests.support import both_backends, ipv6_available
+from tests.support import every_loop, ipv6_available
 
-anyio_backend = both_backends()
+anyio_backend = every_loop()
 
 
 def _tcp_factory(host: str) -> TransportFactory:

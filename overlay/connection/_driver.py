@@ -81,6 +81,8 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId
 from overlay.transport import abort_stream
+from overlay.transport._asyncio import current_clock, flush_soon
+from overlay.transport._secure import SecureStream
 from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
 
 __all__ = [
@@ -165,7 +167,9 @@ class PeerConnection:
         self.remote_address = remote_address
         self.remote_host = remote_host
         self.core = core
-        self.connected_at = anyio.current_time()
+        self.clock = current_clock()
+        """``anyio.current_time`` bound once (see :func:`current_clock`)."""
+        self.connected_at = self.clock()
         self.close_reason: DisconnectReason | None = None
         """Why we closed the connection (None if we did not)."""
         self.remote_reason: DisconnectReason | None = None
@@ -179,6 +183,13 @@ class PeerConnection:
         self._space_waiters = 0
         self._wake = anyio.Event()
         self._writer_waiting = False
+        self._direct: SecureStream | None = (
+            stream if isinstance(stream, SecureStream) and stream.supports_send_nowait else None
+        )
+        """The stream, when it can take data synchronously: an idle writer is then not woken;
+        queued frames are written by one deferred flush callback (see :meth:`_flush`)."""
+        self._flush_soon = flush_soon() if self._direct is not None else None
+        self._flush_pending = False
         self._timers = timers
         self.timer_at = math.inf
         self.meter = RoundTripMeter()
@@ -359,8 +370,48 @@ class PeerConnection:
 
     def _kick(self) -> None:
         if self._writer_waiting:
+            flush_soon = self._flush_soon
+            if flush_soon is not None:
+                if not self._flush_pending:
+                    self._flush_pending = True
+                    flush_soon(self._flush)
+                return
             self._writer_waiting = False
             self._wake.set()
+
+    def _wake_writer(self) -> None:
+        if self._writer_waiting:
+            self._writer_waiting = False
+            self._wake.set()
+
+    def _flush(self) -> None:
+        """Write what is queued, synchronously, while the writer sleeps (a loop callback run
+        after the step that queued it, so frames queued in one step still leave in one write;
+        the connections of one broadcast share the callback). Anything that needs waiting
+        (a paused transport, a send in progress, the Disconnect written, a broken stream) is
+        left to the writer task, woken for it."""
+        self._flush_pending = False
+        stream = self._direct
+        if not self._writer_waiting or stream is None or self._finished:
+            return
+        core = self.core
+        while core.wants_write:
+            if not stream.send_ready():
+                self._wake_writer()
+                return
+            data = core.data_to_send(self.clock())
+            if not data:
+                self._timer_maybe_earlier()  # held back by the send rate limit
+                break
+            try:
+                stream.send_nowait(data)
+            except _STREAM_CLOSED:
+                core.connection_lost()
+                self._stop()
+                return
+            self._release_space()
+        if not self.is_open:
+            self._wake_writer()  # CLOSING with the Disconnect written: the writer finishes
 
     async def _wait_space(self) -> None:
         self._space_waiters += 1
@@ -369,6 +420,17 @@ class PeerConnection:
         finally:
             self._space_waiters -= 1
         self._check_open()
+
+    def offer_message(self, channel_id: int, payload: bytes) -> bool:
+        """Queue a message without waiting: False when the connection is not open (nothing
+        queued); ``WouldBlock`` when the channel's queue is full. The fan-out path."""
+        core = self.core
+        if core.state is not ConnectionState.OPEN:
+            return False
+        core.send_message(channel_id, payload)
+        if self._writer_waiting:
+            self._kick()
+        return True
 
     def send_message_nowait(self, channel_id: int, payload: bytes) -> None:
         self._check_open()
@@ -400,7 +462,8 @@ class PeerConnection:
         :class:`RequestError`. The request counts in :attr:`meter` while it is in flight, and
         its round trip is sampled when it is answered.
         """
-        started = anyio.current_time()
+        clock = self.clock
+        started = clock()
         if timeout is not None:
             until = started + timeout
             deadline = until if deadline is None else min(deadline, until)
@@ -412,7 +475,7 @@ class PeerConnection:
                 if deadline is None:
                     await self._wait_space()
                     continue
-                with anyio.move_on_after(deadline - anyio.current_time()):
+                with anyio.move_on_after(deadline - clock()):
                     await self._wait_space()
                     continue
                 raise RequestExpired("no room for the request before its deadline") from None
@@ -436,7 +499,7 @@ class PeerConnection:
                 self._abandon(request_id)
         if waiter.error is not None:
             raise waiter.error
-        self.meter.sample(anyio.current_time() - started)
+        self.meter.sample(clock() - started)
         return waiter.payload
 
     async def respond(self, channel_id: int, request_id: int, payload: bytes) -> None:
@@ -472,10 +535,11 @@ class PeerConnection:
     async def _write_loop(self) -> None:
         core = self.core
         stream = self._stream
+        clock = self.clock
         try:
             while True:
                 if core.wants_write:
-                    data = core.data_to_send(anyio.current_time())
+                    data = core.data_to_send(clock())
                     if data:
                         # Unbounded here: when closing, the node's timer task aborts a write
                         # the peer does not take by the close deadline (see the docstring).
@@ -537,13 +601,19 @@ class PeerConnection:
     async def _read_loop(self) -> None:
         core = self.core
         stream = self._stream
+        clock = self.clock
+        now = clock()
         try:
             await self._dispatch_events()  # bytes that arrived with the hello exchange
             while self.is_open:
-                now = anyio.current_time()  # fresh: delivering may have waited for inbox space
-                paused = core.receive_paused_until(now)
-                if paused is not None:
-                    await anyio.sleep(max(0.0, paused - now))
+                # ``now`` is from the last receive: a bucket that could pay then can pay now
+                # (it only refills); if it could not, read the clock afresh (delivering may have
+                # waited for inbox space) before sleeping.
+                if core.receive_paused_until(now) is not None:
+                    now = clock()
+                    paused = core.receive_paused_until(now)
+                    if paused is not None:
+                        await anyio.sleep(max(0.0, paused - now))
                 try:
                     data = await stream.receive()
                 except _STREAM_CLOSED:
@@ -551,7 +621,8 @@ class PeerConnection:
                     core.connection_lost()
                     self._stop()
                     return
-                core.receive_data(data, anyio.current_time())
+                now = clock()
+                core.receive_data(data, now)
                 await self._dispatch_events()
                 if core.wants_write:  # a pong or a CANCEL answer to send
                     self._kick()

@@ -82,6 +82,7 @@ from overlay.router._channel import (
 )
 from overlay.router._destination import LOCAL, Destination, To, no_route
 from overlay.router._peertable import PeerTable
+from overlay.transport._asyncio import current_clock
 from overlay.wire._nodeinfo import NodeInfo
 
 __all__ = ["PeerInfoListener", "Router", "channel_params"]
@@ -163,6 +164,8 @@ class Router:
     def __init__(self, local_id: NodeId, observer: Observer) -> None:
         self._local_id = local_id
         self._observer = observer
+        self._clock: Callable[[], float] | None = None
+        """``anyio.current_time`` bound on first use (see ``current_clock``)."""
         self._channels: dict[int, _ChannelState] = {}
         self._table = PeerTable(local_id)
         self._peers = self._table.connections
@@ -405,31 +408,36 @@ class Router:
                 return self._local_report
             await self._send_one(state, target, self._encode(spec, message), wait)
             return DeliveryReport(delivered=(target,), failed=_NO_FAILURES)
+        # Encoded once; each connection gets the same payload object, queued without waiting
+        # (its writer is flushed by the one deferred callback all of them share on asyncio).
         payload: bytes | None = None
         delivered: list[NodeId] = []
         failed: dict[NodeId, AttemptOutcome] = {}
         slow: list[tuple[NodeId, PeerConnection]] = []
+        local_id = self._local_id
+        peers = self._peers
+        channel_id = spec.id
         for target in targets:
-            if target == self._local_id:
+            if target == local_id:
                 try:
-                    state.inbox_send.send_nowait(Envelope(self._local_id, message, spec.id))
+                    state.inbox_send.send_nowait(Envelope(local_id, message, channel_id))
                     delivered.append(target)
                 except anyio.WouldBlock:
                     failed[target] = AttemptOutcome.WOULD_BLOCK
                 continue
-            conn = self._peers.get(target)
-            if conn is None or not conn.is_open:
+            conn = peers.get(target)
+            if conn is None:
                 failed[target] = AttemptOutcome.NOT_CONNECTED
                 continue
             if payload is None:
                 payload = self._encode(spec, message)
             try:
-                conn.send_message_nowait(spec.id, payload)
-                delivered.append(target)
+                if conn.offer_message(channel_id, payload):
+                    delivered.append(target)
+                else:
+                    failed[target] = AttemptOutcome.NOT_CONNECTED
             except WouldBlock:
                 slow.append((target, conn))
-            except ConnectionClosed:
-                failed[target] = AttemptOutcome.CLOSED
         if slow:
             assert payload is not None
             data = payload
@@ -534,7 +542,10 @@ class Router:
     ) -> Any:
         state = self._state(spec)
         _check_timeout(timeout)
-        now = anyio.current_time()
+        clock = self._clock
+        if clock is None:
+            clock = self._clock = current_clock()
+        now = clock()
         if timeout is not None:
             deadline = _Deadline(now + timeout, timeout, own=True)
         elif (scope_at := anyio.current_effective_deadline()) != math.inf:
@@ -579,7 +590,8 @@ class Router:
         if conn is None:
             raise PeerNotConnected(f"peer {target} is not connected")
         payload = self._encode(spec, message)
-        started = anyio.current_time()
+        clock = conn.clock
+        started = clock()
         outcome = AttemptOutcome.CANCELLED
         try:
             try:
@@ -612,7 +624,7 @@ class Router:
             outcome = AttemptOutcome.OK
             return result
         finally:
-            ended = anyio.current_time()
+            ended = clock()
             if outcome is AttemptOutcome.CANCELLED and ended >= deadline.at - _DEADLINE_SLACK:
                 outcome = AttemptOutcome.TIMEOUT  # cut short by a scope at the deadline
             if outcome is not AttemptOutcome.CANCELLED:
@@ -656,7 +668,8 @@ class Router:
         if not conn.is_inbound_active(spec.id, request_id):
             return  # the peer cancelled it while it waited for a worker: do not run it
         key = (spec.id, request_id)
-        started = anyio.current_time()
+        clock = conn.clock
+        started = clock()
         outcome = AttemptOutcome.CANCELLED
         with anyio.CancelScope() as scope:
             conn.register_handler(key, scope)
@@ -665,7 +678,7 @@ class Router:
             finally:
                 conn.unregister_handler(key)
         self._observer.on_request_served(
-            conn.node_id, spec.name, anyio.current_time() - started, outcome
+            conn.node_id, spec.name, clock() - started, outcome
         )
 
     async def _serve_one(

@@ -43,7 +43,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -73,6 +73,7 @@ from overlay.wire._noise import MAX_MESSAGE_LEN, TAGLEN, CipherState
 __all__ = [
     "MAX_PLAINTEXT",
     "NOISE_PROTOCOL",
+    "NowaitWriter",
     "PROLOGUE",
     "PeerAttribute",
     "ProofCache",
@@ -256,6 +257,16 @@ class SecureStreamStatistics:
     """Plaintext bytes received."""
 
 
+@runtime_checkable
+class NowaitWriter(Protocol):
+    """A byte stream that can also take data synchronously (the asyncio data path)."""
+
+    @property
+    def write_ready(self) -> bool: ...
+
+    def write_nowait(self, data: bytes | bytearray) -> None: ...
+
+
 class SecureStream(anyio.abc.ByteStream):
     """An encrypted, authenticated byte stream (built by :func:`secure_handshake`).
 
@@ -297,6 +308,9 @@ class SecureStream(anyio.abc.ByteStream):
         self.remote_host = remote_host
         self._bytes_sent = 0
         self._bytes_received = 0
+        self._nowait: NowaitWriter | None = (
+            transport_stream if isinstance(transport_stream, NowaitWriter) else None
+        )
         self._merged_attributes: dict[Any, Callable[[], Any]] | None = None
         self._attributes: dict[Any, Callable[[], Any]] = {
             PeerAttribute.node_id: lambda: node_id,
@@ -337,6 +351,32 @@ class SecureStream(anyio.abc.ByteStream):
                 self._send_broken = True
                 raise
             self._bytes_sent += len(item)
+
+    @property
+    def supports_send_nowait(self) -> bool:
+        """Whether the underlying stream can take data synchronously (:meth:`send_nowait`)."""
+        return self._nowait is not None
+
+    def send_ready(self) -> bool:
+        """Whether :meth:`send_nowait` may be called now: no ``send`` in progress or broken and
+        the underlying stream ready to take data at once."""
+        nowait = self._nowait
+        return (nowait is not None and nowait.write_ready and not self._send_broken
+                and not self._send_lock.locked())
+
+    def send_nowait(self, item: bytes) -> None:
+        """Encrypt and hand ``item`` to the underlying stream now (only when
+        :meth:`send_ready`); ``anyio.BrokenResourceError`` if the connection is gone."""
+        nowait = self._nowait
+        assert nowait is not None
+        if not item:
+            return
+        try:
+            nowait.write_nowait(encrypt_frames(self._send_cipher, item))
+        except BaseException:
+            self._send_broken = True
+            raise
+        self._bytes_sent += len(item)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         """Return the next plaintext bytes (at most ``max_bytes``, never empty)."""

@@ -2,6 +2,10 @@
 
 Theory of operation
 -------------------
+On asyncio (plain or uvloop) connections run on :mod:`overlay.transport._asyncio`'s
+``BufferedProtocol`` streams (sockets are still bound by ``anyio.create_tcp_listener``); on trio
+on anyio's (trio's) socket streams. Both are anyio ``SocketStream`` objects.
+
 All listen/accept/handshake/dial logic lives in :class:`overlay.transport.Transport`; this module
 only binds sockets and opens connections:
 
@@ -34,6 +38,7 @@ from anyio.abc import SocketAttribute
 from overlay.address import ListenAddress, NodeAddress
 from overlay.errors import ConfigError, ConnectFailure, DialError
 from overlay.transport import AcceptGate, RawConnection, RawListener, Transport, TransportConfig
+from overlay.transport._asyncio import AsyncioTcpListener, asyncio_running, connect_tcp
 from overlay.transport._secure import SecureIdentity
 
 __all__ = ["TcpTransport"]
@@ -86,7 +91,9 @@ def _prepare(stream: anyio.abc.SocketStream) -> RawConnection:
 
 
 class _TcpListener(RawListener):
-    def __init__(self, listener: anyio.abc.SocketListener, address: NodeAddress) -> None:
+    def __init__(
+        self, listener: anyio.abc.SocketListener | AsyncioTcpListener, address: NodeAddress
+    ) -> None:
         self._listener = listener
         self.address = address
 
@@ -122,6 +129,7 @@ class TcpTransport(Transport):
 
     async def _listen(self) -> list[RawListener]:
         bound: list[RawListener] = []
+        on_asyncio = asyncio_running()
         try:
             for item in self._listen_config:
                 multi = await anyio.create_tcp_listener(
@@ -134,7 +142,10 @@ class TcpTransport(Transport):
                     address = NodeAddress(
                         self.identity.node_id, "tcp", _unmap(str(local[0])), int(local[1])
                     )
-                    bound.append(_TcpListener(sock_listener, address))
+                    bound.append(_TcpListener(
+                        AsyncioTcpListener(sock_listener) if on_asyncio else sock_listener,
+                        address,
+                    ))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 for listener in bound:
@@ -144,9 +155,13 @@ class TcpTransport(Transport):
 
     async def _raw_connect(self, address: NodeAddress) -> RawConnection:
         try:
-            stream = await anyio.connect_tcp(
-                address.host, address.port, local_host=self.local_host
-            )
+            stream: anyio.abc.SocketStream
+            if asyncio_running():
+                stream = await connect_tcp(address.host, address.port, local_host=self.local_host)
+            else:
+                stream = await anyio.connect_tcp(
+                    address.host, address.port, local_host=self.local_host
+                )
         except OSError as exc:  # the transport boundary: the reason is decided here, once
             reason = (
                 ConnectFailure.REFUSED if _refused(exc)
