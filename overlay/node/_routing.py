@@ -336,8 +336,16 @@ class NodeRouting(Observer):
             limits=self.limits, dialing=frozenset(self._dialing),
         )
 
-    def tick(self) -> PolicyPlan:
-        """One policy round: snapshot, plan, execute (non-blocking: dials run as tasks)."""
+    def tick(self) -> PolicyPlan | None:
+        """One policy round: snapshot, plan, execute (non-blocking: dials run as tasks).
+        Without targets there is nothing to plan: the round only clears what an earlier
+        target left protected, and returns None."""
+        if not len(self.targets):
+            if self._keepers:
+                self._keepers = frozenset()
+                self._protect()
+            self.last_plan = None
+            return None
         now = anyio.current_time()
         plan = self.engine.tick(self.snapshot(now))
         self.last_plan = plan
