@@ -66,7 +66,7 @@ from overlay.errors import (
 from overlay.identity import NodeId
 from overlay.router._channel import Channel
 from overlay.router._destination import Destination, PeerSet, PeerView, no_route
-from routing._health import HealthConfig, HealthTable, Outcome
+from routing._health import HealthConfig, HealthTable, Outcome, PeerHealth
 from routing._hedge import (
     CancelAttempt,
     HedgeAction,
@@ -528,10 +528,12 @@ class RoleService:
                                     hedges += 1
                                 scope = run.scopes[node_id] = anyio.CancelScope()
                                 # counted in flight now, so concurrent requests rank around it
-                                admitted = self.health.get(node_id, cap).start(
-                                    anyio.current_time())
+                                # the same record is finished, even if the peer's health
+                                # is forgotten (it disconnected) while the attempt runs
+                                health = self.health.get(node_id, cap)
+                                admitted = health.start(anyio.current_time())
                                 tg.start_soon(self._attempt, cap, node_id, scope, attempt,
-                                              send, run, admitted)
+                                              send, run, health, admitted)
                             case CancelAttempt(node_id=node_id):
                                 run.scopes[node_id].cancel()
                             case other:
@@ -615,9 +617,9 @@ class RoleService:
         attempt: Callable[[NodeId], Awaitable[Any]],
         send: MemoryObjectSendStream[_Done],
         run: _Run,
+        health: PeerHealth,
         admitted: bool,
     ) -> None:
-        health = self.health.get(node_id, cap)
         began = anyio.current_time()
         outcome = Outcome.CANCELLED
         value: Any = None
