@@ -1,5 +1,5 @@
 """One client and a role served by several peers, some of them slow: the workload of the
-hedging tests and of ``bench/routing.py``."""
+hedging tests and of ``bench/roles.py``."""
 
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 hedging on and off, and the time full in-process nodes take to meet their targets versus N.
 Results and commands in docs/benchmarks.md ("Capability routing").
 
-    .venv/bin/python bench/routing.py roles
-    .venv/bin/python bench/routing.py targets --nodes 50 200
+    .venv/bin/python bench/roles.py roles
+    .venv/bin/python bench/roles.py targets --nodes 50 200
 
 Everything runs real nodes (Noise, framing, router, peer manager, policy engine) over the
 in-process memory network on trio's mock clock: latencies and times to targets are *virtual*
