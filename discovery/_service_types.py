@@ -70,33 +70,32 @@ class Penalty(enum.Enum):
 
     @property
     def misbehaviour(self) -> Misbehaviour:
-        """The lookup core's reason for a penalty found while answering a lookup."""
-        match self:
-            case Penalty.SPOOFED_ID:
-                return Misbehaviour.SPOOFED_ID
-            case Penalty.MALFORMED_ANSWER:
-                return Misbehaviour.MALFORMED
-            case Penalty.TOO_MANY_CONTACTS:
-                return Misbehaviour.TOO_MANY_CONTACTS
-            case Penalty.FAR_CONTACTS:
-                return Misbehaviour.FAR_CONTACTS
-            case _:
-                return Misbehaviour.FORGED_RECORD
+        """The lookup core's reason for a penalty found while answering a lookup (a penalty no
+        lookup hands out, ``CAPABILITY_REFUTED``, counts as a forged record)."""
+        return _LOOKUP_REASON.get(self, Misbehaviour.FORGED_RECORD)
 
     @classmethod
     def of(cls, reason: Misbehaviour) -> Penalty:
         """The penalty for a peer the lookup core dropped."""
-        match reason:
-            case Misbehaviour.SPOOFED_ID:
-                return cls.SPOOFED_ID
-            case Misbehaviour.FORGED_RECORD:
-                return cls.FORGED_RECORD
-            case Misbehaviour.MALFORMED:
-                return cls.MALFORMED_ANSWER
-            case Misbehaviour.TOO_MANY_CONTACTS:
-                return cls.TOO_MANY_CONTACTS
-            case Misbehaviour.FAR_CONTACTS:
-                return cls.FAR_CONTACTS
+        return _LOOKUP_PENALTY[reason]
+
+
+_LOOKUP_REASONS: tuple[tuple[Penalty, Misbehaviour], ...] = (
+    (Penalty.SPOOFED_ID, Misbehaviour.SPOOFED_ID),
+    (Penalty.FORGED_RECORD, Misbehaviour.FORGED_RECORD),
+    (Penalty.MALFORMED_ANSWER, Misbehaviour.MALFORMED),
+    (Penalty.TOO_MANY_CONTACTS, Misbehaviour.TOO_MANY_CONTACTS),
+    (Penalty.FAR_CONTACTS, Misbehaviour.FAR_CONTACTS),
+    (Penalty.WRONG_NETWORK, Misbehaviour.FORGED_RECORD),
+    (Penalty.UNRELATED_PROVIDER, Misbehaviour.FORGED_RECORD),
+)
+"""The one table between the two enums: the lookup core's reason for each penalty a lookup
+hands out. Both directions read it; the first penalty listed for a reason is the one for a
+peer the core dropped by itself."""
+_LOOKUP_REASON: Mapping[Penalty, Misbehaviour] = MappingProxyType(dict(_LOOKUP_REASONS))
+_LOOKUP_PENALTY: Mapping[Misbehaviour, Penalty] = MappingProxyType(
+    {reason: penalty for penalty, reason in reversed(_LOOKUP_REASONS)}
+)
 
 
 def penalty_for_rejection(reason: RecordRejection) -> Penalty | None:

@@ -25,6 +25,7 @@ from discovery import (
     DhtRequest,
     DhtResponse,
     LookupOutcome,
+    Misbehaviour,
     Penalty,
     RecordRejection,
     SignedRecord,
@@ -264,6 +265,14 @@ async def test_a_responder_that_spoofs_an_id_is_ignored_and_penalised() -> None:
     for peer, _ in judged:  # dropped from the routing table
         assert node_id_bytes(peer) not in origin.table
     assert origin.statistics().records_rejected[RecordRejection.ID_MISMATCH] >= len(judged)
+
+
+def test_every_reason_a_lookup_drops_a_peer_for_has_one_penalty_and_back() -> None:
+    for reason in Misbehaviour:  # the core's own verdicts and the driver's
+        assert Penalty.of(reason).misbehaviour is reason
+    assert Penalty.WRONG_NETWORK.misbehaviour is Misbehaviour.FORGED_RECORD
+    assert Penalty.UNRELATED_PROVIDER.misbehaviour is Misbehaviour.FORGED_RECORD
+    assert Penalty.of(Misbehaviour.FORGED_RECORD) is Penalty.FORGED_RECORD
 
 
 @pytest.mark.parametrize("anyio_backend", [virtual_time()])
