@@ -22,6 +22,7 @@ from discovery._dht_lookup import (
     ProviderFound,
     Query,
 )
+from discovery._dht_lookups import ProviderStream
 from discovery._dht_providers import (
     ProviderEntry,
     ProviderStore,
@@ -29,7 +30,7 @@ from discovery._dht_providers import (
     RepublishSchedule,
     StoreOutcome,
 )
-from discovery._dht_service import DhtService, ProviderStream
+from discovery._dht_service import DhtService
 from discovery._dht_table import (
     AddOutcome,
     ContactInfo,
@@ -131,7 +132,9 @@ from discovery._wire import (
     encode_record_update,
 )
 
-DRIVER_MODULES = ("discovery._dht_service", "discovery._dht_walk", "discovery._service")
+DRIVER_MODULES = (
+    "discovery._dht_lookups", "discovery._dht_service", "discovery._dht_walk", "discovery._service"
+)
 """Modules that run I/O (anyio); every other module of the package is a pure core."""
 
 __all__ = [

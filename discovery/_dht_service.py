@@ -18,10 +18,12 @@ an injected ``penalise(peer, Penalty)`` callback (the node feeds the peer manage
   dropped from the lookup (``on_invalid``) and penalised; expired or replayed (older ``seq``)
   records are dropped without blame (see ``SILENT_REJECTIONS``). Signature checks are cached by
   record bytes; the time and sequence checks run every time.
-* **Lookups** run the pure :class:`Lookup` in one task: each ``Query`` becomes a child task in
-  the lookup's task group, bounded by ``query_timeout`` (anyio) and the core's own deadline;
-  answers come back on a memory stream and are fed to the core in order. Leaving a lookup early
-  (the consumer stops, or cancellation) cancels the task group: nothing keeps running.
+* **Lookups** (:class:`DhtLookups`, ``_dht_lookups.py``, which shares the table, contact book,
+  provider store and verifier) run the pure :class:`Lookup` in one task: each ``Query`` becomes
+  a child task in the lookup's task group, bounded by ``query_timeout`` (anyio) and the core's
+  own deadline; answers come back on a memory stream and are fed to the core in order. Leaving
+  a lookup early (the consumer stops, or cancellation) cancels the task group: nothing keeps
+  running.
 * **Providing** finds the ``k`` nodes nearest a capability's key, stores the node's record on
   them and on itself, and republishes before expiry (``run``). A replica never extends expiry:
   holders take ``expires_at`` from the signed record, so only a re-signed record (higher
@@ -37,30 +39,20 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import anyio
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from discovery._dht_answers import Checked, Refused, check_answer
 from discovery._dht_contacts import ContactBook
-from discovery._dht_lookup import (
-    Lookup,
-    LookupEvent,
-    LookupMode,
-    LookupResult,
-    Misbehaved,
-    ProviderFound,
-)
+from discovery._dht_lookups import DhtLookups, ProviderStream
 from discovery._dht_providers import (
     ProviderStore,
     RepublishSchedule,
     StoreOutcome,
 )
 from discovery._dht_table import AddOutcome, RoutingTable
-from discovery._dht_walk import WalkOutcome, walk
-from discovery._keys import node_id_bytes, node_id_from_bytes, provider_key, valid_capability_name
+from discovery._keys import node_id_bytes, provider_key
 from discovery._record import CapabilityRecord, RecordError, RecordRejection, SignedRecord
 from discovery._service_types import (
     DhtConfig,
@@ -90,19 +82,7 @@ from discovery._wire import (
 from overlay.errors import LocalProtocolError, OverlayError
 from overlay.identity import NodeId
 
-__all__ = ["DhtConfig", "DhtService", "ProviderStream"]
-
-
-class ProviderStream:
-    """The providers of one ``find_providers`` lookup, as they arrive (``async for``); its
-    ``report`` once the lookup has ended (None before)."""
-
-    def __init__(self, receive: MemoryObjectReceiveStream[SignedRecord]) -> None:
-        self._receive = receive
-        self.report: LookupReport | None = None
-
-    def __aiter__(self) -> AsyncIterator[SignedRecord]:
-        return self._receive.__aiter__()
+__all__ = ["DhtConfig", "DhtService"]
 
 
 def _no_netgroup(record: CapabilityRecord) -> str | None:
@@ -156,6 +136,11 @@ class DhtService:
         self._wake = anyio.Event()
         self._verifier = RecordVerifier(config.network, cache_size=config.verify_cache)
         self._counters = DhtCounters()
+        self._lookups = DhtLookups(
+            config, local=self._local, rpc=rpc, table=self._table, contacts=self._contacts,
+            store=self._store, verifier=self._verifier, counters=self._counters,
+            wall_clock=wall_clock, penalise=self._penalise,
+        )
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -318,152 +303,28 @@ class DhtService:
         self, target: bytes, *, paths: int | None = None
     ) -> tuple[list[SignedRecord], LookupReport]:
         """``find_closest`` and what the lookup cost."""
-        book: dict[bytes, SignedRecord] = {}
-        result, report = await self._lookup(
-            target, LookupMode.FIND_NODE, DhtFindNode(target), book, paths=paths
-        )
-        return [book[node] for node in result.closest], report
+        return await self._lookups.find_closest_report(target, paths=paths)
 
-    @contextlib.asynccontextmanager
-    async def find_providers(
+    def find_providers(
         self,
         capability: str,
         *,
         want: int | None = None,
         paths: int | None = None,
         max_messages: int | None = None,
-    ) -> AsyncIterator[ProviderStream]:
+    ) -> contextlib.AbstractAsyncContextManager[ProviderStream]:
         """Look up the providers of ``capability``; ``async for`` over the stream yields each
         verified provider record as it arrives (the node's own record excluded). The lookup
         stops after ``want`` providers, after ``max_messages`` queries, or when the block is
-        left (then nothing keeps running). ``stream.report`` holds the cost once it ended."""
-        if not valid_capability_name(capability):
-            raise LocalProtocolError(f"not a capability name: {capability!r}")
-        key = provider_key(self.config.network, capability)
-        # Unbounded but finite: a lookup finds at most a few providers per answer, and the
-        # lookup must never wait on a slow consumer while queries are in flight.
-        send, receive = anyio.create_memory_object_stream[SignedRecord](math.inf)
-        stream = ProviderStream(receive)
+        left (then nothing keeps running). ``stream.report`` holds the cost once it ended::
 
-        async def run() -> None:
-            async with send:
-                now = self._wall()
-                sent = {self._local}  # the node itself is never its own provider
-                for entry in self._store.get(key, now, MAX_RECORDS_PER_MESSAGE):
-                    if entry.provider_id not in sent:
-                        sent.add(entry.provider_id)
-                        send.send_nowait(entry.payload)
-                _, stream.report = await self._lookup(
-                    key,
-                    LookupMode.GET_PROVIDERS,
-                    DhtGetProviders(key),
-                    {},
-                    capability=capability,
-                    found=send,
-                    sent=sent,
-                    want=want,
-                    paths=paths,
-                    max_messages=max_messages,
-                    report_to=stream,
-                )
-
-        async with receive, anyio.create_task_group() as tg:
-            tg.start_soon(run)
-            try:
-                yield stream
-            finally:
-                tg.cancel_scope.cancel()
-
-    async def _lookup(
-        self,
-        target: bytes,
-        mode: LookupMode,
-        request: DhtRequest,
-        book: dict[bytes, SignedRecord],
-        *,
-        capability: str | None = None,
-        found: MemoryObjectSendStream[SignedRecord] | None = None,
-        sent: set[bytes] | None = None,
-        want: int | None = None,
-        paths: int | None = None,
-        max_messages: int | None = None,
-        report_to: ProviderStream | None = None,
-    ) -> tuple[LookupResult, LookupReport]:
-        seeds = self._contacts.seeds(target, self.config.lookup.k)
-        for node in seeds:
-            record = self._contacts.record(node)
-            assert record is not None
-            book[node] = record
-        lookup: Lookup[SignedRecord] = Lookup(
-            target, mode, seeds, local_id=self._local, config=self.config.lookup,
-            want=want, paths=paths,
+            async with dht.find_providers("archive", want=3) as found:
+                async for signed in found:
+                    ...
+        """
+        return self._lookups.find_providers(
+            capability, want=want, paths=paths, max_messages=max_messages
         )
-        self._table.mark_lookup(target, self._wall())
-        reports: list[LookupReport] = []
-
-        def done(outcome: WalkOutcome) -> None:
-            reports.append(self._account(outcome))
-            if report_to is not None:
-                report_to.report = reports[0]
-
-        hooks = _Hooks(self, book, capability, found, {self._local} if sent is None else sent)
-        outcome = await walk(
-            lookup, request, book, rpc=self._rpc, hooks=hooks, on_done=done,
-            max_messages=max_messages,
-        )
-        return outcome.result, reports[0]
-
-    def _check_answer(
-        self,
-        lookup: Lookup[SignedRecord],
-        hooks: _Hooks,
-        peer: bytes,
-        response: DhtResponse,
-        now: float,
-    ) -> list[LookupEvent[SignedRecord]]:
-        """Verify an answer's records and feed it to the core (``WalkHooks.on_answer``)."""
-        verdict = check_answer(
-            response, lookup.mode, capability=hooks.capability, verifier=self._verifier,
-            held_seq=self._contacts.held_seq, now=self._wall(),
-        )
-        match verdict:
-            case Refused.REFUSED:
-                self._table.on_failure(peer)
-                return lookup.on_failure(peer, now)
-            case Penalty():
-                hooks.blame[peer] = verdict
-                return lookup.on_invalid(peer, verdict.misbehaviour, now)
-            case Checked(contacts, providers):
-                ids = []
-                for signed in contacts:
-                    node = node_id_bytes(signed.node_id)
-                    ids.append(node)
-                    held = hooks.book.get(node)
-                    if held is None or signed.seq > held.seq:
-                        hooks.book[node] = signed
-                    if node != self._local:
-                        self.add_contact(signed, verified=False)
-                self.add_contact(hooks.book[peer], verified=True)  # it answered: it exists
-                found = [(node_id_bytes(p.node_id), p) for p in providers]
-                return lookup.on_response(peer, ids, found, now=now)
-
-    def _account(self, outcome: WalkOutcome) -> LookupReport:
-        result = outcome.result
-        report = LookupReport(
-            outcome=result.outcome,
-            providers=result.providers,
-            closest=len(result.closest),
-            rounds=result.rounds,
-            messages=outcome.sent,
-            responses=result.responses,
-            timeouts=result.timeouts,
-            misbehaved=result.misbehaved,
-            elapsed=outcome.elapsed,
-            first_provider_after=outcome.first_provider_after,
-            budget_exhausted=outcome.budget_exhausted,
-        )
-        self._counters.lookup(report)
-        return report
 
     # -- providing -------------------------------------------------------------------------------
 
@@ -564,43 +425,3 @@ class DhtService:
             delay = max(min(wake) - self._wall(), 0.0) if wake else math.inf
             with anyio.move_on_after(delay):
                 await self._wake.wait()
-
-
-class _Hooks:
-    """One lookup's state the service needs while a ``walk`` runs (``WalkHooks``)."""
-
-    __slots__ = ("blame", "book", "capability", "found", "sent", "service")
-
-    def __init__(
-        self,
-        service: DhtService,
-        book: dict[bytes, SignedRecord],
-        capability: str | None,
-        found: MemoryObjectSendStream[SignedRecord] | None,
-        sent: set[bytes],
-    ) -> None:
-        self.service = service
-        self.sent = sent
-        """Providers already streamed (and the node itself)."""
-        self.book = book
-        self.capability = capability
-        self.found = found
-        self.blame: dict[bytes, Penalty] = {}
-
-    def on_answer(
-        self, lookup: Lookup[SignedRecord], peer: bytes, response: DhtResponse, now: float
-    ) -> list[LookupEvent[SignedRecord]]:
-        return self.service._check_answer(lookup, self, peer, response, now)
-
-    def on_query_failed(self, peer: bytes) -> None:
-        self.service.table.on_failure(peer)
-
-    def on_misbehaved(self, peer: bytes, event: Misbehaved) -> None:
-        penalty = self.blame.pop(peer, None) or Penalty.of(event.reason)
-        self.service._penalise(node_id_from_bytes(peer), penalty)
-        self.service.distrust(peer)
-
-    def on_provider(self, found: ProviderFound[SignedRecord]) -> None:
-        if self.found is not None and found.provider_id not in self.sent:
-            self.sent.add(found.provider_id)
-            self.found.send_nowait(found.payload)

@@ -38,7 +38,8 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from discovery._confirm import Confirmations, ConfirmationsConfig
-from discovery._dht_service import DhtService, ProviderStream
+from discovery._dht_lookups import ProviderStream
+from discovery._dht_service import DhtService
 from discovery._keys import valid_capability_name
 from discovery._record import CapabilityRecord, RecordError, SignedRecord
 from discovery._recordstore import RecordStore
