@@ -16,7 +16,11 @@ opaque payloads only.
   disjoint in the manner of S/Kademlia: no node is ever queried by two paths.
 * **Progress without rounds.** A path keeps at most ``alpha`` queries in flight, always to the
   nearest *new* candidates among its ``k`` nearest live (not failed) ones; a new query goes out as
-  soon as one returns. A path is done when its ``k`` nearest live candidates have all answered;
+  soon as one returns. A lookup that wants ``want`` providers starts *narrow*: each path sends
+  ``ceil(want / d)`` queries (at most ``alpha``) until its first query has an outcome (answer,
+  failure or timeout), then widens to ``alpha``; when the nearest known nodes hold a provider,
+  as they do once providers stored their records, the lookup ends after ``d`` messages instead
+  of ``d * alpha``. A path is done when its ``k`` nearest live candidates have all answered;
   queries still in flight to farther nodes are then abandoned. The lookup is done when every path
   is done (FIND_NODE, and GET_PROVIDERS that did not find enough), or as soon as ``want`` distinct
   providers were found (GET_PROVIDERS).
@@ -201,12 +205,14 @@ def _dist_key(c: _Cand) -> int:
 
 
 class _Path:
-    __slots__ = ("done", "in_flight", "order")
+    __slots__ = ("done", "in_flight", "opened", "order")
 
     def __init__(self) -> None:
         self.order: list[_Cand] = []  # by distance to the target
         self.in_flight = 0
         self.done = False
+        self.opened = False
+        """A query of this path had an outcome: it may keep ``alpha`` in flight."""
 
 
 class Lookup(Generic[P]):
@@ -240,6 +246,7 @@ class Lookup(Generic[P]):
         self._t = int.from_bytes(target, "big")
         self._local = int.from_bytes(local_id, "big")
         self._k = cfg.k
+        self._narrow = cfg.alpha if want is None else min(cfg.alpha, -(-want // paths))
         self._paths = [_Path() for _ in range(paths)]
         self._cands: dict[int, _Cand] = {}
         self._pending: dict[int, _Cand] = {}
@@ -445,16 +452,19 @@ class Lookup(Generic[P]):
 
     def _unpend(self, c: _Cand) -> None:
         del self._pending[c.dist ^ self._t]
-        self._paths[c.path].in_flight -= 1
+        path = self._paths[c.path]
+        path.in_flight -= 1
+        path.opened = True
 
     def _advance(self, now: float, out: list[LookupEvent[P]]) -> None:
         if self._result is not None:
             return
-        alpha, k = self.config.alpha, self._k
+        k = self._k
         all_done = True
         for path in self._paths:
             if path.done:
                 continue
+            alpha = self.config.alpha if path.opened else self._narrow
             live = 0
             waiting = False
             for c in path.order:

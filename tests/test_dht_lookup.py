@@ -135,7 +135,7 @@ def test_no_seeds_ends_at_once_and_start_is_once_only() -> None:
 
 def test_providers_stream_deduplicated_and_want_stops_early() -> None:
     lookup = make([50, 60, 70], k=3, alpha=3, mode=LookupMode.GET_PROVIDERS, paths=1, want=2)
-    lookup.start(0.0)
+    assert len(lookup.start(0.0)) == 2  # narrow start: want=2 on one path
     events = lookup.on_response(nid(50), [nid(5)], [(b"p" * 20, "rec-p")], now=0.1)
     found = [e for e in events if isinstance(e, ProviderFound)]
     assert [(f.provider_id, f.payload, f.source, f.rounds) for f in found] == [
@@ -147,8 +147,33 @@ def test_providers_stream_deduplicated_and_want_stops_early() -> None:
     result = done(events).result
     assert result.outcome is LookupOutcome.ENOUGH_PROVIDERS
     assert result.providers == 2 and result.first_provider_rounds == 1
-    assert result.first_provider_messages == 3
+    assert result.first_provider_messages == 2
     assert lookup.pending() == ()
+
+
+def test_a_lookup_wanting_one_provider_starts_with_one_query_per_path_then_widens() -> None:
+    seeds = [50, 60, 70, 80, 90, 100, 110, 120]
+    lookup = make(seeds, k=8, alpha=3, mode=LookupMode.GET_PROVIDERS, paths=2, want=1)
+    sent = lookup.start(0.0)
+    assert [(e.peer, e.path) for e in sent if isinstance(e, Query)] == [(nid(50), 0), (nid(60), 1)]
+    # Path 0's first answer has no provider: path 0 widens to alpha, path 1 stays narrow.
+    events = lookup.on_response(nid(50), [], now=0.1)
+    assert [e.path for e in events if isinstance(e, Query)] == [0, 0, 0]
+    # Path 1's first query times out: it widens too (the retry and two more).
+    events = lookup.on_timer(1.05)
+    assert [e.path for e in events if isinstance(e, Query)] == [1, 1, 1]
+    # The nearest holder answers: the lookup ends at once, after 8 messages.
+    events = lookup.on_response(nid(70), [nid(5)], [(b"p" * 20, "rec")], now=1.06)
+    result = done(events).result
+    assert result.outcome is LookupOutcome.ENOUGH_PROVIDERS and result.messages == 8
+    assert lookup.pending() == ()
+
+
+def test_a_lookup_wanting_one_provider_held_by_the_nearest_nodes_sends_one_per_path() -> None:
+    lookup = make([50, 60, 70, 80], k=4, alpha=3, mode=LookupMode.GET_PROVIDERS, paths=2, want=1)
+    assert len(lookup.start(0.0)) == 2
+    result = done(lookup.on_response(nid(60), [], [(b"p" * 20, "rec")], now=0.1)).result
+    assert result.messages == 2 and result.first_provider_messages == 2
 
 
 def test_disjoint_paths_never_query_the_same_node() -> None:
