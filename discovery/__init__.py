@@ -88,6 +88,7 @@ from discovery._service import (
     CandidateStream,
     CapabilityView,
     DiscoveryConfig,
+    ProviderLookups,
 )
 from discovery._service_types import (
     LATENCY_BUCKETS,
@@ -204,6 +205,7 @@ __all__ = [
     "ProvideReport",
     "ProviderEntry",
     "ProviderFound",
+    "ProviderLookups",
     "ProviderStore",
     "ProviderStoreConfig",
     "ProviderStream",

@@ -31,15 +31,16 @@ import contextlib
 import enum
 import math
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Protocol
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from discovery._confirm import Confirmations, ConfirmationsConfig
 from discovery._dht_lookups import ProviderStream
-from discovery._dht_service import DhtService
 from discovery._keys import valid_capability_name
 from discovery._record import CapabilityRecord, RecordError, SignedRecord
 from discovery._recordstore import RecordStore
@@ -60,10 +61,20 @@ __all__ = [
     "CandidateStream",
     "CapabilityView",
     "DiscoveryConfig",
+    "ProviderLookups",
 ]
 
 DHT_SOURCE = "dht"
 """The address book's source label of records found by DHT lookups."""
+
+
+class ProviderLookups(Protocol):
+    """Where the view runs DHT provider lookups: a ``DhtService``, or the node's DHT (which
+    raises ``NodeClosed`` while it is not running)."""
+
+    def find_providers(
+        self, capability: str, *, want: int | None = None, max_messages: int | None = None
+    ) -> AbstractAsyncContextManager[ProviderStream]: ...
 
 
 class CandidateSource(enum.Enum):
@@ -160,10 +171,13 @@ class CapabilityView:
         address_book: RecordStore,
         wall_clock: Callable[[], float],
         pex: PexClient | None = None,
-        dht: DhtService | None = None,
+        dht: ProviderLookups | None = None,
         penalise: Callable[[NodeId, Penalty], None] = _no_penalty,
         cost: Callable[[CapabilityRecord], float] = _free,
+        claims: Confirmations | None = None,
     ) -> None:
+        """``claims``: the confirmed and refuted claims to read and update (shared with
+        whoever else tracks them, e.g. the node's connected-peer records); default: its own."""
         self.config = config
         self._local = local_id
         self._connected = connected
@@ -173,7 +187,7 @@ class CapabilityView:
         self._dht = dht
         self._penalise_cb = penalise
         self._cost = cost
-        self._claims = Confirmations(config.confirmations)
+        self._claims = claims if claims is not None else Confirmations(config.confirmations)
         self._verifier = RecordVerifier(config.network)
         self._calls = 0
         self._handed: dict[CandidateSource, int] = {}
@@ -425,7 +439,7 @@ class _Call:
             accepted.append(signed)
         return [s for s in self._ordered(accepted) if s.record.has(self.capability)]
 
-    async def _dht(self, dht: DhtService) -> None:
+    async def _dht(self, dht: ProviderLookups) -> None:
         want = self.limit - self.handed + len(self.seen)
         lookup: ProviderStream | None = None
         try:

@@ -46,7 +46,7 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, Protocol, assert_never
+from typing import Any, Protocol
 
 import anyio
 import anyio.abc
@@ -90,7 +90,7 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId
 from overlay.node._config import NodeConfig
-from overlay.node._discovery import DHT_CHANNEL_ID
+from overlay.node._discovery import DHT_CHANNEL_ID, report_penalty, score_event_of
 from overlay.node._records import NodeCapabilities
 from overlay.node._transient import TransientConnections
 from overlay.router._channel import Channel, ChannelSpec, Envelope
@@ -187,19 +187,6 @@ class DhtHost(Protocol):
     def capabilities(self) -> NodeCapabilities: ...
 
     def channel(self, spec: ChannelSpec[Any, Any]) -> Channel[Any, Any]: ...
-
-
-def score_event_of(penalty: Penalty) -> str:
-    """The observer fact a DHT penalty becomes: ``protocol_violation`` for provable forgery
-    (a forged, spoofed or foreign-network record), ``invalid_message`` otherwise."""
-    match penalty:
-        case Penalty.FORGED_RECORD | Penalty.SPOOFED_ID | Penalty.WRONG_NETWORK:
-            return "protocol_violation"
-        case (Penalty.UNRELATED_PROVIDER | Penalty.MALFORMED_ANSWER | Penalty.TOO_MANY_CONTACTS
-              | Penalty.FAR_CONTACTS | Penalty.CAPABILITY_REFUTED):
-            return "invalid_message"
-        case unreachable:
-            assert_never(unreachable)
 
 
 def dht_config(config: NodeConfig) -> DhtConfig:
@@ -412,12 +399,7 @@ class NodeDht:
         return encode_dht_response(self.answer(conn.node_id, request, conn.info))
 
     def _penalise(self, peer: NodeId, penalty: Penalty) -> None:
-        reason = f"dht: {penalty.value}"
-        match score_event_of(penalty):
-            case "protocol_violation":
-                self.host.observer.on_protocol_violation(peer, reason)
-            case _:
-                self.host.observer.on_invalid_message(peer, DHT.name, reason)
+        report_penalty(self.host.observer, peer, penalty, channel=DHT.name, source="dht")
 
     # ------------------------------------------------------------------------ lifecycle
 

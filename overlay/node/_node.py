@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 import anyio
 import anyio.abc
 
-from discovery import ProviderStream
+from discovery import Penalty, ProviderStream
 from overlay._version import __version__
 from overlay.address import NodeAddress, is_unspecified
 from overlay.connection._core import ConnectionCore
@@ -70,9 +70,9 @@ from overlay.node._app import run_app
 from overlay.node._config import NodeConfig
 from overlay.node._control import NodeControl
 from overlay.node._dht import DHT, NodeDht
-from overlay.node._discovery import DiscoveryState
+from overlay.node._discovery import DiscoveryState, report_penalty
 from overlay.node._peering import DialOutcome, Peering
-from overlay.node._pex import Pex
+from overlay.node._pex import PEX, Pex
 from overlay.node._records import CAPABILITIES_FILE, NodeCapabilities
 from overlay.node._routing import NodeRouting
 from overlay.node._services import NodeServices
@@ -328,6 +328,12 @@ class Node:
             self._multi.set(*self._services.observers, self.discovery.peers, *watchers,
                             self.routing, *self._user_observers)
             self.discovery.peers.start(peering, self._services.metrics)
+            self.discovery.start(
+                local_id=self.node_id,
+                pex=self._services.pex if self.config.discovery.pex_enabled else None,
+                dht=self.dht,
+                penalise=self._penalise_discovery,
+            )
             self._listening = True
             for transport in self._transports:
                 serve = functools.partial(
@@ -398,6 +404,7 @@ class Node:
         self._closing = True
         with anyio.CancelScope(shield=True):
             self._services.withdraw()  # first: the CLI no longer finds a stopping node
+            self.discovery.stop()
             conns = self.router.peers()
             for conn in conns:
                 conn.close(DisconnectReason.SHUTDOWN, "node shutting down",
@@ -583,11 +590,20 @@ class Node:
 
 
     async def _discover_providers(self, capability: str) -> None:
-        """Routing's ``discover`` hook: a DHT provider lookup whose verified records go to
-        ``node.discovery.records`` (where the policy engine finds candidates)."""
-        async with self.find_providers(capability, want=_DISCOVER_WANT) as found:
-            async for signed in found:
-                self.discovery.records.offer(signed, time.time(), "dht")
+        """Routing's ``discover`` hook: ``node.discovery.candidates`` for providers the node
+        does not know yet (connected peers and known records excluded), so PEX and then the
+        DHT are asked; what they find enters ``node.discovery.records``, where the policy
+        engine finds candidates."""
+        known = {s.node_id for s in self.discovery.peers.connected_records()}
+        known.update(s.node_id for s in self.discovery.records.candidates(capability, time.time()))
+        async with self.discovery.candidates(
+            capability, limit=_DISCOVER_WANT, exclude=known
+        ) as found:
+            async for _ in found:
+                pass
+
+    def _penalise_discovery(self, peer: NodeId, penalty: Penalty) -> None:
+        report_penalty(self.observer, peer, penalty, channel=PEX.name, source="discovery")
 
     @contextlib.asynccontextmanager
     async def find_providers(

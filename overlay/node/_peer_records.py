@@ -103,7 +103,7 @@ class PeerRecords(Observer):
         self._network = network
         self._router = router
         self._store = store
-        self._claims = claims or Confirmations()
+        self._claims = claims if claims is not None else Confirmations()
         self._clock = clock
         self._peers: dict[NodeId, SignedRecord] = {}
         self._peering: Peering | None = None
