@@ -142,6 +142,31 @@ def _node(network: MemoryNetwork, *capabilities: str, **dht: object) -> Node:
     return Node(config, transports=[network.node_transport()])
 
 
+CAPABILITY_FINDABLE_WITHIN = 2.0
+"""Seconds (virtual, 5 ms links) from ``capabilities.set`` to lookups finding the node: the
+DHT's SETTLE_DELAY (1 s) and one provide lookup (docs/discovery.md, "In the node")."""
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("anyio_backend", VIRTUAL)
+async def test_a_capability_set_at_run_time_is_found_by_lookups_within_the_stated_time() -> None:
+    async with dht_network(30, seed=8, capabilities={"archive": 2}) as net:
+        holders = set(net.holders["archive"])
+        newcomer, asker = [n for n in net.nodes if n.node_id not in holders][:2]
+        assert (await run_lookup(asker, "relay")).found == []
+        started = anyio.current_time()
+        newcomer.capabilities.set("relay", 2)
+        await anyio.sleep(CAPABILITY_FINDABLE_WITHIN)
+        run = await run_lookup(asker, "relay")
+        assert run.found == [newcomer.node_id]
+        assert anyio.current_time() - started - run.elapsed <= CAPABILITY_FINDABLE_WITHIN
+        # Its other capabilities stay findable with the new record (seq) in place.
+        newcomer.capabilities.set("archive")
+        await anyio.sleep(CAPABILITY_FINDABLE_WITHIN)
+        found = (await run_lookup(asker, "archive")).found
+        assert set(found) == holders | {newcomer.node_id}
+
+
 @pytest.mark.parametrize("anyio_backend", VIRTUAL)
 async def test_transient_connections_are_never_peers_and_close_when_idle() -> None:
     network = MemoryNetwork()
