@@ -13,7 +13,7 @@ bootstrapped from a random earlier one; three of them ``set`` each key; each tri
 other node ``get``s one key. Messages are the RPCs the getter's protocol sends (counted by
 wrapping ``KademliaProtocol.call_*``); times are wall-clock.
 
-Run: ``.venv/bin/python -m bench.dht --sizes 100 300 1000 --trials 60`` (kademlia must be
+Run: ``nice -n 10 .venv/bin/python -m bench.dht --sizes 100 300 --trials 30`` (kademlia must be
 installed for the baseline: ``.venv/bin/pip install kademlia==2.2.3``; it is not a dependency
 of the project, and the benchmark prints a note and runs ours only when it is missing).
 """
