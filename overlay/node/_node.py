@@ -50,7 +50,7 @@ from overlay._version import __version__
 from overlay.address import NodeAddress, is_unspecified
 from overlay.connection._core import ConnectionCore
 from overlay.connection._driver import PeerConnection
-from overlay.connection._observer import MultiObserver, Observer
+from overlay.connection._observer import MultiObserver, Observer, TaskRoot
 from overlay.connection._timers import TimerService
 from overlay.errors import (
     ChannelError,
@@ -215,7 +215,7 @@ class Node:
         self.dht: NodeDht | None = None
         """The node's DHT (``[discovery.dht] enabled``): ``find_providers``, statistics."""
         self._transient: TransientConnections | None = None
-        self._timers = TimerService()
+        self._timers = TimerService(self.observer)
         if self.config.discovery.dht.enabled:
             self._transient = TransientConnections(
                 self.config.discovery.dht, spec=DHT, connection=self.config.connection,
@@ -799,10 +799,7 @@ class Node:
             await conn.run()
         except Exception:  # task root: one broken connection must never take the node down
             log.exception("connection to %s failed unexpectedly", node_id)
-            self._count_failure(
-                RuntimeError("internal"),
-                Direction.OUTBOUND if outbound else Direction.INBOUND,
-            )
+            self.observer.on_task_failed(TaskRoot.CONNECTION)
         finally:
             self.router.remove_peer(conn)
             self._retire(conn)

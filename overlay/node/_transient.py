@@ -44,7 +44,7 @@ import anyio.abc
 from overlay.address import NodeAddress
 from overlay.connection._core import ChannelParams, ConnectionCore
 from overlay.connection._driver import PeerConnection, RequestExpired
-from overlay.connection._observer import Observer
+from overlay.connection._observer import Observer, TaskRoot
 from overlay.connection._timers import TimerService
 from overlay.errors import (
     DialError,
@@ -332,6 +332,7 @@ class TransientConnections:
             await conn.run(task_status=task_status)
         except Exception:  # task root: one broken connection must never take the node down
             log.exception("transient connection to %s failed unexpectedly", conn.node_id)
+            self._observer.on_task_failed(TaskRoot.TRANSIENT_CONNECTION)
         finally:
             if self._out.get(conn.node_id) is entry:
                 del self._out[conn.node_id]
@@ -366,8 +367,9 @@ class TransientConnections:
         self._wake.set()
         try:
             await conn.run()
-        except Exception:  # task root
+        except Exception:  # task root: one broken connection must never take the node down
             log.exception("transient connection from %s failed unexpectedly", conn.node_id)
+            self._observer.on_task_failed(TaskRoot.TRANSIENT_CONNECTION)
         finally:
             if self._in.get(conn.node_id) is entry:
                 del self._in[conn.node_id]
