@@ -40,7 +40,7 @@ def fill_outbound(m: PeerManager, now: float) -> set[NodeId]:
     outbound: set[NodeId] = set()
     for step in range(50):
         actions = [a for a in m.poll(now + step) if isinstance(a, DialPeer) and not a.feeler]
-        if not actions and len(outbound) >= m._config.max_outbound:
+        if not actions and len(outbound) >= m.config.max_outbound:
             break
         for dial in actions:
             m.dial_succeeded(dial.address.node_id, dial.address, now + step)

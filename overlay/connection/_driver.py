@@ -246,6 +246,16 @@ class PeerConnection:
         return self.core.statistics()
 
     @property
+    def requests_waiting(self) -> int:
+        """Our requests on this connection whose caller still waits for the answer."""
+        return len(self._waiters)
+
+    @property
+    def requests_serving(self) -> int:
+        """The peer's requests on this connection whose handler is running now."""
+        return len(self._handlers)
+
+    @property
     def info_seq(self) -> int:
         """``info_seq`` of the peer's NodeInfo in :attr:`info` (0: from the hello)."""
         return self.core.peer_info_seq

@@ -200,8 +200,7 @@ class TransientConnections:
                     oldest = min((e.idle_since() for e in entries if e.conn.is_open),
                                  default=math.inf)
                     self._wake = anyio.Event()
-                    delay = oldest + self.settings.transient_idle - anyio.current_time()
-                    with anyio.move_on_after(max(delay, 0.0)):
+                    with anyio.move_on_at(oldest + self.settings.transient_idle):
                         await self._wake.wait()
         finally:
             self._tg = None
@@ -246,7 +245,7 @@ class TransientConnections:
     async def _connection_to(
         self, peer: NodeId, addresses: Sequence[NodeAddress], deadline: float
     ) -> _Entry:
-        with anyio.fail_after(max(deadline - anyio.current_time(), 0.0)):
+        with anyio.fail_at(deadline):
             while True:
                 if self._closed:
                     raise NodeClosed("the node is not running")
@@ -317,7 +316,7 @@ class TransientConnections:
 
     async def _hello(self, stream: SecureStream, deadline: float) -> PeerConnection:
         buffer = bytearray()
-        with anyio.fail_after(max(deadline - anyio.current_time(), 0.0)):
+        with anyio.fail_at(deadline):
             remote = decode_hello_reply(await receive_hello(stream, buffer))
         problem = check_compatible(transient_info(self._local_info()), remote)
         if problem is not None:

@@ -303,6 +303,10 @@ class AdminApp:
         }
         """Path -> method -> handler."""
 
+    def routes(self) -> list[str]:
+        """Every route as ``METHOD /path`` (what docs/operator-guide.md documents)."""
+        return [f"{method} {path}" for path, methods in self._routes.items() for method in methods]
+
     def _authorized(self, request: Request) -> bool:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":

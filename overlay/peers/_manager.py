@@ -591,6 +591,16 @@ class PeerManager:
         )
 
     @property
+    def config(self) -> PeerManagerConfig:
+        """The configuration the manager runs with."""
+        return self._config
+
+    @property
+    def connections(self) -> ConnTable:
+        """Live connections and dials in flight (read it; change it only through the manager)."""
+        return self._table
+
+    @property
     def address_book(self) -> AddressBook:
         """The address book (read it; change it only through the manager)."""
         return self._book
