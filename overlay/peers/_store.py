@@ -57,6 +57,8 @@ __all__ = [
     "decode_address_row",
     "decode_ip_ban_row",
     "decode_peer_row",
+    "encode_address_row",
+    "encode_peer_row",
 ]
 
 _log = logging.getLogger(__name__)
@@ -219,7 +221,8 @@ def decode_ip_ban_row(row: Sequence[object]) -> StoredIpBan | None:
     return StoredIpBan(ip, until, reason)
 
 
-def _peer_params(p: StoredPeer) -> tuple[Any, ...]:
+def encode_peer_row(p: StoredPeer) -> tuple[Any, ...]:
+    """The ``peers`` row of ``p`` (what :func:`decode_peer_row` reads back)."""
     return (
         p.node_id,
         json.dumps(list(p.addresses)),
@@ -236,7 +239,8 @@ def _peer_params(p: StoredPeer) -> tuple[Any, ...]:
     )
 
 
-def _address_params(a: StoredAddress) -> tuple[Any, ...]:
+def encode_address_row(a: StoredAddress) -> tuple[Any, ...]:
+    """The ``addresses`` row of ``a`` (what :func:`decode_address_row` reads back)."""
     return (
         a.address,
         a.source,
@@ -480,7 +484,7 @@ class PeerStore:
                 "INSERT OR REPLACE INTO peers (node_id, addresses, source, first_seen, last_seen, "
                 "failures, score, score_time, flags, ban_until, ban_reason, capability_record) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_peer_params(p) for p in c.peers_upsert],
+                [encode_peer_row(p) for p in c.peers_upsert],
             )
         if c.addresses_delete:
             db.executemany(
@@ -491,7 +495,7 @@ class PeerStore:
                 "INSERT OR REPLACE INTO addresses (address, source, source_group, added, "
                 "last_seen, last_try, last_success, attempts, tried) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_address_params(a) for a in c.addresses_upsert],
+                [encode_address_row(a) for a in c.addresses_upsert],
             )
         if c.ip_bans_delete:
             db.executemany("DELETE FROM ip_bans WHERE ip = ?", [(i,) for i in c.ip_bans_delete])
