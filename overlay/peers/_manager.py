@@ -591,13 +591,7 @@ class PeerManager:
         )
 
     @property
-    def config(self) -> PeerManagerConfig:
-        """The configuration the manager runs with."""
-        return self._config
-
-    @property
-    def connections(self) -> ConnTable:
-        """Live connections and dials in flight (read it; change it only through the manager)."""
+    def connections(self) -> ConnTable:  # live ones and dials; change them via the manager
         return self._table
 
     @property
