@@ -346,7 +346,7 @@ class Pex(Observer):
                 self._tg = None
 
     async def _ask_loop(self) -> None:
-        next_at = anyio.current_time()
+        next_at = -math.inf  # ask on the first pass
         while True:
             now = anyio.current_time()
             peers = self._pex_peers(now)
