@@ -231,6 +231,11 @@ class PeerConnection:
         return self.core.state is ConnectionState.OPEN
 
     @property
+    def is_down(self) -> bool:
+        """The connection is over: its tasks ended and its stream is closed (or aborted)."""
+        return self._done.is_set()
+
+    @property
     def end_reason(self) -> str | None:
         """The label of why the connection ended (ours if we closed it, else the peer's), for
         logs and metrics; None while open or when it just broke."""
