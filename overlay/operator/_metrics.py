@@ -197,15 +197,17 @@ class NodeMetrics:
         self.registry = CollectorRegistry()
         """The registry to scrape (``generate_latest(metrics.registry)``)."""
         reg = self.registry
-        self._caps: dict[str, _LabelCap] = {}
         self._collector = SnapshotCollector(namespace)
         self._collector.source = snapshot
         reg.register(self._collector)
-        self._labels: dict[str, tuple[str, ...]] = {}
+        shared = {label: _LabelCap() for label in _SHARED_CAPS}
+        self._caps: dict[str, tuple[_LabelCap, ...]] = {}
+        """Per metric, the cap of each of its labels."""
         self._counters: dict[str, Counter] = {}
         self._histograms: dict[str, Histogram] = {}
         for spec in _INSTRUMENTS:
-            self._labels[spec.name] = spec.labels
+            self._caps[spec.name] = tuple(shared.get(label) or _LabelCap()
+                                          for label in spec.labels)
             if spec.histogram:
                 self._histograms[spec.name] = Histogram(
                     spec.name, spec.doc, spec.labels, namespace=namespace, registry=reg,
@@ -220,14 +222,7 @@ class NodeMetrics:
         self._info = Info("node", "Identity of this node.", namespace=namespace, registry=reg)
 
     def _capped(self, metric: str, values: tuple[str, ...]) -> list[str]:
-        out = []
-        for label, value in zip(self._labels[metric], values, strict=True):
-            key = label if label in _SHARED_CAPS else f"{metric}.{label}"
-            cap = self._caps.get(key)
-            if cap is None:
-                cap = self._caps[key] = _LabelCap()
-            out.append(cap(str(value)))
-        return out
+        return [cap(str(value)) for cap, value in zip(self._caps[metric], values, strict=True)]
 
     def _inc(self, metric: str, *values: str, amount: float = 1.0) -> None:
         counter = self._counters[metric]
