@@ -34,6 +34,7 @@ from tests.support import (
     virtual_time,
     wait_until,
 )
+from tests.test_metrics import http_get
 
 pytestmark = pytest.mark.anyio
 
@@ -143,22 +144,9 @@ async def test_an_http_handler_bug_answers_500_is_counted_and_serving_goes_on() 
         return Response(200, b"ok\n", "text/plain")
 
     listener, url = await open_http_listener("127.0.0.1:0", key="test.listen")
-    host, _, port = url[len("http://"):].rpartition(":")
     async with listener, anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve_http(handler, listener, observer=seen))
-        statuses = []
-        for path in ("/boom", "/fine"):
-            async with await anyio.connect_tcp(host, int(port)) as stream:
-                await stream.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n"
-                                  "Connection: close\r\n\r\n".encode())
-                data = b""
-                with anyio.fail_after(5):
-                    while True:
-                        try:
-                            data += await stream.receive()
-                        except anyio.EndOfStream:
-                            break
-            statuses.append(int(data.split()[1]))
+        statuses = [(await http_get(url, path))[0] for path in ("/boom", "/fine")]
         assert statuses == [500, 200]
         assert seen.failed == [TaskRoot.HTTP_REQUEST]
         tg.cancel_scope.cancel()
