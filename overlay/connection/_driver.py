@@ -211,7 +211,7 @@ class PeerConnection:
                 self._workers = Workers(tg)
                 tg.start_soon(self._write_loop)
                 tg.start_soon(self._read_loop)
-                self._reschedule(anyio.current_time())
+                self._reschedule(self.clock())
                 task_status.started()
         finally:
             self.core.connection_lost()
@@ -288,7 +288,7 @@ class PeerConnection:
         if not self.is_open:
             return
         self.close_reason = reason
-        now = anyio.current_time()
+        now = self.clock()
         self.core.send_disconnect(reason, message, now=now)
         self._reschedule(now)  # the close deadline
         self._kick()
@@ -371,7 +371,7 @@ class PeerConnection:
         """Announce our NodeInfo number ``info_seq`` (paced by the core's update rate limit)."""
         if not self.is_open:
             return
-        self.core.send_info_update(info_seq, payload, anyio.current_time())
+        self.core.send_info_update(info_seq, payload, self.clock())
         self._kick()
         self._timer_maybe_earlier()
 
@@ -490,7 +490,7 @@ class PeerConnection:
                 if deadline is None:
                     await self._wait_space()
                     continue
-                with anyio.move_on_after(deadline - clock()):
+                with anyio.move_on_at(deadline):
                     await self._wait_space()
                     continue
                 raise RequestExpired("no room for the request before its deadline") from None
