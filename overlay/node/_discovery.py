@@ -18,7 +18,6 @@ Reserved channel ids: the node's own protocols use ids below :data:`FIRST_APP_CH
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from typing import assert_never
@@ -116,16 +115,17 @@ class DiscoveryState:
         pex: PexClient | None,
         dht: ProviderLookups | None,
         penalise: Callable[[NodeId, Penalty], None],
+        wall_clock: Callable[[], float],
         config: ViewConfig | None = None,
     ) -> None:
         """The node started: answer :meth:`candidates` from its peers, the record store and,
-        when enabled, PEX and the DHT."""
+        when enabled, PEX and the DHT; ``wall_clock`` (unix seconds) judges records' times."""
         self._view = CapabilityView(
             config or ViewConfig(network=self._network),
             local_id=local_id,
             connected=self.peers.connected_records,
             address_book=self.records,
-            wall_clock=time.time,
+            wall_clock=wall_clock,
             pex=pex,
             dht=dht,
             penalise=penalise,
