@@ -724,14 +724,35 @@ def test_ping_pong_rtt_and_ewma() -> None:
     a.receive_data(pong.encode(), 10.2)
     [event] = a.events()
     assert isinstance(event, LatencyMeasured) and event.rtt == pytest.approx(0.2)
-    a.handle_timer(20.0)
-    b.receive_data(drain(a, 20.0), 20.0)
-    a.receive_data(drain(b, 20.0), 20.1)
+    a.handle_timer(20.0)  # the pong arrived at 10.2: quiet only from 20.2
+    assert a.data_to_send(20.0) == b"" and a.get_timer() == pytest.approx(20.2)
+    a.handle_timer(20.2)
+    b.receive_data(drain(a, 20.2), 20.2)
+    a.receive_data(drain(b, 20.2), 20.3)
     assert a.events() == [LatencyMeasured(pytest.approx(0.1))]  # type: ignore[arg-type]
     stats = a.statistics()
     assert stats.rtt_last == pytest.approx(0.1)
     assert stats.rtt_ewma == pytest.approx(0.2 + 0.125 * (0.1 - 0.2))
     assert b.events() == []  # pings are answered silently
+
+
+def test_keep_alive_pings_only_a_quiet_link_and_traffic_rearms_no_timer() -> None:
+    config = CoreConfig(ping_interval=10.0, idle_timeout=30.0)
+    a = make(config)
+    frame = encode_frame(FrameKind.MESSAGE, 0, MID, 0, b"x")
+    for t in range(1, 10):  # traffic on every second: the deadline does not move per frame
+        a.receive_data(frame, float(t))
+        assert a.get_timer() == 10.0
+    a.events()
+    a.handle_timer(10.0)  # due, but the link carried traffic at 9.0: no ping, checked again at 19
+    assert a.data_to_send(10.0) == b"" and a.get_timer() == 19.0
+    a.handle_timer(19.0)  # quiet since 9.0
+    [ping] = parse(a.data_to_send(19.0))
+    assert isinstance(decode_control(ping.payload), Ping)
+    assert a.get_timer() == 29.0  # still quiet: the next ping one interval later
+    a.handle_timer(29.0)
+    [ping2] = parse(a.data_to_send(29.0))
+    assert isinstance(decode_control(ping2.payload), Ping)
 
 
 def test_rtt_counts_from_when_the_ping_is_sent_and_due_pings_do_not_pile_up() -> None:
@@ -1062,7 +1083,12 @@ def test_back_to_back_mixed_workload(seed: int) -> None:
     assert stats.outbound_requests_in_flight == 0
     assert all(c.queue_depth == 0 for c in stats.channels)
     assert b.statistics().inbound_requests_active == 0
-    assert stats.rtt_last is not None  # pings flowed both ways
+    # Keep-alive pings only on a quiet link: once the traffic stops for ping_interval, a pings.
+    now += config.ping_interval
+    a.handle_timer(now)
+    b.receive_data(drain(a, now), now)
+    a.receive_data(drain(b, now), now)
+    assert a.statistics().rtt_last is not None
 
 
 @pytest.mark.parametrize(("sender_chunk", "receiver_chunk"), [(1024, 65_507), (65_507, 1024)])

@@ -648,7 +648,8 @@ class ConnectionCore:
         return None if deadline == math.inf else deadline
 
     def handle_timer(self, now: float) -> None:
-        """Queue a ping if due; emit IdleTimeout if nothing was received for idle_timeout.
+        """Queue a ping if due (nothing received for ``ping_interval``); emit IdleTimeout if
+        nothing was received for idle_timeout.
         While CLOSING, move to ABORTED once the close deadline passed."""
         if self._closing:
             if self._state is ConnectionState.CLOSING and now >= self._close_deadline:
@@ -656,11 +657,18 @@ class ConnectionCore:
             return
         config = self._config
         self._flush_info(now)
-        if now >= self._next_ping:
-            self._next_ping = now + config.ping_interval
-            self._ping_seq += 1
-            self._ping_due = self._ping_seq  # replaces a due ping that could not be sent yet
         receiver = self._receiver
+        if now >= self._next_ping:
+            # Keep-alive only on a quiet link: the deadline is checked here, lazily, against the
+            # time of the last receipt (nothing re-arms it per frame). A link that carried
+            # traffic within the interval moves the ping to one interval after that traffic.
+            quiet_at = receiver.last_recv + config.ping_interval
+            if now >= quiet_at:
+                self._next_ping = now + config.ping_interval
+                self._ping_seq += 1
+                self._ping_due = self._ping_seq  # replaces a due ping not sent yet
+            else:
+                self._next_ping = quiet_at
         if (
             config.idle_timeout > 0
             and not receiver.idle_fired

@@ -81,7 +81,7 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId
 from overlay.transport import abort_stream
-from overlay.transport._asyncio import current_clock, flush_soon
+from overlay.transport._asyncio import OneShotEvent, current_clock, event_factory, flush_soon
 from overlay.transport._secure import SecureStream
 from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
 
@@ -125,7 +125,7 @@ class _Waiter:
     def __init__(self, conn: PeerConnection, request_id: int) -> None:
         self.conn = conn
         self.request_id = request_id
-        self.event = anyio.Event()
+        self.event: OneShotEvent = conn._new_event()
         self.payload: bytes = b""
         self.error: OverlayError | None = None
         self.timer_at = math.inf
@@ -178,6 +178,8 @@ class PeerConnection:
         self._delivery = delivery
         self._observer = observer
         self._waiters: dict[int, _Waiter] = {}
+        self._new_event = event_factory()
+        """Makes each request's one-shot event (a bare future on asyncio)."""
         self._handlers: dict[tuple[int, int], anyio.CancelScope] = {}
         self._space = anyio.Event()
         self._space_waiters = 0

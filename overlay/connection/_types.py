@@ -153,7 +153,8 @@ class CoreConfig:
     compression_level: int = 3
     """zstd level, 1..22."""
     ping_interval: float = 10.0
-    """Seconds between pings (RTT measurement, keeps the peer's idle timer fed); 0 = never."""
+    """Seconds of quiet (nothing received) after which we ping (RTT measurement, keeps a quiet
+    link alive); a link that carries traffic is not pinged; 0 = never."""
     idle_timeout: float = 30.0
     """Seconds without receiving anything before ``IdleTimeout``; 0 = never. Must exceed
     ``ping_interval`` when both are set (pongs are what keeps a quiet connection alive)."""
