@@ -26,6 +26,7 @@ from overlay.connection._core import (
     RequestRejected,
     ResponseReceived,
     next_request_id,
+    shared_message,
 )
 from overlay.errors import (
     ChannelError,
@@ -703,6 +704,51 @@ def test_unlimited_by_default() -> None:
     core = make()
     core.receive_data(encode_frame(FrameKind.MESSAGE, 0, MID, 0, b"x" * 60_000), 0.0)
     assert core.receive_paused_until(0.0) is None
+
+
+# ------------------------------------------------------------------------------ shared entries
+
+
+def test_a_shared_broadcast_entry_goes_out_whole_from_every_connection() -> None:
+    cores = [make(), make(), make()]
+    entry = shared_message(b"hello all")
+    for core in cores:
+        core.send_message(MID, b"before")
+        assert core.send_shared(MID, entry)
+    outputs = [parse(drain(core)) for core in cores]
+    for frames in outputs:
+        assert [(f.kind, f.channel_id, f.payload) for f in frames] == [
+            (FrameKind.MESSAGE, MID, b"before"), (FrameKind.MESSAGE, MID, b"hello all")]
+    assert all(c.statistics().channels[1].messages_sent == 2 for c in cores)
+    assert entry.offset == 0  # read only: a later connection still sends all of it
+
+
+def test_a_shared_entry_respects_queue_limits_and_closing() -> None:
+    core = make(channels=[ChannelParams(MID, send_queue_size=1)])
+    entry = shared_message(b"x")
+    assert core.send_shared(MID, entry)
+    with pytest.raises(WouldBlock):
+        core.send_shared(MID, entry)
+    with pytest.raises(ChannelError):
+        core.send_shared(LO, entry)
+    core.send_disconnect(DisconnectReason.SHUTDOWN, "", now=0.0)
+    assert not core.send_shared(MID, entry)  # nothing queued once closing
+
+
+def test_a_shared_entry_too_large_for_one_frame_or_compressible_is_queued_per_connection() -> (
+    None
+):
+    small = make(CoreConfig(ping_interval=0, idle_timeout=0, max_frame_payload=64))
+    big = shared_message(b"y" * 200)
+    assert small.send_shared(MID, big)
+    frames = parse(drain(small))
+    assert len(frames) > 1 and b"".join(f.payload for f in frames) == b"y" * 200
+    packed = make(CoreConfig(ping_interval=0, idle_timeout=0, compression_threshold=100),
+                  compression=True)
+    assert packed.send_shared(MID, big)
+    [frame] = parse(drain(packed))
+    assert frame.flags & FLAG_COMPRESSED
+    assert big.offset == 0 and big.flags == 0  # the shared entry itself was not touched
 
 
 # ---------------------------------------------------------------------------------- ping / idle

@@ -87,6 +87,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Container, Sequence
+from typing import cast
 
 import zstandard
 
@@ -167,8 +168,21 @@ __all__ = [
     "RequestReceived",
     "RequestRejected",
     "ResponseReceived",
+    "SharedMessage",
     "next_request_id",
+    "shared_message",
 ]
+
+
+SharedMessage = _OutMsg
+"""A broadcast's queue entry, shared by every connection it is queued to (see
+:meth:`ConnectionCore.send_shared`)."""
+
+
+def shared_message(payload: bytes) -> SharedMessage:
+    """The queue entry of a broadcast of ``payload`` (encoded once for all connections)."""
+    data = payload if type(payload) is bytes else bytes(payload)
+    return _OutMsg(None, _MESSAGE, 0, data, 0, len(data))
 
 
 _MAX_RID = 0xFFFFFFFF
@@ -425,6 +439,31 @@ class ConnectionCore:
         self._check_open()
         self._enqueue(ch, _MESSAGE, 0, payload)
 
+    def send_shared(self, channel_id: int, entry: SharedMessage) -> bool:
+        """Queue a broadcast message: the same queue entry (one frame, encoded once) goes into
+        every connection's channel queue. False (nothing queued) once the connection is not
+        OPEN; otherwise raises as :meth:`send_message`. An entry this connection would split or
+        compress is queued as its own message instead."""
+        if self._closing:
+            return False
+        ch = self._channels.get(channel_id)
+        if ch is None or entry.size > self._max_payload or (
+            self._cctx is not None and entry.size >= self._config.compression_threshold
+        ):
+            self.send_message(channel_id, cast(bytes, entry.data))
+            return True
+        if entry.size > ch.max_size:
+            raise MessageTooLarge(
+                f"{entry.size}-byte message exceeds channel {ch.id}'s maximum of {ch.max_size}"
+            )
+        if len(ch.queue) >= ch.queue_size:
+            raise WouldBlock(f"send queue of channel {ch.id} is full")
+        ch.queue.append(entry)
+        if not ch.active:
+            ch.active = True
+            ch.level.append(ch)
+        return True
+
     def send_request(self, channel_id: int, payload: bytes) -> int:
         """Queue a request; return its id. WouldBlock also at ``max_outbound_requests``."""
         ch = self._channel(channel_id)
@@ -469,6 +508,7 @@ class ConnectionCore:
         if msg is None:
             return
         ch = msg.channel
+        assert ch is not None  # a request's entry is its connection's own
         ch.outbound_in_flight -= 1
         if self._closing:
             return
@@ -585,8 +625,7 @@ class ConnectionCore:
             level.popleft()
             if more:
                 msg.offset = offset + n
-            else:
-                msg.offset = len(data)
+            else:  # (offset is not read again; a shared broadcast entry must keep it at 0)
                 msg.queued = False
                 ch.queue.popleft()
                 ch.messages_sent += 1

@@ -66,6 +66,7 @@ from overlay.connection._core import (
     RequestReceived,
     RequestRejected,
     ResponseReceived,
+    SharedMessage,
 )
 from overlay.connection._meter import RoundTripMeter
 from overlay.connection._observer import Observer
@@ -192,6 +193,7 @@ class PeerConnection:
         queued frames are written by one deferred flush callback (see :meth:`_flush`)."""
         self._flush_soon = flush_soon() if self._direct is not None else None
         self._flush_pending = False
+        self._flush_callback = self._flush  # bound once: queued by every kick
         self._timers = timers
         self.timer_at = math.inf
         self.meter = RoundTripMeter()
@@ -376,7 +378,7 @@ class PeerConnection:
             if flush_soon is not None:
                 if not self._flush_pending:
                     self._flush_pending = True
-                    flush_soon(self._flush)
+                    flush_soon(self._flush_callback)
                 return
             self._writer_waiting = False
             self._wake.set()
@@ -423,14 +425,13 @@ class PeerConnection:
             self._space_waiters -= 1
         self._check_open()
 
-    def offer_message(self, channel_id: int, payload: bytes) -> bool:
-        """Queue a message without waiting: False when the connection is not open (nothing
-        queued); ``WouldBlock`` when the channel's queue is full. The fan-out path."""
-        core = self.core
-        if core.state is not ConnectionState.OPEN:
+    def offer_message(self, channel_id: int, entry: SharedMessage) -> bool:
+        """Queue a broadcast's shared entry without waiting: False when the connection is not
+        open (nothing queued); ``WouldBlock`` when the channel's queue is full. The fan-out
+        path."""
+        if not self.core.send_shared(channel_id, entry):
             return False
-        core.send_message(channel_id, payload)
-        if self._writer_waiting:
+        if self._writer_waiting and not self._flush_pending:
             self._kick()
         return True
 

@@ -377,12 +377,18 @@ class _Pings:
 
 
 class _OutMsg:
-    """A queued outgoing message (whole; ``offset`` bytes of ``data`` already sent)."""
+    """A queued outgoing message (whole; ``offset`` bytes of ``data`` already sent).
+
+    A broadcast queues *one* entry in every connection (``channel`` None, one frame, never
+    compressed): ``data_to_send`` then only reads it; ``offset`` moves only while a message
+    goes out in several frames, and ``queued`` matters only for requests (which are never
+    shared)."""
 
     __slots__ = ("channel", "data", "flags", "kind", "offset", "queued", "request_id", "size")
 
     def __init__(
-        self, channel: _Channel, kind: int, request_id: int, data: bytes, flags: int, size: int
+        self, channel: _Channel | None, kind: int, request_id: int, data: bytes, flags: int,
+        size: int,
     ) -> None:
         self.channel = channel
         self.kind = kind

@@ -52,7 +52,7 @@ import anyio
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from overlay.connection._core import ChannelParams
+from overlay.connection._core import ChannelParams, SharedMessage, shared_message
 from overlay.connection._driver import PeerConnection, RequestExpired
 from overlay.connection._observer import Observer
 from overlay.connection._outcome import AttemptOutcome, outcome_of_error_code
@@ -411,6 +411,7 @@ class Router:
         # Encoded once; each connection gets the same payload object, queued without waiting
         # (its writer is flushed by the one deferred callback all of them share on asyncio).
         payload: bytes | None = None
+        entry: SharedMessage | None = None
         delivered: list[NodeId] = []
         failed: dict[NodeId, AttemptOutcome] = {}
         slow: list[tuple[NodeId, PeerConnection]] = []
@@ -429,10 +430,11 @@ class Router:
             if conn is None:
                 failed[target] = AttemptOutcome.NOT_CONNECTED
                 continue
-            if payload is None:
+            if entry is None:
                 payload = self._encode(spec, message)
+                entry = shared_message(payload)
             try:
-                if conn.offer_message(channel_id, payload):
+                if conn.offer_message(channel_id, entry):
                     delivered.append(target)
                 else:
                     failed[target] = AttemptOutcome.NOT_CONNECTED
