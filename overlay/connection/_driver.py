@@ -201,7 +201,7 @@ class PeerConnection:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                self._workers = Workers(tg)
+                self._workers = Workers(tg, self._new_event)
                 tg.start_soon(self._writer.run)
                 tg.start_soon(self._read_loop)
                 self._reschedule(anyio.current_time())
