@@ -394,10 +394,8 @@ class ConnectionCore:
         if self._closing:
             return False
         ch = self._channels.get(channel_id)
-        if ch is None or not self._sender.shares(entry):
+        if ch is None or not self._sender.queue_shared(ch, entry):
             self.send_message(channel_id, cast(bytes, entry.data))
-            return True
-        self._sender.queue_shared(ch, entry)
         return True
 
     def send_request(self, channel_id: int, payload: bytes) -> int:

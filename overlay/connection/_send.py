@@ -94,24 +94,25 @@ class Sender:
         """When the send bucket can pay for the frame it held back (None: nothing held)."""
         return self._bucket.ready_at(self.blocked) if self.blocked else None
 
-    def shares(self, entry: _OutMsg) -> bool:
-        """Whether a broadcast's shared ``entry`` can go out as it is here (one frame, not
-        worth compressing)."""
+    def queue_shared(self, ch: _Channel, entry: _OutMsg) -> bool:
+        """Queue a broadcast's shared entry on ``ch``; False (nothing queued) when it cannot go
+        out as it is here (more than one frame, or worth compressing): the caller then queues
+        the payload as a message of its own."""
         size = entry.size
-        return size <= self._max_payload and (self._cctx is None or size < self._threshold)
-
-    def queue_shared(self, ch: _Channel, entry: _OutMsg) -> None:
-        """Queue a broadcast's shared entry (see :meth:`shares`) on ``ch``."""
-        if entry.size > ch.max_size:
+        if size > self._max_payload or (self._cctx is not None and size >= self._threshold):
+            return False
+        if size > ch.max_size:
             raise MessageTooLarge(
-                f"{entry.size}-byte message exceeds channel {ch.id}'s maximum of {ch.max_size}"
+                f"{size}-byte message exceeds channel {ch.id}'s maximum of {ch.max_size}"
             )
-        if len(ch.queue) >= ch.queue_size:
+        queue = ch.queue
+        if len(queue) >= ch.queue_size:
             raise WouldBlock(f"send queue of channel {ch.id} is full")
-        ch.queue.append(entry)
+        queue.append(entry)
         if not ch.active:
             ch.active = True
             ch.level.append(ch)
+        return True
 
     def enqueue(self, ch: _Channel, kind: int, request_id: int, payload: bytes) -> _OutMsg:
         size = len(payload)
