@@ -54,7 +54,7 @@ import anyio.lowlevel
 
 from overlay.connection._core import SharedMessage, shared_message
 from overlay.connection._driver import PeerConnection, RequestExpired
-from overlay.connection._observer import Observer
+from overlay.connection._observer import Observer, TaskRoot
 from overlay.connection._outcome import AttemptOutcome, outcome_of_error_code
 from overlay.errors import (
     ChannelError,
@@ -270,6 +270,7 @@ class Router:
                 listener(conn.node_id, conn.info)
             except Exception:  # a listener bug must not take the connection down
                 log.exception("peer-info listener %r failed", listener)
+                self._observer.on_task_failed(TaskRoot.PEER_INFO_LISTENER)
 
     def peers(self) -> list[PeerConnection]:
         return list(self._peers.values())

@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from overlay.connection._driver import PeerConnection
-from overlay.connection._observer import Observer
+from overlay.connection._observer import Observer, TaskRoot
 from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import DecodeError, ErrorCode, LocalProtocolError, RequestError
 from overlay.identity import NodeId
@@ -59,6 +59,7 @@ class Responder:
         except Exception as exc:  # the handler boundary: map user errors to INTERNAL
             state.failed += 1
             log.exception("handler of %s failed on a LOCAL request", state.spec.name)
+            self._observer.on_task_failed(TaskRoot.REQUEST_HANDLER)
             raise RequestError(ErrorCode.INTERNAL, f"handler raised {exc!r}") from exc
         finally:
             state.local_inflight -= 1
@@ -126,6 +127,7 @@ class Responder:
         except Exception:  # task root: a handler bug must not take the connection down
             state.failed += 1
             log.exception("handler of %s failed on a request from %s", spec.name, conn.node_id)
+            self._observer.on_task_failed(TaskRoot.REQUEST_HANDLER)
             await conn.respond_error(spec.id, request_id, ErrorCode.INTERNAL, "internal error")
             return AttemptOutcome.ERROR
         if len(data) > spec.max_message_size:
