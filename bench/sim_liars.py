@@ -35,16 +35,20 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--trials", type=int, default=1000)
     parser.add_argument("--keys", type=int, default=40)
-    parser.add_argument("--kinds", nargs="+", default=["colluding", "fresh"])
+    parser.add_argument("--kinds", nargs="+", default=["colluding", "fresh"],
+                        choices=["colluding", "fresh", "fresh-colluding"])
     parser.add_argument("--shares", nargs="+", type=float, default=[0.2, 0.3])
     parser.add_argument("--paths", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--diversity", nargs="+", choices=["on", "off"], default=["on", "off"])
+    parser.add_argument("--max-per-netgroup", type=int, default=LookupConfig().max_per_netgroup,
+                        help="the lookups' per-path netgroup cap (LookupConfig)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     start = time.perf_counter()
     net = SimNetwork(args.nodes, random.Random(rng.getrandbits(64)), k=16, rtt=(0.05, 0.15),
                      now=0.0)
-    config = LookupConfig(k=16, alpha=3, query_timeout=0.5)
+    config = LookupConfig(k=16, alpha=3, query_timeout=0.5,
+                          max_per_netgroup=args.max_per_netgroup)
     print(f"network of {args.nodes} built in {time.perf_counter() - start:.1f} s", file=sys.stderr)
     print(HEADER, flush=True)
     for kind in args.kinds:

@@ -102,6 +102,7 @@ class Counters:
     pex_rate_limited: int = 0
     pex_records: int = 0
     dht_lookups: int = 0
+    dht_rounds: int = 0
     dht_messages: int = 0
     policy_ticks: int = 0
     prunes: int = 0
@@ -360,6 +361,7 @@ class World:
         )
         node.messages += run.result.messages
         self.counters.dht_lookups += 1
+        self.counters.dht_rounds += run.result.rounds
         self.counters.dht_messages += run.result.messages
         return run
 
