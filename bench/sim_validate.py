@@ -9,9 +9,9 @@ The network: ``--nodes`` nodes, ``archive`` held by 5 % and ``blocksync`` by 30 
 every node wanting ``archive`` min_peers 2 and ``blocksync`` min_peers 3, 50 ms one-way latency
 on every link (RTT 100 ms), no loss, no churn, no perturbation, no role-request workload. The
 testnet bootstraps from ``nodes / 50`` seeds; the simulation's nodes dial 8 random nodes (the
-bootstrap is the one part the two cannot share). Both use k = 20, alpha = 3 and a 2 s
-per-query timeout (the node's defaults). Times on the testnet are virtual (``MockClock``), so
-machine load does not distort them.
+bootstrap is the one part the two cannot share). Both use k = 20, alpha = 3, a 2 s per-query
+timeout and a 1 s policy heartbeat (the node's defaults). Times on the testnet are virtual
+(``MockClock``), so machine load does not distort them.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def sim_side(nodes: int, duration: float, seed: int) -> dict[str, Any]:
         nodes=nodes, seed=seed, capabilities=CAPS,
         targets=TargetSet.of(*(CapabilityTarget(c, min_peers=n) for c, n in TARGETS.items())),
         seekers=1.0, duration=duration, churn_per_hour=0.0, loss=0.0,
-        rtt_min=2 * ONE_WAY, rtt_max=2 * ONE_WAY, k=20, query_timeout=2.0,
+        rtt_min=2 * ONE_WAY, rtt_max=2 * ONE_WAY, k=20, query_timeout=2.0, heartbeat=1.0,
         find_trials=0, lookup_trials=0, liar_trials=0,
     )
     rng = random.Random(seed)
@@ -131,6 +131,8 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write both sides' figures here")
+    parser.add_argument("--reuse-testnet", type=Path,
+                        help="take the testnet side from a --json file of an earlier run")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # the nodes' "target unattainable" notes while they start
     start = time.perf_counter()
@@ -138,8 +140,11 @@ def main() -> int:
     print(f"simulation: {time.perf_counter() - start:.1f} s wall clock", file=sys.stderr,
           flush=True)
     start = time.perf_counter()
-    testnet = testnet_side(args.nodes, args.duration, args.seed)
-    print(f"testnet: {time.perf_counter() - start:.1f} s wall clock", file=sys.stderr)
+    if args.reuse_testnet is not None:
+        testnet = json.loads(args.reuse_testnet.read_text())["testnet"]
+    else:
+        testnet = testnet_side(args.nodes, args.duration, args.seed)
+        print(f"testnet: {time.perf_counter() - start:.1f} s wall clock", file=sys.stderr)
     if args.json is not None:
         args.json.write_text(json.dumps({"testnet": testnet, "simulation": sim}, indent=1))
     print(f"| figure ({args.nodes} nodes, {args.duration:g} s) | inproc testnet | simulation "
