@@ -31,7 +31,7 @@ async def test_candidates_come_cheapest_source_first_and_found_ones_are_kept() -
         sources = [ORDER.index(c.source) for c in first]
         assert sources == sorted(sources)
         assert all(not c.connected and not c.confirmed for c in first)
-        assert 0 < found.messages <= Budget().max_messages
+        assert found.messages <= Budget().max_messages  # PEX and DHT unless the book knew them
         assert {s.node_id for s in origin.discovery.records.candidates(
             "archive", 0.0)} >= holders  # PEX and DHT finds are kept
         # Asked again: the record store answers, free.
