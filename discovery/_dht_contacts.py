@@ -49,6 +49,10 @@ class ContactBook:
     def __contains__(self, node: object) -> bool:
         return node in self._records
 
+    def netgroup(self, record: CapabilityRecord) -> str | None:
+        """The diversity group of a contact's advertised address (None: exempt)."""
+        return self._netgroup(record)
+
     def record(self, node: bytes) -> SignedRecord | None:
         return self._records.get(node)
 

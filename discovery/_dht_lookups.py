@@ -172,9 +172,15 @@ class DhtLookups:
             record = self._contacts.record(node)
             assert record is not None
             book[node] = record
+        def group(node: bytes) -> str | None:
+            # Candidates come from answers whose records went into ``book`` first; a liar's
+            # minted ids must be served at its own addresses, so they share its netgroup.
+            signed = book.get(node)
+            return None if signed is None else self._contacts.netgroup(signed.record)
+
         lookup: Lookup[SignedRecord] = Lookup(
             target, mode, seeds, local_id=self._local, config=self.config.lookup,
-            want=want, paths=paths,
+            want=want, paths=paths, netgroup=group,
         )
         self._table.mark_lookup(target, self._wall())
         reports: list[LookupReport] = []

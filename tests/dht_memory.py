@@ -19,6 +19,7 @@ import anyio
 import anyio.lowlevel
 
 from discovery import (
+    CapabilityRecord,
     DhtRequest,
     DhtResponse,
     LookupConfig,
@@ -160,6 +161,8 @@ def build_network(
     republish: tuple[float, float] = (1800.0, 300.0),
     renew: bool = False,
     holder_ttl: float | None = None,
+    netgroup: Callable[[CapabilityRecord], str | None] | None = None,
+    max_per_netgroup: int | None = None,
 ) -> Network:
     """``n`` services; ``capabilities`` maps a name to how many random nodes advertise it.
     Records live ``ttl`` seconds (``holder_ttl`` for nodes advertising a capability); with
@@ -179,7 +182,8 @@ def build_network(
     config = DhtConfig(
         network=NETWORK,
         table=TableConfig(k=k),
-        lookup=LookupConfig(k=k, query_timeout=query_timeout),
+        lookup=LookupConfig(k=k, query_timeout=query_timeout, **(
+            {} if max_per_netgroup is None else {"max_per_netgroup": max_per_netgroup})),
         republish_interval=republish[0],
         republish_margin=republish[1],
     )
@@ -193,6 +197,7 @@ def build_network(
             record, net.rpc_for(key.node_id), config, wall_clock=wall_clock,
             penalise=net.penalise_for(key.node_id), renew=renewer,
             rng=random.Random(rng.random()),
+            **({} if netgroup is None else {"netgroup": netgroup}),
         )
         net.services[key.node_id] = service
         services.append(service)

@@ -95,6 +95,24 @@ async def test_find_providers_for_a_capability_held_by_3_of_300_succeeds_every_t
     assert net.net.in_flight == 0
 
 
+@pytest.mark.parametrize("anyio_backend", [virtual_time()])
+async def test_node_lookups_apply_the_netgroup_limit_to_contacts_from_answers() -> None:
+    # The service hands the lookup core its contacts' netgroups (from their records' addresses):
+    # when every contact shares one netgroup and a path may query one node of a netgroup, each
+    # of the two paths queries one node and stops; without netgroups the walk goes on. (Nobody
+    # provides: publishing is a lookup too, and would be limited the same way.)
+    messages = {}
+    for limited in (True, False):
+        net = build_network(60, seed=5, capabilities={"cap": 3}, max_per_netgroup=1,
+                            netgroup=(lambda record: "one-group") if limited else None)
+        origin = next(s for s in net.services if s.node_id not in net.holders["cap"])
+        async with origin.find_providers("cap") as found:
+            _ = [signed async for signed in found]
+        assert found.report is not None
+        messages[limited] = found.report.messages
+    assert messages[True] <= 2 < messages[False]
+
+
 async def test_find_closest_after_a_real_bootstrap_matches_brute_force() -> None:
     net = build_network(40, seed=22, prefill=False)
     first = net.services[0]
