@@ -56,6 +56,7 @@ from overlay.errors import (
     ChannelError,
     ConnectFailure,
     DialError,
+    HandshakeError,
     HandshakeTimeout,
     IncompatiblePeerError,
     LocalProtocolError,
@@ -632,12 +633,17 @@ class Node:
         try:
             await self._run_connection(stream, False)
         except OverlayError as exc:
-            self._count_failure(exc, Direction.INBOUND)
-            log.info("inbound connection from %s failed: %s",
-                     stream.extra(PeerAttribute.remote_address, "?"), exc)
+            reason = self._count_failure(exc, Direction.INBOUND)
+            # A peer hanging up during the set-up is ordinary (a dialer that gave up, a lookup
+            # that finished): counted, and logged at debug only.
+            log.log(logging.DEBUG if reason is HandshakeFailureReason.CONNECTION else logging.INFO,
+                    "inbound connection from %s failed (%s): %s",
+                    stream.extra(PeerAttribute.remote_address, "?"), reason.value, exc)
 
-    def _count_failure(self, exc: BaseException, direction: Direction) -> None:
-        self._record_failure(direction, handshake_failure_reason(exc))
+    def _count_failure(self, exc: BaseException, direction: Direction) -> HandshakeFailureReason:
+        reason = handshake_failure_reason(exc)
+        self._record_failure(direction, reason)
+        return reason
 
     def _record_failure(self, direction: Direction, reason: HandshakeFailureReason) -> None:
         """Count a failed connection set-up (also called by the transports for inbound Noise
@@ -744,8 +750,9 @@ class Node:
             raise HandshakeTimeout(f"hello with {node_id} took over {timeout:g} s") from None
         except (RemoteProtocolError, IncompatiblePeerError) as exc:
             await _close_quietly(stream)
-            log.info("refused %s peer %s: %s", "outbound" if outbound else "inbound",
-                     node_id, exc)
+            if handshake_failure_reason(exc) is not HandshakeFailureReason.CONNECTION:
+                log.info("refused %s peer %s: %s", "outbound" if outbound else "inbound",
+                         node_id, exc)
             raise
         except BaseException:
             await _close_quietly(stream)
@@ -815,8 +822,10 @@ class Node:
 
 
 def _peer_gone_ok() -> contextlib.suppress:
-    """Suppress the errors of writing a refusal to a peer that already hung up."""
-    return contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
+    """Suppress the errors of writing a refusal to a peer that already hung up (mapped by
+    ``send_hello``, or raw from ``stream.send``)."""
+    return contextlib.suppress(HandshakeError, anyio.BrokenResourceError,
+                               anyio.ClosedResourceError, OSError)
 
 
 async def _close_quietly(stream: anyio.abc.AsyncResource) -> None:
