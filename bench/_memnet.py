@@ -23,7 +23,7 @@ from bench._common import rss_bytes
 from bench._ours import ECHO
 from overlay.errors import OverlayError
 from overlay.node import Node
-from overlay.node._config import AdminConfig, NodeConfig
+from overlay.node._config import AdminConfig, DhtSettings, DiscoveryConfig, NodeConfig
 from overlay.peers._config import PeerManagerConfig
 from overlay.testing import MemoryNetwork
 
@@ -31,6 +31,12 @@ __all__ = ["MemoryFigures", "MeshFigures", "measure_memory", "measure_mesh"]
 
 _CONFIG = NodeConfig(network="overlay-bench", listen=("memory:",),
                      admin=AdminConfig(enabled=False))
+"""Default config on ``memory:`` (PEX, DHT and routing on), no admin API."""
+
+_BARE = replace(_CONFIG, discovery=DiscoveryConfig(pex_enabled=False,
+                                                   dht=DhtSettings(enabled=False)))
+"""Discovery off (no PEX, no DHT): the connections dialed and nothing else, comparable with
+the bare nodes measured before discovery existed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +53,13 @@ class MemoryFigures:
     """Wall-clock seconds to start the nodes and finish every dial (first pass)."""
 
 
-async def _build(nodes: int, fanout: int, seed: int, stack: AsyncExitStack) -> tuple[int, int]:
+async def _build(nodes: int, fanout: int, seed: int, stack: AsyncExitStack,
+                 config: NodeConfig) -> tuple[int, int]:
     """Start and connect the network inside ``stack``; returns (connections, failed dials)."""
     network = MemoryNetwork()
     members: list[Node] = []
     for _ in range(nodes):
-        node = Node(_CONFIG, transports=[network.node_transport()])
+        node = Node(config, transports=[network.node_transport()])
         node.channel(ECHO)
         members.append(await stack.enter_async_context(node))
     rng = random.Random(seed)
@@ -77,15 +84,18 @@ async def _build(nodes: int, fanout: int, seed: int, stack: AsyncExitStack) -> t
     return connections, failures
 
 
-async def measure_memory(nodes: int, fanout: int, seed: int = 7) -> MemoryFigures:
-    """Run both passes (see the module docstring)."""
+async def measure_memory(nodes: int, fanout: int, seed: int = 7, *,
+                         discovery: bool = False) -> MemoryFigures:
+    """Run both passes (see the module docstring); ``discovery``: default config (PEX, DHT)
+    instead of discovery off."""
+    config = _CONFIG if discovery else _BARE
     async with AsyncExitStack() as stack:  # warm-up: import-time and first-use allocations
-        await _build(2, 1, seed, stack)
+        await _build(2, 1, seed, stack, config)
     gc.collect()
     before = rss_bytes()
     started = anyio.current_time()
     async with AsyncExitStack() as stack:
-        connections, failures = await _build(nodes, fanout, seed, stack)
+        connections, failures = await _build(nodes, fanout, seed, stack, config)
         build_seconds = anyio.current_time() - started
         gc.collect()
         after = rss_bytes()
@@ -93,7 +103,7 @@ async def measure_memory(nodes: int, fanout: int, seed: int = 7) -> MemoryFigure
     tracemalloc.start()
     try:
         async with AsyncExitStack() as stack:
-            await _build(nodes, fanout, seed, stack)
+            await _build(nodes, fanout, seed, stack, config)
             gc.collect()
             traced, _peak = tracemalloc.get_traced_memory()
     finally:

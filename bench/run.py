@@ -3,7 +3,7 @@
 
 Usage (from the repository root)::
 
-    python bench/run.py [--quick] [--json FILE] [--uvloop] [--profile]
+    python bench/run.py [--quick] [--json FILE] [--uvloop] [--profile] [--cases 4,6,8]
 
 Cases (ours / baseline; the table prints the ratio next to the target):
 
@@ -47,7 +47,7 @@ from bench import _baseline as base
 from bench import _ours as ours
 from bench._common import Figure, Rate, Settings, Target, best, machine_facts, percentile
 from bench._libp2p import Libp2pResult, libp2p_available, libp2p_baseline, libp2p_notes
-from bench._memnet import measure_memory, measure_mesh
+from bench._memnet import MemoryFigures, measure_memory, measure_mesh
 from bench._profile import ProfileReport, profile_round_trips, render_profile
 
 PAYLOAD = b"\x5a" * 64
@@ -103,58 +103,99 @@ def _throughput(
                   target, extra)
 
 
-async def run_cases(s: Settings) -> list[Figure]:
+ALL_CASES = frozenset(range(1, 9))
+
+
+async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES) -> list[Figure]:
     figures: list[Figure] = []
     w, d = s.warmup, s.duration
 
-    _progress(f"[1/8] memory: {s.nodes} nodes in a MemoryNetwork, {s.fanout} dials each ...")
-    mem = await measure_memory(s.nodes, s.fanout)
-    memory_figure = Figure(
-        key="memory",
-        title=f"idle node in a {mem.nodes}-node memory network (RSS)",
+    memory_figures: list[Figure] = []
+    if 6 in cases:
+        for discovery in (False, True):
+            what = "default config" if discovery else "discovery off"
+            _progress(f"[1/8] memory ({what}): {s.nodes} nodes in a MemoryNetwork, "
+                      f"{s.fanout} dials each ...")
+            mem = await measure_memory(s.nodes, s.fanout, discovery=discovery)
+            memory_figures.append(_memory_figure(mem, discovery))
+
+    if 1 in cases:
+        _progress("[2/8] round trips (64 B, one caller) ...")
+        runs = await _alternate(lambda: base.asyncio_round_trips(PAYLOAD, w, d),
+                                lambda: ours.overlay_round_trips(PAYLOAD, w, d), s.rounds)
+        round_trips = _throughput("round_trip", "64 B request/response, 1 caller (TCP+Noise)",
+                                  "req/s", runs, "asyncio TCP echo", Target("ratio_min", 0.5))
+        anyio_echo = best([await base.anyio_round_trips(PAYLOAD, w, d)
+                           for _ in range(s.rounds)])
+        round_trips.extra["anyio_echo_per_second"] = anyio_echo.per_second
+        round_trips.extra["anyio_echo_per_cpu_second"] = anyio_echo.per_cpu_second
+        figures.append(round_trips)
+
+    if 2 in cases:
+        _progress(f"[3/8] pipelined requests ({IN_FLIGHT} in flight) ...")
+        runs = await _alternate(lambda: base.asyncio_pipelined(PAYLOAD, IN_FLIGHT, w, d),
+                                lambda: ours.overlay_pipelined(PAYLOAD, IN_FLIGHT, w, d),
+                                s.rounds)
+        figures.append(_throughput("pipelined",
+                                   f"64 B requests, {IN_FLIGHT} in flight, 1 connection",
+                                   "req/s", runs, "asyncio length-prefixed pipeline",
+                                   Target("ratio_min", 1.0)))
+
+    if 3 in cases:
+        _progress("[4/8] bulk 1 MiB messages ...")
+        runs = await _alternate(lambda: base.asyncio_bulk(CHUNK, w, d),
+                                lambda: ours.overlay_bulk(CHUNK, w, d), s.rounds)
+        figures.append(_throughput("bulk", "bulk one-way, 1 MiB messages", "MiB/s", runs,
+                                   "asyncio streams, 1 MiB writes", Target("ratio_min", 0.3),
+                                   MIB))
+
+    if 4 in cases:
+        figures.append(await _dial_figure(s))
+    if 5 in cases:
+        _progress("[6/8] LOCAL delivery ...")
+        item = object()
+        size = ours.LOCAL_SPEC.recv_queue_size
+        runs = await _alternate(lambda: base.memory_stream_rate(size, item, w, d),
+                                lambda: ours.overlay_local_rate(item, w, d), s.rounds)
+        figures.append(_throughput("local", "LOCAL send + receive", "msg/s", runs,
+                                   f"anyio memory stream ({size} buffered)",
+                                   Target("ratio_min", 0.5)))
+    figures.extend(memory_figures)
+    if 7 in cases:
+        figures.append(await _fanout_figure(s))
+    if 8 in cases:
+        figures.append(await _mesh_figure(s))
+    return figures
+
+
+def _memory_figure(mem: MemoryFigures, discovery: bool) -> Figure:
+    what = "default config" if discovery else "discovery off"
+    return Figure(
+        key="memory" if not discovery else "memory_default",
+        title=f"idle node, {mem.nodes}-node memory network, {what} (RSS)",
         unit="KiB/node",
         ours=mem.rss_kib_per_node,
         baseline=None,
         baseline_name="-",
-        target=None,
+        target=Target("max", 150.0),
         extra={
             "rss_kib_per_node": mem.rss_kib_per_node,
             "tracemalloc_kib_per_node": mem.traced_kib_per_node,
             "nodes": mem.nodes,
             "connections": mem.connections,
+            "connections_per_node": 2 * mem.connections / mem.nodes,
             "dial_failures": mem.dial_failures,
             "build_seconds": mem.build_seconds,
         },
     )
 
-    _progress("[2/8] round trips (64 B, one caller) ...")
-    runs = await _alternate(lambda: base.asyncio_round_trips(PAYLOAD, w, d),
-                            lambda: ours.overlay_round_trips(PAYLOAD, w, d), s.rounds)
-    round_trips = _throughput("round_trip", "64 B request/response, 1 caller (TCP+Noise)",
-                              "req/s", runs, "asyncio TCP echo", Target("ratio_min", 0.5))
-    anyio_echo = best([await base.anyio_round_trips(PAYLOAD, w, d) for _ in range(s.rounds)])
-    round_trips.extra["anyio_echo_per_second"] = anyio_echo.per_second
-    round_trips.extra["anyio_echo_per_cpu_second"] = anyio_echo.per_cpu_second
-    figures.append(round_trips)
 
-    _progress(f"[3/8] pipelined requests ({IN_FLIGHT} in flight) ...")
-    runs = await _alternate(lambda: base.asyncio_pipelined(PAYLOAD, IN_FLIGHT, w, d),
-                            lambda: ours.overlay_pipelined(PAYLOAD, IN_FLIGHT, w, d), s.rounds)
-    figures.append(_throughput("pipelined", f"64 B requests, {IN_FLIGHT} in flight, 1 connection",
-                               "req/s", runs, "asyncio length-prefixed pipeline",
-                               Target("ratio_min", 1.0)))
-
-    _progress("[4/8] bulk 1 MiB messages ...")
-    runs = await _alternate(lambda: base.asyncio_bulk(CHUNK, w, d),
-                            lambda: ours.overlay_bulk(CHUNK, w, d), s.rounds)
-    figures.append(_throughput("bulk", "bulk one-way, 1 MiB messages", "MiB/s", runs,
-                               "asyncio streams, 1 MiB writes", Target("ratio_min", 0.3), MIB))
-
+async def _dial_figure(s: Settings) -> Figure:
     _progress(f"[5/8] dial + disconnect x {s.dials} ...")
     tcp_times = await base.asyncio_connect_times(s.dials, warm=3)
     dial_times = await ours.overlay_dial_times(s.dials, warm=3)
     ms = 1000.0
-    figures.append(Figure(
+    return Figure(
         "dial", "dial(): TCP connect + Noise + NodeInfo (median)", "ms",
         statistics.median(dial_times) * ms, statistics.median(tcp_times) * ms,
         "plain TCP connect (reference)", Target("max", 1.5),
@@ -165,32 +206,27 @@ async def run_cases(s: Settings) -> list[Figure]:
             "baseline_p90_ms": percentile(tcp_times, 90) * ms,
             "cycles": float(len(dial_times)),
         },
-    ))
+    )
 
-    _progress("[6/8] LOCAL delivery ...")
-    item = object()
-    size = ours.LOCAL_SPEC.recv_queue_size
-    runs = await _alternate(lambda: base.memory_stream_rate(size, item, w, d),
-                            lambda: ours.overlay_local_rate(item, w, d), s.rounds)
-    figures.append(_throughput("local", "LOCAL send + receive", "msg/s", runs,
-                               f"anyio memory stream ({size} buffered)", Target("ratio_min", 0.5)))
-    figures.append(memory_figure)
 
+async def _fanout_figure(s: Settings) -> Figure:
     _progress(f"[7/8] fan-out: BROADCAST to {FANOUT_PEERS} TCP peers vs single sends ...")
     singles, broadcasts = await ours.overlay_fanout_costs(PAYLOAD, FANOUT_PEERS, s.fanout_rounds)
     us = 1e6
-    figures.append(Figure(
+    return Figure(
         "fanout", f"BROADCAST 64 B to {FANOUT_PEERS} peers, CPU per delivery (median)", "us",
         statistics.median(broadcasts) * us, statistics.median(singles) * us,
         "one send(peer) (CPU per call)", Target("ratio_max", 0.5),
         {"broadcast_min_us": min(broadcasts) * us, "single_min_us": min(singles) * us,
          "rounds": float(len(singles))},
-    ))
+    )
 
+
+async def _mesh_figure(s: Settings) -> Figure:
     small, large = s.mesh_sizes
     _progress(f"[8/8] full mesh: {small} nodes, then {large} nodes, one dial at a time ...")
     meshes = [await measure_mesh(n) for n in (small, large)]
-    figures.append(Figure(
+    return Figure(
         "mesh", f"full mesh: time per dial at N = {large} vs N = {small}", "ms",
         meshes[1].ms_per_dial, meshes[0].ms_per_dial, f"time per dial at N = {small}",
         Target("ratio_max", 2.0),
@@ -198,8 +234,7 @@ async def run_cases(s: Settings) -> list[Figure]:
          for key, value in (("dials", m.dials), ("failures", m.failures),
                             ("seconds", m.seconds), ("last_dial_ms", m.last_dial_ms),
                             ("connections", m.connections), ("complete", m.complete))},
-    ))
-    return figures
+    )
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -262,10 +297,11 @@ def render_details(figures: list[Figure]) -> str:
                              f"{e[n + '_last_dial_ms']:.2f} ms/dial"
                              + ("" if e[n + "_complete"] else ", NOT FINISHED (time budget)"))
             lines.append("mesh: " + "; ".join(parts))
-        elif f.key == "memory":
+        elif f.key in ("memory", "memory_default"):
             e = f.extra
-            lines.append(f"memory: {e['nodes']:.0f} nodes, {e['connections']:.0f} connections "
-                         f"({e['dial_failures']:.0f} failed dials), built in "
+            lines.append(f"{f.key}: {e['nodes']:.0f} nodes, {e['connections']:.0f} connections "
+                         f"({e['connections_per_node']:.1f} per node, "
+                         f"{e['dial_failures']:.0f} failed dials), built in "
                          f"{e['build_seconds']:.2f} s; RSS {e['rss_kib_per_node']:.1f} KiB/node, "
                          f"tracemalloc {e['tracemalloc_kib_per_node']:.1f} KiB/node")
         elif f.baseline is not None:
@@ -285,6 +321,18 @@ def render_details(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
+def _parse_cases(text: str) -> frozenset[int]:
+    """``"4,6,8"`` or ``"1-3,7"`` -> the case numbers; ValueError on anything else."""
+    cases: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        first, last = int(low), int(high or low)
+        if not 1 <= first <= last <= 8:
+            raise ValueError(f"{part!r} is not a case or a range of cases 1-8")
+        cases.update(range(first, last + 1))
+    return frozenset(cases)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short windows (< 30 s in all)")
@@ -293,7 +341,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="run ours and the baselines on uvloop (must be installed)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the round-trip case (cProfile + micro-timings)")
+    parser.add_argument("--cases", metavar="LIST", default="1-8",
+                        help="cases to run, e.g. '4,6,8' or '1-3' (default: all)")
     args = parser.parse_args(argv)
+    try:
+        cases = _parse_cases(args.cases)
+    except ValueError as exc:
+        parser.error(f"--cases: {exc}")
     if args.uvloop and importlib.util.find_spec("uvloop") is None:
         parser.error("--uvloop: uvloop is not installed (pip install 'overlay[uvloop]')")
     settings = Settings.make(args.quick)
@@ -301,10 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     started = time.perf_counter()
     _progress(f"overlay benchmarks ({'quick' if args.quick else 'full'}, {loop_name} loop)")
-    figures: list[Figure] = anyio.run(run_cases, settings, backend="asyncio",
+    figures: list[Figure] = anyio.run(run_cases, settings, cases, backend="asyncio",
                                       backend_options={"use_uvloop": args.uvloop})
     libp2p: Libp2pResult | None = None
-    if libp2p_available():
+    if not {1, 4} <= cases:
+        notes.append("py-libp2p baseline skipped: it needs cases 1 and 4")
+    elif libp2p_available():
         # Each (untimed) py-libp2p disconnect() sleeps 0.2 s, so a quarter of the dial cycles.
         connects = max(10, settings.dials // 4)
         _progress(f"[+] py-libp2p round trips, connect x {connects} (trio) ...")
@@ -345,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "settings": {"warmup": settings.warmup, "duration": settings.duration,
                          "rounds": settings.rounds, "dials": settings.dials,
-                         "nodes": settings.nodes, "fanout": settings.fanout},
+                         "nodes": settings.nodes, "fanout": settings.fanout,
+                         "cases": sorted(cases)},
             "elapsed_seconds": elapsed,
             "figures": [f.as_dict() for f in figures],
             "libp2p_round_trips": libp2p.round_trips.per_second if libp2p else None,
