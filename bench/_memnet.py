@@ -134,10 +134,17 @@ class MeshFigures:
     """Distinct connections once every dial finished (``dials`` when the mesh is full)."""
     complete: bool
     """False when the time budget ran out before the mesh was full."""
+    cpu_seconds: float = 0.0
+    """Process CPU seconds of all the dials (``time.process_time``: steadier than wall-clock
+    time on a shared machine; both ends of every dial run in this process)."""
 
     @property
     def ms_per_dial(self) -> float:
         return self.seconds / max(1, self.dials) * 1000.0
+
+    @property
+    def cpu_ms_per_dial(self) -> float:
+        return self.cpu_seconds / max(1, self.dials) * 1000.0
 
 
 async def measure_mesh(nodes: int, budget: float = 300.0) -> MeshFigures:
@@ -159,6 +166,7 @@ async def measure_mesh(nodes: int, budget: float = 300.0) -> MeshFigures:
             node.channel(ECHO)
             members.append(await stack.enter_async_context(node))
         started = time.perf_counter()
+        cpu_started = time.process_time()
         complete = True
         for i, node in enumerate(members):
             node_started = time.perf_counter()
@@ -174,5 +182,6 @@ async def measure_mesh(nodes: int, budget: float = 300.0) -> MeshFigures:
             if i == nodes - 1 and i:
                 last = (time.perf_counter() - node_started) / i * 1000.0
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
         connections = sum(len(n.connected_peers()) for n in members) // 2
-    return MeshFigures(nodes, dials, failures, seconds, last, connections, complete)
+    return MeshFigures(nodes, dials, failures, seconds, last, connections, complete, cpu_seconds)

@@ -193,7 +193,8 @@ def _memory_figure(mem: MemoryFigures, discovery: bool) -> Figure:
 async def _dial_figure(s: Settings) -> Figure:
     _progress(f"[5/8] dial + disconnect x {s.dials} ...")
     tcp_times = await base.asyncio_connect_times(s.dials, warm=3)
-    dial_times = await ours.overlay_dial_times(s.dials, warm=3)
+    dial_cpu: list[float] = []
+    dial_times = await ours.overlay_dial_times(s.dials, warm=3, cpu=dial_cpu)
     ms = 1000.0
     return Figure(
         "dial", "dial(): TCP connect + Noise + NodeInfo (median)", "ms",
@@ -205,6 +206,7 @@ async def _dial_figure(s: Settings) -> Figure:
             "ours_max_ms": max(dial_times) * ms,
             "baseline_p90_ms": percentile(tcp_times, 90) * ms,
             "cycles": float(len(dial_times)),
+            "ours_cpu_median_ms": statistics.median(dial_cpu) * ms,
         },
     )
 
@@ -233,7 +235,9 @@ async def _mesh_figure(s: Settings) -> Figure:
         {f"n{m.nodes}_{key}": float(value) for m in meshes
          for key, value in (("dials", m.dials), ("failures", m.failures),
                             ("seconds", m.seconds), ("last_dial_ms", m.last_dial_ms),
-                            ("connections", m.connections), ("complete", m.complete))},
+                            ("connections", m.connections), ("complete", m.complete),
+                            ("cpu_ms_per_dial", m.cpu_ms_per_dial))}
+        | {"cpu_ratio": meshes[1].cpu_ms_per_dial / max(1e-9, meshes[0].cpu_ms_per_dial)},
     )
 
 
@@ -257,7 +261,12 @@ def render_table(figures: list[Figure]) -> str:
         else:
             ratio_text = f"{ratio * 100:.1f} %" if ratio is not None else "-"
         cpu = f.extra.get("cpu_ratio")
-        cpu_text = f"{cpu * 100:.1f} %" if cpu is not None else "-"
+        if cpu is None:
+            cpu_text = "-"
+        elif f.target is not None and f.target.kind == "ratio_max":
+            cpu_text = f"{cpu:.2f}x"
+        else:
+            cpu_text = f"{cpu * 100:.1f} %"
         rows.append((f"{i}. {f.title}", _fmt(f.ours, f.unit), _fmt(f.baseline, f.unit),
                      ratio_text, cpu_text, f.target.describe(f.unit) if f.target else "-",
                      f.verdict))
@@ -279,7 +288,8 @@ def render_details(figures: list[Figure]) -> str:
         if f.key == "dial":
             e = f.extra
             lines.append(f"dial: p90 {e['ours_p90_ms']:.2f} ms, min {e['ours_min_ms']:.2f} ms, "
-                         f"max {e['ours_max_ms']:.2f} ms over {e['cycles']:.0f} cycles; plain "
+                         f"max {e['ours_max_ms']:.2f} ms over {e['cycles']:.0f} cycles; CPU "
+                         f"(both ends) median {e['ours_cpu_median_ms']:.2f} ms; plain "
                          f"TCP connect p90 {e['baseline_p90_ms']:.3f} ms")
         elif f.key == "fanout":
             e = f.extra
@@ -294,7 +304,8 @@ def render_details(figures: list[Figure]) -> str:
                 parts.append(f"{n[1:]} nodes: {e[key]:.0f} dials ({e[n + '_failures']:.0f} "
                              f"failed, {e[n + '_connections']:.0f} connections) in "
                              f"{e[n + '_seconds']:.1f} s, last node "
-                             f"{e[n + '_last_dial_ms']:.2f} ms/dial"
+                             f"{e[n + '_last_dial_ms']:.2f} ms/dial, CPU "
+                             f"{e[n + '_cpu_ms_per_dial']:.2f} ms/dial"
                              + ("" if e[n + "_complete"] else ", NOT FINISHED (time budget)"))
             lines.append("mesh: " + "; ".join(parts))
         elif f.key in ("memory", "memory_default"):
