@@ -52,6 +52,7 @@ from overlay.connection._core import ConnectionCore
 from overlay.connection._driver import PeerConnection
 from overlay.connection._observer import MultiObserver, Observer
 from overlay.connection._timers import TimerService
+from overlay.connection._types import ChannelParams
 from overlay.errors import (
     ChannelError,
     ConnectFailure,
@@ -237,6 +238,8 @@ class Node:
         }
         """Failed connection set-ups (Noise handshake or hello) by direction and reason."""
         self._retired = TrafficTotals()
+        self._core_config = self.config.connection.core_config()  # once: the config is frozen
+        self._params_cache: dict[int, tuple[ChannelSpec[Any, Any], ChannelParams]] = {}
 
     @property
     def retired_traffic(self) -> TrafficTotals:
@@ -655,9 +658,24 @@ class Node:
     def _core_for(self, remote: NodeInfo) -> ConnectionCore:
         conf = self.config.connection
         compression = conf.compression and "zstd" in remote.compression
-        params = [channel_params(spec) for spec in self.router.channel_specs()]
-        return ConnectionCore(conf.core_config(), params, now=anyio.current_time(),
+        return ConnectionCore(self._core_config, self._channel_params(), now=anyio.current_time(),
                               compression=compression, peer_info=remote)
+
+    def _channel_params(self) -> list[ChannelParams]:
+        """The open channels' parameters, shared by every connection (frozen records, built
+        once per channel spec rather than once per connection)."""
+        cache = self._params_cache
+        params = []
+        for spec in self.router.channel_specs():
+            cached = cache.get(id(spec))
+            if cached is None or cached[0] is not spec:
+                cached = cache[id(spec)] = (spec, channel_params(spec))
+            params.append(cached[1])
+        if len(cache) > 4 * len(params) + 16:  # channels closed and reopened many times
+            live = {id(spec) for spec in self.router.channel_specs()}
+            for key in [key for key in cache if key not in live]:
+                del cache[key]
+        return params
 
     def _admit(
         self, node_id: NodeId, remote_host: str, outbound: bool
