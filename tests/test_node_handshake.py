@@ -278,7 +278,7 @@ async def test_replaced_connection_leaves_the_observer_connected() -> None:
         hello = hello_frame(encode_node_info(a.local_info()))
         stream = await transport.dial(b.address, timeout=5.0, first_data=hello)
         assert a._tg is not None
-        await a._tg.start(a._run_connection, stream, True, 5.0)
+        await a._tg.start(a._setup.run_connection, stream, True, 5.0)
         await wait_until(lambda: b.router.get_peer(a.node_id) not in (None, old)
                          and old is not None and old._done.is_set())
         assert b.connected_peers() == [a.node_id]
