@@ -204,15 +204,16 @@ class PeerConnection:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run the reader and writer until the connection closes."""
+        """Run the reader and writer until the connection closes. The reader runs in the
+        calling task (one task fewer per connection), the writer in a child task."""
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._workers = Workers(tg)
                 tg.start_soon(self._write_loop)
-                tg.start_soon(self._read_loop)
                 self._reschedule(anyio.current_time())
                 task_status.started()
+                await self._read_loop()
         finally:
             self.core.connection_lost()
             self._timers.cancel(self)
