@@ -384,8 +384,10 @@ class DialPlanner:
             times.append(self._next_feeler)
             if self._config.upgrade_slots:
                 times.append(self._next_upgrade)
+        elif self._starved:  # the tick, or the end of a backoff or ban that is due sooner
+            times.append(min(last_poll + _STARVED_TICK, max(self._retry_at, last_poll)))
         else:
-            times.append(last_poll + (_STARVED_TICK if self._starved else DIAL_TICK))
+            times.append(last_poll + DIAL_TICK)
         return times
 
     def _feeler_delay(self) -> float:
