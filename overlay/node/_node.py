@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -59,7 +58,7 @@ from overlay.node._config import NodeConfig
 from overlay.node._control import NodeControl
 from overlay.node._dht import DHT, NodeDht
 from overlay.node._discovery import DiscoveryState
-from overlay.node._peering import DialOutcome, Peering
+from overlay.node._peering import DialOutcome, Peering, wall_clock
 from overlay.node._pex import Pex
 from overlay.node._records import CAPABILITIES_FILE, NodeCapabilities
 from overlay.node._routing import NodeRouting
@@ -195,7 +194,7 @@ class Node:
         self.dht: NodeDht | None = None
         """The node's DHT (``[discovery.dht] enabled``): ``find_providers``, statistics."""
         self._transient: TransientConnections | None = None
-        self._timers = TimerService()
+        self._timers = TimerService(self.observer)
         if self.config.discovery.dht.enabled:
             self._transient = TransientConnections(
                 self.config.discovery.dht, spec=DHT, connection=self.config.connection,
@@ -537,7 +536,7 @@ class Node:
         ``node.discovery.records`` (where the policy engine finds candidates)."""
         async with self.find_providers(capability, want=_DISCOVER_WANT) as found:
             async for signed in found:
-                self.discovery.records.offer(signed, time.time(), "dht")
+                self.discovery.records.offer(signed, wall_clock(), "dht")
 
     @contextlib.asynccontextmanager
     async def find_providers(

@@ -29,7 +29,7 @@ import anyio.abc
 from overlay.address import NodeAddress
 from overlay.connection._core import ConnectionCore
 from overlay.connection._driver import PeerConnection
-from overlay.connection._observer import Observer
+from overlay.connection._observer import Observer, TaskRoot
 from overlay.connection._timers import TimerService
 from overlay.connection._types import ChannelParams
 from overlay.errors import (
@@ -191,11 +191,21 @@ class ConnectionSetup:
         counts[reason] = counts.get(reason, 0) + 1
         self._node.observer.on_handshake_failed(direction, reason)
 
-    def _core_for(self, remote: NodeInfo) -> ConnectionCore:
+    def _core_for(self, remote: NodeInfo, now: float) -> ConnectionCore:
         conf = self._node.config.connection
         compression = conf.compression and "zstd" in remote.compression
-        return ConnectionCore(self._core_config, self._channel_params(), now=anyio.current_time(),
+        return ConnectionCore(self._core_config, self._channel_params(), now=now,
                               compression=compression, peer_info=remote)
+
+    async def _refuse(self, stream: SecureStream, remote: NodeInfo, reason: DisconnectReason,
+                      message: str) -> None:
+        """Tell a peer we will not keep why, in a best-effort Disconnect frame (written within
+        ``connection.close_timeout``; a peer already gone is fine)."""
+        now = anyio.current_time()
+        core = self._core_for(remote, now)
+        core.send_disconnect(reason, message, now=now)
+        with anyio.move_on_after(self._close_timeout), _peer_gone_ok():
+            await stream.send(core.data_to_send(now))
 
     def _channel_params(self) -> list[ChannelParams]:
         """The open channels' parameters, shared by every connection (frozen records, built
@@ -256,10 +266,7 @@ class ConnectionSetup:
             remote = decode_hello_reply(await receive_hello(stream, buffer))
             problem = check_compatible(local, remote) or self._admit(node_id, remote_host, True)
             if problem is not None:
-                core = self._core_for(remote)
-                core.send_disconnect(problem[0], problem[1], now=anyio.current_time())
-                with anyio.move_on_after(self._close_timeout), _peer_gone_ok():
-                    await stream.send(core.data_to_send(anyio.current_time()))
+                await self._refuse(stream, remote, problem[0], problem[1])
                 raise IncompatiblePeerError(problem[0].label, problem[1])
         else:
             remote = decode_node_info(await receive_hello(stream, buffer))
@@ -322,18 +329,16 @@ class ConnectionSetup:
             # hello. Apply _admit's rule again (keep the one the smaller id initiated), or both
             # ends may each keep a different connection and then close each other's.
             if existing.outbound and self._node.node_id < node_id:
-                core = self._core_for(remote)
-                core.send_disconnect(DisconnectReason.DUPLICATE, "already connected",
-                                     now=anyio.current_time())
-                with anyio.move_on_after(self._close_timeout), _peer_gone_ok():
-                    await stream.send(core.data_to_send(anyio.current_time()))
+                await self._refuse(stream, remote, DisconnectReason.DUPLICATE,
+                                   "already connected")
                 await _close_quietly(stream)
                 raise IncompatiblePeerError("duplicate", "already connected")
         if existing is not None:
             existing.close(DisconnectReason.DUPLICATE, "replaced by a newer connection")
-        core = self._core_for(remote)
+        now = anyio.current_time()
+        core = self._core_for(remote, now)
         if leftover:
-            core.receive_data(leftover, anyio.current_time())
+            core.receive_data(leftover, now)
         conn = PeerConnection(
             node_id=node_id,
             info=remote,
@@ -361,10 +366,7 @@ class ConnectionSetup:
             await conn.run()
         except Exception:  # task root: one broken connection must never take the node down
             log.exception("connection to %s failed unexpectedly", node_id)
-            self.count_failure(
-                RuntimeError("internal"),
-                Direction.OUTBOUND if outbound else Direction.INBOUND,
-            )
+            self._node.observer.on_task_failed(TaskRoot.CONNECTION)
         finally:
             self._node.router.remove_peer(conn)
             self._retire(conn)

@@ -19,7 +19,8 @@ the disconnect, but no longer use a connection slot.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 
 from overlay.address import NodeAddress
 from overlay.identity import NodeId
@@ -58,6 +59,21 @@ class ConnTable:
         self.group_freed = False
         """Whether an ended connection or dial freed an outbound netgroup slot since the
         planner last looked (any address of that netgroup may then be a candidate)."""
+
+    @property
+    def inbound_per_ip(self) -> Mapping[str, int]:
+        """Inbound connections by IP key (exempt addresses not counted); read-only."""
+        return MappingProxyType(self._in_ip)
+
+    @property
+    def inbound_per_netgroup(self) -> Mapping[str, int]:
+        """Inbound connections by netgroup (exempt addresses not counted); read-only."""
+        return MappingProxyType(self._in_group)
+
+    @property
+    def outbound_per_netgroup(self) -> Mapping[str, int]:
+        """Outbound connections and dials by netgroup; read-only."""
+        return MappingProxyType(self._out_group)
 
     # -- exemptions -----------------------------------------------------------------------------
 
