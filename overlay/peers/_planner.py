@@ -269,10 +269,17 @@ class DialPlanner:
         added, self._book.added = self._book.added, []
         released, self._table.released = self._table.released, []
         group_freed, self._table.group_freed = self._table.group_freed, False
-        if budget <= 0 or free <= 0 or self._worth_choosing(now, added, released, group_freed):
+        hints: list[AddrEntry] = []
+        if budget <= 0 or free <= 0 or self._worth_choosing(
+            now, added, released, group_freed, hints
+        ):
             self._starved = False
         while budget > 0 and free > 0 and not self._starved:
             entry = self._choose(now)
+            while entry is None and hints:  # sampling missed a candidate seen to be new
+                hint = hints.pop()
+                if self._auto_ok(hint, now):
+                    entry = hint
             if entry is not None:
                 rec, address = self._directory[entry.address.node_id], entry.address
             else:
@@ -333,9 +340,12 @@ class DialPlanner:
         added: list[NodeAddress],
         released: list[PeerRecord],
         group_freed: bool,
+        hints: list[AddrEntry],
     ) -> bool:
         """Whether to sample the book for outbound candidates (see the module docstring): only
-        what changed since the starved pass is looked at."""
+        what changed since the starved pass is looked at. A new candidate found that way goes
+        to ``hints``: dialed if the random sample (which may miss a lone candidate in a large
+        book) finds none."""
         if not self._starved or group_freed:
             return True
         if not self._starved_at <= now < self._retry_at:
@@ -343,11 +353,13 @@ class DialPlanner:
         for address in added:
             entry = self._book.get(address)
             if entry is not None and self._auto_ok(entry, now):
+                hints.append(entry)
                 return True
         for rec in released:
             for address in rec.addresses:
                 entry = self._book.get(address)
                 if entry is not None and self._auto_ok(entry, now):
+                    hints.append(entry)
                     return True
             self._retry_at = self._due(rec, now, self._retry_at)
         return False
