@@ -47,7 +47,7 @@ from bench import _baseline as base
 from bench import _ours as ours
 from bench._common import Figure, Rate, Settings, Target, best, machine_facts, percentile
 from bench._libp2p import Libp2pResult, libp2p_available, libp2p_baseline, libp2p_notes
-from bench._memnet import MemoryFigures, measure_memory, measure_mesh
+from bench._memnet import measure_memory, measure_mesh
 from bench._profile import ProfileReport, profile_round_trips, render_profile
 
 PAYLOAD = b"\x5a" * 64
@@ -104,33 +104,32 @@ def _throughput(
 
 
 ALL_CASES = frozenset(range(1, 9))
+"""Case numbers as in the table (1 round trips ... 8 mesh)."""
+
+
+def parse_cases(text: str) -> frozenset[int]:
+    """``"1,2,3"`` or ``"1-3,5"`` -> the case numbers; every number must be a case."""
+    cases: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a case list: {text!r}") from None
+        cases.update(range(first, last + 1))
+    if not cases or not cases <= ALL_CASES:
+        raise argparse.ArgumentTypeError(f"cases are 1-8, got {text!r}")
+    return frozenset(cases)
 
 
 async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES) -> list[Figure]:
     figures: list[Figure] = []
     w, d = s.warmup, s.duration
-
     memory_figures: list[Figure] = []
     if 6 in cases:
-        for discovery in (False, True):
-            what = "default config" if discovery else "discovery off"
-            _progress(f"[1/8] memory ({what}): {s.nodes} nodes in a MemoryNetwork, "
-                      f"{s.fanout} dials each ...")
-            mem = await measure_memory(s.nodes, s.fanout, discovery=discovery)
-            memory_figures.append(_memory_figure(mem, discovery))
-
+        memory_figures = [await _memory_case(s, discovery) for discovery in (False, True)]
     if 1 in cases:
-        _progress("[2/8] round trips (64 B, one caller) ...")
-        runs = await _alternate(lambda: base.asyncio_round_trips(PAYLOAD, w, d),
-                                lambda: ours.overlay_round_trips(PAYLOAD, w, d), s.rounds)
-        round_trips = _throughput("round_trip", "64 B request/response, 1 caller (TCP+Noise)",
-                                  "req/s", runs, "asyncio TCP echo", Target("ratio_min", 0.5))
-        anyio_echo = best([await base.anyio_round_trips(PAYLOAD, w, d)
-                           for _ in range(s.rounds)])
-        round_trips.extra["anyio_echo_per_second"] = anyio_echo.per_second
-        round_trips.extra["anyio_echo_per_cpu_second"] = anyio_echo.per_cpu_second
-        figures.append(round_trips)
-
+        figures.append(await _round_trip_case(s))
     if 2 in cases:
         _progress(f"[3/8] pipelined requests ({IN_FLIGHT} in flight) ...")
         runs = await _alternate(lambda: base.asyncio_pipelined(PAYLOAD, IN_FLIGHT, w, d),
@@ -140,7 +139,6 @@ async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES) -> list[Figu
                                    f"64 B requests, {IN_FLIGHT} in flight, 1 connection",
                                    "req/s", runs, "asyncio length-prefixed pipeline",
                                    Target("ratio_min", 1.0)))
-
     if 3 in cases:
         _progress("[4/8] bulk 1 MiB messages ...")
         runs = await _alternate(lambda: base.asyncio_bulk(CHUNK, w, d),
@@ -148,9 +146,8 @@ async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES) -> list[Figu
         figures.append(_throughput("bulk", "bulk one-way, 1 MiB messages", "MiB/s", runs,
                                    "asyncio streams, 1 MiB writes", Target("ratio_min", 0.3),
                                    MIB))
-
     if 4 in cases:
-        figures.append(await _dial_figure(s))
+        figures.append(await _dial_case(s))
     if 5 in cases:
         _progress("[6/8] LOCAL delivery ...")
         item = object()
@@ -162,16 +159,19 @@ async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES) -> list[Figu
                                    Target("ratio_min", 0.5)))
     figures.extend(memory_figures)
     if 7 in cases:
-        figures.append(await _fanout_figure(s))
+        figures.append(await _fanout_case(s))
     if 8 in cases:
-        figures.append(await _mesh_figure(s))
+        figures.append(await _mesh_case(s))
     return figures
 
 
-def _memory_figure(mem: MemoryFigures, discovery: bool) -> Figure:
+async def _memory_case(s: Settings, discovery: bool) -> Figure:
     what = "default config" if discovery else "discovery off"
+    _progress(f"[1/8] memory ({what}): {s.nodes} nodes in a MemoryNetwork, "
+              f"{s.fanout} dials each ...")
+    mem = await measure_memory(s.nodes, s.fanout, discovery=discovery)
     return Figure(
-        key="memory" if not discovery else "memory_default",
+        key="memory_default" if discovery else "memory",
         title=f"idle node, {mem.nodes}-node memory network, {what} (RSS)",
         unit="KiB/node",
         ours=mem.rss_kib_per_node,
@@ -179,18 +179,31 @@ def _memory_figure(mem: MemoryFigures, discovery: bool) -> Figure:
         baseline_name="-",
         target=Target("max", 150.0),
         extra={
+            "connections_per_node": 2 * mem.connections / mem.nodes,
             "rss_kib_per_node": mem.rss_kib_per_node,
             "tracemalloc_kib_per_node": mem.traced_kib_per_node,
             "nodes": mem.nodes,
             "connections": mem.connections,
-            "connections_per_node": 2 * mem.connections / mem.nodes,
             "dial_failures": mem.dial_failures,
             "build_seconds": mem.build_seconds,
         },
     )
 
 
-async def _dial_figure(s: Settings) -> Figure:
+async def _round_trip_case(s: Settings) -> Figure:
+    w, d = s.warmup, s.duration
+    _progress("[2/8] round trips (64 B, one caller) ...")
+    runs = await _alternate(lambda: base.asyncio_round_trips(PAYLOAD, w, d),
+                            lambda: ours.overlay_round_trips(PAYLOAD, w, d), s.rounds)
+    round_trips = _throughput("round_trip", "64 B request/response, 1 caller (TCP+Noise)",
+                              "req/s", runs, "asyncio TCP echo", Target("ratio_min", 0.5))
+    anyio_echo = best([await base.anyio_round_trips(PAYLOAD, w, d) for _ in range(s.rounds)])
+    round_trips.extra["anyio_echo_per_second"] = anyio_echo.per_second
+    round_trips.extra["anyio_echo_per_cpu_second"] = anyio_echo.per_cpu_second
+    return round_trips
+
+
+async def _dial_case(s: Settings) -> Figure:
     _progress(f"[5/8] dial + disconnect x {s.dials} ...")
     tcp_times = await base.asyncio_connect_times(s.dials, warm=3)
     dial_cpu: list[float] = []
@@ -211,7 +224,7 @@ async def _dial_figure(s: Settings) -> Figure:
     )
 
 
-async def _fanout_figure(s: Settings) -> Figure:
+async def _fanout_case(s: Settings) -> Figure:
     _progress(f"[7/8] fan-out: BROADCAST to {FANOUT_PEERS} TCP peers vs single sends ...")
     singles, broadcasts = await ours.overlay_fanout_costs(PAYLOAD, FANOUT_PEERS, s.fanout_rounds)
     us = 1e6
@@ -224,7 +237,7 @@ async def _fanout_figure(s: Settings) -> Figure:
     )
 
 
-async def _mesh_figure(s: Settings) -> Figure:
+async def _mesh_case(s: Settings) -> Figure:
     small, large = s.mesh_sizes
     _progress(f"[8/8] full mesh: {small} nodes, then {large} nodes, one dial at a time ...")
     meshes = [await measure_mesh(n) for n in (small, large)]
@@ -332,18 +345,6 @@ def render_details(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-def _parse_cases(text: str) -> frozenset[int]:
-    """``"4,6,8"`` or ``"1-3,7"`` -> the case numbers; ValueError on anything else."""
-    cases: set[int] = set()
-    for part in text.split(","):
-        low, _, high = part.strip().partition("-")
-        first, last = int(low), int(high or low)
-        if not 1 <= first <= last <= 8:
-            raise ValueError(f"{part!r} is not a case or a range of cases 1-8")
-        cases.update(range(first, last + 1))
-    return frozenset(cases)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short windows (< 30 s in all)")
@@ -352,13 +353,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run ours and the baselines on uvloop (must be installed)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the round-trip case (cProfile + micro-timings)")
-    parser.add_argument("--cases", metavar="LIST", default="1-8",
-                        help="cases to run, e.g. '4,6,8' or '1-3' (default: all)")
+    parser.add_argument("--cases", type=parse_cases, default=ALL_CASES, metavar="LIST",
+                        help="run only these cases, e.g. 1,2,3 or 1-3,5,7 (default: all)")
     args = parser.parse_args(argv)
-    try:
-        cases = _parse_cases(args.cases)
-    except ValueError as exc:
-        parser.error(f"--cases: {exc}")
     if args.uvloop and importlib.util.find_spec("uvloop") is None:
         parser.error("--uvloop: uvloop is not installed (pip install 'overlay[uvloop]')")
     settings = Settings.make(args.quick)
@@ -366,12 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     started = time.perf_counter()
     _progress(f"overlay benchmarks ({'quick' if args.quick else 'full'}, {loop_name} loop)")
-    figures: list[Figure] = anyio.run(run_cases, settings, cases, backend="asyncio",
+    figures: list[Figure] = anyio.run(run_cases, settings, args.cases, backend="asyncio",
                                       backend_options={"use_uvloop": args.uvloop})
     libp2p: Libp2pResult | None = None
-    if not {1, 4} <= cases:
-        notes.append("py-libp2p baseline skipped: it needs cases 1 and 4")
-    elif libp2p_available():
+    if libp2p_available() and {1, 4} <= args.cases:
         # Each (untimed) py-libp2p disconnect() sleeps 0.2 s, so a quarter of the dial cycles.
         connects = max(10, settings.dials // 4)
         _progress(f"[+] py-libp2p round trips, connect x {connects} (trio) ...")
@@ -412,8 +407,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": args.quick,
             "settings": {"warmup": settings.warmup, "duration": settings.duration,
                          "rounds": settings.rounds, "dials": settings.dials,
-                         "nodes": settings.nodes, "fanout": settings.fanout,
-                         "cases": sorted(cases)},
+                         "nodes": settings.nodes, "fanout": settings.fanout},
             "elapsed_seconds": elapsed,
             "figures": [f.as_dict() for f in figures],
             "libp2p_round_trips": libp2p.round_trips.per_second if libp2p else None,
