@@ -23,7 +23,7 @@ from bench._common import rss_bytes
 from bench._ours import ECHO
 from overlay.errors import OverlayError
 from overlay.node import Node
-from overlay.node._config import AdminConfig, NodeConfig
+from overlay.node._config import AdminConfig, DhtSettings, DiscoveryConfig, NodeConfig
 from overlay.peers._config import PeerManagerConfig
 from overlay.testing import MemoryNetwork
 
@@ -31,6 +31,12 @@ __all__ = ["MemoryFigures", "MeshFigures", "measure_memory", "measure_mesh"]
 
 _CONFIG = NodeConfig(network="overlay-bench", listen=("memory:",),
                      admin=AdminConfig(enabled=False))
+"""Default config on ``memory:`` (PEX, DHT and routing on), no admin API."""
+
+_BARE = replace(_CONFIG, discovery=DiscoveryConfig(pex_enabled=False,
+                                                   dht=DhtSettings(enabled=False)))
+"""Discovery off (no PEX, no DHT): the connections dialed and nothing else, comparable with
+the bare nodes measured before discovery existed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +53,13 @@ class MemoryFigures:
     """Wall-clock seconds to start the nodes and finish every dial (first pass)."""
 
 
-async def _build(nodes: int, fanout: int, seed: int, stack: AsyncExitStack) -> tuple[int, int]:
+async def _build(nodes: int, fanout: int, seed: int, stack: AsyncExitStack,
+                 config: NodeConfig) -> tuple[int, int]:
     """Start and connect the network inside ``stack``; returns (connections, failed dials)."""
     network = MemoryNetwork()
     members: list[Node] = []
     for _ in range(nodes):
-        node = Node(_CONFIG, transports=[network.node_transport()])
+        node = Node(config, transports=[network.node_transport()])
         node.channel(ECHO)
         members.append(await stack.enter_async_context(node))
     rng = random.Random(seed)
@@ -77,15 +84,18 @@ async def _build(nodes: int, fanout: int, seed: int, stack: AsyncExitStack) -> t
     return connections, failures
 
 
-async def measure_memory(nodes: int, fanout: int, seed: int = 7) -> MemoryFigures:
-    """Run both passes (see the module docstring)."""
+async def measure_memory(nodes: int, fanout: int, seed: int = 7, *,
+                         discovery: bool = False) -> MemoryFigures:
+    """Run both passes (see the module docstring); ``discovery``: default config (PEX, DHT)
+    instead of discovery off."""
+    config = _CONFIG if discovery else _BARE
     async with AsyncExitStack() as stack:  # warm-up: import-time and first-use allocations
-        await _build(2, 1, seed, stack)
+        await _build(2, 1, seed, stack, config)
     gc.collect()
     before = rss_bytes()
     started = anyio.current_time()
     async with AsyncExitStack() as stack:
-        connections, failures = await _build(nodes, fanout, seed, stack)
+        connections, failures = await _build(nodes, fanout, seed, stack, config)
         build_seconds = anyio.current_time() - started
         gc.collect()
         after = rss_bytes()
@@ -93,7 +103,7 @@ async def measure_memory(nodes: int, fanout: int, seed: int = 7) -> MemoryFigure
     tracemalloc.start()
     try:
         async with AsyncExitStack() as stack:
-            await _build(nodes, fanout, seed, stack)
+            await _build(nodes, fanout, seed, stack, config)
             gc.collect()
             traced, _peak = tracemalloc.get_traced_memory()
     finally:
@@ -124,17 +134,25 @@ class MeshFigures:
     """Distinct connections once every dial finished (``dials`` when the mesh is full)."""
     complete: bool
     """False when the time budget ran out before the mesh was full."""
+    cpu_seconds: float = 0.0
+    """Process CPU seconds of all the dials (``time.process_time``: steadier than wall-clock
+    time on a shared machine; both ends of every dial run in this process)."""
 
     @property
     def ms_per_dial(self) -> float:
         return self.seconds / max(1, self.dials) * 1000.0
 
+    @property
+    def cpu_ms_per_dial(self) -> float:
+        return self.cpu_seconds / max(1, self.dials) * 1000.0
+
 
 async def measure_mesh(nodes: int, budget: float = 300.0) -> MeshFigures:
     """Start ``nodes`` nodes on a ``MemoryNetwork`` (the peer manager's limits raised so that
     every node keeps every peer), then node i dials every node before it, one dial at a time,
-    until the mesh is full (``nodes * (nodes - 1) / 2`` dials) or ``budget`` seconds passed
-    (then ``complete`` is False and the figures cover the dials done)."""
+    until the mesh is full (``nodes * (nodes - 1) / 2`` dials) or the dials used ``budget``
+    seconds of process CPU time (then ``complete`` is False and the figures cover the dials
+    done; CPU time, so that a loaded machine does not cut the run short)."""
     network = MemoryNetwork()
     limits = PeerManagerConfig(max_connections=2 * nodes + 8, max_outbound=nodes,
                                max_inbound_per_ip=nodes, max_inbound_per_netgroup=nodes,
@@ -149,10 +167,11 @@ async def measure_mesh(nodes: int, budget: float = 300.0) -> MeshFigures:
             node.channel(ECHO)
             members.append(await stack.enter_async_context(node))
         started = time.perf_counter()
+        cpu_started = time.process_time()
         complete = True
         for i, node in enumerate(members):
             node_started = time.perf_counter()
-            if node_started - started > budget:
+            if time.process_time() - cpu_started > budget:
                 complete = False
                 break
             for other in members[:i]:
@@ -164,5 +183,6 @@ async def measure_mesh(nodes: int, budget: float = 300.0) -> MeshFigures:
             if i == nodes - 1 and i:
                 last = (time.perf_counter() - node_started) / i * 1000.0
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
         connections = sum(len(n.connected_peers()) for n in members) // 2
-    return MeshFigures(nodes, dials, failures, seconds, last, connections, complete)
+    return MeshFigures(nodes, dials, failures, seconds, last, connections, complete, cpu_seconds)

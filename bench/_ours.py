@@ -143,24 +143,30 @@ async def overlay_bulk(chunk: bytes, warmup: float, duration: float) -> Rate:
         return await measure_rate(start, warmup, duration)
 
 
-async def overlay_dial_times(count: int, warm: int) -> list[float]:
+async def overlay_dial_times(count: int, warm: int,
+                             cpu: list[float] | None = None) -> list[float]:
     """Seconds of ``count`` ``dial()`` calls (TCP connect + Noise + NodeInfo exchange), each
-    followed (untimed) by ``disconnect()`` and a wait until the listener dropped the peer."""
+    followed (untimed) by ``disconnect()`` and a wait until the listener dropped the peer.
+    ``cpu`` gets the process CPU seconds of each (both ends: steadier on a loaded machine)."""
     times: list[float] = []
     async with Node(TCP_CONFIG) as a, Node(TCP_CONFIG) as b:
         a.channel(ECHO)
         b.channel(ECHO)
         address = b.address
         for i in range(count + warm):
+            cpu_started = time.process_time()
             started = time.perf_counter()
             await a.dial(address)
             elapsed = time.perf_counter() - started
+            cpu_elapsed = time.process_time() - cpu_started
             await a.disconnect(b.node_id)
             with anyio.fail_after(5):  # untimed: the listener must drop us before a re-dial
                 while a.node_id in b.connected_peers():
                     await anyio.sleep(0.0002)
             if i >= warm:
                 times.append(elapsed)
+                if cpu is not None:
+                    cpu.append(cpu_elapsed)
     return times
 
 

@@ -3,7 +3,7 @@
 
 Usage (from the repository root)::
 
-    python bench/run.py [--quick] [--json FILE] [--uvloop] [--profile] [--cases 1,2,3,5,7]
+    python bench/run.py [--quick] [--json FILE] [--uvloop] [--profile] [--cases 4,6,8]
 
 Cases (ours / baseline; the table prints the ratio next to the target):
 
@@ -125,9 +125,9 @@ def parse_cases(text: str) -> frozenset[int]:
 async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES) -> list[Figure]:
     figures: list[Figure] = []
     w, d = s.warmup, s.duration
-    memory_figure: Figure | None = None
+    memory_figures: list[Figure] = []
     if 6 in cases:
-        memory_figure = await _memory_case(s)
+        memory_figures = [await _memory_case(s, discovery) for discovery in (False, True)]
     if 1 in cases:
         figures.append(await _round_trip_case(s))
     if 2 in cases:
@@ -157,8 +157,7 @@ async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES) -> list[Figu
         figures.append(_throughput("local", "LOCAL send + receive", "msg/s", runs,
                                    f"anyio memory stream ({size} buffered)",
                                    Target("ratio_min", 0.5)))
-    if memory_figure is not None:
-        figures.append(memory_figure)
+    figures.extend(memory_figures)
     if 7 in cases:
         figures.append(await _fanout_case(s))
     if 8 in cases:
@@ -166,18 +165,21 @@ async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES) -> list[Figu
     return figures
 
 
-async def _memory_case(s: Settings) -> Figure:
-    _progress(f"[1/8] memory: {s.nodes} nodes in a MemoryNetwork, {s.fanout} dials each ...")
-    mem = await measure_memory(s.nodes, s.fanout)
+async def _memory_case(s: Settings, discovery: bool) -> Figure:
+    what = "default config" if discovery else "discovery off"
+    _progress(f"[1/8] memory ({what}): {s.nodes} nodes in a MemoryNetwork, "
+              f"{s.fanout} dials each ...")
+    mem = await measure_memory(s.nodes, s.fanout, discovery=discovery)
     return Figure(
-        key="memory",
-        title=f"idle node in a {mem.nodes}-node memory network (RSS)",
+        key="memory_default" if discovery else "memory",
+        title=f"idle node, {mem.nodes}-node memory network, {what} (RSS)",
         unit="KiB/node",
         ours=mem.rss_kib_per_node,
         baseline=None,
         baseline_name="-",
-        target=None,
+        target=Target("max", 150.0),
         extra={
+            "connections_per_node": 2 * mem.connections / mem.nodes,
             "rss_kib_per_node": mem.rss_kib_per_node,
             "tracemalloc_kib_per_node": mem.traced_kib_per_node,
             "nodes": mem.nodes,
@@ -204,7 +206,8 @@ async def _round_trip_case(s: Settings) -> Figure:
 async def _dial_case(s: Settings) -> Figure:
     _progress(f"[5/8] dial + disconnect x {s.dials} ...")
     tcp_times = await base.asyncio_connect_times(s.dials, warm=3)
-    dial_times = await ours.overlay_dial_times(s.dials, warm=3)
+    dial_cpu: list[float] = []
+    dial_times = await ours.overlay_dial_times(s.dials, warm=3, cpu=dial_cpu)
     ms = 1000.0
     return Figure(
         "dial", "dial(): TCP connect + Noise + NodeInfo (median)", "ms",
@@ -216,6 +219,7 @@ async def _dial_case(s: Settings) -> Figure:
             "ours_max_ms": max(dial_times) * ms,
             "baseline_p90_ms": percentile(tcp_times, 90) * ms,
             "cycles": float(len(dial_times)),
+            "ours_cpu_median_ms": statistics.median(dial_cpu) * ms,
         },
     )
 
@@ -244,7 +248,9 @@ async def _mesh_case(s: Settings) -> Figure:
         {f"n{m.nodes}_{key}": float(value) for m in meshes
          for key, value in (("dials", m.dials), ("failures", m.failures),
                             ("seconds", m.seconds), ("last_dial_ms", m.last_dial_ms),
-                            ("connections", m.connections), ("complete", m.complete))},
+                            ("connections", m.connections), ("complete", m.complete),
+                            ("cpu_ms_per_dial", m.cpu_ms_per_dial))}
+        | {"cpu_ratio": meshes[1].cpu_ms_per_dial / max(1e-9, meshes[0].cpu_ms_per_dial)},
     )
 
 
@@ -268,7 +274,12 @@ def render_table(figures: list[Figure]) -> str:
         else:
             ratio_text = f"{ratio * 100:.1f} %" if ratio is not None else "-"
         cpu = f.extra.get("cpu_ratio")
-        cpu_text = f"{cpu * 100:.1f} %" if cpu is not None else "-"
+        if cpu is None:
+            cpu_text = "-"
+        elif f.target is not None and f.target.kind == "ratio_max":
+            cpu_text = f"{cpu:.2f}x"
+        else:
+            cpu_text = f"{cpu * 100:.1f} %"
         rows.append((f"{i}. {f.title}", _fmt(f.ours, f.unit), _fmt(f.baseline, f.unit),
                      ratio_text, cpu_text, f.target.describe(f.unit) if f.target else "-",
                      f.verdict))
@@ -290,7 +301,8 @@ def render_details(figures: list[Figure]) -> str:
         if f.key == "dial":
             e = f.extra
             lines.append(f"dial: p90 {e['ours_p90_ms']:.2f} ms, min {e['ours_min_ms']:.2f} ms, "
-                         f"max {e['ours_max_ms']:.2f} ms over {e['cycles']:.0f} cycles; plain "
+                         f"max {e['ours_max_ms']:.2f} ms over {e['cycles']:.0f} cycles; CPU "
+                         f"(both ends) median {e['ours_cpu_median_ms']:.2f} ms; plain "
                          f"TCP connect p90 {e['baseline_p90_ms']:.3f} ms")
         elif f.key == "fanout":
             e = f.extra
@@ -305,13 +317,15 @@ def render_details(figures: list[Figure]) -> str:
                 parts.append(f"{n[1:]} nodes: {e[key]:.0f} dials ({e[n + '_failures']:.0f} "
                              f"failed, {e[n + '_connections']:.0f} connections) in "
                              f"{e[n + '_seconds']:.1f} s, last node "
-                             f"{e[n + '_last_dial_ms']:.2f} ms/dial"
+                             f"{e[n + '_last_dial_ms']:.2f} ms/dial, CPU "
+                             f"{e[n + '_cpu_ms_per_dial']:.2f} ms/dial"
                              + ("" if e[n + "_complete"] else ", NOT FINISHED (time budget)"))
             lines.append("mesh: " + "; ".join(parts))
-        elif f.key == "memory":
+        elif f.key in ("memory", "memory_default"):
             e = f.extra
-            lines.append(f"memory: {e['nodes']:.0f} nodes, {e['connections']:.0f} connections "
-                         f"({e['dial_failures']:.0f} failed dials), built in "
+            lines.append(f"{f.key}: {e['nodes']:.0f} nodes, {e['connections']:.0f} connections "
+                         f"({e['connections_per_node']:.1f} per node, "
+                         f"{e['dial_failures']:.0f} failed dials), built in "
                          f"{e['build_seconds']:.2f} s; RSS {e['rss_kib_per_node']:.1f} KiB/node, "
                          f"tracemalloc {e['tracemalloc_kib_per_node']:.1f} KiB/node")
         elif f.baseline is not None:

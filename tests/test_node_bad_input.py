@@ -200,7 +200,8 @@ async def raw_peer(
     channels: tuple[int, ...] = (ECHO.id, DOCS.id),
     protocol_version: int = PROTOCOL_VERSION,
 ) -> RawPeer:
-    """Connect to ``node`` and run the hello exchange as the initiator (see ``Node._hello``)."""
+    """Connect to ``node`` and run the hello exchange as the initiator (see
+    ``ConnectionSetup._hello``)."""
     identity = SecureIdentity(NodeKey.generate())
     stream = await secure_dial(node, net, identity)
     assert stream.node_id == node.node_id

@@ -21,7 +21,7 @@ from overlay.errors import (
     OverlayError,
 )
 from overlay.identity import NodeId, NodeKey
-from overlay.node import Node
+from overlay.node import PING, Node
 from overlay.router._channel import ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.testing import MemoryNetwork, MemoryTransport
@@ -278,7 +278,7 @@ async def test_replaced_connection_leaves_the_observer_connected() -> None:
         hello = hello_frame(encode_node_info(a.local_info()))
         stream = await transport.dial(b.address, timeout=5.0, first_data=hello)
         assert a._tg is not None
-        await a._tg.start(a._run_connection, stream, True, 5.0)
+        await a._tg.start(a._setup.run_connection, stream, True, 5.0)
         await wait_until(lambda: b.router.get_peer(a.node_id) not in (None, old)
                          and old is not None and old.is_down)
         assert b.connected_peers() == [a.node_id]
@@ -337,3 +337,26 @@ async def test_two_concurrent_dials_to_one_peer_leave_one_connection() -> None:
         await anyio.sleep(5)  # let DUPLICATE disconnects play out
         assert a.connected_peers() == [b.node_id]
         assert b.connected_peers() == [a.node_id]
+
+
+async def test_a_peer_hanging_up_during_the_hello_is_an_ordinary_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A dialer that sends its hello and hangs up before the answer (a dial given up, a DHT
+    lookup that finished): the listener's answer meets a closed stream. That is a set-up
+    failure with reason ``connection``, counted and logged at debug, never a traceback. On the
+    memory network, whose ``send`` to a closed peer raises at once (TCP would buffer it)."""
+    caplog.set_level(logging.DEBUG, logger="overlay")
+    net = MemoryNetwork()
+    async with make_node(config_for("memory"), net) as b:
+        hello = hello_frame(encode_node_info(NodeInfo("overlay-local", channels=(PING.id,))))
+        stream = await net.transport(SecureIdentity(NodeKey.generate())).dial(
+            b.address, timeout=5, first_data=hello)
+        await stream.aclose()
+        await wait_until(
+            lambda: b.handshake_failures[INBOUND].get(HandshakeFailureReason.CONNECTION, 0) == 1)
+        assert b.connected_peers() == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not any(r.exc_info for r in caplog.records)
+    hung_up = [r for r in caplog.records if "failed (connection)" in r.getMessage()]
+    assert len(hung_up) == 1 and hung_up[0].levelno == logging.DEBUG

@@ -317,3 +317,62 @@ def test_dial_succeeded_rejects_mismatched_identity() -> None:
     m = make()
     with pytest.raises(LocalProtocolError):
         m.dial_succeeded(nid(1), addr(2), T0)
+
+
+class CountingRandom(random.Random):
+    """Counts the random numbers drawn (each address-book probe draws some)."""
+
+    draws = 0
+
+    def random(self) -> float:
+        self.draws += 1
+        return super().random()
+
+    def getrandbits(self, k: int, /) -> int:
+        self.draws += 1
+        return super().getrandbits(k)
+
+
+def test_a_starved_manager_does_not_sample_a_book_of_connected_peers_again() -> None:
+    """200 peers in the book, all connected, outbound slots free: the pass that finds no
+    candidate samples the book; the polls after it (nothing changed) draw no random number at
+    all, however large the book."""
+    rng = CountingRandom(5)
+    config = PeerManagerConfig(max_outbound=400, max_connections=500,
+                               max_outbound_per_netgroup=400)
+    m = PeerManager(config, SELF, now=T0, rng=rng, secret=b"s" * 32)
+    peers = [addr(i) for i in range(1, 201)]
+    for a in peers:
+        m.add_address(a, source="seed", now=T0)
+    for a in peers:
+        m.connected(a.node_id, outbound=True, address=a, remote_ip=None, now=T0)
+    assert dials(m.poll(T0)) == []  # the starved pass
+    before = rng.draws
+    for step in range(1, 101):
+        assert dials(m.poll(T0 + step * 0.01)) == []
+    assert rng.draws == before
+
+
+def test_a_starved_manager_dials_a_new_address_at_once() -> None:
+    m = make(PeerManagerConfig(max_outbound=8))
+    for i in range(1, 4):
+        m.add_address(addr(i), source="seed", now=T0)
+    connect_all(m, m.poll(T0), T0)
+    assert dials(m.poll(T0)) == []  # starved: every known peer is connected
+    m.add_address(addr(4), source="seed", now=T0 + 0.1)
+    assert [d.address for d in dials(m.poll(T0 + 0.1))] == [addr(4)]
+
+
+def test_a_starved_manager_redials_a_dropped_peer_when_its_cooldown_ends() -> None:
+    """The cooldown (2 s) ends before the starved tick (5 s): the dial happens then."""
+    m = make(PeerManagerConfig(max_outbound=8, disconnect_cooldown=2.0))
+    for i in range(1, 4):
+        m.add_address(addr(i), source="seed", now=T0)
+    connect_all(m, m.poll(T0), T0)
+    assert dials(m.poll(T0)) == []
+    m.disconnected(addr(2).node_id, T0 + 1.0, reason="connection_closed")
+    assert dials(m.poll(T0 + 1.0)) == []  # cooling down
+    assert dials(m.poll(T0 + 2.5)) == []
+    deadline = m.next_deadline()
+    assert deadline is not None and deadline <= T0 + 3.0  # woken when the cooldown ends
+    assert [d.address for d in dials(m.poll(T0 + 3.0))] == [addr(2)]

@@ -197,15 +197,16 @@ class PeerConnection:
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run the reader and writer until the connection closes."""
+        """Run the reader and writer until the connection closes. The reader runs in the
+        calling task (one task fewer per connection), the writer in a child task."""
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._workers = Workers(tg, self._new_event)
                 tg.start_soon(self._writer.run)
-                tg.start_soon(self._read_loop)
                 self._reschedule(self.clock())
                 task_status.started()
+                await self._read_loop()
         finally:
             self.core.connection_lost()
             self._timers.cancel(self)

@@ -13,16 +13,11 @@ Transports are passed in as builders (``transports=[...]``, see
 :mod:`overlay.transport._setup`); the default serves the configured ``tcp://`` listen addresses.
 A node without a home has an ephemeral key and writes no files.
 
-Connection setup (both directions):
-
-1. the transport dials/accepts and runs the Noise handshake (authenticated node id);
-2. the hello exchange (``overlay.wire._nodeinfo``): compatibility and admission; refusals carry a
-   reason both sides log;
-3. a :class:`~overlay.connection._driver.PeerConnection` is registered with the router and runs
-until closed.
-
-Duplicate connections (both nodes dialing each other at once) are resolved the same way on both
-sides: the connection initiated by the node with the smaller id survives.
+Connection set-up (both directions; ``overlay.node._setup``): the transport dials/accepts and
+runs the Noise handshake (authenticated node id); then the hello exchange
+(``overlay.wire._nodeinfo``: compatibility and admission, refusals carry a reason both sides
+log); then a :class:`~overlay.connection._driver.PeerConnection` is registered with the router
+and runs until closed.
 
 Channels open and close at any time (:meth:`Node.channel`, :meth:`Node.close_channel`). Each
 change, and each :meth:`Node.update_local_info`, bumps the node's ``info_seq`` and announces the
@@ -47,21 +42,14 @@ import anyio.abc
 from discovery import Penalty, ProviderStream
 from overlay._version import __version__
 from overlay.address import NodeAddress, is_unspecified
-from overlay.connection._core import ConnectionCore
-from overlay.connection._driver import PeerConnection
-from overlay.connection._observer import MultiObserver, Observer, TaskRoot
+from overlay.connection._observer import MultiObserver, Observer
 from overlay.connection._timers import TimerService
 from overlay.errors import (
     ChannelError,
-    ConnectFailure,
     DialError,
-    HandshakeTimeout,
-    IncompatiblePeerError,
     LocalProtocolError,
     NetworkError,
     NodeClosed,
-    OverlayError,
-    RemoteProtocolError,
 )
 from overlay.identity import NodeId, NodeKey
 from overlay.node._advertise import advertised_addresses, check_external_addresses, host_addresses
@@ -75,27 +63,21 @@ from overlay.node._pex import PEX, Pex
 from overlay.node._records import CAPABILITIES_FILE, NodeCapabilities
 from overlay.node._routing import NodeRouting
 from overlay.node._services import NodeServices
+from overlay.node._setup import Admission, ConnectionSetup
 from overlay.node._summary import PeerSummary
 from overlay.node._traffic import TrafficTotals
-from overlay.node._transient import TransientConnections, is_transient_hello
+from overlay.node._transient import TransientConnections
 from overlay.node._transports import build_transports
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
-from overlay.router._router import PeerInfoListener, Router, channel_params
+from overlay.router._router import PeerInfoListener, Router
 from overlay.transport import Transport, TransportBuilder
-from overlay.transport._failures import Direction, HandshakeFailureReason, handshake_failure_reason
-from overlay.transport._hello import receive_hello, send_hello
-from overlay.transport._secure import PeerAttribute, SecureIdentity, SecureStream
+from overlay.transport._failures import Direction, HandshakeFailureReason
+from overlay.transport._secure import SecureIdentity, SecureStream
 from overlay.wire._nodeinfo import (
     DisconnectReason,
     NodeInfo,
-    check_compatible,
-    decode_hello_reply,
-    decode_node_info,
-    encode_hello_reply,
     encode_info_update,
-    encode_node_info,
-    hello_frame,
 )
 
 if TYPE_CHECKING:
@@ -118,8 +100,6 @@ Ts = TypeVarTuple("Ts")
 _DISCOVER_WANT = 8
 """Providers one routing-driven DHT lookup stops at."""
 
-Admission = Callable[[NodeId, str, bool], tuple[DisconnectReason, str] | None]
-"""``(node_id, remote_host, outbound) -> None`` to admit, or ``(DisconnectReason, message)``."""
 
 
 PING: ChannelSpec[bytes, bytes] = ChannelSpec(
@@ -229,17 +209,21 @@ class Node:
         self._tg: anyio.abc.TaskGroup | None = None
         self._started = False
         self._closing = False
-        self._dials: dict[NodeId, anyio.Event] = {}  # dials in progress, by peer
-        self.handshake_failures: dict[Direction, dict[HandshakeFailureReason, int]] = {
-            Direction.INBOUND: {}, Direction.OUTBOUND: {},
-        }
+        self._setup = ConnectionSetup(
+            self, timers=self._timers, transient=self._transient,
+            closing=lambda: self._closing,
+            peering=lambda: self._services.peering if self._services.started else None,
+        )
+        """The hello, admission and connection tasks (``overlay.node._setup``)."""
+        self.handshake_failures: dict[Direction, dict[HandshakeFailureReason, int]] = (
+            self._setup.handshake_failures
+        )
         """Failed connection set-ups (Noise handshake or hello) by direction and reason."""
-        self._retired = TrafficTotals()
 
     @property
     def retired_traffic(self) -> TrafficTotals:
         """Traffic counters of closed connections (so exported totals never decrease)."""
-        return self._retired
+        return self._setup.retired
 
     @property
     def peering(self) -> Peering:
@@ -337,7 +321,8 @@ class Node:
             self._listening = True
             for transport in self._transports:
                 serve = functools.partial(
-                    transport.serve, self._on_inbound, on_handshake_failed=self._record_failure
+                    transport.serve, self._setup.on_inbound,
+                    on_handshake_failed=self._setup.record_failure,
                 )
                 try:
                     addresses = await self._tg.start(serve)
@@ -552,42 +537,7 @@ class Node:
             raise NodeClosed("the node is not running")
         if addr.node_id == self.node_id:
             raise LocalProtocolError("refusing to dial ourselves")
-        conf = self.config.connection
-        limit = timeout if timeout is not None else conf.dial_timeout + conf.handshake_timeout
-        deadline = anyio.current_time() + limit
-        # One dial per peer at a time: a second caller waits for the first one's outcome.
-        with anyio.move_on_after(limit):
-            while (pending := self._dials.get(addr.node_id)) is not None:
-                await pending.wait()
-        if addr.node_id in self._dials:
-            raise DialError(
-                f"a dial to {addr} already in progress did not finish within {limit:g} s",
-                ConnectFailure.TIMEOUT,
-            )
-        existing = self.router.get_peer(addr.node_id)
-        if existing is not None and existing.is_open:
-            return DialOutcome(addr.node_id, new=False)
-        transport = self._transport_for(addr)
-        done = self._dials[addr.node_id] = anyio.Event()
-        try:
-            # Our hello rides with the handshake's last message (one write, one read fewer).
-            hello = hello_frame(encode_node_info(self.local_info()))
-            hello_seq = self._info_seq
-            remaining = deadline - anyio.current_time()  # after any wait for another dial
-            if remaining <= 0:
-                raise DialError(f"no time left to dial {addr}", ConnectFailure.TIMEOUT)
-            stream = await transport.dial(addr, timeout=remaining, first_data=hello)
-            hello_limit = deadline - anyio.current_time()  # the caller's budget covers it all
-            await self._tg.start(self._run_connection, stream, True, hello_limit, hello_seq)
-        except OverlayError as exc:
-            if not isinstance(exc, DialError):  # could not connect: a dial failure, not this
-                self._count_failure(exc, Direction.OUTBOUND)
-            raise
-        finally:
-            del self._dials[addr.node_id]
-            done.set()
-        return DialOutcome(addr.node_id, new=True)
-
+        return await self._setup.dial(addr, timeout, self._transport_for, self._tg)
 
     async def _discover_providers(self, capability: str) -> None:
         """Routing's ``discover`` hook: ``node.discovery.candidates`` for providers the node
@@ -642,202 +592,3 @@ class Node:
             return False
         await conn.aclose(DisconnectReason.OPERATOR, message or "disconnected by operator")
         return True
-
-    # ---------------------------------------------------------------------- connection setup
-
-    async def _on_inbound(self, stream: SecureStream) -> None:
-        try:
-            await self._run_connection(stream, False)
-        except OverlayError as exc:
-            self._count_failure(exc, Direction.INBOUND)
-            log.info("inbound connection from %s failed: %s",
-                     stream.extra(PeerAttribute.remote_address, "?"), exc)
-
-    def _count_failure(self, exc: BaseException, direction: Direction) -> None:
-        self._record_failure(direction, handshake_failure_reason(exc))
-
-    def _record_failure(self, direction: Direction, reason: HandshakeFailureReason) -> None:
-        """Count a failed connection set-up (also called by the transports for inbound Noise
-        failures) and tell the observer."""
-        counts = self.handshake_failures[direction]
-        counts[reason] = counts.get(reason, 0) + 1
-        self.observer.on_handshake_failed(direction, reason)
-
-    def _core_for(self, remote: NodeInfo, now: float) -> ConnectionCore:
-        conf = self.config.connection
-        compression = conf.compression and "zstd" in remote.compression
-        params = [channel_params(spec) for spec in self.router.channel_specs()]
-        return ConnectionCore(conf.core_config(), params, now=now,
-                              compression=compression, peer_info=remote)
-
-    async def _refuse(self, stream: SecureStream, remote: NodeInfo, reason: DisconnectReason,
-                      message: str) -> None:
-        """Tell a peer we will not keep why, in a best-effort Disconnect frame (written within
-        ``connection.close_timeout``; a peer already gone is fine)."""
-        now = anyio.current_time()
-        core = self._core_for(remote, now)
-        core.send_disconnect(reason, message, now=now)
-        with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
-            await stream.send(core.data_to_send(now))
-
-    def _admit(
-        self, node_id: NodeId, remote_host: str, outbound: bool
-    ) -> tuple[DisconnectReason, str] | None:
-        if node_id == self.node_id:
-            return (DisconnectReason.SELF, "connected to ourselves")
-        if self._closing:
-            return (DisconnectReason.SHUTDOWN, "node shutting down")
-        existing = self.router.get_peer(node_id)
-        replacing = False
-        if existing is not None and existing.is_open:
-            # Simultaneous dials: keep the connection initiated by the smaller node id (the
-            # same verdict on both ends). A new connection from the *same* initiator replaces
-            # the old one: the initiator only redials once it saw the old one fail (after a
-            # partition the other end may not have noticed yet).
-            new_initiator = self.node_id if outbound else node_id
-            old_initiator = self.node_id if existing.outbound else node_id
-            if old_initiator != new_initiator and old_initiator < new_initiator:
-                return (DisconnectReason.DUPLICATE, "already connected")
-            replacing = old_initiator == new_initiator
-        if self._services.started:
-            verdict = self._services.peering.admit(node_id, remote_host, outbound)
-            # The peer manager still sees the old connection; the rule above replaces it.
-            if verdict is not None and not (replacing and verdict[0] == DisconnectReason.DUPLICATE):
-                return verdict
-        if self.admission is not None:
-            return self.admission(node_id, remote_host, outbound)
-        return None
-
-    async def _hello(
-        self, stream: SecureStream, outbound: bool
-    ) -> tuple[NodeInfo, bytes, int | None]:
-        """Exchange NodeInfo (see ``overlay.wire._nodeinfo``); returns it, leftover bytes and,
-        for an inbound connection, the ``info_seq`` of the NodeInfo we answered with."""
-        node_id = stream.extra(PeerAttribute.node_id)
-        remote_host = stream.extra(PeerAttribute.remote_host, "")
-        local = self.local_info()
-        local_seq = self._info_seq  # what ``local`` is (admission may open a channel)
-        buffer = bytearray()
-        if outbound:  # our hello went out with the handshake (Node.dial)
-            remote = decode_hello_reply(await receive_hello(stream, buffer))
-            problem = check_compatible(local, remote) or self._admit(node_id, remote_host, True)
-            if problem is not None:
-                await self._refuse(stream, remote, problem[0], problem[1])
-                raise IncompatiblePeerError(problem[0].label, problem[1])
-        else:
-            remote = decode_node_info(await receive_hello(stream, buffer))
-            if self._transient is not None and is_transient_hello(remote):
-                # DHT-only: the transient budget admits it, never the peer manager.
-                problem = check_compatible(local, remote) or (
-                    (DisconnectReason.SELF, "connected to ourselves") if node_id == self.node_id
-                    else self._transient.admit(remote_host)
-                )
-            else:
-                problem = check_compatible(local, remote) or self._admit(
-                    node_id, remote_host, False)
-            if problem is not None:
-                with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
-                    await send_hello(stream, encode_hello_reply(problem))
-                raise IncompatiblePeerError(problem[0].label, problem[1])
-            await send_hello(stream, encode_hello_reply(local))
-        return remote, bytes(buffer), None if outbound else local_seq
-
-    def _retire(self, conn: PeerConnection) -> None:
-        self._retired = self._retired.plus(conn.core.statistics())
-
-    async def _run_connection(
-        self,
-        stream: SecureStream,
-        outbound: bool,
-        hello_limit: float | None = None,
-        hello_seq: int = 0,
-        *,
-        task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
-    ) -> None:
-        node_id = stream.extra(PeerAttribute.node_id)
-        timeout = self.config.connection.handshake_timeout
-        if hello_limit is not None:
-            timeout = max(0.0, min(timeout, hello_limit))
-        try:
-            with anyio.fail_after(timeout):
-                remote, leftover, sent_seq = await self._hello(stream, outbound)
-            if sent_seq is not None:
-                hello_seq = sent_seq
-        except TimeoutError:
-            await _close_quietly(stream)
-            raise HandshakeTimeout(f"hello with {node_id} took over {timeout:g} s") from None
-        except (RemoteProtocolError, IncompatiblePeerError) as exc:
-            await _close_quietly(stream)
-            log.info("refused %s peer %s: %s", "outbound" if outbound else "inbound",
-                     node_id, exc)
-            raise
-        except BaseException:
-            await _close_quietly(stream)
-            raise
-        if not outbound and self._transient is not None and is_transient_hello(remote):
-            await self._transient.run_inbound(stream, remote, leftover)
-            return
-        existing = self.router.get_peer(node_id)
-        if existing is not None and existing.is_open and not outbound:
-            # Simultaneous dial: our outbound connection registered while we answered this
-            # hello. Apply _admit's rule again (keep the one the smaller id initiated), or both
-            # ends may each keep a different connection and then close each other's.
-            if existing.outbound and self.node_id < node_id:
-                await self._refuse(stream, remote, DisconnectReason.DUPLICATE,
-                                   "already connected")
-                await _close_quietly(stream)
-                raise IncompatiblePeerError("duplicate", "already connected")
-        if existing is not None:
-            existing.close(DisconnectReason.DUPLICATE, "replaced by a newer connection")
-        now = anyio.current_time()
-        core = self._core_for(remote, now)
-        if leftover:
-            core.receive_data(leftover, now)
-        conn = PeerConnection(
-            node_id=node_id,
-            info=remote,
-            stream=stream,
-            core=core,
-            outbound=outbound,
-            remote_address=stream.extra(PeerAttribute.remote_address, ""),
-            remote_host=stream.extra(PeerAttribute.remote_host, ""),
-            delivery=self.router,
-            observer=self.observer,
-            timers=self._timers,
-        )
-        self.router.add_peer(conn)
-        if hello_seq != self._info_seq:  # our NodeInfo changed since the hello went out
-            conn.send_info_update(
-                self._info_seq, encode_info_update(self._info_seq, self.local_info())
-            )
-        self.observer.on_peer_connected(
-            node_id, outbound=outbound, remote_host=conn.remote_host,
-            listen_addrs=remote.listen_addrs,
-        )
-        log.info("connected to %s (%s, %s)", node_id, "outbound" if outbound else "inbound",
-                 conn.remote_address)
-        task_status.started()
-        try:
-            await conn.run()
-        except Exception:  # task root: one broken connection must never take the node down
-            log.exception("connection to %s failed unexpectedly", node_id)
-            self.observer.on_task_failed(TaskRoot.CONNECTION)
-        finally:
-            self.router.remove_peer(conn)
-            self._retire(conn)
-            reason = conn.end_reason or ("shutdown" if self._closing else "connection_closed")
-            if self.router.get_peer(node_id) is None:
-                self.observer.on_peer_disconnected(node_id, reason)
-                log.info("disconnected from %s: %s", node_id, reason)
-            else:  # replaced by a newer connection, already announced: the peer is still here
-                log.info("closed an older connection to %s: %s", node_id, reason)
-
-
-def _peer_gone_ok() -> contextlib.suppress:
-    """Suppress the errors of writing a refusal to a peer that already hung up."""
-    return contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
-
-
-async def _close_quietly(stream: anyio.abc.AsyncResource) -> None:
-    with anyio.CancelScope(shield=True):
-        await stream.aclose()

@@ -207,6 +207,9 @@ class AddressBook:
         """Entries changed since the manager last drained this set."""
         self.deleted: set[str] = set()
         """String forms of addresses removed since the manager last drained this set."""
+        self.added: list[NodeAddress] = []
+        """Addresses that entered the book since the planner last drained this list (so that
+        a planner starved of candidates looks at what is new instead of probing again)."""
 
     # -- hashing ------------------------------------------------------------------------------
 
@@ -307,6 +310,7 @@ class AddressBook:
         if not self._place_new(entry, now, replace_any=False):
             return False
         self._index(entry)
+        self.added.append(address)
         return True
 
     def attempt(self, address: NodeAddress, now: float, *, failed: bool = True) -> None:

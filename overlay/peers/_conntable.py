@@ -53,6 +53,12 @@ class ConnTable:
         self._in_ip: dict[str, int] = {}
         self._in_group: dict[str, int] = {}
         self._out_group: dict[str, int] = {}
+        self.released: list[PeerRecord] = []
+        """Peers whose connection or dial ended since the planner last drained this list (each
+        may be dialable again)."""
+        self.group_freed = False
+        """Whether an ended connection or dial freed an outbound netgroup slot since the
+        planner last looked (any address of that netgroup may then be a candidate)."""
 
     @property
     def inbound_per_ip(self) -> Mapping[str, int]:
@@ -144,9 +150,11 @@ class ConnTable:
         if dial is None:
             return None
         rec.dial = None
+        self.released.append(rec)
         self.dials.pop(rec.node_id, None)
         if dial.out_group is not None:
             _dec(self._out_group, dial.out_group)
+            self.group_freed = True
         return dial
 
     def attach(
@@ -187,6 +195,7 @@ class ConnTable:
         if conn is None:
             return None
         rec.conn = None
+        self.released.append(rec)
         self.conns.pop(rec.node_id, None)
         if conn.ip_key is not None:
             _dec(self._in_ip, conn.ip_key)
@@ -194,4 +203,5 @@ class ConnTable:
             _dec(self._in_group, conn.in_group)
         if conn.out_group is not None:
             _dec(self._out_group, conn.out_group)
+            self.group_freed = True
         return conn

@@ -11,6 +11,16 @@ dial per ``upgrade_interval`` (when the best candidate out-ranks the worst outbo
 ``upgrade_margin``) and one feeler per exponentially distributed ``feeler_interval`` (a
 tried-table collision first, else a random new address).
 
+A pass that finds no candidate for a free outbound slot leaves the planner *starved*. A
+starved planner does not sample the address book again (each sample probes up to
+``DEFAULT_MAX_PROBES`` random entries, and a book whose peers are all connected makes every
+probe fail) unless something could have made a candidate: an ended connection or dial freed an
+outbound netgroup slot (``ConnTable.group_freed``); an address that entered the book
+(``AddressBook.added``) or an address of a peer whose connection or dial ended
+(``ConnTable.released``), checked one by one, passes the candidate rules; or the end of a
+backoff or ban is due. Scores and unbans are picked up by the ``_STARVED_TICK``. So a poll
+costs the same however large the book and however many of its peers are connected.
+
 The planner owns its schedule (next feeler, next upgrade, last exhaustive scan, last refresh
 request, whether the last pass was starved of candidates) and the dial bookkeeping around the
 connection table: starting a dial, expiring an unreported one ``dial_timeout + DIAL_GRACE``
@@ -91,6 +101,8 @@ class DialPlanner:
         self._agenda = agenda
         self._counters = counters
         self._starved = False
+        self._starved_at = -math.inf
+        self._retry_at = -math.inf
         self._last_scan = -math.inf
         self._last_refresh = -math.inf
         self._next_feeler = now + self._feeler_delay()
@@ -254,15 +266,26 @@ class DialPlanner:
                 self.start_dial(rec, address, DialReason.OPERATOR, now, out)
                 budget -= 1
         free = c.max_outbound - self._table.outbound_used() - self._table.regular_dials()
-        self._starved = False
-        while budget > 0 and free > 0:
+        added, self._book.added = self._book.added, []
+        released, self._table.released = self._table.released, []
+        group_freed, self._table.group_freed = self._table.group_freed, False
+        hints: list[AddrEntry] = []
+        if budget <= 0 or free <= 0 or self._worth_choosing(
+            now, added, released, group_freed, hints
+        ):
+            self._starved = False
+        while budget > 0 and free > 0 and not self._starved:
             entry = self._choose(now)
+            while entry is None and hints:  # sampling missed a candidate seen to be new
+                hint = hints.pop()
+                if self._auto_ok(hint, now):
+                    entry = hint
             if entry is not None:
                 rec, address = self._directory[entry.address.node_id], entry.address
             else:
                 seed = self._seed_candidate(now)
                 if seed is None:
-                    self._starved = True
+                    self._starve(now)
                     break
                 rec, address = seed
             self.start_dial(rec, address, DialReason.OUTBOUND, now, out)
@@ -289,6 +312,57 @@ class DialPlanner:
                 if target is not None:
                     rec = self._directory[target.address.node_id]
                     self.start_dial(rec, target.address, DialReason.FEELER, now, out)
+
+    def _starve(self, now: float) -> None:
+        """No candidate now: remember when that may change by itself (see the module
+        docstring): the tick, or sooner the end of a peer's backoff or ban (O(peers), once per
+        starved pass)."""
+        retry = now + _STARVED_TICK
+        for rec in self._directory:
+            retry = self._due(rec, now, retry)
+        self._starved = True
+        self._starved_at = now
+        self._retry_at = retry
+
+    @staticmethod
+    def _due(rec: PeerRecord, now: float, retry: float) -> float:
+        """``retry``, or sooner when ``rec``'s backoff or ban ends before it."""
+        if rec.conn is None and rec.dial is None:
+            if now < rec.next_dial < retry:
+                retry = rec.next_dial
+            if rec.ban_until is not None and now < rec.ban_until < retry:
+                retry = rec.ban_until
+        return retry
+
+    def _worth_choosing(
+        self,
+        now: float,
+        added: list[NodeAddress],
+        released: list[PeerRecord],
+        group_freed: bool,
+        hints: list[AddrEntry],
+    ) -> bool:
+        """Whether to sample the book for outbound candidates (see the module docstring): only
+        what changed since the starved pass is looked at. A new candidate found that way goes
+        to ``hints``: dialed if the random sample (which may miss a lone candidate in a large
+        book) finds none."""
+        if not self._starved or group_freed:
+            return True
+        if not self._starved_at <= now < self._retry_at:
+            return True
+        for address in added:
+            entry = self._book.get(address)
+            if entry is not None and self._auto_ok(entry, now):
+                hints.append(entry)
+                return True
+        for rec in released:
+            for address in rec.addresses:
+                entry = self._book.get(address)
+                if entry is not None and self._auto_ok(entry, now):
+                    hints.append(entry)
+                    return True
+            self._retry_at = self._due(rec, now, self._retry_at)
+        return False
 
     def _plan_upgrade(self, now: float, out: list[Action]) -> None:
         victim = self._evictor.outbound_victim(now, keep_upgrades=False)
@@ -322,8 +396,10 @@ class DialPlanner:
             times.append(self._next_feeler)
             if self._config.upgrade_slots:
                 times.append(self._next_upgrade)
+        elif self._starved:  # the tick, or the end of a backoff or ban that is due sooner
+            times.append(min(last_poll + _STARVED_TICK, max(self._retry_at, last_poll)))
         else:
-            times.append(last_poll + (_STARVED_TICK if self._starved else DIAL_TICK))
+            times.append(last_poll + DIAL_TICK)
         return times
 
     def _feeler_delay(self) -> float:

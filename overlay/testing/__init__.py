@@ -14,13 +14,11 @@ from overlay.testing._conformance import (
 )
 from overlay.testing._memory import (
     IpMemoryTransport,
-    LinkConditions,
-    MemoryByteStream,
     MemoryNetwork,
     MemoryNetworkStatistics,
     MemoryTransport,
-    memory_stream_pair,
 )
+from overlay.testing._pipes import LinkConditions, MemoryByteStream, memory_stream_pair
 
 __all__ = [
     "CHECKS",

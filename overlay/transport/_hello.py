@@ -17,8 +17,15 @@ __all__ = ["receive_hello", "send_hello"]
 
 
 async def send_hello(stream: anyio.abc.ByteSendStream, payload: bytes) -> None:
-    """Send one length-prefixed hello message."""
-    await stream.send(hello_frame(payload))
+    """Send one length-prefixed hello message.
+
+    A peer that hung up (a closed, reset or broken stream) raises
+    :class:`~overlay.errors.HandshakeError` with ``reason`` ``CONNECTION``, like a receive.
+    """
+    try:
+        await stream.send(hello_frame(payload))
+    except STREAM_ERRORS as exc:
+        raise stream_failure(exc, "the hello exchange") from exc
 
 
 async def receive_hello(stream: anyio.abc.ByteReceiveStream, buffer: bytearray) -> bytes:

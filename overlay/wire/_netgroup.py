@@ -17,11 +17,13 @@ every limit that protects us from one operator counts per group rather than per 
   its connections, which is what inbound limits use.
 
 Every function here is total: any string (even garbage from the network) maps to some group, so
-callers never need error handling. Nothing here allocates state.
+callers never need error handling. Nothing here keeps state beyond ``parse_ip``'s bounded
+cache of its (immutable) answers.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable
 
@@ -44,10 +46,12 @@ IpNetworks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 _MAX_HOST_LEN = 255
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_ip(host: str) -> IpAddress | None:
     """The IP address ``host`` spells (brackets and ``%zone`` stripped), else None.
 
-    IPv4-mapped IPv6 addresses are returned as IPv4.
+    IPv4-mapped IPv6 addresses are returned as IPv4. Results are cached (a connection set-up
+    looks at the same few hosts a dozen times: admission, per-IP and netgroup counts).
     """
     text = host.strip()
     if text.startswith("[") and text.endswith("]"):
