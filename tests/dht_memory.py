@@ -164,6 +164,7 @@ def build_network(
     netgroup: Callable[[CapabilityRecord], str | None] | None = None,
     max_per_netgroup: int | None = None,
 ) -> Network:
+    # max_per_netgroup: None keeps LookupConfig's default (2).
     """``n`` services; ``capabilities`` maps a name to how many random nodes advertise it.
     Records live ``ttl`` seconds (``holder_ttl`` for nodes advertising a capability); with
     ``renew`` every service re-signs its record through the ``renew`` hook. Call inside an
@@ -182,8 +183,8 @@ def build_network(
     config = DhtConfig(
         network=NETWORK,
         table=TableConfig(k=k),
-        lookup=LookupConfig(k=k, query_timeout=query_timeout, **(
-            {} if max_per_netgroup is None else {"max_per_netgroup": max_per_netgroup})),
+        lookup=LookupConfig(k=k, query_timeout=query_timeout,
+                            max_per_netgroup=max_per_netgroup or 2),
         republish_interval=republish[0],
         republish_margin=republish[1],
     )
