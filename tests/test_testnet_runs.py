@@ -57,7 +57,7 @@ async def test_a_small_testnet_runs_in_one_process(mode: Mode) -> None:
     assert report["mode"] == mode.value
     assert all(n["up"] for n in report["per_node"])
     # Every node found a peer starting from one seed, and role requests were answered.
-    assert all(n["peers"] for n in report["per_node"])
+    assert all(n["peers"] for n in report["per_node"] if not n["seed"])  # seeds hang up
     assert report["requests"]["ok"] > 0
     assert report["requests"]["latency_ms"]["p50"] is not None
     assert report["messages_per_node"]["mean"] > 0 and report["bytes_per_node"]["mean"] > 0
@@ -77,7 +77,7 @@ async def test_procs_mode_runs_one_overlay_start_per_home(tmp_path: Path) -> Non
     result = await run_manifest(small(Mode.PROCS, duration=5.0, nodes=4), workdir=tmp_path)
     report = build_report(result)
     check_homes(tmp_path)
-    assert all(n["peers"] for n in report["per_node"])
+    assert all(n["peers"] for n in report["per_node"] if not n["seed"])  # seeds hang up
     assert report["requests"]["ok"] > 0
 
 
@@ -204,7 +204,7 @@ async def test_an_inproc_testnet_runs_on_a_mock_clock_and_reports_dht_totals() -
     assert result.ticks[-1].t >= 20.0
     assert 40 <= len(result.ticks) <= 42  # twice a second, on virtual time
     assert [p["at"] for p in report["perturbations"]] == [0.0]
-    assert all(n["peers"] for n in report["per_node"])
+    assert all(n["peers"] for n in report["per_node"] if not n["seed"])  # seeds hang up
     # Requests are timed on the same clock: 2 x 50 ms one way, plus nothing else on a mock clock
     assert report["requests"]["ok"] > 0
     assert report["requests"]["latency_ms"]["p50"] == pytest.approx(100.0, abs=1.0)
