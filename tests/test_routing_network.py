@@ -16,7 +16,7 @@ from overlay.node._config import RoutingConfig
 from overlay.peers import PeerManagerConfig
 from overlay.testing import LinkConditions, MemoryNetwork
 from routing import CapabilityTarget, TargetSet, TargetState
-from routing._role import Role
+from routing._destinations import Role
 from tests.routing_network import SERVE, routing_network, spread
 from tests.support import virtual_time, wait_until
 

@@ -19,7 +19,8 @@ from overlay.identity import NodeId
 from overlay.router._destination import PeerView
 from overlay.transport._failures import Direction
 from routing import HealthTable, Outcome, PeerHealth
-from routing._role import Role, RoleService
+from routing._destinations import Role
+from routing._role import RoleService
 from tests.routing_support import nid
 from tests.support import both_backends
 

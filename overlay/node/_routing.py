@@ -72,14 +72,9 @@ from routing import (
     TargetSet,
     TargetState,
 )
-from routing._role import (
-    Group,
-    GroupResponse,
-    Role,
-    RoleResponse,
-    RoleResult,
-    RoleService,
-)
+from routing._destinations import Group, Role
+from routing._role import RoleService
+from routing._role_results import GroupResponse, RoleResponse, RoleResult
 
 if TYPE_CHECKING:
     from overlay.node._discovery import DiscoveryState
