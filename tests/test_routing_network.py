@@ -60,8 +60,9 @@ async def test_every_node_meets_its_targets_and_role_requests_succeed() -> None:
     n = 50
     plan = spread(n, {"blocksync": 0.3, "archive": 0.06})
     network = MemoryNetwork(default_link=LinkConditions(latency=0.02))
+    # records are given: PEX and the DHT would only add CPU (most of it, at 50 nodes)
     async with routing_network(plan, targets=TARGETS, server_peers=ARCHIVE_LIMITS,
-                               network=network) as nodes:
+                               network=network, gossip=False) as nodes:
         times = await reach_targets(nodes, timeout=120)  # every node met both targets
         ordered = sorted(times)
         print(f"targets met: p50 {statistics.median(times):.1f} s, "
