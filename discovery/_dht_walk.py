@@ -154,9 +154,8 @@ async def _next_events(
     """Wait for one query outcome or the core's next deadline; the core's events and how many
     outcomes were consumed (0 or 1)."""
     deadline = lookup.next_deadline()
-    delay = math.inf if deadline is None else deadline - anyio.current_time()
     outcome: _Outcome | None = None
-    with anyio.move_on_after(delay):
+    with anyio.move_on_at(math.inf if deadline is None else deadline):
         outcome = await receive.receive()
     now = anyio.current_time()
     match outcome:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from overlay._version import __version__
 from overlay.address import ListenAddress, NodeAddress
-from overlay.connection._observer import Observer
+from overlay.connection._observer import Observer, TaskRoot
 from overlay.connection._outcome import AttemptOutcome
 from overlay.errors import ErrorCode, OverlayError, RequestError
 from overlay.identity import NodeId, NodeKey
@@ -88,6 +88,7 @@ __all__ = [
     "Role",
     "RoleResponse",
     "RoleResult",
+    "TaskRoot",
     "To",
     "__version__",
     "load_config",

@@ -148,9 +148,8 @@ class HedgedRequest:
                 act(plan.poll(now), False)
                 while not plan.done:
                     wake = plan.next_deadline()
-                    wait = math.inf if wake is None else max(0.0, wake - anyio.current_time())
                     done: _Done | None = None
-                    with anyio.move_on_after(wait):
+                    with anyio.move_on_at(math.inf if wake is None else wake):
                         done = await receive.receive()
                     if done is None:
                         done = await _grace(receive)

@@ -280,7 +280,7 @@ async def test_replaced_connection_leaves_the_observer_connected() -> None:
         assert a._tg is not None
         await a._tg.start(a._run_connection, stream, True, 5.0)
         await wait_until(lambda: b.router.get_peer(a.node_id) not in (None, old)
-                         and old is not None and old._done.is_set())
+                         and old is not None and old.is_down)
         assert b.connected_peers() == [a.node_id]
         assert seen.events[-1] == ("connected", a.node_id), seen.events
 

@@ -17,9 +17,9 @@ old behaviour never finished at all, or after the 2 s shutdown grace); the virtu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -44,9 +44,18 @@ from overlay.wire._nodeinfo import (
     decode_hello_reply,
     encode_node_info,
 )
-from tests.support import both_transports, config_for, every_loop, make_node, wait_until
+from tests.support import (
+    both_transports,
+    config_for,
+    every_loop,
+    make_node,
+    settle,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
+
+T = TypeVar("T")
 
 anyio_backend = every_loop()
 transport = both_transports()
@@ -79,18 +88,23 @@ async def stalled_peer(node: Node, net: MemoryNetwork) -> tuple[SecureStream, Pe
     await send_hello(stream, encode_node_info(info))
     decode_hello_reply(await receive_hello(stream, bytearray()))
     conn = await _poll_for(lambda: node.router.get_peer(identity.node_id))
+    assert conn is not None
     return stream, conn
 
 
-async def _poll_for(get: Any, steps: int = 1000) -> Any:
-    """Poll with short sleeps (works in virtual time, where ``wait_all_tasks_blocked`` may not
-    return while the clock autojumps)."""
-    for _ in range(steps):
+async def _poll_for(get: Callable[[], T], timeout: float = 5.0) -> T:
+    """Wait (without sleeping: :func:`tests.support.wait_until`) until ``get()`` returns
+    something truthy, and return it."""
+    found: list[T] = []
+
+    def ready() -> bool:
         value = get()
         if value:
-            return value
-        await anyio.sleep(0.005)
-    raise AssertionError("condition not reached")
+            found.append(value)
+        return bool(value)
+
+    await wait_until(ready, timeout)
+    return found[-1]
 
 
 async def block_writer(tg: anyio.abc.TaskGroup, conn: PeerConnection) -> None:
@@ -107,17 +121,18 @@ async def block_writer(tg: anyio.abc.TaskGroup, conn: PeerConnection) -> None:
     tg.start_soon(pump)
     await _poll_for(
         lambda: conn.core.statistics().channel(BULK.id).queue_depth >= BULK.send_queue_size,
-        steps=4000,
+        timeout=20,
     )
     # ``bytes_out`` counts batches handed to the writer: once it stops growing with the queue
-    # full, the writer is stuck in a write (the kernel may still be growing its buffers first).
+    # full while every task is blocked, the writer is stuck in a write (the kernel may still be
+    # growing its buffers first, waking the writer again).
     previous = -1
     for _ in range(200):
         current = conn.core.statistics().bytes_out
         if current == previous:
             break
         previous = current
-        await anyio.sleep(0.05)
+        await settle()
     else:
         raise AssertionError("the writer never blocked")
     assert conn.is_open
@@ -226,6 +241,6 @@ async def test_close_bound_in_virtual_time() -> None:
             await stream.receive()
     async with stalled("memory", ping_interval=1.0, idle_timeout=3.0) as (node, _s, conn, _tg):
         last_byte = conn.connected_at  # the stalled peer never sent anything after its hello
-        await _poll_for(lambda: conn.node_id not in node.connected_peers(), steps=10_000)
+        await _poll_for(lambda: conn.node_id not in node.connected_peers(), timeout=50)
         assert conn.close_reason is DisconnectReason.IDLE_TIMEOUT
         assert anyio.current_time() - last_byte == pytest.approx(3.0 + 1.0, abs=0.05)

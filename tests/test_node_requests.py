@@ -375,8 +375,8 @@ async def test_response_and_deadline_at_the_same_instant_leave_no_state(delta: f
         conn_a = a.router.get_peer(b.node_id)
         conn_b = b.router.get_peer(a.node_id)
         assert conn_a is not None and conn_b is not None
-        assert conn_a._waiters == {}
-        assert conn_b._handlers == {}
+        assert conn_a.requests_waiting == 0
+        assert conn_b.requests_serving == 0
         stats = {c.channel_id: c for c in conn_a.core.statistics().channels}
         assert stats[ECHO_SLOW.id].outbound_requests_in_flight == 0
         stats_b = {c.channel_id: c for c in conn_b.core.statistics().channels}
@@ -407,7 +407,7 @@ async def test_request_with_a_nan_timeout_is_refused_before_anything_is_sent() -
         conn = a.router.get_peer(b.node_id)
         assert conn is not None
         stats = {c.channel_id: c for c in conn.core.statistics().channels}
-        leaked = (len(conn._waiters), stats[ECHO_SLOW.id].outbound_requests_in_flight,
+        leaked = (conn.requests_waiting, stats[ECHO_SLOW.id].outbound_requests_in_flight,
                   parked.started.is_set())
         assert isinstance(error, LocalProtocolError), repr(error)
         assert leaked == (0, 0, False)

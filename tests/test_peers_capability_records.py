@@ -21,13 +21,29 @@ from overlay.peers import (
     Persist,
     StoreChanges,
     StoredPeer,
-    _store,
 )
 from overlay.peers._manager import MAX_CAPABILITY_RECORD_BYTES
 
 T0 = 1_700_000_000.0
 NET = "overlay-test"
 SELF = NodeId("ff" * 20)
+
+V1_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE peers (
+    node_id TEXT PRIMARY KEY, addresses TEXT NOT NULL, source TEXT NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, failures INTEGER NOT NULL,
+    score REAL NOT NULL, score_time REAL NOT NULL, flags TEXT NOT NULL, ban_until REAL,
+    ban_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE addresses (
+    address TEXT PRIMARY KEY, source TEXT NOT NULL, source_group TEXT NOT NULL,
+    added REAL NOT NULL, last_seen REAL NOT NULL, last_try REAL NOT NULL,
+    last_success REAL NOT NULL, attempts INTEGER NOT NULL, tried INTEGER NOT NULL
+);
+CREATE TABLE ip_bans (ip TEXT PRIMARY KEY, until REAL NOT NULL, reason TEXT NOT NULL DEFAULT '');
+"""
+"""The peer database's tables as release 1 wrote them (before capability records)."""
 
 
 def stored(node: str, record: bytes | None) -> StoredPeer:
@@ -77,7 +93,7 @@ def test_version_1_database_is_migrated(tmp_path: Path) -> None:
     """A file written before records existed opens, keeps its peers, and gains the column."""
     path = tmp_path / "v1.db"
     db = sqlite3.connect(path)
-    _store._migrate_0_to_1(db)
+    db.executescript(V1_SCHEMA)
     db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
     db.execute("INSERT INTO schema_version (version) VALUES (1)")
     db.execute(

@@ -35,12 +35,12 @@ def is_attacker(node: NodeId) -> bool:
     return int(node, 16) >= 1_000_000
 
 
-def fill_outbound(m: PeerManager, now: float) -> set[NodeId]:
-    """Poll and let every dial succeed until the outbound slots are full."""
+def fill_outbound(m: PeerManager, now: float, max_outbound: int) -> set[NodeId]:
+    """Poll and let every dial succeed until the ``max_outbound`` slots are full."""
     outbound: set[NodeId] = set()
     for step in range(50):
         actions = [a for a in m.poll(now + step) if isinstance(a, DialPeer) and not a.feeler]
-        if not actions and len(outbound) >= m._config.max_outbound:
+        if not actions and len(outbound) >= max_outbound:
             break
         for dial in actions:
             m.dial_succeeded(dial.address.node_id, dial.address, now + step)
@@ -72,7 +72,7 @@ def test_address_flood_from_few_netgroups_cannot_eclipse(seed: int) -> None:
     # The flood is bounded (per source and per source netgroup) and evicted nothing honest.
     assert kept <= 4 * config.max_addresses_per_source
     assert honest_in_book <= {a.address for a in m.address_book.entries()}
-    outbound = fill_outbound(m, T0 + 100)
+    outbound = fill_outbound(m, T0 + 100, config.max_outbound)
     assert len(outbound) == 8
     held = {n for n in outbound if is_attacker(n)}
     assert len(held) <= len(ATTACKER_GROUPS)  # one outbound per netgroup

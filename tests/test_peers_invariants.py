@@ -84,7 +84,7 @@ ops = st.lists(
 
 
 def check(m: PeerManager, now: float, *, after_poll: bool) -> None:
-    table = m._table  # white-box: recompute the counters from the live connections
+    table = m.connections  # recompute the counters from the live connections
     in_ip: dict[str, int] = {}
     in_group: dict[str, int] = {}
     out_group: dict[str, int] = {}
@@ -101,8 +101,8 @@ def check(m: PeerManager, now: float, *, after_poll: bool) -> None:
         assert rec.dial is not None
         if rec.dial.out_group:
             out_group[rec.dial.out_group] = out_group.get(rec.dial.out_group, 0) + 1
-    assert in_ip == table._in_ip and in_group == table._in_group
-    assert out_group == table._out_group
+    assert in_ip == table.inbound_per_ip and in_group == table.inbound_per_netgroup
+    assert out_group == table.outbound_per_netgroup
     assert len(table.dials) <= CONFIG.max_concurrent_dials
     assert all(v <= CONFIG.max_inbound_per_ip for v in in_ip.values())
     assert all(v <= CONFIG.max_inbound_per_netgroup for v in in_group.values())
@@ -110,7 +110,7 @@ def check(m: PeerManager, now: float, *, after_poll: bool) -> None:
     assert all(v <= CONFIG.max_outbound_per_netgroup for v in out_group.values())
     if after_poll:
         assert table.outbound_used() <= CONFIG.max_outbound
-    assert len(m._peers) <= CONFIG.max_peer_records + 16
+    assert m.statistics().known_peers <= CONFIG.max_peer_records + 16
     stats = m.statistics()
     assert stats.dialing == len(table.dials)
     assert stats.address_book_new + stats.address_book_tried == len(m.address_book)
@@ -211,8 +211,8 @@ def test_random_sequences_keep_the_invariants(sequence: list[tuple[str, int, int
             protected = frozenset({node, nid(i + k)}) if k else frozenset()
             m.set_protected("routing", protected)
         check(m, now, after_poll=False)
-        assert {n for n, r in m._table.conns.items()} == connected
-        assert set(m._table.dials) <= set(pending)
+        assert {n for n, r in m.connections.conns.items()} == connected
+        assert set(m.connections.dials) <= set(pending)
     stats = m.statistics()
     event(f"connections seen: {min(stats.dials_succeeded + stats.inbound_accepted, 5)}+")
     # Per-IP keys and netgroups of everything we saw are well-formed.

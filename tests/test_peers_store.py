@@ -44,7 +44,13 @@ from overlay.peers import (
     StoredPeer,
     _store,
 )
-from overlay.peers._store import decode_address_row, decode_ip_ban_row, decode_peer_row
+from overlay.peers._store import (
+    decode_address_row,
+    decode_ip_ban_row,
+    decode_peer_row,
+    encode_address_row,
+    encode_peer_row,
+)
 
 T0 = 1_700_000_000.0
 SELF = NodeId("ff" * 20)
@@ -282,10 +288,10 @@ def test_row_decoders_never_raise(row: list[object]) -> None:
 
 def test_row_decoders_accept_what_the_store_writes() -> None:
     p = peer(5)
-    row = _store._peer_params(p)
+    row = encode_peer_row(p)
     assert decode_peer_row(row) == p
     a = address(3, tried=True)
-    assert decode_address_row(_store._address_params(a)) == a
+    assert decode_address_row(encode_address_row(a)) == a
     assert decode_ip_ban_row(("1.2.3.4", 5.0, "r")) == StoredIpBan("1.2.3.4", 5.0, "r")
     assert decode_peer_row((*row[:9], float("inf"), "", None)) is None
     assert decode_peer_row((*row[:11], "not bytes")) is None

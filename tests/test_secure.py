@@ -55,6 +55,11 @@ class MemoryByteStream(anyio.abc.ByteStream):
         self._pending = b""
         self.closed = False
         self.tamper_next = False
+        """Flip a bit of the last byte of the next write."""
+        self.cut_next = 0
+        """Drop this many trailing bytes of the next write."""
+        self.last_sent = b""
+        """The last write, as it went out."""
         self.sends = 0
 
     async def send(self, item: bytes) -> None:
@@ -62,7 +67,10 @@ class MemoryByteStream(anyio.abc.ByteStream):
         if self.tamper_next:
             self.tamper_next = False
             data = data[:-1] + bytes([data[-1] ^ 0x80])
+        if self.cut_next:
+            data, self.cut_next = data[:-self.cut_next], 0
         self.sends += 1
+        self.last_sent = data
         await self._send.send(data)
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
@@ -371,8 +379,8 @@ async def test_tampered_ciphertext_raises_frame_error() -> None:
 @pytest.mark.anyio
 async def test_replayed_frame_raises_frame_error() -> None:
     sa, sb, a, _ = await connect_memory()
-    frame = bytes(encrypt_frames(sa._send_cipher, b"once"))
-    await a.send(frame)
+    await sa.send(b"once")
+    frame = a.last_sent
     assert await sb.receive() == b"once"
     await a.send(frame)
     with pytest.raises(FrameError):
@@ -389,7 +397,8 @@ async def test_eof_at_boundary_and_mid_frame() -> None:
         await sb.receive()
 
     sa, sb, a, _ = await connect_memory()
-    await a.send(bytes(encrypt_frames(sa._send_cipher, b"cut")[:-3]))
+    a.cut_next = 3
+    await sa.send(b"cut")
     await a.send_eof()
     with pytest.raises(FrameError):
         await sb.receive()

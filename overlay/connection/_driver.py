@@ -211,7 +211,7 @@ class PeerConnection:
                 self._workers = Workers(tg)
                 tg.start_soon(self._write_loop)
                 tg.start_soon(self._read_loop)
-                self._reschedule(anyio.current_time())
+                self._reschedule(self.clock())
                 task_status.started()
         finally:
             self.core.connection_lost()
@@ -231,6 +231,11 @@ class PeerConnection:
         return self.core.state is ConnectionState.OPEN
 
     @property
+    def is_down(self) -> bool:
+        """The connection is over: its tasks ended and its stream is closed (or aborted)."""
+        return self._done.is_set()
+
+    @property
     def end_reason(self) -> str | None:
         """The label of why the connection ended (ours if we closed it, else the peer's), for
         logs and metrics; None while open or when it just broke."""
@@ -244,6 +249,16 @@ class PeerConnection:
     def statistics(self) -> ConnectionStatistics:
         """A snapshot of the connection's counters (an immutable record)."""
         return self.core.statistics()
+
+    @property
+    def requests_waiting(self) -> int:
+        """Our requests on this connection whose caller still waits for the answer."""
+        return len(self._waiters)
+
+    @property
+    def requests_serving(self) -> int:
+        """The peer's requests on this connection whose handler is running now."""
+        return len(self._handlers)
 
     @property
     def info_seq(self) -> int:
@@ -273,7 +288,7 @@ class PeerConnection:
         if not self.is_open:
             return
         self.close_reason = reason
-        now = anyio.current_time()
+        now = self.clock()
         self.core.send_disconnect(reason, message, now=now)
         self._reschedule(now)  # the close deadline
         self._kick()
@@ -356,7 +371,7 @@ class PeerConnection:
         """Announce our NodeInfo number ``info_seq`` (paced by the core's update rate limit)."""
         if not self.is_open:
             return
-        self.core.send_info_update(info_seq, payload, anyio.current_time())
+        self.core.send_info_update(info_seq, payload, self.clock())
         self._kick()
         self._timer_maybe_earlier()
 
@@ -475,7 +490,7 @@ class PeerConnection:
                 if deadline is None:
                     await self._wait_space()
                     continue
-                with anyio.move_on_after(deadline - clock()):
+                with anyio.move_on_at(deadline):
                     await self._wait_space()
                     continue
                 raise RequestExpired("no room for the request before its deadline") from None

@@ -2,16 +2,44 @@
 
 The node implements :class:`Observer` to feed the peer manager's scores and the metrics; the
 default :class:`NullObserver` ignores everything. Calls are synchronous and must not block.
+
+:class:`TaskRoot` names the places where a bug (an unexpected exception) is caught so that one
+peer, one handler or one timer cannot take the node down; each logs the traceback and reports
+``on_task_failed`` (docs/errors.md, "Broad excepts").
 """
 
 from __future__ import annotations
+
+import enum
 
 from overlay.connection._outcome import AttemptOutcome
 from overlay.identity import NodeId
 from overlay.transport._failures import Direction, HandshakeFailureReason
 from overlay.wire._nodeinfo import NodeInfo
 
-__all__ = ["MultiObserver", "NullObserver", "Observer"]
+__all__ = ["MultiObserver", "NullObserver", "Observer", "TaskRoot"]
+
+
+class TaskRoot(enum.Enum):
+    """A task root that survived a bug (see :meth:`Observer.on_task_failed`)."""
+
+    CONNECTION = "connection"
+    """A registered connection's task (the connection is closed, the node goes on)."""
+    TRANSIENT_CONNECTION = "transient_connection"
+    """A transient (DHT-only) connection's task."""
+    REQUEST_HANDLER = "request_handler"
+    """A channel's request handler raised something other than ``RequestError`` (the peer
+    gets an ``INTERNAL`` error response)."""
+    PEER_INFO_LISTENER = "peer_info_listener"
+    """A listener of peers' NodeInfo updates."""
+    TIMER = "timer"
+    """A timer callback of the node's timer heap (the other timers still fire)."""
+    PEX_TASK = "pex_task"
+    """One of the PEX driver's short tasks (a request, an answer, a dial)."""
+    HTTP_REQUEST = "http_request"
+    """An admin or metrics HTTP handler (the client gets ``500``)."""
+    HTTP_CONNECTION = "http_connection"
+    """An admin or metrics HTTP connection's task."""
 
 
 class Observer:
@@ -63,6 +91,10 @@ class Observer:
     def on_handshake_failed(self, direction: Direction, reason: HandshakeFailureReason) -> None:
         """A connection failed before registration: in the Noise handshake (either direction,
         inbound ones reported by the transport) or in the hello exchange."""
+
+    def on_task_failed(self, task: TaskRoot) -> None:
+        """A bug was caught at ``task`` (its traceback is in the log): the task ended or
+        answered with an error, the node goes on."""
 
 
 class MultiObserver(Observer):

@@ -26,6 +26,8 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from overlay.connection._observer import NullObserver, Observer, TaskRoot
+
 __all__ = ["TimerOwner", "TimerService"]
 
 log = logging.getLogger("overlay.timers")
@@ -44,7 +46,9 @@ class TimerOwner(Protocol):
 class TimerService:
     """Deadlines of many owners, served by one task (run :meth:`run` in a task group)."""
 
-    def __init__(self) -> None:
+    def __init__(self, observer: Observer | None = None) -> None:
+        self._observer = observer if observer is not None else NullObserver()
+        """Told of an owner whose ``on_timer`` raised (``TaskRoot.TIMER``)."""
         self._heap: list[tuple[float, int, TimerOwner]] = []
         self._seq = itertools.count()
         self._changed = anyio.Event()
@@ -117,4 +121,5 @@ class TimerService:
                     owner.on_timer(now)
                 except Exception:  # task root: one owner's bug must not stop the others
                     log.exception("timer callback of %r failed", owner)
+                    self._observer.on_task_failed(TaskRoot.TIMER)
             await anyio.lowlevel.checkpoint()

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -50,7 +49,7 @@ from overlay._version import __version__
 from overlay.address import NodeAddress, is_unspecified
 from overlay.connection._core import ConnectionCore
 from overlay.connection._driver import PeerConnection
-from overlay.connection._observer import MultiObserver, Observer
+from overlay.connection._observer import MultiObserver, Observer, TaskRoot
 from overlay.connection._timers import TimerService
 from overlay.errors import (
     ChannelError,
@@ -71,7 +70,7 @@ from overlay.node._config import NodeConfig
 from overlay.node._control import NodeControl
 from overlay.node._dht import DHT, NodeDht
 from overlay.node._discovery import DiscoveryState
-from overlay.node._peering import DialOutcome, Peering
+from overlay.node._peering import DialOutcome, Peering, wall_clock
 from overlay.node._pex import Pex
 from overlay.node._records import CAPABILITIES_FILE, NodeCapabilities
 from overlay.node._routing import NodeRouting
@@ -215,7 +214,7 @@ class Node:
         self.dht: NodeDht | None = None
         """The node's DHT (``[discovery.dht] enabled``): ``find_providers``, statistics."""
         self._transient: TransientConnections | None = None
-        self._timers = TimerService()
+        self._timers = TimerService(self.observer)
         if self.config.discovery.dht.enabled:
             self._transient = TransientConnections(
                 self.config.discovery.dht, spec=DHT, connection=self.config.connection,
@@ -587,7 +586,7 @@ class Node:
         ``node.discovery.records`` (where the policy engine finds candidates)."""
         async with self.find_providers(capability, want=_DISCOVER_WANT) as found:
             async for signed in found:
-                self.discovery.records.offer(signed, time.time(), "dht")
+                self.discovery.records.offer(signed, wall_clock(), "dht")
 
     @contextlib.asynccontextmanager
     async def find_providers(
@@ -646,12 +645,22 @@ class Node:
         counts[reason] = counts.get(reason, 0) + 1
         self.observer.on_handshake_failed(direction, reason)
 
-    def _core_for(self, remote: NodeInfo) -> ConnectionCore:
+    def _core_for(self, remote: NodeInfo, now: float) -> ConnectionCore:
         conf = self.config.connection
         compression = conf.compression and "zstd" in remote.compression
         params = [channel_params(spec) for spec in self.router.channel_specs()]
-        return ConnectionCore(conf.core_config(), params, now=anyio.current_time(),
+        return ConnectionCore(conf.core_config(), params, now=now,
                               compression=compression, peer_info=remote)
+
+    async def _refuse(self, stream: SecureStream, remote: NodeInfo, reason: DisconnectReason,
+                      message: str) -> None:
+        """Tell a peer we will not keep why, in a best-effort Disconnect frame (written within
+        ``connection.close_timeout``; a peer already gone is fine)."""
+        now = anyio.current_time()
+        core = self._core_for(remote, now)
+        core.send_disconnect(reason, message, now=now)
+        with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
+            await stream.send(core.data_to_send(now))
 
     def _admit(
         self, node_id: NodeId, remote_host: str, outbound: bool
@@ -695,10 +704,7 @@ class Node:
             remote = decode_hello_reply(await receive_hello(stream, buffer))
             problem = check_compatible(local, remote) or self._admit(node_id, remote_host, True)
             if problem is not None:
-                core = self._core_for(remote)
-                core.send_disconnect(problem[0], problem[1], now=anyio.current_time())
-                with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
-                    await stream.send(core.data_to_send(anyio.current_time()))
+                await self._refuse(stream, remote, problem[0], problem[1])
                 raise IncompatiblePeerError(problem[0].label, problem[1])
         else:
             remote = decode_node_info(await receive_hello(stream, buffer))
@@ -759,18 +765,16 @@ class Node:
             # hello. Apply _admit's rule again (keep the one the smaller id initiated), or both
             # ends may each keep a different connection and then close each other's.
             if existing.outbound and self.node_id < node_id:
-                core = self._core_for(remote)
-                core.send_disconnect(DisconnectReason.DUPLICATE, "already connected",
-                                     now=anyio.current_time())
-                with anyio.move_on_after(self.config.connection.close_timeout), _peer_gone_ok():
-                    await stream.send(core.data_to_send(anyio.current_time()))
+                await self._refuse(stream, remote, DisconnectReason.DUPLICATE,
+                                   "already connected")
                 await _close_quietly(stream)
                 raise IncompatiblePeerError("duplicate", "already connected")
         if existing is not None:
             existing.close(DisconnectReason.DUPLICATE, "replaced by a newer connection")
-        core = self._core_for(remote)
+        now = anyio.current_time()
+        core = self._core_for(remote, now)
         if leftover:
-            core.receive_data(leftover, anyio.current_time())
+            core.receive_data(leftover, now)
         conn = PeerConnection(
             node_id=node_id,
             info=remote,
@@ -799,10 +803,7 @@ class Node:
             await conn.run()
         except Exception:  # task root: one broken connection must never take the node down
             log.exception("connection to %s failed unexpectedly", node_id)
-            self._count_failure(
-                RuntimeError("internal"),
-                Direction.OUTBOUND if outbound else Direction.INBOUND,
-            )
+            self.observer.on_task_failed(TaskRoot.CONNECTION)
         finally:
             self.router.remove_peer(conn)
             self._retire(conn)

@@ -70,7 +70,7 @@ from discovery import (
 from discovery._service_types import Penalty, penalty_for_rejection
 from discovery._verify import RecordVerifier
 from discovery._wire import MAX_RECORDS_PER_MESSAGE
-from overlay.connection._observer import Observer
+from overlay.connection._observer import Observer, TaskRoot
 from overlay.errors import ErrorCode, LocalProtocolError, OverlayError, RequestError
 from overlay.identity import NodeId
 from overlay.node._config import NodeConfig
@@ -153,6 +153,9 @@ class PexNode(Protocol):
 
     @property
     def discovery(self) -> DiscoveryState: ...
+
+    @property
+    def observer(self) -> Observer: ...
 
     async def disconnect(self, node_id: NodeId, message: str = "") -> bool: ...
 
@@ -343,7 +346,7 @@ class Pex(Observer):
                 self._tg = None
 
     async def _ask_loop(self) -> None:
-        next_at = anyio.current_time()
+        next_at = -math.inf  # ask on the first pass
         while True:
             now = anyio.current_time()
             peers = self._pex_peers(now)
@@ -523,14 +526,17 @@ class Pex(Observer):
     def _spawn(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
         if self._tg is None:
             raise LocalProtocolError("the PEX driver is not running")
-        self._tg.start_soon(_task_root, fn, args)
+        self._tg.start_soon(_task_root, fn, args, self._node.observer)
 
 
-async def _task_root(fn: Callable[..., Awaitable[object]], args: tuple[object, ...]) -> None:
+async def _task_root(
+    fn: Callable[..., Awaitable[object]], args: tuple[object, ...], observer: Observer
+) -> None:
     """Root of the driver's short tasks: a bug in one must not stop the node."""
     try:
         await fn(*args)
     except OverlayError as exc:
         log.debug("PEX task ended: %s", exc)
     except Exception:  # task root: logged, never raised into the node's task group
-        log.exception("PEX task failed unexpectedly")
+        log.exception("PEX task %s failed unexpectedly", getattr(fn, "__name__", fn))
+        observer.on_task_failed(TaskRoot.PEX_TASK)

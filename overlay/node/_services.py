@@ -70,6 +70,9 @@ class ServedNode(ControlledNode, Protocol):
     @property
     def discovery(self) -> DiscoveryState: ...
 
+    @property
+    def observer(self) -> Observer: ...
+
 
 def private_directory(path: Path, key: str = "data_dir") -> None:
     """Create ``path`` with mode 0700, or tighten an existing one readable by others."""
@@ -181,7 +184,7 @@ class NodeServices:
             where = await tg.start(
                 lambda task_status: serve_admin(
                     control, listen=config.admin.listen, unix_socket=unix, token=token,
-                    task_status=task_status,
+                    task_status=task_status, observer=self._node.observer,
                 )
             )
             self._admin_serving = True
@@ -197,7 +200,8 @@ class NodeServices:
             metrics.set_snapshot_source(self.metrics_snapshot)
             control.metrics_url = await tg.start(
                 lambda task_status: serve_metrics(
-                    metrics, listen=config.metrics.listen, task_status=task_status
+                    metrics, listen=config.metrics.listen, task_status=task_status,
+                    observer=self._node.observer,
                 )
             )
             log.info("metrics on %s/metrics", control.metrics_url)

@@ -8,12 +8,26 @@ gauges (queue depths, requests in flight) of the open connections only.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+import operator
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
 from overlay.connection._types import ChannelStatistics, ConnectionStatistics
 
 __all__ = ["ChannelLoad", "ChannelTraffic", "TrafficTotals", "channel_loads"]
+
+
+_R = TypeVar("_R", "ChannelTraffic", "ChannelLoad")
+
+
+def _fieldwise(a: _R, b: _R, **combine: Callable[[Any, Any], Any]) -> _R:
+    """``a`` and ``b`` combined field by field: added, unless ``combine`` names another
+    function for a field (``queue_depth_max=max``)."""
+    return type(a)(**{
+        f.name: combine.get(f.name, operator.add)(getattr(a, f.name), getattr(b, f.name))
+        for f in fields(a)
+    })
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,13 +52,7 @@ class ChannelTraffic:
         )
 
     def __add__(self, other: ChannelTraffic) -> ChannelTraffic:
-        return ChannelTraffic(
-            bytes_sent=self.bytes_sent + other.bytes_sent,
-            bytes_received=self.bytes_received + other.bytes_received,
-            messages_sent=self.messages_sent + other.messages_sent,
-            messages_received=self.messages_received + other.messages_received,
-            messages_dropped=self.messages_dropped + other.messages_dropped,
-        )
+        return _fieldwise(self, other)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +76,7 @@ class ChannelLoad:
         )
 
     def __add__(self, other: ChannelLoad) -> ChannelLoad:
-        return ChannelLoad(
-            queue_depth_sum=self.queue_depth_sum + other.queue_depth_sum,
-            queue_depth_max=max(self.queue_depth_max, other.queue_depth_max),
-            outbound_requests_in_flight=(
-                self.outbound_requests_in_flight + other.outbound_requests_in_flight
-            ),
-            inbound_requests_in_flight=(
-                self.inbound_requests_in_flight + other.inbound_requests_in_flight
-            ),
-        )
+        return _fieldwise(self, other, queue_depth_max=max)
 
 
 @dataclass(frozen=True, slots=True)

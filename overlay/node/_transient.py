@@ -44,7 +44,7 @@ import anyio.abc
 from overlay.address import NodeAddress
 from overlay.connection._core import ChannelParams, ConnectionCore
 from overlay.connection._driver import PeerConnection, RequestExpired
-from overlay.connection._observer import Observer
+from overlay.connection._observer import Observer, TaskRoot
 from overlay.connection._timers import TimerService
 from overlay.errors import (
     DialError,
@@ -200,8 +200,7 @@ class TransientConnections:
                     oldest = min((e.idle_since() for e in entries if e.conn.is_open),
                                  default=math.inf)
                     self._wake = anyio.Event()
-                    delay = oldest + self.settings.transient_idle - anyio.current_time()
-                    with anyio.move_on_after(max(delay, 0.0)):
+                    with anyio.move_on_at(oldest + self.settings.transient_idle):
                         await self._wake.wait()
         finally:
             self._tg = None
@@ -246,7 +245,7 @@ class TransientConnections:
     async def _connection_to(
         self, peer: NodeId, addresses: Sequence[NodeAddress], deadline: float
     ) -> _Entry:
-        with anyio.fail_after(max(deadline - anyio.current_time(), 0.0)):
+        with anyio.fail_at(deadline):
             while True:
                 if self._closed:
                     raise NodeClosed("the node is not running")
@@ -317,7 +316,7 @@ class TransientConnections:
 
     async def _hello(self, stream: SecureStream, deadline: float) -> PeerConnection:
         buffer = bytearray()
-        with anyio.fail_after(max(deadline - anyio.current_time(), 0.0)):
+        with anyio.fail_at(deadline):
             remote = decode_hello_reply(await receive_hello(stream, buffer))
         problem = check_compatible(transient_info(self._local_info()), remote)
         if problem is not None:
@@ -332,6 +331,7 @@ class TransientConnections:
             await conn.run(task_status=task_status)
         except Exception:  # task root: one broken connection must never take the node down
             log.exception("transient connection to %s failed unexpectedly", conn.node_id)
+            self._observer.on_task_failed(TaskRoot.TRANSIENT_CONNECTION)
         finally:
             if self._out.get(conn.node_id) is entry:
                 del self._out[conn.node_id]
@@ -366,8 +366,9 @@ class TransientConnections:
         self._wake.set()
         try:
             await conn.run()
-        except Exception:  # task root
+        except Exception:  # task root: one broken connection must never take the node down
             log.exception("transient connection from %s failed unexpectedly", conn.node_id)
+            self._observer.on_task_failed(TaskRoot.TRANSIENT_CONNECTION)
         finally:
             if self._in.get(conn.node_id) is entry:
                 del self._in[conn.node_id]

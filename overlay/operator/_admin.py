@@ -63,6 +63,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from overlay.address import NodeAddress
+from overlay.connection._observer import Observer
 from overlay.errors import (
     ConfigError,
     InvalidAddressError,
@@ -302,6 +303,10 @@ class AdminApp:
         }
         """Path -> method -> handler."""
 
+    def routes(self) -> list[str]:
+        """Every route as ``METHOD /path`` (what docs/operator-guide.md documents)."""
+        return [f"{method} {path}" for path, methods in self._routes.items() for method in methods]
+
     def _authorized(self, request: Request) -> bool:
         scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer":
@@ -484,8 +489,9 @@ async def serve_admin(
     token: str,
     task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
     config: HttpServerConfig | None = None,
+    observer: Observer | None = None,
 ) -> None:
-    """Serve the admin API until cancelled.
+    """Serve the admin API until cancelled (``observer``: see :func:`serve_http`).
 
     Binds ``listen`` (loopback ``HOST:PORT`` only; port 0 allowed) or, when given, the Unix
     socket ``unix_socket`` (created with mode 0600, removed on exit). Calls
@@ -501,7 +507,7 @@ async def serve_admin(
     try:
         async with listener:
             task_status.started(url)
-            await serve_http(app, listener, config)
+            await serve_http(app, listener, config, observer=observer)
     finally:
         if url.startswith("unix:"):
             _unlink_socket(Path(url[len("unix:"):]))

@@ -37,6 +37,7 @@ import anyio.abc
 import h11
 from anyio.abc import SocketAttribute
 
+from overlay.connection._observer import NullObserver, Observer, TaskRoot
 from overlay.errors import ConfigError
 
 __all__ = [
@@ -147,11 +148,13 @@ class _Connection:
     """One HTTP connection: a loop of read request → handle → write response."""
 
     def __init__(
-        self, stream: anyio.abc.ByteStream, handler: Handler, config: HttpServerConfig
+        self, stream: anyio.abc.ByteStream, handler: Handler, config: HttpServerConfig,
+        observer: Observer | None = None,
     ) -> None:
         self._stream = stream
         self._handler = handler
         self._config = config
+        self._observer = observer if observer is not None else NullObserver()
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_header_bytes)
         self._got_bytes = False
 
@@ -189,6 +192,7 @@ class _Connection:
             response = await self._handler(request)
         except Exception:  # root of the request: answer 500, keep serving
             log.exception("http: handler failed for %s %s", request.method, request.path)
+            self._observer.on_task_failed(TaskRoot.HTTP_REQUEST)
             response = _text(500, "internal error")
         await self._send_response(response, head=request.method == "HEAD")
         return (
@@ -309,18 +313,20 @@ def _make_request(event: h11.Request, body: bytes) -> Request:
 
 async def serve_http(
     handler: Handler, listener: anyio.abc.Listener[anyio.abc.SocketStream],
-    config: HttpServerConfig | None = None,
+    config: HttpServerConfig | None = None, *, observer: Observer | None = None,
 ) -> None:
     """Serve ``handler`` on ``listener`` until cancelled. The caller owns (and closes) the
-    listener."""
+    listener. ``observer`` is told of a handler or connection that raised (a bug: logged, the
+    client gets ``500``, the server goes on)."""
     cfg = config or HttpServerConfig()
+    told = observer if observer is not None else NullObserver()
     active = 0
 
     async def on_connection(stream: anyio.abc.SocketStream) -> None:
         nonlocal active
         async with stream:
             if active >= cfg.max_connections:
-                conn = _Connection(stream, handler, cfg)
+                conn = _Connection(stream, handler, cfg, told)
                 with anyio.move_on_after(_DRAIN_SECONDS):
                     try:
                         await conn.reject(_text(503, "too many connections"))
@@ -329,9 +335,10 @@ async def serve_http(
                 return
             active += 1
             try:
-                await _Connection(stream, handler, cfg).run()
+                await _Connection(stream, handler, cfg, told).run()
             except Exception:  # root of the connection task: log, never crash the server
                 log.exception("http: connection failed")
+                told.on_task_failed(TaskRoot.HTTP_CONNECTION)
             finally:
                 active -= 1
 

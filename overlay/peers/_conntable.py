@@ -19,7 +19,8 @@ the disconnect, but no longer use a connection slot.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from types import MappingProxyType
 
 from overlay.address import NodeAddress
 from overlay.identity import NodeId
@@ -52,6 +53,21 @@ class ConnTable:
         self._in_ip: dict[str, int] = {}
         self._in_group: dict[str, int] = {}
         self._out_group: dict[str, int] = {}
+
+    @property
+    def inbound_per_ip(self) -> Mapping[str, int]:
+        """Inbound connections by IP key (exempt addresses not counted); read-only."""
+        return MappingProxyType(self._in_ip)
+
+    @property
+    def inbound_per_netgroup(self) -> Mapping[str, int]:
+        """Inbound connections by netgroup (exempt addresses not counted); read-only."""
+        return MappingProxyType(self._in_group)
+
+    @property
+    def outbound_per_netgroup(self) -> Mapping[str, int]:
+        """Outbound connections and dials by netgroup; read-only."""
+        return MappingProxyType(self._out_group)
 
     # -- exemptions -----------------------------------------------------------------------------
 

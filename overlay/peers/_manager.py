@@ -591,6 +591,10 @@ class PeerManager:
         )
 
     @property
+    def connections(self) -> ConnTable:  # live ones and dials; change them via the manager
+        return self._table
+
+    @property
     def address_book(self) -> AddressBook:
         """The address book (read it; change it only through the manager)."""
         return self._book

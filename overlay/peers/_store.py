@@ -30,6 +30,7 @@ hand-edited or damaged file) are skipped and counted in ``LoadedState.skipped_ro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +58,26 @@ __all__ = [
     "decode_address_row",
     "decode_ip_ban_row",
     "decode_peer_row",
+    "encode_address_row",
+    "encode_peer_row",
 ]
 
 _log = logging.getLogger(__name__)
 
 _SECRET_BYTES = 32
+
+
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``; ``ROLLBACK`` and re-raise on any exception (a
+    cancellation included), so a batch is on disk entirely or not at all."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _migrate_0_to_1(db: sqlite3.Connection) -> None:
@@ -219,7 +235,8 @@ def decode_ip_ban_row(row: Sequence[object]) -> StoredIpBan | None:
     return StoredIpBan(ip, until, reason)
 
 
-def _peer_params(p: StoredPeer) -> tuple[Any, ...]:
+def encode_peer_row(p: StoredPeer) -> tuple[Any, ...]:
+    """The ``peers`` row of ``p`` (what :func:`decode_peer_row` reads back)."""
     return (
         p.node_id,
         json.dumps(list(p.addresses)),
@@ -236,7 +253,8 @@ def _peer_params(p: StoredPeer) -> tuple[Any, ...]:
     )
 
 
-def _address_params(a: StoredAddress) -> tuple[Any, ...]:
+def encode_address_row(a: StoredAddress) -> tuple[Any, ...]:
+    """The ``addresses`` row of ``a`` (what :func:`decode_address_row` reads back)."""
     return (
         a.address,
         a.source,
@@ -371,13 +389,8 @@ class PeerStore:
         with self._lock:
             self._check_open()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
+                with _transaction(self._db):
                     self._write(changes)
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise PeerStoreError(f"writing {self._path} failed: {exc}") from exc
 
@@ -439,33 +452,23 @@ class PeerStore:
         ):
             raise ConfigError("peer_store", f"{self._path} is a database of something else")
         while version < latest:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with _transaction(self._db):
                 self._migrations[version](self._db)
                 if version == 0:
                     self._db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
                     self._db.execute("INSERT INTO schema_version (version) VALUES (1)")
                 else:
                     self._db.execute("UPDATE schema_version SET version = ?", (version + 1,))
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
             _log.info("peer store %s migrated to schema version %d", self._path, version + 1)
             version += 1
 
     def _ensure_secret(self) -> bytes:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self._db):
             self._db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('secret', ?)",
                 (os.urandom(_SECRET_BYTES),),
             )
             row = self._db.execute("SELECT value FROM meta WHERE key = 'secret'").fetchone()
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
         if row is None or not isinstance(row[0], bytes) or len(row[0]) < 16:
             raise ConfigError("peer_store", f"{self._path}: damaged address-book secret")
         secret: bytes = row[0]
@@ -480,7 +483,7 @@ class PeerStore:
                 "INSERT OR REPLACE INTO peers (node_id, addresses, source, first_seen, last_seen, "
                 "failures, score, score_time, flags, ban_until, ban_reason, capability_record) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_peer_params(p) for p in c.peers_upsert],
+                [encode_peer_row(p) for p in c.peers_upsert],
             )
         if c.addresses_delete:
             db.executemany(
@@ -491,7 +494,7 @@ class PeerStore:
                 "INSERT OR REPLACE INTO addresses (address, source, source_group, added, "
                 "last_seen, last_try, last_success, attempts, tried) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [_address_params(a) for a in c.addresses_upsert],
+                [encode_address_row(a) for a in c.addresses_upsert],
             )
         if c.ip_bans_delete:
             db.executemany("DELETE FROM ip_bans WHERE ip = ?", [(i,) for i in c.ip_bans_delete])

@@ -54,7 +54,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from overlay.connection._core import ChannelParams
 from overlay.connection._driver import PeerConnection, RequestExpired
-from overlay.connection._observer import Observer
+from overlay.connection._observer import Observer, TaskRoot
 from overlay.connection._outcome import AttemptOutcome, outcome_of_error_code
 from overlay.errors import (
     ChannelClosed,
@@ -309,6 +309,7 @@ class Router:
                 listener(conn.node_id, conn.info)
             except Exception:  # a listener bug must not take the connection down
                 log.exception("peer-info listener %r failed", listener)
+                self._observer.on_task_failed(TaskRoot.PEER_INFO_LISTENER)
 
     def peers(self) -> list[PeerConnection]:
         return list(self._peers.values())
@@ -645,6 +646,7 @@ class Router:
         except Exception as exc:  # the handler boundary: map user errors to INTERNAL
             state.failed += 1
             log.exception("handler of %s failed on a LOCAL request", state.spec.name)
+            self._observer.on_task_failed(TaskRoot.REQUEST_HANDLER)
             raise RequestError(ErrorCode.INTERNAL, f"handler raised {exc!r}") from exc
         finally:
             state.local_inflight -= 1
@@ -710,6 +712,7 @@ class Router:
         except Exception:  # task root: a handler bug must not take the connection down
             state.failed += 1
             log.exception("handler of %s failed on a request from %s", spec.name, conn.node_id)
+            self._observer.on_task_failed(TaskRoot.REQUEST_HANDLER)
             await conn.respond_error(spec.id, request_id, ErrorCode.INTERNAL, "internal error")
             return AttemptOutcome.ERROR
         if len(data) > spec.max_message_size:
