@@ -68,6 +68,12 @@ def roles(requests: int) -> None:
     _virtual(main)
 
 
+def _progress(text: str) -> None:
+    """A progress line on stderr (a 1,000-node run takes many minutes)."""
+    print(f"[{time.strftime('%H:%M:%S')} cpu {time.process_time():.0f} s] {text}",
+          file=sys.stderr, flush=True)
+
+
 def _met(node: Node) -> bool:
     statuses = node.routing.statuses()
     return len(statuses) == len(node.routing.targets) and all(
@@ -114,13 +120,18 @@ def targets(sizes: list[int], timeout: float) -> None:
         async with routing_network(plan, targets=TARGETS, server_peers=server,
                                    network=network, gossip=False) as nodes:
             up = time.perf_counter() - began
+            _progress(f"{n} nodes up in {up:.1f} s")
             start = anyio.current_time()
             times: dict[int, float] = {}
+            report = 0.0
             with anyio.move_on_after(timeout):
                 while len(times) < n:
                     for i, node in enumerate(nodes):
                         if i not in times and _met(node):
                             times[i] = anyio.current_time() - start
+                    if anyio.current_time() - start >= report:
+                        _progress(f"virtual {report:.0f} s: {len(times)}/{n} met")
+                        report += 5.0
                     await anyio.sleep(0.05)
             sent, failed = await _role_requests(nodes)
             failures.extend(failed)
