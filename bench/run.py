@@ -3,7 +3,7 @@
 
 Usage (from the repository root)::
 
-    python bench/run.py [--quick] [--json FILE] [--uvloop] [--profile]
+    python bench/run.py [--quick] [--json FILE] [--uvloop] [--profile] [--cases 1,2,3,5,7]
 
 Cases (ours / baseline; the table prints the ratio next to the target):
 
@@ -103,13 +103,73 @@ def _throughput(
                   target, extra)
 
 
-async def run_cases(s: Settings) -> list[Figure]:
+ALL_CASES = frozenset(range(1, 9))
+"""Case numbers as in the table (1 round trips ... 8 mesh)."""
+
+
+def parse_cases(text: str) -> frozenset[int]:
+    """``"1,2,3"`` or ``"1-3,5"`` -> the case numbers; every number must be a case."""
+    cases: set[int] = set()
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            first, last = int(lo), int(hi or lo)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a case list: {text!r}") from None
+        cases.update(range(first, last + 1))
+    if not cases or not cases <= ALL_CASES:
+        raise argparse.ArgumentTypeError(f"cases are 1-8, got {text!r}")
+    return frozenset(cases)
+
+
+async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES) -> list[Figure]:
     figures: list[Figure] = []
     w, d = s.warmup, s.duration
+    memory_figure: Figure | None = None
+    if 6 in cases:
+        memory_figure = await _memory_case(s)
+    if 1 in cases:
+        figures.append(await _round_trip_case(s))
+    if 2 in cases:
+        _progress(f"[3/8] pipelined requests ({IN_FLIGHT} in flight) ...")
+        runs = await _alternate(lambda: base.asyncio_pipelined(PAYLOAD, IN_FLIGHT, w, d),
+                                lambda: ours.overlay_pipelined(PAYLOAD, IN_FLIGHT, w, d),
+                                s.rounds)
+        figures.append(_throughput("pipelined",
+                                   f"64 B requests, {IN_FLIGHT} in flight, 1 connection",
+                                   "req/s", runs, "asyncio length-prefixed pipeline",
+                                   Target("ratio_min", 1.0)))
+    if 3 in cases:
+        _progress("[4/8] bulk 1 MiB messages ...")
+        runs = await _alternate(lambda: base.asyncio_bulk(CHUNK, w, d),
+                                lambda: ours.overlay_bulk(CHUNK, w, d), s.rounds)
+        figures.append(_throughput("bulk", "bulk one-way, 1 MiB messages", "MiB/s", runs,
+                                   "asyncio streams, 1 MiB writes", Target("ratio_min", 0.3),
+                                   MIB))
+    if 4 in cases:
+        figures.append(await _dial_case(s))
+    if 5 in cases:
+        _progress("[6/8] LOCAL delivery ...")
+        item = object()
+        size = ours.LOCAL_SPEC.recv_queue_size
+        runs = await _alternate(lambda: base.memory_stream_rate(size, item, w, d),
+                                lambda: ours.overlay_local_rate(item, w, d), s.rounds)
+        figures.append(_throughput("local", "LOCAL send + receive", "msg/s", runs,
+                                   f"anyio memory stream ({size} buffered)",
+                                   Target("ratio_min", 0.5)))
+    if memory_figure is not None:
+        figures.append(memory_figure)
+    if 7 in cases:
+        figures.append(await _fanout_case(s))
+    if 8 in cases:
+        figures.append(await _mesh_case(s))
+    return figures
 
+
+async def _memory_case(s: Settings) -> Figure:
     _progress(f"[1/8] memory: {s.nodes} nodes in a MemoryNetwork, {s.fanout} dials each ...")
     mem = await measure_memory(s.nodes, s.fanout)
-    memory_figure = Figure(
+    return Figure(
         key="memory",
         title=f"idle node in a {mem.nodes}-node memory network (RSS)",
         unit="KiB/node",
@@ -127,6 +187,9 @@ async def run_cases(s: Settings) -> list[Figure]:
         },
     )
 
+
+async def _round_trip_case(s: Settings) -> Figure:
+    w, d = s.warmup, s.duration
     _progress("[2/8] round trips (64 B, one caller) ...")
     runs = await _alternate(lambda: base.asyncio_round_trips(PAYLOAD, w, d),
                             lambda: ours.overlay_round_trips(PAYLOAD, w, d), s.rounds)
@@ -135,26 +198,15 @@ async def run_cases(s: Settings) -> list[Figure]:
     anyio_echo = best([await base.anyio_round_trips(PAYLOAD, w, d) for _ in range(s.rounds)])
     round_trips.extra["anyio_echo_per_second"] = anyio_echo.per_second
     round_trips.extra["anyio_echo_per_cpu_second"] = anyio_echo.per_cpu_second
-    figures.append(round_trips)
+    return round_trips
 
-    _progress(f"[3/8] pipelined requests ({IN_FLIGHT} in flight) ...")
-    runs = await _alternate(lambda: base.asyncio_pipelined(PAYLOAD, IN_FLIGHT, w, d),
-                            lambda: ours.overlay_pipelined(PAYLOAD, IN_FLIGHT, w, d), s.rounds)
-    figures.append(_throughput("pipelined", f"64 B requests, {IN_FLIGHT} in flight, 1 connection",
-                               "req/s", runs, "asyncio length-prefixed pipeline",
-                               Target("ratio_min", 1.0)))
 
-    _progress("[4/8] bulk 1 MiB messages ...")
-    runs = await _alternate(lambda: base.asyncio_bulk(CHUNK, w, d),
-                            lambda: ours.overlay_bulk(CHUNK, w, d), s.rounds)
-    figures.append(_throughput("bulk", "bulk one-way, 1 MiB messages", "MiB/s", runs,
-                               "asyncio streams, 1 MiB writes", Target("ratio_min", 0.3), MIB))
-
+async def _dial_case(s: Settings) -> Figure:
     _progress(f"[5/8] dial + disconnect x {s.dials} ...")
     tcp_times = await base.asyncio_connect_times(s.dials, warm=3)
     dial_times = await ours.overlay_dial_times(s.dials, warm=3)
     ms = 1000.0
-    figures.append(Figure(
+    return Figure(
         "dial", "dial(): TCP connect + Noise + NodeInfo (median)", "ms",
         statistics.median(dial_times) * ms, statistics.median(tcp_times) * ms,
         "plain TCP connect (reference)", Target("max", 1.5),
@@ -165,32 +217,27 @@ async def run_cases(s: Settings) -> list[Figure]:
             "baseline_p90_ms": percentile(tcp_times, 90) * ms,
             "cycles": float(len(dial_times)),
         },
-    ))
+    )
 
-    _progress("[6/8] LOCAL delivery ...")
-    item = object()
-    size = ours.LOCAL_SPEC.recv_queue_size
-    runs = await _alternate(lambda: base.memory_stream_rate(size, item, w, d),
-                            lambda: ours.overlay_local_rate(item, w, d), s.rounds)
-    figures.append(_throughput("local", "LOCAL send + receive", "msg/s", runs,
-                               f"anyio memory stream ({size} buffered)", Target("ratio_min", 0.5)))
-    figures.append(memory_figure)
 
+async def _fanout_case(s: Settings) -> Figure:
     _progress(f"[7/8] fan-out: BROADCAST to {FANOUT_PEERS} TCP peers vs single sends ...")
     singles, broadcasts = await ours.overlay_fanout_costs(PAYLOAD, FANOUT_PEERS, s.fanout_rounds)
     us = 1e6
-    figures.append(Figure(
+    return Figure(
         "fanout", f"BROADCAST 64 B to {FANOUT_PEERS} peers, CPU per delivery (median)", "us",
         statistics.median(broadcasts) * us, statistics.median(singles) * us,
         "one send(peer) (CPU per call)", Target("ratio_max", 0.5),
         {"broadcast_min_us": min(broadcasts) * us, "single_min_us": min(singles) * us,
          "rounds": float(len(singles))},
-    ))
+    )
 
+
+async def _mesh_case(s: Settings) -> Figure:
     small, large = s.mesh_sizes
     _progress(f"[8/8] full mesh: {small} nodes, then {large} nodes, one dial at a time ...")
     meshes = [await measure_mesh(n) for n in (small, large)]
-    figures.append(Figure(
+    return Figure(
         "mesh", f"full mesh: time per dial at N = {large} vs N = {small}", "ms",
         meshes[1].ms_per_dial, meshes[0].ms_per_dial, f"time per dial at N = {small}",
         Target("ratio_max", 2.0),
@@ -198,8 +245,7 @@ async def run_cases(s: Settings) -> list[Figure]:
          for key, value in (("dials", m.dials), ("failures", m.failures),
                             ("seconds", m.seconds), ("last_dial_ms", m.last_dial_ms),
                             ("connections", m.connections), ("complete", m.complete))},
-    ))
-    return figures
+    )
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -293,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run ours and the baselines on uvloop (must be installed)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the round-trip case (cProfile + micro-timings)")
+    parser.add_argument("--cases", type=parse_cases, default=ALL_CASES, metavar="LIST",
+                        help="run only these cases, e.g. 1,2,3 or 1-3,5,7 (default: all)")
     args = parser.parse_args(argv)
     if args.uvloop and importlib.util.find_spec("uvloop") is None:
         parser.error("--uvloop: uvloop is not installed (pip install 'overlay[uvloop]')")
@@ -301,10 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     started = time.perf_counter()
     _progress(f"overlay benchmarks ({'quick' if args.quick else 'full'}, {loop_name} loop)")
-    figures: list[Figure] = anyio.run(run_cases, settings, backend="asyncio",
+    figures: list[Figure] = anyio.run(run_cases, settings, args.cases, backend="asyncio",
                                       backend_options={"use_uvloop": args.uvloop})
     libp2p: Libp2pResult | None = None
-    if libp2p_available():
+    if libp2p_available() and {1, 4} <= args.cases:
         # Each (untimed) py-libp2p disconnect() sleeps 0.2 s, so a quarter of the dial cycles.
         connects = max(10, settings.dials // 4)
         _progress(f"[+] py-libp2p round trips, connect x {connects} (trio) ...")

@@ -32,13 +32,20 @@ opaque payloads only.
   ``on_invalid``; the lookup itself rejects answers with more than ``k`` contacts and answers that
   break the *far-contacts rule* (``_breaks_far_rule``; see docs/discovery.md, "DHT"). A flagged
   peer is failed, its answer dropped, and ``Misbehaved`` is emitted once.
+* **Netgroup diversity.** Given a ``netgroup`` function (id -> netgroup of its verified
+  address, None to exempt), each path queries at most ``max_per_netgroup`` candidates of one
+  netgroup, and at most that many of one netgroup count among its ``k`` nearest live ones;
+  the rest are skipped (never queried, not counted). A liar can mint ids nearer any target for
+  the cost of a few key generations, but each must be reachable at an address it controls, so
+  its minted ids share its netgroup: it gets ``max_per_netgroup`` slots of a path, not all ``k``,
+  and cannot lead a path down an endless chain of ever nearer ids (see docs/scale.md).
 """
 
 from __future__ import annotations
 
 import bisect
 import enum
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from typing import Generic, TypeAlias, TypeVar
 
@@ -113,6 +120,9 @@ class LookupConfig:
     """Retries of a query that timed out (explicit failures are not retried)."""
     far_rule: bool = True
     """Apply the far-contacts rule."""
+    max_per_netgroup: int = 2
+    """Per path, the most candidates of one netgroup queried and counted among the ``k``
+    nearest (only for lookups given a ``netgroup`` function)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -160,7 +170,8 @@ class Misbehaved:
 class LookupResult:
     outcome: LookupOutcome
     closest: tuple[bytes, ...]
-    """Up to ``k`` nodes that answered, nearest to the target first."""
+    """Up to ``k`` nodes that answered, nearest to the target first (at most
+    ``max_per_netgroup`` of one netgroup when the lookup has a ``netgroup`` function)."""
     providers: int
     """Distinct providers found."""
     rounds: int
@@ -183,10 +194,13 @@ LookupEvent: TypeAlias = Query | ProviderFound[P] | Misbehaved | LookupDone
 
 
 class _Cand:
-    __slots__ = ("attempts", "deadline", "dist", "flagged", "hop", "node_id", "path", "state")
+    __slots__ = (
+        "attempts", "deadline", "dist", "flagged", "group", "hop", "node_id", "path", "state"
+    )
 
-    def __init__(self, node_id: bytes, dist: int, path: int, hop: int) -> None:
+    def __init__(self, node_id: bytes, dist: int, path: int, hop: int, group: str | None) -> None:
         self.node_id = node_id
+        self.group = group
         self.dist = dist
         self.path = path
         self.hop = hop
@@ -201,12 +215,30 @@ def _dist_key(c: _Cand) -> int:
 
 
 class _Path:
-    __slots__ = ("done", "in_flight", "order")
+    __slots__ = ("done", "in_flight", "order", "queried")
 
     def __init__(self) -> None:
         self.order: list[_Cand] = []  # by distance to the target
         self.in_flight = 0
         self.done = False
+        self.queried: dict[str, int] = {}  # netgroup -> candidates queried
+
+
+def _diverse(cands: Iterable[_Cand], cap: int, n: int) -> list[_Cand]:
+    """The first ``n`` of ``cands`` keeping at most ``cap`` of one netgroup."""
+    out: list[_Cand] = []
+    counts: dict[str, int] = {}
+    for c in cands:
+        g = c.group
+        if g is not None:
+            seen = counts.get(g, 0)
+            if seen >= cap:
+                continue
+            counts[g] = seen + 1
+        out.append(c)
+        if len(out) >= n:
+            break
+    return out
 
 
 class Lookup(Generic[P]):
@@ -222,7 +254,10 @@ class Lookup(Generic[P]):
         config: LookupConfig | None = None,
         want: int | None = None,
         paths: int | None = None,
+        netgroup: Callable[[bytes], str | None] | None = None,
     ) -> None:
+        """``netgroup`` maps a candidate's id to the netgroup of its verified address (None
+        exempts it); without it no diversity limit applies."""
         for value, what in ((target, "target"), (local_id, "local id")):
             if not isinstance(value, bytes) or len(value) != _ID_BYTES:
                 raise LocalProtocolError(f"{what} must be {_ID_BYTES} bytes")
@@ -240,6 +275,7 @@ class Lookup(Generic[P]):
         self._t = int.from_bytes(target, "big")
         self._local = int.from_bytes(local_id, "big")
         self._k = cfg.k
+        self._netgroup = netgroup
         self._paths = [_Path() for _ in range(paths)]
         self._cands: dict[int, _Cand] = {}
         self._pending: dict[int, _Cand] = {}
@@ -291,6 +327,14 @@ class Lookup(Generic[P]):
 
     def providers_found(self) -> int:
         return len(self._providers)
+
+    def path_closest(self, path: int) -> tuple[bytes, ...]:
+        """Up to ``k`` nodes of ``path`` that answered, nearest first, at most
+        ``max_per_netgroup`` of one netgroup: where to store a record through that path
+        (S/Kademlia stores through every disjoint path)."""
+        order = self._paths[path].order
+        answered = (c for c in order if c.state == _ANSWERED)
+        return tuple(c.node_id for c in _diverse(answered, self.config.max_per_netgroup, self._k))
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -400,7 +444,8 @@ class Lookup(Generic[P]):
         return int.from_bytes(node_id, "big")
 
     def _add(self, node_id: bytes, num: int, path: int, hop: int) -> None:
-        c = _Cand(node_id, num ^ self._t, path, hop)
+        group = None if self._netgroup is None else self._netgroup(node_id)
+        c = _Cand(node_id, num ^ self._t, path, hop, group)
         self._cands[num] = c
         bisect.insort(self._paths[path].order, c, key=_dist_key)
 
@@ -450,17 +495,25 @@ class Lookup(Generic[P]):
     def _advance(self, now: float, out: list[LookupEvent[P]]) -> None:
         if self._result is not None:
             return
-        alpha, k = self.config.alpha, self._k
+        alpha, k, cap = self.config.alpha, self._k, self.config.max_per_netgroup
         all_done = True
         for path in self._paths:
             if path.done:
                 continue
             live = 0
             waiting = False
+            counts: dict[str, int] = {}
+            queried = path.queried
             for c in path.order:
                 state = c.state
                 if state == _FAILED:
                     continue
+                g = c.group
+                if g is not None:  # netgroup diversity (module docstring)
+                    seen = counts.get(g, 0)
+                    if seen >= cap or (c.attempts == 0 and queried.get(g, 0) >= cap):
+                        continue
+                    counts[g] = seen + 1
                 live += 1
                 if state == _NEW:
                     waiting = True
@@ -482,6 +535,8 @@ class Lookup(Generic[P]):
             self._finish(LookupOutcome.COMPLETED, out)
 
     def _send(self, c: _Cand, path: _Path, now: float, out: list[LookupEvent[P]]) -> None:
+        if c.attempts == 0 and c.group is not None:
+            path.queried[c.group] = path.queried.get(c.group, 0) + 1
         c.state = _PENDING
         c.attempts += 1
         c.deadline = now + self.config.query_timeout
@@ -499,12 +554,15 @@ class Lookup(Generic[P]):
         for path in self._paths:
             path.in_flight = 0
             path.done = True
-        answered = sorted((c for c in self._cands.values() if c.state == _ANSWERED), key=_dist_key)
+        answered = _diverse(
+            sorted((c for c in self._cands.values() if c.state == _ANSWERED), key=_dist_key),
+            self.config.max_per_netgroup, self._k,
+        )
         failed = sum(1 for c in self._cands.values() if c.state == _FAILED)
         first = self._first_provider
         self._result = LookupResult(
             outcome=outcome,
-            closest=tuple(c.node_id for c in answered[: self._k]),
+            closest=tuple(c.node_id for c in answered),
             providers=len(self._providers),
             rounds=self._rounds,
             messages=self._messages,

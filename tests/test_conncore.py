@@ -26,6 +26,7 @@ from overlay.connection._core import (
     RequestRejected,
     ResponseReceived,
     next_request_id,
+    shared_message,
 )
 from overlay.errors import (
     ChannelError,
@@ -705,6 +706,51 @@ def test_unlimited_by_default() -> None:
     assert core.receive_paused_until(0.0) is None
 
 
+# ------------------------------------------------------------------------------ shared entries
+
+
+def test_a_shared_broadcast_entry_goes_out_whole_from_every_connection() -> None:
+    cores = [make(), make(), make()]
+    entry = shared_message(b"hello all")
+    for core in cores:
+        core.send_message(MID, b"before")
+        assert core.send_shared(MID, entry)
+    outputs = [parse(drain(core)) for core in cores]
+    for frames in outputs:
+        assert [(f.kind, f.channel_id, f.payload) for f in frames] == [
+            (FrameKind.MESSAGE, MID, b"before"), (FrameKind.MESSAGE, MID, b"hello all")]
+    assert all(c.statistics().channels[1].messages_sent == 2 for c in cores)
+    assert entry.offset == 0  # read only: a later connection still sends all of it
+
+
+def test_a_shared_entry_respects_queue_limits_and_closing() -> None:
+    core = make(channels=[ChannelParams(MID, send_queue_size=1)])
+    entry = shared_message(b"x")
+    assert core.send_shared(MID, entry)
+    with pytest.raises(WouldBlock):
+        core.send_shared(MID, entry)
+    with pytest.raises(ChannelError):
+        core.send_shared(LO, entry)
+    core.send_disconnect(DisconnectReason.SHUTDOWN, "", now=0.0)
+    assert not core.send_shared(MID, entry)  # nothing queued once closing
+
+
+def test_a_shared_entry_too_large_for_one_frame_or_compressible_is_queued_per_connection() -> (
+    None
+):
+    small = make(CoreConfig(ping_interval=0, idle_timeout=0, max_frame_payload=64))
+    big = shared_message(b"y" * 200)
+    assert small.send_shared(MID, big)
+    frames = parse(drain(small))
+    assert len(frames) > 1 and b"".join(f.payload for f in frames) == b"y" * 200
+    packed = make(CoreConfig(ping_interval=0, idle_timeout=0, compression_threshold=100),
+                  compression=True)
+    assert packed.send_shared(MID, big)
+    [frame] = parse(drain(packed))
+    assert frame.flags & FLAG_COMPRESSED
+    assert big.offset == 0 and big.flags == 0  # the shared entry itself was not touched
+
+
 # ---------------------------------------------------------------------------------- ping / idle
 
 
@@ -724,14 +770,35 @@ def test_ping_pong_rtt_and_ewma() -> None:
     a.receive_data(pong.encode(), 10.2)
     [event] = a.events()
     assert isinstance(event, LatencyMeasured) and event.rtt == pytest.approx(0.2)
-    a.handle_timer(20.0)
-    b.receive_data(drain(a, 20.0), 20.0)
-    a.receive_data(drain(b, 20.0), 20.1)
+    a.handle_timer(20.0)  # the pong arrived at 10.2: quiet only from 20.2
+    assert a.data_to_send(20.0) == b"" and a.get_timer() == pytest.approx(20.2)
+    a.handle_timer(20.2)
+    b.receive_data(drain(a, 20.2), 20.2)
+    a.receive_data(drain(b, 20.2), 20.3)
     assert a.events() == [LatencyMeasured(pytest.approx(0.1))]  # type: ignore[arg-type]
     stats = a.statistics()
     assert stats.rtt_last == pytest.approx(0.1)
     assert stats.rtt_ewma == pytest.approx(0.2 + 0.125 * (0.1 - 0.2))
     assert b.events() == []  # pings are answered silently
+
+
+def test_keep_alive_pings_only_a_quiet_link_and_traffic_rearms_no_timer() -> None:
+    config = CoreConfig(ping_interval=10.0, idle_timeout=30.0)
+    a = make(config)
+    frame = encode_frame(FrameKind.MESSAGE, 0, MID, 0, b"x")
+    for t in range(1, 10):  # traffic on every second: the deadline does not move per frame
+        a.receive_data(frame, float(t))
+        assert a.get_timer() == 10.0
+    a.events()
+    a.handle_timer(10.0)  # due, but the link carried traffic at 9.0: no ping, checked again at 19
+    assert a.data_to_send(10.0) == b"" and a.get_timer() == 19.0
+    a.handle_timer(19.0)  # quiet since 9.0
+    [ping] = parse(a.data_to_send(19.0))
+    assert isinstance(decode_control(ping.payload), Ping)
+    assert a.get_timer() == 29.0  # still quiet: the next ping one interval later
+    a.handle_timer(29.0)
+    [ping2] = parse(a.data_to_send(29.0))
+    assert isinstance(decode_control(ping2.payload), Ping)
 
 
 def test_rtt_counts_from_when_the_ping_is_sent_and_due_pings_do_not_pile_up() -> None:
@@ -1062,7 +1129,12 @@ def test_back_to_back_mixed_workload(seed: int) -> None:
     assert stats.outbound_requests_in_flight == 0
     assert all(c.queue_depth == 0 for c in stats.channels)
     assert b.statistics().inbound_requests_active == 0
-    assert stats.rtt_last is not None  # pings flowed both ways
+    # Keep-alive pings only on a quiet link: once the traffic stops for ping_interval, a pings.
+    now += config.ping_interval
+    a.handle_timer(now)
+    b.receive_data(drain(a, now), now)
+    a.receive_data(drain(b, now), now)
+    assert a.statistics().rtt_last is not None
 
 
 @pytest.mark.parametrize(("sender_chunk", "receiver_chunk"), [(1024, 65_507), (65_507, 1024)])

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from overlay.cli._main import main
 from overlay.errors import ConfigError
-from overlay.sim import SimConfig, load_manifest, render_report, simulate
+from overlay.sim import SimConfig, load_manifest, render_report, simulate, simulate_with_picture
 from overlay.sim._net import nearest
 
 SMALL = {"find_trials": 40, "lookup_trials": 60, "liar_trials": 60, "liar_keys": 10}
@@ -77,15 +77,45 @@ def test_report_is_well_formed(report: dict[str, object]) -> None:
 
 def test_liar_experiment_sanity(report: dict[str, object]) -> None:
     liars = report["liars"]
-    assert isinstance(liars, list) and len(liars) == 6
+    assert isinstance(liars, list) and len(liars) == 8
     by = {(e["kind"], e["liar_share"], e["paths"]): e for e in liars}
     for share in (0.2, 0.3):
-        two = by[("colluding", share, 2)]
-        assert two["trials"] == 60
-        assert two["success_pct"] >= 95.0  # disjoint paths beat colluding liars at N = 200
-        assert two["honest_replicas_per_provider"]["p50"] > 0
+        for kind in ("colluding", "fresh"):
+            two = by[(kind, share, 2)]
+            assert two["trials"] == 60 and two["netgroup_diversity"] is True
+            # disjoint paths and netgroup diversity beat both kinds of liar at N = 200
+            assert two["success_pct"] >= 95.0
+            assert two["honest_replicas_per_provider"]["p50"] > 0
     for entry in liars:
         assert 0 <= entry["all_providers_pct"] <= entry["success_pct"] <= 100
+
+
+def test_plot_is_written_with_its_two_panels(tmp_path: Path) -> None:
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    from overlay.testnet._plot import simulation_figure
+
+    manifest = tmp_path / "m.toml"
+    manifest.write_text("duration = 30.0\nfind_trials = 5\nlookup_trials = 5\nliar_trials = 0\n"
+                        "churn_per_hour = 0.5\n")
+    out, picture = tmp_path / "r.json", tmp_path / "p.png"
+    assert main(["simulate", "--nodes", "400", "--seed", "3", "--manifest", str(manifest),
+                 "--report", str(out), "--plot", str(picture)]) == 0
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = matplotlib.image.imread(picture)
+    assert pixels.shape[0] > 400 and pixels.shape[1] > 1000
+    _, data = simulate_with_picture(load_manifest(manifest, nodes=400, seed=3))
+    # 400 nodes: a sample of 300, every holder of a rare (<= 1 %) capability in it
+    assert len(data.sample) == 300 and data.total_nodes == 400
+    assert any(data.seeker) and any("oracle" in caps for caps in data.capabilities_of)
+    assert data.edges and all(0 <= i < j < 300 for i, j in data.edges)
+    assert data.leaves  # churn happened and is marked
+    fig = simulation_figure(data)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert titles == ["final topology (colour: capability), 300 of 400 nodes",
+                      "targets met and lookup latency (churn in red)"]
+    plt.close(fig)
 
 
 def test_liar_experiment_can_be_skipped() -> None:
@@ -107,10 +137,11 @@ def test_manifest_errors_name_the_field(tmp_path: Path) -> None:
             load_manifest(bad, nodes=100, seed=1)
 
 
-def test_cli_refuses_plot_and_small_networks(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                             ) -> None:
+def test_cli_refuses_bad_plot_names_and_small_networks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "r.json"
-    assert main(["simulate", "--nodes", "50", "--report", str(out), "--plot", "x.png"]) == 2
+    assert main(["simulate", "--nodes", "50", "--report", str(out), "--plot", "x.svg"]) == 2
     assert "--plot" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["simulate", "--nodes", "5", "--report", str(out)])

@@ -200,14 +200,21 @@ def cmd_testnet(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from overlay.sim import load_manifest, render_report, simulate
+    from overlay.sim import load_manifest, render_report, simulate_with_picture
 
     config = load_manifest(args.manifest, nodes=args.nodes, seed=args.seed)
-    if args.plot is not None:
-        raise ConfigError("--plot", "plots are not implemented yet; use the JSON report")
-    report = simulate(config, progress=lambda text: print(text, file=sys.stderr))
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise ConfigError("--plot", f"must name a .png file, got {str(args.plot)!r}")
+    report, picture = simulate_with_picture(
+        config, progress=lambda text: print(text, file=sys.stderr)
+    )
     args.report.write_bytes(render_report(report))
     print(f"report written to {args.report}")
+    if args.plot is not None:
+        from overlay.cli._testnet import plot_simulation  # the testnet's drawing
+
+        plot_simulation(picture, args.plot)
+        print(f"picture written to {args.plot}")
     return 0
 
 
@@ -308,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path,
                    help="TOML file: capabilities, targets, churn, loss, trial counts")
     p.add_argument("--report", type=Path, required=True, help="where to write the JSON report")
-    p.add_argument("--plot", type=Path, help="PNG picture (not implemented yet: refused)")
+    p.add_argument("--plot", type=Path,
+                   help="write a PNG here: sampled final topology and timeline (matplotlib)")
     p.set_defaults(func=cmd_simulate)
 
     try:

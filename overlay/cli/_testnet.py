@@ -21,12 +21,13 @@ from overlay.testnet import (
     load_manifest,
     manifest_from_flags,
     plot_run,
+    plot_simulation,
     render_summary,
     run_manifest,
     view_for,
 )
 
-__all__ = ["add_testnet_parser", "cmd_testnet"]
+__all__ = ["add_testnet_parser", "cmd_testnet", "plot_simulation"]
 
 TESTNET_HELP = ("run a local testnet (capabilities, targets, perturbations, live view, report, "
                 "plot), or with 'init' write node homes and a Docker Compose file for it")

@@ -30,18 +30,11 @@ plus the time the driver needs to notice the timer.
 
 Outgoing side. Each channel has a FIFO of whole messages bounded by ``send_queue_size`` (requests,
 messages, responses and errors alike: backpressure applies to responders too); a full queue raises
-:class:`~overlay.errors.WouldBlock`. ``data_to_send`` emits *one frame at a time*: first the
-control queue (pings, pongs, cancels, automatic error replies), then the highest-priority channel
-with queued data, rotating round-robin among channels of equal priority after every frame. A
-message longer than ``max_frame_payload`` goes out as consecutive chunks (MORE on all but the
-last); since a channel's queue is FIFO and only its head is ever in progress, chunks of two
-messages of one channel never interleave. So a new high-priority message waits at most for one
-chunk of a bulk low-priority message. Frames are concatenated into a batch of at most
-``max_write_batch`` bytes (always at least one frame) and only while the send token bucket holds
-enough tokens for the whole next frame; a frame larger than ``send_burst`` waits for a full
-bucket and leaves a debt. When the bucket holds ``data_to_send`` back, ``get_timer`` includes the
-exact refill time. After ``send_disconnect`` only the disconnect frame is sent (not rate
-limited), then ``b""`` forever; ``send_*`` then raise ConnectionClosed (responses return False).
+:class:`~overlay.errors.WouldBlock`. What goes out next, in which frames and how fast (priorities,
+chunking, the write batch, the send token bucket) is the
+:class:`~overlay.connection._send.Sender`'s business. After ``send_disconnect`` only the
+disconnect frame is sent (not rate limited), then ``b""`` forever; ``send_*`` then raise
+ConnectionClosed (responses return False).
 
 Requests. Outbound request ids come from a wrapping u32 counter skipping ids in flight, so an id
 is not reused until ~4e9 requests later: a late response to a cancelled request can never be
@@ -77,9 +70,9 @@ the lifecycle is :class:`ConnectionState`. The channels and their priority rings
 :class:`~overlay.connection._channels.ChannelTable` (channels are added and removed while the
 connection is up: ``add_channel`` / ``remove_channel``), and node-info updates, both directions,
 an :class:`~overlay.connection._infosync.InfoSync` (paced by its own rate limit; a waiting
-update is part of ``get_timer``). This module keeps the send side, the timers, the lifecycle
-transitions and the statistics, and re-exports every public type of
-``overlay.connection._types``.
+update is part of ``get_timer``). The send side is a :class:`~overlay.connection._send.Sender`.
+This module keeps the requests, the timers, the lifecycle transitions and the statistics, and
+re-exports every public type of ``overlay.connection._types``.
 """
 
 from __future__ import annotations
@@ -87,13 +80,12 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Container, Sequence
-
-import zstandard
+from typing import cast
 
 from overlay.connection._channels import ChannelTable
 from overlay.connection._infosync import InfoSync
-from overlay.connection._ratelimit import TokenBucket
 from overlay.connection._receive import Receiver
+from overlay.connection._send import Sender
 from overlay.connection._types import (
     _CANCEL,
     _CONTROL,
@@ -129,19 +121,14 @@ from overlay.errors import (
     ConnectionClosed,
     ErrorCode,
     LocalProtocolError,
-    MessageTooLarge,
     WouldBlock,
 )
 from overlay.wire._frames import (
-    FLAG_COMPRESSED,
-    FLAG_MORE,
     HEADER,
-    HEADER_SIZE,
 )
 from overlay.wire._messages import (
     Disconnect,
     DisconnectReason,
-    Ping,
     encode_control,
     encode_error,
 )
@@ -167,8 +154,21 @@ __all__ = [
     "RequestReceived",
     "RequestRejected",
     "ResponseReceived",
+    "SharedMessage",
     "next_request_id",
+    "shared_message",
 ]
+
+
+SharedMessage = _OutMsg
+"""A broadcast's queue entry, shared by every connection it is queued to (see
+:meth:`ConnectionCore.send_shared`)."""
+
+
+def shared_message(payload: bytes) -> SharedMessage:
+    """The queue entry of a broadcast of ``payload`` (encoded once for all connections)."""
+    data = payload if type(payload) is bytes else bytes(payload)
+    return _OutMsg(None, _MESSAGE, 0, data, 0, len(data))
 
 
 _MAX_RID = 0xFFFFFFFF
@@ -182,7 +182,6 @@ def next_request_id(candidate: int, in_flight: Container[int]) -> int:
         rid = rid % _MAX_RID + 1
     return rid
 
-_MAX_PINGS = 16  # outstanding pings remembered for RTT matching
 _pack = HEADER.pack
 
 
@@ -200,14 +199,11 @@ class ConnectionCore:
     ) -> None:
         self._config = config
         self._max_payload = config.max_frame_payload
-        self._max_batch = config.max_write_batch
         self._table = ChannelTable(channels)
         self._channels = self._table.by_id  # shared with the receiver; mutated in place
-        self._levels = self._table.levels
         self._control = _ControlQueue(config.max_control_queue)
         self._ctrl = self._control.frames  # the hot path's alias
         self._info = InfoSync(now, peer_info)
-        self._disconnect_frame: bytes | None = None
         self._state = ConnectionState.OPEN
         self._closing = False  # not OPEN: nothing but our Disconnect is sent (hot-path flag)
         self._close_deadline = math.inf
@@ -229,19 +225,11 @@ class ConnectionCore:
             now=now,
             compression=compression,
         )
-        self._send_bucket = TokenBucket(config.send_rate, config.send_burst, now)
-        self._send_blocked = 0  # size of the frame the send bucket could not pay for
         self._compression = compression
-        self._cctx: zstandard.ZstdCompressor | None = None
-        if compression:
-            self._cctx = zstandard.ZstdCompressor(
-                level=config.compression_level, write_content_size=True
-            )
+        self._sender = Sender(config, self._table, self._control, self._pings, now=now,
+                              compression=compression)
         self._next_ping = now + config.ping_interval if config.ping_interval > 0 else math.inf
         self._ping_seq = 0
-        self._ping_due = 0  # nonce of a ping to send next (stamped when it is actually sent)
-        self._bytes_out = 0
-        self._frames_out = 0
 
     # ------------------------------------------------------------------ properties
 
@@ -269,7 +257,7 @@ class ConnectionCore:
     def _finish(self, state: ConnectionState) -> None:
         self._state = state
         self._stop_sending()
-        self._disconnect_frame = None
+        self._sender.disconnect_frame = None
         self._close_deadline = math.inf
 
     def _stop_sending(self) -> None:
@@ -277,7 +265,7 @@ class ConnectionCore:
         self._closing = True
         self._control.close()
         self._info.drop_pending()
-        self._ping_due = 0
+        self._sender.stop()
         self._pings.sent.clear()
 
     @property
@@ -372,9 +360,7 @@ class ConnectionCore:
     @property
     def wants_write(self) -> bool:
         """Whether ``data_to_send`` has something to hand out now (rate limits aside)."""
-        if self._closing:
-            return self._disconnect_frame is not None
-        return bool(self._ctrl) or bool(self._ping_due) or any(self._levels)
+        return self._sender.wants_write
 
     def _channel(self, channel_id: int) -> _Channel:
         ch = self._channels.get(channel_id)
@@ -394,36 +380,23 @@ class ConnectionCore:
         if self._closing:
             raise ConnectionClosed("the connection is closing")
 
-    def _enqueue(self, ch: _Channel, kind: int, request_id: int, payload: bytes) -> _OutMsg:
-        size = len(payload)
-        if size > ch.max_size:
-            raise MessageTooLarge(
-                f"{size}-byte message exceeds channel {ch.id}'s maximum of {ch.max_size}"
-            )
-        if len(ch.queue) >= ch.queue_size:
-            raise WouldBlock(f"send queue of channel {ch.id} is full")
-        if type(payload) is not bytes:
-            payload = bytes(payload)
-        flags = 0
-        data = payload
-        if self._cctx is not None and size >= self._config.compression_threshold:
-            packed = self._cctx.compress(payload)
-            if len(packed) < size:
-                data, flags = packed, FLAG_COMPRESSED
-        msg = _OutMsg(ch, kind, request_id, data, flags, size)
-        if len(data) > self._max_payload:
-            msg.data = memoryview(data)  # chunks are sliced without copying
-        ch.queue.append(msg)
-        if not ch.active:
-            ch.active = True
-            ch.level.append(ch)
-        return msg
-
     def send_message(self, channel_id: int, payload: bytes) -> None:
         """Queue a fire-and-forget message (WouldBlock / MessageTooLarge / ChannelError)."""
         ch = self._channel(channel_id)
         self._check_open()
-        self._enqueue(ch, _MESSAGE, 0, payload)
+        self._sender.enqueue(ch, _MESSAGE, 0, payload)
+
+    def send_shared(self, channel_id: int, entry: SharedMessage) -> bool:
+        """Queue a broadcast message: the same queue entry (one frame, encoded once) goes into
+        every connection's channel queue. False (nothing queued) once the connection is not
+        OPEN; otherwise raises as :meth:`send_message`. An entry this connection would split or
+        compress is queued as its own message instead."""
+        if self._closing:
+            return False
+        ch = self._channels.get(channel_id)
+        if ch is None or not self._sender.queue_shared(ch, entry):
+            self.send_message(channel_id, cast(bytes, entry.data))
+        return True
 
     def send_request(self, channel_id: int, payload: bytes) -> int:
         """Queue a request; return its id. WouldBlock also at ``max_outbound_requests``."""
@@ -432,7 +405,7 @@ class ConnectionCore:
         if len(self._outbound) >= self._config.max_outbound_requests:
             raise WouldBlock("too many outbound requests in flight")
         rid = next_request_id(self._next_rid, self._outbound)
-        msg = self._enqueue(ch, _REQUEST, rid, payload)
+        msg = self._sender.enqueue(ch, _REQUEST, rid, payload)
         self._next_rid = rid % _MAX_RID + 1
         self._outbound[rid] = msg
         ch.outbound_in_flight += 1
@@ -442,7 +415,7 @@ class ConnectionCore:
         ch = self._channel(channel_id)
         if self._closing or self._inbound.get(request_id) is not ch:
             return False
-        self._enqueue(ch, kind, request_id, payload)
+        self._sender.enqueue(ch, kind, request_id, payload)
         del self._inbound[request_id]
         ch.inbound_active -= 1
         return True
@@ -469,6 +442,7 @@ class ConnectionCore:
         if msg is None:
             return
         ch = msg.channel
+        assert ch is not None  # a request's entry is its connection's own
         ch.outbound_in_flight -= 1
         if self._closing:
             return
@@ -495,112 +469,16 @@ class ConnectionCore:
         payload = encode_control(
             Disconnect(reason, message), max_message_bytes=self._max_payload - 16
         )
-        self._disconnect_frame = _pack(len(payload) + 8, _CONTROL, 0, 0, 0) + payload
+        self._sender.disconnect_frame = _pack(len(payload) + 8, _CONTROL, 0, 0, 0) + payload
         self._state = ConnectionState.CLOSING
         self._stop_sending()
         self._close_deadline = now + self._config.close_timeout
         self._table.clear_queues()
 
-    def _pick(self) -> _Channel | None:
-        for level in self._levels:
-            while level:
-                ch = level[0]
-                if ch.queue:
-                    return ch
-                level.popleft()
-                ch.active = False
-        return None
-
     def data_to_send(self, now: float) -> bytes:
         """The next write batch (whole frames, ≤ max_write_batch unless one frame is larger);
         ``b""`` when nothing is ready or the send rate limit forbids the next frame."""
-        self._send_blocked = 0
-        if self._closing:
-            frame, self._disconnect_frame = self._disconnect_frame, None
-            if frame is None:
-                return b""
-            self._bytes_out += len(frame)
-            self._frames_out += 1
-            return frame
-        out: list[bytes | memoryview] = []
-        used = 0
-        cap = self._max_batch
-        bucket = self._send_bucket
-        tokens = bucket.available(now) + 1e-6
-        burst = bucket.burst  # a frame above the burst goes out alone, from a full bucket
-        ctrl = self._ctrl
-        max_payload = self._max_payload
-        frames = 0
-        if self._ping_due:
-            nonce = self._ping_due
-            ping = encode_control(Ping(nonce))
-            size = len(ping) + HEADER_SIZE
-            if size > tokens and tokens < burst:
-                self._send_blocked = min(size, burst)
-                return b""
-            self._ping_due = 0
-            out.append(_pack(size - 4, _CONTROL, 0, 0, 0) + ping)
-            used = size
-            frames = 1
-            sent = self._pings.sent
-            if len(sent) >= _MAX_PINGS:
-                del sent[next(iter(sent))]
-            sent[nonce] = now  # RTT counts from when the ping leaves, not when it is due
-        while True:
-            if ctrl:
-                frame = ctrl[0]
-                size = len(frame)
-                if used + size > tokens and (used or tokens < burst):
-                    self._send_blocked = min(size, burst)
-                    break
-                if used and used + size > cap:
-                    break
-                ctrl.popleft()
-                out.append(frame)
-                used += size
-                frames += 1
-                continue
-            ch = self._pick()
-            if ch is None:
-                break
-            msg = ch.queue[0]
-            data = msg.data
-            offset = msg.offset
-            n = len(data) - offset
-            more = 0
-            if n > max_payload:
-                n = max_payload
-                more = FLAG_MORE
-            size = n + HEADER_SIZE
-            if used + size > tokens and (used or tokens < burst):
-                self._send_blocked = min(size, burst)
-                break
-            if used and used + size > cap:
-                break
-            out.append(_pack(n + 8, msg.kind, msg.flags | more, ch.id, msg.request_id))
-            out.append(data if (n == len(data)) else data[offset : offset + n])
-            used += size
-            frames += 1
-            level = ch.level
-            level.popleft()
-            if more:
-                msg.offset = offset + n
-            else:
-                msg.offset = len(data)
-                msg.queued = False
-                ch.queue.popleft()
-                ch.messages_sent += 1
-                ch.bytes_sent += msg.size
-                if not ch.queue:
-                    ch.active = False
-                    continue
-            level.append(ch)
-        if not out:
-            return b""
-        bucket.consume(used, now)
-        self._bytes_out += used
-        self._frames_out += frames
-        return b"".join(out)
+        return self._sender.data_to_send(now)
 
     # ------------------------------------------------------------------ incoming
 
@@ -640,15 +518,17 @@ class ConnectionCore:
         receiver = self._receiver
         if self._config.idle_timeout > 0 and not receiver.idle_fired:
             deadline = min(deadline, receiver.last_recv + self._config.idle_timeout)
-        if self._send_blocked:
-            deadline = min(deadline, self._send_bucket.ready_at(self._send_blocked))
+        refill_at = self._sender.refill_at()
+        if refill_at is not None:
+            deadline = min(deadline, refill_at)
         info_at = self._info.ready_at()
         if info_at is not None:
             deadline = min(deadline, info_at)
         return None if deadline == math.inf else deadline
 
     def handle_timer(self, now: float) -> None:
-        """Queue a ping if due; emit IdleTimeout if nothing was received for idle_timeout.
+        """Queue a ping if due (nothing received for ``ping_interval``); emit IdleTimeout if
+        nothing was received for idle_timeout.
         While CLOSING, move to ABORTED once the close deadline passed."""
         if self._closing:
             if self._state is ConnectionState.CLOSING and now >= self._close_deadline:
@@ -656,11 +536,18 @@ class ConnectionCore:
             return
         config = self._config
         self._flush_info(now)
-        if now >= self._next_ping:
-            self._next_ping = now + config.ping_interval
-            self._ping_seq += 1
-            self._ping_due = self._ping_seq  # replaces a due ping that could not be sent yet
         receiver = self._receiver
+        if now >= self._next_ping:
+            # Keep-alive only on a quiet link: the deadline is checked here, lazily, against the
+            # time of the last receipt (nothing re-arms it per frame). A link that carried
+            # traffic within the interval moves the ping to one interval after that traffic.
+            quiet_at = receiver.last_recv + config.ping_interval
+            if now >= quiet_at:
+                self._next_ping = now + config.ping_interval
+                self._ping_seq += 1
+                self._sender.ping_due = self._ping_seq  # replaces a due ping not sent yet
+            else:
+                self._next_ping = quiet_at
         if (
             config.idle_timeout > 0
             and not receiver.idle_fired
@@ -692,9 +579,9 @@ class ConnectionCore:
         return ConnectionStatistics(
             channels=channels,
             bytes_in=receiver.bytes_in,
-            bytes_out=self._bytes_out,
+            bytes_out=self._sender.bytes_out,
             frames_in=receiver.frames_in,
-            frames_out=self._frames_out,
+            frames_out=self._sender.frames_out,
             rtt_last=self._pings.rtt_last,
             rtt_ewma=self._pings.rtt_ewma,
             control_queue_depth=len(self._ctrl),

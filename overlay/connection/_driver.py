@@ -10,12 +10,12 @@ and a pure :class:`~overlay.connection._core.ConnectionCore`. Two tasks run it:
   full inbox: backpressure towards the peer), requests go to the connection's request workers
   (``overlay.connection._workers``), responses wake the waiting requester, cancels cancel
   handlers;
-* the **writer** sleeps until woken (something was queued) or the core's timer is due, then
-  writes ``core.data_to_send`` (many small frames coalesced into one write).
+* the **writer** (:class:`~overlay.connection._writer.Writer`) writes ``core.data_to_send``
+  when kicked (many small frames coalesced into one write; on asyncio by a deferred flush).
 
-Callers queue into the core synchronously; when a channel queue is full they wait on the
-connection's *space* event (the writer sets it after every write) — so every queue is bounded,
-and ``send()`` either waits (honouring the caller's cancel scope) or raises ``WouldBlock``.
+Callers queue into the core synchronously; when a channel queue is full they wait for the
+writer's queue space — so every queue is bounded, and ``send()`` either waits (honouring the
+caller's cancel scope) or raises ``WouldBlock``.
 
 The connection's life is the core's :class:`~overlay.connection._core.ConnectionState`; the driver
 keeps no lifecycle flags of its own and stops as soon as the state is final. Closing is one-way:
@@ -66,11 +66,13 @@ from overlay.connection._core import (
     RequestReceived,
     RequestRejected,
     ResponseReceived,
+    SharedMessage,
 )
 from overlay.connection._meter import RoundTripMeter
 from overlay.connection._observer import Observer
 from overlay.connection._timers import TimerService
 from overlay.connection._workers import Workers
+from overlay.connection._writer import STREAM_CLOSED, Writer
 from overlay.errors import (
     ConnectionClosed,
     ErrorCode,
@@ -81,8 +83,7 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId
 from overlay.transport import abort_stream
-from overlay.transport._asyncio import current_clock, flush_soon
-from overlay.transport._secure import SecureStream
+from overlay.transport._asyncio import OneShotEvent, current_clock, event_factory
 from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
 
 __all__ = [
@@ -92,9 +93,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("overlay.peer")
-
-_STREAM_CLOSED = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError)
-
 
 Ts = TypeVarTuple("Ts")
 
@@ -125,7 +123,7 @@ class _Waiter:
     def __init__(self, conn: PeerConnection, request_id: int) -> None:
         self.conn = conn
         self.request_id = request_id
-        self.event = anyio.Event()
+        self.event: OneShotEvent = conn._new_event()
         self.payload: bytes = b""
         self.error: OverlayError | None = None
         self.timer_at = math.inf
@@ -178,18 +176,13 @@ class PeerConnection:
         self._delivery = delivery
         self._observer = observer
         self._waiters: dict[int, _Waiter] = {}
+        self._new_event = event_factory()
+        """Makes each request's one-shot event (a bare future on asyncio)."""
         self._handlers: dict[tuple[int, int], anyio.CancelScope] = {}
-        self._space = anyio.Event()
-        self._space_waiters = 0
-        self._wake = anyio.Event()
-        self._writer_waiting = False
-        self._direct: SecureStream | None = (
-            stream if isinstance(stream, SecureStream) and stream.supports_send_nowait else None
-        )
-        """The stream, when it can take data synchronously: an idle writer is then not woken;
-        queued frames are written by one deferred flush callback (see :meth:`_flush`)."""
-        self._flush_soon = flush_soon() if self._direct is not None else None
-        self._flush_pending = False
+        self._writer = Writer(core, stream, self.clock, on_broken=self._stop,
+                              on_held_back=self._timer_maybe_earlier)
+        self._kick = self._writer.kick
+        self._release_space = self._writer.release_space
         self._timers = timers
         self.timer_at = math.inf
         self.meter = RoundTripMeter()
@@ -208,8 +201,8 @@ class PeerConnection:
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                self._workers = Workers(tg)
-                tg.start_soon(self._write_loop)
+                self._workers = Workers(tg, self._new_event)
+                tg.start_soon(self._writer.run)
                 tg.start_soon(self._read_loop)
                 self._reschedule(self.clock())
                 task_status.started()
@@ -292,7 +285,7 @@ class PeerConnection:
         self.core.send_disconnect(reason, message, now=now)
         self._reschedule(now)  # the close deadline
         self._kick()
-        self._space.set()  # wake senders so they see the connection is closing
+        self._writer.wake_senders()  # so they see the connection is closing
 
     async def aclose(
         self, reason: DisconnectReason = DisconnectReason.SHUTDOWN, message: str = ""
@@ -326,7 +319,7 @@ class PeerConnection:
             waiter.error = self._fresh_close_error()
             waiter.event.set()
         self._waiters.clear()
-        self._space.set()
+        self._writer.wake_senders()
         for scope in self._handlers.values():
             scope.cancel()
 
@@ -363,8 +356,7 @@ class PeerConnection:
         for (cid, _rid), scope in self._handlers.items():
             if cid == channel_id:
                 scope.cancel()
-        self._space.set()  # waiting senders retry, and find the channel gone
-        self._space = anyio.Event()
+        self._writer.wake_senders(renew=True)  # waiting senders retry, find the channel gone
         self._kick()
 
     def send_info_update(self, info_seq: int, payload: bytes) -> None:
@@ -377,74 +369,19 @@ class PeerConnection:
 
     # ------------------------------------------------------------------------------- sending
 
-    def _release_space(self) -> None:
-        """A finished request frees an in-flight slot: wake callers waiting for one."""
-        if self._space_waiters:
-            self._space.set()
-            self._space = anyio.Event()
-
-    def _kick(self) -> None:
-        if self._writer_waiting:
-            flush_soon = self._flush_soon
-            if flush_soon is not None:
-                if not self._flush_pending:
-                    self._flush_pending = True
-                    flush_soon(self._flush)
-                return
-            self._writer_waiting = False
-            self._wake.set()
-
-    def _wake_writer(self) -> None:
-        if self._writer_waiting:
-            self._writer_waiting = False
-            self._wake.set()
-
-    def _flush(self) -> None:
-        """Write what is queued, synchronously, while the writer sleeps (a loop callback run
-        after the step that queued it, so frames queued in one step still leave in one write;
-        the connections of one broadcast share the callback). Anything that needs waiting
-        (a paused transport, a send in progress, the Disconnect written, a broken stream) is
-        left to the writer task, woken for it."""
-        self._flush_pending = False
-        stream = self._direct
-        if not self._writer_waiting or stream is None or self._finished:
-            return
-        core = self.core
-        while core.wants_write:
-            if not stream.send_ready():
-                self._wake_writer()
-                return
-            data = core.data_to_send(self.clock())
-            if not data:
-                self._timer_maybe_earlier()  # held back by the send rate limit
-                break
-            try:
-                stream.send_nowait(data)
-            except _STREAM_CLOSED:
-                core.connection_lost()
-                self._stop()
-                return
-            self._release_space()
-        if not self.is_open:
-            self._wake_writer()  # CLOSING with the Disconnect written: the writer finishes
-
     async def _wait_space(self) -> None:
-        self._space_waiters += 1
-        try:
-            await self._space.wait()
-        finally:
-            self._space_waiters -= 1
+        await self._writer.wait_space()
         self._check_open()
 
-    def offer_message(self, channel_id: int, payload: bytes) -> bool:
-        """Queue a message without waiting: False when the connection is not open (nothing
-        queued); ``WouldBlock`` when the channel's queue is full. The fan-out path."""
-        core = self.core
-        if core.state is not ConnectionState.OPEN:
+    def offer_message(self, channel_id: int, entry: SharedMessage) -> bool:
+        """Queue a broadcast's shared entry without waiting: False when the connection is not
+        open (nothing queued); ``WouldBlock`` when the channel's queue is full. The fan-out
+        path."""
+        if not self.core.send_shared(channel_id, entry):
             return False
-        core.send_message(channel_id, payload)
-        if self._writer_waiting:
-            self._kick()
+        writer = self._writer
+        if writer.waiting and not writer.flush_pending:
+            writer.kick()
         return True
 
     def send_message_nowait(self, channel_id: int, payload: bytes) -> None:
@@ -545,34 +482,6 @@ class PeerConnection:
     def unregister_handler(self, key: tuple[int, int]) -> None:
         self._handlers.pop(key, None)
 
-    # ------------------------------------------------------------------------------- writer
-
-    async def _write_loop(self) -> None:
-        core = self.core
-        stream = self._stream
-        clock = self.clock
-        try:
-            while True:
-                if core.wants_write:
-                    data = core.data_to_send(clock())
-                    if data:
-                        # Unbounded here: when closing, the node's timer task aborts a write
-                        # the peer does not take by the close deadline (see the docstring).
-                        await stream.send(data)
-                        self._release_space()
-                        continue
-                    self._timer_maybe_earlier()  # held back by the send rate limit
-                if not self.is_open:
-                    break  # CLOSING with the Disconnect written, or final
-                self._wake = anyio.Event()
-                self._writer_waiting = True
-                await self._wake.wait()
-        except _STREAM_CLOSED:
-            pass
-        finally:
-            core.connection_lost()
-            self._stop()
-
     # -------------------------------------------------------------------------------- timer
 
     def _reschedule(self, now: float) -> None:
@@ -631,7 +540,7 @@ class PeerConnection:
                         await anyio.sleep(max(0.0, paused - now))
                 try:
                     data = await stream.receive()
-                except _STREAM_CLOSED:
+                except STREAM_CLOSED:
                     # The peer closed (or reset) the connection: nothing left to flush.
                     core.connection_lost()
                     self._stop()
@@ -699,10 +608,3 @@ class PeerConnection:
                     pass  # the timer task closes the connection when it fires
                 case unreachable:
                     assert_never(unreachable)
-
-    # --------------------------------------------------------------------------- observation
-
-    def rtt(self) -> float:
-        """The round-trip time's moving average in seconds (NaN before the first pong)."""
-        value = self.core.statistics().rtt_ewma
-        return value if value is not None else math.nan

@@ -11,6 +11,8 @@ peer, one handler or one timer cannot take the node down; each logs the tracebac
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from typing import Any, cast
 
 from overlay.connection._outcome import AttemptOutcome
 from overlay.identity import NodeId
@@ -97,26 +99,56 @@ class Observer:
         answered with an error, the node goes on."""
 
 
+_HOOKS: tuple[str, ...] = tuple(sorted(name for name in vars(Observer) if name.startswith("on_")))
+"""Every hook of :class:`Observer`."""
+
+
 class MultiObserver(Observer):
-    """Forwards every fact to several observers, in order."""
+    """Forwards every fact to several observers, in order.
+
+    The hot hooks (``on_request_done`` and ``on_request_served`` run once per request) cost one
+    loop over the observers that actually override the hook: :meth:`set` binds, per hook, the
+    methods of the observers whose class replaces :class:`Observer`'s no-op, so a node whose
+    services ignore a fact pays nothing for them; when one observer overrides a hook, its bound
+    method is installed as the hook itself (no loop at all)."""
 
     def __init__(self, *observers: Observer) -> None:
-        self._observers = observers
+        self.set(*observers)
 
     def set(self, *observers: Observer) -> None:
         """Replace the observers (lets a node be built before the parts that observe it)."""
         self._observers = observers
+        for name in _HOOKS:
+            base = getattr(Observer, name)
+            bound = tuple(_late(target, name) if isinstance(target, MultiObserver)
+                          else getattr(target, name) for target in observers
+                          if getattr(type(target), name, base) is not base
+                          or name in vars(target))
+            setattr(self, name, _dispatch(bound, base, self))
 
-    def __getattribute__(self, name: str) -> object:
-        if name.startswith("on_"):
-            targets = object.__getattribute__(self, "_observers")
 
-            def fan_out(*args: object, **kwargs: object) -> None:
-                for target in targets:
-                    getattr(target, name)(*args, **kwargs)
+def _late(target: MultiObserver, name: str) -> Callable[..., None]:
+    """``target.<name>`` looked up at each call: a nested multi-observer may be ``set`` again."""
 
-            return fan_out
-        return object.__getattribute__(self, name)
+    def call(*args: Any, **kwargs: Any) -> None:
+        getattr(target, name)(*args, **kwargs)
+
+    return call
+
+
+def _dispatch(bound: tuple[Callable[..., None], ...], base: Callable[..., None],
+              owner: Observer) -> Callable[..., None]:
+    """One callable calling every method of ``bound`` in order (``base`` bound when none)."""
+    if not bound:
+        return cast("Callable[..., None]", base.__get__(owner))
+    if len(bound) == 1:
+        return bound[0]
+
+    def fan_out(*args: Any, **kwargs: Any) -> None:
+        for method in bound:
+            method(*args, **kwargs)
+
+    return fan_out
 
 
 class NullObserver(Observer):

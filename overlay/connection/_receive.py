@@ -357,7 +357,7 @@ class Receiver:
         if msg.channel is not ch:
             raise FrameError(
                 f"response to request {request_id} on channel {channel_id}, "
-                f"sent on channel {msg.channel.id}"
+                f"sent on channel {msg.channel.id if msg.channel else '?'}"
             )
         if compressed:
             payload = self._decompress(payload, ch.max_size)

@@ -153,7 +153,8 @@ class CoreConfig:
     compression_level: int = 3
     """zstd level, 1..22."""
     ping_interval: float = 10.0
-    """Seconds between pings (RTT measurement, keeps the peer's idle timer fed); 0 = never."""
+    """Seconds of quiet (nothing received) after which we ping (RTT measurement, keeps a quiet
+    link alive); a link that carries traffic is not pinged; 0 = never."""
     idle_timeout: float = 30.0
     """Seconds without receiving anything before ``IdleTimeout``; 0 = never. Must exceed
     ``ping_interval`` when both are set (pongs are what keeps a quiet connection alive)."""
@@ -376,12 +377,18 @@ class _Pings:
 
 
 class _OutMsg:
-    """A queued outgoing message (whole; ``offset`` bytes of ``data`` already sent)."""
+    """A queued outgoing message (whole; ``offset`` bytes of ``data`` already sent).
+
+    A broadcast queues *one* entry in every connection (``channel`` None, one frame, never
+    compressed): ``data_to_send`` then only reads it; ``offset`` moves only while a message
+    goes out in several frames, and ``queued`` matters only for requests (which are never
+    shared)."""
 
     __slots__ = ("channel", "data", "flags", "kind", "offset", "queued", "request_id", "size")
 
     def __init__(
-        self, channel: _Channel, kind: int, request_id: int, data: bytes, flags: int, size: int
+        self, channel: _Channel | None, kind: int, request_id: int, data: bytes, flags: int,
+        size: int,
     ) -> None:
         self.channel = channel
         self.kind = kind

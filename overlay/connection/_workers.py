@@ -16,6 +16,7 @@ import anyio
 import anyio.abc
 
 from overlay.errors import OverlayError
+from overlay.transport._asyncio import OneShotEvent
 
 __all__ = ["KEEP_IDLE_WORKERS", "Workers"]
 
@@ -37,14 +38,19 @@ class Workers:
     bounds the workers too.
     """
 
-    __slots__ = ("_idle", "_queue", "_tg", "_waking", "workers")
+    __slots__ = ("_idle", "_new_event", "_queue", "_tg", "_waking", "workers")
 
-    def __init__(self, tg: anyio.abc.TaskGroup) -> None:
+    def __init__(
+        self, tg: anyio.abc.TaskGroup, new_event: Callable[[], OneShotEvent] = anyio.Event
+    ) -> None:
+        """``new_event``: makes the event a parked worker waits on (default ``anyio.Event``;
+        the connection passes its loop's cheaper one-shot events)."""
         self._tg = tg
+        self._new_event = new_event
         self._queue: deque[tuple[Callable[..., Coroutine[Any, Any, Any]], tuple[Any, ...]]] = (
             deque()
         )
-        self._idle: list[anyio.Event] = []
+        self._idle: list[OneShotEvent] = []
         self._waking = False
         self.workers = 0
 
@@ -77,7 +83,7 @@ class Workers:
                         log.debug("request job ended: %s", exc)
                 if len(self._idle) >= KEEP_IDLE_WORKERS:
                     return
-                event = anyio.Event()
+                event = self._new_event()
                 self._idle.append(event)
                 await event.wait()
         finally:

@@ -28,7 +28,8 @@ Theory of operation
   A higher layer may install a *binder* (:meth:`Router.set_destination_binder`): every
   destination object passes through it before use, so a value such as ``Role("blocksync")``
   can be bound to node state (peer health, hedging) the router knows nothing about.
-* Inbound requests run their handler in a task of the connection's task group; the peer's CANCEL
+* Inbound requests (``overlay.router._serving.Responder``) run their handler on one of the
+  connection's request workers; the peer's CANCEL
   cancels it, closing the connection cancels all of them.
 * Channels open and close at any time. Opening one adds it to every live connection; closing one
   removes it from them (our requests on it fail with :class:`~overlay.errors.ChannelClosed`, the
@@ -50,19 +51,16 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from overlay.connection._core import ChannelParams
+from overlay.connection._core import SharedMessage, shared_message
 from overlay.connection._driver import PeerConnection, RequestExpired
 from overlay.connection._observer import Observer, TaskRoot
 from overlay.connection._outcome import AttemptOutcome, outcome_of_error_code
 from overlay.errors import (
-    ChannelClosed,
     ChannelError,
     ConnectionClosed,
     DecodeError,
     ErrorCode,
-    LocalProtocolError,
     MessageTooLarge,
     NodeClosed,
     PeerNotConnected,
@@ -82,6 +80,14 @@ from overlay.router._channel import (
 )
 from overlay.router._destination import LOCAL, Destination, To, no_route
 from overlay.router._peertable import PeerTable
+from overlay.router._serving import Responder
+from overlay.router._state import (
+    ChannelState,
+    channel_params,
+    check_timeout,
+    closed_error,
+    put_nowait,
+)
 from overlay.transport._asyncio import current_clock
 from overlay.wire._nodeinfo import NodeInfo
 
@@ -112,52 +118,6 @@ class _Deadline:
     the caller's cancel scope, which then cancels the request itself."""
 
 
-@dataclass(slots=True, eq=False)
-class _ChannelState:
-    spec: ChannelSpec[Any, Any]
-    inbox_send: MemoryObjectSendStream[Envelope[Any]]
-    inbox_recv: MemoryObjectReceiveStream[Envelope[Any]]
-    handler: RequestHandler[Any, Any] | None = None
-    local_inflight: int = 0
-    delivered: int = 0
-    dropped: int = 0
-    served: int = 0
-    failed: int = 0
-    slow: int = 0
-    closed: bool = False
-
-
-def channel_params(spec: ChannelSpec[Any, Any]) -> ChannelParams:
-    """What a connection needs to know about a channel."""
-    return ChannelParams(
-        channel_id=spec.id,
-        priority=spec.priority,
-        send_queue_size=spec.send_queue_size,
-        max_message_size=spec.max_message_size,
-        max_concurrent_inbound=spec.max_concurrent_requests,
-    )
-
-
-def _closed_error(spec: ChannelSpec[Any, Any]) -> Callable[[], ChannelClosed]:
-    return lambda: ChannelClosed(f"channel {spec.name!r} ({spec.id}) was closed on this node")
-
-
-def _check_timeout(timeout: float | None) -> None:
-    if timeout is not None and not timeout >= 0:  # also refuses NaN
-        raise LocalProtocolError(f"timeout must be a number of seconds >= 0, not {timeout!r}")
-
-
-def _put_nowait(state: _ChannelState, env: Envelope[Any]) -> bool:
-    """Put ``env`` into the channel's inbox if there is room; False when it is full."""
-    try:
-        state.inbox_send.send_nowait(env)
-    except anyio.WouldBlock:
-        return False
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-        raise NodeClosed("the node is closed") from None
-    return True
-
-
 class Router:
     """Routes channel traffic between local reactors and peer connections."""
 
@@ -166,7 +126,8 @@ class Router:
         self._observer = observer
         self._clock: Callable[[], float] | None = None
         """``anyio.current_time`` bound on first use (see ``current_clock``)."""
-        self._channels: dict[int, _ChannelState] = {}
+        self._channels: dict[int, ChannelState] = {}
+        self._responder = Responder(local_id, self._channels, observer)
         self._table = PeerTable(local_id)
         self._peers = self._table.connections
         self._closed = False
@@ -202,7 +163,7 @@ class Router:
 
     # ----------------------------------------------------------------------------- channels
 
-    def open_channel(self, spec: ChannelSpec[Any, Any]) -> _ChannelState:
+    def open_channel(self, spec: ChannelSpec[Any, Any]) -> ChannelState:
         if self._closed:
             raise NodeClosed("the node is closed")
         existing = self._channels.get(spec.id)
@@ -213,7 +174,7 @@ class Router:
                 f"channel id {spec.id} is already open as {existing.spec.name!r}"
             )
         send, recv = anyio.create_memory_object_stream[Envelope[Any]](spec.recv_queue_size)
-        state = _ChannelState(spec, send, recv)
+        state = ChannelState(spec, send, recv)
         self._channels[spec.id] = state
         if self._peers:
             params = channel_params(spec)
@@ -237,7 +198,7 @@ class Router:
             raise ChannelError(f"channel {channel!r} is not open on this node")
         del self._channels[cid]
         state.closed = True
-        error = _closed_error(state.spec)
+        error = closed_error(state.spec)
         for conn in list(self._peers.values()):
             conn.remove_channel(cid, error)
         state.inbox_send.close()
@@ -252,7 +213,7 @@ class Router:
     def channel_specs(self) -> list[ChannelSpec[Any, Any]]:
         return [state.spec for state in self._channels.values()]
 
-    def _state(self, spec: ChannelSpec[Any, Any]) -> _ChannelState:
+    def _state(self, spec: ChannelSpec[Any, Any]) -> ChannelState:
         if self._closed:
             raise NodeClosed("the node is closed")
         state = self._channels.get(spec.id)
@@ -335,7 +296,7 @@ class Router:
             return await state.inbox_recv.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             if state.closed:
-                raise _closed_error(spec)() from None
+                raise closed_error(spec)() from None
             raise NodeClosed("the node is closed") from None
 
     def receive_nowait(self, spec: ChannelSpec[Any, Any]) -> Envelope[Any]:
@@ -346,7 +307,7 @@ class Router:
             raise WouldBlock(f"no message waiting on channel {spec.name!r}") from None
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             if state.closed:
-                raise _closed_error(spec)() from None
+                raise closed_error(spec)() from None
             raise NodeClosed("the node is closed") from None
 
     async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None:
@@ -396,7 +357,7 @@ class Router:
         self, spec: ChannelSpec[Any, Any], to: To, message: Any, timeout: float | None
     ) -> DeliveryReport:
         state = self._state(spec)
-        _check_timeout(timeout)
+        check_timeout(timeout)
         wait = spec.send_timeout if timeout is None else timeout
         if to is LOCAL:
             await self._send_local(state, message, wait)
@@ -412,6 +373,7 @@ class Router:
         # Encoded once; each connection gets the same payload object, queued without waiting
         # (its writer is flushed by the one deferred callback all of them share on asyncio).
         payload: bytes | None = None
+        entry: SharedMessage | None = None
         delivered: list[NodeId] = []
         failed: dict[NodeId, AttemptOutcome] = {}
         slow: list[tuple[NodeId, PeerConnection]] = []
@@ -430,10 +392,11 @@ class Router:
             if conn is None:
                 failed[target] = AttemptOutcome.NOT_CONNECTED
                 continue
-            if payload is None:
+            if entry is None:
                 payload = self._encode(spec, message)
+                entry = shared_message(payload)
             try:
-                if conn.offer_message(channel_id, payload):
+                if conn.offer_message(channel_id, entry):
                     delivered.append(target)
                 else:
                     failed[target] = AttemptOutcome.NOT_CONNECTED
@@ -492,14 +455,14 @@ class Router:
                 failed[target] = AttemptOutcome.CLOSED
         return DeliveryReport(delivered=tuple(delivered), failed=failed)
 
-    async def _send_local(self, state: _ChannelState, message: Any, wait: float) -> None:
+    async def _send_local(self, state: ChannelState, message: Any, wait: float) -> None:
         env = Envelope(self._local_id, message, state.spec.id)
-        if _put_nowait(state, env):
+        if put_nowait(state, env):
             return
         # Full: let the consumer run once before paying for a timeout scope (a producer
         # outrunning its consumer by one item is the common case, not a stall).
         await anyio.lowlevel.checkpoint()
-        if _put_nowait(state, env):
+        if put_nowait(state, env):
             return
         with anyio.move_on_after(wait):
             await state.inbox_send.send(env)
@@ -508,7 +471,7 @@ class Router:
 
     async def _send_one(
         self,
-        state: _ChannelState,
+        state: ChannelState,
         target: NodeId,
         payload: bytes,
         wait: float,
@@ -527,7 +490,7 @@ class Router:
                 await conn.send_message(state.spec.id, payload)
             except ChannelError:
                 if state.closed:  # closed while we waited for queue space
-                    raise _closed_error(state.spec)() from None
+                    raise closed_error(state.spec)() from None
                 raise
             return
         state.slow += 1
@@ -542,7 +505,7 @@ class Router:
         self, spec: ChannelSpec[Any, Any], to: To, message: Any, timeout: float | None
     ) -> Any:
         state = self._state(spec)
-        _check_timeout(timeout)
+        check_timeout(timeout)
         clock = self._clock
         if clock is None:
             clock = self._clock = current_clock()
@@ -575,15 +538,15 @@ class Router:
         )
 
     async def _attempt(
-        self, state: _ChannelState, target: NodeId, message: Any, deadline: _Deadline
+        self, state: ChannelState, target: NodeId, message: Any, deadline: _Deadline
     ) -> Any:
         """One attempt at one target, under the request's deadline; reports its outcome."""
         spec = state.spec
         if target == self._local_id:
             if not deadline.own:
-                return await self._request_local(state, message)
+                return await self._responder.serve_local(state, message)
             with anyio.CancelScope(deadline=deadline.at):
-                return await self._request_local(state, message)
+                return await self._responder.serve_local(state, message)
             raise RequestTimeout(
                 f"LOCAL handler of {spec.name!r} did not answer within {deadline.seconds:g} s"
             )
@@ -631,95 +594,7 @@ class Router:
             if outcome is not AttemptOutcome.CANCELLED:
                 self._observer.on_request_done(target, spec.name, ended - started, outcome)
 
-    async def _request_local(self, state: _ChannelState, message: Any) -> Any:
-        handler = state.handler
-        if handler is None:
-            raise RequestError(ErrorCode.NO_HANDLER, f"no handler on {state.spec.name!r}")
-        if state.local_inflight >= state.spec.max_concurrent_requests:
-            raise RequestError(ErrorCode.OVERLOADED, "too many concurrent LOCAL requests")
-        state.local_inflight += 1
-        try:
-            result = await handler(Envelope(self._local_id, message, state.spec.id))
-        except RequestError:
-            state.failed += 1
-            raise
-        except Exception as exc:  # the handler boundary: map user errors to INTERNAL
-            state.failed += 1
-            log.exception("handler of %s failed on a LOCAL request", state.spec.name)
-            self._observer.on_task_failed(TaskRoot.REQUEST_HANDLER)
-            raise RequestError(ErrorCode.INTERNAL, f"handler raised {exc!r}") from exc
-        finally:
-            state.local_inflight -= 1
-        state.served += 1
-        return result
-
     def on_request(
         self, conn: PeerConnection, channel_id: int, request_id: int, payload: bytes
     ) -> None:
-        state = self._channels.get(channel_id)
-        if state is None:
-            conn.submit(conn.respond_error, channel_id, request_id, ErrorCode.NO_HANDLER,
-                        "unknown channel")
-            return
-        conn.submit(self._serve_remote, conn, state, request_id, payload)
-
-    async def _serve_remote(
-        self, conn: PeerConnection, state: _ChannelState, request_id: int, payload: bytes
-    ) -> None:
-        spec = state.spec
-        if not conn.is_inbound_active(spec.id, request_id):
-            return  # the peer cancelled it while it waited for a worker: do not run it
-        key = (spec.id, request_id)
-        clock = conn.clock
-        started = clock()
-        outcome = AttemptOutcome.CANCELLED
-        with anyio.CancelScope() as scope:
-            conn.register_handler(key, scope)
-            try:
-                outcome = await self._serve_one(conn, state, request_id, payload)
-            finally:
-                conn.unregister_handler(key)
-        self._observer.on_request_served(
-            conn.node_id, spec.name, clock() - started, outcome
-        )
-
-    async def _serve_one(
-        self, conn: PeerConnection, state: _ChannelState, request_id: int, payload: bytes
-    ) -> AttemptOutcome:
-        spec = state.spec
-        if state.handler is None:
-            await conn.respond_error(spec.id, request_id, ErrorCode.NO_HANDLER,
-                                     f"no handler on {spec.name!r}")
-            return AttemptOutcome.ERROR
-        try:
-            message = spec.codec.decode(payload)
-        except DecodeError as exc:
-            self._observer.on_invalid_message(conn.node_id, spec.name, str(exc))
-            await conn.respond_error(spec.id, request_id, ErrorCode.DECODE, str(exc)[:200])
-            return AttemptOutcome.ERROR
-        try:
-            result = await state.handler(Envelope(conn.node_id, message, spec.id))
-            data = spec.response_codec.encode(result)
-        except RequestError as exc:
-            state.failed += 1
-            await conn.respond_error(spec.id, request_id, exc.code, exc.message)
-            return AttemptOutcome.ERROR
-        except LocalProtocolError as exc:
-            state.failed += 1
-            log.error("handler of %s returned an unencodable response: %s", spec.name, exc)
-            await conn.respond_error(spec.id, request_id, ErrorCode.INTERNAL, "bad response")
-            return AttemptOutcome.ERROR
-        except Exception:  # task root: a handler bug must not take the connection down
-            state.failed += 1
-            log.exception("handler of %s failed on a request from %s", spec.name, conn.node_id)
-            self._observer.on_task_failed(TaskRoot.REQUEST_HANDLER)
-            await conn.respond_error(spec.id, request_id, ErrorCode.INTERNAL, "internal error")
-            return AttemptOutcome.ERROR
-        if len(data) > spec.max_message_size:
-            state.failed += 1
-            await conn.respond_error(spec.id, request_id, ErrorCode.TOO_LARGE,
-                                     f"response of {len(data)} bytes exceeds the limit")
-            return AttemptOutcome.ERROR
-        await conn.respond(spec.id, request_id, data)
-        state.served += 1
-        return AttemptOutcome.OK
+        self._responder.on_request(conn, channel_id, request_id, payload)

@@ -3,6 +3,7 @@
 Part of the assembly: it may import discovery, routing and the peers layer; nothing imports it.
 ``simulate(config)`` returns the report as a plain dict; ``render_report`` turns it into the
 exact bytes written by ``--report`` (sorted keys, so the same seed gives the same bytes).
+``simulate_with_picture`` also returns the data of the ``--plot`` picture (``SimPicture``).
 See docs/scale.md for what is modelled and what is left out.
 """
 
@@ -16,15 +17,26 @@ from typing import Any
 from overlay.sim._config import SimConfig, load_manifest
 from overlay.sim._experiments import find_trials, liar_experiment, node_lookups, summary
 from overlay.sim._net import SimNetwork
+from overlay.sim._picture import SimPicture, picture
 from overlay.sim._world import NETWORK, T0, World
 
-__all__ = ["SimConfig", "load_manifest", "render_report", "simulate"]
+__all__ = [
+    "SimConfig", "SimPicture", "load_manifest", "render_report", "simulate",
+    "simulate_with_picture",
+]
 
-LIAR_SCENARIOS = (("colluding", 0.2), ("fresh", 0.2), ("colluding", 0.3))
+LIAR_SCENARIOS = (("colluding", 0.2), ("fresh", 0.2), ("colluding", 0.3), ("fresh", 0.3))
 
 
 def simulate(config: SimConfig, *, progress: Any = None) -> dict[str, Any]:
     """Run the main run and the experiments of ``config``; the report as a dict."""
+    return simulate_with_picture(config, progress=progress)[0]
+
+
+def simulate_with_picture(
+    config: SimConfig, *, progress: Any = None
+) -> tuple[dict[str, Any], SimPicture]:
+    """``simulate``, and the data of the run's picture (taken at the end of the main run)."""
 
     def say(text: str) -> None:
         if progress is not None:
@@ -38,6 +50,7 @@ def simulate(config: SimConfig, *, progress: Any = None) -> dict[str, Any]:
     world = World(config, net, rng)
     world.run()
     say(f"main run: {world.counters.events} events, {time.perf_counter() - clock:.1f} s")
+    drawing = picture(world, seed=config.seed)
 
     seekers = [world.nodes[i] for i in world.seekers]
     targets: dict[str, Any] = {}
@@ -84,7 +97,7 @@ def simulate(config: SimConfig, *, progress: Any = None) -> dict[str, Any]:
                 say(f"liars {kind} {share:.0%} paths={paths}: "
                     f"{liars[-1]['success_pct']} % success, {time.perf_counter() - clock:.1f} s")
     discover = world.provider_lookups
-    return {
+    report = {
         "config": {
             "nodes": config.nodes,
             "seed": config.seed,
@@ -127,6 +140,7 @@ def simulate(config: SimConfig, *, progress: Any = None) -> dict[str, Any]:
             "online_at_end": len(online),
         },
     }
+    return report, drawing
 
 
 def render_report(report: dict[str, Any]) -> bytes:

@@ -7,14 +7,22 @@ Liar scenarios (every node online, fresh provider stores per scenario):
   (ids that exist and answer, so the far-contacts rule cannot catch them) and drop every provider
   record stored on them. Three honest providers per key publish through that same network (a
   FIND_NODE lookup with the scenario's path count, then a store on the nodes it returned).
-* ``fresh``: liars answer every query with ``k`` freshly made ids, each nearer the target than
-  the liar itself; those ids answer the same way (a Sybil with unlimited cheap identities).
+* ``fresh``: liars answer every query with ``k`` freshly minted ids, each nearer the target
+  than the one answering; those ids answer the same way (a Sybil with unlimited cheap
+  identities). A minted id is backed by a key the liar holds and must be reachable at an address
+  it controls, so it is served at the liar's address: the liar's netgroup and latency
+  (``SimNetwork.minted``), and its records are dropped too.
+* ``fresh-colluding``: as ``fresh``, but each minted id is served by a random liar (the liars
+  share keys and addresses), so one answer spans up to ``k`` liar netgroups.
 
-Each scenario runs once with one path (the control) and once with two disjoint paths.
+Each scenario runs with one path (the control) and with two (or more) disjoint paths; the
+lookups apply netgroup diversity (``LookupConfig.max_per_netgroup``) unless the caller turns it
+off (``diversity=False``, the comparison without the defence).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from typing import Any
@@ -136,7 +144,8 @@ def _liar_responder(
     rng: random.Random,
 ) -> Callable[[bytes, bytes, LookupMode], Answer | None]:
     liar_nums = sorted(net.nums[i] for i in liars)
-    fresh: set[bytes] = set()
+    liar_list = sorted(liars)
+    minted = net.minted
     k = net.k
     index = net.index
 
@@ -144,7 +153,8 @@ def _liar_responder(
         i = index.get(peer)
         if i is not None and i not in liars:
             return honest(peer, target, mode)
-        if i is None and peer not in fresh:
+        owner = i if i is not None else minted.get(peer)
+        if owner is None:
             return None
         t = int.from_bytes(target, "big")
         me = int.from_bytes(peer, "big")
@@ -157,8 +167,10 @@ def _liar_responder(
         made = []
         for _ in range(k):
             new = (t ^ rng.randrange(max(1, own >> 4))).to_bytes(20, "big")
-            fresh.add(new)
-            made.append(new)
+            if new not in index:
+                served_by = owner if kind == "fresh" else rng.choice(liar_list)
+                minted.setdefault(new, served_by)
+                made.append(new)
         return Answer(made, [])
 
     return answer
@@ -177,8 +189,12 @@ def liar_experiment(
     now: float,
     loss: float,
     ttl: float,
+    diversity: bool = True,
 ) -> dict[str, Any]:
     """One liar scenario (see the module docstring)."""
+    if not diversity:  # a cap no path can reach: the lookups without the defence
+        config = dataclasses.replace(config, max_per_netgroup=net.k * 1000)
+    net.minted.clear()
     n = len(net)
     liars = set(rng.sample(range(n), round(share * n)))
     honest_nodes = [i for i in range(n) if i not in liars]
@@ -222,10 +238,12 @@ def liar_experiment(
             first_messages.append(found.result.first_provider_messages or 0)
         if found.result.outcome is LookupOutcome.ENOUGH_PROVIDERS:
             complete += 1
+    net.minted.clear()
     return {
         "kind": kind,
         "liar_share": share,
         "paths": paths,
+        "netgroup_diversity": diversity,
         "trials": trials,
         "success_pct": _share(success, trials),
         "all_providers_pct": _share(complete, trials),

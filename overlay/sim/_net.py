@@ -2,11 +2,15 @@
 that runs one real ``discovery.Lookup`` to its end on virtual time.
 
 Nodes are indices ``0..n-1`` (ids are random 20-byte strings, sorted, so index order is id
-order). A link's round-trip time is ``rtt_min + (rtt_max - rtt_min) * (c[a] + c[b]) / 2`` with
-one random coordinate ``c`` per node: fixed per link, spread over [rtt_min, rtt_max], and free
-to compute. A lookup is computed when it starts, against the network as it is at that instant
-(tables, provider stores, who is online); its answers arrive at virtual times drawn from the
-latency model, and the caller delivers its result at ``start + elapsed``.
+order). Each node has a random IPv4 /16 as its netgroup (``groups``; at 10,000 nodes a few
+hundred /16s hold two nodes, as on a real network); ids minted by a liar are registered in
+``minted`` with the liar that serves them (its netgroup and latency: a minted id must be
+reachable at an address the liar controls). A link's round-trip time is
+``rtt_min + (rtt_max - rtt_min) * (c[a] + c[b]) / 2`` with one random coordinate ``c`` per node:
+fixed per link, spread over [rtt_min, rtt_max], and free to compute. A lookup is computed when
+it starts, against the network as it is at that instant (tables, provider stores, who is
+online); its answers arrive at virtual times drawn from the latency model, and the caller
+delivers its result at ``start + elapsed``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from discovery import (
     LookupDone,
     LookupMode,
     LookupResult,
-    Misbehaved,
     ProviderFound,
     ProviderStore,
     Query,
@@ -80,8 +83,8 @@ class LookupRun:
     providers: list[int]
     """Provider node indices, in the order found."""
     replicas: list[bytes]
-    """Where to store a record for the target: the ``k`` nearest peers that answered *on each
-    path* (S/Kademlia stores through every disjoint path, so one path's liars, however near
+    """Where to store a record for the target: ``Lookup.path_closest`` of each path
+    (S/Kademlia stores through every disjoint path, so one path's liars, however near
     they claim to be, cannot take every replica). With one path: ``result.closest``."""
 
 
@@ -103,6 +106,8 @@ class SimNetwork:
         self.nums = [int.from_bytes(i, "big") for i in self.ids]
         self.index = {node_id: i for i, node_id in enumerate(self.ids)}
         self.coord = [rng.random() for _ in range(n)]
+        self.minted: dict[bytes, int] = {}
+        """Ids minted by liars -> the liar (index) whose address serves them."""
         self._rtt_min = rtt[0]
         self._rtt_span = rtt[1] - rtt[0]
         self.k = k
@@ -121,9 +126,18 @@ class SimNetwork:
                 for j in picks:
                     table.add(self.ids[j], None, verified=True, now=now)
             self.tables.append(table)
+        self.groups = [f"{g >> 8}.{g & 255}" for g in (rng.getrandbits(16) for _ in range(n))]
+        """Each node's netgroup (drawn last, so the tables do not depend on it)."""
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def netgroup(self, node_id: bytes) -> str | None:
+        """The netgroup of a node or minted id (the lookups' diversity function)."""
+        i = self.index.get(node_id)
+        if i is None:
+            i = self.minted.get(node_id)
+        return None if i is None else self.groups[i]
 
     def rtt(self, a: int, b: int) -> float:
         return self._rtt_min + self._rtt_span * 0.5 * (self.coord[a] + self.coord[b])
@@ -157,7 +171,7 @@ class SimNetwork:
         local = self.ids[origin]
         lookup: Lookup[int] = Lookup(
             target, mode, self.tables[origin].closest(target, self.k), local_id=local,
-            config=config, want=want, paths=paths,
+            config=config, want=want, paths=paths, netgroup=self.netgroup,
         )
         index = self.index
         coord = self.coord
@@ -169,9 +183,6 @@ class SimNetwork:
         first_at: float | None = None
         events = lookup.start(now)
         span = self._rtt_span * 0.5
-        path_of: dict[bytes, int] = {}
-        answered: set[bytes] = set()
-        t = int.from_bytes(target, "big")
         while True:
             for event in events:
                 if isinstance(event, Query):
@@ -180,24 +191,19 @@ class SimNetwork:
                     if answer is None or (loss and rng.random() < loss):
                         continue
                     j = index.get(peer)
+                    if j is None:
+                        j = self.minted.get(peer)
                     rtt = self._rtt_min + span * (c0 + (coord[j] if j is not None else 0.5))
                     seq += 1
-                    path_of[peer] = event.path
                     heapq.heappush(inflight, (now + rtt, seq, peer, answer))
                 elif isinstance(event, ProviderFound):
                     providers.append(event.payload)
                     if first_at is None:
                         first_at = now - start
-                elif isinstance(event, Misbehaved):
-                    answered.discard(event.peer)
                 elif isinstance(event, LookupDone):
                     replicas: dict[bytes, None] = {}
                     for p in range(paths):
-                        mine = sorted(
-                            (c for c in answered if path_of[c] == p),
-                            key=lambda c: int.from_bytes(c, "big") ^ t,
-                        )
-                        replicas.update(dict.fromkeys(mine[: self.k]))
+                        replicas.update(dict.fromkeys(lookup.path_closest(p)))
                     return LookupRun(
                         event.result, now - start, first_at, providers, list(replicas)
                     )
@@ -206,7 +212,6 @@ class SimNetwork:
                 events = lookup.cancel()
             elif inflight and (deadline is None or inflight[0][0] <= deadline):
                 now, _, peer, answer = heapq.heappop(inflight)
-                answered.add(peer)
                 events = lookup.on_response(peer, answer.contacts, answer.providers, now=now)
             elif deadline is not None:
                 now = max(now, deadline)

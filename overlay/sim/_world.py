@@ -102,6 +102,7 @@ class Counters:
     pex_rate_limited: int = 0
     pex_records: int = 0
     dht_lookups: int = 0
+    dht_rounds: int = 0
     dht_messages: int = 0
     policy_ticks: int = 0
     prunes: int = 0
@@ -170,6 +171,10 @@ class World:
         self._heap: list[tuple[float, int, int, int, int, object]] = []
         self._seq = 0
         self.provider_lookups: list[tuple[int, int]] = []  # (rounds, messages) of Discover
+        # for the picture, in seconds since the start:
+        self.met_log: list[tuple[float, str]] = []  # a seeker first met a target
+        self.lookup_latency: list[tuple[float, float]] = []  # (start, ms) of Discover lookups
+        self.leave_log: list[float] = []  # a node left (churn)
         for i in range(n):
             self._push(T0 + self.rng.uniform(0, _START_SPREAD), _START, i)
         leaves = round(config.churn_per_hour * n * config.duration / 3600)
@@ -279,6 +284,7 @@ class World:
 
     def _leave(self, node: _Node) -> None:
         self.counters.leaves += 1
+        self.leave_log.append(self.now - T0)
         for j in list(node.conns):
             self._disconnect(node, self.nodes[j])
         node.online = False
@@ -355,6 +361,7 @@ class World:
         )
         node.messages += run.result.messages
         self.counters.dht_lookups += 1
+        self.counters.dht_rounds += run.result.rounds
         self.counters.dht_messages += run.result.messages
         return run
 
@@ -407,6 +414,7 @@ class World:
             node, provider_key(NETWORK, cap), LookupMode.GET_PROVIDERS, paths=2, want=want
         )
         self.provider_lookups.append((run.result.rounds, run.result.messages))
+        self.lookup_latency.append((self.now - T0, 1000 * run.elapsed))
         self._push(self.now + run.elapsed, _DISCOVERED, node.idx, payload=tuple(run.providers))
 
     def _discovered(self, node: _Node, providers: object) -> None:
@@ -427,3 +435,4 @@ class World:
             have = sum(1 for j in node.conns if cap in self.nodes[j].caps)
             if have >= target.required(n) and have > 0:
                 node.met_at[cap] = self.now - node.started_at
+                self.met_log.append((self.now - T0, cap))

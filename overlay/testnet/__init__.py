@@ -21,7 +21,7 @@ from overlay.testnet._manifest import (
     manifest_from_flags,
     parse_manifest,
 )
-from overlay.testnet._plot import plot_run
+from overlay.testnet._plot import plot_run, plot_simulation
 from overlay.testnet._relay import node_host
 from overlay.testnet._report import RunResult, build_report, dumps, render_summary
 from overlay.testnet._runner import run_manifest
@@ -44,6 +44,7 @@ __all__ = [
     "node_host",
     "parse_manifest",
     "plot_run",
+    "plot_simulation",
     "render_summary",
     "run_manifest",
     "view_for",

@@ -20,7 +20,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,7 @@ class AppConfig:
 
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
-    """One role request: when it started (``time.monotonic()``), for which role, outcome."""
+    """One role request: when it started (on its recorder's clock), for which role, outcome."""
 
     t: float
     node: int
@@ -102,6 +102,9 @@ class Recorder:
     """Request records not yet collected by the harness."""
 
     records: list[RequestRecord] = field(default_factory=list)
+    clock: Callable[[], float] = time.monotonic
+    """The harness's clock: ``time.monotonic`` across processes (procs mode), the event loop's
+    clock in one process (so a testnet can run on a mock clock)."""
 
     def drain(self) -> list[RequestRecord]:
         out, self.records = self.records, []
@@ -185,7 +188,8 @@ class TestnetApp:
 
     async def _one(self, channel: Any, cap: str, payload: bytes, rng: random.Random) -> None:
         providers = [p for p in self.config.providers.get(cap, ()) if p != self.node.node_id]
-        started = time.monotonic()
+        clock = self.recorder.clock
+        started = clock()
         error = ""
         try:
             answer = await channel.request(role_destination(cap, providers, rng),
@@ -201,7 +205,7 @@ class TestnetApp:
             error = type(exc).__name__
         self.recorder.records.append(RequestRecord(
             t=started, node=self.config.index, capability=cap, ok=not error,
-            latency=time.monotonic() - started, error=error,
+            latency=clock() - started, error=error,
         ))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -101,7 +102,7 @@ class LocalCluster(Cluster):
         self._nodes: list[Node | None] = [None] * len(plans)
         self._scopes: list[anyio.CancelScope | None] = [None] * len(plans)
         self._stopped: list[anyio.Event | None] = [None] * len(plans)
-        self._recorders = [Recorder() for _ in plans]
+        self._recorders = [Recorder(clock=anyio.current_time) for _ in plans]
         self._retired: list[tuple[int, int]] = [(0, 0)] * len(plans)
         self._isolated: set[int] = set()
         self._groups: list[list[int]] | None = None
@@ -228,6 +229,23 @@ class LocalCluster(Cluster):
             out.append(NodeSample(up=True, peers=peers, messages=old_m + messages,
                                   bytes=old_b + octets))
         return out
+
+    def totals(self) -> dict[str, Any]:
+        """DHT lookup counters and messages per channel, summed over the running nodes."""
+        lookups = rounds = queries = 0
+        channels: dict[str, int] = {}
+        for node in self._nodes:
+            if node is None:
+                continue
+            snapshot = node.metrics_snapshot()
+            dht = snapshot.dht
+            lookups += dht.lookups_succeeded + dht.lookups_failed
+            rounds += dht.lookup_rounds
+            queries += dht.lookup_messages
+            for name, c in snapshot.channels.items():
+                channels[name] = channels.get(name, 0) + c.messages_sent + c.messages_received
+        return {"lookups": lookups, "rounds": rounds, "messages": queries,
+                "channel_messages": dict(sorted(channels.items()))}
 
     def drain_requests(self) -> list[RequestRecord]:
         out: list[RequestRecord] = []

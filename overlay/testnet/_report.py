@@ -57,7 +57,8 @@ class RunResult:
     requests: list[RequestRecord] = field(default_factory=list)
     perturbations: list[PerturbationLog] = field(default_factory=list)
     t0: float = 0.0
-    """``time.monotonic()`` at the start (request records carry monotonic times)."""
+    """The run's clock at the start (see ``overlay.testnet._runner``; request records carry
+    times on the same clock)."""
     meta: dict[str, Any] = field(default_factory=dict)
 
 

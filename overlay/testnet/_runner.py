@@ -2,7 +2,10 @@
 sample every node twice a second, and return what happened (:class:`RunResult`).
 
 Seeds start first, then every other node at once; the run's clock (``duration``, every
-``at``, every time in the report) starts once they all listen. From then on the nodes find each
+``at``, every time in the report) starts once they all listen. It is the event loop's clock when
+the nodes run in this process (so a run on trio's ``MockClock`` takes virtual time: see
+bench/sim_validate.py) and ``time.monotonic`` in ``procs`` mode (node processes report request
+times on it). From then on the nodes find each
 other themselves (seeds, then PEX/DHT; see :mod:`overlay.testnet._plan`). The perturbation schedule
 runs beside the sampler: each perturbation is applied at ``at`` seconds, logged with its time,
 and undone after ``duration`` (restart, SIGCONT, heal, links restored).
@@ -35,6 +38,7 @@ __all__ = ["SAMPLE_INTERVAL", "run_manifest"]
 
 SAMPLE_INTERVAL = 0.5
 
+Clock = Callable[[], float]
 Listener = Callable[[RunResult, str | None], None]
 """Told after every tick (``None``) and every perturbation event (a log line)."""
 
@@ -54,6 +58,7 @@ async def run_manifest(manifest: Manifest, *, workdir: Path | None = None,
     ``procs`` mode (default: a temporary directory, removed afterwards)."""
     count = len(manifest.nodes)
     keys = _keys(count, manifest.seed)
+    clock: Clock = time.monotonic if manifest.mode is Mode.PROCS else anyio.current_time
     result = RunResult(manifest=manifest, meta={
         "bootstrap": bootstrap_label(),
         "request_kind": role_kind(),
@@ -105,7 +110,7 @@ async def run_manifest(manifest: Manifest, *, workdir: Path | None = None,
                 stack.push_async_callback(procs.aclose)
                 cluster = procs
                 result.meta["homes"] = str(root)
-        begun = time.monotonic()
+        begun = clock()
         async with anyio.create_task_group() as starting:
             for i in manifest.seeds:
                 starting.start_soon(cluster.start, i)
@@ -113,13 +118,18 @@ async def run_manifest(manifest: Manifest, *, workdir: Path | None = None,
             for spec in manifest.nodes:
                 if not spec.seed:
                     starting.start_soon(cluster.start, spec.index)
-        result.t0 = time.monotonic()  # the run's clock starts once every node listens
+        result.t0 = clock()  # the run's clock starts once every node listens
         result.meta["startup_s"] = round(result.t0 - begun, 3)
         async with anyio.create_task_group() as run:
-            run.start_soon(_schedule, cluster, result, notify)
-            await _sample(cluster, result, notify)
+            run.start_soon(_schedule, cluster, result, notify, clock)
+            await _sample(cluster, result, notify, clock)
             run.cancel_scope.cancel()
         result.requests.extend(cluster.drain_requests())
+        if isinstance(cluster, LocalCluster):
+            totals = cluster.totals()
+            result.meta["dht_lookups"] = {k: totals[k] for k in ("lookups", "rounds", "messages")}
+            result.meta["dht_note"] = "summed over the nodes running at the end"
+            result.meta["channel_messages"] = totals["channel_messages"]
         tg.cancel_scope.cancel()
     return result
 
@@ -142,10 +152,10 @@ def _write_homes(root: Path, plans: list[NodePlan], hosts: list[str]) -> list[Pa
     return homes
 
 
-async def _sample(cluster: Cluster, result: RunResult, notify: Listener) -> None:
+async def _sample(cluster: Cluster, result: RunResult, notify: Listener, clock: Clock) -> None:
     end = result.t0 + result.manifest.duration
     while True:
-        now = time.monotonic()
+        now = clock()
         result.ticks.append(Tick(t=now - result.t0, nodes=tuple(cluster.sample())))
         result.requests.extend(cluster.drain_requests())
         notify(result, None)
@@ -154,27 +164,27 @@ async def _sample(cluster: Cluster, result: RunResult, notify: Listener) -> None
         await anyio.sleep(min(SAMPLE_INTERVAL, max(0.0, end - now)))
 
 
-async def _schedule(cluster: Cluster, result: RunResult, notify: Listener) -> None:
+async def _schedule(cluster: Cluster, result: RunResult, notify: Listener, clock: Clock) -> None:
     async with anyio.create_task_group() as tg:
         for p in result.manifest.perturbations:
-            delay = result.t0 + p.at - time.monotonic()
+            delay = result.t0 + p.at - clock()
             if delay > 0:
                 await anyio.sleep(delay)
-            tg.start_soon(_perturb, cluster, result, p, notify)
+            tg.start_soon(_perturb, cluster, result, p, notify, clock)
 
 
 async def _perturb(cluster: Cluster, result: RunResult, p: Perturbation,
-                   notify: Listener) -> None:
-    started = time.monotonic() - result.t0
+                   notify: Listener, clock: Clock) -> None:
+    started = clock() - result.t0
     index = len(result.perturbations)
     result.perturbations.append(PerturbationLog(p, started))
     notify(result, f"{started:7.2f} s  {p.label()}")
     await _apply(cluster, p, undo=False)
     if p.duration is None:
         return
-    await anyio.sleep(max(0.0, result.t0 + p.at + p.duration - time.monotonic()))
+    await anyio.sleep(max(0.0, result.t0 + p.at + p.duration - clock()))
     await _apply(cluster, p, undo=True)
-    ended = time.monotonic() - result.t0
+    ended = clock() - result.t0
     result.perturbations[index] = PerturbationLog(p, started, ended)
     notify(result, f"{ended:7.2f} s  {p.label()} undone")
 

@@ -47,6 +47,7 @@ with ``anyio.create_tcp_listener`` (the caller's) and accepts with ``loop.sock_a
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import struct
@@ -54,7 +55,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from ipaddress import IPv6Address, ip_address
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import anyio
 import anyio.abc
@@ -66,9 +67,11 @@ from overlay.transport._base import StreamAbortAttribute
 __all__ = [
     "AsyncioSocketStream",
     "AsyncioTcpListener",
+    "OneShotEvent",
     "asyncio_running",
     "connect_tcp",
     "current_clock",
+    "event_factory",
     "flush_soon",
 ]
 
@@ -110,6 +113,49 @@ def current_clock() -> Callable[[], float]:
     if asyncio_running():
         return asyncio.get_running_loop().time
     return anyio.current_time
+
+
+class _FutureEvent:
+    """A one-shot event on one ``asyncio`` future: what ``anyio.Event`` does for one waiter,
+    without its backend lookup, the ``asyncio.Event`` (a loop check under a lock, a waiter
+    deque) and a second future per wait. ``wait`` is a cancellation point only while it waits
+    (a cancelled caller's future is cancelled; a later ``set`` is then a no-op)."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._future: asyncio.Future[None] = loop.create_future()
+
+    def set(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._future.done() and not self._future.cancelled()
+
+    async def wait(self) -> None:
+        if self._future.done():
+            await anyio.lowlevel.checkpoint()  # as anyio.Event: a set event still checkpoints
+            return
+        await self._future
+
+
+class OneShotEvent(Protocol):
+    """``set`` / ``is_set`` / ``wait`` of an event set once (``anyio.Event``'s shape)."""
+
+    def set(self) -> object: ...
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> None: ...
+
+
+def event_factory() -> Callable[[], OneShotEvent]:
+    """A factory of one-shot events for the running loop: on asyncio (and uvloop) events on a
+    bare future, else (trio) ``anyio.Event``."""
+    if asyncio_running():
+        return functools.partial(_FutureEvent, asyncio.get_running_loop())
+    return anyio.Event
 
 
 class _FlushQueue:
