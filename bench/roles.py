@@ -27,12 +27,13 @@ import trio
 import trio.testing
 
 import overlay  # noqa: F401  (before discovery: see docs/benchmarks.md)
+from overlay.errors import OverlayError
 from overlay.node import Node
 from overlay.peers import PeerManagerConfig
 from overlay.testing import LinkConditions, MemoryNetwork
-from routing import CapabilityTarget, TargetSet, TargetState
+from routing import CapabilityTarget, Role, TargetSet, TargetState
 from tests.routing_hedging import run_workload
-from tests.routing_network import routing_network, spread
+from tests.routing_network import SERVE, routing_network, spread
 
 TARGETS = TargetSet.of(
     CapabilityTarget("blocksync", min_fraction=0.3),
@@ -67,6 +68,12 @@ def roles(requests: int) -> None:
     _virtual(main)
 
 
+def _progress(text: str) -> None:
+    """A progress line on stderr (a 1,000-node run takes many minutes)."""
+    print(f"[{time.strftime('%H:%M:%S')} cpu {time.process_time():.0f} s] {text}",
+          file=sys.stderr, flush=True)
+
+
 def _met(node: Node) -> bool:
     statuses = node.routing.statuses()
     return len(statuses) == len(node.routing.targets) and all(
@@ -74,9 +81,34 @@ def _met(node: Node) -> bool:
     )
 
 
+async def _role_requests(nodes: list[Node]) -> tuple[int, list[str]]:
+    """Every node asks ``Role("blocksync")`` and ``Role("archive")`` once (all at once):
+    the number of requests and what failed."""
+    failed: list[str] = []
+    sent = 0
+
+    async def ask(node: Node, cap: str) -> None:
+        try:
+            response = await node.routing.request(node.channel(SERVE), Role(cap), b"q",
+                                                  timeout=2)
+            if response.value != response.peer.encode() or response.peer == node.node_id:
+                failed.append(f"{node.node_id[:8]} {cap}: wrong answer")
+        except OverlayError as exc:
+            failed.append(f"{node.node_id[:8]} {cap}: {exc}")
+
+    async with anyio.create_task_group() as tg:
+        for node in nodes:
+            for cap in ("blocksync", "archive"):
+                sent += 1
+                tg.start_soon(ask, node, cap)
+    return sent, failed
+
+
 def targets(sizes: list[int], timeout: float) -> None:
-    print("| nodes | met | p50 (s) | p95 (s) | max (s) | start-up (wall s) | run (wall s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| nodes | met | p50 (s) | p95 (s) | max (s) | role requests ok | start-up (wall s) "
+          "| run (wall s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    failures: list[str] = []
 
     async def one(n: int) -> None:
         plan = spread(n, {"blocksync": 0.3, "archive": 0.03})
@@ -86,27 +118,40 @@ def targets(sizes: list[int], timeout: float) -> None:
         network = MemoryNetwork(default_link=LinkConditions(latency=0.02))
         began = time.perf_counter()
         async with routing_network(plan, targets=TARGETS, server_peers=server,
-                                   network=network) as nodes:
+                                   network=network, gossip=False) as nodes:
             up = time.perf_counter() - began
+            _progress(f"{n} nodes up in {up:.1f} s")
             start = anyio.current_time()
             times: dict[int, float] = {}
+            report = 0.0
             with anyio.move_on_after(timeout):
                 while len(times) < n:
                     for i, node in enumerate(nodes):
                         if i not in times and _met(node):
                             times[i] = anyio.current_time() - start
+                    if anyio.current_time() - start >= report:
+                        _progress(f"virtual {report:.0f} s: {len(times)}/{n} met")
+                        report += 5.0
                     await anyio.sleep(0.05)
+            sent, failed = await _role_requests(nodes)
+            failures.extend(failed)
             run = time.perf_counter() - began - up
         got = sorted(times.values()) or [float("nan")]
         print(f"| {n} | {len(times)}/{n} | {statistics.median(got):.2f} | "
-              f"{got[int(0.95 * (len(got) - 1))]:.2f} | {got[-1]:.2f} | {up:.1f} | {run:.1f} |",
-              flush=True)
+              f"{got[int(0.95 * (len(got) - 1))]:.2f} | {got[-1]:.2f} | "
+              f"{sent - len(failed)}/{sent} | {up:.1f} | {run:.1f} |", flush=True)
 
     async def main() -> None:
         for n in sizes:
             await one(n)
 
+    # routing_network enters every node's context in one exit stack: the bench's own tasks
+    # sit under one cancel scope per node, which trio walks recursively for a deadline
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * max(sizes) + 1000))
+
     _virtual(main)
+    if failures:
+        raise SystemExit("role requests failed:\n" + "\n".join(failures))
 
 
 def main() -> int:

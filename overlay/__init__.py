@@ -33,15 +33,16 @@ from overlay.transport._failures import Direction, HandshakeFailureReason
 if TYPE_CHECKING:
     from overlay.node import Node
     from overlay.node._config import NodeConfig, load_config
-    from routing._role import Group, GroupResponse, Role, RoleResponse, RoleResult
+    from routing._destinations import Group, Role
+    from routing._role_results import GroupResponse, RoleResponse, RoleResult
 
 # The assembly (``Node`` and its config) and routing's destinations sit above ``discovery``
 # and ``routing``, which import this package's lower layers (``overlay.errors``...): importing
 # them lazily keeps ``import discovery`` (or ``routing``) first in a program free of a cycle.
 _ASSEMBLY = {"Node": "overlay.node", "NodeConfig": "overlay.node._config",
-             "load_config": "overlay.node._config", "Group": "routing._role",
-             "GroupResponse": "routing._role", "Role": "routing._role",
-             "RoleResponse": "routing._role", "RoleResult": "routing._role"}
+             "load_config": "overlay.node._config", "Group": "routing._destinations",
+             "GroupResponse": "routing._role_results", "Role": "routing._destinations",
+             "RoleResponse": "routing._role_results", "RoleResult": "routing._role_results"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,12 +1,14 @@
 """Capability routing: per-capability peer targets, the policy engine that meets them, peer
 health with circuit breakers, and adaptive hedging for role requests.
 
-The cores are pure (sans-IO): they take ``now`` and events and return plans. ``routing._role``
-is their anyio driver for requests: the ``Role`` and ``Group`` destinations a reactor passes to
-a channel, served with health and hedging by :class:`RoleService` (the node wires it in, see
-``overlay.node._routing``). See ``docs/routing.md``.
+The cores are pure (sans-IO): they take ``now`` and events and return plans. The ``Role`` and
+``Group`` destinations (``routing._destinations``) a reactor passes to a channel are served
+with health and hedging by :class:`RoleService` (``routing._role``; the node wires it in, see
+``overlay.node._routing``), which runs each role request as a ``routing._hedged``
+``HedgedRequest``, the anyio driver of the pure ``HedgePlan``. See ``docs/routing.md``.
 """
 
+from routing._destinations import Group, Role
 from routing._health import (
     BREAKER_TRANSITIONS,
     BreakerEvent,
@@ -43,13 +45,11 @@ from routing._policy_types import (
     PruneReason,
     TargetState,
 )
-from routing._role import (
-    Group,
+from routing._role import RoleService
+from routing._role_results import (
     GroupResponse,
-    Role,
     RoleResponse,
     RoleResult,
-    RoleService,
     RoleStatistics,
 )
 from routing._targets import (

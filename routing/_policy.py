@@ -32,13 +32,15 @@ With ``n`` connected peers, target ``c`` requires ``required(c) = target.require
    network does not pile onto the lowest ids), then by id bytes.
 4. **Bounds.** At most ``max_dials_per_tick`` dials per tick and ``max_dials_per_minute`` over
    any 60 s; a peer the engine dialed is not dialed again before its own exponential backoff
-   (reset once it is seen connected); a pruned peer is not dialed for ``reconnect_backoff``.
+   with a deterministic per-node jitter (:meth:`PolicyEngine.dial_backoff`; reset once it is
+   seen connected); a pruned peer is not dialed for ``reconnect_backoff``.
 5. **Discovery** is asked for when the known providers of a short capability are not enough to
    cover its deficit (cached candidates come first). Per capability the interval doubles from
    ``discovery_interval`` to ``discovery_backoff_cap`` while it stays short of providers, and
    resets once enough are known; ``max_discoveries_per_minute`` bounds all capabilities.
-6. **Determinism.** The plan is a function of the snapshot and the engine state (below); input
-   order does not matter (everything is sorted), and no clock or randomness is read.
+6. **Determinism.** The plan is a function of the snapshot, our id and the engine state
+   (below); input order does not matter (everything is sorted), and no clock or randomness is
+   read (the dial jitter is a hash of the ids).
 
 Engine state (all of it, each entry expiring): ``pruned_at`` per peer (until
 ``reconnect_backoff``), per-peer dial ``(attempts, next_allowed)``, per-capability discovery
@@ -47,6 +49,7 @@ Engine state (all of it, each entry expiring): ``pruned_at`` per peer (until
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -203,6 +206,21 @@ class PolicyEngine:
             + len(self._discover_times)
         )
 
+    def dial_backoff(self, node_id: NodeId, attempts: int) -> float:
+        """How long after its ``attempts``-th dial the engine waits before dialing ``node_id``
+        again: ``dial_backoff_base * 2 ** (attempts - 1)``, capped at ``dial_backoff_cap``,
+        times a jitter factor in [0.5, 1.5) drawn from a hash of our id, its id and
+        ``attempts``. Deterministic, yet different on every node: nodes whose dials to one
+        provider failed together (a herd that overflowed its pending handshakes) do not all
+        come back at the same instant and overflow it again."""
+        cfg = self.config
+        delay = min(cfg.dial_backoff_base * 2.0 ** (attempts - 1), cfg.dial_backoff_cap)
+        digest = hashlib.blake2b(
+            bytes.fromhex(self._self_id) + bytes.fromhex(node_id) + attempts.to_bytes(8, "big"),
+            digest_size=8,
+        ).digest()
+        return delay * (0.5 + int.from_bytes(digest, "big") / 2.0**64)
+
     # -- the tick ---------------------------------------------------------------------------
 
     def tick(self, snap: PolicySnapshot) -> PolicyPlan:
@@ -331,8 +349,9 @@ class PolicyEngine:
             self._dial_times.append(now)
             prev = self._peer_dials.get(cand.node_id)
             attempts = 1 if prev is None else prev.attempts + 1
-            delay = min(cfg.dial_backoff_base * 2 ** (attempts - 1), cfg.dial_backoff_cap)
-            self._peer_dials[cand.node_id] = _PeerDial(attempts, now + delay)
+            self._peer_dials[cand.node_id] = _PeerDial(
+                attempts, now + self.dial_backoff(cand.node_id, attempts)
+            )
         return dials, blocked
 
     # -- discovery --------------------------------------------------------------------------

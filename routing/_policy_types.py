@@ -42,8 +42,9 @@ class PolicyConfig:
     reconnect_backoff: float = 600.0
     """A peer the engine pruned is not dialed again for this long (anti-flap; Lighthouse's
     ``PEER_RECONNECTION_TIMEOUT``)."""
-    dial_backoff_base: float = 5.0
-    """The engine redials a peer that did not connect after this, doubling per attempt."""
+    dial_backoff_base: float = 1.0
+    """The engine redials a peer that did not connect after this, doubling per attempt (each
+    delay jittered by a factor in [0.5, 1.5), so nodes that failed together come back apart)."""
     dial_backoff_cap: float = 300.0
     """Longest per-peer redial delay."""
     discovery_interval: float = 15.0

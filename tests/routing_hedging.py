@@ -17,7 +17,7 @@ from overlay.peers import PeerManagerConfig
 from overlay.router._channel import Envelope, RequestHandler
 from overlay.testing import LinkConditions, MemoryNetwork
 from routing import TargetSet
-from routing._role import Role
+from routing._destinations import Role
 from tests.routing_network import SERVE, Plan, routing_network
 from tests.support import wait_until
 

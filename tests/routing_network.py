@@ -19,7 +19,13 @@ from discovery import SignedRecord, sign_record
 from overlay.address import NodeAddress
 from overlay.identity import NodeKey
 from overlay.node import Node
-from overlay.node._config import ConnectionConfig, DiscoveryConfig, NodeConfig, RoutingConfig
+from overlay.node._config import (
+    ConnectionConfig,
+    DhtSettings,
+    DiscoveryConfig,
+    NodeConfig,
+    RoutingConfig,
+)
 from overlay.node._peering import wall_clock
 from overlay.peers import PeerManagerConfig
 from overlay.router._channel import ChannelSpec, Envelope, RequestHandler
@@ -69,7 +75,9 @@ def introduce(nodes: Sequence[Node], records: Sequence[SignedRecord]) -> None:
         for other, signed in zip(nodes, records, strict=True):
             if other is node:
                 continue
-            node.discovery.records.offer(signed, wall, "test")
+            # attributed to the node itself (as from its hello): one source may only hold
+            # ``max_per_source`` records, which a 1,000-node network would exceed
+            node.discovery.records.offer(signed, wall, other.node_id)
             node.peering.manager.add_address(
                 NodeAddress.parse(f"memory:{other.node_id}"), source=other.node_id, now=wall
             )
@@ -97,7 +105,9 @@ async def routing_network(
     network: MemoryNetwork | None = None,
     handler: Handler = answer_with_id,
     server_peers: Mapping[str, PeerManagerConfig] | None = None,
+    server_connection: Mapping[str, ConnectionConfig] | None = None,
     last_peers: PeerManagerConfig | None = None,
+    gossip: bool = True,
 ) -> AsyncIterator[list[Node]]:
     """Run ``len(plan.capabilities)`` nodes, each with ``targets`` and ``SERVE`` answered by
     ``handler(node)``; every node knows every record and address. Nodes start unconnected.
@@ -105,7 +115,10 @@ async def routing_network(
     ``server_peers`` gives nodes serving a capability other limits (a scarce capability's
     few providers must accept many more peers than the rest: with 3 % archive nodes and every
     node wanting two of them, each archive node holds about 65 connections); ``last_peers``
-    the last node (a client), whatever it serves."""
+    the last node (a client), whatever it serves; ``server_connection`` their connection
+    settings (e.g. a small pending-handshake table). ``gossip=False`` turns PEX and the DHT
+    off: every record is given anyway, and at hundreds of nodes their lookups and exchanges
+    cost most of the CPU of a run that measures the routing policy."""
     net = network if network is not None else MemoryNetwork()
     peer_config = peers or PeerManagerConfig(max_connections=24, max_outbound=4)
     base = routing or RoutingConfig()
@@ -120,10 +133,17 @@ async def routing_network(
                     limits = special
             if last_peers is not None and index == len(plan.capabilities) - 1:
                 limits = last_peers
+            connection = QUIET
+            for cap, special_connection in sorted((server_connection or {}).items()):
+                if cap in caps:
+                    connection = special_connection
             config = NodeConfig(
-                listen=("memory:",), peers=limits, connection=QUIET,
+                listen=("memory:",), peers=limits, connection=connection,
                 routing=dataclasses.replace(base, targets=targets),
-                discovery=DiscoveryConfig(capabilities=tuple(sorted(caps))),
+                discovery=DiscoveryConfig(
+                    capabilities=tuple(sorted(caps)), pex_enabled=gossip,
+                    dht=DhtSettings(enabled=gossip),
+                ),
             )
             node = Node(config, key=key, transports=[net.node_transport()])
             node.channel(SERVE).handle_requests(handler(node))

@@ -4,6 +4,7 @@ replaced by a new dial. Runs on trio's mock clock (virtual seconds, exact and fa
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 
 import anyio
@@ -16,8 +17,8 @@ from overlay.node._config import RoutingConfig
 from overlay.peers import PeerManagerConfig
 from overlay.testing import LinkConditions, MemoryNetwork
 from routing import CapabilityTarget, TargetSet, TargetState
-from routing._role import Role
-from tests.routing_network import SERVE, routing_network, spread
+from routing._destinations import Role
+from tests.routing_network import QUIET, SERVE, Plan, routing_network, spread
 from tests.support import virtual_time, wait_until
 
 pytestmark = pytest.mark.anyio
@@ -59,8 +60,9 @@ async def test_every_node_meets_its_targets_and_role_requests_succeed() -> None:
     n = 50
     plan = spread(n, {"blocksync": 0.3, "archive": 0.06})
     network = MemoryNetwork(default_link=LinkConditions(latency=0.02))
+    # records are given: PEX and the DHT would only add CPU (most of it, at 50 nodes)
     async with routing_network(plan, targets=TARGETS, server_peers=ARCHIVE_LIMITS,
-                               network=network) as nodes:
+                               network=network, gossip=False) as nodes:
         times = await reach_targets(nodes, timeout=120)  # every node met both targets
         ordered = sorted(times)
         print(f"targets met: p50 {statistics.median(times):.1f} s, "
@@ -121,3 +123,26 @@ async def test_killing_the_only_archive_peer_gets_it_replaced_by_a_new_dial() ->
         await wait_until(lambda: met(node) and len(archive_peers()) == 1, timeout=60)
         assert node.routing.dials_started > dials
         assert archive_peers()[0] != only
+
+
+@pytest.mark.parametrize("anyio_backend", [virtual_time()])
+async def test_a_herd_overflowing_a_providers_handshakes_gets_there_within_seconds() -> None:
+    # 30 nodes dial the one archive node at once; it takes 4 handshakes at a time and closes
+    # the rest. Each loser redials after its own jittered backoff (about a second), the
+    # driver ticking when that backoff ends: no synchronized waves, no minute-long waits.
+    targets = TargetSet.of(CapabilityTarget("archive", min_peers=1))
+    quiet = PeerManagerConfig(max_connections=8, max_outbound=0, feeler_interval=1e9)
+    provider = PeerManagerConfig(max_connections=40, max_outbound=0, feeler_interval=1e9)
+    small = dataclasses.replace(QUIET, max_pending_handshakes=4)
+    network = MemoryNetwork(default_link=LinkConditions(latency=0.02))
+    plan = Plan([frozenset({"archive"})] + [frozenset()] * 30)
+    async with routing_network(plan, targets=targets, peers=quiet, network=network,
+                               server_peers={"archive": provider},
+                               server_connection={"archive": small}, gossip=False) as nodes:
+        times = await reach_targets(nodes[1:], timeout=60)
+        dials = sum(n.routing.dials_started for n in nodes[1:])
+        print(f"herd: p50 {statistics.median(times):.2f} s, max {max(times):.2f} s, "
+              f"{dials} dials")
+        assert max(times) < 10.0  # it took nearly a minute with 5 s backoffs in lockstep
+        assert statistics.median(times) < 3.0
+        assert dials < 5 * 30

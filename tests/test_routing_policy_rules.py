@@ -1,10 +1,11 @@
 """The policy engine's rules, one scenario each: priorities, fairness, pruning order, room,
-anti-flap, unattainable targets and their bounded dials."""
+anti-flap, unattainable targets and their bounded dials, redials after a failed dial."""
 
 from __future__ import annotations
 
 from collections import Counter
 
+from overlay.identity import NodeId
 from routing import (
     CapabilityTarget,
     ConnectionLimits,
@@ -178,11 +179,14 @@ def test_an_unattainable_target_backs_off_and_dials_a_bounded_number_of_times() 
     # two archive providers that never answer, nobody has "ghost"
     cands = (cand(1, ["archive"]), cand(2, ["archive"]))
     dial_times: list[float] = []
+    by_peer: dict[NodeId, list[float]] = {}
     discover_times: Counter[str] = Counter()
     for k in range(360):  # 30 minutes, one tick every 5 s
         now = T0 + 5.0 * k
         plan = engine.tick(PolicySnapshot(now, (), cands, targets, LIMITS))
-        dial_times += [now for _ in dials(plan.actions)]
+        for dial in dials(plan.actions):
+            dial_times.append(now)
+            by_peer.setdefault(dial.node_id, []).append(now)
         for a in plan.actions:
             if isinstance(a, Discover):
                 discover_times[a.capability] += 1
@@ -192,8 +196,14 @@ def test_an_unattainable_target_backs_off_and_dials_a_bounded_number_of_times() 
             assert status.backoff_until is not None and status.backoff_until > now
     for t in dial_times:
         assert sum(1 for u in dial_times if t <= u < t + 60.0) <= cfg.max_dials_per_minute
-    # per-peer exponential backoff: 5, 10, 20, ... 300 s between dials of the same peer
-    assert len(dial_times) <= 2 * 12
+    # per-peer exponential backoff: 1, 2, 4, ... 300 s (each x0.5..1.5) between dials of
+    # the same peer: about 20 dials per peer in 30 minutes, most of them in the first minutes
+    for node_id, times in by_peer.items():
+        for attempt, (before, after) in enumerate(zip(times, times[1:], strict=False), 1):
+            assert after - before >= engine.dial_backoff(node_id, attempt)
+            assert 0.5 * min(2.0 ** (attempt - 1), 300.0) <= engine.dial_backoff(node_id, attempt)
+    assert len(dial_times) <= 2 * 21
+    assert all(len([t for t in times if t >= T0 + 600]) <= 8 for times in by_peer.values())
     # discoveries double from 15 s up to 960 s: a handful in 30 minutes, not one per tick
     assert 5 <= discover_times["ghost"] <= 10
     assert discover_times["archive"] <= 10
@@ -208,3 +218,31 @@ def test_a_lost_archive_peer_is_replaced_by_a_new_dial() -> None:
     assert dials(plan.actions) == []
     plan = engine.tick(PolicySnapshot(T0 + 12, (), cands, targets, LIMITS))
     assert dials(plan.actions) == [Dial(nid(7), "archive")]
+
+
+def test_nodes_whose_dials_to_one_provider_failed_together_redial_soon_and_apart() -> None:
+    """A herd of nodes dialed one provider at once and overflowed its pending handshakes (the
+    200-node straggler): each redials about a second later (x0.5..1.5), at an instant of its
+    own drawn from a hash of both ids, so they do not overflow it together again; the status
+    says when, so the driver can tick then."""
+    targets = TargetSet.of(CapabilityTarget("archive", min_peers=1))
+    cands = (cand(7, ["archive"]),)
+    redials: list[float] = []
+    for i in range(20):
+        engine = PolicyEngine(nid(1000 + i))
+        plan = engine.tick(PolicySnapshot(T0, (), cands, targets, LIMITS))
+        assert dials(plan.actions) == [Dial(nid(7), "archive")]
+        due = T0 + engine.dial_backoff(nid(7), 1)
+        for k in range(1, 300):  # the dial failed: still a candidate; tick every 10 ms
+            now = T0 + 0.01 * k
+            plan = engine.tick(PolicySnapshot(now, (), cands, targets, LIMITS))
+            if dials(plan.actions):
+                redials.append(now)
+                break
+            status = plan.status("archive")
+            assert status is not None and status.state is TargetState.BACKING_OFF
+            assert status.backoff_until == due
+        assert redials and due <= redials[-1] < due + 0.01
+        assert PolicyEngine(nid(1000 + i)).dial_backoff(nid(7), 1) == engine.dial_backoff(nid(7), 1)
+    assert all(T0 + 0.5 <= t < T0 + 1.51 for t in redials)
+    assert len({round(t, 2) for t in redials}) >= 15  # spread over that second, not together

@@ -27,7 +27,7 @@ from overlay.node._peering import wall_clock
 from overlay.operator._control import UnknownTargetError
 from overlay.router._channel import Envelope, RequestHandler
 from routing import TargetSet
-from routing._role import Group, Role
+from routing._destinations import Group, Role
 from tests.routing_hedging import PEERS, SERVERS
 from tests.routing_network import SERVE, Plan, record_for, routing_network
 from tests.support import virtual_time, wait_until

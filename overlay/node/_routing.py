@@ -6,7 +6,8 @@
   :meth:`remove_target`: the admin API and ``overlay targets``), validated against the
   ``[peers]`` limits;
 * the **policy driver** (:meth:`run`, started by the node's services): every ``heartbeat``
-  seconds, and at once when a peer connects or disconnects, it builds a
+  seconds, at once when a peer connects or disconnects, and when a target's backoff ends
+  (a provider's jittered dial backoff, a discovery due), it builds a
   :class:`~routing.PolicySnapshot` and executes the engine's plan through the peer manager,
   the one place that dials and evicts (``Protect`` → ``set_protected("routing", ...)``,
   ``Prune`` → ``disconnect_peer``, ``Dial`` → ``dial_now`` + the peering driver's ``dial``,
@@ -51,6 +52,7 @@ from overlay.errors import (
 from overlay.identity import NodeId
 from overlay.node._config import RoutingConfig
 from overlay.node._peering import Peering, wall_clock
+from overlay.peers import BanKind
 from overlay.router._channel import Channel
 from overlay.router._destination import PeerView
 from overlay.router._router import Router
@@ -72,14 +74,9 @@ from routing import (
     TargetSet,
     TargetState,
 )
-from routing._role import (
-    Group,
-    GroupResponse,
-    Role,
-    RoleResponse,
-    RoleResult,
-    RoleService,
-)
+from routing._destinations import Group, Role
+from routing._role import RoleService
+from routing._role_results import GroupResponse, RoleResponse, RoleResult
 
 if TYPE_CHECKING:
     from overlay.node._discovery import DiscoveryState
@@ -292,11 +289,25 @@ class NodeRouting(Observer):
                         self.tick()
                     except OverlayError as exc:  # a bad peer entry must not stop routing
                         log.warning("routing tick failed: %s", exc)
-                    with anyio.move_on_after(self.config.heartbeat):
+                    with anyio.move_on_after(self._sleep()):
                         await self._wake.wait()
                         await anyio.lowlevel.checkpoint()  # let a burst of events settle
             finally:
                 self._tg = None
+
+    def _sleep(self) -> float:
+        """Until the next tick: the heartbeat, or sooner when a target backs off until then
+        (a provider's dial backoff ends, a discovery is due), so a redial happens when its
+        jittered backoff ends rather than at the next heartbeat, which nodes started together
+        share."""
+        delay = self.config.heartbeat
+        plan = self.last_plan
+        if plan is not None:
+            now = anyio.current_time()
+            for s in plan.statuses:
+                if s.backoff_until is not None and s.backoff_until > now:
+                    delay = min(delay, s.backoff_until - now)
+        return delay
 
     def snapshot(self, now: float) -> PolicySnapshot:
         """What the engine sees now (``now`` on the anyio clock)."""
@@ -314,20 +325,19 @@ class NodeRouting(Observer):
         wanted = {t.capability for t in self.targets}
         connected = {p.node_id for p in peers}
         candidates = []
+        # Banned peers are never dialed. Redials of failing ones follow the engine's own
+        # per-peer backoff on this clock: the manager's (wall-clock) backoff converted here
+        # stretched a one-second wait into a minute of virtual time in simulations.
+        banned = set() if peering is None or not wanted else {
+            NodeId(b.target) for b in peering.manager.bans(wall) if b.kind is BanKind.PEER
+        }
         if wanted:
             for signed in self._records.records(wall):
                 node_id = signed.node_id
                 caps = frozenset(signed.record.capabilities) & wanted
                 if not caps or node_id in connected or node_id == self.node_id:
                     continue
-                backoff = 0.0
-                snap = None if peering is None else peering.manager.peer(node_id, wall)
-                if snap is not None and snap.ban_until is not None:
-                    backoff = math.inf
-                elif snap is not None and snap.failures and snap.next_dial is not None:
-                    # failing addresses: the manager's dial backoff (wall time) applies too
-                    backoff = now + max(0.0, snap.next_dial - wall)
-                candidates.append(Candidate(node_id, caps, backoff))
+                candidates.append(Candidate(node_id, caps, math.inf if node_id in banned else 0.0))
         stale = now - 2 * _DIAL_TIMEOUT
         for node_id in [n for n, t in self._dialing.items() if t < stale or n in connected]:
             del self._dialing[node_id]
