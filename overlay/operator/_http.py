@@ -39,6 +39,7 @@ from anyio.abc import SocketAttribute
 
 from overlay.connection._observer import NullObserver, Observer, TaskRoot
 from overlay.errors import ConfigError
+from overlay.transport import half_close
 
 __all__ = [
     "Handler",
@@ -274,9 +275,7 @@ class _Connection:
         """Half-close, then discard what the client still sends (bounded), so that it gets to
         read our response instead of a reset."""
         if isinstance(self._stream, anyio.abc.SocketStream):
-            try:
-                await self._stream.send_eof()
-            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            if not await half_close(self._stream):
                 return
         drained = 0
         with anyio.move_on_after(_DRAIN_SECONDS):

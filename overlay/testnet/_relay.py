@@ -28,6 +28,8 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
+from overlay.transport import half_close
+
 __all__ = ["LinkState", "Relay", "node_host"]
 
 RETRANSMIT_DELAY = 0.2
@@ -192,7 +194,7 @@ class Relay:
                     if wait > 0:
                         await anyio.sleep(wait)
                     await dst.send(data)
-                await dst.send_eof()
+                await half_close(dst)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             pass
         scope.cancel()

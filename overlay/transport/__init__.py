@@ -14,6 +14,7 @@ from overlay.transport._base import (
     Transport,
     TransportStatistics,
     abort_stream,
+    half_close,
 )
 from overlay.transport._config import TransportConfig
 from overlay.transport._setup import TransportBuilder, TransportSetup
@@ -30,4 +31,5 @@ __all__ = [
     "TransportSetup",
     "TransportStatistics",
     "abort_stream",
+    "half_close",
 ]

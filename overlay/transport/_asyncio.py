@@ -427,6 +427,9 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
             self._transport.write_eof()
         except OSError:
             pass
+        except RuntimeError:  # uvloop, on a transport that is already closed
+            if not self._transport.is_closing():
+                raise
 
     async def aclose(self) -> None:
         self._closed = True

@@ -156,6 +156,24 @@ async def abort_stream(stream: anyio.abc.AsyncResource) -> None:
     await anyio.aclose_forcefully(stream)
 
 
+async def half_close(stream: anyio.abc.ByteStream) -> bool:
+    """``send_eof()`` on ``stream``; False (nothing raised) when the stream is already gone.
+
+    Backend errors for a closed stream differ: asyncio raises ``OSError``, anyio its broken or
+    closed errors, and uvloop ``RuntimeError("unable to perform operation on <TCPTransport
+    closed=True ...>; the handler is closed")``. They are mapped here, once; any other
+    ``RuntimeError`` is a bug and propagates."""
+    try:
+        await stream.send_eof()
+    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        return False
+    except RuntimeError as exc:
+        if "closed" not in str(exc):
+            raise
+        return False
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class TransportStatistics:
     """A snapshot of a transport's counters (all cumulative except the gauges noted)."""
