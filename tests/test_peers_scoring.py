@@ -114,6 +114,24 @@ def test_ban_threshold_bans_with_expiry_and_persists_at_once() -> None:
     assert m.statistics().bans == 1
 
 
+@pytest.mark.parametrize("gap", [0.0, 1.0, 0.05 * HALF, 0.0589 * HALF, 0.06 * HALF, HALF])
+def test_a_useful_response_at_the_cap_scores_as_the_arithmetic_says(gap: float) -> None:
+    # A busy good peer sits at the cap and earns one reward per answered request: the manager
+    # keeps it there without the full update, and must agree with apply_event every time.
+    m = make()
+    m.accept_inbound(nid(1), "10.0.0.1", T0)
+    for _ in range(25):
+        m.report(nid(1), ScoreEvent.USEFUL_RESPONSE, T0)
+    assert score(m, nid(1), T0) == 25.0
+    m.report(nid(1), ScoreEvent.USEFUL_RESPONSE, T0 + gap)
+    expected, _ = apply_event(25.0, T0, T0 + gap, ScoreEvent.USEFUL_RESPONSE,
+                              half_life=HALF, min_score=-200.0, max_score=25.0)
+    assert score(m, nid(1), T0 + gap) == pytest.approx(expected)
+    assert score(m, nid(1), T0 + gap + HALF) == pytest.approx(expected / 2)
+    snap = m.peer(nid(1), T0 + gap)
+    assert snap is not None and snap.last_useful == T0 + gap
+
+
 def test_high_score_absorbs_one_violation_as_a_disconnect_only() -> None:
     m = make()
     m.accept_inbound(nid(1), "10.0.0.1", T0)

@@ -94,6 +94,12 @@ class Scorer:
     def __init__(self, config: PeerManagerConfig) -> None:
         self._config = config
         self.preference: DialPreference | None = None
+        reward, cap = SCORE_DELTAS[ScoreEvent.USEFUL_RESPONSE], config.max_score
+        # How long a score at the cap decays by less than one reward: within it a useful
+        # response gives the cap back, so ``apply`` takes a short way (the common case of a
+        # busy, good peer: one per answered request).
+        self._saturated_for = (config.score_half_life * math.log2(cap / (cap - reward))
+                               if cap > reward else 0.0)
 
     def score(self, rec: PeerRecord, now: float) -> float:
         return decayed(rec.score, rec.score_time, now, self._config.score_half_life)
@@ -111,8 +117,16 @@ class Scorer:
         return self.preference.rank(self.snapshot(rec, now))
 
     def apply(self, rec: PeerRecord, event: ScoreEvent, now: float) -> float:
-        """Apply ``event`` to ``rec`` (decay, delta, clamp, recent-events ring); the new score."""
+        """Apply ``event`` to ``rec`` (decay, delta, clamp, recent-events ring); the new score.
+
+        A useful response to a peer already at the cap (and decayed by less than the reward)
+        leaves the score at the cap, as the arithmetic would, and is not recorded in the
+        ring."""
         c = self._config
+        if (event is ScoreEvent.USEFUL_RESPONSE and rec.score >= c.max_score
+                and now - rec.score_time <= self._saturated_for):
+            rec.score_time = rec.last_useful = now
+            return rec.score
         score, delta = apply_event(
             rec.score,
             rec.score_time,
