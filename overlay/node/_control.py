@@ -21,9 +21,9 @@ from overlay._version import __version__
 from overlay.address import NodeAddress
 from overlay.errors import InvalidAddressError, LocalProtocolError
 from overlay.identity import NodeId, parse_node_id
-from overlay.node._config import NodeConfig
 from overlay.node._dht import NodeDht
 from overlay.node._discovery import DiscoveryState
+from overlay.node._host import NodeBasics
 from overlay.node._peering import Peering, wall_clock
 from overlay.node._records import NodeCapabilities
 from overlay.node._routing import NodeRouting
@@ -39,24 +39,14 @@ from overlay.operator._control import (
     parse_capability,
 )
 from overlay.peers import OperatorPeer, PeerFlag, PeerSnapshot
-from overlay.router._router import Router
 from overlay.transport._failures import Direction, HandshakeFailureReason
 from routing import parse_target_assignments
 
 __all__ = ["ControlledNode", "NodeControl", "jsonable"]
 
 
-class ControlledNode(Protocol):
+class ControlledNode(NodeBasics, Protocol):
     """What :class:`NodeControl` needs of the node (the :class:`~overlay.Node` provides it)."""
-
-    @property
-    def node_id(self) -> NodeId: ...
-
-    @property
-    def config(self) -> NodeConfig: ...
-
-    @property
-    def router(self) -> Router: ...
 
     @property
     def listen_addresses(self) -> list[NodeAddress]: ...

@@ -91,10 +91,10 @@ from overlay.errors import (
 from overlay.identity import NodeId
 from overlay.node._config import NodeConfig
 from overlay.node._discovery import DHT_CHANNEL_ID, report_penalty, score_event_of
+from overlay.node._host import NodeBasics
 from overlay.node._records import NodeCapabilities
 from overlay.node._transient import TransientConnections
 from overlay.router._channel import Channel, ChannelSpec, Envelope
-from overlay.router._router import Router
 from overlay.transport import Transport
 from overlay.wire._nodeinfo import NodeInfo
 
@@ -165,20 +165,8 @@ Responder = Callable[[NodeId, DhtRequest, SignedRecord | None], DhtResponse]
 """Answers one DHT request: ``(peer, request, sender_record) -> response``."""
 
 
-class DhtHost(Protocol):
+class DhtHost(NodeBasics, Protocol):
     """What the DHT needs of the node (the :class:`~overlay.Node` provides it)."""
-
-    @property
-    def node_id(self) -> NodeId: ...
-
-    @property
-    def config(self) -> NodeConfig: ...
-
-    @property
-    def router(self) -> Router: ...
-
-    @property
-    def observer(self) -> Observer: ...
 
     @property
     def transports(self) -> tuple[Transport, ...]: ...

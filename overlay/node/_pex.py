@@ -73,13 +73,12 @@ from discovery._wire import MAX_RECORDS_PER_MESSAGE
 from overlay.connection._observer import Observer, TaskRoot
 from overlay.errors import ErrorCode, LocalProtocolError, OverlayError, RequestError
 from overlay.identity import NodeId
-from overlay.node._config import NodeConfig
 from overlay.node._discovery import PEX_CHANNEL_ID, DiscoveryState
+from overlay.node._host import NodeBasics
 from overlay.node._peering import Peering, wall_clock
 from overlay.node._pex_seed import SeedConfig, SeedKeeper
 from overlay.peers import PeerFlag
 from overlay.router._channel import Channel, ChannelSpec, Envelope
-from overlay.router._router import Router
 
 __all__ = [
     "ASK_TIMEOUT",
@@ -139,23 +138,11 @@ RecordOutcome = RecordRejection | OfferOutcome
 (``ACCEPTED`` / ``REPLACED`` stored it; ``STALE``: an equal or newer one is known)."""
 
 
-class PexNode(Protocol):
+class PexNode(NodeBasics, Protocol):
     """What the driver needs of the node (the :class:`~overlay.Node` provides it)."""
 
     @property
-    def node_id(self) -> NodeId: ...
-
-    @property
-    def config(self) -> NodeConfig: ...
-
-    @property
-    def router(self) -> Router: ...
-
-    @property
     def discovery(self) -> DiscoveryState: ...
-
-    @property
-    def observer(self) -> Observer: ...
 
     async def disconnect(self, node_id: NodeId, message: str = "") -> bool: ...
 
