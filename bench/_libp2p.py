@@ -20,20 +20,37 @@ error; ``bench/run.py`` turns it into a note and never crashes on it.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import inspect
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench._common import Figure, Rate, best, percentile
 
-__all__ = ["Libp2pError", "Libp2pResult", "libp2p_available", "libp2p_baseline", "libp2p_notes"]
+__all__ = [
+    "LIBP2P_PYTHON_ENV",
+    "Libp2pError",
+    "Libp2pResult",
+    "libp2p_available",
+    "libp2p_baseline",
+    "libp2p_figures",
+    "libp2p_notes",
+    "libp2p_subprocess",
+]
+
+LIBP2P_PYTHON_ENV = "OVERLAY_BENCH_LIBP2P_PYTHON"
+"""Environment variable naming the interpreter of py-libp2p's own venv (as ``--libp2p-python``)."""
 
 _PROTOCOL = "/overlay-bench/echo/1.0.0"
 _LOOPBACK = "/ip4/127.0.0.1/tcp/0"
@@ -88,6 +105,25 @@ class Libp2pResult:
             "connect_max_ms": max(self.connect_times) * 1000.0,
             "connect_cycles": len(self.connect_times),
         }
+
+    def to_json(self) -> str:
+        """Everything measured, for :meth:`from_json` in the parent process."""
+        return json.dumps({
+            "version": self.version,
+            "stack": self.stack,
+            "windows": [[w.per_second, w.per_cpu_second, w.cpu_share] for w in self.windows],
+            "connect_times": list(self.connect_times),
+        })
+
+    @classmethod
+    def from_json(cls, text: str) -> Libp2pResult:
+        try:
+            data = json.loads(text)
+            return cls(str(data["version"]), str(data["stack"]),
+                       tuple(Rate(float(a), float(b), float(c)) for a, b, c in data["windows"]),
+                       tuple(float(t) for t in data["connect_times"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Libp2pError(f"unreadable result from the py-libp2p process: {exc!r}") from None
 
 
 def libp2p_available() -> bool:
@@ -269,3 +305,68 @@ def libp2p_notes(result: Libp2pResult, round_trip: Figure, dial: Figure) -> list
         f" ms over {len(result.connect_times)} cycles; our dial() median {dial.ours:.2f} ms = "
         f"{dial.ours / median * 100:.0f} % of it",
     ]
+
+
+def libp2p_figures(result: Libp2pResult, round_trip: Figure, dial: Figure) -> list[Figure]:
+    """Ours against py-libp2p as figures (no target): round trips/s (case 1) and the connect
+    time (case 4's ``dial()`` median against py-libp2p's ``connect()`` median)."""
+    rt = result.round_trips
+    ours_cpu = round_trip.extra.get("ours_per_cpu_second")
+    extra = {f"libp2p_window_{i}": w.per_second for i, w in enumerate(result.windows)}
+    if ours_cpu:
+        extra["cpu_ratio"] = ours_cpu / rt.per_cpu_second
+    name = f"py-libp2p {result.version} (trio; {result.stack})"
+    return [
+        Figure("libp2p_round_trip", "64 B round trips vs py-libp2p", "req/s", round_trip.ours,
+               rt.per_second, name, None, extra),
+        Figure("libp2p_connect", "dial() median vs py-libp2p connect() median", "ms",
+               dial.ours, result.connect_median * 1000.0, name, None,
+               {"libp2p_connect_p90_ms": result.connect_p90 * 1000.0,
+                "libp2p_connect_cycles": float(len(result.connect_times))}),
+    ]
+
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def libp2p_subprocess(
+    python: str, payload: bytes, warmup: float, duration: float, rounds: int, connects: int
+) -> Libp2pResult:
+    """Run :func:`libp2p_baseline` in py-libp2p's own venv (``python`` is its interpreter:
+    py-libp2p 0.8.1 cannot share overlay's venv) and read its result."""
+    command = [python, "-m", "bench._libp2p", "--payload-size", str(len(payload)),
+               "--warmup", repr(warmup), "--duration", repr(duration), "--rounds", str(rounds),
+               "--connects", str(connects)]
+    timeout = 120.0 + rounds * (warmup + duration + _STALL_SECONDS) + connects * 2.0
+    try:
+        done = subprocess.run(command, cwd=_ROOT, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Libp2pError(f"could not run {python}: {exc}") from None
+    if done.returncode != 0:
+        tail = done.stderr.strip().splitlines()[-1:] or ["(no output)"]
+        raise Libp2pError(f"{python} -m bench._libp2p exited with {done.returncode}: {tail[0]}")
+    return Libp2pResult.from_json(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench._libp2p``: measure py-libp2p and print the result as one JSON line
+    (``bench/run.py --libp2p-python`` runs this in py-libp2p's venv)."""
+    parser = argparse.ArgumentParser(description="py-libp2p baseline (see bench/run.py)")
+    parser.add_argument("--payload-size", type=int, default=64)
+    parser.add_argument("--warmup", type=float, required=True)
+    parser.add_argument("--duration", type=float, required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--connects", type=int, required=True)
+    args = parser.parse_args(argv)
+    if not libp2p_available():
+        print(f"libp2p is not importable by {sys.executable}", file=sys.stderr)
+        return 2
+    result = libp2p_baseline(b"\x5a" * args.payload_size, args.warmup, args.duration,
+                             args.rounds, args.connects)
+    print(result.to_json())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

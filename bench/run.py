@@ -3,33 +3,37 @@
 
 Usage (from the repository root)::
 
-    python bench/run.py [--quick] [--json FILE] [--uvloop] [--profile] [--cases 4,6,8]
+    python bench/run.py [--quick] [--json FILE] [--backend asyncio|uvloop|trio] [--profile]
+                        [--cases 4,6,8] [--runs 3] [--libp2p-python PATH]
 
 Cases (ours / baseline; the table prints the ratio next to the target):
 
-1. 64-byte request/response round trips, one caller, TCP + Noise vs a plain asyncio TCP echo;
-2. 256 requests in flight on one connection vs the same asyncio pipeline (length-prefixed);
-3. bulk 1 MiB fire-and-forget messages vs asyncio streams writing 1 MiB chunks (MiB/s);
+1. 64-byte request/response round trips, one caller, TCP + Noise vs a plain TCP echo;
+2. 256 requests in flight on one connection vs the same plain pipeline (length-prefixed);
+3. bulk 1 MiB fire-and-forget messages vs plain streams writing 1 MiB chunks (MiB/s);
 4. ``dial()`` = TCP connect + Noise + NodeInfo exchange, median and p90 (plain TCP connect for
    reference);
-5. LOCAL delivery (``send(LOCAL, x)`` + ``receive()``) vs a bare anyio memory object stream;
+5. LOCAL delivery (``send(LOCAL, x)`` + ``receive()``) vs a bare memory stream or channel;
 6. memory of an idle connected node in a 100-node ``MemoryNetwork`` (KiB per node);
 7. fan-out: sender CPU per delivery of ``send(BROADCAST, 64 B)`` to 50 TCP peers vs one
    ``send(peer, 64 B)`` (target: at most half);
 8. a full mesh on a ``MemoryNetwork``: time per dial at N = 200 vs N = 50 (``--quick``: 50 vs
    20; target: at most 2x).
 
-``--quick`` runs everything in well under 30 s, the full run in under 3 minutes. ``--profile``
-adds a cProfile breakdown of the round-trip case. py-libp2p is a second baseline for round trips
-and for connection set-up when it is importable (it cannot share overlay's venv: see
-docs/benchmarks.md). See docs/benchmarks.md.
+"Plain" is asyncio streams and an anyio memory object stream on asyncio and uvloop, trio socket
+streams and a trio memory channel on trio (``--backend``): ours and the baseline always share
+one loop. ``--runs N`` repeats the run in N separate processes and prints min / median / max.
+``--profile`` adds a cProfile breakdown of the round-trip case. py-libp2p is a second baseline
+for round trips and connection set-up, run by the interpreter of its own venv
+(``--libp2p-python`` or ``$OVERLAY_BENCH_LIBP2P_PYTHON``; it cannot share overlay's venv), or
+in-process when it is importable. See docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+import os
 import statistics
 import sys
 import time
@@ -41,14 +45,23 @@ _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # ``python bench/run.py`` from a fresh checkout
     sys.path.insert(0, str(_ROOT))
 
-import anyio
 
 from bench import _baseline as base
 from bench import _ours as ours
 from bench._common import Figure, Rate, Settings, Target, best, machine_facts, percentile
-from bench._libp2p import Libp2pResult, libp2p_available, libp2p_baseline, libp2p_notes
+from bench._libp2p import (
+    LIBP2P_PYTHON_ENV,
+    Libp2pResult,
+    libp2p_available,
+    libp2p_baseline,
+    libp2p_figures,
+    libp2p_notes,
+    libp2p_subprocess,
+)
+from bench._loops import BACKENDS, Baselines, loop_named, missing_module
 from bench._memnet import measure_memory, measure_mesh
 from bench._profile import ProfileReport, profile_round_trips, render_profile
+from bench._runs import render_summary, run_children, summarise
 
 PAYLOAD = b"\x5a" * 64
 IN_FLIGHT = 256
@@ -122,40 +135,44 @@ def parse_cases(text: str) -> frozenset[int]:
     return frozenset(cases)
 
 
-async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES) -> list[Figure]:
+async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES,
+                    plain: Baselines | None = None) -> list[Figure]:
+    """Run ``cases`` against the ``plain`` baselines (default: asyncio's)."""
+    plain = plain or loop_named("asyncio").baselines
     figures: list[Figure] = []
     w, d = s.warmup, s.duration
     memory_figures: list[Figure] = []
     if 6 in cases:
         memory_figures = [await _memory_case(s, discovery) for discovery in (False, True)]
     if 1 in cases:
-        figures.append(await _round_trip_case(s))
+        figures.append(await _round_trip_case(s, plain))
     if 2 in cases:
         _progress(f"[3/8] pipelined requests ({IN_FLIGHT} in flight) ...")
-        runs = await _alternate(lambda: base.asyncio_pipelined(PAYLOAD, IN_FLIGHT, w, d),
+        runs = await _alternate(lambda: plain.pipelined(PAYLOAD, IN_FLIGHT, w, d),
                                 lambda: ours.overlay_pipelined(PAYLOAD, IN_FLIGHT, w, d),
                                 s.rounds)
         figures.append(_throughput("pipelined",
                                    f"64 B requests, {IN_FLIGHT} in flight, 1 connection",
-                                   "req/s", runs, "asyncio length-prefixed pipeline",
+                                   "req/s", runs, f"{plain.tcp_name} length-prefixed pipeline",
                                    Target("ratio_min", 1.0)))
     if 3 in cases:
         _progress("[4/8] bulk 1 MiB messages ...")
-        runs = await _alternate(lambda: base.asyncio_bulk(CHUNK, w, d),
+        runs = await _alternate(lambda: plain.bulk(CHUNK, w, d),
                                 lambda: ours.overlay_bulk(CHUNK, w, d), s.rounds)
         figures.append(_throughput("bulk", "bulk one-way, 1 MiB messages", "MiB/s", runs,
-                                   "asyncio streams, 1 MiB writes", Target("ratio_min", 0.3),
+                                   f"{plain.tcp_name} streams, 1 MiB writes",
+                                   Target("ratio_min", 0.3),
                                    MIB))
     if 4 in cases:
-        figures.append(await _dial_case(s))
+        figures.append(await _dial_case(s, plain))
     if 5 in cases:
         _progress("[6/8] LOCAL delivery ...")
         item = object()
         size = ours.LOCAL_SPEC.recv_queue_size
-        runs = await _alternate(lambda: base.memory_stream_rate(size, item, w, d),
+        runs = await _alternate(lambda: plain.local(size, item, w, d),
                                 lambda: ours.overlay_local_rate(item, w, d), s.rounds)
         figures.append(_throughput("local", "LOCAL send + receive", "msg/s", runs,
-                                   f"anyio memory stream ({size} buffered)",
+                                   f"{plain.local_name} ({size} buffered)",
                                    Target("ratio_min", 0.5)))
     figures.extend(memory_figures)
     if 7 in cases:
@@ -190,22 +207,23 @@ async def _memory_case(s: Settings, discovery: bool) -> Figure:
     )
 
 
-async def _round_trip_case(s: Settings) -> Figure:
+async def _round_trip_case(s: Settings, plain: Baselines) -> Figure:
     w, d = s.warmup, s.duration
     _progress("[2/8] round trips (64 B, one caller) ...")
-    runs = await _alternate(lambda: base.asyncio_round_trips(PAYLOAD, w, d),
+    runs = await _alternate(lambda: plain.round_trips(PAYLOAD, w, d),
                             lambda: ours.overlay_round_trips(PAYLOAD, w, d), s.rounds)
     round_trips = _throughput("round_trip", "64 B request/response, 1 caller (TCP+Noise)",
-                              "req/s", runs, "asyncio TCP echo", Target("ratio_min", 0.5))
+                              "req/s", runs, f"{plain.tcp_name} TCP echo",
+                              Target("ratio_min", 0.5))
     anyio_echo = best([await base.anyio_round_trips(PAYLOAD, w, d) for _ in range(s.rounds)])
     round_trips.extra["anyio_echo_per_second"] = anyio_echo.per_second
     round_trips.extra["anyio_echo_per_cpu_second"] = anyio_echo.per_cpu_second
     return round_trips
 
 
-async def _dial_case(s: Settings) -> Figure:
+async def _dial_case(s: Settings, plain: Baselines) -> Figure:
     _progress(f"[5/8] dial + disconnect x {s.dials} ...")
-    tcp_times = await base.asyncio_connect_times(s.dials, warm=3)
+    tcp_times = await plain.connect_times(s.dials, 3)  # 3 warm-up connects
     dial_cpu: list[float] = []
     dial_times = await ours.overlay_dial_times(s.dials, warm=3, cpu=dial_cpu)
     ms = 1000.0
@@ -328,7 +346,7 @@ def render_details(figures: list[Figure]) -> str:
                          f"{e['dial_failures']:.0f} failed dials), built in "
                          f"{e['build_seconds']:.2f} s; RSS {e['rss_kib_per_node']:.1f} KiB/node, "
                          f"tracemalloc {e['tracemalloc_kib_per_node']:.1f} KiB/node")
-        elif f.baseline is not None:
+        elif f.baseline is not None and "ours_per_cpu_second" in f.extra:
             if "anyio_echo_per_second" in f.extra:
                 lines.append(f"{f.key}: reference anyio TCP echo (no overlay, no Noise): "
                              f"{f.extra['anyio_echo_per_second']:,.0f} req/s, "
@@ -345,51 +363,83 @@ def render_details(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="short windows (< 30 s in all)")
     parser.add_argument("--json", metavar="FILE", help="write every figure to FILE as JSON")
-    parser.add_argument("--uvloop", action="store_true",
-                        help="run ours and the baselines on uvloop (must be installed)")
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
+                        help="event loop of ours and the baselines (default: asyncio)")
+    parser.add_argument("--uvloop", action="store_true", help="the same as --backend uvloop")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the round-trip case (cProfile + micro-timings)")
-    parser.add_argument("--cases", type=parse_cases, default=ALL_CASES, metavar="LIST",
+    parser.add_argument("--cases", default="1-8", metavar="LIST",
                         help="run only these cases, e.g. 1,2,3 or 1-3,5,7 (default: all)")
+    parser.add_argument("--runs", type=int, default=1, metavar="N",
+                        help="repeat the run N times, each in a new process, and print min / "
+                             "median / max (default: 1)")
+    parser.add_argument("--libp2p-python", metavar="PATH",
+                        default=os.environ.get(LIBP2P_PYTHON_ENV) or None,
+                        help="interpreter of a venv with py-libp2p 0.8.1: the second baseline "
+                             f"(default: ${LIBP2P_PYTHON_ENV})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
-    if args.uvloop and importlib.util.find_spec("uvloop") is None:
-        parser.error("--uvloop: uvloop is not installed (pip install 'overlay[uvloop]')")
+    if args.uvloop and args.backend not in (None, "uvloop"):
+        parser.error(f"--uvloop contradicts --backend {args.backend}")
+    backend: str = "uvloop" if args.uvloop else args.backend or "asyncio"
+    try:
+        cases = parse_cases(args.cases)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"--cases: {exc}")
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    if (missing := missing_module(backend)) is not None:
+        parser.error(f"--backend {backend}: {missing}")
+    if args.runs > 1:
+        return _repeat(args, backend)
+    loop = loop_named(backend)
     settings = Settings.make(args.quick)
-    loop_name = "uvloop" if args.uvloop else "asyncio"
     notes: list[str] = []
     started = time.perf_counter()
-    _progress(f"overlay benchmarks ({'quick' if args.quick else 'full'}, {loop_name} loop)")
-    figures: list[Figure] = anyio.run(run_cases, settings, args.cases, backend="asyncio",
-                                      backend_options={"use_uvloop": args.uvloop})
+    _progress(f"overlay benchmarks ({'quick' if args.quick else 'full'}, {backend} loop)")
+    if loop.name == "trio":
+        notes.append("trio: the TCP baselines are trio.SocketStream (serve_tcp / "
+                     "open_tcp_stream); LOCAL's baseline is a trio memory channel")
+    figures: list[Figure] = loop.run(run_cases, settings, cases, loop.baselines)
     libp2p: Libp2pResult | None = None
-    if libp2p_available() and {1, 4} <= args.cases:
+    if {1, 4} <= cases and (args.libp2p_python or libp2p_available()):
         # Each (untimed) py-libp2p disconnect() sleeps 0.2 s, so a quarter of the dial cycles.
         connects = max(10, settings.dials // 4)
-        _progress(f"[+] py-libp2p round trips, connect x {connects} (trio) ...")
+        where = args.libp2p_python or "this interpreter"
+        _progress(f"[+] py-libp2p round trips, connect x {connects} (trio, {where}) ...")
         try:
-            libp2p = libp2p_baseline(PAYLOAD, settings.warmup, settings.duration,
-                                     settings.rounds, connects)
+            if args.libp2p_python:
+                libp2p = libp2p_subprocess(args.libp2p_python, PAYLOAD, settings.warmup,
+                                           settings.duration, settings.rounds, connects)
+            else:
+                libp2p = libp2p_baseline(PAYLOAD, settings.warmup, settings.duration,
+                                         settings.rounds, connects)
         except Exception as exc:  # an optional baseline must never sink the run
-            notes.append(f"py-libp2p is installed but its baseline failed: {exc!r}")
+            notes.append(f"py-libp2p baseline failed: {exc!r}")
         else:
             by_key = {f.key: f for f in figures}
             notes.extend(libp2p_notes(libp2p, by_key["round_trip"], by_key["dial"]))
-    else:
-        notes.append("py-libp2p is not installed (import libp2p failed): second baseline skipped")
+            figures.extend(libp2p_figures(libp2p, by_key["round_trip"], by_key["dial"]))
+    elif {1, 4} <= cases:
+        notes.append(f"py-libp2p: not importable and neither --libp2p-python nor "
+                     f"${LIBP2P_PYTHON_ENV} given: second baseline skipped")
     profile: ProfileReport | None = None
     if args.profile:
         _progress("[+] profiling the round-trip case ...")
-        profile = anyio.run(profile_round_trips, settings.profile_requests, backend="asyncio",
-                            backend_options={"use_uvloop": args.uvloop})
+        profile = loop.run(profile_round_trips, settings.profile_requests)
     elapsed = time.perf_counter() - started
 
     facts = machine_facts()
     print()
-    print(f"overlay benchmarks: {'quick' if args.quick else 'full'} run, {loop_name} event loop, "
+    print(f"overlay benchmarks: {'quick' if args.quick else 'full'} run, {backend} event loop, "
           f"Python {facts['python']}, {facts['nproc']} CPUs, {elapsed:.1f} s")
     print()
     print(render_table(figures))
@@ -403,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         document: dict[str, Any] = {
             "machine": facts,
-            "loop": loop_name,
+            "loop": backend,
+            "cases": sorted(cases),
             "quick": args.quick,
             "settings": {"warmup": settings.warmup, "duration": settings.duration,
                          "rounds": settings.rounds, "dials": settings.dials,
@@ -416,6 +467,34 @@ def main(argv: list[str] | None = None) -> int:
             "profile": profile.as_dict() if profile is not None else None,
         }
         Path(args.json).write_text(json.dumps(document, indent=2) + "\n")
+        _progress(f"wrote {args.json}")
+    return 0
+
+
+def _repeat(args: argparse.Namespace, backend: str) -> int:
+    """``--runs N``: N child runs, then the min / median / max table (and every run in JSON)."""
+    child = ["--backend", backend, "--cases", args.cases]
+    child += ["--quick"] * args.quick + ["--profile"] * args.profile
+    if args.libp2p_python:
+        child += ["--libp2p-python", args.libp2p_python]
+    started = time.perf_counter()
+    documents = run_children(Path(__file__).resolve(), child, args.runs, _progress)
+    elapsed = time.perf_counter() - started
+    summaries = summarise(documents)
+    facts = machine_facts()
+    print()
+    print(f"overlay benchmarks: {args.runs} {'quick' if args.quick else 'full'} runs, {backend} "
+          f"event loop, Python {facts['python']}, {facts['nproc']} CPUs, {elapsed:.1f} s")
+    print()
+    print(render_summary(summaries, args.runs))
+    for i, document in enumerate(documents, 1):
+        for note in document["notes"]:
+            print(f"note (run {i}): {note}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            {"machine": facts, "loop": backend, "quick": args.quick, "runs": documents,
+             "summary": [s.as_dict() for s in summaries], "elapsed_seconds": elapsed},
+            indent=2) + "\n")
         _progress(f"wrote {args.json}")
     return 0
 
