@@ -13,6 +13,7 @@ and carried in the hello) is not on main yet, so :func:`pex_node` signs each nod
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -24,7 +25,6 @@ from overlay.address import NodeAddress
 from overlay.identity import NodeKey
 from overlay.node import Node
 from overlay.node._config import ConnectionConfig, DiscoveryConfig, NodeConfig
-from overlay.node._peering import wall_clock
 from overlay.peers import PeerManagerConfig
 from overlay.testing import MemoryNetwork, MemoryTransport
 from overlay.transport import RawListener, Transport, TransportBuilder
@@ -102,7 +102,7 @@ def sign_for(
     age: float = 1.0,
 ) -> SignedRecord:
     """``key``'s record at ``host``, issued ``age`` seconds ago, valid ``ttl`` seconds."""
-    issued = int(wall_clock() - age)
+    issued = int(time.time() - age)
     return sign_record(
         key, network=network, seq=seq, issued_at=issued, expires_at=int(issued + ttl),
         addresses=(f"{host}:{PORT}",), capabilities=dict(capabilities or {}),
@@ -145,5 +145,6 @@ def pex_node(
 
 def publish_own_record(test_node: PexTestNode) -> None:
     """The stand-in for the handshake path (see the module docstring)."""
-    result = test_node.node.discovery.records.offer(test_node.record, wall_clock(), "local")
+    result = test_node.node.discovery.records.offer(test_node.record,
+                                                    test_node.node.wall_clock(), "local")
     assert result.stored

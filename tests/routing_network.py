@@ -26,7 +26,6 @@ from overlay.node._config import (
     NodeConfig,
     RoutingConfig,
 )
-from overlay.node._peering import wall_clock
 from overlay.peers import PeerManagerConfig
 from overlay.router._channel import ChannelSpec, Envelope, RequestHandler
 from overlay.router._codec import BytesCodec
@@ -70,8 +69,8 @@ def record_for(key: NodeKey, network: str, capabilities: frozenset[str]) -> Sign
 
 def introduce(nodes: Sequence[Node], records: Sequence[SignedRecord]) -> None:
     """Every node learns every other node's record and memory address."""
-    wall = wall_clock()
     for node in nodes:
+        wall = node.wall_clock()
         for other, signed in zip(nodes, records, strict=True):
             if other is node:
                 continue

@@ -30,7 +30,6 @@ from overlay.errors import (
 from overlay.identity import NodeId, NodeKey
 from overlay.node import Node
 from overlay.node._config import ConnectionConfig
-from overlay.node._peering import wall_clock
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.router._destination import BROADCAST, Destination, PeerSet, PeerView
@@ -208,10 +207,10 @@ async def test_score_comes_from_the_peer_manager(transport: str) -> None:
     async with make_node(config, network) as a, make_node(config, network) as b:
         assert await a.dial(b.address) == b.node_id
         await wait_until(lambda: b.node_id in a.connected_peers())
-        await wait_until(lambda: a.peering.manager.peer(b.node_id, wall_clock()) is not None)
+        await wait_until(lambda: a.peering.manager.peer(b.node_id, a.wall_clock()) is not None)
         score = _view(a, b.node_id).score
         assert score is not None
-        snapshot = a.peering.manager.peer(b.node_id, wall_clock())
+        snapshot = a.peering.manager.peer(b.node_id, a.wall_clock())
         assert snapshot is not None and score == pytest.approx(snapshot.score)
 
 

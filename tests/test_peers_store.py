@@ -30,7 +30,7 @@ from overlay.errors import (
 from overlay.identity import NodeId
 from overlay.node import Node
 from overlay.node._config import NodeConfig
-from overlay.node._peering import Peering, wall_clock
+from overlay.node._peering import Peering
 from overlay.peers import (
     SCHEMA_VERSION,
     PeerManager,
@@ -51,6 +51,7 @@ from overlay.peers._store import (
     encode_address_row,
     encode_peer_row,
 )
+from tests.support import wait_until
 
 T0 = 1_700_000_000.0
 SELF = NodeId("ff" * 20)
@@ -391,21 +392,32 @@ def test_a_failed_write_raises_peer_store_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_the_driver_keeps_a_batch_that_failed_to_persist(tmp_path: Path) -> None:
+async def test_the_driver_keeps_a_batch_that_failed_to_persist(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A write that fails is logged, not raised; the changes stay pending and a later write
+    stores them (the peer manager runs on a fake wall clock, advanced by hand)."""
     path = tmp_path / "peers.sqlite"
+    clock = [1_000_000.0]
+    victim = NodeId("2" * 40)
     async with Node(NodeConfig(listen=("tcp://127.0.0.1:0",))) as node:
         peering = Peering(node.config.peers, node.node_id, router=node.router,
-                          dial=node.dial_outcome, store_path=path)
-        victim = NodeId("2" * 40)
-        now = wall_clock()
-        peering.manager.ban_peer(victim, now + 60.0, "operator", now)
-        batches = [a for a in peering.manager.poll(now) if isinstance(a, Persist)]
-        assert len(batches) == 1
-        assert victim in {p.node_id for p in batches[0].changes.peers_upsert}
-        with sqlite3.connect(path) as other:
-            other.execute("DROP TABLE peers")
-        await peering._persist(batches[0])  # logged, handed back to the manager; no exception
-        again = [a for a in peering.manager.poll(now + 5.0) if isinstance(a, Persist)]
-        assert again and victim in {p.node_id for p in again[0].changes.peers_upsert}
-        assert peering.store is not None
-        peering.store.close()
+                          dial=node.dial_outcome, store_path=path,
+                          wall_clock=lambda: clock[0])
+        with sqlite3.connect(path) as other:  # the next write fails
+            other.execute("ALTER TABLE peers RENAME TO peers_away")
+        peering.manager.ban_peer(victim, clock[0] + 600.0, "operator", clock[0])
+        async with anyio.create_task_group() as tg:
+            await tg.start(peering.run)
+            await wait_until(lambda: "will retry" in caplog.text)
+            with sqlite3.connect(path) as other:  # the store can write again
+                other.execute("ALTER TABLE peers_away RENAME TO peers")
+            clock[0] += 5.0  # past persist_interval: the kept batch is due again
+            peering.wake()
+
+            def stored() -> bool:
+                with PeerStore(path) as reader:
+                    return any(p.node_id == victim for p in reader.load().peers)
+
+            await wait_until(stored)
+            tg.cancel_scope.cancel()

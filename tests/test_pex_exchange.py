@@ -28,7 +28,6 @@ from discovery._service_types import Penalty
 from overlay.errors import ErrorCode, RequestError
 from overlay.identity import NodeKey
 from overlay.node._config import MetricsConfig
-from overlay.node._peering import wall_clock
 from overlay.peers import PeerFlag, PeerManagerConfig, ScoreEvent
 from overlay.router._channel import Envelope
 from overlay.testing import MemoryNetwork
@@ -64,11 +63,12 @@ async def connect(a: PexTestNode, b: PexTestNode) -> None:
 def offer(holder: PexTestNode, *others: PexTestNode) -> None:
     """``holder`` knows the others' records (as if it had met them)."""
     for other in others:
-        assert holder.node.discovery.records.offer(other.record, wall_clock(), "test").stored
+        assert holder.node.discovery.records.offer(other.record, holder.node.wall_clock(),
+                                                   "test").stored
 
 
 def score_events(holder: PexTestNode, peer: PexTestNode) -> list[ScoreEvent]:
-    snap = holder.node.peering.manager.peer(peer.node.node_id, wall_clock())
+    snap = holder.node.peering.manager.peer(peer.node.node_id, holder.node.wall_clock())
     assert snap is not None
     return [event.event for event in snap.recent_events]
 
@@ -82,12 +82,12 @@ async def test_records_are_exchanged_and_reach_the_address_book() -> None:
         await connect(a, b)
         assert await a.node.pex.ask(b.node.node_id) == 2
         store = a.node.discovery.records
-        assert store.get(b.key.node_id, wall_clock()) == b.record
-        assert store.get(c.key.node_id, wall_clock()) == c.record
+        assert store.get(b.key.node_id, a.node.wall_clock()) == b.record
+        assert store.get(c.key.node_id, a.node.wall_clock()) == c.record
         assert store.source(c.key.node_id) == b.key.node_id
         # The address book learned C's address with B as its source, the peer store its record.
         manager = a.node.peering.manager
-        snap = manager.peer(c.key.node_id, wall_clock())
+        snap = manager.peer(c.key.node_id, a.node.wall_clock())
         assert snap is not None and snap.source == b.key.node_id
         assert [str(x) for x in snap.addresses] == [c.address]
         assert manager.capability_record(c.key.node_id) == c.record.data
@@ -153,7 +153,7 @@ async def test_forged_and_foreign_records_are_rejected_and_the_sender_penalised(
         await connect(a, evil)
         assert await a.node.pex.ask(evil.key.node_id) == 1  # only the genuine record
         store = a.node.discovery.records
-        assert store.get(honest.key.node_id, wall_clock()) == honest.record
+        assert store.get(honest.key.node_id, a.node.wall_clock()) == honest.record
         assert impostor_key.node_id not in store
         stats = a.node.pex.statistics()
         assert stats.records_rejected == {
@@ -196,8 +196,8 @@ async def test_private_peers_are_never_gossiped() -> None:
         # The operator's runtime ``private`` flag hides a known peer too.
         manager = b.node.peering.manager
         manager.add_address(public.record.record.dial_addresses()[0], source="operator",
-                            now=wall_clock())
-        manager.set_flag(public.key.node_id, PeerFlag.PRIVATE, True, wall_clock())
+                            now=b.node.wall_clock())
+        manager.set_flag(public.key.node_id, PeerFlag.PRIVATE, True, b.node.wall_clock())
         raw = await a.node.pex.request_records(b.key.node_id, (), max_records=64, timeout=5)
         assert list(raw) == [b.record.data]
 
@@ -212,7 +212,7 @@ async def test_capability_view_asks_peers_through_the_pex_client() -> None:
         view = CapabilityView(
             ViewConfig(network=a.node.config.network), local_id=a.key.node_id,
             connected=lambda: [b.record], address_book=a.node.discovery.records,
-            wall_clock=wall_clock, pex=a.node.pex,
+            wall_clock=a.node.wall_clock, pex=a.node.pex,
         )
         async with view.candidates("archive", limit=1) as found:
             got = [candidate async for candidate in found]

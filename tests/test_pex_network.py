@@ -16,7 +16,6 @@ import anyio
 import pytest
 
 from discovery import OfferOutcome, PexConfig
-from overlay.node._peering import wall_clock
 from overlay.node._pex_seed import SeedConfig
 from overlay.peers import PeerManagerConfig
 from overlay.testing import MemoryNetwork
@@ -82,7 +81,8 @@ async def test_a_seed_crawls_the_nodes_it_has_records_of() -> None:
     far = [pex_node(net, i, capabilities={"relay": 1}) for i in range(3, 6)]
     async with running([seed, *far]):
         for node in far:  # records the seed holds (from a DHT answer, say), not in its book
-            assert seed.node.discovery.records.offer(node.record, wall_clock(), "dht").stored
+            assert seed.node.discovery.records.offer(node.record, seed.node.wall_clock(),
+                                                     "dht").stored
         # The seed dials each of them, asks for records, and hangs up.
         await wait_virtual(
             lambda: all(n.node.pex.statistics().requests_served for n in far),
@@ -124,7 +124,8 @@ async def test_fifty_nodes_learn_a_record_for_every_capability_from_three_seeds(
         # The seeds did their job: each holds every node's record, served, and hangs up.
         ids = {n.key.node_id for n in nodes}
         for seed in seeds:
-            assert ids <= {s.node_id for s in seed.node.discovery.records.records(wall_clock())}
+            known = seed.node.discovery.records.records(seed.node.wall_clock())
+            assert ids <= {s.node_id for s in known}
         assert sum(s.node.pex.statistics().requests_served for s in seeds) >= len(nodes)
 
         def hung_up() -> int:

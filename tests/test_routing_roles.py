@@ -23,7 +23,6 @@ from overlay.errors import (
 )
 from overlay.identity import NodeKey
 from overlay.node import Node
-from overlay.node._peering import wall_clock
 from overlay.operator._control import UnknownTargetError
 from overlay.router._channel import Envelope, RequestHandler
 from routing import TargetSet
@@ -119,7 +118,7 @@ async def test_role_failures_are_typed() -> None:
         assert caught.value.failure is RoleFailure.NONE_KNOWN
         # a provider known from its record but unreachable: nobody listens at its address
         ghost = record_for(NodeKey.generate(), client.config.network, frozenset({"archive"}))
-        client.discovery.records.offer(ghost, wall_clock(), "test")
+        client.discovery.records.offer(ghost, client.wall_clock(), "test")
         with pytest.raises(RoleUnavailable) as caught:
             await ch.request(Role("archive"), b"q", timeout=2)
         assert caught.value.failure is RoleFailure.NONE_REACHABLE

@@ -24,7 +24,7 @@ from overlay.identity import NodeId, parse_node_id
 from overlay.node._dht import NodeDht
 from overlay.node._discovery import DiscoveryState
 from overlay.node._host import NodeBasics
-from overlay.node._peering import Peering, wall_clock
+from overlay.node._peering import Peering
 from overlay.node._records import NodeCapabilities
 from overlay.node._routing import NodeRouting
 from overlay.operator._control import (
@@ -96,14 +96,14 @@ class NodeControl:
     def __init__(self, node: ControlledNode, peering: Peering) -> None:
         self.node = node
         self.peering = peering
-        self.started = wall_clock()
+        self.started = peering.wall_clock()
         self.admin_url: str | None = None
         """Where the admin API listens (``http://HOST:PORT`` / ``unix:PATH``), once serving."""
         self.metrics_url: str | None = None
         """``http://HOST:PORT`` of the Prometheus endpoint (``/metrics``), once serving."""
 
     def _now(self) -> float:
-        return wall_clock()
+        return self.peering.wall_clock()
 
     def status(self) -> dict[str, Any]:
         stats = self.peering.manager.statistics()

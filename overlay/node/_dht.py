@@ -241,6 +241,7 @@ class NodeDht:
         *,
         records: RecordStore,
         rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.host = host
         self.records = records
@@ -253,7 +254,8 @@ class NodeDht:
         self.channel: Channel[DhtRequest, DhtResponse] = host.channel(DHT)
         self.channel.handle_requests(self._on_peer_request)
         transient.serve = self._serve_transient
-        self.wall_clock: Callable[[], float] = time.time
+        self.wall_clock = wall_clock
+        """Unix seconds (the node's ``wall_clock``): records' and the service's times."""
         self.messages_sent = 0
         """DHT requests this node sent (lookups, stores, pings)."""
         self.rate_limited = 0

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -58,7 +59,7 @@ from overlay.node._config import NodeConfig
 from overlay.node._control import NodeControl
 from overlay.node._dht import DHT, NodeDht
 from overlay.node._discovery import DiscoveryState, report_penalty
-from overlay.node._peering import DialOutcome, Peering, wall_clock
+from overlay.node._peering import DialOutcome, Peering
 from overlay.node._pex import PEX, Pex
 from overlay.node._records import CAPABILITIES_FILE, NodeCapabilities
 from overlay.node._routing import NodeRouting
@@ -125,6 +126,7 @@ class Node:
         transports: Sequence[Transport | TransportBuilder] | None = None,
         observer: Observer | None = None,
         admission: Admission | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         """``config``: the same :class:`NodeConfig` ``overlay start`` loads from
         ``config.toml`` (default: all defaults). ``key``: the node's identity (default: loaded
@@ -133,8 +135,10 @@ class Node:
         node writes no files. ``transports``: builders (or ready transports for this key) that
         replace the default, TCP on the ``tcp://`` listen addresses. ``observer``: told every
         fact about peers, after the node's peer manager. ``admission``: an extra check of each
-        inbound peer after the peer manager admitted it."""
+        inbound peer after the peer manager admitted it. ``wall_clock``: unix seconds, the
+        clock of the peer manager, records, PEX, routing and the DHT (tests pass a fake)."""
         self.config = config or NodeConfig()
+        self.wall_clock = wall_clock
         self.home = Path(home) if home is not None else None
         if key is None:
             if self.home is None:
@@ -179,7 +183,7 @@ class Node:
             local_capabilities=lambda: frozenset(self.capabilities),
             protocols=frozenset(t.protocol for t in self._transports),
             peering=lambda: self._services.peering if self._services.started else None,
-            metrics=metrics,
+            metrics=metrics, wall_clock=wall_clock,
         )
         """Capability routing: targets, the policy driver, role and group requests."""
         disco = self.config.discovery
@@ -201,7 +205,8 @@ class Node:
                 timers=self._timers, observer=self.observer, dial=self._dial_stream,
                 local_info=self.local_info,
             )
-            self.dht = NodeDht(self, self._transient, records=self.discovery.records)
+            self.dht = NodeDht(self, self._transient, records=self.discovery.records,
+                               wall_clock=wall_clock)
             self._services.add(self.dht.run)
             self.routing.discover = self._discover_providers  # Discover actions: DHT lookups
         self._listen_addresses: list[NodeAddress] = []
@@ -316,7 +321,7 @@ class Node:
                 pex=self._services.pex if self.config.discovery.pex_enabled else None,
                 dht=self.dht,
                 penalise=self._penalise_discovery,
-                wall_clock=wall_clock,
+                wall_clock=self.wall_clock,
             )
             self._listening = True
             for transport in self._transports:
@@ -545,7 +550,7 @@ class Node:
         DHT are asked; what they find enters ``node.discovery.records``, where the policy
         engine finds candidates."""
         known = {s.node_id for s in self.discovery.peers.connected_records()}
-        now = wall_clock()
+        now = self.wall_clock()
         known.update(s.node_id for s in self.discovery.records.candidates(capability, now))
         async with self.discovery.candidates(
             capability, limit=_DISCOVER_WANT, exclude=known

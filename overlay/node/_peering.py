@@ -69,10 +69,7 @@ from overlay.wire._nodeinfo import DisconnectReason
 if TYPE_CHECKING:
     from overlay.operator._metrics import NodeMetrics
 
-__all__ = ["DialOutcome", "Dialer", "Peering", "wall_clock"]
-
-wall_clock = time.time
-"""The peer manager's clock: wall time, because its times outlive the process."""
+__all__ = ["DialOutcome", "Dialer", "Peering"]
 
 log = logging.getLogger("overlay.peering")
 
@@ -118,7 +115,11 @@ class Peering(Observer):
         store_path: Path | None = None,
         rng: random.Random | None = None,
         metrics: NodeMetrics | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        self.wall_clock = wall_clock
+        """The peer manager's clock (the node's ``wall_clock``): unix seconds, because its
+        times (bans, scores, last seen) outlive the process."""
         self.router = router
         self._dial_outcome = dial
         self.metrics = metrics
@@ -148,8 +149,7 @@ class Peering(Observer):
         router.peer_table.set_score_source(self.score_of)
 
     def _now(self) -> float:
-        # The manager's times are persisted (bans, scores, last seen), so it runs on wall time.
-        return wall_clock()
+        return self.wall_clock()
 
     def wake(self) -> None:
         self._wake.set()
@@ -165,7 +165,7 @@ class Peering(Observer):
         next poll) and stop dialing it as a fallback seed, unless the configuration names it
         too. The address stays in the address book. False when the operator set no such flag.
         """
-        if not self.manager.remove_seed(node_id, wall_clock()):
+        if not self.manager.remove_seed(node_id, self.wall_clock()):
             return False
         self.wake()
         return True

@@ -75,7 +75,7 @@ from overlay.errors import ErrorCode, LocalProtocolError, OverlayError, RequestE
 from overlay.identity import NodeId
 from overlay.node._discovery import PEX_CHANNEL_ID, DiscoveryState
 from overlay.node._host import NodeBasics
-from overlay.node._peering import Peering, wall_clock
+from overlay.node._peering import Peering
 from overlay.node._pex_seed import SeedConfig, SeedKeeper
 from overlay.peers import PeerFlag
 from overlay.router._channel import Channel, ChannelSpec, Envelope
@@ -267,7 +267,7 @@ class Pex(Observer):
     def accept(self, peer: NodeId, records: Sequence[bytes]) -> int:
         """Verify ``records`` handed over by ``peer`` and keep the good ones (module
         docstring); returns how many were stored. Penalises ``peer`` once for forged ones."""
-        wall = wall_clock()
+        wall = self._peering.wall_clock()
         store = self._node.discovery.records
         c = self._counters
         blame: Penalty | None = None
@@ -364,7 +364,7 @@ class Pex(Observer):
             for peer in seed.hang_ups(now, self._keep):
                 self._counters.hang_ups += 1
                 self._spawn(node.disconnect, peer, "seed node: exchange done")
-            wall = wall_clock()
+            wall = self._peering.wall_clock()
             records = {s.node_id: s for s in node.discovery.records.records(wall)}
             for node_id in seed.crawl(records, now, self_id=node.node_id):
                 self._spawn(self._crawl, seed, records[node_id])
@@ -454,7 +454,7 @@ class Pex(Observer):
                 self._peering.on_rate_limited(peer, PEX_CHANNEL_ID)
             raise RequestError(ErrorCode.UNAVAILABLE, "rate limited: ask less often")
         self._refusals.pop(peer, None)
-        wall = wall_clock()
+        wall = self._peering.wall_clock()
         records = self._node.discovery.records.records(wall)
         private, successes = self._peer_facts(records, wall)
         chosen = self._responder.select(records, env.message, asker=peer, now=wall,
@@ -491,7 +491,7 @@ class Pex(Observer):
     # ----------------------------------------------------------------------------- seed mode
 
     def _keep(self, peer: NodeId) -> bool:
-        snap = self._peering.manager.peer(peer, wall_clock())
+        snap = self._peering.manager.peer(peer, self._peering.wall_clock())
         return snap is not None and bool(
             snap.flags & {PeerFlag.PERSISTENT, PeerFlag.UNCONDITIONAL}
         )

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, assert_never
 
@@ -51,7 +52,7 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId
 from overlay.node._config import RoutingConfig
-from overlay.node._peering import Peering, wall_clock
+from overlay.node._peering import Peering
 from overlay.peers import BanKind
 from overlay.router._channel import Channel
 from overlay.router._destination import PeerView
@@ -110,8 +111,11 @@ class NodeRouting(Observer):
         protocols: frozenset[str] = frozenset({"tcp"}),
         peering: Callable[[], Peering | None],
         metrics: NodeMetrics | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.node_id = node_id
+        self.wall_clock = wall_clock
+        """Unix seconds (the node's ``wall_clock``): records' and the peer manager's times."""
         self.config = config
         self.limits = limits
         self._router = router
@@ -230,7 +234,7 @@ class NodeRouting(Observer):
     def _usable(self, view: PeerView) -> frozenset[str]:
         peers = self._discovery.peers
         node_id = view.node_id
-        advertised = self._advertised(node_id, view, wall_clock())
+        advertised = self._advertised(node_id, view, self.wall_clock())
         return peers.confirmed(node_id) | frozenset(
             c for c in advertised if not peers.is_suspect(node_id, c)
         )
@@ -254,7 +258,7 @@ class NodeRouting(Observer):
                 self._discovery.confirm(node_id, capability)
                 peering = self._peering()
                 if peering is not None:
-                    peering.manager.mark_useful(node_id, wall_clock())
+                    peering.manager.mark_useful(node_id, self.wall_clock())
             case Outcome.ERROR | Outcome.REFUSED:
                 if node_id in self._router.peer_table.connections:
                     self._discovery.refute(node_id, capability)
@@ -311,7 +315,7 @@ class NodeRouting(Observer):
 
     def snapshot(self, now: float) -> PolicySnapshot:
         """What the engine sees now (``now`` on the anyio clock)."""
-        wall = wall_clock()
+        wall = self.wall_clock()
         table = self._router.peer_table
         peering = self._peering()
         peers = []
@@ -400,7 +404,7 @@ class NodeRouting(Observer):
         peering = self._peering()
         if peering is None:
             return
-        if peering.manager.disconnect_peer(action.node_id, wall_clock()):
+        if peering.manager.disconnect_peer(action.node_id, self.wall_clock()):
             self.prunes += 1
             log.info("routing prunes %s (%s%s)", action.node_id, action.reason.value,
                      f", {action.capability}" if action.capability else "",
@@ -412,7 +416,7 @@ class NodeRouting(Observer):
         addresses (its record, then its address book), else those of its signed record."""
         found: list[NodeAddress] = []
         peering = self._peering()
-        wall = wall_clock()
+        wall = self.wall_clock()
         if peering is not None:
             snap = peering.manager.peer(node_id, wall)
             if snap is not None:
@@ -435,7 +439,7 @@ class NodeRouting(Observer):
         address = self.address_of(node_id)
         if peering is None or tg is None or address is None:
             return False
-        decision = peering.manager.dial_now(address, persistent=False, now=wall_clock(),
+        decision = peering.manager.dial_now(address, persistent=False, now=self.wall_clock(),
                                             execute=False)
         if not decision.accepted:
             return False
@@ -497,7 +501,7 @@ class NodeRouting(Observer):
                                       f"{role}: the deadline passed while dialing providers",
                                       capability=capability, attempts=tried)
             tried += 1
-            peering.manager.dial_now(address, persistent=False, now=wall_clock(),
+            peering.manager.dial_now(address, persistent=False, now=self.wall_clock(),
                                      execute=False)
             try:
                 peer = await peering.dial(address, timeout=min(left, _DIAL_TIMEOUT))
@@ -518,7 +522,7 @@ class NodeRouting(Observer):
 
     def _providers(self, capability: str) -> list[NodeId]:
         connected = self._router.peer_table.connections
-        now = wall_clock()
+        now = self.wall_clock()
         return [
             s.node_id for s in self._records.candidates(capability, now)
             if s.node_id not in connected and s.node_id != self.node_id
@@ -543,7 +547,7 @@ class NodeRouting(Observer):
         """One connected peer's capabilities as routing sees them."""
         view = self._router.peer_table.peer(node_id)
         peers = self._discovery.peers
-        advertised = self._advertised(node_id, view, wall_clock())
+        advertised = self._advertised(node_id, view, self.wall_clock())
         confirmed = peers.confirmed(node_id)
         return {
             cap: {

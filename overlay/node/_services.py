@@ -73,6 +73,9 @@ class ServedNode(ControlledNode, Protocol):
     @property
     def observer(self) -> Observer: ...
 
+    @property
+    def wall_clock(self) -> Callable[[], float]: ...
+
 
 def private_directory(path: Path, key: str = "data_dir") -> None:
     """Create ``path`` with mode 0700, or tighten an existing one readable by others."""
@@ -143,7 +146,8 @@ class NodeServices:
             private_directory(data_dir)
             store_path = data_dir / PEER_STORE_FILE
         peering = Peering(config.peers, node.node_id, router=node.router,
-                          dial=node.dial_outcome, store_path=store_path, metrics=self.metrics)
+                          dial=node.dial_outcome, store_path=store_path, metrics=self.metrics,
+                          wall_clock=node.wall_clock)
         self._peering = peering
         self._control = NodeControl(node, peering)
         if config.discovery.pex_enabled:
