@@ -10,6 +10,7 @@ import anyio
 import pytest
 
 from overlay.address import ListenAddress, NodeAddress
+from overlay.connection._core import ChannelParams, ResponseReceived
 from overlay.errors import ConnectionClosed, HandshakeTimeout
 from overlay.identity import NodeKey
 from overlay.node import Node
@@ -20,6 +21,7 @@ from overlay.testing import MemoryNetwork
 from overlay.transport import Transport
 from overlay.transport._secure import SecureIdentity, SecureStream
 from overlay.transport._tcp import TcpTransport
+from tests.raw_peer import raw_peer
 from tests.support import (
     both_backends,
     both_transports,
@@ -147,22 +149,24 @@ async def test_a_request_cancelled_before_it_starts_never_runs(transport: str) -
         calls.append(env.message)
         return env.message
 
-    async with connected_pair(transport, [ECHO]) as (a, b):
+    network = MemoryNetwork()
+    async with make_node(config_for(transport), network) as b:
         b.channel(ECHO).handle_requests(handler)
-        conn = a.router.get_peer(b.node_id)
-        assert conn is not None
-        # Build REQUEST and CANCEL by hand and write them together, so the responder reads
-        # both before any worker starts the request.
+        peer = await raw_peer(b, network, channels=[ChannelParams(ECHO.id)])
+        # A raw peer writes REQUEST and CANCEL together, so the responder reads both before
+        # any worker starts the request.
         now = anyio.current_time()
-        request_id = conn.core.send_request(ECHO.id, b"never")
-        request_frame = conn.core.data_to_send(now)
-        conn.core.cancel_request(request_id)
-        cancel_frame = conn.core.data_to_send(now)
+        request_id = peer.core.send_request(ECHO.id, b"never")
+        request_frame = peer.core.data_to_send(now)
+        peer.core.cancel_request(request_id)
+        cancel_frame = peer.core.data_to_send(now)
         assert request_frame and cancel_frame
-        await conn._stream.send(request_frame + cancel_frame)
+        await peer.send(request_frame + cancel_frame)
         # The connection still works, and the cancelled request's handler never ran.
-        assert await a.channel(ECHO).request(b.node_id, b"after", timeout=5) == b"after"
+        answer = await peer.request(ECHO.id, b"after")
+        assert isinstance(answer, ResponseReceived) and answer.payload == b"after"
         assert calls == [b"after"]
-        peer = b.router.get_peer(a.node_id)
-        assert peer is not None
-        assert peer.core.statistics().inbound_requests_active == 0
+        conn = b.router.get_peer(peer.node_id)
+        assert conn is not None
+        assert conn.core.statistics().inbound_requests_active == 0
+        await peer.aclose()

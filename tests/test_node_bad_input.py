@@ -1,10 +1,8 @@
 """Bad input from the network never crashes a node.
 
-A *raw peer* authenticates for real (transport dial + Noise), runs the hello exchange of
-``overlay.wire._nodeinfo`` by hand, and then writes whatever bytes it likes on the secure stream. It
-parses what the node sends back with its own :class:`~overlay.connection._core.ConnectionCore`.
-Every
-test then proves the node still serves a second, healthy peer.
+A *raw peer* (``tests/raw_peer.py``) authenticates for real, runs the hello exchange by hand and
+then writes whatever bytes it likes on the secure stream. Every test then proves the node
+still serves a second, healthy peer.
 
 Outcomes: a protocol violation closes that one connection (the node says why in a Disconnect
 frame, logs it and tells the observer); a message that merely cannot be used (unknown channel,
@@ -16,9 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -27,29 +25,24 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from overlay.connection import _core as core_mod
-from overlay.connection._core import ChannelParams, ConnectionCore, CoreConfig
+from overlay.connection._core import ChannelParams
 from overlay.connection._observer import Observer
 from overlay.errors import DecodeError, ErrorCode, LocalProtocolError, RemoteProtocolError
-from overlay.identity import NodeId, NodeKey
+from overlay.identity import NodeId
 from overlay.node import Node
 from overlay.node._config import ConnectionConfig
 from overlay.router._channel import Channel, ChannelSpec, Envelope
 from overlay.router._codec import BytesCodec
 from overlay.testing import MemoryNetwork
-from overlay.transport import Transport
 from overlay.transport._failures import Direction
 from overlay.transport._failures import HandshakeFailureReason as Reason
-from overlay.transport._hello import receive_hello, send_hello
-from overlay.transport._secure import SecureIdentity, SecureStream
-from overlay.transport._tcp import TcpTransport
 from overlay.wire._frames import FLAG_COMPRESSED, FLAG_MORE, HEADER, FrameKind, encode_frame
 from overlay.wire._nodeinfo import (
     PROTOCOL_VERSION,
     DisconnectReason,
-    NodeInfo,
-    decode_hello_reply,
-    encode_node_info,
 )
+from tests.raw_peer import RawPeer, secure_dial
+from tests.raw_peer import raw_peer as connect_raw_peer
 from tests.support import (
     both_transports,
     config_for,
@@ -115,118 +108,24 @@ async def _doc(env: Envelope[dict[str, Any]]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ raw peer
 
 
-@dataclass(eq=False)
-class RawPeer:
-    """An authenticated peer that speaks frames by hand."""
-
-    stream: SecureStream
-    core: ConnectionCore
-    remote: NodeInfo
-    node_id: NodeId
-    """Our own id (the one the node sees)."""
-    events: list[core_mod.Event] = field(default_factory=list)
-
-    async def send(self, data: bytes) -> None:
-        await self.stream.send(data)
-
-    async def flush(self) -> None:
-        while data := self.core.data_to_send(anyio.current_time()):
-            await self.stream.send(data)
-
-    async def _read_once(self) -> bool:
-        """Read and parse one chunk; False at end of stream."""
-        try:
-            data = await self.stream.receive()
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return False
-        self.core.receive_data(data, anyio.current_time())
-        self.events.extend(self.core.events())
-        return True
-
-    async def read_until_closed(self) -> list[core_mod.Event]:
-        with anyio.fail_after(5):
-            while await self._read_once():
-                pass
-        return self.events
-
-    async def wait_event(self, match: Callable[[core_mod.Event], bool]) -> core_mod.Event:
-        with anyio.fail_after(5):
-            while True:
-                for event in self.events:
-                    if match(event):
-                        self.events.remove(event)
-                        return event
-                if not await self._read_once():
-                    raise AssertionError(f"stream closed; events: {self.events}")
-
-    async def request(self, channel_id: int, payload: bytes) -> core_mod.Event:
-        """Send a well-formed request; return the ResponseReceived/ErrorReceived event."""
-        rid = self.core.send_request(channel_id, payload)
-        await self.flush()
-
-        def answer(event: core_mod.Event) -> bool:
-            return (
-                isinstance(event, core_mod.ResponseReceived | core_mod.ErrorReceived)
-                and event.request_id == rid
-            )
-
-        return await self.wait_event(answer)
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-
 def _payload(event: core_mod.Event) -> bytes:
     assert isinstance(event, core_mod.ResponseReceived), event
     return event.payload
 
 
-async def secure_dial(
-    node: Node, net: MemoryNetwork, identity: SecureIdentity | None = None
-) -> SecureStream:
-    """Dial ``node`` over the node's own transport kind (the Noise handshake, no hello)."""
-    identity = identity or SecureIdentity(NodeKey.generate())
-    dialer: Transport = (
-        net.transport(identity) if node.address.protocol == "memory" else TcpTransport(identity)
-    )
-    return await dialer.dial(node.address, timeout=5)
+_PARSED = (
+    ChannelParams(ECHO.id, max_message_size=ECHO.max_message_size),
+    ChannelParams(DOCS.id),
+    ChannelParams(UNKNOWN_CHANNEL),  # a channel the node does not have
+)
 
 
 async def raw_peer(
-    node: Node,
-    net: MemoryNetwork,
-    *,
-    network: str = "overlay-local",
-    channels: tuple[int, ...] = (ECHO.id, DOCS.id),
-    protocol_version: int = PROTOCOL_VERSION,
+    node: Node, net: MemoryNetwork, *, protocol_version: int = PROTOCOL_VERSION
 ) -> RawPeer:
-    """Connect to ``node`` and run the hello exchange as the initiator (see
-    ``ConnectionSetup._hello``)."""
-    identity = SecureIdentity(NodeKey.generate())
-    stream = await secure_dial(node, net, identity)
-    assert stream.node_id == node.node_id
-    info = NodeInfo(network=network, channels=channels, protocol_version=protocol_version)
-    buffer = bytearray()
-    try:
-        await send_hello(stream, encode_node_info(info))
-        remote = decode_hello_reply(await receive_hello(stream, buffer))
-    except BaseException:
-        await anyio.aclose_forcefully(stream)
-        raise
-    core = ConnectionCore(
-        CoreConfig(ping_interval=0, idle_timeout=0),
-        [
-            ChannelParams(ECHO.id, max_message_size=ECHO.max_message_size),
-            ChannelParams(DOCS.id),
-            ChannelParams(UNKNOWN_CHANNEL),  # a channel the node does not have
-        ],
-        now=anyio.current_time(),
-    )
-    peer = RawPeer(stream, core, remote, identity.node_id)
-    if buffer:
-        core.receive_data(bytes(buffer), anyio.current_time())
-    await wait_until(lambda: node.router.get_peer(peer.node_id) is not None)
-    return peer
+    """A raw peer (``tests/raw_peer.py``) announcing the echo and docs channels."""
+    return await connect_raw_peer(node, net, channels=_PARSED, announced=(ECHO.id, DOCS.id),
+                                  protocol_version=protocol_version)
 
 
 @dataclass(slots=True)

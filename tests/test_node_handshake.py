@@ -11,7 +11,7 @@ import pytest
 
 from overlay.address import ListenAddress, NodeAddress
 from overlay.connection import _core as core_mod
-from overlay.connection._core import ConnectionCore, CoreConfig
+from overlay.connection._core import ChannelParams, ConnectionCore, CoreConfig
 from overlay.connection._observer import Observer
 from overlay.errors import (
     AuthenticationError,
@@ -28,7 +28,7 @@ from overlay.testing import MemoryNetwork, MemoryTransport
 from overlay.transport import Transport
 from overlay.transport._failures import Direction, HandshakeFailureReason
 from overlay.transport._hello import receive_hello, send_hello
-from overlay.transport._secure import SecureIdentity, SecureStream
+from overlay.transport._secure import PeerAttribute, SecureIdentity, SecureStream
 from overlay.transport._tcp import TcpTransport
 from overlay.wire._nodeinfo import (
     DisconnectReason,
@@ -39,6 +39,7 @@ from overlay.wire._nodeinfo import (
     encode_node_info,
     hello_frame,
 )
+from tests.raw_peer import raw_peer
 from tests.support import (
     both_backends,
     both_transports,
@@ -267,18 +268,16 @@ async def test_replaced_connection_leaves_the_observer_connected() -> None:
     network = MemoryNetwork()
     seen = Recorder()
     config = config_for("memory")
-    async with make_node(config, network) as a, \
+    key_a = NodeKey.generate()
+    async with make_node(config, network, key=key_a) as a, \
             make_node(config, network, observer=seen) as b:
         await a.dial(b.address)
         await wait_until(lambda: a.node_id in b.connected_peers())
         old = b.router.get_peer(a.node_id)
-        # A redials while B still holds the old connection (as after a partition that only A
-        # noticed): a second A-initiated connection, set up exactly as Node.dial does it.
-        transport = a._transport_for(b.address)
-        hello = hello_frame(encode_node_info(a.local_info()))
-        stream = await transport.dial(b.address, timeout=5.0, first_data=hello)
-        assert a._tg is not None
-        await a._tg.start(a._setup.run_connection, stream, True, 5.0)
+        # A second A-initiated connection while B still holds the old one (as when A
+        # restarted, or after a partition that only A noticed): A's identity, a raw peer.
+        await raw_peer(b, network, identity=SecureIdentity(key_a),
+                       channels=[ChannelParams(c) for c in a.local_info().channels if c])
         await wait_until(lambda: b.router.get_peer(a.node_id) not in (None, old)
                          and old is not None and old.is_down)
         assert b.connected_peers() == [a.node_id]
@@ -328,7 +327,7 @@ async def test_two_concurrent_dials_to_one_peer_leave_one_connection() -> None:
             with anyio.move_on_after(1):  # only 1 arrives when A deduplicates the dials
                 await wait_until(lambda: len(held.arrived) == 2)
             await wait_until(lambda: len(b.router.peers()) == 1)
-            kept_by_b = b.router.peers()[0]._stream.handshake_hash  # type: ignore[attr-defined]
+            kept_by_b = b.router.peers()[0].extra(PeerAttribute.handshake_hash)
             order = sorted(held.arrived, key=lambda key: key != kept_by_b)
             for key in order:
                 held.gates[key].set()

@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVarTuple, assert_never
 
 import anyio
@@ -139,8 +139,9 @@ _RETRY_DUE_TIMER = 0.001
 """Seconds by which a deadline that is already due on rescheduling is pushed ahead."""
 
 
-class PeerConnection:
-    """One live, authenticated connection to a peer."""
+class PeerConnection(anyio.TypedAttributeProvider):
+    """One live, authenticated connection to a peer; ``conn.extra(...)`` reads its stream's
+    typed attributes (``PeerAttribute.handshake_hash``, for one)."""
 
     def __init__(
         self,
@@ -191,6 +192,10 @@ class PeerConnection:
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: Workers | None = None
         self._done = anyio.Event()
+
+    @property
+    def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
+        return self._stream.extra_attributes
 
     # ----------------------------------------------------------------------------- lifecycle
 

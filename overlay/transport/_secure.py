@@ -115,6 +115,8 @@ class PeerAttribute(TypedAttributeSet):
     """The peer's IP address (for per-IP limits); ``""`` when unknown."""
     initiator: bool = typed_attribute()
     """True when we dialed (we were the Noise initiator)."""
+    handshake_hash: bytes = typed_attribute()
+    """The Noise handshake hash: identical on both ends of one connection (channel binding)."""
 
 
 # -- transport -------------------------------------------------------------------------------
@@ -325,6 +327,7 @@ class SecureStream(anyio.abc.ByteStream):
             PeerAttribute.node_id: lambda: node_id,
             PeerAttribute.public_key: lambda: public_key,
             PeerAttribute.initiator: lambda: initiator,
+            PeerAttribute.handshake_hash: lambda: handshake_hash,
             PeerAttribute.remote_address: lambda: remote_address,
             PeerAttribute.remote_host: lambda: remote_host,
         }
