@@ -315,10 +315,10 @@ async def test_dial_errors() -> None:
 async def test_backlog_full_refuses_the_dial() -> None:
     network = MemoryNetwork(backlog=1)
     server, client = network.transport(seeded_identity(1)), network.transport(seeded_identity(2))
-    (listener,) = await server._listen()  # bound but nobody accepting
-    first = await client._raw_connect(server.address)
+    listener = await server.listen_raw()  # bound but nobody accepting
+    first = await client.connect_raw(server.address)
     with pytest.raises(DialError, match="backlog"):
-        await client._raw_connect(server.address)
+        await client.connect_raw(server.address)
     assert (await listener.accept()).remote_host == client.host
     await listener.aclose()
     with pytest.raises(anyio.ClosedResourceError):
@@ -330,8 +330,8 @@ async def test_backlog_full_refuses_the_dial() -> None:
 async def test_listener_close_resets_queued_connections() -> None:
     network = MemoryNetwork()
     server, client = network.transport(seeded_identity(1)), network.transport(seeded_identity(2))
-    (listener,) = await server._listen()
-    raw = await client._raw_connect(server.address)
+    listener = await server.listen_raw()
+    raw = await client.connect_raw(server.address)
     await listener.aclose()
     with pytest.raises(anyio.EndOfStream):
         await raw.stream.receive()
@@ -429,9 +429,9 @@ async def test_latency_and_loss_delay_but_keep_order() -> None:
     a, b = network.transport(seeded_identity(1)), network.transport(seeded_identity(2))
     network.set_link(a.node_id, b.node_id, LinkConditions(latency=0.1))
     assert network.link_conditions(b.node_id, a.node_id).latency == 0.1
-    (listener,) = await b._listen()
+    listener = await b.listen_raw()
     start = anyio.current_time()
-    raw_a = await a._raw_connect(b.address)
+    raw_a = await a.connect_raw(b.address)
     assert anyio.current_time() - start == pytest.approx(0.2)  # one round trip
     raw_b = (await listener.accept()).stream
     assert isinstance(raw_b, MemoryByteStream)

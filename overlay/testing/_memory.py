@@ -171,6 +171,18 @@ class MemoryTransport(Transport):
     async def _raw_connect(self, address: NodeAddress) -> RawConnection:
         return await self.network._connect(self, address.node_id)
 
+    async def listen_raw(self) -> RawListener:
+        """Take this transport's address on the network without serving it: dials queue (up
+        to the network's ``backlog``) until ``accept()`` takes them. Below Noise, for tests of
+        the network's own links (backlog, resets, link conditions); nodes use :meth:`serve`."""
+        (listener,) = await self._listen()
+        return listener
+
+    async def connect_raw(self, address: NodeAddress) -> RawConnection:
+        """Open a link to ``address`` without the Noise handshake (link conditions apply).
+        Below Noise, for tests of the network's own links; nodes use :meth:`dial`."""
+        return await self._raw_connect(address)
+
 
 class IpMemoryTransport(MemoryTransport):
     """A memory transport that poses as TCP: it serves ``ID@HOST:PORT`` addresses on the
