@@ -89,7 +89,7 @@ async def test_the_hello_carries_the_configured_record(transport: str) -> None:
         assert a.info_seq == 0  # the first record is part of the NodeInfo as at start
         await wait_until(lambda: advertised(a, b) == {"blocks"})
         assert advertised(b, a) == {"blocks"}
-        stored = a.discovery.records.get(b.node_id, time.time())
+        stored = a.discovery.records.get(b.node_id, a.wall_clock())
         assert stored is not None and stored.data == own(b).data
         assert a.discovery.peers.statistics().received == {RecordEntry.HANDSHAKE: 1}
         assert a.peering.manager.capability_record(b.node_id) == own(b).data
@@ -240,7 +240,7 @@ async def test_a_restarted_node_keeps_records_and_its_capabilities(
             last_seq = own(a).seq
         assert (tmp_path / "data" / "peers.sqlite").exists()
         async with make_node(config_a, network, home=tmp_path) as again:
-            kept = again.discovery.records.get(b.node_id, time.time())
+            kept = again.discovery.records.get(b.node_id, again.wall_clock())
             assert kept is not None and kept.data == own(b).data  # before any connection
             assert again.discovery.peers.statistics().restored == 1
             assert dict(again.capabilities) == {"blocks": own(again).record.capabilities[
