@@ -40,6 +40,8 @@ class Baselines:
     """``asyncio`` or ``trio``: what the TCP baselines are written with."""
     local_name: str
     """The LOCAL case's baseline (a memory stream or channel)."""
+    pipelined_reference: Callable[[bytes, int, float, float], Awaitable[Rate]] | None = None
+    """Another way to write case 2's baseline on this loop, measured as a reference only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,7 @@ def _trio_baselines() -> Baselines:
         local=tr.trio_memory_channel_rate,
         tcp_name="trio",
         local_name="trio memory channel",
+        pipelined_reference=tr.trio_batched_pipeline,
     )
 
 

@@ -155,6 +155,10 @@ async def run_cases(s: Settings, cases: frozenset[int] = ALL_CASES,
                                    f"64 B requests, {IN_FLIGHT} in flight, 1 connection",
                                    "req/s", runs, f"{plain.tcp_name} length-prefixed pipeline",
                                    Target("ratio_min", 1.0)))
+        if plain.pipelined_reference is not None:  # trio: batched writes, for reference
+            batched = best([await plain.pipelined_reference(PAYLOAD, IN_FLIGHT, w, d)
+                            for _ in range(s.rounds)])
+            figures[-1].extra["batched_baseline_per_second"] = batched.per_second
     if 3 in cases:
         _progress("[4/8] bulk 1 MiB messages ...")
         runs = await _alternate(lambda: plain.bulk(CHUNK, w, d),
@@ -347,6 +351,9 @@ def render_details(figures: list[Figure]) -> str:
                          f"{e['build_seconds']:.2f} s; RSS {e['rss_kib_per_node']:.1f} KiB/node, "
                          f"tracemalloc {e['tracemalloc_kib_per_node']:.1f} KiB/node")
         elif f.baseline is not None and "ours_per_cpu_second" in f.extra:
+            if "batched_baseline_per_second" in f.extra:
+                lines.append(f"{f.key}: reference {f.baseline_name} with batched writes (one "
+                             f"writer task): {f.extra['batched_baseline_per_second']:,.0f} req/s")
             if "anyio_echo_per_second" in f.extra:
                 lines.append(f"{f.key}: reference anyio TCP echo (no overlay, no Noise): "
                              f"{f.extra['anyio_echo_per_second']:,.0f} req/s, "
