@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -176,6 +177,23 @@ async def test_silent_listener_is_a_handshake_timeout() -> None:
                 # the dial timeout (0.2 s) bounds the handshake, not the 10 s default
                 await TcpTransport(seeded_identity(1)).dial(target, timeout=0.2)
             tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_connection_reset_before_accept_does_not_stop_serving() -> None:
+    """A peer that connects and resets before the listener accepted (its address is then
+    unknown) costs that connection only: serve goes on (it once ended the accept loop on trio,
+    and with it the node)."""
+    server = TcpTransport(seeded_identity(1), LOOPBACK)
+    async with _serving(server) as (address,):
+        for _ in range(3):
+            # A blocking connect completes in the kernel's backlog; the abortive close (linger
+            # 0: RST) happens before the event loop runs the accept loop again.
+            with socket.create_connection((address.host, address.port)) as raw:
+                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        async with await TcpTransport(seeded_identity(2)).dial(address, timeout=5) as stream:
+            await stream.send(b"still serving")
+            assert await stream.receive() == b"still serving"
 
 
 @pytest.mark.anyio

@@ -81,8 +81,8 @@ def _prepare(stream: anyio.abc.SocketStream) -> RawConnection:
         pass
     try:
         remote = stream.extra(SocketAttribute.remote_address)
-    except OSError:
-        remote = ("", 0)
+    except (OSError, anyio.TypedAttributeLookupError):  # reset before we looked (on trio,
+        remote = ("", 0)  # anyio then leaves the attribute out); the handshake will notice
     if isinstance(remote, tuple):
         host, port = _unmap(str(remote[0])), int(remote[1])
     else:  # pragma: no cover - UNIX sockets are never used by this transport
