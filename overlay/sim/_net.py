@@ -166,12 +166,18 @@ class SimNetwork:
         paths: int,
         want: int | None = None,
         give_up_after: float = 60.0,
+        density: bool = False,
     ) -> LookupRun:
-        """Drive one lookup from ``origin`` to its end (or cancel it after ``give_up_after``)."""
+        """Drive one lookup from ``origin`` to its end (or cancel it after ``give_up_after``).
+        ``density``: apply the lookup's density limit with the size the origin's routing table
+        estimates (``RoutingTable.estimate_size``)."""
         local = self.ids[origin]
+        table = self.tables[origin]
+        size = table.estimate_size() if density else 0
         lookup: Lookup[int] = Lookup(
-            target, mode, self.tables[origin].closest(target, self.k), local_id=local,
+            target, mode, table.closest(target, self.k), local_id=local,
             config=config, want=want, paths=paths, netgroup=self.netgroup,
+            network_size=size or None,
         )
         index = self.index
         coord = self.coord
