@@ -133,6 +133,7 @@ def sim_side(nodes: int, duration: float, seed: int) -> dict[str, Any]:
         "dht_lookups_per_node": round(c.dht_lookups / nodes, 2),
         "bootstrap_lookups_per_node": round(c.bootstrap_lookups / nodes, 2),
         "publish_lookups_per_node": round(c.publish_lookups / nodes, 2),
+        "provider_lookups_per_node": round(c.discoveries / nodes, 2),
         "rounds_per_lookup": round(c.dht_rounds / max(1, c.dht_lookups), 2),
         "messages_per_lookup": round(c.dht_messages / max(1, c.dht_lookups), 2),
         "dht_queries_per_node": round(c.dht_messages / nodes, 1),
@@ -158,8 +159,9 @@ def compare(testnet: dict[str, Any], sim: dict[str, Any]) -> list[tuple[str, Any
         check(f"targets met {cap} (%)", testnet["time_to_target"][cap]["met_pct"],
               sim["time_to_target"][cap]["met_pct"])
     for key in ("rounds_per_lookup", "messages_per_lookup", "dht_lookups_per_node",
-                "dht_queries_per_node"):
-        check(key, testnet[key], sim[key])
+                "bootstrap_lookups_per_node", "publish_lookups_per_node",
+                "provider_lookups_per_node", "dht_queries_per_node"):
+        check(key, testnet.get(key), sim.get(key))
     return rows
 
 
