@@ -73,7 +73,9 @@ LOCAL_SPEC = ChannelSpec(id=0x43, name="bench-local", codec=BytesCodec(),
 """LOCAL delivery (default ``recv_queue_size``: 64)."""
 
 
-async def _echo(env: Envelope[bytes]) -> bytes:
+def _echo(env: Envelope[bytes]) -> bytes:
+    """A plain function: served on the connection's read path (cannot block, like the
+    baseline's echo)."""
     return env.message
 
 

@@ -7,11 +7,20 @@ and a pure :class:`~overlay.connection._core.ConnectionCore`. Two tasks run it:
 
 * the **reader** receives plaintext, feeds ``core.receive_data``, and dispatches the core's
   events (one ``match``, closed with ``assert_never``): messages go to the router (awaiting a
-  full inbox: backpressure towards the peer), requests go to the connection's request workers
-  (``overlay.connection._workers``), responses wake the waiting requester, cancels cancel
-  handlers;
+  full inbox: backpressure towards the peer), requests to the router's responder (a plain
+  handler answers there and then, an ``async`` one goes to the connection's request workers,
+  ``overlay.connection._workers``), responses wake the waiting requester, cancels cancel
+  handlers; the answers queued by one read leave in one write at its end;
 * the **writer** (:class:`~overlay.connection._writer.Writer`) writes ``core.data_to_send``
-  when kicked (many small frames coalesced into one write; on asyncio by a deferred flush).
+  when kicked (many small frames coalesced into one write; on asyncio the caller writes
+  directly when the writer is idle, see its module).
+
+On asyncio the reader task rarely runs: while it waits in ``receive`` with nothing buffered,
+the stream's message hook (:meth:`~overlay.transport._secure.SecureStream.set_message_hook`)
+runs the same read path synchronously from the transport's callback
+(:meth:`PeerConnection._receive_nowait`) and wakes the task only for what must wait: a message
+for a full inbox (held in ``_held`` and delivered first), a receive rate limit, the connection
+no longer open, or a protocol violation (raised again by the task's ``receive``).
 
 Callers queue into the core synchronously; when a channel queue is full they wait for the
 writer's queue space — so every queue is bounded, and ``send()`` either waits (honouring the
@@ -58,6 +67,7 @@ from overlay.connection._core import (
     ConnectionStatistics,
     DisconnectReceived,
     ErrorReceived,
+    Event,
     IdleTimeout,
     LatencyMeasured,
     MessageDropped,
@@ -84,6 +94,7 @@ from overlay.errors import (
 from overlay.identity import NodeId
 from overlay.transport import abort_stream
 from overlay.transport._asyncio import OneShotEvent, current_clock, event_factory
+from overlay.transport._secure import SecureStream
 from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
 
 __all__ = [
@@ -101,6 +112,10 @@ class Delivery(Protocol):
     """What a connection hands inbound traffic to (the router)."""
 
     async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None: ...
+
+    def on_message_nowait(self, conn: PeerConnection, channel_id: int, payload: bytes) -> bool:
+        """Deliver without waiting; False (nothing done) when it would have to wait (a full
+        inbox): the connection's reader task then calls :meth:`on_message`."""
 
     def on_request(
         self, conn: PeerConnection, channel_id: int, request_id: int, payload: bytes
@@ -191,6 +206,9 @@ class PeerConnection:
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: Workers | None = None
         self._done = anyio.Event()
+        self._held: MessageReceived | None = None
+        """A message the synchronous read path could not deliver without waiting: the reader
+        task delivers it before any later event."""
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -199,15 +217,21 @@ class PeerConnection:
     ) -> None:
         """Run the reader and writer until the connection closes. The reader runs in the
         calling task (one task fewer per connection), the writer in a child task."""
+        hooked = False
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._workers = Workers(tg, self._new_event)
                 tg.start_soon(self._writer.run)
                 self._reschedule(self.clock())
+                hooked = isinstance(self._stream, SecureStream) and self._stream.set_message_hook(
+                    self._receive_nowait)
                 task_status.started()
                 await self._read_loop()
         finally:
+            if hooked:
+                assert isinstance(self._stream, SecureStream)
+                self._stream.set_message_hook(None)
             self.core.connection_lost()
             self._timers.cancel(self)
             self._fail_pending()
@@ -297,12 +321,13 @@ class PeerConnection:
 
     def submit(
         self, func: Callable[[*Ts], Coroutine[Any, Any, Any]], *args: *Ts
-    ) -> None:
+    ) -> bool:
         """Run ``func(*args)`` on one of this connection's request workers (cancelled when it
-        closes)."""
+        closes); False (not run) once the connection is down."""
         if self._workers is None or self._finished:
-            return
+            return False
         self._workers.submit(func, args)
+        return True
 
     def _abandon(self, request_id: int) -> bool:
         """Stop waiting for ``request_id``: cancel it on the wire (or drop it unsent) and free
@@ -467,6 +492,21 @@ class PeerConnection:
         await self._answer(functools.partial(
             self.core.send_error, channel_id, request_id, code, message))
 
+    def respond_nowait(self, channel_id: int, request_id: int, payload: bytes) -> None:
+        """Queue the answer to the peer's request without waiting (nothing once closing);
+        ``WouldBlock`` when the channel's queue is full."""
+        if self.is_open:
+            self.core.send_response(channel_id, request_id, payload)
+            self._kick()
+
+    def respond_error_nowait(
+        self, channel_id: int, request_id: int, code: ErrorCode, message: str
+    ) -> None:
+        """Queue an error answer without waiting (as :meth:`respond_nowait`)."""
+        if self.is_open:
+            self.core.send_error(channel_id, request_id, code, message)
+            self._kick()
+
     async def _answer(self, queue: Callable[[], bool]) -> None:
         while self.is_open:
             try:
@@ -530,6 +570,8 @@ class PeerConnection:
         now = clock()
         try:
             await self._dispatch_events()  # bytes that arrived with the hello exchange
+            if core.wants_write:
+                self._writer.flush_now()
             while self.is_open:
                 # ``now`` is from the last receive: a bucket that could pay then can pay now
                 # (it only refills); if it could not, read the clock afresh (delivering may have
@@ -547,10 +589,11 @@ class PeerConnection:
                     self._stop()
                     return
                 now = clock()
-                core.receive_data(data, now)
+                if data:  # else the receive hook fed the core and left us the rest
+                    core.receive_data(data, now)
                 await self._dispatch_events()
-                if core.wants_write:  # a pong or a CANCEL answer to send
-                    self._kick()
+                if core.wants_write:  # answers, a pong or a CANCEL answer to send
+                    self._writer.flush_now()
         except RemoteProtocolError as exc:
             log.warning("peer %s violated the protocol: %s", self.node_id, exc)
             self._observer.on_protocol_violation(self.node_id, type(exc).__name__)
@@ -558,54 +601,112 @@ class PeerConnection:
                 f"connection to {self.node_id} closed: protocol violation: {exc}"))
             return
 
-    async def _dispatch_events(self) -> None:
+    def _receive_nowait(self, plaintext: bytes) -> bool:
+        """The read path run synchronously from the transport's callback (asyncio; the
+        stream's message hook) while the reader task waits for data: feed the core, dispatch
+        every event that needs no waiting, write the answers. True when the reader task must
+        take over (a message for a full inbox, a receive rate limit to wait out, the connection
+        no longer open); a protocol violation raises, and the reader task's ``receive`` raises
+        it again."""
+        if not self.is_open:
+            return True
         core = self.core
+        now = self.clock()
+        core.receive_data(plaintext, now)
+        writer = self._writer
+        writer.batching = True
+        try:
+            done = self._dispatch_nowait()
+        finally:
+            writer.batching = False
+        if core.wants_write:
+            writer.flush_now()
+        return not done or not self.is_open or core.receive_paused_until(now) is not None
+
+    def _dispatch_nowait(self) -> bool:
+        """Dispatch the core's events synchronously; False when one needs the reader task
+        (a message for a full inbox, then held in ``_held``) or the connection stopped."""
+        core = self.core
+        delivery = self._delivery
         while (event := core.next_event()) is not None:
-            match event:
-                case ResponseReceived(request_id=request_id, payload=payload):
-                    waiter = self._waiters.pop(request_id, None)
-                    if waiter is not None:
-                        waiter.payload = payload
-                        waiter.event.set()
-                    self._release_space()
-                case MessageReceived(channel_id=channel_id, payload=payload):
-                    await self._delivery.on_message(self, channel_id, payload)
-                case RequestReceived(channel_id=channel_id, request_id=request_id,
-                                     payload=payload):
-                    self._delivery.on_request(self, channel_id, request_id, payload)
-                case ErrorReceived(request_id=request_id, code=code, message=message):
-                    waiter = self._waiters.pop(request_id, None)
-                    if waiter is not None:
-                        waiter.error = RequestError(code, message)
-                        waiter.event.set()
-                    self._release_space()
-                case CancelReceived(channel_id=channel_id, request_id=request_id):
-                    scope = self._handlers.get((channel_id, request_id))
-                    if scope is not None:
-                        scope.cancel()
-                case RequestRejected(channel_id=channel_id):
-                    self._observer.on_rate_limited(self.node_id, channel_id)
-                case MessageDropped(channel_id=channel_id, reason=reason):
-                    log.debug("dropped a message from %s on channel %d: %s",
-                              self.node_id, channel_id, reason)
-                case LatencyMeasured(rtt=rtt):
-                    self.meter.sample(rtt)
-                    self._observer.on_latency(self.node_id, rtt)
-                case DisconnectReceived(reason=reason, message=message):
-                    self.remote_reason = reason
-                    log.info("peer %s disconnected: %s %s", self.node_id, reason.label, message)
-                    self._close_error = ConnectionClosed(
-                        f"peer {self.node_id} disconnected: {reason.label} {message}"
-                    )
-                    self._stop()  # the core is CLOSED: the peer said goodbye
+            if type(event) is MessageReceived:
+                if not delivery.on_message_nowait(self, event.channel_id, event.payload):
+                    self._held = event
+                    return False
+            elif not self._handle(event):
+                return False
+        return True
+
+    async def _dispatch_events(self) -> None:
+        held = self._held
+        if held is not None:
+            self._held = None
+            await self._delivery.on_message(self, held.channel_id, held.payload)
+        core = self.core
+        delivery = self._delivery
+        writer = self._writer
+        writer.batching = True  # answers queued by the batch leave in one write (the caller's)
+        try:
+            while (event := core.next_event()) is not None:
+                if type(event) is MessageReceived:
+                    if not delivery.on_message_nowait(self, event.channel_id, event.payload):
+                        writer.batching = False  # others may write while this waits
+                        await delivery.on_message(self, event.channel_id, event.payload)
+                        writer.batching = True
+                elif not self._handle(event):
                     return
-                case PeerInfoReceived(info_seq=info_seq, info=info):
-                    self.info = info
-                    self.channels = frozenset(info.channels)
-                    log.debug("peer %s announced node info #%d: channels %s", self.node_id,
-                              info_seq, sorted(self.channels))
-                    self._delivery.on_peer_info(self)
-                case IdleTimeout():
-                    pass  # the timer task closes the connection when it fires
-                case unreachable:
-                    assert_never(unreachable)
+        finally:
+            writer.batching = False
+
+    def _handle(self, event: Event) -> bool:
+        """Dispatch one event other than a message, synchronously; False when the connection
+        stopped (the peer said goodbye)."""
+        match event:
+            case ResponseReceived(request_id=request_id, payload=payload):
+                waiter = self._waiters.pop(request_id, None)
+                if waiter is not None:
+                    waiter.payload = payload
+                    waiter.event.set()
+                self._release_space()
+            case RequestReceived(channel_id=channel_id, request_id=request_id,
+                                 payload=payload):
+                self._delivery.on_request(self, channel_id, request_id, payload)
+            case ErrorReceived(request_id=request_id, code=code, message=message):
+                waiter = self._waiters.pop(request_id, None)
+                if waiter is not None:
+                    waiter.error = RequestError(code, message)
+                    waiter.event.set()
+                self._release_space()
+            case CancelReceived(channel_id=channel_id, request_id=request_id):
+                scope = self._handlers.get((channel_id, request_id))
+                if scope is not None:
+                    scope.cancel()
+            case RequestRejected(channel_id=channel_id):
+                self._observer.on_rate_limited(self.node_id, channel_id)
+            case MessageDropped(channel_id=channel_id, reason=reason):
+                log.debug("dropped a message from %s on channel %d: %s",
+                          self.node_id, channel_id, reason)
+            case LatencyMeasured(rtt=rtt):
+                self.meter.sample(rtt)
+                self._observer.on_latency(self.node_id, rtt)
+            case DisconnectReceived(reason=reason, message=message):
+                self.remote_reason = reason
+                log.info("peer %s disconnected: %s %s", self.node_id, reason.label, message)
+                self._close_error = ConnectionClosed(
+                    f"peer {self.node_id} disconnected: {reason.label} {message}"
+                )
+                self._stop()  # the core is CLOSED: the peer said goodbye
+                return False
+            case PeerInfoReceived(info_seq=info_seq, info=info):
+                self.info = info
+                self.channels = frozenset(info.channels)
+                log.debug("peer %s announced node info #%d: channels %s", self.node_id,
+                          info_seq, sorted(self.channels))
+                self._delivery.on_peer_info(self)
+            case IdleTimeout():
+                pass  # the timer task closes the connection when it fires
+            case MessageReceived():
+                raise AssertionError("messages are delivered by the callers of _handle")
+            case unreachable:
+                assert_never(unreachable)
+        return True

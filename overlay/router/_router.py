@@ -80,7 +80,7 @@ from overlay.router._channel import (
 )
 from overlay.router._destination import LOCAL, Destination, To, no_route
 from overlay.router._peertable import PeerTable
-from overlay.router._serving import Responder
+from overlay.router._serving import Responder, plain_handler
 from overlay.router._state import (
     ChannelState,
     channel_params,
@@ -224,7 +224,9 @@ class Router:
     def set_handler(
         self, spec: ChannelSpec[Any, Any], handler: RequestHandler[Any, Any] | None
     ) -> None:
-        self._state(spec).handler = handler
+        state = self._state(spec)
+        state.handler = handler
+        state.inline = handler is not None and plain_handler(handler)
 
     def channel_statistics(self, spec: ChannelSpec[Any, Any]) -> ChannelStatistics:
         state = self._state(spec)
@@ -310,19 +312,31 @@ class Router:
                 raise closed_error(spec)() from None
             raise NodeClosed("the node is closed") from None
 
+    def on_message_nowait(self, conn: PeerConnection, channel_id: int, payload: bytes) -> bool:
+        """Decode and deliver a peer's message to the channel's inbox without waiting; False
+        (nothing done) when the inbox is full: the reader then waits in :meth:`on_message`."""
+        state = self._channels.get(channel_id)
+        if state is None:
+            return True
+        env = self._envelope(conn, state, payload)
+        if env is None:
+            return True
+        try:
+            state.inbox_send.send_nowait(env)
+        except anyio.WouldBlock:  # on_message decodes it again: rare (the inbox is full)
+            return False
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            return True
+        state.delivered += 1
+        return True
+
     async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None:
         state = self._channels.get(channel_id)
         if state is None:
             return
-        try:
-            message = state.spec.codec.decode(payload)
-        except DecodeError as exc:
-            state.dropped += 1
-            log.info("dropped undecodable message from %s on %s: %s",
-                     conn.node_id, state.spec.name, exc)
-            self._observer.on_invalid_message(conn.node_id, state.spec.name, str(exc))
+        env = self._envelope(conn, state, payload)
+        if env is None:
             return
-        env = Envelope(conn.node_id, message, channel_id)
         try:
             state.inbox_send.send_nowait(env)
         except anyio.WouldBlock:
@@ -330,6 +344,21 @@ class Router:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             return
         state.delivered += 1
+
+    def _envelope(
+        self, conn: PeerConnection, state: ChannelState, payload: bytes
+    ) -> Envelope[Any] | None:
+        """The decoded message in its envelope; None (counted, reported) when it does not
+        decode."""
+        try:
+            message = state.spec.codec.decode(payload)
+        except DecodeError as exc:
+            state.dropped += 1
+            log.info("dropped undecodable message from %s on %s: %s",
+                     conn.node_id, state.spec.name, exc)
+            self._observer.on_invalid_message(conn.node_id, state.spec.name, str(exc))
+            return None
+        return Envelope(conn.node_id, message, state.spec.id)
 
     # --------------------------------------------------------------------------------- send
 
