@@ -80,6 +80,7 @@ from overlay.connection._core import (
 )
 from overlay.connection._meter import RoundTripMeter
 from overlay.connection._observer import Observer
+from overlay.connection._requests import RequestExpired, Requests
 from overlay.connection._timers import TimerService
 from overlay.connection._workers import Workers
 from overlay.connection._writer import STREAM_CLOSED, Writer
@@ -93,7 +94,7 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId
 from overlay.transport import abort_stream
-from overlay.transport._asyncio import OneShotEvent, current_clock, event_factory
+from overlay.transport._asyncio import current_clock, event_factory
 from overlay.transport._secure import SecureStream
 from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
 
@@ -123,31 +124,6 @@ class Delivery(Protocol):
 
     def on_peer_info(self, conn: PeerConnection) -> None:
         """The peer announced a new NodeInfo; ``conn.info`` already holds it."""
-
-
-class RequestExpired(OverlayError):
-    """The deadline given to :meth:`PeerConnection.request` passed (internal: the router turns
-    it into :class:`~overlay.errors.RequestTimeout` with the channel and peer in the message)."""
-
-
-class _Waiter:
-    """One outbound request waiting for its answer; its deadline lives in the node's timers."""
-
-    __slots__ = ("conn", "error", "event", "payload", "request_id", "timer_at")
-
-    def __init__(self, conn: PeerConnection, request_id: int) -> None:
-        self.conn = conn
-        self.request_id = request_id
-        self.event: OneShotEvent = conn._new_event()
-        self.payload: bytes = b""
-        self.error: OverlayError | None = None
-        self.timer_at = math.inf
-
-    def on_timer(self, now: float) -> None:
-        if not self.conn._abandon(self.request_id):
-            return  # answered or failed meanwhile
-        self.error = RequestExpired("the request deadline passed")
-        self.event.set()
 
 
 _RETRY_DUE_TIMER = 0.001
@@ -190,7 +166,6 @@ class PeerConnection:
         self._stream = stream
         self._delivery = delivery
         self._observer = observer
-        self._waiters: dict[int, _Waiter] = {}
         self._new_event = event_factory()
         """Makes each request's one-shot event (a bare future on asyncio)."""
         self._handlers: dict[tuple[int, int], anyio.CancelScope] = {}
@@ -199,6 +174,8 @@ class PeerConnection:
         self._kick = self._writer.kick
         self._release_space = self._writer.release_space
         self._timers = timers
+        self._requests = Requests(self._new_event, timers, self._abandon)
+        """Our requests' waiters (``overlay.connection._requests``)."""
         self.timer_at = math.inf
         self.meter = RoundTripMeter()
         """Round-trip EWMA (pings and answered requests) and requests in flight."""
@@ -271,7 +248,7 @@ class PeerConnection:
     @property
     def requests_waiting(self) -> int:
         """Our requests on this connection whose caller still waits for the answer."""
-        return len(self._waiters)
+        return len(self._requests)
 
     @property
     def requests_serving(self) -> int:
@@ -329,22 +306,16 @@ class PeerConnection:
         self._workers.submit(func, args)
         return True
 
-    def _abandon(self, request_id: int) -> bool:
-        """Stop waiting for ``request_id``: cancel it on the wire (or drop it unsent) and free
-        its in-flight slot. False when it was no longer pending."""
-        if self._waiters.pop(request_id, None) is None:
-            return False
+    def _abandon(self, request_id: int) -> None:
+        """Our caller stopped waiting for ``request_id`` (``Requests`` took it out of its
+        table): cancel it on the wire (or drop it unsent) and free its in-flight slot."""
         if not self._finished:
             self.core.cancel_request(request_id)
             self._kick()
             self._release_space()
-        return True
 
     def _fail_pending(self) -> None:
-        for waiter in self._waiters.values():
-            waiter.error = self._fresh_close_error()
-            waiter.event.set()
-        self._waiters.clear()
+        self._requests.fail_all(self._fresh_close_error)
         self._writer.wake_senders()
         for scope in self._handlers.values():
             scope.cancel()
@@ -375,10 +346,7 @@ class PeerConnection:
         if self._finished:
             return
         for request_id in self.core.remove_channel(channel_id):
-            waiter = self._waiters.pop(request_id, None)
-            if waiter is not None:
-                waiter.error = error()
-                waiter.event.set()
+            self._requests.fail(request_id, error())
         for (cid, _rid), scope in self._handlers.items():
             if cid == channel_id:
                 scope.cancel()
@@ -459,26 +427,16 @@ class PeerConnection:
                 raise RequestExpired("no room for the request before its deadline") from None
             else:
                 break
-        waiter = _Waiter(self, request_id)
-        self._waiters[request_id] = waiter
-        if deadline is not None:
-            self._timers.schedule(waiter, deadline)
+        requests = self._requests
+        waiter = requests.add(request_id, deadline)
         self._kick()
         self.meter.started(channel_id)
-        finished = False
         try:
-            await waiter.event.wait()
-            finished = True
+            payload = await requests.wait(waiter)
         finally:
             self.meter.finished(channel_id)
-            if deadline is not None:
-                self._timers.cancel(waiter)
-            if not finished:
-                self._abandon(request_id)
-        if waiter.error is not None:
-            raise waiter.error
         self.meter.sample(clock() - started)
-        return waiter.payload
+        return payload
 
     async def respond(self, channel_id: int, request_id: int, payload: bytes) -> None:
         """Answer the peer's request, waiting for queue space (nothing once closing)."""
@@ -663,19 +621,13 @@ class PeerConnection:
         stopped (the peer said goodbye)."""
         match event:
             case ResponseReceived(request_id=request_id, payload=payload):
-                waiter = self._waiters.pop(request_id, None)
-                if waiter is not None:
-                    waiter.payload = payload
-                    waiter.event.set()
+                self._requests.resolve(request_id, payload)
                 self._release_space()
             case RequestReceived(channel_id=channel_id, request_id=request_id,
                                  payload=payload):
                 self._delivery.on_request(self, channel_id, request_id, payload)
             case ErrorReceived(request_id=request_id, code=code, message=message):
-                waiter = self._waiters.pop(request_id, None)
-                if waiter is not None:
-                    waiter.error = RequestError(code, message)
-                    waiter.event.set()
+                self._requests.fail(request_id, RequestError(code, message))
                 self._release_space()
             case CancelReceived(channel_id=channel_id, request_id=request_id):
                 scope = self._handlers.get((channel_id, request_id))
