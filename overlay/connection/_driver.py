@@ -375,7 +375,7 @@ class PeerConnection:
             return False
         writer = self._writer
         if writer.waiting and not writer.flush_pending:
-            writer.kick()
+            writer.kick_deferred()
         return True
 
     def send_message_nowait(self, channel_id: int, payload: bytes) -> None:

@@ -112,6 +112,19 @@ class Writer:
             self.waiting = False
             self._wake.set()
 
+    def kick_deferred(self) -> None:
+        """As :meth:`kick`, but never writing now: the deferred flush writes it (a broadcast:
+        every connection it queued to writes in the one shared callback, after the step)."""
+        if self.waiting and not self.batching:
+            flush_soon = self._flush_soon
+            if flush_soon is not None:
+                if not self.flush_pending:
+                    self.flush_pending = True
+                    flush_soon(self._flush_callback)
+                return
+            self.waiting = False
+            self._wake.set()
+
     def flush_now(self) -> None:
         """Write what is queued now if the writer is idle and the stream takes data
         synchronously (the read path after a batch of events: whatever it queued leaves in one
