@@ -125,12 +125,13 @@ class Writer:
             self.waiting = False
             self._wake.set()
 
-    def flush_now(self) -> None:
+    def flush_now(self, now: float | None = None) -> None:
         """Write what is queued now if the writer is idle and the stream takes data
         synchronously (the read path after a batch of events: whatever it queued leaves in one
-        write); otherwise as :meth:`kick`."""
+        write); otherwise as :meth:`kick`. ``now``: the clock's time, when the caller just
+        read it."""
         if self.waiting and self._direct is not None:
-            self._write_queued()
+            self._write_queued(now)
         else:
             self.kick()
 
@@ -172,7 +173,7 @@ class Writer:
         self.flush_pending = False
         self._write_queued()
 
-    def _write_queued(self) -> None:
+    def _write_queued(self, now: float | None = None) -> None:
         """Write what is queued, synchronously, while the writer task sleeps (never while it
         is writing: :meth:`SecureStream.send_ready` is false then, so the order of the bytes
         is the core's). Anything that needs waiting (a paused transport, a send in progress,
@@ -185,7 +186,8 @@ class Writer:
             if not stream.send_ready():
                 self.wake()
                 return
-            data = core.data_to_send(self._clock())
+            data = core.data_to_send(self._clock() if now is None else now)
+            now = None  # a later batch reads the clock afresh
             if not data:
                 self._on_held_back()  # held back by the send rate limit
                 break

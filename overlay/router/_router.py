@@ -546,7 +546,7 @@ class Router:
         else:
             deadline = _Deadline(now + spec.request_timeout, spec.request_timeout, own=True)
         if isinstance(to, str):
-            return await self._attempt(state, to, message, deadline)
+            return await self._attempt(state, to, message, deadline, now)
         if to is LOCAL:
             return await self._attempt(state, self._local_id, message, deadline)
         if not isinstance(to, Destination):
@@ -567,9 +567,11 @@ class Router:
         )
 
     async def _attempt(
-        self, state: ChannelState, target: NodeId, message: Any, deadline: _Deadline
+        self, state: ChannelState, target: NodeId, message: Any, deadline: _Deadline,
+        started: float | None = None,
     ) -> Any:
-        """One attempt at one target, under the request's deadline; reports its outcome."""
+        """One attempt at one target, under the request's deadline; reports its outcome.
+        ``started``: the clock's time now, when the caller just read it."""
         spec = state.spec
         if target == self._local_id:
             if not deadline.own:
@@ -584,7 +586,8 @@ class Router:
             raise PeerNotConnected(f"peer {target} is not connected")
         payload = self._encode(spec, message)
         clock = conn.clock
-        started = clock()
+        if started is None:
+            started = clock()
         outcome = AttemptOutcome.CANCELLED
         try:
             try:
@@ -595,7 +598,8 @@ class Router:
                         ErrorCode.NO_HANDLER, f"peer {target} does not serve channel {spec.name!r}"
                     )
                 data = await conn.request(
-                    spec.id, payload, deadline=deadline.at if deadline.own else None
+                    spec.id, payload, deadline=deadline.at if deadline.own else None,
+                    started=started,
                 )
             except RequestExpired:
                 outcome = AttemptOutcome.TIMEOUT

@@ -22,10 +22,10 @@ yields to the loop once more after every ``send``. Here instead:
   of a peer's data while nobody read it (tests/test_node_backpressure.py).
 * **The receive hook** (:meth:`AsyncioSocketStream.set_receive_hook`, used by the connection
   through :meth:`~overlay.transport._secure.SecureStream.set_message_hook`): while the receiver
-  waits with nothing queued, ``buffer_updated`` hands the bytes to the hook synchronously (the
-  connection decrypts, feeds its core and dispatches what needs no waiting right there) and
-  wakes the receiver only when the hook asks for it; order is kept because the hook runs only
-  when nothing is queued ahead of the bytes and the receiver is parked.
+  waits with nothing queued, ``buffer_updated`` hands a read below 32 KiB to the hook
+  synchronously (the connection decrypts, feeds its core and dispatches what needs no waiting
+  right there) and wakes the receiver only when the hook asks for it; order is kept because
+  the hook runs only when nothing is queued ahead of the bytes and the receiver is parked.
 * **Writes** go straight to ``transport.write``. The write buffer limit is 0, as anyio sets it:
   when the kernel does not take everything at once the transport calls ``pause_writing`` and
   ``send`` waits until ``resume_writing`` (or the connection is lost). A write the kernel took at
@@ -85,6 +85,9 @@ _BUFFER_SIZE = 65536
 """Bytes of the per-loop read buffer (one ``recv_into`` reads at most this much)."""
 _HIGH_WATER = _BUFFER_SIZE
 """Unread bytes queued before reading pauses (one full read)."""
+_HOOK_BELOW = 32768
+"""Reads of at least this many bytes go to the receiver task even with a receive hook (bulk
+transfers: see :meth:`AsyncioSocketStream.set_receive_hook`)."""
 _HAPPY_EYEBALLS_DELAY = 0.25
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -273,7 +276,7 @@ class _Protocol(asyncio.BufferedProtocol):
         reader = self.reader
         if reader is not None and not self.queue and not reader.done():
             hook = self.hook
-            if hook is not None:
+            if hook is not None and nbytes < _HOOK_BELOW:
                 if not _run_hook(hook, data):
                     return  # consumed: the receiver goes on waiting
                 data = b""  # consumed, and the receiver has work: wake it with nothing
@@ -347,8 +350,10 @@ class AsyncioSocketStream(anyio.abc.SocketStream):
         callback instead of waking the receiver (one event-loop step fewer per read). ``hook``
         takes the bytes in every case and returns whether the receiver must be woken; it is
         then woken with ``b""`` (the only case in which :meth:`receive` returns nothing). Bytes
-        arriving while the receiver is not waiting are queued as usual. ``hook`` must not
-        raise."""
+        arriving while the receiver is not waiting are queued as usual, and so are reads of
+        ``_HOOK_BELOW`` (32 KiB) or more: a bulk transfer is read by the receiver task, which
+        pauses reading while it works (handled in the callback instead, the 1 MiB bulk
+        benchmark took about twice the CPU per byte on uvloop). ``hook`` must not raise."""
         self._protocol.hook = hook
 
     def _abort(self) -> None:
