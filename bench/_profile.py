@@ -52,6 +52,8 @@ _LAYERS: tuple[tuple[str, str], ...] = (
     ("overlay/connection/_ratelimit.py", "sans-IO core + framing"),
     ("overlay/connection/_driver.py", "async driver (peer/router/channel)"),
     ("overlay/connection/_writer.py", "async driver (peer/router/channel)"),
+    ("overlay/connection/_reader.py", "async driver (peer/router/channel)"),
+    ("overlay/connection/_requests.py", "async driver (peer/router/channel)"),
     ("overlay/router/_serving.py", "async driver (peer/router/channel)"),
     ("overlay/router/_router.py", "async driver (peer/router/channel)"),
     ("overlay/router/_channel.py", "async driver (peer/router/channel)"),

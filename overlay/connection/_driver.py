@@ -5,22 +5,18 @@ Theory of operation
 A :class:`PeerConnection` owns an authenticated :class:`~overlay.transport._secure.SecureStream`
 and a pure :class:`~overlay.connection._core.ConnectionCore`. Two tasks run it:
 
-* the **reader** receives plaintext, feeds ``core.receive_data``, and dispatches the core's
-  events (one ``match``, closed with ``assert_never``): messages go to the router (awaiting a
-  full inbox: backpressure towards the peer), requests to the router's responder (a plain
-  handler answers there and then, an ``async`` one goes to the connection's request workers,
-  ``overlay.connection._workers``), responses wake the waiting requester, cancels cancel
-  handlers; the answers queued by one read leave in one write at its end;
+* the **reader** (:class:`~overlay.connection._reader.Reader`, in the connection's own task)
+  receives plaintext, feeds ``core.receive_data``, and hands the core's events back here
+  (:meth:`PeerConnection.handle_event`, one ``match`` closed with ``assert_never``): messages
+  go to the router (awaiting a full inbox: backpressure towards the peer), requests to the
+  router's responder (a plain handler answers there and then, an ``async`` one goes to the
+  connection's request workers, ``overlay.connection._workers``), responses wake the waiting
+  requester (``overlay.connection._requests``), cancels cancel handlers; the answers queued by
+  one read leave in one write at its end. On asyncio most reads are handled synchronously in
+  the transport's callback instead (see the reader's module);
 * the **writer** (:class:`~overlay.connection._writer.Writer`) writes ``core.data_to_send``
   when kicked (many small frames coalesced into one write; on asyncio the caller writes
   directly when the writer is idle, see its module).
-
-On asyncio the reader task rarely runs: while it waits in ``receive`` with nothing buffered,
-the stream's message hook (:meth:`~overlay.transport._secure.SecureStream.set_message_hook`)
-runs the same read path synchronously from the transport's callback
-(:meth:`PeerConnection._receive_nowait`) and wakes the task only for what must wait: a message
-for a full inbox (held in ``_held`` and delivered first), a receive rate limit, the connection
-no longer open, or a protocol violation (raised again by the task's ``receive``).
 
 Callers queue into the core synchronously; when a channel queue is full they wait for the
 writer's queue space — so every queue is bounded, and ``send()`` either waits (honouring the
@@ -80,10 +76,11 @@ from overlay.connection._core import (
 )
 from overlay.connection._meter import RoundTripMeter
 from overlay.connection._observer import Observer
+from overlay.connection._reader import Reader
 from overlay.connection._requests import RequestExpired, Requests
 from overlay.connection._timers import TimerService
 from overlay.connection._workers import Workers
-from overlay.connection._writer import STREAM_CLOSED, Writer
+from overlay.connection._writer import Writer
 from overlay.errors import (
     ConnectionClosed,
     ErrorCode,
@@ -95,7 +92,6 @@ from overlay.errors import (
 from overlay.identity import NodeId
 from overlay.transport import abort_stream
 from overlay.transport._asyncio import current_clock, event_factory
-from overlay.transport._secure import SecureStream
 from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
 
 __all__ = [
@@ -183,9 +179,6 @@ class PeerConnection:
         self._tg: anyio.abc.TaskGroup | None = None
         self._workers: Workers | None = None
         self._done = anyio.Event()
-        self._held: MessageReceived | None = None
-        """A message the synchronous read path could not deliver without waiting: the reader
-        task delivers it before any later event."""
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -194,21 +187,15 @@ class PeerConnection:
     ) -> None:
         """Run the reader and writer until the connection closes. The reader runs in the
         calling task (one task fewer per connection), the writer in a child task."""
-        hooked = False
         try:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self._workers = Workers(tg, self._new_event)
                 tg.start_soon(self._writer.run)
                 self._reschedule(self.clock())
-                hooked = isinstance(self._stream, SecureStream) and self._stream.set_message_hook(
-                    self._receive_nowait)
                 task_status.started()
-                await self._read_loop()
+                await Reader(self.core, self._stream, self._writer, self.clock, self).run()
         finally:
-            if hooked:
-                assert isinstance(self._stream, SecureStream)
-                self._stream.set_message_hook(None)
             self.core.connection_lost()
             self._timers.cancel(self)
             self._fail_pending()
@@ -521,106 +508,27 @@ class PeerConnection:
             case unreachable:
                 assert_never(unreachable)
 
-    # ------------------------------------------------------------------------------- reader
+    # ----------------------------------------------------------------- the reader's host
 
-    async def _read_loop(self) -> None:
-        core = self.core
-        stream = self._stream
-        clock = self.clock
-        now = clock()
-        try:
-            await self._dispatch_events()  # bytes that arrived with the hello exchange
-            if core.wants_write:
-                self._writer.flush_now()
-            while self.is_open:
-                # ``now`` is from the last receive: a bucket that could pay then can pay now
-                # (it only refills); if it could not, read the clock afresh (delivering may have
-                # waited for inbox space) before sleeping.
-                if core.receive_paused_until(now) is not None:
-                    now = clock()
-                    paused = core.receive_paused_until(now)
-                    if paused is not None:
-                        await anyio.sleep(max(0.0, paused - now))
-                try:
-                    data = await stream.receive()
-                except STREAM_CLOSED:
-                    # The peer closed (or reset) the connection: nothing left to flush.
-                    core.connection_lost()
-                    self._stop()
-                    return
-                now = clock()
-                if data:  # else the receive hook fed the core and left us the rest
-                    core.receive_data(data, now)
-                await self._dispatch_events()
-                if core.wants_write:  # answers, a pong or a CANCEL answer to send
-                    self._writer.flush_now()
-        except RemoteProtocolError as exc:
-            log.warning("peer %s violated the protocol: %s", self.node_id, exc)
-            self._observer.on_protocol_violation(self.node_id, type(exc).__name__)
-            self.close(DisconnectReason.PROTOCOL_VIOLATION, str(exc)[:200], error=ConnectionClosed(
-                f"connection to {self.node_id} closed: protocol violation: {exc}"))
-            return
+    def deliver_message_nowait(self, channel_id: int, payload: bytes) -> bool:
+        return self._delivery.on_message_nowait(self, channel_id, payload)
 
-    def _receive_nowait(self, plaintext: bytes) -> bool:
-        """The read path run synchronously from the transport's callback (asyncio; the
-        stream's message hook) while the reader task waits for data: feed the core, dispatch
-        every event that needs no waiting, write the answers. True when the reader task must
-        take over (a message for a full inbox, a receive rate limit to wait out, the connection
-        no longer open); a protocol violation raises, and the reader task's ``receive`` raises
-        it again."""
-        if not self.is_open:
-            return True
-        core = self.core
-        now = self.clock()
-        core.receive_data(plaintext, now)
-        writer = self._writer
-        writer.batching = True
-        try:
-            done = self._dispatch_nowait()
-        finally:
-            writer.batching = False
-        if core.wants_write:
-            writer.flush_now(now)
-        return not done or not self.is_open or core.receive_paused_until(now) is not None
+    async def deliver_message(self, channel_id: int, payload: bytes) -> None:
+        await self._delivery.on_message(self, channel_id, payload)
 
-    def _dispatch_nowait(self) -> bool:
-        """Dispatch the core's events synchronously; False when one needs the reader task
-        (a message for a full inbox, then held in ``_held``) or the connection stopped."""
-        core = self.core
-        delivery = self._delivery
-        while (event := core.next_event()) is not None:
-            if type(event) is MessageReceived:
-                if not delivery.on_message_nowait(self, event.channel_id, event.payload):
-                    self._held = event
-                    return False
-            elif not self._handle(event):
-                return False
-        return True
+    def stream_closed(self) -> None:
+        self.core.connection_lost()
+        self._stop()
 
-    async def _dispatch_events(self) -> None:
-        held = self._held
-        if held is not None:
-            self._held = None
-            await self._delivery.on_message(self, held.channel_id, held.payload)
-        core = self.core
-        delivery = self._delivery
-        writer = self._writer
-        writer.batching = True  # answers queued by the batch leave in one write (the caller's)
-        try:
-            while (event := core.next_event()) is not None:
-                if type(event) is MessageReceived:
-                    if not delivery.on_message_nowait(self, event.channel_id, event.payload):
-                        writer.batching = False  # others may write while this waits
-                        await delivery.on_message(self, event.channel_id, event.payload)
-                        writer.batching = True
-                elif not self._handle(event):
-                    return
-        finally:
-            writer.batching = False
+    def protocol_violation(self, exc: RemoteProtocolError) -> None:
+        log.warning("peer %s violated the protocol: %s", self.node_id, exc)
+        self._observer.on_protocol_violation(self.node_id, type(exc).__name__)
+        self.close(DisconnectReason.PROTOCOL_VIOLATION, str(exc)[:200], error=ConnectionClosed(
+            f"connection to {self.node_id} closed: protocol violation: {exc}"))
 
-    def _handle(self, event: Event) -> bool:
-        """Dispatch one event other than a message, synchronously; False when the connection
-        stopped (the peer said goodbye)."""
+    def handle_event(self, event: Event) -> bool:
+        """Dispatch one event other than a message, synchronously (for the reader); False
+        when the connection stopped (the peer said goodbye)."""
         match event:
             case ResponseReceived(request_id=request_id, payload=payload):
                 self._requests.resolve(request_id, payload)
@@ -660,7 +568,7 @@ class PeerConnection:
             case IdleTimeout():
                 pass  # the timer task closes the connection when it fires
             case MessageReceived():
-                raise AssertionError("messages are delivered by the callers of _handle")
+                raise AssertionError("the reader delivers messages itself")
             case unreachable:
                 assert_never(unreachable)
         return True
