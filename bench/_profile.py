@@ -55,6 +55,7 @@ _LAYERS: tuple[tuple[str, str], ...] = (
     ("overlay/connection/_reader.py", "async driver (peer/router/channel)"),
     ("overlay/connection/_requests.py", "async driver (peer/router/channel)"),
     ("overlay/router/_serving.py", "async driver (peer/router/channel)"),
+    ("overlay/router/_inbox.py", "async driver (peer/router/channel)"),
     ("overlay/router/_router.py", "async driver (peer/router/channel)"),
     ("overlay/router/_channel.py", "async driver (peer/router/channel)"),
     ("overlay/router/_codec.py", "async driver (peer/router/channel)"),

@@ -79,6 +79,7 @@ from overlay.router._channel import (
     RequestHandler,
 )
 from overlay.router._destination import LOCAL, Destination, To, no_route
+from overlay.router._inbox import Inboxes
 from overlay.router._peertable import PeerTable
 from overlay.router._serving import Responder, plain_handler
 from overlay.router._state import (
@@ -128,6 +129,7 @@ class Router:
         """``anyio.current_time`` bound on first use (see ``current_clock``)."""
         self._channels: dict[int, ChannelState] = {}
         self._responder = Responder(local_id, self._channels, observer)
+        self._inboxes = Inboxes(self._channels, observer)
         self._table = PeerTable(local_id)
         self._peers = self._table.connections
         self._closed = False
@@ -313,52 +315,10 @@ class Router:
             raise NodeClosed("the node is closed") from None
 
     def on_message_nowait(self, conn: PeerConnection, channel_id: int, payload: bytes) -> bool:
-        """Decode and deliver a peer's message to the channel's inbox without waiting; False
-        (nothing done) when the inbox is full: the reader then waits in :meth:`on_message`."""
-        state = self._channels.get(channel_id)
-        if state is None:
-            return True
-        env = self._envelope(conn, state, payload)
-        if env is None:
-            return True
-        try:
-            state.inbox_send.send_nowait(env)
-        except anyio.WouldBlock:  # on_message decodes it again: rare (the inbox is full)
-            return False
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return True
-        state.delivered += 1
-        return True
+        return self._inboxes.deliver_nowait(conn, channel_id, payload)
 
     async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None:
-        state = self._channels.get(channel_id)
-        if state is None:
-            return
-        env = self._envelope(conn, state, payload)
-        if env is None:
-            return
-        try:
-            state.inbox_send.send_nowait(env)
-        except anyio.WouldBlock:
-            await state.inbox_send.send(env)  # backpressure: this peer's reader waits
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return
-        state.delivered += 1
-
-    def _envelope(
-        self, conn: PeerConnection, state: ChannelState, payload: bytes
-    ) -> Envelope[Any] | None:
-        """The decoded message in its envelope; None (counted, reported) when it does not
-        decode."""
-        try:
-            message = state.spec.codec.decode(payload)
-        except DecodeError as exc:
-            state.dropped += 1
-            log.info("dropped undecodable message from %s on %s: %s",
-                     conn.node_id, state.spec.name, exc)
-            self._observer.on_invalid_message(conn.node_id, state.spec.name, str(exc))
-            return None
-        return Envelope(conn.node_id, message, state.spec.id)
+        await self._inboxes.deliver(conn, channel_id, payload)
 
     # --------------------------------------------------------------------------------- send
 
