@@ -100,8 +100,9 @@ class Writer:
         deferred flush pending, it is written *now* (encrypted and handed to the transport by
         the caller, no task hop) and a deferred flush is scheduled: kicks until it runs (the
         rest of this step: more callers, a broadcast) only queue, and it writes them in one
-        write. Otherwise (trio, a busy writer) the writer task is woken."""
-        if self.waiting:
+        write. Otherwise (trio, a busy writer) the writer task is woken. While
+        :attr:`batching`, nothing: the read path ends its batch with :meth:`flush_now`."""
+        if self.waiting and not self.batching:
             flush_soon = self._flush_soon
             if flush_soon is not None:
                 if not self.flush_pending:
