@@ -7,11 +7,14 @@ Results, tolerance and commands in docs/scale.md ("Validation").
 
 The network: ``--nodes`` nodes, ``archive`` held by 5 % and ``blocksync`` by 30 % of them,
 every node wanting ``archive`` min_peers 2 and ``blocksync`` min_peers 3, 50 ms one-way latency
-on every link (RTT 100 ms), no loss, no churn, no perturbation, no role-request workload. The
-testnet bootstraps from ``nodes / 50`` seeds; the simulation's nodes dial 8 random nodes (the
-bootstrap is the one part the two cannot share). Both use k = 20, alpha = 3, a 2 s per-query
+on every link (RTT 100 ms), no loss, no churn, no perturbation, no role-request workload. Both
+bootstrap from ``nodes / 50`` seed nodes (at least 2): the simulation's tables start empty and
+grow as a node's do (``SimConfig.seed_nodes``; self-lookups at start and every 10 s while a
+table is thin). Both use k = 20, alpha = 3, a 2 s per-query
 timeout and a 1 s policy heartbeat (the node's defaults). Times on the testnet are virtual
-(``MockClock``), so machine load does not distort them.
+(``MockClock``), so machine load does not distort them; its DHT service's bucket refreshes
+follow the real wall clock, so a run that takes longer than 10 real minutes adds refresh
+lookups a real 60 s run would not have (docs/scale.md, "Validation").
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import anyio
 import trio.testing
 
+from discovery import DhtService
 from overlay.sim import SimConfig
 from overlay.sim._experiments import summary
 from overlay.sim._net import SimNetwork
@@ -44,9 +48,40 @@ TOLERANCE = 0.5
 """Relative tolerance on time-to-target and per-lookup figures (see docs/scale.md)."""
 
 
+def seeds_of(nodes: int) -> int:
+    """Seed nodes of both sides: one per 50 nodes, at least 2."""
+    return max(2, nodes // 50)
+
+
+def count_lookups(counts: dict[str, int]) -> None:
+    """Count the testnet's DHT lookups by kind: wrap the public entry points of
+    ``DhtService`` (bootstrap self-lookups, publishing, provider lookups) in this process."""
+    original_bootstrap = DhtService.bootstrap
+    original_provide = DhtService.provide
+    original_find = DhtService.find_providers
+
+    async def bootstrap(self: DhtService, *args: Any, **kwargs: Any) -> int:
+        counts["bootstrap"] += 1
+        return await original_bootstrap(self, *args, **kwargs)
+
+    async def provide(self: DhtService, *args: Any, **kwargs: Any) -> Any:
+        counts["publish"] += 1
+        return await original_provide(self, *args, **kwargs)
+
+    def find_providers(self: DhtService, *args: Any, **kwargs: Any) -> Any:
+        counts["providers"] += 1
+        return original_find(self, *args, **kwargs)
+
+    DhtService.bootstrap = bootstrap  # type: ignore[method-assign]
+    DhtService.provide = provide  # type: ignore[method-assign]
+    DhtService.find_providers = find_providers  # type: ignore[method-assign]
+
+
 def testnet_side(nodes: int, duration: float, seed: int) -> dict[str, Any]:
+    counts = {"bootstrap": 0, "publish": 0, "providers": 0}
+    count_lookups(counts)
     manifest = parse_manifest({
-        "testnet": {"nodes": nodes, "seeds": max(2, nodes // 50), "mode": "inproc",
+        "testnet": {"nodes": nodes, "seeds": seeds_of(nodes), "mode": "inproc",
                     "duration": duration, "seed": seed},
         "capabilities": {cap: f"{round(share * 100)}%" for cap, share in CAPS},
         "targets": {cap: {"min_peers": n} for cap, n in TARGETS.items()},
@@ -64,6 +99,9 @@ def testnet_side(nodes: int, duration: float, seed: int) -> dict[str, Any]:
                                                / max(1, row["nodes"]), 1)}
                            for cap, row in report["time_to_targets_s"].items()},
         "dht_lookups_per_node": round(dht["lookups"] / count, 2),
+        "bootstrap_lookups_per_node": round(counts["bootstrap"] / count, 2),
+        "publish_lookups_per_node": round(counts["publish"] / count, 2),
+        "provider_lookups_per_node": round(counts["providers"] / count, 2),
         "rounds_per_lookup": round(dht["rounds"] / max(1, dht["lookups"]), 2),
         "messages_per_lookup": round(dht["messages"] / max(1, dht["lookups"]), 2),
         "dht_queries_per_node": round(dht["messages"] / count, 1),
@@ -79,11 +117,11 @@ def sim_side(nodes: int, duration: float, seed: int) -> dict[str, Any]:
         targets=TargetSet.of(*(CapabilityTarget(c, min_peers=n) for c, n in TARGETS.items())),
         seekers=1.0, duration=duration, churn_per_hour=0.0, loss=0.0,
         rtt_min=2 * ONE_WAY, rtt_max=2 * ONE_WAY, k=20, query_timeout=2.0, heartbeat=1.0,
-        find_trials=0, lookup_trials=0, liar_trials=0,
+        find_trials=0, lookup_trials=0, liar_trials=0, seed_nodes=seeds_of(nodes),
     )
     rng = random.Random(seed)
     net = SimNetwork(nodes, random.Random(rng.getrandbits(64)), k=config.k,
-                     rtt=(config.rtt_min, config.rtt_max), now=T0)
+                     rtt=(config.rtt_min, config.rtt_max), now=T0, full_tables=False)
     world = World(config, net, rng)
     world.run()
     seekers = [world.nodes[i] for i in world.seekers]
@@ -95,6 +133,9 @@ def sim_side(nodes: int, duration: float, seed: int) -> dict[str, Any]:
     return {
         "time_to_target": times,
         "dht_lookups_per_node": round(c.dht_lookups / nodes, 2),
+        "bootstrap_lookups_per_node": round(c.bootstrap_lookups / nodes, 2),
+        "publish_lookups_per_node": round(c.publish_lookups / nodes, 2),
+        "provider_lookups_per_node": round(c.discoveries / nodes, 2),
         "rounds_per_lookup": round(c.dht_rounds / max(1, c.dht_lookups), 2),
         "messages_per_lookup": round(c.dht_messages / max(1, c.dht_lookups), 2),
         "dht_queries_per_node": round(c.dht_messages / nodes, 1),
@@ -120,8 +161,9 @@ def compare(testnet: dict[str, Any], sim: dict[str, Any]) -> list[tuple[str, Any
         check(f"targets met {cap} (%)", testnet["time_to_target"][cap]["met_pct"],
               sim["time_to_target"][cap]["met_pct"])
     for key in ("rounds_per_lookup", "messages_per_lookup", "dht_lookups_per_node",
-                "dht_queries_per_node"):
-        check(key, testnet[key], sim[key])
+                "bootstrap_lookups_per_node", "publish_lookups_per_node",
+                "provider_lookups_per_node", "dht_queries_per_node"):
+        check(key, testnet.get(key), sim.get(key))
     return rows
 
 
@@ -154,7 +196,9 @@ def main() -> int:
     print(f"\ntestnet messages per node (all channels, sent + received): "
           f"{testnet['messages_per_node']}; per channel: {testnet['channel_messages_per_node']}")
     print(f"simulation per node: PEX requests {sim['pex_requests_per_node']}, dials "
-          f"{sim['dials_per_node']}, DHT queries {sim['dht_queries_per_node']}")
+          f"{sim['dials_per_node']}, DHT queries {sim['dht_queries_per_node']}, DHT lookups "
+          f"{sim['dht_lookups_per_node']} (bootstrap {sim['bootstrap_lookups_per_node']}, "
+          f"publish {sim['publish_lookups_per_node']})")
     return 0
 
 

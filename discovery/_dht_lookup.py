@@ -43,17 +43,44 @@ opaque payloads only.
   the cost of a few key generations, but each must be reachable at an address it controls, so
   its minted ids share its netgroup: it gets ``max_per_netgroup`` slots of a path, not all ``k``,
   and cannot lead a path down an endless chain of ever nearer ids (see docs/scale.md).
+* **No self-vouching.** With a ``netgroup`` function, a contact is *vouched* when it is a seed
+  (the driver's routing table) or some responder of another netgroup named it; a contact named
+  only by responders of its own netgroup is never queried nor counted (unless
+  ``LookupConfig.self_vouching``). An honest node rarely names nodes of its own /16; a liar's
+  minted ids are all of its own, so a minting liar costs a path one query, not
+  ``max_per_netgroup``, while two honest nodes of one /16 that others name are still queried.
+* **Density.** Given ``network_size`` (an estimate, e.g. ``RoutingTable.estimate_size``), a
+  path counts at most ``density_slack + density_factor * E(d)`` live candidates within any
+  distance ``d`` of the target, where ``E(d) = network_size * d / 2**160`` is how many nodes a
+  network of that size holds there, and queries at most that many within any distance;
+  candidates beyond (in distance order) are skipped like the netgroup cap's, and seeds are
+  exempt. Ids minted ever nearer the target (at many
+  addresses) form a cluster far denser than the network allows: they get ``density_slack``
+  slots of a path, and the walk goes on to the honest nodes around the key. An attacker that
+  mints at the network's own density near the key still competes for the slots
+  (docs/scale.md).
 """
 
 from __future__ import annotations
 
 import bisect
-import enum
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
-from typing import Generic, TypeAlias, TypeVar
+from typing import Generic
 
-from overlay.errors import ConfigError, LocalProtocolError
+from discovery._dht_lookup_types import (
+    LookupConfig,
+    LookupDone,
+    LookupEvent,
+    LookupMode,
+    LookupOutcome,
+    LookupResult,
+    Misbehaved,
+    Misbehaviour,
+    P,
+    ProviderFound,
+    Query,
+)
+from overlay.errors import LocalProtocolError
 
 __all__ = [
     "Lookup",
@@ -69,142 +96,22 @@ __all__ = [
     "Query",
 ]
 
-P = TypeVar("P")
-
 _NEW, _PENDING, _ANSWERED, _FAILED = 0, 1, 2, 3
 _ID_BYTES = 20
 
 
-class LookupMode(enum.Enum):
-    FIND_NODE = "find-node"
-    """Find the ``k`` nodes nearest to the target."""
-    GET_PROVIDERS = "get-providers"
-    """Collect provider payloads stored under the target key, walking like FIND_NODE."""
-
-
-class LookupOutcome(enum.Enum):
-    COMPLETED = "completed"
-    """The ``k`` nearest live candidates of every path answered (or none was left)."""
-    ENOUGH_PROVIDERS = "enough-providers"
-    """``want`` distinct providers were found (GET_PROVIDERS only)."""
-    CANCELLED = "cancelled"
-    """``cancel()`` was called."""
-
-
-class Misbehaviour(enum.Enum):
-    """Why a peer was dropped from a lookup."""
-
-    SPOOFED_ID = "spoofed-id"
-    """(driver) a contact's id does not match its record's key."""
-    FORGED_RECORD = "forged-record"
-    """(driver) a contact or provider record failed verification."""
-    MALFORMED = "malformed"
-    """(driver) the answer could not be decoded."""
-    TOO_MANY_CONTACTS = "too-many-contacts"
-    """(lookup) more than ``k`` contacts in one answer."""
-    FAR_CONTACTS = "far-contacts"
-    """(lookup) the answer broke the far-contacts rule."""
-
-
-@dataclass(frozen=True, slots=True)
-class LookupConfig:
-    """Parameters of lookups. Durations are seconds."""
-
-    k: int = 20
-    """Result size and the most contacts one answer may carry; a network-wide parameter."""
-    alpha: int = 3
-    """Queries in flight per path (Kademlia's alpha)."""
-    node_paths: int = 1
-    """Disjoint paths of FIND_NODE lookups."""
-    provider_paths: int = 2
-    """Disjoint paths of GET_PROVIDERS lookups (S/Kademlia; see docs/discovery.md)."""
-    query_timeout: float = 2.0
-    """Deadline of one query (a LAN answers in milliseconds, a WAN in a few hundred)."""
-    retries: int = 1
-    """Retries of a query that timed out (explicit failures are not retried)."""
-    far_rule: bool = True
-    """Apply the far-contacts rule."""
-    max_per_netgroup: int = 2
-    """Per path, the most candidates of one netgroup queried and counted among the ``k``
-    nearest (only for lookups given a ``netgroup`` function)."""
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("retries", "far_rule"):
-                if value < 0:
-                    raise ConfigError(f"dht.{f.name}", f"must be >= 0, got {value!r}")
-            elif value <= 0:
-                raise ConfigError(f"dht.{f.name}", f"must be positive, got {value!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    """Send the lookup's query (FIND_NODE or GET_PROVIDERS for the target) to ``peer``."""
-
-    peer: bytes
-    attempt: int
-    """1 for the first query to this peer, 2 for the first retry, ..."""
-    path: int
-
-
-@dataclass(frozen=True, slots=True)
-class ProviderFound(Generic[P]):
-    """A provider not seen before in this lookup (payloads are verified by the driver)."""
-
-    provider_id: bytes
-    payload: P
-    source: bytes
-    """The peer whose answer carried it."""
-    rounds: int
-    """Hop depth of ``source``."""
-    messages: int
-    """Queries sent so far."""
-
-
-@dataclass(frozen=True, slots=True)
-class Misbehaved:
-    """``peer`` was dropped from the lookup; the driver should penalise it."""
-
-    peer: bytes
-    reason: Misbehaviour
-
-
-@dataclass(frozen=True, slots=True)
-class LookupResult:
-    outcome: LookupOutcome
-    closest: tuple[bytes, ...]
-    """Up to ``k`` nodes that answered, nearest to the target first (at most
-    ``max_per_netgroup`` of one netgroup when the lookup has a ``netgroup`` function)."""
-    providers: int
-    """Distinct providers found."""
-    rounds: int
-    messages: int
-    responses: int
-    timeouts: int
-    failures: int
-    """Candidates that ended failed (timeouts after the last retry, refusals, misbehaviour)."""
-    misbehaved: int
-    first_provider_rounds: int | None
-    first_provider_messages: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class LookupDone:
-    result: LookupResult
-
-
-LookupEvent: TypeAlias = Query | ProviderFound[P] | Misbehaved | LookupDone
-
-
 class _Cand:
     __slots__ = (
-        "attempts", "deadline", "dist", "flagged", "group", "hop", "node_id", "path", "state"
+        "attempts", "deadline", "dist", "flagged", "group", "hop", "node_id", "path", "state",
+        "vouched",
     )
 
-    def __init__(self, node_id: bytes, dist: int, path: int, hop: int, group: str | None) -> None:
+    def __init__(
+        self, node_id: bytes, dist: int, path: int, hop: int, group: str | None, vouched: bool
+    ) -> None:
         self.node_id = node_id
         self.group = group
+        self.vouched = vouched
         self.dist = dist
         self.path = path
         self.hop = hop
@@ -219,7 +126,7 @@ def _dist_key(c: _Cand) -> int:
 
 
 class _Path:
-    __slots__ = ("done", "in_flight", "opened", "order", "queried")
+    __slots__ = ("done", "in_flight", "near", "opened", "order", "queried")
 
     def __init__(self) -> None:
         self.order: list[_Cand] = []  # by distance to the target
@@ -228,13 +135,31 @@ class _Path:
         self.opened = False
         """A query of this path had an outcome: it may keep ``alpha`` in flight."""
         self.queried: dict[str, int] = {}  # netgroup -> candidates queried
+        self.near: list[int] = []  # distances of the learned candidates queried, ascending
 
 
-def _diverse(cands: Iterable[_Cand], cap: int, n: int) -> list[_Cand]:
-    """The first ``n`` of ``cands`` keeping at most ``cap`` of one netgroup."""
+def _too_dense(near: list[int], d: int, unit: int, slack: int) -> bool:
+    """Would one more query at distance ``d`` put more than ``slack + x // unit`` queried
+    learned candidates within some distance ``x`` (``near``: those queried, ascending)?"""
+    i = bisect.bisect_left(near, d)
+    if i + 1 > slack + d // unit:
+        return True
+    for j in range(i, len(near)):
+        if j + 2 > slack + near[j] // unit:
+            return True
+    return False
+
+
+def _diverse(cands: Iterable[_Cand], cap: int, n: int, unit: int | None, slack: int
+             ) -> list[_Cand]:
+    """The first ``n`` of ``cands`` (in distance order) keeping at most ``cap`` of one netgroup
+    and, with a density ``unit``, at most ``slack + dist // unit`` within each one's distance
+    (seeds exempt)."""
     out: list[_Cand] = []
     counts: dict[str, int] = {}
     for c in cands:
+        if unit is not None and c.hop > 1 and len(out) >= slack + c.dist // unit:
+            continue
         g = c.group
         if g is not None:
             seen = counts.get(g, 0)
@@ -261,9 +186,11 @@ class Lookup(Generic[P]):
         want: int | None = None,
         paths: int | None = None,
         netgroup: Callable[[bytes], str | None] | None = None,
+        network_size: int | None = None,
     ) -> None:
         """``netgroup`` maps a candidate's id to the netgroup of its verified address (None
-        exempts it); without it no diversity limit applies."""
+        exempts it); without it no diversity limit applies. ``network_size`` (an estimate of
+        the node count) turns the density limit on."""
         for value, what in ((target, "target"), (local_id, "local id")):
             if not isinstance(value, bytes) or len(value) != _ID_BYTES:
                 raise LocalProtocolError(f"{what} must be {_ID_BYTES} bytes")
@@ -283,6 +210,12 @@ class Lookup(Generic[P]):
         self._k = cfg.k
         self._narrow = cfg.alpha if want is None else min(cfg.alpha, -(-want // paths))
         self._netgroup = netgroup
+        if network_size is not None and network_size <= 0:
+            raise LocalProtocolError(f"network_size must be positive, got {network_size}")
+        self._unit = None if network_size is None else max(
+            1, int((1 << (8 * _ID_BYTES)) / (cfg.density_factor * network_size))
+        )
+        """Distance per extra candidate the density limit allows (None: no limit)."""
         self._paths = [_Path() for _ in range(paths)]
         self._cands: dict[int, _Cand] = {}
         self._pending: dict[int, _Cand] = {}
@@ -301,7 +234,7 @@ class Lookup(Generic[P]):
             if num != self._local:
                 unique[num] = seed
         for i, num in enumerate(sorted(unique, key=lambda n: n ^ self._t)):
-            self._add(unique[num], num, i % paths, 1)
+            self._add(unique[num], num, i % paths, 1, None)
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -341,7 +274,7 @@ class Lookup(Generic[P]):
         (S/Kademlia stores through every disjoint path)."""
         order = self._paths[path].order
         answered = (c for c in order if c.state == _ANSWERED)
-        return tuple(c.node_id for c in _diverse(answered, self.config.max_per_netgroup, self._k))
+        return tuple(c.node_id for c in self._counted(answered))
 
     # -- inputs ----------------------------------------------------------------------------------
 
@@ -386,8 +319,11 @@ class Lookup(Generic[P]):
                     continue
                 known = self._cands.get(num)
                 if known is None:
-                    self._add(contact, num, c.path, hop)
-                elif known.path == c.path and known.state == _NEW and hop < known.hop:
+                    self._add(contact, num, c.path, hop, c.group)
+                    continue
+                if not known.vouched and known.group != c.group:
+                    known.vouched = True
+                if known.path == c.path and known.state == _NEW and hop < known.hop:
                     known.hop = hop
             for provider_id, payload in providers:
                 if provider_id in self._providers:
@@ -450,11 +386,20 @@ class Lookup(Generic[P]):
             raise LocalProtocolError(f"ids must be {_ID_BYTES} bytes, got {node_id!r}")
         return int.from_bytes(node_id, "big")
 
-    def _add(self, node_id: bytes, num: int, path: int, hop: int) -> None:
+    def _add(
+        self, node_id: bytes, num: int, path: int, hop: int, named_by: str | None
+    ) -> None:
+        """``named_by``: the netgroup of the responder that named it (None for a seed)."""
         group = None if self._netgroup is None else self._netgroup(node_id)
-        c = _Cand(node_id, num ^ self._t, path, hop, group)
+        vouched = (group is None or named_by is None or group != named_by
+                   or self.config.self_vouching)
+        c = _Cand(node_id, num ^ self._t, path, hop, group, vouched)
         self._cands[num] = c
         bisect.insort(self._paths[path].order, c, key=_dist_key)
+
+    def _counted(self, cands: Iterable[_Cand]) -> list[_Cand]:
+        cfg = self.config
+        return _diverse(cands, cfg.max_per_netgroup, self._k, self._unit, cfg.density_slack)
 
     def _breaks_far_rule(self, c: _Cand, nums: list[int]) -> bool:
         """The far-contacts rule. An answer is flagged when all three hold:
@@ -505,6 +450,7 @@ class Lookup(Generic[P]):
         if self._result is not None:
             return
         k, cap = self._k, self.config.max_per_netgroup
+        unit, slack = self._unit, self.config.density_slack
         all_done = True
         for path in self._paths:
             if path.done:
@@ -518,8 +464,15 @@ class Lookup(Generic[P]):
                 state = c.state
                 if state == _FAILED:
                     continue
+                if unit is not None and c.hop > 1 and (  # density (module docstring)
+                    live >= slack + c.dist // unit
+                    or (c.attempts == 0 and _too_dense(path.near, c.dist, unit, slack))
+                ):
+                    continue
                 g = c.group
                 if g is not None:  # netgroup diversity (module docstring)
+                    if not c.vouched and c.attempts == 0:
+                        continue
                     seen = counts.get(g, 0)
                     if seen >= cap or (c.attempts == 0 and queried.get(g, 0) >= cap):
                         continue
@@ -547,6 +500,8 @@ class Lookup(Generic[P]):
     def _send(self, c: _Cand, path: _Path, now: float, out: list[LookupEvent[P]]) -> None:
         if c.attempts == 0 and c.group is not None:
             path.queried[c.group] = path.queried.get(c.group, 0) + 1
+        if c.attempts == 0 and c.hop > 1 and self._unit is not None:
+            bisect.insort(path.near, c.dist)
         c.state = _PENDING
         c.attempts += 1
         c.deadline = now + self.config.query_timeout
@@ -564,9 +519,8 @@ class Lookup(Generic[P]):
         for path in self._paths:
             path.in_flight = 0
             path.done = True
-        answered = _diverse(
-            sorted((c for c in self._cands.values() if c.state == _ANSWERED), key=_dist_key),
-            self.config.max_per_netgroup, self._k,
+        answered = self._counted(
+            sorted((c for c in self._cands.values() if c.state == _ANSWERED), key=_dist_key)
         )
         failed = sum(1 for c in self._cands.values() if c.state == _FAILED)
         first = self._first_provider

@@ -178,9 +178,10 @@ class DhtLookups:
             signed = book.get(node)
             return None if signed is None else self._contacts.netgroup(signed.record)
 
+        size = self._table.estimate_size() if self.config.density_limit else 0
         lookup: Lookup[SignedRecord] = Lookup(
             target, mode, seeds, local_id=self._local, config=self.config.lookup,
-            want=want, paths=paths, netgroup=group,
+            want=want, paths=paths, netgroup=group, network_size=size or None,
         )
         self._table.mark_lookup(target, self._wall())
         reports: list[LookupReport] = []

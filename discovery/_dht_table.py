@@ -199,6 +199,24 @@ class RoutingTable:
         """Non-empty buckets and their sizes."""
         return {i: len(b.entries) for i in self._indices if (b := self._buckets[i]).entries}
 
+    def estimate_size(self) -> int:
+        """The network's size as the table sees it (0 for an empty table). Bucket ``i`` covers
+        ``2**i`` ids; the buckets below the deepest full one hold every contact the node met in
+        their ranges, so their contacts over the share of the id space they cover estimate the
+        node count (exact in expectation for a table that met every node; lower when it met
+        fewer)."""
+        sizes = self.bucket_sizes()
+        if not sizes:
+            return 0
+        k = self.config.k
+        top = ID_BITS - 1
+        while top >= 0 and sizes.get(top, 0) >= k:
+            top -= 1
+        if top < 0:
+            return len(self) * 2  # every bucket full: at least that many
+        below = sum(n for i, n in sizes.items() if i <= top)
+        return max(len(self), below << (ID_BITS - 1 - top))
+
     def replacements(self, index: int) -> list[bytes]:
         """The replacement cache of bucket ``index`` (oldest first)."""
         bucket = self._buckets.get(index)

@@ -309,6 +309,9 @@ class DhtConfig:
     distrust_for: float = 3600.0
     """A peer penalised by a lookup stays out of the routing table this long."""
     max_distrusted: int = 1024
+    density_limit: bool = False
+    """Give lookups the routing table's network-size estimate, turning on the lookup's
+    density limit against minted ids served at many addresses (docs/scale.md)."""
 
     def __post_init__(self) -> None:
         if self.table.k != self.lookup.k:

@@ -163,6 +163,8 @@ def build_network(
     holder_ttl: float | None = None,
     netgroup: Callable[[CapabilityRecord], str | None] | None = None,
     max_per_netgroup: int | None = None,
+    density_limit: bool = False,
+    density_factor: float = 4.0,
 ) -> Network:
     # max_per_netgroup: None keeps LookupConfig's default (2).
     """``n`` services; ``capabilities`` maps a name to how many random nodes advertise it.
@@ -184,7 +186,9 @@ def build_network(
         network=NETWORK,
         table=TableConfig(k=k),
         lookup=LookupConfig(k=k, query_timeout=query_timeout,
-                            max_per_netgroup=max_per_netgroup or 2),
+                            max_per_netgroup=max_per_netgroup or 2,
+                            density_factor=density_factor),
+        density_limit=density_limit,
         republish_interval=republish[0],
         republish_margin=republish[1],
     )

@@ -1,16 +1,19 @@
 """One config object per component, one default per setting: the node's ``[connection]`` table
-reaches the connection core and the transports through one projection, never a hand copy."""
+reaches the connection core and the transports through one projection, never a hand copy; the
+``[discovery.dht]`` table reaches the DHT service the same way."""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from overlay.connection._types import CoreConfig
 from overlay.errors import ConfigError
-from overlay.node._config import ConnectionConfig
+from overlay.node._config import ConnectionConfig, NodeConfig, load_config
+from overlay.node._dht import dht_config
 from overlay.transport import TransportConfig
 from overlay.transport._pending import PendingLimits
 
@@ -65,3 +68,16 @@ def test_connection_config_errors_name_the_key(key: str, value: float) -> None:
     with pytest.raises(ConfigError) as caught:
         ConnectionConfig(**overrides)
     assert caught.value.key == key
+
+
+def test_the_dht_settings_reach_the_dht_service(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[discovery.dht]\nk = 12\nalpha = 2\ndisjoint_paths = 3\nquery_timeout = 0.5\n'
+        "density_limit = true\n"
+    )
+    service = dht_config(load_config(path))
+    assert (service.table.k, service.lookup.k, service.lookup.alpha) == (12, 12, 2)
+    assert (service.lookup.provider_paths, service.lookup.query_timeout) == (3, 0.5)
+    assert service.density_limit is True
+    assert dht_config(NodeConfig()).density_limit is False

@@ -67,23 +67,27 @@ class Net:
 
 
 def lookup(net: Net, seeds: list[int], *, cap: int = 2, paths: int = 1,
-           diversity: bool = True) -> Lookup[str]:
-    config = LookupConfig(k=net.k, alpha=2, query_timeout=1.0, max_per_netgroup=cap)
+           diversity: bool = True, self_vouching: bool = False) -> Lookup[str]:
+    config = LookupConfig(k=net.k, alpha=2, query_timeout=1.0, max_per_netgroup=cap,
+                          self_vouching=self_vouching)
     return Lookup(TARGET, LookupMode.FIND_NODE, [nid(s) for s in seeds], local_id=LOCAL,
                   config=config, paths=paths, netgroup=net.group if diversity else None)
 
 
 @pytest.mark.parametrize("cap", [1, 2])
+@pytest.mark.parametrize("self_vouching", [True, False])
 def test_a_minting_liar_gets_at_most_cap_queries_and_slots_and_the_walk_finds_the_honest_nearest(
-    cap: int,
+    cap: int, self_vouching: bool,
 ) -> None:
     net = Net(k=4)
-    walk = lookup(net, [LIAR, 150 * SCALE, 130 * SCALE], cap=cap)
+    walk = lookup(net, [LIAR, 150 * SCALE, 130 * SCALE], cap=cap, self_vouching=self_vouching)
     net.drive(walk)
     result = walk.result
     assert result is not None
     liar_queries = [q for q in net.queries if net.group(q.peer) == "liar"]
-    assert len(liar_queries) == cap
+    # Without self-vouching the minted ids (named only by the liar's own netgroup) cost nothing.
+    assert liar_queries == [q for q in liar_queries if q.peer == nid(LIAR)] or self_vouching
+    assert len(liar_queries) == (cap if self_vouching else 1)
     closest = list(result.closest)
     assert sum(net.group(c) == "liar" for c in closest) <= cap
     honest = [c for c in closest if net.group(c) != "liar"]
@@ -127,6 +131,46 @@ def test_contacts_without_a_netgroup_are_exempt() -> None:
     grouped: Lookup[str] = Lookup(TARGET, LookupMode.FIND_NODE, [nid(s) for s in seeds],
                                   local_id=LOCAL, config=config, netgroup=lambda node: "g")
     assert [e.peer for e in grouped.start(0.0) if isinstance(e, Query)] == [nid(50)]
+
+
+def test_a_contact_named_only_by_its_own_netgroup_waits_until_another_netgroup_names_it() -> None:
+    # Seeds 50 (group "a") and 60 (group "b"); 50 names 10 (group "a" too), 60 names 40 ("c").
+    groups = {10: "a", 40: "c", 50: "a", 60: "b"}
+    config = LookupConfig(k=4, alpha=1, query_timeout=1.0, max_per_netgroup=2, far_rule=False)
+    walk: Lookup[str] = Lookup(TARGET, LookupMode.FIND_NODE, [nid(50), nid(60)], local_id=LOCAL,
+                               config=config, netgroup=lambda node: groups[dist(node)])
+    assert [e.peer for e in walk.start(0.0) if isinstance(e, Query)] == [nid(50)]
+    # 10 is unvouched: the walk skips it and queries the next seed instead.
+    sent = [e.peer for e in walk.on_response(nid(50), [nid(10)], now=0.1)
+            if isinstance(e, Query)]
+    assert sent == [nid(60)]
+    # 60 (another netgroup) names 10: now vouched, it is the nearest new candidate.
+    sent = [e.peer for e in walk.on_response(nid(60), [nid(10), nid(40)], now=0.2)
+            if isinstance(e, Query)]
+    assert sent == [nid(10)]
+    assert [e.peer for e in walk.on_response(nid(10), [], now=0.3)
+            if isinstance(e, Query)] == [nid(40)]
+    walk.on_response(nid(40), [], now=0.4)
+    result = walk.result
+    assert result is not None and result.closest == (nid(10), nid(40), nid(50), nid(60))
+
+
+def test_an_unvouched_contact_is_never_queried_and_never_counted() -> None:
+    # The only answer names an id of the responder's own netgroup: the walk ends without it.
+    config = LookupConfig(k=4, alpha=2, query_timeout=1.0)
+    walk: Lookup[str] = Lookup(TARGET, LookupMode.FIND_NODE, [nid(50)], local_id=LOCAL,
+                               config=config, netgroup=lambda node: "g")
+    walk.start(0.0)
+    events = walk.on_response(nid(50), [nid(10)], now=0.1)
+    assert not [e for e in events if isinstance(e, Query)]
+    result = walk.result
+    assert result is not None and result.closest == (nid(50),) and result.messages == 1
+    vouching = LookupConfig(k=4, alpha=2, query_timeout=1.0, self_vouching=True)
+    walk = Lookup(TARGET, LookupMode.FIND_NODE, [nid(50)], local_id=LOCAL, config=vouching,
+                  netgroup=lambda node: "g")
+    walk.start(0.0)
+    events = walk.on_response(nid(50), [nid(10)], now=0.1)
+    assert [e.peer for e in events if isinstance(e, Query)] == [nid(10)]
 
 
 def test_max_per_netgroup_must_be_positive() -> None:

@@ -95,6 +95,38 @@ async def test_find_providers_for_a_capability_held_by_3_of_300_succeeds_every_t
     assert net.net.in_flight == 0
 
 
+async def test_the_density_limit_keeps_honest_provider_lookups_whole() -> None:
+    # With ``density_limit`` the service hands each lookup its table's size estimate: on an
+    # honest network the ids near a key are as dense as the estimate says, so every provider is
+    # still found.
+    net = build_network(300, seed=32, capabilities={"cap": 3}, density_limit=True)
+    await provide_all(net)
+    rng = net.net.rng
+    holders = set(net.holders["cap"])
+    for trial in range(6):
+        origin = rng.choice([s for s in net.services if s.node_id not in holders])
+        async with origin.find_providers("cap") as found:
+            got = [signed.node_id async for signed in found]
+        assert sorted(got) == sorted(holders), trial
+    assert not net.net.penalties
+
+
+async def test_the_density_limit_reaches_the_lookup_core() -> None:
+    # A factor far too small for the network (it allows a thousandth of the expected ids near
+    # the key) starves the walk: with the limit on it stops after a few queries, without it
+    # the same lookup walks on. Proof that the estimate is passed, not just configured.
+    messages = {}
+    for on in (True, False):
+        net = build_network(120, seed=33, capabilities={"cap": 3}, density_limit=on,
+                            density_factor=0.001)
+        origin = next(s for s in net.services if s.node_id not in net.holders["cap"])
+        async with origin.find_providers("cap") as found:
+            _ = [signed async for signed in found]
+        assert found.report is not None
+        messages[on] = found.report.messages
+    assert messages[True] < messages[False]
+
+
 @pytest.mark.parametrize("anyio_backend", [virtual_time()])
 async def test_node_lookups_apply_the_netgroup_limit_to_contacts_from_answers() -> None:
     # The service hands the lookup core its contacts' netgroups (from their records' addresses):

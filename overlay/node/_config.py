@@ -204,6 +204,10 @@ class DhtSettings:
     """Seconds an unused transient connection stays open for reuse."""
     max_transient_per_ip: int = 4
     """Inbound transient connections accepted at once from one remote host."""
+    density_limit: bool = False
+    """Lookups count at most a few times as many ids near a key as a network of the size the
+    routing table estimates holds there: defeats ids minted near a key and served at many
+    addresses, at a small cost to honest lookups (docs/scale.md)."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.k <= 64:

@@ -185,6 +185,7 @@ def dht_config(config: NodeConfig) -> DhtConfig:
         table=TableConfig(k=s.k),
         lookup=LookupConfig(k=s.k, alpha=s.alpha, provider_paths=s.disjoint_paths,
                             query_timeout=s.query_timeout),
+        density_limit=s.density_limit,
     )
 
 

@@ -45,7 +45,8 @@ def simulate_with_picture(
     rng = random.Random(config.seed)
     clock = time.perf_counter()
     net = SimNetwork(config.nodes, random.Random(rng.getrandbits(64)), k=config.k,
-                     rtt=(config.rtt_min, config.rtt_max), now=T0)
+                     rtt=(config.rtt_min, config.rtt_max), now=T0,
+                     full_tables=not config.seed_nodes)
     say(f"network of {config.nodes} nodes built in {time.perf_counter() - clock:.1f} s")
     world = World(config, net, rng)
     world.run()
@@ -113,6 +114,7 @@ def simulate_with_picture(
             "heartbeat": config.heartbeat,
             "max_connections": config.max_connections,
             "bootstrap_peers": config.bootstrap_peers,
+            "seed_nodes": config.seed_nodes,
         },
         "time_to_target": targets,
         "seeker_messages": summary(messages, 1),
@@ -132,6 +134,8 @@ def simulate_with_picture(
             "pex_rate_limited": c.pex_rate_limited,
             "pex_records": c.pex_records,
             "dht_lookups": c.dht_lookups,
+            "bootstrap_lookups": c.bootstrap_lookups,
+            "publish_lookups": c.publish_lookups,
             "dht_messages": c.dht_messages,
             "policy_ticks": c.policy_ticks,
             "prunes": c.prunes,

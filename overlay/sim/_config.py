@@ -73,7 +73,11 @@ class SimConfig:
     query_timeout: float = 0.5
     """Per-hop DHT timeout (discv5 uses 500 ms)."""
     bootstrap_peers: int = 8
-    """Outbound connections each node opens at start to random nodes (its seeds)."""
+    """Outbound connections each node keeps (at start: to random nodes, or to the seeds)."""
+    seed_nodes: int = 0
+    """0: routing tables start full, and nodes dial random nodes. Otherwise the bootstrap as a
+    node does it: tables start empty and this many seed nodes (no capabilities, no targets)
+    hand out records; see ``overlay.sim._world``."""
     max_connections: int = 50
     max_outbound: int = 16
     heartbeat: float = 12.0
@@ -95,6 +99,8 @@ class SimConfig:
                     raise ConfigError(f"simulate.{f.name}", f"must be >= 0, got {value!r}")
         if self.nodes < 20:
             raise ConfigError("simulate.nodes", f"must be at least 20, got {self.nodes}")
+        if self.seed_nodes > self.nodes // 2:
+            raise ConfigError("simulate.seed_nodes", "must be at most half of the nodes")
         for name in ("seekers", "loss", "churn_per_hour"):
             if getattr(self, name) > 1:
                 raise ConfigError(f"simulate.{name}", "must be a share within [0, 1]")
@@ -127,6 +133,7 @@ _SCALARS = {
     "query_timeout": float, "bootstrap_peers": int, "max_connections": int,
     "max_outbound": int, "heartbeat": float, "provider_ttl": float, "find_trials": int,
     "lookup_trials": int, "liar_trials": int, "liar_keys": int, "find_within": float,
+    "seed_nodes": int,
 }
 
 

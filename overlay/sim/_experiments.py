@@ -190,8 +190,10 @@ def liar_experiment(
     loss: float,
     ttl: float,
     diversity: bool = True,
+    density: bool = False,
 ) -> dict[str, Any]:
-    """One liar scenario (see the module docstring)."""
+    """One liar scenario (see the module docstring); ``density``: every lookup (publishing and
+    finding) applies the density limit with its origin's table estimate of the size."""
     if not diversity:  # a cap no path can reach: the lookups without the defence
         config = dataclasses.replace(config, max_per_netgroup=net.k * 1000)
     net.minted.clear()
@@ -209,7 +211,7 @@ def liar_experiment(
         key_providers.append((key, providers))
         for p in providers:
             run = net.run_lookup(p, key, LookupMode.FIND_NODE, responder, config, rng,
-                                 now=now, loss=loss, paths=paths)
+                                 now=now, loss=loss, paths=paths, density=density)
             kept = 0
             for holder in run.replicas:
                 h = net.index.get(holder)
@@ -229,7 +231,7 @@ def liar_experiment(
         key, providers = rng.choice(key_providers)
         found: LookupRun = net.run_lookup(
             origin, key, LookupMode.GET_PROVIDERS, responder, config, rng, now=now, loss=loss,
-            paths=paths, want=3,
+            paths=paths, want=3, density=density,
         )
         messages.append(found.result.messages)
         if found.providers:
@@ -244,6 +246,7 @@ def liar_experiment(
         "liar_share": share,
         "paths": paths,
         "netgroup_diversity": diversity,
+        "density_limit": density,
         "trials": trials,
         "success_pct": _share(success, trials),
         "all_providers_pct": _share(complete, trials),

@@ -97,8 +97,11 @@ class SimNetwork:
     up to ``k`` random nodes of its range (verified contacts; netgroup limits not applied)."""
 
     def __init__(
-        self, n: int, rng: random.Random, *, k: int, rtt: tuple[float, float], now: float
+        self, n: int, rng: random.Random, *, k: int, rtt: tuple[float, float], now: float,
+        full_tables: bool = True,
     ) -> None:
+        """``full_tables=False``: every table starts empty (a network that bootstraps from
+        seeds; the same ids and coordinates as with full tables)."""
         ids: set[bytes] = set()
         while len(ids) < n:
             ids.add(rng.randbytes(ID_BYTES))
@@ -116,7 +119,7 @@ class SimNetwork:
         nums = self.nums
         for num, node_id in zip(nums, self.ids, strict=True):
             table = RoutingTable(node_id, config, now=now)
-            for i in range(ID_BITS - 1, -1, -1):
+            for i in range(ID_BITS - 1, -1, -1) if full_tables else ():
                 low = ((num ^ (1 << i)) >> i) << i
                 lo = bisect.bisect_left(nums, low)
                 hi = bisect.bisect_left(nums, low + (1 << i), lo)
@@ -166,12 +169,21 @@ class SimNetwork:
         paths: int,
         want: int | None = None,
         give_up_after: float = 60.0,
+        density: bool = False,
+        learn: bool = False,
     ) -> LookupRun:
-        """Drive one lookup from ``origin`` to its end (or cancel it after ``give_up_after``)."""
+        """Drive one lookup from ``origin`` to its end (or cancel it after ``give_up_after``).
+        ``density``: apply the lookup's density limit with the size the origin's routing table
+        estimates (``RoutingTable.estimate_size``). ``learn``: the tables learn as a node's do
+        (the origin adds each responder as verified and the contacts it names as unverified;
+        the responder adds the origin as verified), at the time each query is sent."""
         local = self.ids[origin]
+        table = self.tables[origin]
+        size = table.estimate_size() if density else 0
         lookup: Lookup[int] = Lookup(
-            target, mode, self.tables[origin].closest(target, self.k), local_id=local,
+            target, mode, table.closest(target, self.k), local_id=local,
             config=config, want=want, paths=paths, netgroup=self.netgroup,
+            network_size=size or None,
         )
         index = self.index
         coord = self.coord
@@ -191,6 +203,12 @@ class SimNetwork:
                     if answer is None or (loss and rng.random() < loss):
                         continue
                     j = index.get(peer)
+                    if learn and j is not None:
+                        table.add(peer, None, verified=True, now=now)
+                        for contact in answer.contacts:
+                            if contact != local:
+                                table.add(contact, None, verified=False, now=now)
+                        self.tables[j].add(local, None, verified=True, now=now)
                     if j is None:
                         j = self.minted.get(peer)
                     rtt = self._rtt_min + span * (c0 + (coord[j] if j is not None else 0.5))

@@ -23,6 +23,17 @@ What each node runs (theory of operation)
 
 A lookup is computed when it starts, against the network state at that instant (see
 ``overlay.sim._net``); its result is delivered at ``start + elapsed``.
+
+**Bootstrap from seeds** (``seed_nodes > 0``; otherwise the tables start full and nodes dial
+random nodes), as ``overlay.node._dht`` and seed mode do it: routing tables start empty; the
+seeds (no capabilities, no targets) start first; every other node dials ``bootstrap_peers`` of
+them (again after 1-3 s while it has no connection, when a seed was full), asks the seed by
+PEX as soon as it connects, and the seed hangs up ``SEED_STAY`` later;
+the outbound fill dials records from the node's own store. One second after peers connect
+(``SETTLE_DELAY``) a node adds them to its table as verified contacts and, if it added any
+and its table is new or thin (fewer than ``k``), runs a bootstrap lookup for its own id, at
+most every ``BOOTSTRAP_INTERVAL``; it publishes its capabilities once its table has contacts.
+Lookups teach the tables as a node's (``SimNetwork.run_lookup(learn=True)``).
 """
 
 from __future__ import annotations
@@ -67,9 +78,16 @@ __all__ = ["NETWORK", "T0", "World"]
 T0 = 1_700_000_000.0
 NETWORK = "sim"
 _START_SPREAD = 5.0
+SETTLE_DELAY = 1.0
+"""Seconds after a connection before the node's DHT absorbs its peers (``overlay.node._dht``)."""
+BOOTSTRAP_INTERVAL = 10.0
+"""Seconds between bootstrap lookups while the table is thin (``overlay.node._dht``)."""
+SEED_STAY = 1.5
+"""Seconds a seed keeps a connection: the PEX exchange, then ``answer_grace`` (seed mode)."""
 
 # event kinds
-_START, _CONNECT, _PEX, _PEX_ANSWER, _TICK, _DISCOVERED, _STORE, _LEAVE = range(8)
+(_START, _CONNECT, _PEX, _PEX_ANSWER, _TICK, _DISCOVERED, _STORE, _LEAVE, _MAINTAIN,
+ _HANG_UP, _REDIAL) = range(11)
 
 
 @dataclass(slots=True)
@@ -92,6 +110,14 @@ class _Node:
     messages: int = 0
     epoch: int = 0
     fill_budget: int = 0
+    # the bootstrap from seeds (seed_nodes > 0):
+    absorbed: set[int] = field(default_factory=set)
+    bootstrapped: bool = False
+    last_bootstrap: float = float("-inf")
+    maintain_at: float = float("inf")
+    pex_at: float = float("inf")
+    published: bool = False
+    pex_on: bool = False
 
 
 @dataclass(slots=True)
@@ -102,6 +128,9 @@ class Counters:
     pex_rate_limited: int = 0
     pex_records: int = 0
     dht_lookups: int = 0
+    bootstrap_lookups: int = 0
+    """Of ``dht_lookups``: the self-lookups of the bootstrap from seeds."""
+    publish_lookups: int = 0
     dht_rounds: int = 0
     dht_messages: int = 0
     policy_ticks: int = 0
@@ -129,17 +158,19 @@ class World:
             max_connections=config.max_connections, max_outbound=config.max_outbound,
             min_outbound=(3 * config.max_outbound + 9) // 10,
         )
+        self.seeds = range(min(config.seed_nodes, n))
+        members = range(len(self.seeds), n)  # nodes that may hold capabilities and seek
         holders: dict[str, list[int]] = {}
         caps_of: list[set[str]] = [set() for _ in range(n)]
         for name, share in config.capabilities:
-            count = max(1, round(share * n))
-            chosen = sorted(self.rng.sample(range(n), count))
+            count = max(1, round(share * len(members)))
+            chosen = sorted(self.rng.sample(members, count))
             holders[name] = chosen
             for i in chosen:
                 caps_of[i].add(name)
         self.holders = holders
-        seekers = max(1, round(config.seekers * n))
-        self.seekers = sorted(self.rng.sample(range(n), seekers))
+        seekers = max(1, round(config.seekers * len(members)))
+        self.seekers = sorted(self.rng.sample(members, seekers))
         pex = PexConfig()
         groups: dict[NodeId, str] = {}
         self.nodes: list[_Node] = []
@@ -176,7 +207,8 @@ class World:
         self.lookup_latency: list[tuple[float, float]] = []  # (start, ms) of Discover lookups
         self.leave_log: list[float] = []  # a node left (churn)
         for i in range(n):
-            self._push(T0 + self.rng.uniform(0, _START_SPREAD), _START, i)
+            at = T0 if i in self.seeds else T0 + self.rng.uniform(0, _START_SPREAD)
+            self._push(at, _START, i)
         leaves = round(config.churn_per_hour * n * config.duration / 3600)
         for i in self.rng.sample(range(n), min(n, leaves)):
             self._push(T0 + self.rng.uniform(_START_SPREAD, config.duration), _LEAVE, i)
@@ -203,7 +235,8 @@ class World:
             elif kind == _CONNECT:
                 self._connected(node, b, payload)
             elif kind == _PEX:
-                if payload == node.epoch:
+                if payload == node.epoch and at == node.pex_at:
+                    node.pex_at = float("inf")
                     self._pex(node)
             elif kind == _PEX_ANSWER:
                 self._pex_answer(node, b, payload)
@@ -216,6 +249,16 @@ class World:
                 self._store(node, payload)
             elif kind == _LEAVE:
                 self._leave(node)
+            elif kind == _MAINTAIN:
+                if at == node.maintain_at:
+                    self._maintain(node)
+            elif kind == _REDIAL:
+                if payload == node.epoch and not node.conns:
+                    self._dial(node, b)
+            elif kind == _HANG_UP:
+                if payload == node.epoch and b in node.conns:
+                    self._disconnect(node, nodes[b])
+                    self._fill(node)
 
     # -- handlers --------------------------------------------------------------------------------
 
@@ -227,25 +270,56 @@ class World:
         node.started_at = self.now
         node.fill_budget = 3 * self.config.bootstrap_peers
         n = len(self.nodes)
-        for j in self.rng.sample(range(n), min(n - 1, self.config.bootstrap_peers + 1)):
-            if j != node.idx and len(node.dialing) < self.config.bootstrap_peers:
-                self._dial(node, j)
-        for cap in sorted(node.caps):
-            self._publish(node, cap)
-        self._push(self.now + self.rng.uniform(0.5, 1.5), _PEX, node.idx, payload=node.epoch)
+        if self.seeds:
+            node.fill_budget *= 4  # the fill dials known records, some of them full
+            node.published = node.bootstrapped = node.pex_on = False
+            node.absorbed.clear()
+            if node.idx not in self.seeds:
+                picks = self.rng.sample(self.seeds, min(len(self.seeds),
+                                                        self.config.bootstrap_peers))
+                for j in picks:
+                    self._dial(node, j)
+        else:
+            for j in self.rng.sample(range(n), min(n - 1, self.config.bootstrap_peers + 1)):
+                if j != node.idx and len(node.dialing) < self.config.bootstrap_peers:
+                    self._dial(node, j)
+            for cap in sorted(node.caps):
+                self._publish(node, cap)
+            self._start_pex(node, self.now + self.rng.uniform(0.5, 1.5))
         if node.engine is not None:
             self._schedule_tick(node, self.now + 1.0)
 
+    def _start_pex(self, node: _Node, at: float) -> None:
+        node.pex_on = True
+        self._schedule_pex(node, at)
+
+    def _schedule_pex(self, node: _Node, at: float) -> None:
+        if at < node.pex_at:
+            node.pex_at = at
+            self._push(at, _PEX, node.idx, payload=node.epoch)
+
     def _fill(self, node: _Node) -> None:
         """The peer manager's outbound fill, simplified: keep ``bootstrap_peers`` outbound
-        connections (dials in flight included) by dialing random nodes, a bounded number of
-        times per start."""
+        connections (dials in flight included) by dialing random nodes (with seeds: nodes
+        whose records the node holds), a bounded number of times per start."""
         if not node.online or node.fill_budget <= 0:
             return
-        outbound = sum(1 for out in node.conns.values() if out) + len(node.dialing)
-        if outbound < self.config.bootstrap_peers:
+        outbound = sum(1 for j, out in node.conns.items() if out and j not in self.seeds)
+        missing = self.config.bootstrap_peers - outbound - len(node.dialing)
+        if missing <= 0:
+            return
+        if not self.seeds:
             node.fill_budget -= 1
             self._dial(node, self.rng.randrange(len(self.nodes)))
+            return
+        if node.idx in self.seeds:
+            return
+        known = [j for r in node.store.records(self.now)
+                 if (j := self.by_id[r.node_id]) not in node.conns and j not in node.dialing
+                 and j not in self.seeds]
+        for j in self.rng.sample(known, min(missing, len(known), node.fill_budget)):
+            node.fill_budget -= 1
+            self._dial(node, j)
 
     def _dial(self, node: _Node, j: int) -> None:
         if j in node.conns or j in node.dialing or j == node.idx:
@@ -266,6 +340,9 @@ class World:
         ):
             self.counters.dial_failures += 1
             self._fill(node)
+            if j in self.seeds and epoch == node.epoch:  # the peer manager's dial backoff
+                self._push(self.now + self.rng.uniform(1.0, 3.0), _REDIAL, node.idx, j,
+                           node.epoch)
             return
         node.conns[j] = True
         other.conns[node.idx] = False
@@ -274,6 +351,46 @@ class World:
         other.store.offer(node.record, self.now, node.node_id)
         self._check_met(node)
         self._check_met(other)
+        if self.seeds:
+            for x in (node, other):
+                self._schedule_maintain(x, self.now + SETTLE_DELAY)
+            if j in self.seeds:  # the seed answers PEX at once, then hangs up
+                self._push(self.now + SEED_STAY, _HANG_UP, node.idx, j, node.epoch)
+                if node.pex_on:
+                    self._schedule_pex(node, self.now + 0.01)
+            if not node.pex_on:
+                self._start_pex(node, self.now + 0.01)
+
+    # -- the bootstrap from seeds (overlay.node._dht) ----------------------------------------
+
+    def _schedule_maintain(self, node: _Node, at: float) -> None:
+        if at < node.maintain_at:
+            node.maintain_at = at
+            self._push(at, _MAINTAIN, node.idx)
+
+    def _maintain(self, node: _Node) -> None:
+        node.maintain_at = float("inf")
+        table = self.net.tables[node.idx]
+        added = 0
+        for j in node.conns:
+            if j not in node.absorbed:
+                node.absorbed.add(j)
+                table.add(self.net.ids[j], None, verified=True, now=self.now)
+                added += 1
+        thin = len(table) < self.config.k
+        if added and (not node.bootstrapped or thin) and (
+            self.now - node.last_bootstrap >= BOOTSTRAP_INTERVAL
+        ):
+            node.last_bootstrap = self.now
+            node.bootstrapped = True
+            self.counters.bootstrap_lookups += 1
+            self._lookup(node, self.net.ids[node.idx], LookupMode.FIND_NODE, paths=1)
+        if len(table) and not node.published:
+            node.published = True
+            for cap in sorted(node.caps):
+                self._publish(node, cap)
+        if thin:
+            self._schedule_maintain(node, self.now + BOOTSTRAP_INTERVAL)
 
     def _disconnect(self, a: _Node, b: _Node) -> None:
         for x, y in ((a, b), (b, a)):
@@ -289,7 +406,7 @@ class World:
             self._disconnect(node, self.nodes[j])
         node.online = False
         node.dialing.clear()
-        node.next_tick = float("inf")
+        node.next_tick = node.maintain_at = node.pex_at = float("inf")
         self._push(self.now + self.rng.expovariate(1 / self.config.downtime), _START, node.idx)
 
     def _deficits(self, node: _Node) -> dict[str, int]:
@@ -307,7 +424,7 @@ class World:
         plan = node.asker.plan(
             self.now, peers, known=len(node.store), deficits=self._deficits(node)
         )
-        self._push(plan.next_at, _PEX, node.idx, payload=node.epoch)
+        self._schedule_pex(node, plan.next_at)
         if plan.peer is None:
             return
         j = self.by_id[plan.peer]
@@ -331,9 +448,12 @@ class World:
                 useful = useful or bool(wanted & signed.record.capabilities.keys())
         if useful:
             self._kick(node)
+        if self.seeds:
+            self._fill(node)
 
     def _publish(self, node: _Node, cap: str) -> None:
         key = provider_key(NETWORK, cap)
+        self.counters.publish_lookups += 1
         run = self._lookup(node, key, LookupMode.FIND_NODE, paths=2)
         holders = [self.net.index[c] for c in run.replicas]
         self._push(self.now + run.elapsed + 0.15, _STORE, node.idx, payload=(key, holders))
@@ -358,6 +478,7 @@ class World:
         run = self.net.run_lookup(
             node.idx, key, mode, self.responder, self.lookup_config, self.dht_rng,
             now=self.now, loss=self.config.loss, paths=paths, want=want,
+            learn=bool(self.seeds),
         )
         node.messages += run.result.messages
         self.counters.dht_lookups += 1
