@@ -262,7 +262,7 @@ async def overlay_fanout_costs(payload: bytes, peers: int, rounds: int
             if received != expected:
                 short = [i for i in range(peers) if received[i] != expected[i]]
                 raise TimeoutError(
-                    f"fan-out: 10 s after {after}, spokes short of deliveries "
+                    f"fan-out: 10 s after {after}, spokes whose deliveries differ from the reports "
                     f"(spoke: expected/received, hub connection replaced since the start): "
                     + ", ".join(f"{i}: {expected[i]}/{received[i]}, "
                                 f"{hub.router.get_peer(ids[i]) is not first[i]}" for i in short))
@@ -294,5 +294,8 @@ async def overlay_fanout_costs(payload: bytes, peers: int, rounds: int
             assert len(report.delivered) == peers, report
             count(report)
             await settle("a broadcast")
+        # settle() waited for each spoke's count to equal what was queued for it: every
+        # delivery arrived, none twice; and every send reached every spoke.
+        assert sum(expected) == (6 + 2 * rounds) * peers, expected
         tg.cancel_scope.cancel()
     return singles, broadcasts
