@@ -81,7 +81,9 @@ class PexConfig:
     max_interval: float = 120.0
     """Asker interval once the address book is full."""
     thin_below: int = 32
-    """Records below which the address book is thin."""
+    """Records below which the address book is thin. While it is thin, a newly connected peer is
+    asked at once; from `thin_below` records on, new connections wake nothing and peers are
+    asked only at the asker interval (the work does not grow with the connections made)."""
     full_at: int = 256
     """Records at which the address book is full."""
     jitter: float = 0.1

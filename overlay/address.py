@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from overlay.errors import InvalidAddressError
@@ -115,9 +116,18 @@ class NodeAddress:
 
     @classmethod
     def parse(cls, text: str) -> NodeAddress:
-        """Parse ``ID@HOST:PORT`` / ``tcp://ID@HOST:PORT`` / ``memory:ID``."""
+        """Parse ``ID@HOST:PORT`` / ``tcp://ID@HOST:PORT`` / ``memory:ID``.
+
+        Parsed addresses are cached by their text (a hello's listen addresses are parsed on
+        every connection; the records are immutable); invalid ones are not cached."""
         if not isinstance(text, str):
             raise InvalidAddressError(f"address must be a string, got {type(text).__name__}")
+        if cls is NodeAddress:
+            return _parse_node_address(text)
+        return cls._parse(text)
+
+    @classmethod
+    def _parse(cls, text: str) -> NodeAddress:
         raw = text.strip()
         if raw.startswith("memory:"):
             return cls(parse_node_id(raw[len("memory:") :]), "memory")
@@ -147,6 +157,11 @@ class NodeAddress:
         if self.protocol == "memory":
             return f"memory:{self.node_id}"
         return f"{self.node_id}@{_format_host(self.host)}:{self.port}"
+
+
+@lru_cache(maxsize=4096)
+def _parse_node_address(text: str) -> NodeAddress:
+    return NodeAddress._parse(text)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -81,14 +82,15 @@ async def services() -> AsyncIterator[
 
 
 async def start(tg: anyio.abc.TaskGroup, config: NodeConfig, home: Path,
-                *observers: Observer) -> Running:
+                *observers: Observer, wall_clock: Callable[[], float] = time.time) -> Running:
     scope = anyio.CancelScope()
     done = anyio.Event()
 
     async def run(*, task_status: TaskStatus[Node]) -> None:
         try:
             with scope:
-                await run_node(config, home, observers=observers, task_status=task_status)
+                await run_node(config, home, observers=observers, task_status=task_status,
+                               wall_clock=wall_clock)
         finally:
             done.set()
 

@@ -25,7 +25,6 @@ requests on it. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 
 from overlay.connection._types import ChannelParams, _Channel, _OutMsg
@@ -42,17 +41,17 @@ class ChannelTable:
     def __init__(self, channels: Sequence[ChannelParams]) -> None:
         self.by_id: dict[int, _Channel] = {}
         """Channel id → channel, for the channels carried now."""
-        self.levels: list[deque[_Channel]] = []
+        self.levels: list[list[_Channel]] = []
         """The round-robin rings of active channels, highest priority first."""
-        self._by_priority: dict[int, deque[_Channel]] = {}
+        self._by_priority: dict[int, list[_Channel]] = {}
         self._draining: dict[int, _Channel] = {}  # removed, still finishing a started message
         for params in channels:
             self.add(params)
 
-    def _level_for(self, priority: int) -> deque[_Channel]:
+    def _level_for(self, priority: int) -> list[_Channel]:
         level = self._by_priority.get(priority)
         if level is None:
-            level = self._by_priority[priority] = deque()
+            level = self._by_priority[priority] = []
             self.levels[:] = [self._by_priority[p] for p in sorted(self._by_priority, reverse=True)]
         return level
 

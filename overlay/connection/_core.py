@@ -78,7 +78,6 @@ re-exports every public type of ``overlay.connection._types``.
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Container, Sequence
 from typing import cast
 
@@ -210,7 +209,7 @@ class ConnectionCore:
         self._outbound: dict[int, _OutMsg] = {}
         self._next_rid = 1
         self._inbound: dict[int, _Channel] = {}
-        self._events: deque[Event] = deque()
+        self._events: list[Event] = []  # lists, not deques: an empty deque costs 624 B
         self._pings = _Pings()
         self._receiver = Receiver(
             config,
@@ -453,7 +452,7 @@ class ConnectionCore:
                 return
             # Partially sent, hence at the head: drop the rest; the CANCEL makes the receiver
             # discard its partial reassembly.
-            ch.queue.popleft()
+            del ch.queue[0]
         self._ctrl.append(_pack(8, _CANCEL, 0, ch.id, request_id))
 
     def send_disconnect(self, reason: DisconnectReason, message: str, *, now: float) -> None:
@@ -490,11 +489,11 @@ class ConnectionCore:
 
     def next_event(self) -> Event | None:
         """The oldest pending event, or None."""
-        return self._events.popleft() if self._events else None
+        return self._events.pop(0) if self._events else None
 
     def events(self) -> list[Event]:
         """All pending events, oldest first (drains the queue)."""
-        out = list(self._events)
+        out = self._events[:]
         self._events.clear()
         return out
 

@@ -5,13 +5,18 @@ Theory of operation
 A :class:`PeerConnection` owns an authenticated :class:`~overlay.transport._secure.SecureStream`
 and a pure :class:`~overlay.connection._core.ConnectionCore`. Two tasks run it:
 
-* the **reader** receives plaintext, feeds ``core.receive_data``, and dispatches the core's
-  events (one ``match``, closed with ``assert_never``): messages go to the router (awaiting a
-  full inbox: backpressure towards the peer), requests go to the connection's request workers
-  (``overlay.connection._workers``), responses wake the waiting requester, cancels cancel
-  handlers;
+* the **reader** (:class:`~overlay.connection._reader.Reader`, in the connection's own task)
+  receives plaintext, feeds ``core.receive_data``, and hands the core's events back here
+  (:meth:`PeerConnection.handle_event`, one ``match`` closed with ``assert_never``): messages
+  go to the router (awaiting a full inbox: backpressure towards the peer), requests to the
+  router's responder (a plain handler answers there and then, an ``async`` one goes to the
+  connection's request workers, ``overlay.connection._workers``), responses wake the waiting
+  requester (``overlay.connection._requests``), cancels cancel handlers; the answers queued by
+  one read leave in one write at its end. On asyncio most reads are handled synchronously in
+  the transport's callback instead (see the reader's module);
 * the **writer** (:class:`~overlay.connection._writer.Writer`) writes ``core.data_to_send``
-  when kicked (many small frames coalesced into one write; on asyncio by a deferred flush).
+  when kicked (many small frames coalesced into one write; on asyncio the caller writes
+  directly when the writer is idle, see its module).
 
 Callers queue into the core synchronously; when a channel queue is full they wait for the
 writer's queue space — so every queue is bounded, and ``send()`` either waits (honouring the
@@ -58,6 +63,7 @@ from overlay.connection._core import (
     ConnectionStatistics,
     DisconnectReceived,
     ErrorReceived,
+    Event,
     IdleTimeout,
     LatencyMeasured,
     MessageDropped,
@@ -70,9 +76,11 @@ from overlay.connection._core import (
 )
 from overlay.connection._meter import RoundTripMeter
 from overlay.connection._observer import Observer
+from overlay.connection._reader import Reader
+from overlay.connection._requests import RequestExpired, Requests
 from overlay.connection._timers import TimerService
 from overlay.connection._workers import Workers
-from overlay.connection._writer import STREAM_CLOSED, Writer
+from overlay.connection._writer import Writer
 from overlay.errors import (
     ConnectionClosed,
     ErrorCode,
@@ -83,7 +91,7 @@ from overlay.errors import (
 )
 from overlay.identity import NodeId
 from overlay.transport import abort_stream
-from overlay.transport._asyncio import OneShotEvent, current_clock, event_factory
+from overlay.transport._asyncio import current_clock, event_factory
 from overlay.wire._nodeinfo import DisconnectReason, NodeInfo
 
 __all__ = [
@@ -102,37 +110,16 @@ class Delivery(Protocol):
 
     async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None: ...
 
+    def on_message_nowait(self, conn: PeerConnection, channel_id: int, payload: bytes) -> bool:
+        """Deliver without waiting; False (nothing done) when it would have to wait (a full
+        inbox): the connection's reader task then calls :meth:`on_message`."""
+
     def on_request(
         self, conn: PeerConnection, channel_id: int, request_id: int, payload: bytes
     ) -> None: ...
 
     def on_peer_info(self, conn: PeerConnection) -> None:
         """The peer announced a new NodeInfo; ``conn.info`` already holds it."""
-
-
-class RequestExpired(OverlayError):
-    """The deadline given to :meth:`PeerConnection.request` passed (internal: the router turns
-    it into :class:`~overlay.errors.RequestTimeout` with the channel and peer in the message)."""
-
-
-class _Waiter:
-    """One outbound request waiting for its answer; its deadline lives in the node's timers."""
-
-    __slots__ = ("conn", "error", "event", "payload", "request_id", "timer_at")
-
-    def __init__(self, conn: PeerConnection, request_id: int) -> None:
-        self.conn = conn
-        self.request_id = request_id
-        self.event: OneShotEvent = conn._new_event()
-        self.payload: bytes = b""
-        self.error: OverlayError | None = None
-        self.timer_at = math.inf
-
-    def on_timer(self, now: float) -> None:
-        if not self.conn._abandon(self.request_id):
-            return  # answered or failed meanwhile
-        self.error = RequestExpired("the request deadline passed")
-        self.event.set()
 
 
 _RETRY_DUE_TIMER = 0.001
@@ -176,7 +163,6 @@ class PeerConnection(anyio.TypedAttributeProvider):
         self._stream = stream
         self._delivery = delivery
         self._observer = observer
-        self._waiters: dict[int, _Waiter] = {}
         self._new_event = event_factory()
         """Makes each request's one-shot event (a bare future on asyncio)."""
         self._handlers: dict[tuple[int, int], anyio.CancelScope] = {}
@@ -185,6 +171,8 @@ class PeerConnection(anyio.TypedAttributeProvider):
         self._kick = self._writer.kick
         self._release_space = self._writer.release_space
         self._timers = timers
+        self._requests = Requests(self._new_event, timers, self._abandon)
+        """Our requests' waiters (``overlay.connection._requests``)."""
         self.timer_at = math.inf
         self.meter = RoundTripMeter()
         """Round-trip EWMA (pings and answered requests) and requests in flight."""
@@ -211,7 +199,7 @@ class PeerConnection(anyio.TypedAttributeProvider):
                 tg.start_soon(self._writer.run)
                 self._reschedule(self.clock())
                 task_status.started()
-                await self._read_loop()
+                await Reader(self.core, self._stream, self._writer, self.clock, self).run()
         finally:
             self.core.connection_lost()
             self._timers.cancel(self)
@@ -252,7 +240,7 @@ class PeerConnection(anyio.TypedAttributeProvider):
     @property
     def requests_waiting(self) -> int:
         """Our requests on this connection whose caller still waits for the answer."""
-        return len(self._waiters)
+        return len(self._requests)
 
     @property
     def requests_serving(self) -> int:
@@ -302,29 +290,24 @@ class PeerConnection(anyio.TypedAttributeProvider):
 
     def submit(
         self, func: Callable[[*Ts], Coroutine[Any, Any, Any]], *args: *Ts
-    ) -> None:
+    ) -> bool:
         """Run ``func(*args)`` on one of this connection's request workers (cancelled when it
-        closes)."""
+        closes); False (not run) once the connection is down."""
         if self._workers is None or self._finished:
-            return
-        self._workers.submit(func, args)
-
-    def _abandon(self, request_id: int) -> bool:
-        """Stop waiting for ``request_id``: cancel it on the wire (or drop it unsent) and free
-        its in-flight slot. False when it was no longer pending."""
-        if self._waiters.pop(request_id, None) is None:
             return False
+        self._workers.submit(func, args)
+        return True
+
+    def _abandon(self, request_id: int) -> None:
+        """Our caller stopped waiting for ``request_id`` (``Requests`` took it out of its
+        table): cancel it on the wire (or drop it unsent) and free its in-flight slot."""
         if not self._finished:
             self.core.cancel_request(request_id)
             self._kick()
             self._release_space()
-        return True
 
     def _fail_pending(self) -> None:
-        for waiter in self._waiters.values():
-            waiter.error = self._fresh_close_error()
-            waiter.event.set()
-        self._waiters.clear()
+        self._requests.fail_all(self._fresh_close_error)
         self._writer.wake_senders()
         for scope in self._handlers.values():
             scope.cancel()
@@ -355,10 +338,7 @@ class PeerConnection(anyio.TypedAttributeProvider):
         if self._finished:
             return
         for request_id in self.core.remove_channel(channel_id):
-            waiter = self._waiters.pop(request_id, None)
-            if waiter is not None:
-                waiter.error = error()
-                waiter.event.set()
+            self._requests.fail(request_id, error())
         for (cid, _rid), scope in self._handlers.items():
             if cid == channel_id:
                 scope.cancel()
@@ -387,7 +367,7 @@ class PeerConnection(anyio.TypedAttributeProvider):
             return False
         writer = self._writer
         if writer.waiting and not writer.flush_pending:
-            writer.kick()
+            writer.kick_deferred()
         return True
 
     def send_message_nowait(self, channel_id: int, payload: bytes) -> None:
@@ -409,7 +389,7 @@ class PeerConnection(anyio.TypedAttributeProvider):
 
     async def request(
         self, channel_id: int, payload: bytes, timeout: float | None = None,
-        *, deadline: float | None = None,
+        *, deadline: float | None = None, started: float | None = None,
     ) -> bytes:
         """Send a request and wait for the response payload.
 
@@ -418,10 +398,12 @@ class PeerConnection(anyio.TypedAttributeProvider):
         the earlier of the two; enforced by the node's timer task, so a request costs no cancel
         scope), which raises :class:`RequestExpired`. An error response raises
         :class:`RequestError`. The request counts in :attr:`meter` while it is in flight, and
-        its round trip is sampled when it is answered.
+        its round trip is sampled when it is answered. ``started``: the clock's time now, when
+        the caller just read it (saves a clock read).
         """
         clock = self.clock
-        started = clock()
+        if started is None:
+            started = clock()
         if timeout is not None:
             until = started + timeout
             deadline = until if deadline is None else min(deadline, until)
@@ -439,26 +421,16 @@ class PeerConnection(anyio.TypedAttributeProvider):
                 raise RequestExpired("no room for the request before its deadline") from None
             else:
                 break
-        waiter = _Waiter(self, request_id)
-        self._waiters[request_id] = waiter
-        if deadline is not None:
-            self._timers.schedule(waiter, deadline)
+        requests = self._requests
+        waiter = requests.add(request_id, deadline)
         self._kick()
         self.meter.started(channel_id)
-        finished = False
         try:
-            await waiter.event.wait()
-            finished = True
+            payload = await requests.wait(waiter)
         finally:
             self.meter.finished(channel_id)
-            if deadline is not None:
-                self._timers.cancel(waiter)
-            if not finished:
-                self._abandon(request_id)
-        if waiter.error is not None:
-            raise waiter.error
         self.meter.sample(clock() - started)
-        return waiter.payload
+        return payload
 
     async def respond(self, channel_id: int, request_id: int, payload: bytes) -> None:
         """Answer the peer's request, waiting for queue space (nothing once closing)."""
@@ -471,6 +443,21 @@ class PeerConnection(anyio.TypedAttributeProvider):
         """Answer the peer's request with an error, waiting for queue space."""
         await self._answer(functools.partial(
             self.core.send_error, channel_id, request_id, code, message))
+
+    def respond_nowait(self, channel_id: int, request_id: int, payload: bytes) -> None:
+        """Queue the answer to the peer's request without waiting (nothing once closing);
+        ``WouldBlock`` when the channel's queue is full."""
+        if self.is_open:
+            self.core.send_response(channel_id, request_id, payload)
+            self._kick()
+
+    def respond_error_nowait(
+        self, channel_id: int, request_id: int, code: ErrorCode, message: str
+    ) -> None:
+        """Queue an error answer without waiting (as :meth:`respond_nowait`)."""
+        if self.is_open:
+            self.core.send_error(channel_id, request_id, code, message)
+            self._kick()
 
     async def _answer(self, queue: Callable[[], bool]) -> None:
         while self.is_open:
@@ -526,91 +513,67 @@ class PeerConnection(anyio.TypedAttributeProvider):
             case unreachable:
                 assert_never(unreachable)
 
-    # ------------------------------------------------------------------------------- reader
+    # ----------------------------------------------------------------- the reader's host
 
-    async def _read_loop(self) -> None:
-        core = self.core
-        stream = self._stream
-        clock = self.clock
-        now = clock()
-        try:
-            await self._dispatch_events()  # bytes that arrived with the hello exchange
-            while self.is_open:
-                # ``now`` is from the last receive: a bucket that could pay then can pay now
-                # (it only refills); if it could not, read the clock afresh (delivering may have
-                # waited for inbox space) before sleeping.
-                if core.receive_paused_until(now) is not None:
-                    now = clock()
-                    paused = core.receive_paused_until(now)
-                    if paused is not None:
-                        await anyio.sleep(max(0.0, paused - now))
-                try:
-                    data = await stream.receive()
-                except STREAM_CLOSED:
-                    # The peer closed (or reset) the connection: nothing left to flush.
-                    core.connection_lost()
-                    self._stop()
-                    return
-                now = clock()
-                core.receive_data(data, now)
-                await self._dispatch_events()
-                if core.wants_write:  # a pong or a CANCEL answer to send
-                    self._kick()
-        except RemoteProtocolError as exc:
-            log.warning("peer %s violated the protocol: %s", self.node_id, exc)
-            self._observer.on_protocol_violation(self.node_id, type(exc).__name__)
-            self.close(DisconnectReason.PROTOCOL_VIOLATION, str(exc)[:200], error=ConnectionClosed(
-                f"connection to {self.node_id} closed: protocol violation: {exc}"))
-            return
+    def deliver_message_nowait(self, channel_id: int, payload: bytes) -> bool:
+        return self._delivery.on_message_nowait(self, channel_id, payload)
 
-    async def _dispatch_events(self) -> None:
-        core = self.core
-        while (event := core.next_event()) is not None:
-            match event:
-                case ResponseReceived(request_id=request_id, payload=payload):
-                    waiter = self._waiters.pop(request_id, None)
-                    if waiter is not None:
-                        waiter.payload = payload
-                        waiter.event.set()
-                    self._release_space()
-                case MessageReceived(channel_id=channel_id, payload=payload):
-                    await self._delivery.on_message(self, channel_id, payload)
-                case RequestReceived(channel_id=channel_id, request_id=request_id,
-                                     payload=payload):
-                    self._delivery.on_request(self, channel_id, request_id, payload)
-                case ErrorReceived(request_id=request_id, code=code, message=message):
-                    waiter = self._waiters.pop(request_id, None)
-                    if waiter is not None:
-                        waiter.error = RequestError(code, message)
-                        waiter.event.set()
-                    self._release_space()
-                case CancelReceived(channel_id=channel_id, request_id=request_id):
-                    scope = self._handlers.get((channel_id, request_id))
-                    if scope is not None:
-                        scope.cancel()
-                case RequestRejected(channel_id=channel_id):
-                    self._observer.on_rate_limited(self.node_id, channel_id)
-                case MessageDropped(channel_id=channel_id, reason=reason):
-                    log.debug("dropped a message from %s on channel %d: %s",
-                              self.node_id, channel_id, reason)
-                case LatencyMeasured(rtt=rtt):
-                    self.meter.sample(rtt)
-                    self._observer.on_latency(self.node_id, rtt)
-                case DisconnectReceived(reason=reason, message=message):
-                    self.remote_reason = reason
-                    log.info("peer %s disconnected: %s %s", self.node_id, reason.label, message)
-                    self._close_error = ConnectionClosed(
-                        f"peer {self.node_id} disconnected: {reason.label} {message}"
-                    )
-                    self._stop()  # the core is CLOSED: the peer said goodbye
-                    return
-                case PeerInfoReceived(info_seq=info_seq, info=info):
-                    self.info = info
-                    self.channels = frozenset(info.channels)
-                    log.debug("peer %s announced node info #%d: channels %s", self.node_id,
-                              info_seq, sorted(self.channels))
-                    self._delivery.on_peer_info(self)
-                case IdleTimeout():
-                    pass  # the timer task closes the connection when it fires
-                case unreachable:
-                    assert_never(unreachable)
+    async def deliver_message(self, channel_id: int, payload: bytes) -> None:
+        await self._delivery.on_message(self, channel_id, payload)
+
+    def stream_closed(self) -> None:
+        self.core.connection_lost()
+        self._stop()
+
+    def protocol_violation(self, exc: RemoteProtocolError) -> None:
+        log.warning("peer %s violated the protocol: %s", self.node_id, exc)
+        self._observer.on_protocol_violation(self.node_id, type(exc).__name__)
+        self.close(DisconnectReason.PROTOCOL_VIOLATION, str(exc)[:200], error=ConnectionClosed(
+            f"connection to {self.node_id} closed: protocol violation: {exc}"))
+
+    def handle_event(self, event: Event) -> bool:
+        """Dispatch one event other than a message, synchronously (for the reader); False
+        when the connection stopped (the peer said goodbye)."""
+        match event:
+            case ResponseReceived(request_id=request_id, payload=payload):
+                self._requests.resolve(request_id, payload)
+                self._release_space()
+            case RequestReceived(channel_id=channel_id, request_id=request_id,
+                                 payload=payload):
+                self._delivery.on_request(self, channel_id, request_id, payload)
+            case ErrorReceived(request_id=request_id, code=code, message=message):
+                self._requests.fail(request_id, RequestError(code, message))
+                self._release_space()
+            case CancelReceived(channel_id=channel_id, request_id=request_id):
+                scope = self._handlers.get((channel_id, request_id))
+                if scope is not None:
+                    scope.cancel()
+            case RequestRejected(channel_id=channel_id):
+                self._observer.on_rate_limited(self.node_id, channel_id)
+            case MessageDropped(channel_id=channel_id, reason=reason):
+                log.debug("dropped a message from %s on channel %d: %s",
+                          self.node_id, channel_id, reason)
+            case LatencyMeasured(rtt=rtt):
+                self.meter.sample(rtt)
+                self._observer.on_latency(self.node_id, rtt)
+            case DisconnectReceived(reason=reason, message=message):
+                self.remote_reason = reason
+                log.info("peer %s disconnected: %s %s", self.node_id, reason.label, message)
+                self._close_error = ConnectionClosed(
+                    f"peer {self.node_id} disconnected: {reason.label} {message}"
+                )
+                self._stop()  # the core is CLOSED: the peer said goodbye
+                return False
+            case PeerInfoReceived(info_seq=info_seq, info=info):
+                self.info = info
+                self.channels = frozenset(info.channels)
+                log.debug("peer %s announced node info #%d: channels %s", self.node_id,
+                          info_seq, sorted(self.channels))
+                self._delivery.on_peer_info(self)
+            case IdleTimeout():
+                pass  # the timer task closes the connection when it fires
+            case MessageReceived():
+                raise AssertionError("the reader delivers messages itself")
+            case unreachable:
+                assert_never(unreachable)
+        return True

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
 from collections.abc import Callable
 from typing import assert_never, cast
 
@@ -125,7 +124,7 @@ class Receiver:
         control: _ControlQueue,
         pings: _Pings,
         info: InfoSync,
-        events: deque[Event],
+        events: list[Event],
         on_disconnect: Callable[[], None],
         now: float,
         compression: bool,

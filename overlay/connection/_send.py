@@ -145,7 +145,7 @@ class Sender:
                 ch = level[0]
                 if ch.queue:
                     return ch
-                level.popleft()
+                del level[0]
                 ch.active = False
         return None
 
@@ -193,7 +193,7 @@ class Sender:
                     break
                 if used and used + size > cap:
                     break
-                ctrl.popleft()
+                del ctrl[0]
                 out.append(frame)
                 used += size
                 frames += 1
@@ -220,12 +220,12 @@ class Sender:
             used += size
             frames += 1
             level = ch.level
-            level.popleft()
+            del level[0]
             if more:
                 msg.offset = offset + n
             else:  # (offset is not read again; a shared broadcast entry must keep it at 0)
                 msg.queued = False
-                ch.queue.popleft()
+                del ch.queue[0]
                 ch.messages_sent += 1
                 ch.bytes_sent += msg.size
                 if not ch.queue:

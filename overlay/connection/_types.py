@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import deque
 from dataclasses import dataclass
 
 from overlay.connection._infosync import PeerInfoReceived
@@ -352,7 +351,7 @@ class _ControlQueue:
     __slots__ = ("closed", "dropped", "frames", "limit")
 
     def __init__(self, limit: int) -> None:
-        self.frames: deque[bytes] = deque()
+        self.frames: list[bytes] = []
         self.limit = limit
         self.dropped = 0
         self.closed = False
@@ -420,10 +419,10 @@ class _Channel:
         "rejected",
     )
 
-    def __init__(self, params: ChannelParams, level: deque[_Channel]) -> None:
+    def __init__(self, params: ChannelParams, level: list[_Channel]) -> None:
         self.params = params
         self.id = params.channel_id
-        self.queue: deque[_OutMsg] = deque()
+        self.queue: list[_OutMsg] = []
         self.queue_size = params.send_queue_size
         self.max_size = params.max_message_size
         self.max_inbound = params.max_concurrent_inbound

@@ -5,11 +5,14 @@ Theory of operation
 Callers queue frames into the :class:`~overlay.connection._core.ConnectionCore` synchronously and
 then :meth:`Writer.kick`. An idle writer task sleeps on its *wake* event; on asyncio, when the
 stream can take data synchronously (:class:`~overlay.transport._secure.SecureStream` with
-``supports_send_nowait``), a kick does not wake it: one deferred loop callback (shared by every
-connection kicked in the same step, e.g. by a broadcast) writes what is queued (:meth:`_flush`)
-and leaves to the task only what needs waiting (a paused transport, the Disconnect written, a
-broken stream). Otherwise a kick wakes the task, which writes ``core.data_to_send`` batches until
-nothing is left.
+``supports_send_nowait``), a kick does not wake it: the first kick writes what is queued at
+once, from the caller (no task hop), and opens a *batching window*: one deferred loop callback
+(shared by every connection kicked in the same step, e.g. by a broadcast) writes whatever later
+kicks of the step queued, in one write (:meth:`_flush`). The read path writes the answers to a
+batch of received frames once, at the end of the batch (:meth:`flush_now`). Both leave to the
+task only what needs waiting (a paused transport, the Disconnect written, a broken stream).
+Otherwise a kick wakes the task, which writes ``core.data_to_send`` batches until nothing is
+left.
 
 Queue space: senders that find a channel queue (or the in-flight limit) full wait on the *space*
 event (:meth:`wait_space`); every write, answered request and close sets it
@@ -52,6 +55,7 @@ class Writer:
         "_space_waiters",
         "_stream",
         "_wake",
+        "batching",
         "flush_pending",
         "waiting",
     )
@@ -82,6 +86,9 @@ class Writer:
             stream if isinstance(stream, SecureStream) and stream.supports_send_nowait else None
         )
         self._flush_soon = flush_soon() if self._direct is not None else None
+        self.batching = False
+        """The read path is dispatching a batch of received events: kicks only queue, and it
+        writes what they queued once, at the end (:meth:`flush_now`)."""
         self.flush_pending = False
         """A deferred flush is scheduled (a kick until it runs has nothing to add)."""
         self._flush_callback = self._flush  # bound once: queued by every kick
@@ -89,8 +96,27 @@ class Writer:
     # ------------------------------------------------------------------------------ waking
 
     def kick(self) -> None:
-        """Something was queued: have it written (by the deferred flush, or the task)."""
-        if self.waiting:
+        """Something was queued: have it written. On asyncio, with the writer idle and no
+        deferred flush pending, it is written *now* (encrypted and handed to the transport by
+        the caller, no task hop) and a deferred flush is scheduled: kicks until it runs (the
+        rest of this step: more callers, a broadcast) only queue, and it writes them in one
+        write. Otherwise (trio, a busy writer) the writer task is woken. While
+        :attr:`batching`, nothing: the read path ends its batch with :meth:`flush_now`."""
+        if self.waiting and not self.batching:
+            flush_soon = self._flush_soon
+            if flush_soon is not None:
+                if not self.flush_pending:
+                    self.flush_pending = True
+                    flush_soon(self._flush_callback)
+                    self._write_queued()
+                return
+            self.waiting = False
+            self._wake.set()
+
+    def kick_deferred(self) -> None:
+        """As :meth:`kick`, but never writing now: the deferred flush writes it (a broadcast:
+        every connection it queued to writes in the one shared callback, after the step)."""
+        if self.waiting and not self.batching:
             flush_soon = self._flush_soon
             if flush_soon is not None:
                 if not self.flush_pending:
@@ -99,6 +125,16 @@ class Writer:
                 return
             self.waiting = False
             self._wake.set()
+
+    def flush_now(self, now: float | None = None) -> None:
+        """Write what is queued now if the writer is idle and the stream takes data
+        synchronously (the read path after a batch of events: whatever it queued leaves in one
+        write); otherwise as :meth:`kick`. ``now``: the clock's time, when the caller just
+        read it."""
+        if self.waiting and self._direct is not None:
+            self._write_queued(now)
+        else:
+            self.kick()
 
     def wake(self) -> None:
         """Wake the writer task itself (a wait only it can do, or closing)."""
@@ -132,12 +168,17 @@ class Writer:
     # ------------------------------------------------------------------------------ writing
 
     def _flush(self) -> None:
-        """Write what is queued, synchronously, while the writer sleeps (a loop callback run
-        after the step that queued it, so frames queued in one step still leave in one write;
-        the connections of one broadcast share the callback). Anything that needs waiting
-        (a paused transport, a send in progress, the Disconnect written, a broken stream) is
-        left to the writer task, woken for it."""
+        """The deferred flush: a loop callback run after the step that kicked, so frames queued
+        in one step (after the first, written at once) still leave in one write; the
+        connections of one broadcast share the callback."""
         self.flush_pending = False
+        self._write_queued()
+
+    def _write_queued(self, now: float | None = None) -> None:
+        """Write what is queued, synchronously, while the writer task sleeps (never while it
+        is writing: :meth:`SecureStream.send_ready` is false then, so the order of the bytes
+        is the core's). Anything that needs waiting (a paused transport, a send in progress,
+        the Disconnect written, a broken stream) is left to the writer task, woken for it."""
         stream = self._direct
         core = self._core
         if not self.waiting or stream is None or core.state.final:
@@ -146,7 +187,8 @@ class Writer:
             if not stream.send_ready():
                 self.wake()
                 return
-            data = core.data_to_send(self._clock())
+            data = core.data_to_send(self._clock() if now is None else now)
+            now = None  # a later batch reads the clock afresh
             if not data:
                 self._on_held_back()  # held back by the send rate limit
                 break

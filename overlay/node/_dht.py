@@ -39,6 +39,7 @@ Clocks: wall-clock (``time.time``) for records and the service, anyio's for dead
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import math
@@ -193,12 +194,17 @@ def _netgroup(record: CapabilityRecord) -> str | None:
     """Diversity group of a contact; loopback and private hosts (local testnets) have none."""
     if not record.addresses:
         return None
-    host = record.addresses[0].rpartition(":")[0].strip("[]")
+    if _local_host(record.addresses[0].rpartition(":")[0].strip("[]")):
+        return None
+    return record_netgroup(record)
+
+
+@functools.lru_cache(maxsize=1024)  # once per host, not per record seen
+def _local_host(host: str) -> bool:
     with contextlib.suppress(ValueError):
         ip = ipaddress.ip_address(host)
-        if ip.is_loopback or ip.is_private:
-            return None
-    return record_netgroup(record)
+        return ip.is_loopback or ip.is_private
+    return False
 
 
 class _Rpc:

@@ -18,8 +18,9 @@ towards nodes the peer manager saw being useful and towards the capabilities the
 asked least recently (:class:`PexAsker`), naming the capabilities :attr:`Pex.wanted` says are
 short; the next round comes ``min_interval`` later while the record store is thin, up to
 ``max_interval`` once it is full. While the store is thin a newly connected peer is asked at
-once (the driver observes connections) rather than at the next round; the loop also looks
-every :data:`TICK`. A peer that refused us is not asked
+once (the driver observes connections) rather than at the next round; once it is full a new
+connection wakes nothing (the work per round does not grow with the connections made between
+rounds); the loop also looks every :data:`TICK`. A peer that refused us is not asked
 again for ``1 / rate`` seconds.
 
 **Receiving** (:meth:`Pex.accept`, also used for :meth:`request_records`' callers' sake by the
@@ -308,7 +309,13 @@ class Pex(Observer):
     def on_peer_connected(
         self, peer: NodeId, *, outbound: bool, remote_host: str, listen_addrs: tuple[str, ...]
     ) -> None:
-        self._wake.set()
+        # A seed asks every new peer at once; a node with a full store waits for its next
+        # round (no work per connection made).
+        if self.seed is not None or self._thin():
+            self._wake.set()
+
+    def _thin(self) -> bool:
+        return len(self._node.discovery.records) < self.config.thin_below
 
     # ------------------------------------------------------------------------------ running
 
@@ -336,8 +343,10 @@ class Pex(Observer):
         next_at = -math.inf  # ask on the first pass
         while True:
             now = anyio.current_time()
-            peers = self._pex_peers(now)
-            thin = len(self._node.discovery.records) < self.config.thin_below
+            thin = self._thin()
+            # The connected peers are listed (O(connections)) only when a round is due or, while
+            # the store is thin, to find a peer not asked yet: not on every wake-up.
+            peers = self._pex_peers(now) if thin or now >= next_at else []
             fresh = thin and any(p not in self._asked for p in peers)
             if now >= next_at or fresh:
                 plan = self._asker.plan(now, peers, known=len(self._node.discovery.records),

@@ -23,6 +23,8 @@ import contextlib
 import fcntl
 import logging
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -117,9 +119,10 @@ def _read_pid(fd: int) -> int | None:
 
 async def run_node(config: NodeConfig, home: Path, *, observers: tuple[Observer, ...] = (),
                    task_status: anyio.abc.TaskStatus[Node] = anyio.TASK_STATUS_IGNORED,
+                   wall_clock: Callable[[], float] = time.time,
                    ) -> None:
     """Run until cancelled (the CLI cancels on SIGINT/SIGTERM), then shut down in order (see
-    the module docstring).
+    the module docstring). ``wall_clock`` is the node's (``Node(wall_clock=...)``).
 
     Start-up failures: :class:`ConfigError` (no node key: run ``overlay init``; a bad store,
     admin or metrics address...),
@@ -133,7 +136,7 @@ async def run_node(config: NodeConfig, home: Path, *, observers: tuple[Observer,
     with HomeLock(data_dir / LOCK_FILE, home):
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
-            node: Node = await tg.start(_serve, config, home, key, observers, stop)
+            node: Node = await tg.start(_serve, config, home, key, observers, stop, wall_clock)
             task_status.started(node)
             try:
                 await anyio.sleep_forever()
@@ -157,10 +160,12 @@ def load_node_key(config: NodeConfig, home: Path) -> NodeKey:
 
 
 async def _serve(config: NodeConfig, home: Path, key: NodeKey, observers: tuple[Observer, ...],
-                 stop: anyio.Event, *, task_status: anyio.abc.TaskStatus[Node]) -> None:
+                 stop: anyio.Event, wall_clock: Callable[[], float], *,
+                 task_status: anyio.abc.TaskStatus[Node]) -> None:
     observer = MultiObserver(*observers) if observers else None
     with anyio.CancelScope() as service_scope:
-        async with Node(config, key=key, home=home, observer=observer) as node:
+        async with Node(config, key=key, home=home, observer=observer,
+                        wall_clock=wall_clock) as node:
             log.info("node %s started; listening on %s", node.node_id,
                      ", ".join(str(a) for a in node.listen_addresses))
             service_scope.shield = True  # from now on a cancellation arrives as ``stop``

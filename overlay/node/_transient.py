@@ -415,8 +415,12 @@ class TransientConnections:
         ``conn.info`` when it serves a request."""
 
     async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None:
+        self.on_message_nowait(conn, channel_id, payload)
+
+    def on_message_nowait(self, conn: PeerConnection, channel_id: int, payload: bytes) -> bool:
         log.debug("dropped a message on channel %d from transient peer %s",
                   channel_id, conn.node_id)
+        return True
 
     def on_request(
         self, conn: PeerConnection, channel_id: int, request_id: int, payload: bytes

@@ -147,13 +147,16 @@ class AddrEntry:
 class _Table:
     """Buckets of slots, with an index of the non-empty buckets for O(1) random picks."""
 
-    __slots__ = ("buckets", "index", "nonempty", "size")
+    __slots__ = ("_picks", "buckets", "index", "nonempty", "size")
 
     def __init__(self) -> None:
         self.buckets: dict[int, dict[int, AddrEntry]] = {}
         self.nonempty: list[int] = []
         self.index: dict[int, int] = {}
         self.size = 0
+        self._picks: dict[int, tuple[AddrEntry, ...]] = {}
+        """A bucket's entries in slot-dict order, built on the first random pick after it
+        changed (a starved planner probes the same buckets many times between changes)."""
 
     def get(self, bucket: int, position: int) -> AddrEntry | None:
         slots = self.buckets.get(bucket)
@@ -167,12 +170,14 @@ class _Table:
             self.nonempty.append(bucket)
         assert position not in slots
         slots[position] = entry
+        self._picks.pop(bucket, None)
         entry.bucket, entry.position = bucket, position
         self.size += 1
 
     def take(self, entry: AddrEntry) -> None:
         slots = self.buckets[entry.bucket]
         del slots[entry.position]
+        self._picks.pop(entry.bucket, None)
         self.size -= 1
         if not slots:
             del self.buckets[entry.bucket]
@@ -186,8 +191,11 @@ class _Table:
     def random_entry(self, rng: random.Random) -> AddrEntry | None:
         if not self.nonempty:
             return None
-        slots = self.buckets[self.nonempty[rng.randrange(len(self.nonempty))]]
-        return rng.choice(list(slots.values()))
+        bucket = self.nonempty[rng.randrange(len(self.nonempty))]
+        picks = self._picks.get(bucket)
+        if picks is None:
+            picks = self._picks[bucket] = tuple(self.buckets[bucket].values())
+        return rng.choice(picks)
 
 
 class AddressBook:

@@ -128,8 +128,12 @@ class ChannelStatistics:
     slow_peer_events: int
 
 
-RequestHandler = Callable[[Envelope[M]], Awaitable[R]]
-"""Serves one request; return the response, or raise ``RequestError(code, message)``."""
+RequestHandler = Callable[[Envelope[M]], Awaitable[R] | R]
+"""Serves one request; return the response, or raise ``RequestError(code, message)``.
+
+An ``async`` function runs on one of the connection's request workers (it may wait; the peer's
+CANCEL cancels it). A plain function runs on the connection's read path as the request is
+decoded, with no task switch (the fast path: it must not block, and cannot be cancelled)."""
 
 
 class _Backend(Protocol):

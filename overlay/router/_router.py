@@ -79,8 +79,9 @@ from overlay.router._channel import (
     RequestHandler,
 )
 from overlay.router._destination import LOCAL, Destination, To, no_route
+from overlay.router._inbox import Inboxes
 from overlay.router._peertable import PeerTable
-from overlay.router._serving import Responder
+from overlay.router._serving import Responder, plain_handler
 from overlay.router._state import (
     ChannelState,
     channel_params,
@@ -128,6 +129,7 @@ class Router:
         """``anyio.current_time`` bound on first use (see ``current_clock``)."""
         self._channels: dict[int, ChannelState] = {}
         self._responder = Responder(local_id, self._channels, observer)
+        self._inboxes = Inboxes(self._channels, observer)
         self._table = PeerTable(local_id)
         self._peers = self._table.connections
         self._closed = False
@@ -224,7 +226,9 @@ class Router:
     def set_handler(
         self, spec: ChannelSpec[Any, Any], handler: RequestHandler[Any, Any] | None
     ) -> None:
-        self._state(spec).handler = handler
+        state = self._state(spec)
+        state.handler = handler
+        state.inline = handler is not None and plain_handler(handler)
 
     def channel_statistics(self, spec: ChannelSpec[Any, Any]) -> ChannelStatistics:
         state = self._state(spec)
@@ -310,26 +314,11 @@ class Router:
                 raise closed_error(spec)() from None
             raise NodeClosed("the node is closed") from None
 
+    def on_message_nowait(self, conn: PeerConnection, channel_id: int, payload: bytes) -> bool:
+        return self._inboxes.deliver_nowait(conn, channel_id, payload)
+
     async def on_message(self, conn: PeerConnection, channel_id: int, payload: bytes) -> None:
-        state = self._channels.get(channel_id)
-        if state is None:
-            return
-        try:
-            message = state.spec.codec.decode(payload)
-        except DecodeError as exc:
-            state.dropped += 1
-            log.info("dropped undecodable message from %s on %s: %s",
-                     conn.node_id, state.spec.name, exc)
-            self._observer.on_invalid_message(conn.node_id, state.spec.name, str(exc))
-            return
-        env = Envelope(conn.node_id, message, channel_id)
-        try:
-            state.inbox_send.send_nowait(env)
-        except anyio.WouldBlock:
-            await state.inbox_send.send(env)  # backpressure: this peer's reader waits
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            return
-        state.delivered += 1
+        await self._inboxes.deliver(conn, channel_id, payload)
 
     # --------------------------------------------------------------------------------- send
 
@@ -517,7 +506,7 @@ class Router:
         else:
             deadline = _Deadline(now + spec.request_timeout, spec.request_timeout, own=True)
         if isinstance(to, str):
-            return await self._attempt(state, to, message, deadline)
+            return await self._attempt(state, to, message, deadline, now)
         if to is LOCAL:
             return await self._attempt(state, self._local_id, message, deadline)
         if not isinstance(to, Destination):
@@ -538,9 +527,11 @@ class Router:
         )
 
     async def _attempt(
-        self, state: ChannelState, target: NodeId, message: Any, deadline: _Deadline
+        self, state: ChannelState, target: NodeId, message: Any, deadline: _Deadline,
+        started: float | None = None,
     ) -> Any:
-        """One attempt at one target, under the request's deadline; reports its outcome."""
+        """One attempt at one target, under the request's deadline; reports its outcome.
+        ``started``: the clock's time now, when the caller just read it."""
         spec = state.spec
         if target == self._local_id:
             if not deadline.own:
@@ -555,7 +546,8 @@ class Router:
             raise PeerNotConnected(f"peer {target} is not connected")
         payload = self._encode(spec, message)
         clock = conn.clock
-        started = clock()
+        if started is None:
+            started = clock()
         outcome = AttemptOutcome.CANCELLED
         try:
             try:
@@ -566,7 +558,8 @@ class Router:
                         ErrorCode.NO_HANDLER, f"peer {target} does not serve channel {spec.name!r}"
                     )
                 data = await conn.request(
-                    spec.id, payload, deadline=deadline.at if deadline.own else None
+                    spec.id, payload, deadline=deadline.at if deadline.own else None,
+                    started=started,
                 )
             except RequestExpired:
                 outcome = AttemptOutcome.TIMEOUT

@@ -25,6 +25,8 @@ class ChannelState:
     inbox_send: MemoryObjectSendStream[Envelope[Any]]
     inbox_recv: MemoryObjectReceiveStream[Envelope[Any]]
     handler: RequestHandler[Any, Any] | None = None
+    inline: bool = False
+    """The handler is a plain function: served on the connection's read path."""
     local_inflight: int = 0
     delivered: int = 0
     dropped: int = 0

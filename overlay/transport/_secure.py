@@ -322,6 +322,8 @@ class SecureStream(anyio.abc.ByteStream):
             cast(NowaitWriter, transport_stream)
             if _writes_nowait(type(transport_stream)) else None
         )
+        self._message_hook: Callable[[bytes], bool] | None = None
+        self._hook_error: Exception | None = None
         self._merged_attributes: dict[Any, Callable[[], Any]] | None = None
         self._attributes: dict[Any, Callable[[], Any]] = {
             PeerAttribute.node_id: lambda: node_id,
@@ -390,8 +392,49 @@ class SecureStream(anyio.abc.ByteStream):
             raise
         self._bytes_sent += len(item)
 
+    def set_message_hook(self, hook: Callable[[bytes], bool] | None) -> bool:
+        """Have decrypted messages handed to ``hook`` synchronously, from the transport's
+        callback, while a :meth:`receive` waits with nothing buffered (the asyncio data path:
+        no event-loop step between the bytes arriving and their handling). ``hook`` returns
+        whether the receiver must be woken: :meth:`receive` then returns ``b""`` (the only
+        case in which it returns nothing), and messages decrypted after that one are left for
+        the following calls. An exception raised by ``hook``, or a frame that fails to decrypt,
+        is raised by that :meth:`receive`. False (and no hook) when the underlying stream has
+        no receive hook (trio, memory streams). None removes the hook."""
+        transport = self._transport
+        set_hook = getattr(transport, "set_receive_hook", None)
+        if set_hook is None:
+            return False
+        self._message_hook = hook
+        set_hook(None if hook is None else self._on_transport_data)
+        return True
+
+    def _on_transport_data(self, data: bytes) -> bool:
+        """The transport's receive hook: decrypt and hand on whole messages (see
+        :meth:`set_message_hook`). Called only while :meth:`receive` waits on the transport,
+        so nothing decrypted is pending ahead of ``data``."""
+        hook = self._message_hook
+        if hook is None:
+            self._reader.feed(data)
+            return True
+        reader = self._reader
+        try:
+            reader.feed(data)
+            while (plaintext := reader.next_message()) is not None:
+                size = len(plaintext)
+                if not size:
+                    continue
+                self._bytes_received += size
+                if hook(plaintext):
+                    return True
+        except Exception as exc:  # raised by the receiver, as a receive would have
+            self._hook_error = exc
+            return True
+        return False
+
     async def receive(self, max_bytes: int = 65536) -> bytes:
-        """Return the next plaintext bytes (at most ``max_bytes``, never empty)."""
+        """Return the next plaintext bytes (at most ``max_bytes``; never empty unless a
+        message hook asks the receiver to go on, see :meth:`set_message_hook`)."""
         if max_bytes < 1:
             raise LocalProtocolError("max_bytes must be a positive integer")
         head = self._head
@@ -413,6 +456,12 @@ class SecureStream(anyio.abc.ByteStream):
                     if reader.buffered:
                         raise FrameError("connection closed in the middle of a frame") from None
                     raise
+                if not data:  # the message hook took the bytes and wakes us
+                    error = self._hook_error
+                    if error is not None:
+                        self._hook_error = None
+                        raise error
+                    return b""
                 reader.feed(data)
                 continue
             size = len(plaintext)

@@ -26,6 +26,7 @@ name resolution); the ``OSError`` stays as ``__cause__`` for logs only.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from overlay.transport._secure import SecureIdentity
 __all__ = ["TcpTransport"]
 
 
+@functools.lru_cache(maxsize=1024)  # once per peer host, not per connection
 def _unmap(host: str) -> str:
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
