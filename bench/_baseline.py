@@ -27,6 +27,7 @@ __all__ = [
     "asyncio_connect_times",
     "asyncio_pipelined",
     "asyncio_round_trips",
+    "channel_rate",
     "memory_stream_rate",
 ]
 
@@ -223,6 +224,13 @@ async def asyncio_connect_times(count: int, warm: int) -> list[float]:
 async def memory_stream_rate(buffer: int, item: Any, warmup: float, duration: float) -> Rate:
     """Items/s through a bare anyio memory object stream (one producer, one consumer)."""
     send, receive = anyio.create_memory_object_stream[Any](buffer)
+    return await channel_rate(send, receive, item, warmup, duration)
+
+
+async def channel_rate(send: Any, receive: Any, item: Any, warmup: float,
+                       duration: float) -> Rate:
+    """Items/s from one producer to one consumer through ``send``/``receive`` (a memory
+    channel's two ends, closed at the end)."""
 
     async def produce() -> None:
         while True:

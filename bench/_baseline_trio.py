@@ -27,6 +27,7 @@ from typing import Any
 import anyio.abc
 import trio
 
+from bench._baseline import channel_rate
 from bench._common import Counter, Rate, measure_rate
 
 __all__ = [
@@ -237,19 +238,4 @@ async def trio_memory_channel_rate(buffer: int, item: Any, warmup: float,
                                    duration: float) -> Rate:
     """Items/s through a bare trio memory channel (one producer, one consumer)."""
     send, receive = trio.open_memory_channel[Any](buffer)
-
-    async def produce() -> None:
-        while True:
-            await send.send(item)
-
-    async def consume(counter: Counter) -> None:
-        while True:
-            await receive.receive()
-            counter.n += 1
-
-    def start(tg: anyio.abc.TaskGroup, counter: Counter) -> None:
-        tg.start_soon(produce)
-        tg.start_soon(consume, counter)
-
-    with send, receive:
-        return await measure_rate(start, warmup, duration)
+    return await channel_rate(send, receive, item, warmup, duration)

@@ -1,8 +1,12 @@
 """Long simulation runs (issue 11, item 5): 10,000 nodes (stretch: 100,000) of the real discovery
 and routing cores on virtual time. Results and commands in docs/benchmarks.md ("Simulation").
 
-    .venv/bin/python bench/simulate.py --nodes 10000 --seed 1 --report bench-sim-10k.json \
-        --plot bench-sim-10k.png
+    .venv/bin/python bench/simulate.py --nodes 10000 --seed 1 --manifest bench/sim_main.toml \
+        --report bench-sim-10k.json --plot bench-sim-10k.png
+
+(``bench/sim_main.toml``: the defaults without the liar experiment, which
+``bench/sim_liars.py`` runs on its own; the main runs of docs/scale.md use it, at 100,000 nodes
+too.)
 
 Prints progress and the wall-clock time to stderr; the report is the same JSON that
 ``overlay simulate`` writes (byte-identical for the same nodes, seed and manifest).

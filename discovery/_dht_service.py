@@ -166,7 +166,11 @@ class DhtService:
         """Offer a verified record's node as a contact: ``verified`` when the node is reached
         over an authenticated connection (a connected peer), else hearsay. None: the node was
         penalised recently (``distrust_for``) and stays out of the table."""
-        return self._contacts.add(signed, verified=verified, now=self._wall())
+        was_empty = not len(self._table)
+        outcome = self._contacts.add(signed, verified=verified, now=self._wall())
+        if was_empty and len(self._table):
+            self._wake.set()  # maintenance had no bucket refresh to wait for: schedule them
+        return outcome
 
     def remove_contact(self, node_id: NodeId) -> None:
         """Forget a contact (banned, or known to be gone)."""

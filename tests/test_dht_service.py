@@ -161,6 +161,24 @@ async def test_find_closest_after_a_real_bootstrap_matches_brute_force() -> None
 
 
 @pytest.mark.parametrize("anyio_backend", [virtual_time()])
+async def test_a_node_that_started_with_an_empty_table_refreshes_its_buckets() -> None:
+    # A node providing nothing starts maintenance with no contact (nothing to wait for); its
+    # first contact must schedule the bucket refreshes, which then fill the table through it.
+    net = build_network(30, seed=34, prefill=False)
+    first, late = net.services[0], net.services[-1]
+    for service in net.services[1:-1]:
+        await service.bootstrap([first.record])
+    async with anyio.create_task_group() as tg:
+        await tg.start(late.run)
+        await anyio.wait_all_tasks_blocked()
+        assert len(late.table) == 0
+        late.add_contact(first.record, verified=True)
+        await anyio.sleep(late.table.config.refresh_interval + 60)
+        assert len(late.table) > 1
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("anyio_backend", [virtual_time()])
 async def test_the_first_provider_arrives_before_the_lookup_ends() -> None:
     net = build_network(300, seed=23, capabilities={"archive": 3}, latency=(0.01, 0.1))
     await provide_all(net)

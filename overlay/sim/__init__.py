@@ -140,6 +140,8 @@ def simulate_with_picture(
             "policy_ticks": c.policy_ticks,
             "prunes": c.prunes,
             "discoveries": c.discoveries,
+            "discover_pex_requests": c.discover_pex,
+            "provider_lookups": c.provider_lookups,
             "leaves": c.leaves,
             "online_at_end": len(online),
         },

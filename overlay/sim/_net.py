@@ -16,6 +16,7 @@ delivers its result at ``start + elapsed``.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import random
 from collections.abc import Callable, Sequence
@@ -171,12 +172,17 @@ class SimNetwork:
         give_up_after: float = 60.0,
         density: bool = False,
         learn: bool = False,
+        max_messages: int | None = None,
+        until: Callable[[int], bool] | None = None,
     ) -> LookupRun:
         """Drive one lookup from ``origin`` to its end (or cancel it after ``give_up_after``).
         ``density``: apply the lookup's density limit with the size the origin's routing table
         estimates (``RoutingTable.estimate_size``). ``learn``: the tables learn as a node's do
         (the origin adds each responder as verified and the contacts it names as unverified;
-        the responder adds the origin as verified), at the time each query is sent."""
+        the responder adds the origin as verified), at the time each query is sent.
+        ``max_messages``: send at most this many queries, then end the lookup once the answers
+        in flight are in (as ``discovery``'s walk does with a budget); ``until``: told each
+        provider found, ends the lookup when it returns True (a caller that has enough)."""
         local = self.ids[origin]
         table = self.tables[origin]
         size = table.estimate_size() if density else 0
@@ -195,10 +201,17 @@ class SimNetwork:
         first_at: float | None = None
         events = lookup.start(now)
         span = self._rtt_span * 0.5
+        sent = 0
+        exhausted = enough = False
         while True:
             for event in events:
                 if isinstance(event, Query):
                     peer = event.peer
+                    if max_messages is not None:
+                        if sent >= max_messages:
+                            exhausted = True  # never sent: the core times it out
+                            continue
+                        sent += 1
                     answer = responder(peer, target, mode)
                     if answer is None or (loss and rng.random() < loss):
                         continue
@@ -215,18 +228,23 @@ class SimNetwork:
                     seq += 1
                     heapq.heappush(inflight, (now + rtt, seq, peer, answer))
                 elif isinstance(event, ProviderFound):
+                    if enough:
+                        continue  # the caller stopped reading at the one before
                     providers.append(event.payload)
                     if first_at is None:
                         first_at = now - start
+                    if until is not None and until(event.payload):
+                        enough = True
                 elif isinstance(event, LookupDone):
                     replicas: dict[bytes, None] = {}
                     for p in range(paths):
                         replicas.update(dict.fromkeys(lookup.path_closest(p)))
-                    return LookupRun(
-                        event.result, now - start, first_at, providers, list(replicas)
-                    )
+                    result = event.result
+                    if max_messages is not None:  # the core also counts the unsent queries
+                        result = dataclasses.replace(result, messages=sent)
+                    return LookupRun(result, now - start, first_at, providers, list(replicas))
             deadline = lookup.next_deadline()
-            if now - start >= give_up_after:
+            if now - start >= give_up_after or enough or (exhausted and not inflight):
                 events = lookup.cancel()
             elif inflight and (deadline is None or inflight[0][0] <= deadline):
                 now, _, peer, answer = heapq.heappop(inflight)

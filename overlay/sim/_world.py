@@ -16,8 +16,10 @@ What each node runs (theory of operation)
   later with the responder as their source.
 * **Policy** (``routing.PolicyEngine``), seekers only: every ``heartbeat`` (and at once when
   discovery or PEX brings records of a short capability) a snapshot of connections and stored
-  candidates goes in; ``Dial`` opens a connection, ``Prune`` closes one, ``Discover`` runs a
-  provider lookup (2 disjoint paths) whose providers enter the store when it ends.
+  candidates goes in; ``Dial`` opens a connection, ``Prune`` closes one, ``Discover`` does
+  what a node's does (``World._discover``): PEX asks to up to 3 connected peers for the
+  capability, then, when they brought fewer than 8 new providers, a provider lookup (2
+  disjoint paths) ending at 8 new ones, whose providers enter the store when it ends.
 * **Churn**: nodes leave at random times (``churn_per_hour``), dropping their connections and
   answering nothing, and return after an exponential downtime to start again.
 
@@ -40,15 +42,19 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from discovery import (
+    Budget,
     CapabilityInfo,
     CapabilityRecord,
+    DiscoveryConfig,
     LookupConfig,
     LookupMode,
     PexAsker,
     PexConfig,
+    PexRequest,
     PexResponder,
     PexVerdict,
     ProviderStore,
@@ -61,6 +67,7 @@ from discovery import (
 )
 from overlay.identity import NodeId
 from overlay.sim._config import SimConfig
+from overlay.sim._counters import Counters
 from overlay.sim._net import LookupRun, SimNetwork, honest_responder
 from routing import (
     Candidate,
@@ -82,12 +89,18 @@ SETTLE_DELAY = 1.0
 """Seconds after a connection before the node's DHT absorbs its peers (``overlay.node._dht``)."""
 BOOTSTRAP_INTERVAL = 10.0
 """Seconds between bootstrap lookups while the table is thin (``overlay.node._dht``)."""
+_DISCOVER_WANT = 8
+"""New providers one ``Discover`` looks for (``overlay.node._node._DISCOVER_WANT``)."""
+_BUDGET = Budget().max_messages
+"""Requests one ``Discover`` may send (PEX asks plus DHT queries: ``discovery.Budget``)."""
+_PEX_FANOUT = DiscoveryConfig(NETWORK).pex_fanout
+_PEX_MAX_RECORDS = DiscoveryConfig(NETWORK).pex_max_records
 SEED_STAY = 1.5
 """Seconds a seed keeps a connection: the PEX exchange, then ``answer_grace`` (seed mode)."""
 
 # event kinds
 (_START, _CONNECT, _PEX, _PEX_ANSWER, _TICK, _DISCOVERED, _STORE, _LEAVE, _MAINTAIN,
- _HANG_UP, _REDIAL) = range(11)
+ _HANG_UP, _REDIAL, _DISCOVER_DHT) = range(12)
 
 
 @dataclass(slots=True)
@@ -118,26 +131,6 @@ class _Node:
     pex_at: float = float("inf")
     published: bool = False
     pex_on: bool = False
-
-
-@dataclass(slots=True)
-class Counters:
-    dials: int = 0
-    dial_failures: int = 0
-    pex_requests: int = 0
-    pex_rate_limited: int = 0
-    pex_records: int = 0
-    dht_lookups: int = 0
-    bootstrap_lookups: int = 0
-    """Of ``dht_lookups``: the self-lookups of the bootstrap from seeds."""
-    publish_lookups: int = 0
-    dht_rounds: int = 0
-    dht_messages: int = 0
-    policy_ticks: int = 0
-    prunes: int = 0
-    discoveries: int = 0
-    leaves: int = 0
-    events: int = 0
 
 
 class World:
@@ -245,6 +238,8 @@ class World:
                     self._tick(node)
             elif kind == _DISCOVERED:
                 self._discovered(node, payload)
+            elif kind == _DISCOVER_DHT:
+                self._discover_dht(node, payload)
             elif kind == _STORE:
                 self._store(node, payload)
             elif kind == _LEAVE:
@@ -287,7 +282,7 @@ class World:
                 self._publish(node, cap)
             self._start_pex(node, self.now + self.rng.uniform(0.5, 1.5))
         if node.engine is not None:
-            self._schedule_tick(node, self.now + 1.0)
+            self._schedule_tick(node, self.now)  # the node's driver ticks as it starts
 
     def _start_pex(self, node: _Node, at: float) -> None:
         node.pex_on = True
@@ -351,6 +346,8 @@ class World:
         other.store.offer(node.record, self.now, node.node_id)
         self._check_met(node)
         self._check_met(other)
+        self._kick(node)  # the node's driver ticks when a peer connects or disconnects
+        self._kick(other)
         if self.seeds:
             for x in (node, other):
                 self._schedule_maintain(x, self.now + SETTLE_DELAY)
@@ -398,6 +395,8 @@ class World:
             x.since.pop(y.idx, None)
             x.asker.forget(y.node_id)
             x.responder.forget(y.node_id)
+            if x.online:
+                self._kick(x)
 
     def _leave(self, node: _Node) -> None:
         self.counters.leaves += 1
@@ -474,11 +473,12 @@ class World:
             )
 
     def _lookup(self, node: _Node, key: bytes, mode: LookupMode, *, paths: int,
-                want: int | None = None) -> LookupRun:
+                want: int | None = None, max_messages: int | None = None,
+                until: Callable[[int], bool] | None = None) -> LookupRun:
         run = self.net.run_lookup(
             node.idx, key, mode, self.responder, self.lookup_config, self.dht_rng,
             now=self.now, loss=self.config.loss, paths=paths, want=want,
-            learn=bool(self.seeds),
+            learn=bool(self.seeds), max_messages=max_messages, until=until,
         )
         node.messages += run.result.messages
         self.counters.dht_lookups += 1
@@ -528,11 +528,62 @@ class World:
         self._schedule_tick(node, self.now + self.config.heartbeat)
 
     def _discover(self, node: _Node, cap: str) -> None:
+        """A node's ``Discover`` (``Node._discover_providers``): ``discovery.candidates(cap,
+        limit=8, exclude=known)`` with ``known`` its connected peers and the stored records of
+        ``cap``. Connected peers and the store have nothing new then, so it asks up to
+        ``pex_fanout`` connected peers (lowest ids) by PEX for ``cap``, and when those answers
+        bring fewer than 8 new providers, runs a provider lookup for ``8 - new + |seen|``
+        providers within what is left of the 64-message budget, ending once it has 8 new."""
         self.counters.discoveries += 1
-        target = self.config.targets.get(cap)
-        want = max(3, target.required(len(node.conns))) if target is not None else 3
+        nodes = self.nodes
+        seen = set(node.conns)
+        seen.update(self.by_id[s.node_id] for s in node.store.candidates(cap, self.now))
+        seen.add(node.idx)
+        found = 0
+        asked = sorted(node.conns, key=lambda j: nodes[j].node_id)[:min(_PEX_FANOUT, _BUDGET)]
+        request = PexRequest(max=_PEX_MAX_RECORDS, wanted_capabilities=(cap,))
+        wait = 0.0
+        for j in asked:
+            other = nodes[j]
+            node.messages += 1
+            self.counters.pex_requests += 1
+            self.counters.discover_pex += 1
+            rtt = self.net.rtt(node.idx, j)
+            wait = max(wait, rtt)
+            answer = other.responder.handle(node.node_id, request, other.store, now=self.now)
+            if answer.verdict is PexVerdict.RATE_LIMITED:
+                self.counters.pex_rate_limited += 1
+                continue
+            for signed in answer.records[:_PEX_MAX_RECORDS]:
+                i = self.by_id.get(signed.node_id)
+                if i is not None and i not in seen and cap in signed.record.capabilities:
+                    seen.add(i)
+                    found += 1
+            self._push(self.now + rtt, _PEX_ANSWER, node.idx, j, answer.records)
+        budget = _BUDGET - len(asked)
+        if found < _DISCOVER_WANT and budget > 0:
+            payload = (node.epoch, cap, frozenset(seen), found, budget)
+            self._push(self.now + wait, _DISCOVER_DHT, node.idx, payload=payload)
+
+    def _discover_dht(self, node: _Node, payload: object) -> None:
+        assert isinstance(payload, tuple)
+        epoch, cap, seen, found, budget = payload
+        assert isinstance(seen, frozenset)
+        known: frozenset[int] = seen
+        if epoch != node.epoch:
+            return
+        new: set[int] = set()
+        missing: int = _DISCOVER_WANT - found
+
+        def enough(provider: int) -> bool:
+            if provider not in known:
+                new.add(provider)
+            return len(new) >= missing
+
+        self.counters.provider_lookups += 1
         run = self._lookup(
-            node, provider_key(NETWORK, cap), LookupMode.GET_PROVIDERS, paths=2, want=want
+            node, provider_key(NETWORK, cap), LookupMode.GET_PROVIDERS, paths=2,
+            want=missing + len(known), max_messages=budget, until=enough,
         )
         self.provider_lookups.append((run.result.rounds, run.result.messages))
         self.lookup_latency.append((self.now - T0, 1000 * run.elapsed))
@@ -542,8 +593,7 @@ class World:
         assert isinstance(providers, tuple)
         for p in providers:
             node.store.offer(self.nodes[p].record, self.now, "dht")
-        if providers:
-            self._kick(node)
+        self._kick(node)  # the node's driver ticks when a Discover ends
 
     def _check_met(self, node: _Node) -> None:
         if node.engine is None:

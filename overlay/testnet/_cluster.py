@@ -9,11 +9,19 @@ mode's cluster is in :mod:`overlay.testnet._procs`.
 In one process a *kill* cuts the node's links first (its peers see connections reset, as when
 a process dies) and then cancels the node; a restart runs a new node with the same key, home
 address and configuration.
+
+Every node in one process reads the same wall clock, :meth:`LocalCluster.wall_clock`: the
+unix time when the cluster was made plus the event loop's clock since then. On trio's
+``MockClock`` a testnet therefore runs on virtual time throughout: its records, peer manager
+and DHT bucket refreshes see the 60 s of a 60-virtual-second run, not the real minutes the run
+took (a node reading ``time.time()`` would refresh every bucket in a run that takes longer than
+the refresh interval in real time, which a real run of that length never does).
 """
 
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,6 +114,12 @@ class LocalCluster(Cluster):
         self._retired: list[tuple[int, int]] = [(0, 0)] * len(plans)
         self._isolated: set[int] = set()
         self._groups: list[list[int]] | None = None
+        self._epoch = time.time() - anyio.current_time()
+
+    def wall_clock(self) -> float:
+        """Unix seconds for the nodes: fixed at the cluster's creation, then advancing with the
+        event loop's clock (virtual on trio's ``MockClock``; see the module docstring)."""
+        return self._epoch + anyio.current_time()
 
     async def start(self, i: int) -> None:
         if self._nodes[i] is None:
@@ -120,7 +134,8 @@ class LocalCluster(Cluster):
         try:
             with anyio.CancelScope() as scope:
                 self._scopes[i] = scope
-                async with Node(plan.config(), key=plan.key, transports=transports) as node:
+                async with Node(plan.config(), key=plan.key, transports=transports,
+                                wall_clock=self.wall_clock) as node:
                     TestnetApp(node, plan.app, self._recorders[i]).install()
                     if self.relay is not None:
                         self.relay.backend_ports[i] = node.address.port
