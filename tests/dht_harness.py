@@ -14,12 +14,15 @@ import bisect
 import enum
 import heapq
 import random
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from discovery import (
     Lookup,
     LookupConfig,
     LookupDone,
+    LookupEvent,
     LookupMode,
     LookupResult,
     Misbehaved,
@@ -31,7 +34,7 @@ from discovery import (
     TableConfig,
 )
 
-__all__ = ["Behaviour", "DhtNetwork", "LookupRun"]
+__all__ = ["Behaviour", "DhtNetwork", "LookupRun", "drive_in_order"]
 
 ID_BYTES = 20
 
@@ -240,3 +243,21 @@ class DhtNetwork:
             )
             kept += 1
         return kept
+
+
+def drive_in_order(lookup: Lookup[str], answer: Callable[[bytes], list[bytes]],
+                   queries: list[Query]) -> None:
+    """Answer every query of ``lookup`` in the order sent, 10 ms apart, with ``answer(peer)``
+    (contacts only), until it ends; the queries go to ``queries``."""
+    now = 0.0
+    queue: deque[bytes] = deque()
+    events: list[LookupEvent[str]] = lookup.start(now)
+    while not lookup.finished:
+        for event in events:
+            if isinstance(event, Query):
+                queries.append(event)
+                queue.append(event.peer)
+        assert queue, "every query is answered, so the lookup never waits on a timer"
+        now += 0.01
+        peer = queue.popleft()
+        events = lookup.on_response(peer, answer(peer), now=now)

@@ -23,6 +23,7 @@ from discovery import (
     TableConfig,
 )
 from overlay.errors import LocalProtocolError
+from tests.dht_harness import drive_in_order
 
 TARGET = bytes(20)
 LOCAL = b"\xff" * 20
@@ -65,18 +66,7 @@ class Net:
         return [nid(d) for d in sorted([*HONEST, LIAR]) if nid(d) != peer][: self.k]
 
     def drive(self, lookup: Lookup[str]) -> None:
-        now = 0.0
-        queue: deque[bytes] = deque()
-        events: list[LookupEvent[str]] = lookup.start(now)
-        while not lookup.finished:
-            for event in events:
-                if isinstance(event, Query):
-                    self.queries.append(event)
-                    queue.append(event.peer)
-            assert queue
-            now += 0.01
-            peer = queue.popleft()
-            events = lookup.on_response(peer, self.answer(peer), now=now)
+        drive_in_order(lookup, self.answer, self.queries)
 
 
 def walk(net: Net, size: int | None, *, slack: int = 3) -> Lookup[str]:

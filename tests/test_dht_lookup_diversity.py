@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from discovery import Lookup, LookupConfig, LookupEvent, LookupMode, Query
 from overlay.errors import ConfigError
+from tests.dht_harness import drive_in_order
 
 TARGET = bytes(20)
 LOCAL = b"\xff" * 20
@@ -51,19 +52,7 @@ class Net:
         return [nid(d) for d in sorted([*HONEST, LIAR]) if nid(d) != peer][: self.k]
 
     def drive(self, lookup: Lookup[str]) -> None:
-        """Answer every query in the order sent, 10 ms apart, until the lookup ends."""
-        now = 0.0
-        queue: deque[bytes] = deque()
-        events: list[LookupEvent[str]] = lookup.start(now)
-        while not lookup.finished:
-            for event in events:
-                if isinstance(event, Query):
-                    self.queries.append(event)
-                    queue.append(event.peer)
-            assert queue, "every query is answered, so the lookup never waits on a timer"
-            now += 0.01
-            peer = queue.popleft()
-            events = lookup.on_response(peer, self.answer(peer), now=now)
+        drive_in_order(lookup, self.answer, self.queries)
 
 
 def lookup(net: Net, seeds: list[int], *, cap: int = 2, paths: int = 1,
