@@ -9,8 +9,8 @@ verify every record before it reaches a core.
 """
 
 from discovery._confirm import Confirmations, ConfirmationsConfig
-from discovery._dht_lookup import (
-    Lookup,
+from discovery._dht_lookup import Lookup
+from discovery._dht_lookup_types import (
     LookupConfig,
     LookupDone,
     LookupEvent,

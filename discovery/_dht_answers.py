@@ -14,7 +14,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from discovery._dht_lookup import LookupMode
+from discovery._dht_lookup_types import LookupMode
 from discovery._record import RecordError, RecordRejection, SignedRecord
 from discovery._service_types import Penalty, penalty_for_rejection
 from discovery._verify import RecordVerifier

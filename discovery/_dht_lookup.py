@@ -82,19 +82,7 @@ from discovery._dht_lookup_types import (
 )
 from overlay.errors import LocalProtocolError
 
-__all__ = [
-    "Lookup",
-    "LookupConfig",
-    "LookupDone",
-    "LookupEvent",
-    "LookupMode",
-    "LookupOutcome",
-    "LookupResult",
-    "Misbehaved",
-    "Misbehaviour",
-    "ProviderFound",
-    "Query",
-]
+__all__ = ["Lookup"]
 
 _NEW, _PENDING, _ANSWERED, _FAILED = 0, 1, 2, 3
 _ID_BYTES = 20

@@ -26,8 +26,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from discovery._dht_answers import Checked, Refused, check_answer
 from discovery._dht_contacts import ContactBook
-from discovery._dht_lookup import (
-    Lookup,
+from discovery._dht_lookup import Lookup
+from discovery._dht_lookup_types import (
     LookupEvent,
     LookupMode,
     LookupResult,

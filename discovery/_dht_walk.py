@@ -26,8 +26,8 @@ from typing import Protocol
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from discovery._dht_lookup import (
-    Lookup,
+from discovery._dht_lookup import Lookup
+from discovery._dht_lookup_types import (
     LookupDone,
     LookupEvent,
     LookupResult,

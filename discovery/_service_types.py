@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Protocol
 
-from discovery._dht_lookup import LookupConfig, LookupOutcome, Misbehaviour
+from discovery._dht_lookup_types import LookupConfig, LookupOutcome, Misbehaviour
 from discovery._dht_providers import ProviderStoreConfig, StoreOutcome
 from discovery._dht_table import TableConfig
 from discovery._record import RecordRejection
